@@ -1,0 +1,16 @@
+//! The results schema, applied with `atr-dist migrate` on SQLite or PostgreSQL.
+//!
+//! Migrations are append-only: a released migration is never edited, a change is a new file.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_results_schema;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_results_schema::Migration)]
+    }
+}

@@ -1,0 +1,34 @@
+//! `job_run`: one row per attempt of a job, the audit trail of everything atr-dist did.
+
+use sea_orm::entity::prelude::*;
+
+use crate::platform::Platform;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "job_run")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub job_id: String,
+    pub kind: String,
+    pub release_key: String,
+    pub platform: Platform,
+    pub owner_namespace: String,
+    pub package: String,
+    pub version: String,
+    pub attempt: i32,
+    pub started_at: DateTimeUtc,
+    pub finished_at: Option<DateTimeUtc>,
+    /// The attempt's outcome (`completed`, `revision_changed`, `transient`, ...).
+    pub outcome: Option<String>,
+    /// `transient`, `permanent` or `auth` when the attempt failed.
+    pub error_class: Option<String>,
+    pub message: Option<String>,
+    pub http_status: Option<i32>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

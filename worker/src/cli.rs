@@ -1,0 +1,118 @@
+//! The `atr-dist` command line. Exit codes: 0 success, 1 the operation failed, 2 bad usage or
+//! configuration (clap's own usage errors also exit 2).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atr-dist",
+    version,
+    about = "Puts voted Apache releases onto third-party platforms, safely"
+)]
+pub struct Cli {
+    /// TOML config file (see deploy/atr-dist.example.toml); ATR_DIST_* variables override it.
+    #[arg(long, global = true, env = "ATR_DIST_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply (or revert) the results-database migrations.
+    Migrate(MigrateArgs),
+    /// Check the configuration and print it, secrets left out.
+    Config,
+    /// Print the JSON Schema of the job envelope (docs/job-envelope.schema.json).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Database URL (sqlite://path or postgres://user@host/db); overrides the config.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Revert this many migrations instead of applying.
+    #[arg(long, value_name = "N", conflicts_with = "status")]
+    pub down: Option<u32>,
+    /// Only list the migrations not yet applied; exit 1 when there are any.
+    #[arg(long)]
+    pub status: bool,
+}
+
+/// Failure of a subcommand, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Failed(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    crate::telemetry::init(&config.log);
+    match cli.command {
+        Command::Migrate(args) => {
+            if let Some(url) = &args.database_url {
+                config.database.url = url.clone();
+            }
+            migrate(&config, &args).await
+        }
+        Command::Config => {
+            let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", atr_dist_shared::job::envelope_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn migrate(config: &Config, args: &MigrateArgs) -> Result<ExitCode, CliError> {
+    let url = config.database_url();
+    let conn = db::connect(&url, 2).await.map_err(anyhow::Error::from)?;
+    let shown = db::redacted(url.expose());
+    if args.status {
+        let pending = db::pending_migrations(&conn)
+            .await
+            .map_err(anyhow::Error::from)?;
+        if pending.is_empty() {
+            println!("{shown}: schema is current");
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{shown}: {} migration(s) pending: {}",
+            pending.len(),
+            pending.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(steps) = args.down {
+        db::migrate_down(&conn, steps)
+            .await
+            .map_err(anyhow::Error::from)?;
+        println!("{shown}: reverted {steps} migration(s)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let applied = db::migrate_up(&conn).await.map_err(anyhow::Error::from)?;
+    println!("{shown}: applied {applied} migration(s); schema is current");
+    Ok(ExitCode::SUCCESS)
+}

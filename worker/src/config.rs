@@ -1,0 +1,599 @@
+//! Configuration: a TOML file, then `ATR_DIST_*` environment variables over it.
+//!
+//! Nesting in variable names uses a double underscore: `ATR_DIST_WORKER__CONCURRENCY=4` sets
+//! `[worker] concurrency`. Secrets (`*.token`, `*.password`) are accepted only from the
+//! environment, or read from a file named by the matching `*_file` key; `load` refuses a
+//! secret written into the TOML file. Every error names the key and says what is wrong.
+//!
+//! `deploy/atr-dist.example.toml` documents every key; a test loads it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use atr_dist_shared::Platform;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::secret::Secret;
+
+pub const ENV_PREFIX: &str = "ATR_DIST_";
+
+/// The embedded default: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./atr-dist.db";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config error: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub worker: WorkerConfig,
+    pub retry: RetryConfig,
+    pub log: LogConfig,
+    pub platforms: PlatformsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user@host/db`. Put no password here: use
+    /// `ATR_DIST_DATABASE__PASSWORD` or `password_file`.
+    pub url: String,
+    #[serde(skip_serializing)]
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: DEFAULT_DATABASE_URL.to_owned(),
+            password: None,
+            password_file: None,
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    #[serde(skip_serializing)]
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// The queue name: every key lives under `atr-dist:{<queue>}:`.
+    pub queue: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: DEFAULT_REDIS_URL.to_owned(),
+            password: None,
+            password_file: None,
+            queue: "default".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs run at once in this process, over all platforms.
+    pub concurrency: usize,
+    /// How long a job stays leased to a worker without a heartbeat before another takes it.
+    pub lease_secs: u64,
+    /// On SIGTERM: how long in-flight jobs get to finish before their leases are released.
+    pub shutdown_timeout_secs: u64,
+    /// Jobs taken from Redis in one round trip.
+    pub fetch_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 8,
+            lease_secs: 60,
+            shutdown_timeout_secs: 30,
+            fetch_batch: 16,
+        }
+    }
+}
+
+/// Backoff between attempts: exponential with full jitter, capped. Per platform overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub base_ms: u64,
+    pub cap_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base_ms: 2_000,
+            cap_ms: 10 * 60 * 1_000,
+            max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info,atr_dist=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// One section per platform; the names are the lower-case member names.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformsConfig {
+    pub artifact_hub: PlatformConfig,
+    pub docker_hub: PlatformConfig,
+    pub maven: PlatformConfig,
+    pub npm: PlatformConfig,
+    pub npm_scoped: PlatformConfig,
+    pub pypi: PlatformConfig,
+    pub github: PlatformConfig,
+    pub hex: PlatformConfig,
+}
+
+impl PlatformsConfig {
+    pub fn get(&self, platform: Platform) -> &PlatformConfig {
+        match platform {
+            Platform::ArtifactHub => &self.artifact_hub,
+            Platform::DockerHub => &self.docker_hub,
+            Platform::Maven => &self.maven,
+            Platform::Npm => &self.npm,
+            Platform::NpmScoped => &self.npm_scoped,
+            Platform::Pypi => &self.pypi,
+            Platform::Github => &self.github,
+            Platform::Hex => &self.hex,
+        }
+    }
+
+    fn get_mut(&mut self, platform: Platform) -> &mut PlatformConfig {
+        match platform {
+            Platform::ArtifactHub => &mut self.artifact_hub,
+            Platform::DockerHub => &mut self.docker_hub,
+            Platform::Maven => &mut self.maven,
+            Platform::Npm => &mut self.npm,
+            Platform::NpmScoped => &mut self.npm_scoped,
+            Platform::Pypi => &mut self.pypi,
+            Platform::Github => &mut self.github,
+            Platform::Hex => &mut self.hex,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// Production API base URL; the platform's public default when absent.
+    pub base_url: Option<Url>,
+    /// Staging API base URL, where the platform has a separate one.
+    pub staging_base_url: Option<Url>,
+    pub username: Option<String>,
+    #[serde(skip_serializing)]
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    /// Jobs for this platform run at once in this process (at most `worker.concurrency`).
+    pub concurrency: Option<usize>,
+    pub retry: Option<RetryConfig>,
+}
+
+/// Where a secret's value may come from; checked against figment's record of each value's
+/// source, so that a secret typed into the TOML file is refused rather than used.
+const SECRET_KEYS: [&str; 2] = ["database.password", "redis.password"];
+
+/// The config section of a platform: its member name in lower case (`npm_scoped`).
+pub fn section_name(platform: Platform) -> String {
+    platform.member_name().to_ascii_lowercase()
+}
+
+impl Config {
+    /// Loads `path` (when given) under the `ATR_DIST_*` environment, then checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            // Read it ourselves first: figment treats a missing file as empty, but a config
+            // file named on the command line and not there is an operator's mistake.
+            std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        Config::from_figment(&figment)
+    }
+
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let secret_keys = SECRET_KEYS.iter().map(|k| (*k).to_owned()).chain(
+            Platform::ALL
+                .iter()
+                .map(|p| format!("platforms.{}.token", section_name(*p))),
+        );
+        for key in secret_keys {
+            if let Some(meta) = figment.find_metadata(&key)
+                && let Some(figment::Source::File(file)) = &meta.source
+            {
+                let env = format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"));
+                return Err(invalid(
+                    key.clone(),
+                    format!(
+                        "secrets are not read from config files ({}); set {env} or `{key}_file`",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(
+            key: &str,
+            file: &Option<PathBuf>,
+            slot: &mut Option<Secret>,
+        ) -> Result<(), ConfigError> {
+            let Some(path) = file else { return Ok(()) };
+            if slot.is_some() {
+                return Err(invalid(
+                    key,
+                    "set both in the environment and as a file; choose one",
+                ));
+            }
+            let secret = Secret::from_file(path).map_err(|e| {
+                invalid(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if secret.expose().is_empty() {
+                return Err(invalid(
+                    format!("{key}_file"),
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            *slot = Some(secret);
+            Ok(())
+        }
+        read(
+            "database.password",
+            &self.database.password_file,
+            &mut self.database.password,
+        )?;
+        read(
+            "redis.password",
+            &self.redis.password_file,
+            &mut self.redis.password,
+        )?;
+        for platform in Platform::ALL {
+            let p = self.platforms.get_mut(platform);
+            let file = p.token_file.clone();
+            read(
+                &format!("platforms.{}.token", section_name(platform)),
+                &file,
+                &mut p.token,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let db = Url::parse(&self.database.url)
+            .map_err(|e| invalid("database.url", format!("not a URL: {e}")))?;
+        match db.scheme() {
+            "sqlite" | "postgres" | "postgresql" => {}
+            other => {
+                return Err(invalid(
+                    "database.url",
+                    format!("scheme {other:?} is not supported; use sqlite:// or postgres://"),
+                ));
+            }
+        }
+        if db.password().is_some() {
+            return Err(invalid(
+                "database.url",
+                "contains a password; set ATR_DIST_DATABASE__PASSWORD or database.password_file instead",
+            ));
+        }
+        let redis = Url::parse(&self.redis.url)
+            .map_err(|e| invalid("redis.url", format!("not a URL: {e}")))?;
+        if !matches!(redis.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(invalid(
+                "redis.url",
+                "use redis://host:port or rediss://host:port",
+            ));
+        }
+        if redis.password().is_some() {
+            return Err(invalid(
+                "redis.url",
+                "contains a password; set ATR_DIST_REDIS__PASSWORD or redis.password_file instead",
+            ));
+        }
+        if self.redis.queue.is_empty()
+            || !self
+                .redis
+                .queue
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid("redis.queue", "use 1 or more of A-Z a-z 0-9 - _ ."));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.fetch_batch == 0 {
+            return Err(invalid("worker.fetch_batch", "must be at least 1"));
+        }
+        if self.worker.lease_secs < 5 {
+            return Err(invalid(
+                "worker.lease_secs",
+                "must be at least 5 (heartbeats renew it every third of it)",
+            ));
+        }
+        validate_retry("retry", &self.retry)?;
+        for platform in Platform::ALL {
+            let name = section_name(platform);
+            let p = self.platforms.get(platform);
+            if let Some(retry) = &p.retry {
+                validate_retry(&format!("platforms.{name}.retry"), retry)?;
+            }
+            if p.concurrency == Some(0) {
+                return Err(invalid(
+                    format!("platforms.{name}.concurrency"),
+                    "must be at least 1",
+                ));
+            }
+            for (key, url) in [
+                ("base_url", &p.base_url),
+                ("staging_base_url", &p.staging_base_url),
+            ] {
+                if let Some(url) = url
+                    && !matches!(url.scheme(), "https" | "http")
+                {
+                    return Err(invalid(
+                        format!("platforms.{name}.{key}"),
+                        "must be an http(s) URL",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL with the password (from the environment or a file) filled in.
+    pub fn database_url(&self) -> Secret {
+        with_password(&self.database.url, self.database.password.as_ref())
+    }
+
+    pub fn redis_url(&self) -> Secret {
+        with_password(&self.redis.url, self.redis.password.as_ref())
+    }
+
+    pub fn retry_for(&self, platform: Platform) -> RetryConfig {
+        self.platforms.get(platform).retry.unwrap_or(self.retry)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.worker.lease_secs)
+    }
+}
+
+fn validate_retry(key: &str, r: &RetryConfig) -> Result<(), ConfigError> {
+    if r.max_attempts == 0 {
+        return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));
+    }
+    if r.base_ms == 0 || r.cap_ms < r.base_ms {
+        return Err(invalid(key, "needs 0 < base_ms <= cap_ms"));
+    }
+    Ok(())
+}
+
+fn with_password(url: &str, password: Option<&Secret>) -> Secret {
+    let Some(password) = password else {
+        return Secret::new(url);
+    };
+    let Ok(mut parsed) = Url::parse(url) else {
+        return Secret::new(url);
+    };
+    if parsed.set_password(Some(password.expose())).is_err() {
+        return Secret::new(url);
+    }
+    Secret::new(parsed.to_string())
+}
+
+/// A listen address, for the sections that serve HTTP.
+pub fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|e| invalid(key, format!("{value:?} is not host:port: {e}")))
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, toml: &str) -> Result<Config, ConfigError> {
+        jail.create_file("atr-dist.toml", toml).unwrap();
+        Config::load(Some(Path::new("atr-dist.toml")))
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_ones() {
+        Jail::expect_with(|_| {
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
+            assert_eq!(c.redis.url, DEFAULT_REDIS_URL);
+            assert_eq!(c.worker.concurrency, 8);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ATR_DIST_WORKER__CONCURRENCY", "3");
+            jail.set_env("ATR_DIST_PLATFORMS__NPM__TOKEN", "123456");
+            jail.set_env("ATR_DIST_CONFIG", "ignored.toml");
+            let c = load_in(jail, "[worker]\nconcurrency = 5\nlease_secs = 20\n").unwrap();
+            assert_eq!(c.worker.concurrency, 3);
+            assert_eq!(c.worker.lease_secs, 20);
+            assert_eq!(c.platforms.npm.token.as_ref().unwrap().expose(), "123456");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_in_the_file_are_refused() {
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, "[platforms.npm]\ntoken = \"npm_secret\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("config key `platforms.npm.token`"), "{err}");
+            assert!(err.contains("ATR_DIST_PLATFORMS__NPM__TOKEN"), "{err}");
+            assert!(
+                !err.contains("npm_secret"),
+                "the message leaks the secret: {err}"
+            );
+            let err = load_in(jail, "[database]\nurl = \"postgres://u:pw@db/x\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`database.url`: contains a password"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_files_are_read() {
+        Jail::expect_with(|jail| {
+            jail.create_file("db-password", "s3cret\n")?;
+            let c = load_in(jail, "[database]\nurl = \"postgres://atr@127.0.0.1/atr\"\npassword_file = \"db-password\"\n").unwrap();
+            assert_eq!(
+                c.database_url().expose(),
+                "postgres://atr:s3cret@127.0.0.1/atr"
+            );
+            let err = load_in(jail, "[platforms.hex]\ntoken_file = \"missing\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("config key `platforms.hex.token_file`: cannot read missing"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                (
+                    "[worker]\nconcurrency = 0\n",
+                    "config key `worker.concurrency`: must be at least 1",
+                ),
+                (
+                    "[worker]\nconcurency = 2\n",
+                    "unknown field: found `concurency`",
+                ),
+                ("[worker]\nconcurrency = \"many\"\n", "worker.concurrency"),
+                (
+                    "[database]\nurl = \"mysql://x/y\"\n",
+                    "scheme \"mysql\" is not supported",
+                ),
+                ("[platforms.crates]\n", "unknown field: found `crates`"),
+                (
+                    "[platforms.npm.retry]\nmax_attempts = 0\n",
+                    "platforms.npm.retry.max_attempts",
+                ),
+                (
+                    "[platforms.npm]\nbase_url = \"ftp://x\"\n",
+                    "platforms.npm.base_url",
+                ),
+                ("[redis]\nqueue = \"a b\"\n", "redis.queue"),
+            ];
+            for (toml, expected) in cases {
+                let err = load_in(jail, toml).unwrap_err().to_string();
+                assert!(
+                    err.contains(expected),
+                    "{toml:?}: expected {expected:?} in {err:?}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/atr-dist.toml"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read config file /nonexistent/atr-dist.toml")
+        );
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/atr-dist.example.toml"
+        );
+        Jail::expect_with(|_| {
+            Config::load(Some(Path::new(example))).unwrap();
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,10 @@
+//! atr-dist: the worker that puts voted Apache releases onto third-party platforms.
+//!
+//! `shared` holds the vocabulary (platforms, names, the job contract); this crate holds what
+//! acts: configuration, the results database, the queue, the pipeline and the operator surface.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod secret;
+pub mod telemetry;
