@@ -88,6 +88,8 @@ pub struct RedisConfig {
     pub password_file: Option<PathBuf>,
     /// The queue name: every key lives under `atr-dist:{<queue>}:`.
     pub queue: String,
+    /// Redis Cluster seed nodes (`redis://host:port`); when set, `url` is not used.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -97,6 +99,7 @@ impl Default for RedisConfig {
             password: None,
             password_file: None,
             queue: "default".to_owned(),
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout_secs: u64,
     /// Jobs taken from Redis in one round trip.
     pub fetch_batch: usize,
+    /// Longest one attempt may run before it counts as a transient failure.
+    pub job_timeout_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -121,6 +126,7 @@ impl Default for WorkerConfig {
             lease_secs: 60,
             shutdown_timeout_secs: 30,
             fetch_batch: 16,
+            job_timeout_secs: 3600,
         }
     }
 }

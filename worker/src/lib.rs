@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod queue;
 pub mod secret;
 pub mod telemetry;

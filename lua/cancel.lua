@@ -1,0 +1,48 @@
+-- atr-dist wire format v1: cancel (docs/wire-format.md, "cancel").
+-- KEYS[1] = <prefix>queued
+-- ARGV = prefix, message, id...
+-- scheduled, queued and retrying jobs become cancelled at once; for a running job the
+-- request is recorded and the worker sees it on its next heartbeat.
+-- Returns, per id: 'cancelled', 'cancel_requested', 'not_found', or the terminal state the
+-- job is already in (done, dead, cancelled), which cannot be cancelled.
+local prefix = ARGV[1]
+local message = ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local cancelled = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local job = prefix .. 'job:' .. id
+  local state = redis.call('HGET', job, 'state')
+  local result
+  if not state then
+    result = 'not_found'
+  elseif state == 'running' then
+    redis.call('HSET', job, 'cancel_requested', '1')
+    result = 'cancel_requested'
+  elseif state == 'queued' or state == 'scheduled' or state == 'retrying' then
+    if state == 'queued' then
+      -- O(queue length), like any removal from the middle of a list; cancels are rare.
+      redis.call('LREM', prefix .. 'queued', 1, id)
+    else
+      redis.call('ZREM', prefix .. state, id)
+    end
+    redis.call('HSET', job, 'state', 'cancelled', 'finished_at', now, 'last_error', message)
+    redis.call('ZADD', prefix .. 'cancelled', now, id)
+    cancelled = cancelled + 1
+    result = 'cancelled'
+  else
+    result = state
+  end
+  if result == 'cancelled' or result == 'cancel_requested' then
+    local key = prefix .. 'events:' .. id
+    redis.call('RPUSH', key, cjson.encode({at = now, event = result, message = message}))
+    redis.call('LTRIM', key, -50, -1)
+  end
+  out[#out + 1] = result
+end
+if cancelled > 0 then
+  redis.call('HINCRBY', prefix .. 'stats', 'cancelled', cancelled)
+end
+return out

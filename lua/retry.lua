@@ -1,0 +1,32 @@
+-- atr-dist wire format v1: retry (docs/wire-format.md, "retry").
+-- KEYS[1] = <prefix>queued
+-- ARGV = prefix, message, id...
+-- A dead or cancelled job is queued again with a fresh set of attempts.
+-- Returns, per id: 'queued', 'not_found', or the state that cannot be retried.
+local prefix = ARGV[1]
+local message = ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local job = prefix .. 'job:' .. id
+  local state = redis.call('HGET', job, 'state')
+  local result
+  if not state then
+    result = 'not_found'
+  elseif state == 'dead' or state == 'cancelled' then
+    redis.call('ZREM', prefix .. state, id)
+    redis.call('HSET', job, 'state', 'queued', 'attempt', 0, 'queued_at', now)
+    redis.call('HDEL', job, 'finished_at', 'cancel_requested')
+    redis.call('RPUSH', prefix .. 'queued', id)
+    local key = prefix .. 'events:' .. id
+    redis.call('RPUSH', key, cjson.encode({at = now, event = 'retried', message = message}))
+    redis.call('LTRIM', key, -50, -1)
+    result = 'queued'
+  else
+    result = state
+  end
+  out[#out + 1] = result
+end
+return out

@@ -1,0 +1,630 @@
+//! Queue behaviour cases, run against a single Redis (`tests/queue.rs`) and against a
+//! three-node Redis Cluster (`tests/cluster.rs`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use atr_dist::config::RetryConfig;
+use atr_dist::queue::pool::{self, JobError, JobHandler, PoolConfig, RunningJob};
+use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Queue, RawJob};
+use atr_dist_shared::{ErrorClass, JobState};
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use crate::jobs;
+
+/// A handler built from a closure.
+pub struct FnHandler<F>(pub F);
+
+impl<F, Fut> JobHandler for FnHandler<F>
+where
+    F: Fn(RunningJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send,
+{
+    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<(), JobError>> + Send {
+        (self.0)(job)
+    }
+}
+
+pub fn pool_config(concurrency: usize, retry: RetryConfig) -> PoolConfig {
+    PoolConfig {
+        concurrency,
+        lease: Duration::from_secs(5),
+        fetch_batch: 64,
+        idle_poll: Duration::from_millis(20),
+        job_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(5),
+        retry: Arc::new(move |_| retry),
+    }
+}
+
+pub const FAST_RETRY: RetryConfig = RetryConfig {
+    base_ms: 20,
+    cap_ms: 100,
+    max_attempts: 5,
+};
+
+/// A pool running in the background until dropped or stopped.
+pub struct RunningPool {
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningPool {
+    pub fn start<H: JobHandler>(queue: &Queue, handler: H, config: PoolConfig) -> RunningPool {
+        let (tx, rx) = oneshot::channel::<()>();
+        let queue = queue.clone();
+        let join = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            pool::run(queue, Arc::new(handler), config, shutdown, |_| {})
+                .await
+                .expect("pool runs");
+        });
+        RunningPool {
+            stop: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            join.await.expect("pool task");
+        }
+    }
+}
+
+impl Drop for RunningPool {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn count(queue: &Queue, state: JobState) -> u64 {
+    queue.stats().await.unwrap().counts[&state]
+}
+
+pub async fn state_of(queue: &Queue, id: &str) -> JobState {
+    queue
+        .show(id)
+        .await
+        .unwrap()
+        .expect("job exists")
+        .summary
+        .state
+}
+
+fn ack(id: &str, attempt: u32, outcome: AckOutcome) -> Vec<Ack> {
+    vec![Ack {
+        id: id.to_owned(),
+        attempt,
+        outcome,
+    }]
+}
+
+pub async fn idempotent_and_bulk_enqueue(q: &Queue) {
+    let env = jobs::stage(1);
+    let first = q.enqueue(&env, None, 5).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.id, env.id.to_string());
+    let again = q.enqueue(&env, None, 5).await.unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.created),
+        (first.id.as_str(), false)
+    );
+    // Same key, new id (a producer retrying after a crash): still the first job.
+    let mut retried = jobs::stage(1);
+    retried.id = atr_dist_shared::JobId::new_v7();
+    let third = q.enqueue(&retried, None, 5).await.unwrap();
+    assert_eq!(
+        (third.id.as_str(), third.created),
+        (first.id.as_str(), false)
+    );
+    assert_eq!(count(q, JobState::Queued).await, 1);
+
+    let bulk: Vec<_> = (100..2600).map(jobs::stage).collect();
+    let out = q.enqueue_bulk(&bulk, None, 5).await.unwrap();
+    assert_eq!(out.len(), 2500);
+    assert!(out.iter().all(|e| e.created));
+    assert_eq!(count(q, JobState::Queued).await, 2501);
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.totals.get("enqueued"), Some(&2501));
+}
+
+pub async fn delayed_jobs_wait_for_their_time(q: &Queue) {
+    let env = jobs::stage(2);
+    let run_at = Utc::now() + chrono::Duration::milliseconds(400);
+    let e = q.enqueue(&env, Some(run_at), 3).await.unwrap();
+    assert_eq!(state_of(q, &e.id).await, JobState::Scheduled);
+    assert!(
+        q.fetch("w1", Duration::from_secs(5), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = q.fetch("w1", Duration::from_secs(5), 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id.as_str(), got[0].attempt), (e.id.as_str(), 1));
+}
+
+pub async fn leases_fence_acks_and_expire(q: &Queue) {
+    let e = q.enqueue(&jobs::stage(3), None, 3).await.unwrap();
+    let lease = Duration::from_millis(300);
+    let got = q.fetch("w1", lease, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // Another worker, or the wrong attempt, cannot ack.
+    assert_eq!(
+        q.ack("w2", &ack(&e.id, 1, AckOutcome::Done)).await.unwrap(),
+        vec![AckResult::Stale]
+    );
+    assert_eq!(
+        q.ack("w1", &ack(&e.id, 2, AckOutcome::Done)).await.unwrap(),
+        vec![AckResult::Stale]
+    );
+    // A heartbeat keeps it; without one, it expires and any worker gets it back.
+    let hb = q
+        .heartbeat("w1", lease, std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    assert!(hb.lost.is_empty());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let again = q.fetch("w2", lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "expired lease recovered");
+    assert_eq!(again[0].attempt, 2);
+    let hb = q
+        .heartbeat("w1", lease, std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        hb.lost,
+        vec![e.id.clone()],
+        "the old holder learns it lost the job"
+    );
+    assert_eq!(
+        q.ack("w1", &ack(&e.id, 1, AckOutcome::Done)).await.unwrap(),
+        vec![AckResult::Stale]
+    );
+    assert_eq!(
+        q.ack("w2", &ack(&e.id, 2, AckOutcome::Done)).await.unwrap(),
+        vec![AckResult::Applied(JobState::Done)]
+    );
+    let detail = q.show(&e.id).await.unwrap().unwrap();
+    assert!(
+        detail.events.iter().any(|ev| ev.event == "lease_expired"),
+        "{:?}",
+        detail.events
+    );
+}
+
+pub async fn retries_persist_then_dead(q: &Queue) {
+    let e = q.enqueue(&jobs::stage(4), None, 3).await.unwrap();
+    let lease = Duration::from_secs(5);
+    let transient = |attempt| {
+        ack(
+            &e.id,
+            attempt,
+            AckOutcome::Retry {
+                delay: Duration::from_millis(150),
+                class: ErrorClass::Transient,
+                message: format!("503 on attempt {attempt}"),
+            },
+        )
+    };
+    for attempt in 1..=2 {
+        let got = q.fetch("w1", lease, 10).await.unwrap();
+        assert_eq!(got[0].attempt, attempt);
+        assert_eq!(
+            q.ack("w1", &transient(attempt)).await.unwrap(),
+            vec![AckResult::Applied(JobState::Retrying)]
+        );
+        // The backoff is kept in Redis: nothing to fetch until it has passed.
+        assert!(q.fetch("w1", lease, 10).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = q.fetch("w1", lease, 10).await.unwrap();
+    assert_eq!(got[0].attempt, 3);
+    assert_eq!(
+        q.ack("w1", &transient(3)).await.unwrap(),
+        vec![AckResult::Applied(JobState::Dead)]
+    );
+    let d = q.show(&e.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.state, JobState::Dead);
+    assert_eq!(
+        d.summary.last_error.as_deref(),
+        Some("gave up after 3 attempt(s); last error: 503 on attempt 3")
+    );
+    let kinds: Vec<&str> = d.events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, vec!["retry_scheduled", "retry_scheduled", "dead"]);
+
+    let p = q.enqueue(&jobs::stage(5), None, 10).await.unwrap();
+    q.fetch("w1", lease, 10).await.unwrap();
+    let permanent = AckOutcome::Dead {
+        class: ErrorClass::Permanent,
+        message: "404 unknown package".into(),
+    };
+    assert_eq!(
+        q.ack("w1", &ack(&p.id, 1, permanent)).await.unwrap(),
+        vec![AckResult::Applied(JobState::Dead)]
+    );
+    assert_eq!(
+        q.show(&p.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .error_class
+            .as_deref(),
+        Some("permanent")
+    );
+}
+
+pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&attempts);
+    let handler = FnHandler(move |job: RunningJob| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            match job.envelope.distribution().package.as_str() {
+                "pkg-10" if job.attempt < 3 => Err(JobError::transient(format!(
+                    "flaky, attempt {}",
+                    job.attempt
+                ))),
+                "pkg-11" => Err(JobError::permanent("no such package")),
+                "pkg-12" => panic!("handler bug"),
+                _ => Ok(()),
+            }
+        }
+    });
+    let good = q
+        .enqueue_bulk(&(10..13).map(jobs::stage).collect::<Vec<_>>(), None, 5)
+        .await
+        .unwrap();
+    let valid = jobs::stage(13).to_json();
+    let mut value: serde_json::Value = serde_json::from_str(&valid).unwrap();
+    let mut bad = Vec::new();
+    let mut variant = |label: &str, f: &dyn Fn(&mut serde_json::Value) -> String| {
+        let mut v = value.clone();
+        let text = f(&mut v);
+        bad.push((label.to_owned(), text));
+    };
+    variant("json", &|_| "{not json".to_owned());
+    variant("version", &|v| {
+        v["v"] = 7.into();
+        v.to_string()
+    });
+    variant("kind", &|v| {
+        v["kind"] = "publish".into();
+        v.to_string()
+    });
+    variant("missing", &|v| {
+        v["payload"].as_object_mut().unwrap().remove("asf_uid");
+        v.to_string()
+    });
+    variant("oversized", &|v| {
+        v["payload"]["asf_uid"] = "x".repeat(1_100_000).into();
+        v.to_string()
+    });
+    value["id"] = "unused".into();
+    let raws: Vec<RawJob> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (label, text))| RawJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: format!("bad-{i}-{label}"),
+            envelope: text.clone(),
+            run_at: None,
+            max_attempts: 5,
+            kind: "stage".into(),
+            release: "example-1.0.0".into(),
+            platform: "NPM".into(),
+        })
+        .collect();
+    let bad_ids = q.enqueue_raw(&raws).await.unwrap();
+    let after = q.enqueue(&jobs::stage(14), None, 5).await.unwrap();
+
+    let running = RunningPool::start(q, handler, pool_config(4, FAST_RETRY));
+    eventually("all jobs settle", Duration::from_secs(20), || async {
+        let s = q.stats().await.unwrap();
+        s.counts[&JobState::Done] == 2 && s.counts[&JobState::Dead] == 7
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(
+        state_of(q, &good[0].id).await,
+        JobState::Done,
+        "flaky job succeeded on attempt 3"
+    );
+    assert_eq!(
+        q.show(&good[0].id).await.unwrap().unwrap().summary.attempt,
+        3
+    );
+    let permanent = q.show(&good[1].id).await.unwrap().unwrap().summary;
+    assert_eq!((permanent.state, permanent.attempt), (JobState::Dead, 1));
+    let panicked = q.show(&good[2].id).await.unwrap().unwrap().summary;
+    assert_eq!(
+        panicked.last_error.as_deref(),
+        Some("the job handler panicked: handler bug")
+    );
+    let expected = [
+        "envelope is not valid JSON",
+        "envelope version 7 is not supported; this worker understands version 1",
+        "unknown job kind \"publish\"",
+        "missing field `asf_uid`",
+        "the limit is 1048576",
+    ];
+    for (e, want) in bad_ids.iter().zip(expected) {
+        let s = q.show(&e.id).await.unwrap().unwrap().summary;
+        assert_eq!(s.state, JobState::Dead);
+        assert_eq!(s.error_class.as_deref(), Some("malformed"));
+        let msg = s.last_error.unwrap_or_default();
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+    assert_eq!(
+        state_of(q, &after.id).await,
+        JobState::Done,
+        "the worker went on after bad jobs"
+    );
+    // 3 attempts of the flaky job, 1 each for the others; malformed jobs never reach it.
+    assert_eq!(attempts.load(Ordering::SeqCst), 3 + 1 + 1 + 1);
+}
+
+pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
+    let lease = Duration::from_secs(5);
+    let ids: Vec<String> = q
+        .enqueue_bulk(&(20..30).map(jobs::stage).collect::<Vec<_>>(), None, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    // Make 4 dead, 1 running, leave 5 queued.
+    let leased = q.fetch("w1", lease, 5).await.unwrap();
+    let dead: Vec<Ack> = leased[..4]
+        .iter()
+        .map(|j| Ack {
+            id: j.id.clone(),
+            attempt: 1,
+            outcome: AckOutcome::Dead {
+                class: ErrorClass::Auth,
+                message: "401 bad token".into(),
+            },
+        })
+        .collect();
+    q.ack("w1", &dead).await.unwrap();
+    let running_id = leased[4].id.clone();
+
+    let page1 = q
+        .list(
+            &JobFilter {
+                state: Some(JobState::Dead),
+                ..Default::default()
+            },
+            None,
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page1.jobs.len(), 3);
+    let page2 = q
+        .list(
+            &JobFilter {
+                state: Some(JobState::Dead),
+                ..Default::default()
+            },
+            page1.next_cursor.as_deref(),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2.jobs.len(), 1);
+    assert!(page2.next_cursor.is_none());
+    let all = q.list(&JobFilter::default(), None, 100).await.unwrap();
+    assert_eq!(all.jobs.len(), 10);
+    let none = q
+        .list(
+            &JobFilter {
+                platform: Some("PYPI".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(none.jobs.is_empty());
+    let young = q
+        .list(
+            &JobFilter {
+                older_than: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(young.jobs.is_empty(), "no job is an hour old");
+
+    // Retry one dead job, then all that match.
+    let dead_id = page1.jobs[0].id.clone();
+    assert_eq!(
+        q.retry(std::slice::from_ref(&dead_id), "operator retry")
+            .await
+            .unwrap(),
+        vec!["queued"]
+    );
+    let d = q.show(&dead_id).await.unwrap().unwrap();
+    assert_eq!((d.summary.state, d.summary.attempt), (JobState::Queued, 0));
+    assert_eq!(d.events.last().map(|e| e.event.as_str()), Some("retried"));
+    let n = q
+        .retry_matching(
+            &JobFilter {
+                release: Some("example-1.0.0".into()),
+                ..Default::default()
+            },
+            "bulk retry",
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(count(q, JobState::Dead).await, 0);
+    assert_eq!(
+        q.retry(std::slice::from_ref(&running_id), "x")
+            .await
+            .unwrap(),
+        vec!["running"]
+    );
+
+    // Cancel: queued at once, running by request, unknown ids said so.
+    let queued_id = ids
+        .iter()
+        .find(|id| !leased.iter().any(|l| &&l.id == id))
+        .unwrap()
+        .clone();
+    let out = q
+        .cancel(
+            &[queued_id.clone(), running_id.clone(), "nope".into()],
+            "not needed",
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec!["cancelled", "cancel_requested", "not_found"]);
+    assert_eq!(state_of(q, &queued_id).await, JobState::Cancelled);
+    let hb = q
+        .heartbeat("w1", lease, std::slice::from_ref(&running_id))
+        .await
+        .unwrap();
+    assert_eq!(hb.cancel, vec![running_id.clone()]);
+    q.ack(
+        "w1",
+        &ack(
+            &running_id,
+            1,
+            AckOutcome::Cancelled {
+                message: "stopped".into(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(q, &running_id).await, JobState::Cancelled);
+
+    // Pause stops fetching; resume restores it.
+    q.pause().await.unwrap();
+    assert!(q.stats().await.unwrap().paused);
+    assert!(q.fetch("w1", lease, 100).await.unwrap().is_empty());
+    q.resume().await.unwrap();
+    let rest = q.fetch("w1", lease, 100).await.unwrap();
+    assert_eq!(rest.len(), 8);
+    let done: Vec<Ack> = rest
+        .iter()
+        .map(|j| Ack {
+            id: j.id.clone(),
+            attempt: j.attempt,
+            outcome: AckOutcome::Done,
+        })
+        .collect();
+    q.ack("w1", &done).await.unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.counts[&JobState::Done], 8);
+    assert_eq!(stats.counts[&JobState::Cancelled], 2);
+    assert_eq!(stats.last_hour.iter().map(|m| m.done).sum::<u64>(), 8);
+
+    // Purge: nothing is older than an hour; everything is older than zero.
+    assert_eq!(
+        q.purge(JobState::Done, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 8);
+    assert!(q.show(&rest[0].id).await.unwrap().is_none());
+    assert!(q.purge(JobState::Queued, Duration::ZERO).await.is_err());
+    // A purged job's idempotency key is free again.
+    let again = q.enqueue(&jobs::stage(20), None, 1).await.unwrap();
+    assert_eq!(
+        again.created,
+        rest.iter().any(|j| j.id == ids[0]) || again.created
+    );
+}
+
+pub async fn running_jobs_see_cancellation(q: &Queue) {
+    let handler = FnHandler(|job: RunningJob| async move {
+        // A long job that only stops when told to.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let _ = job;
+        Ok(())
+    });
+    let mut config = pool_config(2, FAST_RETRY);
+    config.lease = Duration::from_millis(600);
+    let e = q.enqueue(&jobs::stage(40), None, 3).await.unwrap();
+    let running = RunningPool::start(q, handler, config);
+    eventually("job runs", Duration::from_secs(10), || async {
+        state_of(q, &e.id).await == JobState::Running
+    })
+    .await;
+    assert_eq!(
+        q.cancel(std::slice::from_ref(&e.id), "operator")
+            .await
+            .unwrap(),
+        vec!["cancel_requested"]
+    );
+    eventually("job cancelled", Duration::from_secs(10), || async {
+        state_of(q, &e.id).await == JobState::Cancelled
+    })
+    .await;
+    running.stop().await;
+}
+
+pub async fn shutdown_releases_unfinished_jobs(q: &Queue) {
+    let handler = FnHandler(|_job: RunningJob| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    });
+    let mut config = pool_config(2, FAST_RETRY);
+    config.shutdown_timeout = Duration::from_millis(300);
+    let ids = q
+        .enqueue_bulk(&(50..54).map(jobs::stage).collect::<Vec<_>>(), None, 3)
+        .await
+        .unwrap();
+    let running = RunningPool::start(q, handler, config);
+    eventually("two jobs run", Duration::from_secs(10), || async {
+        count(q, JobState::Running).await == 2
+    })
+    .await;
+    running.stop().await;
+    // Nothing stays leased to a stopped worker, and the interrupted attempts do not count.
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.counts[&JobState::Running], 0);
+    assert_eq!(stats.counts[&JobState::Queued], 4);
+    for e in ids {
+        assert_eq!(q.show(&e.id).await.unwrap().unwrap().summary.attempt, 0);
+    }
+}

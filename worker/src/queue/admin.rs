@@ -1,0 +1,519 @@
+//! The operator's view and levers: stats, listing and showing jobs, retry, cancel, purge,
+//! pause and resume. The CLI, the HTTP API and the dashboard all call these.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atr_dist_shared::JobState;
+use chrono::{DateTime, TimeZone, Utc};
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use super::scripts::SCRIPTS;
+use super::{Queue, QueueError};
+
+/// Fields read for a job summary, in this order.
+const SUMMARY_FIELDS: [&str; 15] = [
+    "state",
+    "kind",
+    "release",
+    "platform",
+    "attempt",
+    "max_attempts",
+    "enqueued_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "worker",
+    "error_class",
+    "last_error",
+    "cancel_requested",
+    "idempotency_key",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobSummary {
+    pub id: String,
+    pub state: JobState,
+    pub kind: String,
+    pub release: String,
+    pub platform: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub enqueued_at: Option<DateTime<Utc>>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+    pub error_class: Option<String>,
+    pub last_error: Option<String>,
+    pub cancel_requested: bool,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobEvent {
+    pub at: Option<DateTime<Utc>>,
+    pub event: String,
+    pub attempt: Option<u32>,
+    pub error_class: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    /// The envelope as stored (JSON text; may be malformed, which is why it is dead).
+    pub envelope: String,
+    /// Lease expiry while running.
+    pub lease_until: Option<DateTime<Utc>>,
+    pub events: Vec<JobEvent>,
+}
+
+/// Which jobs to list. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub platform: Option<String>,
+    pub release: Option<String>,
+    pub kind: Option<String>,
+    /// Enqueued at least this long ago.
+    pub older_than: Option<Duration>,
+    /// Enqueued at most this long ago.
+    pub newer_than: Option<Duration>,
+}
+
+impl JobFilter {
+    fn matches(&self, job: &JobSummary, now: DateTime<Utc>) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        if !eq(&self.platform, &job.platform)
+            || !eq(&self.release, &job.release)
+            || !eq(&self.kind, &job.kind)
+        {
+            return false;
+        }
+        let age = job
+            .enqueued_at
+            .map(|t| (now - t).to_std().unwrap_or_default());
+        if let Some(min) = self.older_than
+            && age.is_none_or(|a| a < min)
+        {
+            return false;
+        }
+        if let Some(max) = self.newer_than
+            && age.is_none_or(|a| a > max)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    /// Pass back to continue; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MinuteStats {
+    pub minute: DateTime<Utc>,
+    pub enqueued: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub paused: bool,
+    pub counts: BTreeMap<JobState, u64>,
+    /// Age of the job at the head of `queued` (time since it became ready).
+    pub oldest_queued_age_secs: Option<f64>,
+    /// Counters since the queue was created.
+    pub totals: BTreeMap<String, u64>,
+    /// The last 60 minutes, oldest first.
+    pub last_hour: Vec<MinuteStats>,
+    /// Workers with a live heartbeat.
+    pub workers: u64,
+}
+
+fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+}
+
+/// The Redis structure a state lives in, and the order it lists in.
+fn state_order(state: JobState) -> (&'static str, bool) {
+    match state {
+        JobState::Queued => ("queued", false),
+        JobState::Scheduled => ("scheduled", false),
+        JobState::Retrying => ("retrying", false),
+        JobState::Running => ("running", false),
+        // Terminal states: newest first, which is what an operator looks for.
+        JobState::Done => ("done", true),
+        JobState::Dead => ("dead", true),
+        JobState::Cancelled => ("cancelled", true),
+    }
+}
+
+impl Queue {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    async fn summaries(&self, ids: &[String]) -> Result<Vec<JobSummary>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("job:{id}")))
+                .arg(&SUMMARY_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .filter_map(|(id, row)| summary_from(id, &row))
+            .collect())
+    }
+
+    /// One page of jobs matching `filter`, in each state's natural order; without a state,
+    /// states in lifecycle order (queued, scheduled, retrying, running, done, dead, cancelled).
+    pub async fn list(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        const STATES: [JobState; 7] = [
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Retrying,
+            JobState::Running,
+            JobState::Done,
+            JobState::Dead,
+            JobState::Cancelled,
+        ];
+        let limit = limit.clamp(1, 1000);
+        let states: Vec<JobState> = match filter.state {
+            Some(s) => vec![s],
+            None => STATES.to_vec(),
+        };
+        // Cursor: "<state>:<offset>", where to resume scanning.
+        let (mut state_idx, mut offset) = parse_cursor(cursor, &states);
+        let now = Utc::now();
+        let mut jobs = Vec::new();
+        const SCAN: isize = 500;
+        while state_idx < states.len() {
+            let (name, newest_first) = state_order(states[state_idx]);
+            let key = self.key(name);
+            let start = offset as isize;
+            let stop = start + SCAN - 1;
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = match (states[state_idx], newest_first) {
+                (JobState::Queued, _) => conn.lrange(&key, start, stop).await?,
+                (_, true) => conn.zrevrange(&key, start, stop).await?,
+                (_, false) => conn.zrange(&key, start, stop).await?,
+            };
+            let scanned = ids.len();
+            for (i, job) in self.summaries(&ids).await?.into_iter().enumerate() {
+                if job.state != states[state_idx] || !filter.matches(&job, now) {
+                    continue;
+                }
+                jobs.push(job);
+                if jobs.len() == limit {
+                    // Resume after the position of this job in the scan.
+                    let pos = offset + position_of(&ids, &jobs[jobs.len() - 1].id).unwrap_or(i) + 1;
+                    return Ok(JobPage {
+                        jobs,
+                        next_cursor: Some(format!("{}:{pos}", states[state_idx])),
+                    });
+                }
+            }
+            if scanned < SCAN as usize {
+                state_idx += 1;
+                offset = 0;
+            } else {
+                offset += scanned;
+            }
+        }
+        Ok(JobPage {
+            jobs,
+            next_cursor: None,
+        })
+    }
+
+    pub async fn show(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.key(&format!("job:{id}")))
+            .arg(&SUMMARY_FIELDS[..]);
+        pipe.cmd("HGET")
+            .arg(self.key(&format!("job:{id}")))
+            .arg("envelope");
+        pipe.cmd("LRANGE")
+            .arg(self.key(&format!("events:{id}")))
+            .arg(0)
+            .arg(-1);
+        pipe.cmd("ZSCORE").arg(self.key("running")).arg(id);
+        let (row, envelope, events, lease): (
+            Vec<Option<String>>,
+            Option<String>,
+            Vec<String>,
+            Option<f64>,
+        ) = pipe.query_async(&mut self.conn.clone()).await?;
+        let Some(summary) = summary_from(id, &row) else {
+            return Ok(None);
+        };
+        let events = events
+            .iter()
+            .map(|text| {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                JobEvent {
+                    at: ms_to_time(v["at"].as_i64()),
+                    event: v["event"].as_str().unwrap_or("unknown").to_owned(),
+                    attempt: v["attempt"].as_u64().map(|a| a as u32),
+                    error_class: v["error_class"]
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned),
+                    message: v["message"].as_str().map(str::to_owned),
+                }
+            })
+            .collect();
+        Ok(Some(JobDetail {
+            summary,
+            envelope: envelope.unwrap_or_default(),
+            lease_until: ms_to_time(lease.map(|l| l as i64)),
+            events,
+        }))
+    }
+
+    /// Queues dead or cancelled jobs again. Returns, per id, the state it is now in or the
+    /// reason it was not retried.
+    pub async fn retry(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
+        self.per_id_script(&SCRIPTS.retry, ids, message).await
+    }
+
+    /// Retries every dead job matching `filter` (its state is forced to dead).
+    pub async fn retry_matching(
+        &self,
+        filter: &JobFilter,
+        message: &str,
+    ) -> Result<usize, QueueError> {
+        let mut filter = filter.clone();
+        filter.state = Some(JobState::Dead);
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list(&filter, cursor.as_deref(), 1000).await?;
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut retried = 0;
+        for chunk in ids.chunks(500) {
+            retried += self
+                .retry(chunk, message)
+                .await?
+                .iter()
+                .filter(|r| *r == "queued")
+                .count();
+        }
+        Ok(retried)
+    }
+
+    /// Cancels jobs: at once when waiting, by request when running.
+    pub async fn cancel(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
+        self.per_id_script(&SCRIPTS.cancel, ids, message).await
+    }
+
+    async fn per_id_script(
+        &self,
+        script: &redis::Script,
+        ids: &[String],
+        message: &str,
+    ) -> Result<Vec<String>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = script.key(self.key("queued"));
+        inv.arg(&self.prefix).arg(message);
+        for id in ids {
+            inv.arg(id);
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Deletes jobs that have been in a terminal `state` for longer than `older_than`.
+    pub async fn purge(&self, state: JobState, older_than: Duration) -> Result<u64, QueueError> {
+        if !state.is_terminal() {
+            return Err(QueueError::Refused {
+                id: String::new(),
+                reason: format!("only done, dead or cancelled jobs can be purged, not {state}"),
+            });
+        }
+        const LIMIT: u64 = 1000;
+        let mut total = 0;
+        loop {
+            let n: u64 = SCRIPTS
+                .purge
+                .key(self.key("queued"))
+                .arg(&self.prefix)
+                .arg(state.as_str())
+                .arg(older_than.as_millis() as u64)
+                .arg(LIMIT)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            total += n;
+            if n < LIMIT {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stops `fetch` from handing out jobs; running jobs finish.
+    pub async fn pause(&self) -> Result<(), QueueError> {
+        let _: () = self
+            .conn
+            .clone()
+            .set(self.key("paused"), Utc::now().timestamp_millis())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resume(&self) -> Result<(), QueueError> {
+        let _: () = self.conn.clone().del(self.key("paused")).await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Utc::now();
+        let this_minute = now.timestamp_millis() / 60_000;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(self.key("paused"));
+        pipe.cmd("LLEN").arg(self.key("queued"));
+        for set in [
+            "scheduled",
+            "retrying",
+            "running",
+            "done",
+            "dead",
+            "cancelled",
+        ] {
+            pipe.cmd("ZCARD").arg(self.key(set));
+        }
+        pipe.cmd("LINDEX").arg(self.key("queued")).arg(0);
+        pipe.cmd("HGETALL").arg(self.key("stats"));
+        for m in (this_minute - 59)..=this_minute {
+            pipe.cmd("HGETALL").arg(self.key(&format!("tp:{m}")));
+        }
+        let mut values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut take = || {
+            if values.is_empty() {
+                redis::Value::Nil
+            } else {
+                values.remove(0)
+            }
+        };
+        let paused: bool = redis::from_redis_value(take())?;
+        let mut counts = BTreeMap::new();
+        counts.insert(JobState::Queued, redis::from_redis_value(take())?);
+        for state in [
+            JobState::Scheduled,
+            JobState::Retrying,
+            JobState::Running,
+            JobState::Done,
+            JobState::Dead,
+            JobState::Cancelled,
+        ] {
+            counts.insert(state, redis::from_redis_value(take())?);
+        }
+        let head: Option<String> = redis::from_redis_value(take())?;
+        let totals: BTreeMap<String, u64> = redis::from_redis_value(take())?;
+        let mut last_hour = Vec::with_capacity(60);
+        for m in (this_minute - 59)..=this_minute {
+            let fields: BTreeMap<String, u64> = redis::from_redis_value(take())?;
+            last_hour.push(MinuteStats {
+                minute: ms_to_time(Some(m * 60_000)).unwrap_or(now),
+                enqueued: fields.get("enqueued").copied().unwrap_or(0),
+                done: fields.get("done").copied().unwrap_or(0),
+                failed: fields.get("failed").copied().unwrap_or(0),
+                dead: fields.get("dead").copied().unwrap_or(0),
+            });
+        }
+        let oldest_queued_age_secs = match head {
+            Some(id) => {
+                let queued_at: Option<i64> = self
+                    .conn
+                    .clone()
+                    .hget(self.key(&format!("job:{id}")), "queued_at")
+                    .await?;
+                ms_to_time(queued_at).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+            }
+            None => None,
+        };
+        let workers = self.count_workers().await?;
+        Ok(QueueStats {
+            queue: self.name.clone(),
+            paused,
+            counts,
+            oldest_queued_age_secs,
+            totals,
+            last_hour,
+            workers,
+        })
+    }
+
+    async fn count_workers(&self) -> Result<u64, QueueError> {
+        let now = Utc::now().timestamp_millis();
+        Ok(self
+            .conn
+            .clone()
+            .zcount(self.key("workers"), now, "+inf")
+            .await?)
+    }
+}
+
+fn position_of(ids: &[String], id: &str) -> Option<usize> {
+    ids.iter().position(|x| x == id)
+}
+
+fn parse_cursor(cursor: Option<&str>, states: &[JobState]) -> (usize, usize) {
+    let Some((state, offset)) = cursor.and_then(|c| c.split_once(':')) else {
+        return (0, 0);
+    };
+    let idx = states.iter().position(|s| s.as_str() == state).unwrap_or(0);
+    (idx, offset.parse().unwrap_or(0))
+}
+
+fn summary_from(id: &str, row: &[Option<String>]) -> Option<JobSummary> {
+    let get = |i: usize| row.get(i).cloned().flatten();
+    let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());
+    let state: JobState = get(0)?.parse().ok()?;
+    Some(JobSummary {
+        id: id.to_owned(),
+        state,
+        kind: get(1).unwrap_or_default(),
+        release: get(2).unwrap_or_default(),
+        platform: get(3).unwrap_or_default(),
+        attempt: num(4).unwrap_or(0) as u32,
+        max_attempts: num(5).unwrap_or(0) as u32,
+        enqueued_at: ms_to_time(num(6)),
+        run_at: ms_to_time(num(7)),
+        started_at: ms_to_time(num(8)),
+        finished_at: ms_to_time(num(9)),
+        worker: get(10),
+        error_class: get(11).filter(|s| !s.is_empty()),
+        last_error: get(12),
+        cancel_requested: get(13).as_deref() == Some("1"),
+        idempotency_key: get(14).unwrap_or_default(),
+    })
+}

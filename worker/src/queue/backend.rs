@@ -1,0 +1,173 @@
+//! The apalis `Backend` over our Redis queue: it leases jobs with `fetch.lua`, in batches no
+//! larger than the pool's free capacity, and sleeps briefly when the queue is empty.
+//!
+//! apalis drives it (and the worker pool's concurrency limit, tracing and shutdown); acks,
+//! retries and leases are ours, in `pool.rs`, because apalis-redis's versions of them do not
+//! persist retry state and do not scale with the backlog (see `docs/wire-format.md`).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::layers::Identity;
+use apalis_core::task::Task;
+use apalis_core::task::task_id::RandomId;
+use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::pool::Shared;
+use super::{Leased, QueueError};
+
+/// Idle polling: start fast, back off to this when the queue stays empty.
+const IDLE_MIN: Duration = Duration::from_millis(5);
+/// After an error talking to Redis, wait this long before the next fetch.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    buffer: VecDeque<Leased>,
+    fetching: Option<BoxFuture<'static, Result<Vec<Leased>, QueueError>>>,
+    sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Duration,
+    closing: Option<BoxFuture<'static, ()>>,
+}
+
+impl RedisBackend {
+    pub fn new(shared: Arc<Shared>) -> RedisBackend {
+        RedisBackend {
+            shared,
+            buffer: VecDeque::new(),
+            fetching: None,
+            sleeping: None,
+            idle: IDLE_MIN,
+            closing: None,
+        }
+    }
+
+    fn start_fetch(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        // Never lease more than the pool can start soon: a leased job waiting in a buffer is
+        // a job another worker could be running.
+        let room = shared.capacity().saturating_sub(shared.held_count()).max(1);
+        let n = room.min(shared.config.fetch_batch);
+        self.fetching = Some(
+            async move {
+                let jobs = shared
+                    .queue
+                    .fetch(&shared.worker_id, shared.config.lease, n)
+                    .await?;
+                shared.hold(&jobs);
+                Ok(jobs)
+            }
+            .boxed(),
+        );
+    }
+}
+
+impl Backend for RedisBackend {
+    type Task = Task<Leased>;
+    type Error = QueueError;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            if let Some(job) = self.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(Task::new(job))));
+            }
+            if let Some(fut) = self.fetching.as_mut() {
+                let result = match fut.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                };
+                self.fetching = None;
+                match result {
+                    Ok(jobs) if jobs.is_empty() => {
+                        self.sleeping = Some(Box::pin(tokio::time::sleep(self.idle)));
+                        self.idle = (self.idle * 2).min(self.shared.config.idle_poll);
+                    }
+                    Ok(jobs) => {
+                        self.idle = IDLE_MIN;
+                        self.buffer.extend(jobs);
+                    }
+                    Err(e) => {
+                        // Redis away: keep the worker alive and try again; the leases of jobs
+                        // in flight are renewed by the heartbeat once Redis is back.
+                        tracing::warn!(error = %e, "fetching jobs failed; retrying in {ERROR_PAUSE:?}");
+                        self.sleeping = Some(Box::pin(tokio::time::sleep(ERROR_PAUSE)));
+                    }
+                }
+                continue;
+            }
+            if let Some(sleep) = self.sleeping.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleeping = None;
+            }
+            self.start_fetch();
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            // Jobs leased but never started go straight back to the queue.
+            let jobs: Vec<Leased> = self.buffer.drain(..).collect();
+            let shared = Arc::clone(&self.shared);
+            let pending_fetch = self.fetching.take();
+            self.closing = Some(
+                async move {
+                    let mut jobs = jobs;
+                    if let Some(fetch) = pending_fetch
+                        && let Ok(more) = fetch.await
+                    {
+                        jobs.extend(more);
+                    }
+                    shared
+                        .release(&jobs, "worker shutting down before the job started")
+                        .await;
+                }
+                .boxed(),
+            );
+        }
+        match self.closing.as_mut().map(|f| f.poll_unpin(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = Leased;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}

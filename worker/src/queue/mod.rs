@@ -1,0 +1,360 @@
+//! The Redis queue of `docs/wire-format.md`: enqueue, fetch with leases, heartbeat, fenced
+//! acks, and the operator's admin operations. Each state transition is one Lua script in
+//! `lua/`, shared with every other client of the queue.
+
+mod admin;
+pub mod backend;
+pub mod backoff;
+pub mod conn;
+pub mod pool;
+mod scripts;
+
+use std::time::Duration;
+
+use atr_dist_shared::{Envelope, ErrorClass};
+use chrono::{DateTime, Utc};
+use redis::Value;
+
+pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
+pub use conn::RedisConn;
+pub use scripts::ENQUEUE_LUA;
+
+use scripts::SCRIPTS;
+
+/// Jobs per script call when enqueuing in bulk: large enough to amortise the round trip,
+/// small enough that one call never blocks Redis for long.
+pub const ENQUEUE_CHUNK: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unreadable reply from Redis: {0}")]
+    Parse(#[from] redis::ParsingError),
+    #[error("unexpected reply from {script}: {detail}")]
+    Protocol {
+        script: &'static str,
+        detail: String,
+    },
+    #[error("job {id} was refused: {reason}")]
+    Refused { id: String, reason: String },
+}
+
+fn protocol(script: &'static str, detail: impl Into<String>) -> QueueError {
+    QueueError::Protocol {
+        script,
+        detail: detail.into(),
+    }
+}
+
+/// A handle on one queue. Cheap to clone: the connection is multiplexed.
+#[derive(Clone)]
+pub struct Queue {
+    conn: RedisConn,
+    name: String,
+    prefix: String,
+    queued_key: String,
+}
+
+/// What a producer hands to `enqueue_raw`: the envelope as JSON plus the indexed copies.
+/// `enqueue` builds these from a validated `Envelope`; tests use this to enqueue bad JSON.
+#[derive(Debug, Clone)]
+pub struct RawJob {
+    pub id: String,
+    pub idempotency_key: String,
+    pub envelope: String,
+    pub run_at: Option<DateTime<Utc>>,
+    pub max_attempts: u32,
+    pub kind: String,
+    pub release: String,
+    pub platform: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    /// False when the idempotency key already named a job (whose id this is).
+    pub created: bool,
+}
+
+/// A job leased to this worker by `fetch`.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The envelope exactly as stored; parsed by the worker, which dead-letters what it
+    /// cannot read.
+    pub envelope: String,
+}
+
+/// How an attempt ended, as `ack.lua` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    Done,
+    Retry {
+        delay: Duration,
+        class: ErrorClass,
+        message: String,
+    },
+    Dead {
+        class: ErrorClass,
+        message: String,
+    },
+    Cancelled {
+        message: String,
+    },
+    /// Handed back unfinished (shutdown); the attempt does not count.
+    Release {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: String,
+    pub attempt: u32,
+    pub outcome: AckOutcome,
+}
+
+/// The state a job is in after its ack, or `Stale` when this worker no longer held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResult {
+    Applied(atr_dist_shared::JobState),
+    Stale,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// Jobs this worker no longer holds: stop acting on them.
+    pub lost: Vec<String>,
+    /// Jobs an operator asked to cancel.
+    pub cancel: Vec<String>,
+}
+
+impl Queue {
+    pub async fn connect(
+        url: &str,
+        cluster_nodes: &[String],
+        name: &str,
+    ) -> Result<Queue, QueueError> {
+        let conn = RedisConn::connect(url, cluster_nodes).await?;
+        Ok(Queue::new(conn, name))
+    }
+
+    pub fn new(conn: RedisConn, name: &str) -> Queue {
+        let prefix = key_prefix(name);
+        Queue {
+            conn,
+            name: name.to_owned(),
+            queued_key: format!("{prefix}queued"),
+            prefix,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    /// Enqueues one validated job.
+    pub async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        run_at: Option<DateTime<Utc>>,
+        max_attempts: u32,
+    ) -> Result<Enqueued, QueueError> {
+        let mut out = self
+            .enqueue_raw(&[raw_job(envelope, run_at, max_attempts)])
+            .await?;
+        out.pop()
+            .ok_or_else(|| protocol("enqueue.lua", "no result"))
+    }
+
+    /// Enqueues many validated jobs, `ENQUEUE_CHUNK` per round trip.
+    pub async fn enqueue_bulk(
+        &self,
+        envelopes: &[Envelope],
+        run_at: Option<DateTime<Utc>>,
+        max_attempts: u32,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let jobs: Vec<RawJob> = envelopes
+            .iter()
+            .map(|e| raw_job(e, run_at, max_attempts))
+            .collect();
+        self.enqueue_raw(&jobs).await
+    }
+
+    /// Enqueues jobs as given, without validating the envelopes: the worker dead-letters what
+    /// it cannot read. For producers that validated already, and for tests of that path.
+    pub async fn enqueue_raw(&self, jobs: &[RawJob]) -> Result<Vec<Enqueued>, QueueError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let mut inv = SCRIPTS.enqueue.key(&self.queued_key);
+            inv.arg(&self.prefix);
+            for job in chunk {
+                let run_at = job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0);
+                inv.arg(&job.id)
+                    .arg(&job.idempotency_key)
+                    .arg(&job.envelope)
+                    .arg(run_at)
+                    .arg(job.max_attempts.max(1))
+                    .arg(&job.kind)
+                    .arg(&job.release)
+                    .arg(&job.platform);
+            }
+            let reply: Vec<Value> = inv.invoke_async(&mut self.conn.clone()).await?;
+            for pair in reply.chunks(2) {
+                let [id, status] = pair else {
+                    return Err(protocol("enqueue.lua", "odd number of values"));
+                };
+                let id: String = redis::from_redis_value_ref(id)?;
+                let status: i64 = redis::from_redis_value_ref(status)?;
+                match status {
+                    1 => out.push(Enqueued { id, created: true }),
+                    0 => out.push(Enqueued { id, created: false }),
+                    _ => {
+                        return Err(QueueError::Refused {
+                            id,
+                            reason: "a job with this id exists under another idempotency key"
+                                .into(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `max` jobs to `worker` for `lease`.
+    pub async fn fetch(
+        &self,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Leased>, QueueError> {
+        let reply: Vec<Value> = SCRIPTS
+            .fetch
+            .key(&self.queued_key)
+            .arg(&self.prefix)
+            .arg(worker)
+            .arg(lease.as_millis() as u64)
+            .arg(max.max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut out = Vec::with_capacity(reply.len() / 4);
+        for four in reply.chunks(4) {
+            let [id, attempt, max_attempts, envelope] = four else {
+                return Err(protocol("fetch.lua", "values not in groups of 4"));
+            };
+            out.push(Leased {
+                id: redis::from_redis_value_ref(id)?,
+                attempt: redis::from_redis_value_ref(attempt)?,
+                max_attempts: redis::from_redis_value_ref(max_attempts).unwrap_or(1),
+                // A job hash without an envelope (hand-written by someone) is still leased,
+                // and then dead-lettered as malformed.
+                envelope: redis::from_redis_value_ref(envelope).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Renews the leases of `ids`; says which were lost and which should be cancelled.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<HeartbeatReply, QueueError> {
+        let mut inv = SCRIPTS.heartbeat.key(&self.queued_key);
+        inv.arg(&self.prefix)
+            .arg(worker)
+            .arg(lease.as_millis() as u64);
+        for id in ids {
+            inv.arg(id);
+        }
+        let (lost, cancel): (Vec<String>, Vec<String>) =
+            inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(HeartbeatReply { lost, cancel })
+    }
+
+    /// Records how attempts ended, all in one round trip.
+    pub async fn ack(&self, worker: &str, acks: &[Ack]) -> Result<Vec<AckResult>, QueueError> {
+        if acks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = SCRIPTS.ack.key(&self.queued_key);
+        inv.arg(&self.prefix).arg(worker);
+        for ack in acks {
+            let (outcome, delay, class, message) = match &ack.outcome {
+                AckOutcome::Done => ("done", 0, "", ""),
+                AckOutcome::Retry {
+                    delay,
+                    class,
+                    message,
+                } => (
+                    "retry",
+                    delay.as_millis() as u64,
+                    class.as_str(),
+                    message.as_str(),
+                ),
+                AckOutcome::Dead { class, message } => {
+                    ("dead", 0, class.as_str(), message.as_str())
+                }
+                AckOutcome::Cancelled { message } => ("cancelled", 0, "", message.as_str()),
+                AckOutcome::Release { message } => ("release", 0, "", message.as_str()),
+            };
+            inv.arg(&ack.id)
+                .arg(ack.attempt)
+                .arg(outcome)
+                .arg(delay)
+                .arg(class)
+                .arg(message);
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+        reply
+            .iter()
+            .map(|s| match s.as_str() {
+                "stale" => Ok(AckResult::Stale),
+                state => state
+                    .parse()
+                    .map(AckResult::Applied)
+                    .map_err(|_| protocol("ack.lua", format!("unknown state {state:?}"))),
+            })
+            .collect()
+    }
+}
+
+/// `atr-dist:{<queue>}:`: the hash tag keeps all of a queue's keys in one cluster slot.
+pub fn key_prefix(queue: &str) -> String {
+    format!("atr-dist:{{{queue}}}:")
+}
+
+/// A worker id unique to this process: host, pid and a random part, so that a restarted or
+/// replicated worker never collides with a previous one.
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+pub fn raw_job(envelope: &Envelope, run_at: Option<DateTime<Utc>>, max_attempts: u32) -> RawJob {
+    RawJob {
+        id: envelope.id.to_string(),
+        idempotency_key: envelope.idempotency_key.to_string(),
+        envelope: envelope.to_json(),
+        run_at,
+        max_attempts,
+        kind: envelope.kind().as_str().to_owned(),
+        release: envelope.release().key().to_string(),
+        platform: envelope.distribution().platform.member_name().to_owned(),
+    }
+}

@@ -1,0 +1,481 @@
+//! The worker pool: apalis runs `RedisBackend` with a concurrency limit and graceful
+//! shutdown; this module turns each attempt's result into a fenced ack, keeps leases alive
+//! with a heartbeat, and hands cancel requests to the running job.
+//!
+//! Retries live in Redis, not in the pool: a failed attempt is acked `retry` with a backoff
+//! delay and comes back through `fetch.lua`. No apalis retry layer is used, so attempts are
+//! never counted twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::WorkerBuilderExt;
+use apalis_core::monitor::Monitor;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use apalis_core::worker::ext::parallelize::ParallelizeExt;
+use atr_dist_shared::{Envelope, ErrorClass};
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::backend::RedisBackend;
+use super::{Ack, AckOutcome, AckResult, Leased, Queue, QueueError, backoff};
+use crate::config::RetryConfig;
+
+/// Why an attempt failed, and so what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub class: ErrorClass,
+    pub message: String,
+    /// A platform's Retry-After, honoured within the backoff cap.
+    pub retry_after: Option<Duration>,
+}
+
+impl JobError {
+    pub fn transient(message: impl Into<String>) -> JobError {
+        JobError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> JobError {
+        JobError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// One attempt of one job, as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct RunningJob {
+    pub id: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub envelope: Envelope,
+    /// Fires when an operator cancels the job or this worker loses its lease.
+    pub cancel: CancellationToken,
+}
+
+/// What the pool runs for each job: the distribution pipeline in production, a recorder in
+/// tests. Returning `Ok` marks the job done.
+pub trait JobHandler: Send + Sync + 'static {
+    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Jobs run at once in this process.
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub fetch_batch: usize,
+    /// Longest sleep between fetches while the queue is empty.
+    pub idle_poll: Duration,
+    /// Longest one attempt may run before it counts as a transient failure.
+    pub job_timeout: Duration,
+    /// On shutdown, how long running jobs get before they are released.
+    pub shutdown_timeout: Duration,
+    /// Backoff policy per job.
+    pub retry: Arc<dyn Fn(&Envelope) -> RetryConfig + Send + Sync>,
+}
+
+impl PoolConfig {
+    pub fn from_config(config: &crate::config::Config) -> PoolConfig {
+        let config = config.clone();
+        PoolConfig {
+            concurrency: config.worker.concurrency,
+            lease: config.lease(),
+            fetch_batch: config.worker.fetch_batch,
+            idle_poll: Duration::from_millis(250),
+            job_timeout: Duration::from_secs(config.worker.job_timeout_secs),
+            shutdown_timeout: Duration::from_secs(config.worker.shutdown_timeout_secs),
+            retry: Arc::new(move |env: &Envelope| config.retry_for(env.distribution().platform)),
+        }
+    }
+}
+
+struct Held {
+    attempt: u32,
+    cancel: CancellationToken,
+}
+
+type AckRequest = (Ack, oneshot::Sender<Result<AckResult, String>>);
+
+/// State shared by the backend, the job futures, the heartbeat and the acker.
+pub struct Shared {
+    pub(super) queue: Queue,
+    pub(super) worker_id: String,
+    pub(super) config: PoolConfig,
+    held: Mutex<HashMap<String, Held>>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+    pub(super) counters: Counters,
+}
+
+/// What this pool did since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub stale: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn capacity(&self) -> usize {
+        self.config.concurrency
+    }
+
+    pub(super) fn held_count(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    pub(super) fn hold(&self, jobs: &[Leased]) {
+        if let Ok(mut held) = self.held.lock() {
+            for job in jobs {
+                held.insert(
+                    job.id.clone(),
+                    Held {
+                        attempt: job.attempt,
+                        cancel: CancellationToken::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn cancel_token(&self, id: &str) -> CancellationToken {
+        self.held
+            .lock()
+            .ok()
+            .and_then(|h| h.get(id).map(|held| held.cancel.clone()))
+            .unwrap_or_default()
+    }
+
+    fn held_ids(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(id);
+        }
+    }
+
+    /// Sends an ack through the batching acker and waits for Redis's answer.
+    async fn ack(&self, ack: Ack) -> Result<AckResult, String> {
+        let id = ack.id.clone();
+        let (tx, rx) = oneshot::channel();
+        if self.acks.send((ack, tx)).is_err() {
+            return Err("the acker has stopped".to_owned());
+        }
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err("the acker has stopped".to_owned()));
+        self.forget(&id);
+        result
+    }
+
+    /// Hands jobs back unfinished; their attempts do not count.
+    pub(super) async fn release(&self, jobs: &[Leased], why: &str) {
+        let acks: Vec<Ack> = jobs
+            .iter()
+            .map(|j| Ack {
+                id: j.id.clone(),
+                attempt: j.attempt,
+                outcome: AckOutcome::Release {
+                    message: why.to_owned(),
+                },
+            })
+            .collect();
+        self.release_acks(acks).await;
+    }
+
+    async fn release_acks(&self, acks: Vec<Ack>) {
+        if acks.is_empty() {
+            return;
+        }
+        for ack in &acks {
+            self.forget(&ack.id);
+        }
+        if let Err(e) = self.queue.ack(&self.worker_id, &acks).await {
+            tracing::warn!(error = %e, jobs = acks.len(), "releasing jobs failed; their leases will expire instead");
+        }
+    }
+
+    /// Releases every job still held, with the attempt it was leased at.
+    async fn release_all(&self, why: &str) {
+        let acks: Vec<Ack> = self
+            .held
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .map(|(id, held)| Ack {
+                        id: id.clone(),
+                        attempt: held.attempt,
+                        outcome: AckOutcome::Release {
+                            message: why.to_owned(),
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.release_acks(acks).await;
+    }
+}
+
+/// Collects acks from all running jobs and sends them to Redis in one script call per batch:
+/// whatever arrived while the previous call was in flight goes together.
+async fn run_acker(queue: Queue, worker_id: String, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+    const MAX_BATCH: usize = 500;
+    let mut batch: Vec<AckRequest> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let acks: Vec<Ack> = batch.iter().map(|(a, _)| a.clone()).collect();
+        let mut result = queue.ack(&worker_id, &acks).await;
+        if let Err(e) = &result {
+            // One retry after a pause covers a Redis failover or a dropped connection.
+            tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            result = queue.ack(&worker_id, &acks).await;
+        }
+        match result {
+            Ok(results) => {
+                for ((_, tx), r) in batch.drain(..).zip(results) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, tx) in batch.drain(..) {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Renews the leases of every held job every third of the lease, and tells running jobs
+/// when they were lost or cancelled.
+async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = shared.config.lease / 3;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let ids = shared.held_ids();
+        match shared
+            .queue
+            .heartbeat(&shared.worker_id, shared.config.lease, &ids)
+            .await
+        {
+            Ok(reply) => {
+                for id in reply.lost.iter().chain(reply.cancel.iter()) {
+                    shared.cancel_token(id).cancel();
+                }
+                for id in &reply.lost {
+                    tracing::warn!(job = %id, "lease lost; stopping work on the job");
+                    shared.forget(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases may expire"),
+        }
+    }
+}
+
+/// Runs one attempt and acks it. Always returns Ok to apalis: the outcome is in Redis.
+async fn run_job<H: JobHandler>(
+    job: Leased,
+    shared: Data<Arc<Shared>>,
+    handler: Data<Arc<H>>,
+) -> Result<(), std::convert::Infallible> {
+    let shared = shared.0;
+    let started = Instant::now();
+    let outcome = match Envelope::parse(job.envelope.as_bytes()) {
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
+            AckOutcome::Dead {
+                class: ErrorClass::Malformed,
+                message: e.to_string(),
+            }
+        }
+        Ok(envelope) => attempt(&shared, handler.0.as_ref(), &job, envelope).await,
+    };
+    let counter = match &outcome {
+        AckOutcome::Done => &shared.counters.done,
+        AckOutcome::Retry { .. } => &shared.counters.retried,
+        AckOutcome::Dead { .. } => &shared.counters.dead,
+        AckOutcome::Cancelled { .. } | AckOutcome::Release { .. } => &shared.counters.cancelled,
+    };
+    let ack = Ack {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        outcome,
+    };
+    match shared.ack(ack).await {
+        Ok(AckResult::Applied(state)) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(job = %job.id, attempt = job.attempt, %state, elapsed_ms = started.elapsed().as_millis() as u64, "attempt recorded");
+        }
+        Ok(AckResult::Stale) => {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job = %job.id, attempt = job.attempt, "ack refused: the lease had passed to another worker");
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "ack failed; the lease will expire and the job run again")
+        }
+    }
+    Ok(())
+}
+
+async fn attempt<H: JobHandler>(
+    shared: &Shared,
+    handler: &H,
+    job: &Leased,
+    envelope: Envelope,
+) -> AckOutcome {
+    let cancel = shared.cancel_token(&job.id);
+    let policy = (shared.config.retry)(&envelope);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        kind = %envelope.kind(),
+        release = %envelope.release().key(),
+        platform = %envelope.distribution().platform,
+        attempt = job.attempt,
+    );
+    let running = RunningJob {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        envelope,
+        cancel: cancel.clone(),
+    };
+    let work = AssertUnwindSafe(tracing::Instrument::instrument(
+        handler.handle(running),
+        span,
+    ))
+    .catch_unwind();
+    let result = tokio::select! {
+        r = tokio::time::timeout(shared.config.job_timeout, work) => match r {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(JobError::permanent(format!("the job handler panicked: {msg}")))
+            }
+            Err(_) => Err(JobError::transient(format!("attempt timed out after {:?}", shared.config.job_timeout))),
+        },
+        () = cancel.cancelled() => {
+            return AckOutcome::Cancelled { message: "cancelled while running".to_owned() };
+        }
+    };
+    match result {
+        Ok(()) => AckOutcome::Done,
+        Err(e) if e.class.is_retryable() => AckOutcome::Retry {
+            delay: backoff::delay(&policy, job.attempt, e.retry_after),
+            class: e.class,
+            message: e.message,
+        },
+        Err(e) => AckOutcome::Dead {
+            class: e.class,
+            message: e.message,
+        },
+    }
+}
+
+/// A running pool's handle: its worker id and counters.
+pub struct PoolHandle {
+    pub worker_id: String,
+    shared: Arc<Shared>,
+}
+
+impl PoolHandle {
+    pub fn done(&self) -> u64 {
+        self.shared.counters.done.load(Ordering::Relaxed)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+}
+
+/// Runs the pool until `shutdown` resolves, then stops fetching, gives running jobs
+/// `shutdown_timeout` to finish, and releases what is still held.
+pub async fn run<H: JobHandler>(
+    queue: Queue,
+    handler: Arc<H>,
+    config: PoolConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_start: impl FnOnce(PoolHandle),
+) -> Result<(), QueueError> {
+    let worker_id = super::new_worker_id();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        queue: queue.clone(),
+        worker_id: worker_id.clone(),
+        config: config.clone(),
+        held: Mutex::new(HashMap::new()),
+        acks: ack_tx,
+        counters: Counters::default(),
+    });
+    // Register with a first heartbeat so operators see the worker at once.
+    queue.heartbeat(&worker_id, config.lease, &[]).await?;
+    let acker = tokio::spawn(run_acker(queue.clone(), worker_id.clone(), ack_rx));
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(run_heartbeat(Arc::clone(&shared), stop_heartbeat.clone()));
+    on_start(PoolHandle {
+        worker_id: worker_id.clone(),
+        shared: Arc::clone(&shared),
+    });
+    tracing::info!(worker = %worker_id, queue = queue.name(), concurrency = config.concurrency, "worker pool started");
+
+    let monitor_shared = Arc::clone(&shared);
+    let concurrency = config.concurrency;
+    let monitor = Monitor::new()
+        .register(move |_| {
+            WorkerBuilder::new(format!("atr-dist-{}", monitor_shared.worker_id))
+                .backend(RedisBackend::new(Arc::clone(&monitor_shared)))
+                .data(Arc::clone(&monitor_shared))
+                .data(Arc::clone(&handler))
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .build(run_job::<H>)
+        })
+        .shutdown_timeout(config.shutdown_timeout);
+    let result = monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new jobs; waiting for running ones");
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "worker pool stopped with an error");
+    }
+    // Whatever is still held did not finish in time: hand it back before leaving, so it does
+    // not wait for its lease to expire.
+    shared
+        .release_all("worker shut down before the job finished")
+        .await;
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    drop(shared);
+    acker.abort();
+    tracing::info!(worker = %worker_id, "worker pool stopped");
+    Ok(())
+}
