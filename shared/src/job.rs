@@ -279,6 +279,32 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// The key producers use when they have none of their own: the same job for the same
+    /// revision is the same key, so a producer that repeats itself after a crash (ATR
+    /// re-running a task) gets the existing job back instead of a duplicate. Python's
+    /// producer builds the identical string.
+    pub fn default_idempotency_key(job: &Job) -> IdempotencyKey {
+        let (kind, release, d, revision) = match job {
+            Job::Stage(j) => ("stage", &j.release, &j.distribution, &j.revision),
+            Job::Promote(j) => ("promote", &j.release, &j.distribution, &j.revision),
+        };
+        let text = format!(
+            "{kind}:{}:{}:{}:{}:{}:{revision}",
+            release.key(),
+            d.platform,
+            d.owner_namespace,
+            d.package,
+            d.version
+        );
+        // Every part is a validated name of at most a few hundred printable ASCII bytes; an
+        // overlong combination is cut to the key's limit, keeping a hash of the whole.
+        IdempotencyKey::new(text.clone()).unwrap_or_else(|_| {
+            let digest = hex::encode(<sha3::Sha3_256 as sha3::Digest>::digest(text.as_bytes()));
+            let head: String = text.chars().take(IdempotencyKey::MAX_LEN - 65).collect();
+            IdempotencyKey::new(format!("{head}#{digest}")).unwrap_or_else(|e| unreachable!("{e}"))
+        })
+    }
+
     pub fn to_json(&self) -> String {
         // Every field is a plain string, number or map: serialisation cannot fail.
         serde_json::to_string(self).unwrap_or_else(|e| unreachable!("envelope serialises: {e}"))

@@ -71,3 +71,32 @@ async fn every_key_of_a_queue_is_in_one_slot() {
         assert_eq!(key_slot(key), slot, "{key} is in another slot");
     }
 }
+
+/// A backlog of 100,000 jobs drains to the end: nothing stuck, lost or left leased. (How fast
+/// is the benchmark's business: `queue-bench`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_a_100k_backlog() {
+    use atr_dist_shared::JobState;
+    use cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+    use std::time::Duration;
+
+    const N: usize = 100_000;
+    let t = TestQueue::new().await;
+    let envelopes: Vec<_> = (0..N).map(atr_dist_tests::jobs::stage).collect();
+    let created = t.queue.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    assert!(created.iter().all(|e| e.created));
+    assert_eq!(cases::count(&t.queue, JobState::Queued).await, N as u64);
+    let mut config = pool_config(64, FAST_RETRY);
+    config.fetch_batch = 256;
+    let pool = RunningPool::start(&t.queue, FnHandler(|_| async { Ok(()) }), config);
+    eventually("100k jobs done", Duration::from_secs(600), || async {
+        cases::count(&t.queue, JobState::Done).await == N as u64
+    })
+    .await;
+    pool.stop().await;
+    let stats = t.queue.stats().await.unwrap();
+    for state in JobState::ALL {
+        let expected = if state == JobState::Done { N as u64 } else { 0 };
+        assert_eq!(stats.counts[&state], expected, "{state}");
+    }
+}

@@ -1,5 +1,6 @@
-//! The `atr-dist` command line. Exit codes: 0 success, 1 the operation failed, 2 bad usage or
-//! configuration (clap's own usage errors also exit 2).
+//! The `atr-dist` command line. Exit codes: 0 success; 1 the operation failed (e.g. Redis or
+//! the database unreachable); 2 bad usage, input or configuration (clap's own usage errors too);
+//! 3 the job asked for does not exist; 4 some of the given jobs could not be acted on.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::db;
+use crate::queue::Queue;
+
+mod enqueue;
+mod jobs;
+pub mod output;
+
+/// Some of the given jobs could not be acted on (retry, cancel).
+pub const EXIT_PARTIAL: u8 = 4;
+/// The job asked for does not exist.
+pub const EXIT_NOT_FOUND: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +42,15 @@ pub enum Command {
     Config,
     /// Print the JSON Schema of the job envelope (docs/job-envelope.schema.json).
     Schema,
+    /// Put stage and promote jobs on the queue.
+    #[command(subcommand)]
+    Enqueue(enqueue::EnqueueCommand),
+    /// List, show, retry, cancel and purge jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Queue statistics; pause and resume.
+    #[command(subcommand)]
+    Queue(jobs::QueueCommand),
 }
 
 #[derive(Debug, Args)]
@@ -52,16 +72,30 @@ pub enum CliError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
     Failed(#[from] anyhow::Error),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Config(_) => ExitCode::from(2),
+            CliError::Config(_) | CliError::Usage(_) => ExitCode::from(2),
             CliError::Failed(_) => ExitCode::from(1),
         }
     }
+}
+
+async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
+    let url = config.redis_url();
+    Queue::connect(url.expose(), &config.redis.cluster_nodes, &config.redis.queue)
+        .await
+        .map_err(|e| {
+            CliError::Failed(anyhow::anyhow!(
+                "cannot reach Redis at {} ({e}); start one with `redis-server --daemonize yes --bind 127.0.0.1` or set ATR_DIST_REDIS__URL",
+                db::redacted(url.expose())
+            ))
+        })
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -83,6 +117,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", atr_dist_shared::job::envelope_schema());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Enqueue(command) => {
+            enqueue::enqueue(&connect_queue(&config).await?, &config, command).await
+        }
+        Command::Jobs(command) => jobs::jobs(&connect_queue(&config).await?, command).await,
+        Command::Queue(command) => jobs::queue_cmd(&connect_queue(&config).await?, command).await,
     }
 }
 

@@ -1,0 +1,157 @@
+//! The queue's core cases against a real three-node Redis Cluster on loopback ports, started
+//! and stopped by this test (Debian's redis-server in cluster mode, joined with
+//! `redis-cli --cluster create`).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use atr_dist_tests::cases;
+use atr_dist_tests::redis_support::{TestQueue, key_slot};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian's redis-tools) is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster {
+        nodes: Vec::new(),
+        ports: Vec::new(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    for _ in 0..3 {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+            ])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        cluster.nodes.push(child);
+        cluster.ports.push(port);
+    }
+    let start = Instant::now();
+    for port in &cluster.ports {
+        while redis_cli(*port, &["ping"]).trim() != "PONG" {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let addrs: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for port in &cluster.ports {
+        while !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    cluster._dir = dir;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_cases_pass_on_a_redis_cluster() {
+    let cluster = start_cluster();
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+
+    // Our slot computation agrees with the cluster's, so the single-server slot test holds.
+    let probe = TestQueue::on(&nodes[0], &nodes).await;
+    let queued = format!("{}queued", probe.queue.prefix());
+    let slot: u16 = redis_cli(cluster.ports[0], &["cluster", "keyslot", &queued])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(slot, key_slot(&queued));
+    drop(probe);
+
+    macro_rules! run {
+        ($case:ident) => {{
+            let t = TestQueue::on(&nodes[0], &nodes).await;
+            cases::$case(&t.queue).await;
+        }};
+    }
+    run!(idempotent_and_bulk_enqueue);
+    run!(delayed_jobs_wait_for_their_time);
+    run!(leases_fence_acks_and_expire);
+    run!(retries_persist_then_dead);
+    run!(pool_runs_retries_and_dead_letters_malformed_jobs);
+    run!(operators_list_show_retry_cancel_purge);
+    run!(running_jobs_see_cancellation);
+    run!(shutdown_releases_unfinished_jobs);
+    drop(cluster);
+}

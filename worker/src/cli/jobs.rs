@@ -1,0 +1,356 @@
+//! `atr-dist jobs …` and `atr-dist queue …`: the operator's commands over the queue.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use atr_dist_shared::JobState;
+use clap::{Args, Subcommand};
+
+use super::output::{ago, json, table, truncate};
+use super::{CliError, EXIT_NOT_FOUND, EXIT_PARTIAL};
+use crate::queue::{JobFilter, Queue};
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// scheduled, queued, running, retrying, done, dead or cancelled.
+    #[arg(long)]
+    pub state: Option<JobState>,
+    /// Platform member name, e.g. NPM or DOCKER_HUB.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Release key, e.g. example-1.0.0.
+    #[arg(long)]
+    pub release: Option<String>,
+    /// stage or promote.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only jobs enqueued at least this long ago (e.g. 30m, 2h, 7d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Only jobs enqueued at most this long ago.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub newer_than: Option<Duration>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> JobFilter {
+        JobFilter {
+            state: self.state,
+            platform: self.platform.clone(),
+            release: self.release.clone(),
+            kind: self.kind.clone(),
+            older_than: self.older_than,
+            newer_than: self.newer_than,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first for finished states.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: payload, attempts, errors and timeline.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead (or cancelled) jobs again: the given ids, or with --all-dead every dead job
+    /// matching the filters.
+    Retry {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Cancel jobs: waiting ones at once, running ones as soon as their worker hears.
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete finished jobs older than an age.
+    Purge {
+        /// done, dead or cancelled.
+        #[arg(long, default_value = "done")]
+        state: JobState,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Counts per state, oldest queued age, throughput over the last hour.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop handing out jobs (running ones finish).
+    Pause,
+    /// Hand out jobs again.
+    Resume,
+}
+
+pub async fn jobs(queue: &Queue, command: JobsCommand) -> Result<ExitCode, CliError> {
+    match command {
+        JobsCommand::List {
+            filter,
+            limit,
+            cursor,
+            json: as_json,
+        } => {
+            let page = queue
+                .list(&filter.to_filter(), cursor.as_deref(), limit)
+                .await
+                .map_err(anyhow::Error::from)?;
+            if as_json {
+                println!("{}", json(&page));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = page
+                .jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.clone(),
+                        j.state.to_string(),
+                        j.kind.clone(),
+                        j.platform.clone(),
+                        j.release.clone(),
+                        format!("{}/{}", j.attempt, j.max_attempts),
+                        ago(j.enqueued_at),
+                        truncate(j.last_error.as_deref().unwrap_or(""), 60),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "STATE",
+                        "KIND",
+                        "PLATFORM",
+                        "RELEASE",
+                        "ATTEMPT",
+                        "ENQUEUED",
+                        "LAST ERROR"
+                    ],
+                    &rows
+                )
+            );
+            if let Some(next) = page.next_cursor {
+                println!("more: --cursor {next}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Show { id, json: as_json } => {
+            let Some(detail) = queue.show(&id).await.map_err(anyhow::Error::from)? else {
+                eprintln!("atr-dist: no job {id} in queue {}", queue.name());
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            };
+            if as_json {
+                println!("{}", json(&detail));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let s = &detail.summary;
+            let rows = vec![
+                vec!["id".into(), s.id.clone()],
+                vec!["state".into(), s.state.to_string()],
+                vec!["kind".into(), s.kind.clone()],
+                vec!["release".into(), s.release.clone()],
+                vec!["platform".into(), s.platform.clone()],
+                vec![
+                    "attempt".into(),
+                    format!("{} of {}", s.attempt, s.max_attempts),
+                ],
+                vec!["idempotency key".into(), s.idempotency_key.clone()],
+                vec!["enqueued".into(), fmt_time(s.enqueued_at)],
+                vec!["started".into(), fmt_time(s.started_at)],
+                vec!["finished".into(), fmt_time(s.finished_at)],
+                vec![
+                    "worker".into(),
+                    s.worker.clone().unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "error class".into(),
+                    s.error_class.clone().unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "last error".into(),
+                    s.last_error.clone().unwrap_or_else(|| "-".into()),
+                ],
+            ];
+            print!("{}", table(&["FIELD", "VALUE"], &rows));
+            println!("\ntimeline:");
+            let mut timeline = vec![vec![
+                fmt_time(s.enqueued_at),
+                "enqueued".into(),
+                String::new(),
+                String::new(),
+            ]];
+            for e in &detail.events {
+                timeline.push(vec![
+                    fmt_time(e.at),
+                    e.event.clone(),
+                    e.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                ]);
+            }
+            print!(
+                "{}",
+                table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
+            );
+            println!("\npayload:\n{}", pretty(&detail.envelope));
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Retry {
+            ids,
+            all_dead,
+            filter,
+        } => {
+            if all_dead {
+                let n = queue
+                    .retry_matching(&filter.to_filter(), "retried from the CLI")
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                println!("queued {n} dead job(s) again");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if ids.is_empty() {
+                return Err(CliError::Usage("give job ids, or --all-dead".into()));
+            }
+            let results = queue
+                .retry(&ids, "retried from the CLI")
+                .await
+                .map_err(anyhow::Error::from)?;
+            report(&ids, &results, "queued")
+        }
+        JobsCommand::Cancel { ids } => {
+            let results = queue
+                .cancel(&ids, "cancelled from the CLI")
+                .await
+                .map_err(anyhow::Error::from)?;
+            let ok: Vec<bool> = results
+                .iter()
+                .map(|r| r == "cancelled" || r == "cancel_requested")
+                .collect();
+            for ((id, r), _) in ids.iter().zip(&results).zip(&ok) {
+                println!("{id}  {r}");
+            }
+            Ok(if ok.iter().all(|b| *b) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PARTIAL)
+            })
+        }
+        JobsCommand::Purge { state, older_than } => {
+            if !state.is_terminal() {
+                return Err(CliError::Usage(format!(
+                    "only done, dead or cancelled jobs can be purged, not {state}"
+                )));
+            }
+            let n = queue
+                .purge(state, older_than)
+                .await
+                .map_err(anyhow::Error::from)?;
+            println!(
+                "purged {n} {state} job(s) older than {}",
+                humantime::format_duration(older_than)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode, CliError> {
+    match command {
+        QueueCommand::Stats { json: as_json } => {
+            let stats = queue.stats().await.map_err(anyhow::Error::from)?;
+            if as_json {
+                println!("{}", json(&stats));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = stats
+                .counts
+                .iter()
+                .map(|(s, n)| vec![s.to_string(), n.to_string()])
+                .collect();
+            println!(
+                "queue {}{}",
+                stats.queue,
+                if stats.paused { " (paused)" } else { "" }
+            );
+            print!("{}", table(&["STATE", "JOBS"], &rows));
+            let hour = |f: fn(&crate::queue::MinuteStats) -> u64| {
+                stats.last_hour.iter().map(f).sum::<u64>()
+            };
+            println!(
+                "oldest queued: {}\nlast hour: {} enqueued, {} done, {} failed attempts, {} dead\nlive workers: {}",
+                stats
+                    .oldest_queued_age_secs
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
+                hour(|m| m.enqueued),
+                hour(|m| m.done),
+                hour(|m| m.failed),
+                hour(|m| m.dead),
+                stats.workers
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Pause => {
+            queue.pause().await.map_err(anyhow::Error::from)?;
+            println!(
+                "queue {} paused: running jobs finish, no new ones start",
+                queue.name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Resume => {
+            queue.resume().await.map_err(anyhow::Error::from)?;
+            println!("queue {} resumed", queue.name());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(ids: &[String], results: &[String], success: &str) -> Result<ExitCode, CliError> {
+    for (id, r) in ids.iter().zip(results) {
+        println!("{id}  {r}");
+    }
+    Ok(if results.iter().all(|r| r == success) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    match t {
+        Some(t) => format!(
+            "{} ({})",
+            t.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+            ago(Some(t))
+        ),
+        None => "-".to_owned(),
+    }
+}
+
+fn pretty(envelope: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(envelope)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| envelope.to_owned())
+}
