@@ -2,7 +2,7 @@
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, then 6 values per job:
 --   id, attempt, outcome, delay_ms, error_class, message
--- outcome: done | retry | dead | cancelled | release
+-- outcome: done | retry | dead | cancelled | release | defer
 -- Only the lease holder of that very attempt may ack; anything else is 'stale' and changes
 -- nothing (the lease expired and the job went to another worker).
 -- Returns, per job, the state it is now in, or 'stale'.
@@ -75,6 +75,14 @@ for i = 3, #ARGV, 6 do
       event(id, 'cancelled', attempt, class, message)
       counts.cancelled = counts.cancelled + 1
       result = 'cancelled'
+    elseif outcome == 'defer' then
+      -- Not this worker's turn (the distribution is locked by another job): wait and try
+      -- again without spending an attempt.
+      local run_at = now + delay
+      redis.call('HSET', job, 'state', 'retrying', 'attempt', attempt - 1, 'run_at', run_at)
+      redis.call('ZADD', prefix .. 'retrying', run_at, id)
+      event(id, 'deferred', attempt, class, message)
+      result = 'retrying'
     elseif outcome == 'release' then
       -- Handed back unfinished (graceful shutdown): the attempt does not count.
       redis.call('HSET', job, 'state', 'queued', 'attempt', attempt - 1, 'queued_at', now)

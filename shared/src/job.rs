@@ -281,14 +281,21 @@ impl Envelope {
 
     /// The key producers use when they have none of their own: the same job for the same
     /// revision is the same key, so a producer that repeats itself after a crash (ATR
-    /// re-running a task) gets the existing job back instead of a duplicate. Python's
-    /// producer builds the identical string.
+    /// re-running a task) gets the existing job back instead of a duplicate. A dry run has
+    /// its own key (`:dry-run` appended), so dry-running first never takes the real job's
+    /// key. Python's producer builds the identical string.
     pub fn default_idempotency_key(job: &Job) -> IdempotencyKey {
-        let (kind, release, d, revision) = match job {
-            Job::Stage(j) => ("stage", &j.release, &j.distribution, &j.revision),
-            Job::Promote(j) => ("promote", &j.release, &j.distribution, &j.revision),
+        let (kind, release, d, revision, dry_run) = match job {
+            Job::Stage(j) => ("stage", &j.release, &j.distribution, &j.revision, j.dry_run),
+            Job::Promote(j) => (
+                "promote",
+                &j.release,
+                &j.distribution,
+                &j.revision,
+                j.dry_run,
+            ),
         };
-        let text = format!(
+        let mut text = format!(
             "{kind}:{}:{}:{}:{}:{}:{revision}",
             release.key(),
             d.platform,
@@ -296,6 +303,9 @@ impl Envelope {
             d.package,
             d.version
         );
+        if dry_run {
+            text.push_str(":dry-run");
+        }
         // Every part is a validated name of at most a few hundred printable ASCII bytes; an
         // overlong combination is cut to the key's limit, keeping a hash of the whole.
         IdempotencyKey::new(text.clone()).unwrap_or_else(|_| {

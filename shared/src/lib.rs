@@ -9,6 +9,7 @@ pub mod key;
 pub mod lifecycle;
 pub mod manifest;
 pub mod names;
+pub mod outcome;
 pub mod platform;
 
 pub use digest::{Digest, DigestAlgorithm};
@@ -16,4 +17,5 @@ pub use job::{Envelope, Job, JobId, JobKind, PromoteJob, StageJob};
 pub use key::DistributionKey;
 pub use lifecycle::{ErrorClass, JobState};
 pub use manifest::{ManifestDiff, ManifestEntry, RevisionManifest};
+pub use outcome::{AtrTaskStatus, AttemptOutcome};
 pub use platform::{Platform, PromotionMechanism};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use atr_dist::config::RetryConfig;
-use atr_dist::queue::pool::{self, JobError, JobHandler, PoolConfig, RunningJob};
+use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
 use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Queue, RawJob};
 use atr_dist_shared::{ErrorClass, JobState};
 use chrono::Utc;
@@ -21,9 +21,9 @@ pub struct FnHandler<F>(pub F);
 impl<F, Fut> JobHandler for FnHandler<F>
 where
     F: Fn(RunningJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send,
+    Fut: Future<Output = Result<Completion, JobError>> + Send,
 {
-    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<(), JobError>> + Send {
+    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<Completion, JobError>> + Send {
         (self.0)(job)
     }
 }
@@ -297,7 +297,7 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
                 ))),
                 "pkg-11" => Err(JobError::permanent("no such package")),
                 "pkg-12" => panic!("handler bug"),
-                _ => Ok(()),
+                _ => Ok(Completion::Done),
             }
         }
     });
@@ -580,7 +580,7 @@ pub async fn running_jobs_see_cancellation(q: &Queue) {
         // A long job that only stops when told to.
         tokio::time::sleep(Duration::from_secs(60)).await;
         let _ = job;
-        Ok(())
+        Ok(Completion::Done)
     });
     let mut config = pool_config(2, FAST_RETRY);
     config.lease = Duration::from_millis(600);
@@ -606,7 +606,7 @@ pub async fn running_jobs_see_cancellation(q: &Queue) {
 pub async fn shutdown_releases_unfinished_jobs(q: &Queue) {
     let handler = FnHandler(|_job: RunningJob| async move {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        Ok(())
+        Ok(Completion::Done)
     });
     let mut config = pool_config(2, FAST_RETRY);
     config.shutdown_timeout = Duration::from_millis(300);

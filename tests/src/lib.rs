@@ -99,6 +99,7 @@ impl SqliteDatabase {
 }
 
 pub mod cases;
+pub mod pipeline_support;
 
 pub mod jobs {
     //! Sample jobs for queue and pipeline tests.

@@ -11,15 +11,16 @@ use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, EntityTrait
 
 async fn up_down_up(url: &str) {
     let conn = db::connect(&Secret::new(url), 2).await.unwrap();
-    assert_eq!(db::pending_migrations(&conn).await.unwrap().len(), 1);
-    assert_eq!(db::migrate_up(&conn).await.unwrap(), 1);
+    let all = db::pending_migrations(&conn).await.unwrap().len();
+    assert!(all >= 2, "{all}");
+    assert_eq!(db::migrate_up(&conn).await.unwrap(), all);
     assert!(db::pending_migrations(&conn).await.unwrap().is_empty());
     write_and_read(&conn).await;
-    db::migrate_down(&conn, 1).await.unwrap();
-    assert_eq!(db::pending_migrations(&conn).await.unwrap().len(), 1);
+    db::migrate_down(&conn, all as u32).await.unwrap();
+    assert_eq!(db::pending_migrations(&conn).await.unwrap().len(), all);
     // The tables are really gone, not just forgotten by the migration table.
     assert!(distribution::Entity::find().all(&conn).await.is_err());
-    assert_eq!(db::migrate_up(&conn).await.unwrap(), 1);
+    assert_eq!(db::migrate_up(&conn).await.unwrap(), all);
     write_and_read(&conn).await;
     // Applying again is a no-op.
     assert_eq!(db::migrate_up(&conn).await.unwrap(), 0);
@@ -46,6 +47,7 @@ async fn write_and_read(conn: &DatabaseConnection) {
         staging_revision_key: Set(Some("example-1.0.0 00002".into())),
         staged_manifest_digest: Set(Some(format!("sha3-256:{}", "a".repeat(64)))),
         platform_digest: Set(Some(format!("sha512-{}==", "A".repeat(86)))),
+        staging_tag: Set(Some("rc".into())),
     };
     row.insert(conn).await.unwrap();
     // The composite primary key is ATR's: a second row for the same key is refused.

@@ -76,6 +76,7 @@ async fn every_key_of_a_queue_is_in_one_slot() {
 /// is the benchmark's business: `queue-bench`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_a_100k_backlog() {
+    use atr_dist::queue::pool::Completion;
     use atr_dist_shared::JobState;
     use cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
     use std::time::Duration;
@@ -88,7 +89,11 @@ async fn drains_a_100k_backlog() {
     assert_eq!(cases::count(&t.queue, JobState::Queued).await, N as u64);
     let mut config = pool_config(64, FAST_RETRY);
     config.fetch_batch = 256;
-    let pool = RunningPool::start(&t.queue, FnHandler(|_| async { Ok(()) }), config);
+    let pool = RunningPool::start(
+        &t.queue,
+        FnHandler(|_| async { Ok(Completion::Done) }),
+        config,
+    );
     eventually("100k jobs done", Duration::from_secs(600), || async {
         cases::count(&t.queue, JobState::Done).await == N as u64
     })

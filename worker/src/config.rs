@@ -53,7 +53,30 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub retry: RetryConfig,
     pub log: LogConfig,
+    pub revisions: RevisionsConfig,
     pub platforms: PlatformsConfig,
+}
+
+/// Where revisions are read from (see `source/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevisionsConfig {
+    /// ATR's revision directories: `<root>/<project>/<version>/<revision>/`.
+    pub root: PathBuf,
+    /// ATR's per-revision file manifest, with `{project}`, `{version}`, `{revision}`.
+    pub atr_manifest_url: Option<String>,
+    /// A file of a revision, with `{project}`, `{version}`, `{revision}`, `{path}`.
+    pub atr_file_url: Option<String>,
+}
+
+impl Default for RevisionsConfig {
+    fn default() -> Self {
+        RevisionsConfig {
+            root: PathBuf::from("./revisions"),
+            atr_manifest_url: None,
+            atr_file_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,6 +89,8 @@ pub struct DatabaseConfig {
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
     pub max_connections: u32,
+    /// Apply pending migrations when `atr-dist run` starts.
+    pub auto_migrate: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -75,6 +100,7 @@ impl Default for DatabaseConfig {
             password: None,
             password_file: None,
             max_connections: 10,
+            auto_migrate: true,
         }
     }
 }
@@ -230,6 +256,8 @@ pub struct PlatformConfig {
     pub token_file: Option<PathBuf>,
     /// Jobs for this platform run at once in this process (at most `worker.concurrency`).
     pub concurrency: Option<usize>,
+    /// The staging dist-tag or image tag when a job names none.
+    pub staging_tag: Option<String>,
     pub retry: Option<RetryConfig>,
 }
 
@@ -382,6 +410,19 @@ impl Config {
         if self.worker.fetch_batch == 0 {
             return Err(invalid("worker.fetch_batch", "must be at least 1"));
         }
+        for (key, url) in [
+            (
+                "revisions.atr_manifest_url",
+                &self.revisions.atr_manifest_url,
+            ),
+            ("revisions.atr_file_url", &self.revisions.atr_file_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(invalid(key, "must be an http(s) URL template"));
+            }
+        }
         if self.worker.lease_secs < 5 {
             return Err(invalid(
                 "worker.lease_secs",
@@ -394,6 +435,14 @@ impl Config {
             let p = self.platforms.get(platform);
             if let Some(retry) = &p.retry {
                 validate_retry(&format!("platforms.{name}.retry"), retry)?;
+            }
+            if let Some(tag) = &p.staging_tag
+                && let Err(e) = atr_dist_shared::names::DistTag::new(tag)
+            {
+                return Err(invalid(
+                    format!("platforms.{name}.staging_tag"),
+                    e.to_string(),
+                ));
             }
             if p.concurrency == Some(0) {
                 return Err(invalid(

@@ -6,6 +6,11 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod embedded;
+pub mod pipeline;
+pub mod platform;
 pub mod queue;
+pub mod run;
 pub mod secret;
+pub mod source;
 pub mod telemetry;

@@ -19,7 +19,7 @@ fn help_lists_the_subcommands() {
     let out = atr_dist().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for sub in ["migrate", "config", "schema"] {
+    for sub in ["run", "migrate", "enqueue", "jobs", "queue", "config", "schema"] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
 }
@@ -39,7 +39,7 @@ fn migrate_creates_the_embedded_sqlite_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("applied 1 migration(s); schema is current"),
+        stdout.contains("applied 2 migration(s); schema is current"),
         "{stdout}"
     );
     assert!(dir.path().join("atr-dist.db").exists());

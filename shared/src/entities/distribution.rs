@@ -34,6 +34,8 @@ pub struct Model {
     pub staging_revision_key: Option<String>,
     pub staged_manifest_digest: Option<String>,
     pub platform_digest: Option<String>,
+    /// The tag the distribution was staged under (npm dist-tag, OCI tag).
+    pub staging_tag: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

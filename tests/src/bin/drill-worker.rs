@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atr_dist::queue::Queue;
-use atr_dist::queue::pool::{self, JobError, JobHandler, RunningJob};
+use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, RunningJob};
 use atr_dist_tests::cases::{FAST_RETRY, pool_config};
 use redis::AsyncCommands;
 
@@ -18,14 +18,14 @@ struct Recorder {
 }
 
 impl JobHandler for Recorder {
-    async fn handle(&self, job: RunningJob) -> Result<(), JobError> {
+    async fn handle(&self, job: RunningJob) -> Result<Completion, JobError> {
         let mut conn = self.conn.clone();
         let _: i64 = conn
             .hincr(&self.runs_key, &job.id, 1)
             .await
             .map_err(|e| JobError::transient(e.to_string()))?;
         tokio::time::sleep(Duration::from_millis(10 + fastrand::u64(0..20))).await;
-        Ok(())
+        Ok(Completion::Done)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the worker pool until SIGTERM or SIGINT (embedded defaults: ./atr-dist.db and a
+    /// local Redis, started privately when none is running).
+    Run,
     /// Apply (or revert) the results-database migrations.
     Migrate(MigrateArgs),
     /// Check the configuration and print it, secrets left out.
@@ -101,7 +104,14 @@ async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mut config = Config::load(cli.config.as_deref())?;
     crate::telemetry::init(&config.log);
+    let config_for_adapters = config.clone();
     match cli.command {
+        Command::Run => {
+            crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
+                .await
+                .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate(args) => {
             if let Some(url) = &args.database_url {
                 config.database.url = url.clone();

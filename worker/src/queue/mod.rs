@@ -6,6 +6,7 @@ mod admin;
 pub mod backend;
 pub mod backoff;
 pub mod conn;
+pub mod lock;
 pub mod pool;
 mod scripts;
 
@@ -106,6 +107,12 @@ pub enum AckOutcome {
     },
     /// Handed back unfinished (shutdown); the attempt does not count.
     Release {
+        message: String,
+    },
+    /// Not this job's turn (its distribution is locked): try again after `delay`, without
+    /// spending an attempt.
+    Defer {
+        delay: Duration,
         message: String,
     },
 }
@@ -310,6 +317,9 @@ impl Queue {
                 }
                 AckOutcome::Cancelled { message } => ("cancelled", 0, "", message.as_str()),
                 AckOutcome::Release { message } => ("release", 0, "", message.as_str()),
+                AckOutcome::Defer { delay, message } => {
+                    ("defer", delay.as_millis() as u64, "", message.as_str())
+                }
             };
             inv.arg(&ack.id)
                 .arg(ack.attempt)

@@ -54,6 +54,15 @@ impl JobError {
     }
 }
 
+/// How a successful attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The job is done.
+    Done,
+    /// Not the job's turn yet: run it again after `delay`, without spending an attempt.
+    Deferred { delay: Duration, reason: String },
+}
+
 /// One attempt of one job, as the handler sees it.
 #[derive(Debug, Clone)]
 pub struct RunningJob {
@@ -66,9 +75,9 @@ pub struct RunningJob {
 }
 
 /// What the pool runs for each job: the distribution pipeline in production, a recorder in
-/// tests. Returning `Ok` marks the job done.
+/// tests. `Ok(Completion::Done)` marks the job done.
 pub trait JobHandler: Send + Sync + 'static {
-    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<(), JobError>> + Send;
+    fn handle(&self, job: RunningJob) -> impl Future<Output = Result<Completion, JobError>> + Send;
 }
 
 #[derive(Clone)]
@@ -126,6 +135,8 @@ pub struct Counters {
     pub retried: AtomicU64,
     pub dead: AtomicU64,
     pub cancelled: AtomicU64,
+    pub deferred: AtomicU64,
+    pub released: AtomicU64,
     pub stale: AtomicU64,
 }
 
@@ -316,7 +327,9 @@ async fn run_job<H: JobHandler>(
         AckOutcome::Done => &shared.counters.done,
         AckOutcome::Retry { .. } => &shared.counters.retried,
         AckOutcome::Dead { .. } => &shared.counters.dead,
-        AckOutcome::Cancelled { .. } | AckOutcome::Release { .. } => &shared.counters.cancelled,
+        AckOutcome::Cancelled { .. } => &shared.counters.cancelled,
+        AckOutcome::Release { .. } => &shared.counters.released,
+        AckOutcome::Defer { .. } => &shared.counters.deferred,
     };
     let ack = Ack {
         id: job.id.clone(),
@@ -385,7 +398,11 @@ async fn attempt<H: JobHandler>(
         }
     };
     match result {
-        Ok(()) => AckOutcome::Done,
+        Ok(Completion::Done) => AckOutcome::Done,
+        Ok(Completion::Deferred { delay, reason }) => AckOutcome::Defer {
+            delay,
+            message: reason,
+        },
         Err(e) if e.class.is_retryable() => AckOutcome::Retry {
             delay: backoff::delay(&policy, job.attempt, e.retry_after),
             class: e.class,

@@ -13,6 +13,7 @@ pub struct Scripts {
     pub cancel: Script,
     pub retry: Script,
     pub purge: Script,
+    pub lock: Script,
 }
 
 pub const ENQUEUE_LUA: &str = include_str!("../../../lua/enqueue.lua");
@@ -25,4 +26,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cancel: Script::new(include_str!("../../../lua/cancel.lua")),
     retry: Script::new(include_str!("../../../lua/retry.lua")),
     purge: Script::new(include_str!("../../../lua/purge.lua")),
+    lock: Script::new(include_str!("../../../lua/lock.lua")),
 });

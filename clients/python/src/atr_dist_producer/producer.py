@@ -1,0 +1,287 @@
+"""``Producer``: enqueues validated jobs with ``lua/enqueue.lua`` (docs/wire-format.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from redis import Redis, ResponseError
+
+from .envelope import (
+    Platform,
+    Source,
+    build_promote_envelope,
+    build_stage_envelope,
+    release_key,
+)
+from .errors import InvalidJob, JobIdConflict
+from .queues import key_prefix, validate_queue_name
+from .resources import script_source
+from .result import EnqueueResult
+from .validation import encode_envelope
+
+MAX_BATCH = 1000
+"""Jobs per ``enqueue_many`` call, the worker's own ENQUEUE_CHUNK: one script call this size
+keeps Redis responsive. Larger batches are refused rather than split, because the
+script's checks (all jobs or none) only span a single call."""
+
+_MAX_ATTEMPTS_LIMIT = (1 << 32) - 1  # the worker reads max_attempts as a u32
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def _check_max_attempts(value: Any) -> int | None:
+    """``value`` if it is a valid attempt count, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not 1 <= value <= _MAX_ATTEMPTS_LIMIT:
+        return None
+    return value
+
+
+def _run_at_ms(run_at: datetime | None) -> int:
+    """``run_at`` as ms since the Unix epoch; 0 (which the script reads as now) for ``None``."""
+    if run_at is None:
+        return 0
+    if not isinstance(run_at, datetime):
+        raise InvalidJob(
+            [f"run_at: expected a timezone-aware datetime, got {type(run_at).__name__}"]
+        )
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise InvalidJob(
+            [
+                f"run_at: {run_at.isoformat()} is a naive datetime, whose zone is ambiguous; "
+                "pass an aware one, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+            ]
+        )
+    # Integer arithmetic on timedeltas: float timestamps lose the last millisecond.
+    return max((run_at - _EPOCH) // _ONE_MS, 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class Producer:
+    """Enqueues atr-dist ``stage`` and ``promote`` jobs on one queue.
+
+    Every envelope is checked against the contract before Redis is touched; a bad job raises
+    ``InvalidJob`` and nothing is written. Redis failures propagate as ``redis.RedisError``
+    (for example ``redis.ConnectionError``); since every job carries an idempotency key,
+    repeating the same call after such a failure is safe.
+
+    The script is sent by ``EVALSHA`` and loaded on ``NOSCRIPT`` (after a Redis restart, or
+    on first use), by redis-py's ``register_script``.
+    """
+
+    def __init__(self, redis: Redis, queue: str = "default", max_attempts: int = 10) -> None:
+        """``redis``: a client (``decode_responses`` either way); ``queue``: the queue name,
+        ``A-Z a-z 0-9 - _ .``; ``max_attempts``: the default attempts per job, at least 1."""
+        self._queue = validate_queue_name(queue)
+        if _check_max_attempts(max_attempts) is None:
+            raise ValueError(
+                f"max_attempts must be an int from 1 to {_MAX_ATTEMPTS_LIMIT}, not {max_attempts!r}"
+            )
+        self._max_attempts = max_attempts
+        self._prefix = key_prefix(queue)
+        self._queued_key = self._prefix + "queued"
+        self._enqueue_script = redis.register_script(script_source("enqueue"))
+
+    @property
+    def queue(self) -> str:
+        """The queue's name."""
+        return self._queue
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of the queue's Redis keys, e.g. ``atr-dist:{default}:``."""
+        return self._prefix
+
+    def enqueue_stage(
+        self,
+        *,
+        project_key: str,
+        version_key: str,
+        platform: Platform,
+        package: str,
+        version: str,
+        revision: str,
+        artifacts: Iterable[str],
+        asf_uid: str,
+        owner_namespace: str = "",
+        source: Source | None = None,
+        staging_tag: str | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> EnqueueResult:
+        """Enqueues a job that stages ``artifacts`` of ``revision`` on the platform.
+
+        ``platform`` is ATR's member name (``"NPM"``) or a member of an enum named like it.
+        ``revision`` is ATR's ``Revision.number`` (``"00002"``); ``artifacts`` are paths
+        relative to the revision root. ``source`` defaults to ``{"type": "dir"}``.
+        ``idempotency_key`` defaults to one derived from the job
+        (see ``default_idempotency_key``), so repeating a call does not duplicate the job.
+        ``run_at`` (timezone-aware) delays the job; ``max_attempts`` overrides the default.
+        """
+        envelope = build_stage_envelope(
+            project_key=project_key,
+            version_key=version_key,
+            platform=platform,
+            package=package,
+            version=version,
+            revision=revision,
+            artifacts=artifacts,
+            asf_uid=asf_uid,
+            owner_namespace=owner_namespace,
+            source=source,
+            staging_tag=staging_tag,
+            dry_run=dry_run,
+            idempotency_key=idempotency_key,
+        )
+        return self._enqueue([envelope], run_at=run_at, max_attempts=max_attempts, bulk=False)[0]
+
+    def enqueue_promote(
+        self,
+        *,
+        project_key: str,
+        version_key: str,
+        platform: Platform,
+        package: str,
+        version: str,
+        revision: str,
+        asf_uid: str,
+        owner_namespace: str = "",
+        source: Source | None = None,
+        release_tag: str | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> EnqueueResult:
+        """Enqueues a job that promotes the staged distribution to production.
+
+        ``revision`` is the voted revision; the worker promotes only if its files equal the
+        staged ones. Other arguments as for ``enqueue_stage``; ``release_tag`` defaults to
+        ``latest`` on npm and to the version on OCI registries.
+        """
+        envelope = build_promote_envelope(
+            project_key=project_key,
+            version_key=version_key,
+            platform=platform,
+            package=package,
+            version=version,
+            revision=revision,
+            asf_uid=asf_uid,
+            owner_namespace=owner_namespace,
+            source=source,
+            release_tag=release_tag,
+            dry_run=dry_run,
+            idempotency_key=idempotency_key,
+        )
+        return self._enqueue([envelope], run_at=run_at, max_attempts=max_attempts, bulk=False)[0]
+
+    def enqueue_many(
+        self,
+        envelopes: Sequence[Mapping[str, Any]],
+        *,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> list[EnqueueResult]:
+        """Enqueues complete envelopes (see ``build_stage_envelope``, ``build_promote_envelope``)
+        in one script call, one round trip, and returns their results in order.
+
+        All envelopes are checked first; if any is invalid, ``InvalidJob`` lists the problems
+        of all of them (prefixed ``envelopes[i]``) and nothing is sent. At most ``MAX_BATCH``
+        envelopes per call. ``run_at`` and ``max_attempts`` apply to every job.
+        """
+        return self._enqueue(envelopes, run_at=run_at, max_attempts=max_attempts, bulk=True)
+
+    def _enqueue(
+        self,
+        envelopes: Sequence[Mapping[str, Any]],
+        *,
+        run_at: datetime | None,
+        max_attempts: int | None,
+        bulk: bool,
+    ) -> list[EnqueueResult]:
+        if isinstance(envelopes, Mapping):
+            raise InvalidJob(["envelopes: expected a list of envelopes, got a single envelope"])
+        envelopes = list(envelopes)
+        if not envelopes:
+            return []
+        if len(envelopes) > MAX_BATCH:
+            raise InvalidJob(
+                [
+                    f"envelopes: {len(envelopes)} jobs in one call; "
+                    f"split them into batches of at most {MAX_BATCH}"
+                ]
+            )
+        attempts = self._max_attempts if max_attempts is None else _check_max_attempts(max_attempts)
+        if attempts is None:
+            raise InvalidJob(
+                [
+                    f"max_attempts: must be an int from 1 to {_MAX_ATTEMPTS_LIMIT}, "
+                    f"not {max_attempts!r}"
+                ]
+            )
+        run_at_ms = _run_at_ms(run_at)
+        args = self._script_args(envelopes, run_at_ms, attempts, bulk)
+        reply = self._enqueue_script(keys=[self._queued_key], args=args)
+        return self._results(reply, len(envelopes))
+
+    def _script_args(
+        self, envelopes: list[Mapping[str, Any]], run_at_ms: int, attempts: int, bulk: bool
+    ) -> list[Any]:
+        """ARGV for enqueue.lua, after every envelope passed validation."""
+        problems: list[str] = []
+        encoded: list[bytes] = []
+        for i, envelope in enumerate(envelopes):
+            try:
+                encoded.append(encode_envelope(envelope))
+            except InvalidJob as e:
+                label = f"envelopes[{i}]: " if bulk else ""
+                problems.extend(label + p for p in e.errors)
+        if problems:
+            raise InvalidJob(problems)
+        duplicates = sorted(i for i, n in Counter(e["id"] for e in envelopes).items() if n > 1)
+        if duplicates:
+            raise InvalidJob(
+                [f"envelopes: id {d} is used by more than one envelope" for d in duplicates]
+            )
+
+        args: list[Any] = [self._prefix]
+        for envelope, data in zip(envelopes, encoded, strict=True):
+            payload = envelope["payload"]
+            release = payload["release"]
+            args += [
+                envelope["id"],
+                envelope["idempotency_key"],
+                data,
+                run_at_ms,
+                attempts,
+                envelope["kind"],
+                release_key(release["project_key"], release["version_key"]),
+                payload["distribution"]["platform"],
+            ]
+        return args
+
+    @staticmethod
+    def _results(reply: Any, count: int) -> list[EnqueueResult]:
+        if not isinstance(reply, list) or len(reply) != 2 * count:
+            raise ResponseError(f"enqueue.lua: expected {count} (id, status) pairs, got {reply!r}")
+        results: list[EnqueueResult | None] = []
+        conflicts: list[str] = []
+        for raw_id, raw_status in zip(reply[0::2], reply[1::2], strict=True):
+            job_id, status = _text(raw_id), int(raw_status)
+            if status == -1:
+                conflicts.append(job_id)
+                results.append(None)
+            else:
+                results.append(EnqueueResult(id=job_id, created=status == 1))
+        if conflicts:
+            raise JobIdConflict(conflicts, results)
+        return [r for r in results if r is not None]

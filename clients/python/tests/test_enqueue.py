@@ -1,0 +1,340 @@
+"""Enqueuing against a real Redis: the hash fields, lists and sets of docs/wire-format.md."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from atr_dist_producer import (
+    JobIdConflict,
+    Producer,
+    build_promote_envelope,
+    build_stage_envelope,
+    default_idempotency_key,
+    uuid7_timestamp_ms,
+)
+
+from conftest import REDIS_URL
+
+SHA = "0" * 63 + "1"
+
+
+def job_hash(client: redis.Redis, queue: str, job_id: str) -> dict[str, str]:
+    raw = client.hgetall(f"atr-dist:{{{queue}}}:job:{job_id}")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def queued_ids(client: redis.Redis, queue: str) -> list[str]:
+    return [i.decode() for i in client.lrange(f"atr-dist:{{{queue}}}:queued", 0, -1)]
+
+
+def now_ms() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
+
+
+def test_stage_job_has_the_documented_fields(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    before = now_ms()
+    result = producer.enqueue_stage(**stage_args)
+    assert result.created
+    assert uuid.UUID(result.id).version == 7
+
+    job = job_hash(redis_client, queue, result.id)
+    idem = "stage:tooling-0.1.0:NPM::tooling-cli:0.1.0:00002"
+    assert job["state"] == "queued"
+    assert job["attempt"] == "0"
+    assert job["max_attempts"] == "10"
+    assert job["kind"] == "stage"
+    assert job["release"] == "tooling-0.1.0"
+    assert job["platform"] == "NPM"
+    assert job["idempotency_key"] == idem
+    # Times come from the Redis server's clock; allow for skew with this machine's.
+    assert abs(int(job["enqueued_at"]) - before) < 60_000
+    assert job["run_at"] == job["queued_at"] == job["enqueued_at"]
+
+    envelope = json.loads(job["envelope"])
+    enqueued_at = envelope.pop("enqueued_at")
+    assert enqueued_at.endswith("Z")
+    assert (
+        abs(datetime.fromisoformat(enqueued_at.replace("Z", "+00:00")).timestamp() * 1000 - before)
+        < 5_000
+    )
+    assert envelope == {
+        "v": 1,
+        "id": result.id,
+        "idempotency_key": idem,
+        "kind": "stage",
+        "payload": {
+            "release": {"project_key": "tooling", "version_key": "0.1.0"},
+            "distribution": {
+                "platform": "NPM",
+                "owner_namespace": "",
+                "package": "tooling-cli",
+                "version": "0.1.0",
+            },
+            "revision": "00002",
+            "source": {"type": "dir"},
+            "artifacts": ["dist/tooling-cli-0.1.0.tgz"],
+            "dry_run": False,
+            "asf_uid": "alice",
+        },
+    }
+    assert queued_ids(redis_client, queue) == [result.id]
+    assert redis_client.get(f"atr-dist:{{{queue}}}:idem:{idem}") == result.id.encode()
+    assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
+
+
+def test_promote_job_has_the_documented_fields(
+    producer: Producer, redis_client: redis.Redis, queue: str, promote_args: dict[str, Any]
+) -> None:
+    result = producer.enqueue_promote(
+        **promote_args, source={"type": "atr"}, release_tag="latest", max_attempts=3
+    )
+    assert result.created
+
+    job = job_hash(redis_client, queue, result.id)
+    idem = "promote:tooling-0.1.0:NPM_SCOPED:apache:tooling-cli:0.1.0:00003"
+    assert job["state"] == "queued"
+    assert job["attempt"] == "0"
+    assert job["max_attempts"] == "3"
+    assert job["kind"] == "promote"
+    assert job["release"] == "tooling-0.1.0"
+    assert job["platform"] == "NPM_SCOPED"
+    assert job["idempotency_key"] == idem
+
+    envelope = json.loads(job["envelope"])
+    del envelope["enqueued_at"]
+    assert envelope == {
+        "v": 1,
+        "id": result.id,
+        "idempotency_key": idem,
+        "kind": "promote",
+        "payload": {
+            "release": {"project_key": "tooling", "version_key": "0.1.0"},
+            "distribution": {
+                "platform": "NPM_SCOPED",
+                "owner_namespace": "apache",
+                "package": "tooling-cli",
+                "version": "0.1.0",
+            },
+            "revision": "00003",
+            "source": {"type": "atr"},
+            "release_tag": "latest",
+            "dry_run": False,
+            "asf_uid": "bob",
+        },
+    }
+    assert queued_ids(redis_client, queue) == [result.id]
+
+
+def test_optional_tags_are_left_out_not_null(
+    producer: Producer,
+    redis_client: redis.Redis,
+    queue: str,
+    stage_args: dict[str, Any],
+    promote_args: dict[str, Any],
+) -> None:
+    staged = producer.enqueue_stage(**stage_args)
+    promoted = producer.enqueue_promote(**promote_args)
+    stage_payload = json.loads(job_hash(redis_client, queue, staged.id)["envelope"])["payload"]
+    promote_payload = json.loads(job_hash(redis_client, queue, promoted.id)["envelope"])["payload"]
+    assert "staging_tag" not in stage_payload
+    assert "release_tag" not in promote_payload
+
+
+def test_inline_source_round_trips(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    manifest = {"entries": [{"path": "dist/tooling-cli-0.1.0.tgz", "size": 1234, "sha3_256": SHA}]}
+    result = producer.enqueue_stage(
+        **stage_args, source={"type": "inline", "manifest": manifest}, staging_tag="rc"
+    )
+    payload = json.loads(job_hash(redis_client, queue, result.id)["envelope"])["payload"]
+    assert payload["source"] == {"type": "inline", "manifest": manifest}
+    assert payload["staging_tag"] == "rc"
+
+
+def test_repeated_enqueue_returns_the_existing_job(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    first = producer.enqueue_stage(**stage_args)
+    second = producer.enqueue_stage(**stage_args)
+    assert first.created
+    assert not second.created
+    assert second.id == first.id
+    assert queued_ids(redis_client, queue) == [first.id]
+    assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
+    # Only the first job exists: the second envelope was never stored.
+    assert len([k for k in redis_client.scan_iter(match=f"atr-dist:{{{queue}}}:job:*")]) == 1
+
+
+def test_explicit_idempotency_key_is_used_as_given(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    first = producer.enqueue_stage(**stage_args)
+    again = producer.enqueue_stage(**stage_args, idempotency_key="atr:stage:42:attempt-2")
+    assert again.created
+    assert again.id != first.id
+    assert job_hash(redis_client, queue, again.id)["idempotency_key"] == "atr:stage:42:attempt-2"
+    assert queued_ids(redis_client, queue) == [first.id, again.id]
+
+
+def test_dry_run_has_its_own_default_key(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    # The default key is the worker's (shared/src/job.rs): a dry run gets ":dry-run"
+    # appended, so dry-running first never takes the real job's key.
+    default = "stage:tooling-0.1.0:NPM::tooling-cli:0.1.0:00002"
+    for dry_run, expected in ((False, default), (True, default + ":dry-run")):
+        key = default_idempotency_key(
+            kind="stage",
+            project_key="tooling",
+            version_key="0.1.0",
+            platform="NPM",
+            owner_namespace="",
+            package="tooling-cli",
+            version="0.1.0",
+            revision="00002",
+            dry_run=dry_run,
+        )
+        assert key == expected
+    dry = producer.enqueue_stage(**stage_args, dry_run=True)
+    real = producer.enqueue_stage(**stage_args)
+    assert dry.created and real.created
+    assert dry.id != real.id
+    assert job_hash(redis_client, queue, dry.id)["idempotency_key"] == default + ":dry-run"
+    assert job_hash(redis_client, queue, real.id)["idempotency_key"] == default
+    again = producer.enqueue_stage(**stage_args, dry_run=True)
+    assert (again.id, again.created) == (dry.id, False)
+
+
+def test_bulk_enqueue_is_one_script_call(
+    producer: Producer,
+    redis_client: redis.Redis,
+    queue: str,
+    stage_args: dict[str, Any],
+    promote_args: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    envelopes = [build_stage_envelope(**{**stage_args, "version": f"0.1.{i}"}) for i in range(4)]
+    envelopes.append(build_promote_envelope(**promote_args))
+
+    commands: list[str] = []
+    real_execute = redis_client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        commands.append(str(args[0]).upper())
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "execute_command", counting)
+    results = producer.enqueue_many(envelopes)
+    monkeypatch.undo()
+
+    # One EVALSHA (a SCRIPT LOAD and a second EVALSHA only if Redis did not know the script).
+    assert commands in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])
+    assert [r.id for r in results] == [e["id"] for e in envelopes]
+    assert all(r.created for r in results)
+    assert redis_client.llen(f"atr-dist:{{{queue}}}:queued") == 5
+    assert queued_ids(redis_client, queue) == [e["id"] for e in envelopes]
+    for envelope in envelopes:
+        job = job_hash(redis_client, queue, envelope["id"])
+        assert json.loads(job["envelope"]) == envelope
+        assert job["kind"] == envelope["kind"]
+    assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"5"
+
+
+def test_bulk_enqueue_with_a_repeated_key_creates_one_job(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    first = build_stage_envelope(**stage_args)
+    same_job = build_stage_envelope(**stage_args)  # same derived key, fresh id
+    results = producer.enqueue_many([first, same_job])
+    assert [(r.id, r.created) for r in results] == [(first["id"], True), (first["id"], False)]
+    assert queued_ids(redis_client, queue) == [first["id"]]
+
+
+def test_empty_bulk_enqueue_sends_nothing(
+    producer: Producer, queue: str, queue_keys: Callable[[str], list[str]]
+) -> None:
+    assert producer.enqueue_many([]) == []
+    assert queue_keys(queue) == []
+
+
+def test_delayed_job_is_scheduled(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    run_at = datetime.now(timezone.utc).replace(microsecond=123456) + timedelta(hours=1)
+    expected_ms = int(run_at.timestamp()) * 1000 + 123
+    result = producer.enqueue_stage(**stage_args, run_at=run_at)
+    assert result.created
+
+    job = job_hash(redis_client, queue, result.id)
+    assert job["state"] == "scheduled"
+    assert job["run_at"] == str(expected_ms)
+    assert redis_client.zscore(f"atr-dist:{{{queue}}}:scheduled", result.id) == expected_ms
+    assert queued_ids(redis_client, queue) == []
+
+
+def test_run_at_in_another_zone_is_converted(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    utc = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
+    local = utc.astimezone(timezone(timedelta(hours=-7)))
+    result = producer.enqueue_stage(**stage_args, run_at=local)
+    score = redis_client.zscore(f"atr-dist:{{{queue}}}:scheduled", result.id)
+    assert score == int(utc.timestamp()) * 1000
+
+
+def test_past_run_at_queues_now(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    result = producer.enqueue_stage(
+        **stage_args, run_at=datetime.now(timezone.utc) - timedelta(hours=1)
+    )
+    assert job_hash(redis_client, queue, result.id)["state"] == "queued"
+    assert queued_ids(redis_client, queue) == [result.id]
+    assert redis_client.zcard(f"atr-dist:{{{queue}}}:scheduled") == 0
+
+
+def test_id_owned_by_another_key_is_refused(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    original = build_stage_envelope(**stage_args)
+    producer.enqueue_many([original])
+    clash = build_stage_envelope(**stage_args, idempotency_key="another-key")
+    clash["id"] = original["id"]
+    fresh = build_stage_envelope(**stage_args, idempotency_key="third-key")
+
+    with pytest.raises(JobIdConflict) as raised:
+        producer.enqueue_many([clash, fresh])
+    assert raised.value.conflicts == [original["id"]]
+    assert raised.value.results[0] is None
+    assert raised.value.results[1] is not None and raised.value.results[1].id == fresh["id"]
+
+    # The original job is untouched, and the refused key was given back.
+    assert (
+        job_hash(redis_client, queue, original["id"])["idempotency_key"]
+        == original["idempotency_key"]
+    )
+    assert redis_client.exists(f"atr-dist:{{{queue}}}:idem:another-key") == 0
+    assert queued_ids(redis_client, queue) == [original["id"], fresh["id"]]
+
+
+def test_decoding_client_works(queue: str, stage_args: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        result = Producer(client, queue=queue).enqueue_stage(**stage_args)
+        assert result.created
+        assert uuid7_timestamp_ms(result.id) > 0
+        assert Producer(client, queue=queue).enqueue_stage(**stage_args) == type(result)(
+            result.id, False
+        )
+    finally:
+        client.close()

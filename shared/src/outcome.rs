@@ -1,0 +1,124 @@
+//! What an attempt came to (`job_run.outcome`), and how a job's end maps onto ATR's task
+//! vocabulary so ATR can show it.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{ErrorClass, JobState};
+
+/// The outcome of one attempt, as recorded in `job_run.outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The platform now holds what was asked, and the database says so.
+    Completed,
+    /// The platform already held exactly this (a repeated job, or a retry after the result
+    /// write failed): nothing was sent, the record was brought up to date.
+    Unchanged,
+    /// A dry run: the writes were described, not made.
+    DryRun,
+    /// The voted revision's files differ from the staged ones: nothing was promoted.
+    RevisionChanged,
+    /// Not this job's turn (the distribution was locked by another job).
+    Deferred,
+    /// The attempt failed; `job_run.error_class` says how.
+    Failed,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Unchanged => "unchanged",
+            AttemptOutcome::DryRun => "dry_run",
+            AttemptOutcome::RevisionChanged => "revision_changed",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// ATR's `TaskStatus` (stored upper-case, as ATR stores it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AtrTaskStatus {
+    Queued,
+    Active,
+    Completed,
+    /// Failed for good: a permanent or auth error, a changed revision, a malformed job, or
+    /// an operator's cancel.
+    Failed,
+    /// Failed for a transient reason that outlasted every attempt: worth restarting later.
+    Broken,
+}
+
+impl AtrTaskStatus {
+    /// The task status ATR shows for a job in `state` whose last error was `class`.
+    pub fn of(state: JobState, class: Option<ErrorClass>) -> AtrTaskStatus {
+        match state {
+            JobState::Scheduled | JobState::Queued | JobState::Retrying => AtrTaskStatus::Queued,
+            JobState::Running => AtrTaskStatus::Active,
+            JobState::Done => AtrTaskStatus::Completed,
+            JobState::Cancelled => AtrTaskStatus::Failed,
+            JobState::Dead => match class {
+                Some(ErrorClass::Transient) => AtrTaskStatus::Broken,
+                Some(ErrorClass::Permanent | ErrorClass::Auth | ErrorClass::Malformed) | None => {
+                    AtrTaskStatus::Failed
+                }
+            },
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AtrTaskStatus::Queued => "QUEUED",
+            AtrTaskStatus::Active => "ACTIVE",
+            AtrTaskStatus::Completed => "COMPLETED",
+            AtrTaskStatus::Failed => "FAILED",
+            AtrTaskStatus::Broken => "BROKEN",
+        }
+    }
+}
+
+impl fmt::Display for AtrTaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_outcomes_map_to_atr() {
+        use AtrTaskStatus as T;
+        assert_eq!(T::of(JobState::Done, None), T::Completed);
+        assert_eq!(
+            T::of(JobState::Dead, Some(ErrorClass::Transient)),
+            T::Broken
+        );
+        assert_eq!(
+            T::of(JobState::Dead, Some(ErrorClass::Permanent)),
+            T::Failed
+        );
+        assert_eq!(
+            T::of(JobState::Dead, Some(ErrorClass::Malformed)),
+            T::Failed
+        );
+        assert_eq!(
+            T::of(JobState::Retrying, Some(ErrorClass::Transient)),
+            T::Queued
+        );
+        assert_eq!(T::of(JobState::Running, None), T::Active);
+        assert_eq!(serde_json::to_string(&T::Broken).unwrap(), "\"BROKEN\"");
+    }
+}

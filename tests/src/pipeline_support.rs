@@ -1,0 +1,214 @@
+//! A recording platform adapter, revision directories on disk, and a pipeline wired to a
+//! real Redis and a real database, for the pipeline's end-to-end tests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atr_dist::pipeline::Pipeline;
+use atr_dist::platform::{
+    Adapters, Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest,
+};
+use atr_dist::queue::Queue;
+use atr_dist::source::{DirSource, Sources};
+use atr_dist_shared::names::DistTag;
+use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, Platform};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sea_orm::DatabaseConnection;
+use sha2::{Digest as _, Sha256};
+
+/// What the fake platform holds, and every write it received.
+#[derive(Default)]
+pub struct PlatformState {
+    pub staged: HashMap<(String, String), Digest>,
+    pub promoted: HashMap<(String, String), Digest>,
+    pub writes: Vec<String>,
+}
+
+/// An adapter over an in-memory platform that records every call. `stage_delay` makes
+/// stages slow enough to overlap; `in_stage` counts stages running at once.
+#[derive(Clone, Default)]
+pub struct RecordingAdapter {
+    pub state: Arc<Mutex<PlatformState>>,
+    pub stage_delay: Duration,
+    pub in_stage: Arc<AtomicUsize>,
+    pub max_in_stage: Arc<AtomicUsize>,
+}
+
+impl RecordingAdapter {
+    pub fn writes(&self) -> Vec<String> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// Someone else moves the staging tag (a CI job pushing over it).
+    pub fn overwrite_staged(&self, key: &DistributionKey, tag: &str) {
+        let other = Digest::from_bytes(DigestAlgorithm::Sha256, &[9u8; 32]).unwrap();
+        self.state
+            .lock()
+            .unwrap()
+            .staged
+            .insert((key.lock_id(), tag.to_owned()), other);
+    }
+}
+
+fn id(key: &DistributionKey, tag: &DistTag) -> (String, String) {
+    (key.lock_id(), tag.to_string())
+}
+
+fn observed(digest: Digest) -> Observed {
+    Observed {
+        digest,
+        api_url: Some("http://127.0.0.1/recording".into()),
+        web_url: None,
+        upload_date: Some(chrono::Utc::now()),
+    }
+}
+
+impl PlatformAdapter for RecordingAdapter {
+    fn expected_digest<'a>(
+        &'a self,
+        req: &'a StageRequest,
+    ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
+        // A digest over the artifacts' content, as a registry's would be.
+        let mut h = Sha256::new();
+        for a in &req.artifacts {
+            h.update(a.entry.sha3_256.as_str().as_bytes());
+        }
+        let d = Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize()).unwrap();
+        async move { Ok(d) }.boxed()
+    }
+
+    fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite> {
+        vec![PlannedWrite {
+            method: "PUT",
+            url: format!("http://127.0.0.1/{}", req.key.package),
+            what: format!("publish under {}", req.staging_tag),
+        }]
+    }
+
+    fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        async move {
+            let now = self.in_stage.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_stage.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.stage_delay).await;
+            let digest = self.expected_digest(req).await?;
+            {
+                let mut s = self.state.lock().unwrap();
+                s.writes
+                    .push(format!("stage {} {}", req.key, req.staging_tag));
+                s.staged.insert(id(&req.key, &req.staging_tag), digest);
+            }
+            self.in_stage.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read_staged<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        let found = self
+            .state
+            .lock()
+            .unwrap()
+            .staged
+            .get(&id(key, tag))
+            .cloned();
+        async move { Ok(found.map(observed)) }.boxed()
+    }
+
+    fn plan_promote(&self, req: &PromoteRequest) -> Vec<PlannedWrite> {
+        vec![PlannedWrite {
+            method: "PUT",
+            url: format!("http://127.0.0.1/{}/{}", req.key.package, req.release_tag),
+            what: format!("move {} to {}", req.release_tag, req.staged_digest),
+        }]
+    }
+
+    fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        let mut s = self.state.lock().unwrap();
+        s.writes
+            .push(format!("promote {} {}", req.key, req.release_tag));
+        s.promoted
+            .insert(id(&req.key, &req.release_tag), req.staged_digest.clone());
+        async move { Ok(()) }.boxed()
+    }
+
+    fn read_promoted<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        let found = self
+            .state
+            .lock()
+            .unwrap()
+            .promoted
+            .get(&id(key, tag))
+            .cloned();
+        async move { Ok(found.map(observed)) }.boxed()
+    }
+
+    fn default_tags(&self, _key: &DistributionKey) -> (DistTag, DistTag) {
+        (DistTag::new("rc").unwrap(), DistTag::latest())
+    }
+}
+
+/// Revision directories laid out as ATR lays them out: `<root>/<project>/<version>/<rev>/`.
+pub struct Revisions {
+    pub dir: tempfile::TempDir,
+}
+
+impl Revisions {
+    pub fn new() -> Revisions {
+        Revisions {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `files` as revision `rev` of example 1.0.0.
+    pub fn write(&self, rev: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = self.root().join("example").join("1.0.0").join(rev);
+        for (path, content) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        dir
+    }
+}
+
+impl Default for Revisions {
+    fn default() -> Self {
+        Revisions::new()
+    }
+}
+
+pub fn pipeline(
+    db: DatabaseConnection,
+    queue: Queue,
+    root: &Path,
+    adapter: RecordingAdapter,
+) -> Pipeline {
+    Pipeline {
+        db,
+        queue,
+        adapters: Adapters::default().with(Platform::Npm, Arc::new(adapter)),
+        sources: Sources {
+            dir: Some(Arc::new(DirSource::new(root))),
+            atr: None,
+        },
+        lock_ttl: Duration::from_secs(5),
+        staging_tags: HashMap::new(),
+        per_platform: HashMap::new(),
+    }
+}

@@ -1,0 +1,490 @@
+//! The distribution pipeline end to end: a real Redis queue, a real database (SQLite and
+//! PostgreSQL), revision directories on disk, and a recording adapter in place of a platform.
+
+use std::time::Duration;
+
+use atr_dist::config::RetryConfig;
+use atr_dist_shared::entities::{distribution, job_run, revision_manifest};
+use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::names::{
+    ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
+    VersionKey,
+};
+use atr_dist_shared::{
+    AtrTaskStatus, DistributionKey, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob,
+    StageJob,
+};
+use atr_dist_tests::cases::{RunningPool, eventually, pool_config};
+use atr_dist_tests::pipeline_support::{RecordingAdapter, Revisions, pipeline};
+use atr_dist_tests::redis_support::TestQueue;
+use atr_dist_tests::{PgDatabase, SqliteDatabase};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+};
+
+const TGZ: &str = "example-pkg-1.0.0.tgz";
+
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+struct Harness {
+    t: TestQueue,
+    revs: Revisions,
+    adapter: RecordingAdapter,
+    db: DatabaseConnection,
+    pool: Option<RunningPool>,
+    _pg: Option<PgDatabase>,
+    _sqlite: Option<SqliteDatabase>,
+}
+
+impl Harness {
+    async fn new(which: Db, adapter: RecordingAdapter, retry: RetryConfig) -> Harness {
+        let (url, pg, sqlite) = match which {
+            Db::Sqlite => {
+                let s = SqliteDatabase::create();
+                (s.url.clone(), None, Some(s))
+            }
+            Db::Postgres => {
+                let p = PgDatabase::create().await;
+                (p.url.clone(), Some(p), None)
+            }
+        };
+        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
+            .await
+            .unwrap();
+        atr_dist::db::migrate_up(&db).await.unwrap();
+        let t = TestQueue::new().await;
+        let revs = Revisions::new();
+        let p = pipeline(db.clone(), t.queue.clone(), revs.root(), adapter.clone());
+        let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
+        Harness {
+            t,
+            revs,
+            adapter,
+            db,
+            pool: Some(pool),
+            _pg: pg,
+            _sqlite: sqlite,
+        }
+    }
+
+    async fn run(&self, envelope: &Envelope, max_attempts: u32) -> JobState {
+        let e = self
+            .t
+            .queue
+            .enqueue(envelope, None, max_attempts)
+            .await
+            .unwrap();
+        let q = &self.t.queue;
+        eventually("job settles", Duration::from_secs(30), || async {
+            q.show(&e.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .summary
+                .state
+                .is_terminal()
+        })
+        .await;
+        q.show(&e.id).await.unwrap().unwrap().summary.state
+    }
+
+    async fn row(&self) -> Option<distribution::Model> {
+        distribution::Entity::find().one(&self.db).await.unwrap()
+    }
+
+    async fn runs(&self, job: &Envelope) -> Vec<job_run::Model> {
+        job_run::Entity::find()
+            .filter(job_run::Column::JobId.eq(job.id.to_string()))
+            .order_by_asc(job_run::Column::Attempt)
+            .all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
+    }
+}
+
+fn parts(rev: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
+    (
+        ReleaseRef {
+            project_key: ProjectKey::new("example").unwrap(),
+            version_key: VersionKey::new("1.0.0").unwrap(),
+        },
+        DistributionSpec {
+            platform: Platform::Npm,
+            owner_namespace: String::new(),
+            package: PackageName::new("example-pkg").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+        },
+        RevisionNumber::new(rev).unwrap(),
+    )
+}
+
+fn unique_key() -> IdempotencyKey {
+    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+}
+
+fn stage(rev: &str, dry_run: bool) -> Envelope {
+    let (release, distribution, revision) = parts(rev);
+    let job = Job::Stage(StageJob {
+        release,
+        distribution,
+        revision,
+        source: RevisionSourceSpec::Dir,
+        artifacts: vec![ArtifactPath::new(TGZ).unwrap()],
+        staging_tag: None,
+        dry_run,
+        asf_uid: AsfUid::new("rm").unwrap(),
+    });
+    Envelope::new(job, unique_key())
+}
+
+fn promote(rev: &str) -> Envelope {
+    let (release, distribution, revision) = parts(rev);
+    let job = Job::Promote(PromoteJob {
+        release,
+        distribution,
+        revision,
+        source: RevisionSourceSpec::Dir,
+        release_tag: None,
+        dry_run: false,
+        asf_uid: AsfUid::new("pmc-chair").unwrap(),
+    });
+    Envelope::new(job, unique_key())
+}
+
+const VOTED: &[(&str, &[u8])] = &[(TGZ, b"tarball bytes v1"), ("README.txt", b"read me")];
+
+fn key() -> DistributionKey {
+    stage("00001", false).distribution_key().unwrap()
+}
+
+const SLOW_RETRY: RetryConfig = RetryConfig {
+    base_ms: 300,
+    cap_ms: 600,
+    max_attempts: 10,
+};
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 20,
+    cap_ms: 100,
+    max_attempts: 5,
+};
+
+async fn stage_then_promote(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    assert_eq!(h.run(&s, 3).await, JobState::Done);
+    let row = h.row().await.unwrap();
+    assert!(row.staging && !row.promoted && !row.pending);
+    assert_eq!(
+        row.staging_revision_key.as_deref(),
+        Some("example-1.0.0 00001")
+    );
+    assert_eq!(row.staging_tag.as_deref(), Some("rc"));
+    assert_eq!(row.created_by.as_deref(), Some("rm"));
+    let manifest = revision_manifest::Entity::find_by_id("example-1.0.0 00001".to_owned())
+        .one(&h.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.staged_manifest_digest.as_deref(),
+        Some(manifest.digest.as_str())
+    );
+    assert_eq!(manifest.file_count, 2);
+
+    let p = promote("00001");
+    assert_eq!(h.run(&p, 3).await, JobState::Done);
+    let row = h.row().await.unwrap();
+    assert!(!row.staging && row.promoted && row.promoted_at.is_some());
+    assert_eq!(row.created_by.as_deref(), Some("pmc-chair"));
+    assert_eq!(
+        h.adapter.writes(),
+        vec![
+            format!("stage {} rc", key()),
+            format!("promote {} latest", key())
+        ]
+    );
+    let runs = h.runs(&p).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome.as_deref(), Some("completed"));
+    assert!(runs[0].finished_at.is_some() && runs[0].duration_ms.is_some());
+
+    // A stage after promote is refused, and sends nothing.
+    let again = stage("00001", false);
+    assert_eq!(h.run(&again, 3).await, JobState::Dead);
+    let detail =
+        h.t.queue
+            .show(&again.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        detail
+            .summary
+            .last_error
+            .unwrap()
+            .contains("already promoted")
+    );
+    assert_eq!(h.adapter.writes().len(), 2);
+    h.stop().await;
+}
+
+async fn changed_files_are_refused(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    h.revs.write(
+        "00002",
+        &[
+            (TGZ, b"tarball bytes CHANGED"),
+            ("README.txt", b"read me"),
+            ("NEW.txt", b"new"),
+        ],
+    );
+    let p = promote("00002");
+    assert_eq!(h.run(&p, 3).await, JobState::Dead);
+    let s =
+        h.t.queue
+            .show(&p.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary;
+    let msg = s.last_error.clone().unwrap();
+    assert!(
+        msg.contains("added: NEW.txt") && msg.contains(&format!("changed: {TGZ}")),
+        "{msg}"
+    );
+    assert_eq!(s.attempt, 1, "a changed revision is permanent: no retries");
+    let class = s.error_class.as_deref().map(|c| {
+        if c == "permanent" {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Transient
+        }
+    });
+    assert_eq!(AtrTaskStatus::of(s.state, class), AtrTaskStatus::Failed);
+    let runs = h.runs(&p).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    // Nothing was sent to the platform, and the row is still only staged.
+    assert_eq!(h.adapter.writes(), vec![format!("stage {} rc", key())]);
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+async fn identical_new_revision_promotes_once(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    // The vote passing makes revision 00002 with the same files.
+    h.revs.write("00002", VOTED);
+    assert_eq!(h.run(&promote("00002"), 3).await, JobState::Done);
+    // Promote again: nothing sent, recorded as unchanged.
+    let again = promote("00002");
+    assert_eq!(h.run(&again, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    let writes = h.adapter.writes();
+    assert_eq!(
+        writes.iter().filter(|w| w.starts_with("promote")).count(),
+        1,
+        "{writes:?}"
+    );
+    h.stop().await;
+}
+
+async fn overwritten_staging_tag_is_caught(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    h.adapter.overwrite_staged(&key(), "rc");
+    let p = promote("00001");
+    assert_eq!(h.run(&p, 3).await, JobState::Dead);
+    let msg =
+        h.t.queue
+            .show(&p.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .last_error
+            .unwrap();
+    assert!(msg.contains("rc was overwritten since staging"), "{msg}");
+    assert!(h.adapter.writes().iter().all(|w| !w.starts_with("promote")));
+    h.stop().await;
+}
+
+async fn failed_result_write_is_retried_without_a_second_stage(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), SLOW_RETRY).await;
+    h.revs.write("00001", VOTED);
+    // The result write fails (as with the database down) while everything else works.
+    let (create, drop): (&[&str], &str) = match which {
+        Db::Sqlite => (
+            &[
+                "CREATE TRIGGER test_down BEFORE INSERT ON distribution BEGIN SELECT RAISE(ABORT, 'database down (test)'); END",
+            ],
+            "DROP TRIGGER test_down",
+        ),
+        Db::Postgres => (
+            &[
+                "CREATE FUNCTION test_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'database down (test)'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER test_down BEFORE INSERT OR UPDATE ON distribution FOR EACH ROW EXECUTE FUNCTION test_down()",
+            ],
+            "DROP TRIGGER test_down ON distribution",
+        ),
+    };
+    for sql in create {
+        h.db.execute_unprepared(sql).await.unwrap();
+    }
+    let s = stage("00001", false);
+    let e = h.t.queue.enqueue(&s, None, 10).await.unwrap();
+    let q = &h.t.queue;
+    eventually("first attempt fails", Duration::from_secs(20), || async {
+        q.show(&e.id).await.unwrap().unwrap().summary.state == JobState::Retrying
+    })
+    .await;
+    h.db.execute_unprepared(drop).await.unwrap();
+    eventually("job done", Duration::from_secs(20), || async {
+        q.show(&e.id).await.unwrap().unwrap().summary.state == JobState::Done
+    })
+    .await;
+    assert_eq!(
+        h.adapter.writes(),
+        vec![format!("stage {} rc", key())],
+        "staged once"
+    );
+    let runs = h.runs(&s).await;
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert_eq!(runs[0].error_class.as_deref(), Some("transient"));
+    assert!(
+        runs[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("database down (test)"),
+        "{:?}",
+        runs[0].message
+    );
+    assert_eq!(runs.last().unwrap().outcome.as_deref(), Some("unchanged"));
+    assert!(h.row().await.unwrap().staging);
+    h.stop().await;
+}
+
+async fn jobs_for_one_key_never_overlap(which: Db) {
+    let adapter = RecordingAdapter {
+        stage_delay: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let h = Harness::new(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let a = stage("00001", false);
+    let b = stage("00001", false);
+    h.t.queue
+        .enqueue_bulk(&[a.clone(), b.clone()], None, 3)
+        .await
+        .unwrap();
+    let q = &h.t.queue;
+    eventually("both done", Duration::from_secs(30), || async {
+        let sa = q
+            .show(&a.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .state;
+        let sb = q
+            .show(&b.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .state;
+        sa == JobState::Done && sb == JobState::Done
+    })
+    .await;
+    assert_eq!(
+        h.adapter
+            .max_in_stage
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        h.adapter.writes().len(),
+        1,
+        "the second job found the work done"
+    );
+    let deferred = [&a, &b].iter().any(|j| {
+        futures::executor::block_on(q.show(&j.id.to_string()))
+            .unwrap()
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| e.event == "deferred")
+    });
+    assert!(deferred, "one job waited for the other's lock");
+    h.stop().await;
+}
+
+async fn dry_runs_describe_and_record_without_writing(which: Db) {
+    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", true);
+    assert_eq!(h.run(&s, 3).await, JobState::Done);
+    let runs = h.runs(&s).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("dry_run"));
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.contains("would stage") && msg.contains("PUT http://127.0.0.1/example-pkg"),
+        "{msg}"
+    );
+    assert!(h.adapter.writes().is_empty());
+    assert!(h.row().await.is_none(), "a dry run records no distribution");
+    assert!(
+        revision_manifest::Entity::find_by_id("example-1.0.0 00001".to_owned())
+            .one(&h.db)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    h.stop().await;
+}
+
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await;
+            }
+        }
+    };
+}
+
+on_both!(stage_then_promote);
+on_both!(changed_files_are_refused);
+on_both!(identical_new_revision_promotes_once);
+on_both!(overwritten_staging_tag_is_caught);
+on_both!(failed_result_write_is_retried_without_a_second_stage);
+on_both!(jobs_for_one_key_never_overlap);
+on_both!(dry_runs_describe_and_record_without_writing);

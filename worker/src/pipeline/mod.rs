@@ -1,0 +1,241 @@
+//! The distribution pipeline: what a worker does with a `stage` or `promote` job.
+//!
+//! For every attempt: take the distribution's lock, record a `job_run` row, run the step
+//! (`stage.rs`, `promote.rs`), record its outcome, release the lock. The steps read the
+//! platform before they write to it, so a repeated job, or a retry after the result write
+//! failed, finds the work done and does not act twice.
+
+mod promote;
+pub mod record;
+mod stage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atr_dist_shared::{AttemptOutcome, DistributionKey, ErrorClass, Job, ManifestDiff, Platform};
+use chrono::Utc;
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::Semaphore;
+
+use crate::platform::{Adapters, PlatformAdapter, PlatformError};
+use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob};
+use crate::queue::{Queue, QueueError};
+use crate::source::{SourceError, Sources};
+
+/// How long a job waits before trying again when its distribution is locked by another.
+pub const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Pipeline {
+    pub db: DatabaseConnection,
+    pub queue: Queue,
+    pub adapters: Adapters,
+    pub sources: Sources,
+    /// Lock time to live: the job lease.
+    pub lock_ttl: Duration,
+    /// Configured tags per platform, over the adapter's defaults.
+    pub staging_tags: HashMap<Platform, atr_dist_shared::names::DistTag>,
+    /// Jobs acting on one platform at once in this process.
+    pub per_platform: HashMap<Platform, Arc<Semaphore>>,
+}
+
+/// What a successful step came to.
+#[derive(Debug)]
+pub struct Step {
+    pub outcome: AttemptOutcome,
+    pub message: String,
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Platform(#[from] PlatformError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("the voted revision's files differ from the staged ones ({0}); nothing was promoted")]
+    RevisionChanged(ManifestDiff),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the distribution lock was lost to another job; stopped")]
+    LockLost,
+}
+
+impl Failure {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Failure::Platform(e) => e.class,
+            Failure::Source(e) => e.class(),
+            // The database or Redis away: the next attempt finds them back.
+            Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
+            Failure::RevisionChanged(_) | Failure::Refused(_) => ErrorClass::Permanent,
+        }
+    }
+
+    fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Failure::RevisionChanged(_) => AttemptOutcome::RevisionChanged,
+            Failure::Platform(_)
+            | Failure::Source(_)
+            | Failure::Db(_)
+            | Failure::Queue(_)
+            | Failure::Refused(_)
+            | Failure::LockLost => AttemptOutcome::Failed,
+        }
+    }
+
+    fn http_status(&self) -> Option<u16> {
+        match self {
+            Failure::Platform(e) => e.http_status,
+            Failure::Source(_)
+            | Failure::Db(_)
+            | Failure::Queue(_)
+            | Failure::RevisionChanged(_)
+            | Failure::Refused(_)
+            | Failure::LockLost => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::Platform(e) => e.retry_after,
+            Failure::Source(_)
+            | Failure::Db(_)
+            | Failure::Queue(_)
+            | Failure::RevisionChanged(_)
+            | Failure::Refused(_)
+            | Failure::LockLost => None,
+        }
+    }
+}
+
+impl Pipeline {
+    fn adapter(&self, platform: Platform) -> Result<Arc<dyn PlatformAdapter>, Failure> {
+        self.adapters.get(platform).ok_or_else(|| {
+            let have: Vec<String> = self
+                .adapters
+                .platforms()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            Failure::Refused(format!(
+                "this worker has no adapter for {platform} (it has: {})",
+                if have.is_empty() {
+                    "none".to_owned()
+                } else {
+                    have.join(", ")
+                }
+            ))
+        })
+    }
+
+    async fn attempt(
+        &self,
+        job: &RunningJob,
+        key: &DistributionKey,
+    ) -> Result<Completion, JobError> {
+        let lock = match self
+            .queue
+            .try_lock(&key.lock_id(), &job.id, self.lock_ttl)
+            .await
+        {
+            Ok(Ok(lock)) => lock,
+            Ok(Err(holder)) => {
+                return Ok(Completion::Deferred {
+                    delay: LOCKED_RETRY,
+                    reason: format!("{key} is locked by job {holder}"),
+                });
+            }
+            Err(e) => {
+                return Err(JobError::transient(format!(
+                    "taking the distribution lock: {e}"
+                )));
+            }
+        };
+        let started_at = Utc::now();
+        let run_id = record::start_run(
+            &self.db,
+            record::RunStart {
+                job_id: &job.id,
+                kind: job.envelope.kind(),
+                key,
+                attempt: job.attempt,
+                started_at,
+            },
+        )
+        .await;
+        let run_id = match run_id {
+            Ok(id) => id,
+            Err(e) => {
+                lock.release().await;
+                return Err(JobError::transient(format!("recording the attempt: {e}")));
+            }
+        };
+        let permit = match self.per_platform.get(&key.platform) {
+            Some(s) => Some(Arc::clone(s).acquire_owned().await),
+            None => None,
+        };
+        let result = tokio::select! {
+            r = self.step(job, key) => r,
+            () = lock.lost.cancelled() => Err(Failure::LockLost),
+        };
+        drop(permit);
+        let end = match &result {
+            Ok(step) => record::RunEnd {
+                outcome: step.outcome,
+                error_class: None,
+                message: Some(step.message.clone()),
+                http_status: None,
+                started_at,
+            },
+            Err(f) => record::RunEnd {
+                outcome: f.outcome(),
+                error_class: Some(f.class()),
+                message: Some(f.to_string()),
+                http_status: f.http_status(),
+                started_at,
+            },
+        };
+        let recorded = record::finish_run(&self.db, run_id, end).await;
+        lock.release().await;
+        match (result, recorded) {
+            (Ok(step), Ok(())) => {
+                tracing::info!(job = %job.id, outcome = %step.outcome, "{}", step.message);
+                Ok(Completion::Done)
+            }
+            // The work is done but not recorded as done: a retry finds it done on the
+            // platform and only writes the record.
+            (Ok(_), Err(e)) => Err(JobError::transient(format!("recording the result: {e}"))),
+            (Err(f), _) => {
+                tracing::warn!(job = %job.id, class = %f.class(), "{f}");
+                Err(JobError {
+                    class: f.class(),
+                    message: f.to_string(),
+                    retry_after: f.retry_after(),
+                })
+            }
+        }
+    }
+
+    async fn step(&self, job: &RunningJob, key: &DistributionKey) -> Result<Step, Failure> {
+        match &job.envelope.job {
+            Job::Stage(stage) => stage::run(self, stage, key).await,
+            Job::Promote(promote) => promote::run(self, promote, key).await,
+        }
+    }
+}
+
+impl JobHandler for Pipeline {
+    async fn handle(&self, job: RunningJob) -> Result<Completion, JobError> {
+        // Validated when the envelope was parsed; a failure here is a bug, not bad input.
+        let key = job
+            .envelope
+            .distribution_key()
+            .map_err(|e| JobError::permanent(format!("invalid distribution key: {e}")))?;
+        self.attempt(&job, &key).await
+    }
+}

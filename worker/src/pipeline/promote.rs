@@ -1,0 +1,146 @@
+//! The promote step: only if the voted revision has exactly the staged files, and the
+//! platform still holds exactly the staged bytes, make them the production distribution.
+
+use atr_dist_shared::names::RevisionKey;
+use atr_dist_shared::{AttemptOutcome, Digest, DistributionKey, ManifestDiff, PromoteJob};
+
+use super::{Failure, Pipeline, Step, record};
+use crate::platform::{PlatformError, PromoteRequest};
+
+pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Result<Step, Failure> {
+    let adapter = p.adapter(key.platform)?;
+    let Some(row) = record::load_distribution(&p.db, key).await? else {
+        return Err(Failure::Refused(format!(
+            "{key} was never staged by atr-dist; stage it before promoting"
+        )));
+    };
+    let (Some(staged_manifest), Some(platform_digest)) = (
+        row.staged_manifest_digest.clone(),
+        row.platform_digest.clone(),
+    ) else {
+        return Err(Failure::Refused(format!(
+            "{key} has no staging record (manifest and platform digests)"
+        )));
+    };
+
+    // Content, not revision numbers: ATR makes a new revision with the same files when a
+    // vote passes, and that must promote; any other difference must not.
+    let voted = p
+        .sources
+        .manifest(&job.source, &job.release, &job.revision)
+        .await?;
+    let voted_revision = RevisionKey::of(&job.release.key(), &job.revision);
+    if voted.digest().as_str() != staged_manifest {
+        let staged = match &row.staging_revision_key {
+            Some(rev) => record::load_manifest(&p.db, rev).await?,
+            None => None,
+        };
+        let diff = match staged {
+            Some(staged) => staged.diff(&voted),
+            None => ManifestDiff::default(),
+        };
+        record::save_manifest(&p.db, &voted_revision, &voted).await?;
+        return Err(Failure::RevisionChanged(diff));
+    }
+    record::save_manifest(&p.db, &voted_revision, &voted).await?;
+
+    let staged_digest = Digest::parse(platform_digest.clone())
+        .map_err(|e| Failure::Refused(format!("recorded platform digest is unreadable: {e}")))?;
+    let (default_staging, default_release) = adapter.default_tags(key);
+    let staging_tag = match &row.staging_tag {
+        Some(t) => atr_dist_shared::names::DistTag::new(t).unwrap_or(default_staging),
+        None => default_staging,
+    };
+    let release_tag = job.release_tag.clone().unwrap_or(default_release);
+    let req = PromoteRequest {
+        key: key.clone(),
+        staged_digest: staged_digest.clone(),
+        staging_tag: staging_tag.clone(),
+        release_tag: release_tag.clone(),
+    };
+
+    let in_production = adapter.read_promoted(key, &release_tag).await?;
+    let already = matches!(&in_production, Some(o) if o.digest == staged_digest);
+    if row.promoted && !already {
+        return Err(Failure::Refused(format!(
+            "{key} is recorded as promoted, but {release_tag} on the platform holds {}",
+            in_production
+                .map(|o| o.digest.to_string())
+                .unwrap_or_else(|| "nothing".into())
+        )));
+    }
+
+    // The staged bytes must still be what was staged: a tag moved since is caught here.
+    if !already {
+        match adapter.read_staged(key, &staging_tag).await? {
+            None => {
+                return Err(Failure::Refused(format!(
+                    "{key}: the staged {staging_tag} is gone from the platform; nothing promoted"
+                )));
+            }
+            Some(o) if o.digest != staged_digest => {
+                return Err(Failure::Refused(format!(
+                    "{key}: {staging_tag} was overwritten since staging (the platform holds {}, {staged_digest} was staged); nothing promoted",
+                    o.digest
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+
+    if job.dry_run {
+        let plan: Vec<String> = adapter
+            .plan_promote(&req)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return Ok(Step {
+            outcome: AttemptOutcome::DryRun,
+            message: format!(
+                "dry run: revision {voted_revision} has the staged files ({staged_manifest}); {}",
+                if already {
+                    format!("{release_tag} already holds {staged_digest}: nothing would be sent")
+                } else {
+                    format!(
+                        "would promote {staged_digest} to {release_tag}; writes: {}",
+                        plan.join("; ")
+                    )
+                }
+            ),
+        });
+    }
+
+    let outcome = if already {
+        AttemptOutcome::Unchanged
+    } else {
+        adapter.promote(&req).await?;
+        AttemptOutcome::Completed
+    };
+    let observed = adapter
+        .read_promoted(key, &release_tag)
+        .await?
+        .ok_or_else(|| {
+            PlatformError::transient(format!(
+                "{key} is not visible under {release_tag} yet after promoting"
+            ))
+        })?;
+    if observed.digest != staged_digest {
+        return Err(Failure::Refused(format!(
+            "after promoting, {release_tag} holds {}, not the staged {staged_digest}",
+            observed.digest
+        )));
+    }
+    if !(row.promoted && outcome == AttemptOutcome::Unchanged) {
+        record::save_promoted(&p.db, row, &observed, job.asf_uid.as_str()).await?;
+    }
+    Ok(Step {
+        outcome,
+        message: if already {
+            format!("{key} was already promoted to {release_tag} as {staged_digest}")
+        } else {
+            format!(
+                "promoted {key} to {release_tag} as {staged_digest} (voted revision {voted_revision})"
+            )
+        },
+    })
+}

@@ -1,0 +1,141 @@
+//! The stage step: put the voted files on the platform's staging place and record it.
+
+use atr_dist_shared::names::RevisionKey;
+use atr_dist_shared::{AttemptOutcome, DistributionKey, StageJob};
+
+use super::{Failure, Pipeline, Step, record};
+use crate::platform::{Artifact, StageRequest};
+use crate::source::{LocalFile, SourceError};
+
+pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<Step, Failure> {
+    let adapter = p.adapter(key.platform)?;
+    let existing = record::load_distribution(&p.db, key).await?;
+    if let Some(row) = &existing
+        && row.promoted
+    {
+        return Err(Failure::Refused(format!(
+            "{key} is already promoted; staging it again is refused (a promoted version is final)"
+        )));
+    }
+
+    let manifest = p
+        .sources
+        .manifest(&job.source, &job.release, &job.revision)
+        .await?;
+    let revision = RevisionKey::of(&job.release.key(), &job.revision);
+    // The files must be the revision's files, byte for byte.
+    let mut artifacts = Vec::with_capacity(job.artifacts.len());
+    let mut _keep: Vec<LocalFile> = Vec::with_capacity(job.artifacts.len());
+    for path in &job.artifacts {
+        let entry = manifest
+            .get(path)
+            .ok_or_else(|| {
+                Failure::Refused(format!("artifact {path} is not in revision {revision}"))
+            })?
+            .clone();
+        let local = p
+            .sources
+            .fetch(&job.source, &job.release, &job.revision, path)
+            .await?;
+        let (size, sha3) = local.digest().await?;
+        if size != entry.size || sha3 != entry.sha3_256 {
+            return Err(SourceError::Mismatch {
+                path: path.to_string(),
+                detail: format!(
+                    "{size} bytes, sha3-256 {sha3}; manifest says {} bytes, {}",
+                    entry.size, entry.sha3_256
+                ),
+            }
+            .into());
+        }
+        artifacts.push(Artifact {
+            path: path.clone(),
+            local: local.path.clone(),
+            entry,
+        });
+        _keep.push(local);
+    }
+    record::save_manifest(&p.db, &revision, &manifest).await?;
+
+    let staging_tag = match &job.staging_tag {
+        Some(tag) => tag.clone(),
+        None => p
+            .staging_tags
+            .get(&key.platform)
+            .cloned()
+            .unwrap_or_else(|| adapter.default_tags(key).0),
+    };
+    let req = StageRequest {
+        key: key.clone(),
+        revision: revision.clone(),
+        artifacts,
+        staging_tag: staging_tag.clone(),
+    };
+    let expected = adapter.expected_digest(&req).await?;
+    let current = adapter.read_staged(key, &staging_tag).await?;
+
+    if job.dry_run {
+        let plan: Vec<String> = adapter
+            .plan_stage(&req)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let now = match &current {
+            Some(o) if o.digest == expected => {
+                "already staged with these bytes: nothing would be sent".to_owned()
+            }
+            Some(o) => format!("the platform holds {} under {staging_tag}", o.digest),
+            None => "nothing staged yet".to_owned(),
+        };
+        return Ok(Step {
+            outcome: AttemptOutcome::DryRun,
+            message: format!(
+                "dry run: would stage {key} from {revision} (manifest {}) as {expected}; {now}; writes: {}",
+                manifest.digest(),
+                plan.join("; ")
+            ),
+        });
+    }
+
+    let outcome = match &current {
+        Some(o) if o.digest == expected => AttemptOutcome::Unchanged,
+        Some(_) | None => {
+            adapter.stage(&req).await?;
+            AttemptOutcome::Completed
+        }
+    };
+    let observed = adapter
+        .read_staged(key, &staging_tag)
+        .await?
+        .ok_or_else(|| {
+            Failure::Platform(crate::platform::PlatformError::transient(format!(
+                "{key} is not visible under {staging_tag} yet after staging"
+            )))
+        })?;
+    if observed.digest != expected {
+        return Err(Failure::Refused(format!(
+            "after staging, the platform reports {} for {key}, not the voted {expected}",
+            observed.digest
+        )));
+    }
+    record::save_staged(
+        &p.db,
+        record::Staged {
+            key,
+            revision: &revision,
+            manifest_digest: manifest.digest().to_string(),
+            staging_tag: staging_tag.to_string(),
+            observed: &observed,
+            created_by: job.asf_uid.as_str(),
+        },
+    )
+    .await?;
+    Ok(Step {
+        outcome,
+        message: if outcome == AttemptOutcome::Unchanged {
+            format!("{key} was already staged under {staging_tag} as {expected}; recorded")
+        } else {
+            format!("staged {key} under {staging_tag} as {expected} from {revision}")
+        },
+    })
+}

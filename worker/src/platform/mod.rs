@@ -1,0 +1,170 @@
+//! The seam between the pipeline and a platform: one adapter per platform, each in its own
+//! file, behind `PlatformAdapter`. An adapter knows its platform's HTTP API and nothing of
+//! queues, databases or revisions; the pipeline decides when to call it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atr_dist_shared::names::{ArtifactPath, DistTag, RevisionKey};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, ManifestEntry, Platform};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+/// A file of the revision, on local disk, with the manifest entry it was checked against.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub path: ArtifactPath,
+    pub local: PathBuf,
+    pub entry: ManifestEntry,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageRequest {
+    pub key: DistributionKey,
+    pub revision: RevisionKey,
+    pub artifacts: Vec<Artifact>,
+    pub staging_tag: DistTag,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromoteRequest {
+    pub key: DistributionKey,
+    /// What the platform reported when the distribution was staged.
+    pub staged_digest: Digest,
+    pub staging_tag: DistTag,
+    pub release_tag: DistTag,
+}
+
+/// What the platform holds, read back from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub digest: Digest,
+    pub api_url: Option<String>,
+    pub web_url: Option<String>,
+    pub upload_date: Option<DateTime<Utc>>,
+}
+
+/// One HTTP write an adapter would make, for dry runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedWrite {
+    pub method: &'static str,
+    pub url: String,
+    pub what: String,
+}
+
+impl fmt::Display for PlannedWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ({})", self.method, self.url, self.what)
+    }
+}
+
+/// A failed platform call, classed for the retry decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PlatformError {
+    pub class: ErrorClass,
+    pub message: String,
+    pub http_status: Option<u16>,
+    pub retry_after: Option<Duration>,
+}
+
+impl PlatformError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> PlatformError {
+        PlatformError {
+            class,
+            message: message.into(),
+            http_status: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> PlatformError {
+        PlatformError::new(ErrorClass::Permanent, message)
+    }
+
+    pub fn transient(message: impl Into<String>) -> PlatformError {
+        PlatformError::new(ErrorClass::Transient, message)
+    }
+
+    pub fn with_status(mut self, status: u16) -> PlatformError {
+        self.http_status = Some(status);
+        self
+    }
+}
+
+/// A platform's stage, promote and read-back operations.
+///
+/// Reads (`expected_digest`, `read_staged`, `read_promoted`) never change the platform and
+/// are used in dry runs too; writes (`stage`, `promote`) are only called after the pipeline
+/// has checked that they are needed and allowed.
+pub trait PlatformAdapter: Send + Sync {
+    /// The digest the platform will report for these artifacts once staged (the tarball's
+    /// SRI for npm, the manifest digest for OCI), computed locally.
+    fn expected_digest<'a>(
+        &'a self,
+        req: &'a StageRequest,
+    ) -> BoxFuture<'a, Result<Digest, PlatformError>>;
+
+    /// The writes `stage` would make.
+    fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite>;
+
+    /// Puts the artifacts on the staging place.
+    fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>>;
+
+    /// What the staging place holds for this key and tag now, if anything.
+    fn read_staged<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        staging_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>>;
+
+    /// The writes `promote` would make.
+    fn plan_promote(&self, req: &PromoteRequest) -> Vec<PlannedWrite>;
+
+    /// Makes the staged distribution the production one.
+    fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>>;
+
+    /// What production holds for this key and release tag now, if anything.
+    fn read_promoted<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        release_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>>;
+
+    /// The tags used when a job names none.
+    fn default_tags(&self, key: &DistributionKey) -> (DistTag, DistTag);
+}
+
+/// The adapters this worker has, by platform.
+#[derive(Clone, Default)]
+pub struct Adapters {
+    by_platform: HashMap<Platform, Arc<dyn PlatformAdapter>>,
+}
+
+impl Adapters {
+    pub fn with(mut self, platform: Platform, adapter: Arc<dyn PlatformAdapter>) -> Adapters {
+        self.by_platform.insert(platform, adapter);
+        self
+    }
+
+    pub fn get(&self, platform: Platform) -> Option<Arc<dyn PlatformAdapter>> {
+        self.by_platform.get(&platform).cloned()
+    }
+
+    pub fn platforms(&self) -> Vec<Platform> {
+        let mut p: Vec<Platform> = self.by_platform.keys().copied().collect();
+        p.sort();
+        p
+    }
+}
+
+/// The adapters for every platform this build supports, configured from `[platforms.*]`.
+pub fn from_config(
+    _config: &crate::config::Config,
+) -> Result<Adapters, crate::config::ConfigError> {
+    Ok(Adapters::default())
+}

@@ -1,0 +1,169 @@
+//! `atr-dist run`: the worker pool with the distribution pipeline, on the configured (or
+//! embedded default) database and Redis, until SIGTERM or SIGINT.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use atr_dist_shared::Platform;
+use atr_dist_shared::names::DistTag;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, section_name};
+use crate::pipeline::Pipeline;
+use crate::platform::Adapters;
+use crate::queue::Queue;
+use crate::queue::pool::{self, PoolConfig};
+use crate::source::{AtrSource, DirSource, RevisionSource, Sources};
+use crate::{db, embedded};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Db(#[from] db::DbError),
+    #[error("{0}")]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("cannot reach Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        source: crate::queue::QueueError,
+    },
+    #[error(
+        "the results database has {0} pending migration(s); run `atr-dist migrate` or set database.auto_migrate"
+    )]
+    PendingMigrations(usize),
+    #[error("config key `{0}`: {1}")]
+    Config(String, String),
+    #[error("{0}")]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// Builds the sources the configuration names.
+pub fn sources(config: &Config) -> Result<Sources, RunError> {
+    let dir: Option<Arc<dyn RevisionSource>> =
+        Some(Arc::new(DirSource::new(config.revisions.root.clone())));
+    let atr: Option<Arc<dyn RevisionSource>> = match (
+        &config.revisions.atr_manifest_url,
+        &config.revisions.atr_file_url,
+    ) {
+        (Some(manifest), Some(file)) => Some(Arc::new(
+            AtrSource::new(manifest.clone(), file.clone()).map_err(|e| {
+                RunError::Config("revisions.atr_manifest_url".into(), e.to_string())
+            })?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(RunError::Config(
+                "revisions".into(),
+                "set both atr_manifest_url and atr_file_url, or neither".into(),
+            ));
+        }
+    };
+    Ok(Sources { dir, atr })
+}
+
+pub fn staging_tags(config: &Config) -> HashMap<Platform, DistTag> {
+    Platform::ALL
+        .into_iter()
+        .filter_map(|p| {
+            let tag = config.platforms.get(p).staging_tag.as_deref()?;
+            DistTag::new(tag).ok().map(|t| (p, t))
+        })
+        .collect()
+}
+
+pub fn per_platform_limits(config: &Config) -> HashMap<Platform, Arc<Semaphore>> {
+    Platform::ALL
+        .into_iter()
+        .filter_map(|p| {
+            let n = config.platforms.get(p).concurrency?;
+            tracing::debug!(platform = %section_name(p), n, "per-platform concurrency");
+            Some((p, Arc::new(Semaphore::new(n))))
+        })
+        .collect()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the worker until a shutdown signal; `adapters` are the platforms this build serves.
+pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
+    let redis_url = config.redis_url();
+    let _embedded = if config.redis.cluster_nodes.is_empty() {
+        embedded::ensure(redis_url.expose(), Path::new("./atr-dist-redis"))?
+    } else {
+        None
+    };
+    let queue = Queue::connect(
+        redis_url.expose(),
+        &config.redis.cluster_nodes,
+        &config.redis.queue,
+    )
+    .await
+    .map_err(|source| RunError::Redis {
+        url: db::redacted(redis_url.expose()),
+        source,
+    })?;
+    let conn = db::connect(&config.database_url(), config.database.max_connections).await?;
+    if config.database.auto_migrate {
+        let applied = db::migrate_up(&conn).await?;
+        if applied > 0 {
+            tracing::info!(applied, "applied database migrations");
+        }
+    } else {
+        let pending = db::pending_migrations(&conn).await?;
+        if !pending.is_empty() {
+            return Err(RunError::PendingMigrations(pending.len()));
+        }
+    }
+    let platforms: Vec<String> = adapters
+        .platforms()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        database = %db::redacted(config.database_url().expose()),
+        redis = %db::redacted(redis_url.expose()),
+        queue = %config.redis.queue,
+        platforms = %platforms.join(","),
+        "atr-dist starting"
+    );
+    let pipeline = Pipeline {
+        db: conn,
+        queue: queue.clone(),
+        adapters,
+        sources: sources(&config)?,
+        lock_ttl: config.lease(),
+        staging_tags: staging_tags(&config),
+        per_platform: per_platform_limits(&config),
+    };
+    pool::run(
+        queue,
+        Arc::new(pipeline),
+        PoolConfig::from_config(&config),
+        shutdown_signal(),
+        |_| {},
+    )
+    .await?;
+    Ok(())
+}
