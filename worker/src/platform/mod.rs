@@ -2,6 +2,8 @@
 //! file, behind `PlatformAdapter`. An adapter knows its platform's HTTP API and nothing of
 //! queues, databases or revisions; the pipeline decides when to call it.
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
