@@ -99,6 +99,8 @@ impl SqliteDatabase {
 }
 
 pub mod cases;
+pub mod fault_proxy;
+pub mod npm_support;
 pub mod pipeline_support;
 
 pub mod jobs {

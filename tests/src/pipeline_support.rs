@@ -7,17 +7,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use atr_dist::config::RetryConfig;
 use atr_dist::pipeline::Pipeline;
 use atr_dist::platform::{
     Adapters, Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest,
 };
 use atr_dist::queue::Queue;
 use atr_dist::source::{DirSource, Sources};
+use atr_dist_shared::entities::{distribution, job_run};
 use atr_dist_shared::names::DistTag;
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, Platform};
+use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey};
+use atr_dist_shared::{Envelope, JobState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sea_orm::DatabaseConnection;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+
+use crate::cases::{RunningPool, eventually, pool_config};
+use crate::redis_support::TestQueue;
+use crate::{PgDatabase, SqliteDatabase};
 use sha2::{Digest as _, Sha256};
 
 /// What the fake platform holds, and every write it received.
@@ -177,7 +184,18 @@ impl Revisions {
 
     /// Writes `files` as revision `rev` of example 1.0.0.
     pub fn write(&self, rev: &str, files: &[(&str, &[u8])]) -> PathBuf {
-        let dir = self.root().join("example").join("1.0.0").join(rev);
+        self.write_release("example", "1.0.0", rev, files)
+    }
+
+    /// Writes `files` as revision `rev` of release `project`-`version`.
+    pub fn write_release(
+        &self,
+        project: &str,
+        version: &str,
+        rev: &str,
+        files: &[(&str, &[u8])],
+    ) -> PathBuf {
+        let dir = self.root().join(project).join(version).join(rev);
         for (path, content) in files {
             let file = dir.join(path);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -193,16 +211,17 @@ impl Default for Revisions {
     }
 }
 
-pub fn pipeline(
+/// A pipeline with the given adapters, revisions from `root`.
+pub fn pipeline_with(
     db: DatabaseConnection,
     queue: Queue,
     root: &Path,
-    adapter: RecordingAdapter,
+    adapters: Adapters,
 ) -> Pipeline {
     Pipeline {
         db,
         queue,
-        adapters: Adapters::default().with(Platform::Npm, Arc::new(adapter)),
+        adapters,
         sources: Sources {
             dir: Some(Arc::new(DirSource::new(root))),
             atr: None,
@@ -210,5 +229,106 @@ pub fn pipeline(
         lock_ttl: Duration::from_secs(5),
         staging_tags: HashMap::new(),
         per_platform: HashMap::new(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A running pipeline: a fresh database (migrated), a fresh queue, revision directories,
+/// and a worker pool running the pipeline with `adapters`.
+pub struct Harness {
+    pub t: TestQueue,
+    pub revs: Revisions,
+    pub db: DatabaseConnection,
+    pool: Option<RunningPool>,
+    _pg: Option<PgDatabase>,
+    _sqlite: Option<SqliteDatabase>,
+}
+
+impl Harness {
+    pub async fn new(which: Db, adapters: Adapters, retry: RetryConfig) -> Harness {
+        let (url, pg, sqlite) = match which {
+            Db::Sqlite => {
+                let s = SqliteDatabase::create();
+                (s.url.clone(), None, Some(s))
+            }
+            Db::Postgres => {
+                let p = PgDatabase::create().await;
+                (p.url.clone(), Some(p), None)
+            }
+        };
+        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
+            .await
+            .unwrap();
+        atr_dist::db::migrate_up(&db).await.unwrap();
+        let t = TestQueue::new().await;
+        let revs = Revisions::new();
+        let p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
+        let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
+        Harness {
+            t,
+            revs,
+            db,
+            pool: Some(pool),
+            _pg: pg,
+            _sqlite: sqlite,
+        }
+    }
+
+    /// Enqueues `envelope` and waits until it is done, dead or cancelled.
+    pub async fn run(&self, envelope: &Envelope, max_attempts: u32) -> JobState {
+        let e = self
+            .t
+            .queue
+            .enqueue(envelope, None, max_attempts)
+            .await
+            .unwrap();
+        let q = &self.t.queue;
+        eventually("job settles", Duration::from_secs(60), || async {
+            q.show(&e.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .summary
+                .state
+                .is_terminal()
+        })
+        .await;
+        q.show(&e.id).await.unwrap().unwrap().summary.state
+    }
+
+    pub async fn last_error(&self, envelope: &Envelope) -> String {
+        let s = self
+            .t
+            .queue
+            .show(&envelope.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary;
+        s.last_error.unwrap_or_default()
+    }
+
+    pub async fn row(&self) -> Option<distribution::Model> {
+        distribution::Entity::find().one(&self.db).await.unwrap()
+    }
+
+    pub async fn runs(&self, job: &Envelope) -> Vec<job_run::Model> {
+        job_run::Entity::find()
+            .filter(job_run::Column::JobId.eq(job.id.to_string()))
+            .order_by_asc(job_run::Column::Attempt)
+            .all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The distribution pipeline end to end: a real Redis queue, a real database (SQLite and
 //! PostgreSQL), revision directories on disk, and a recording adapter in place of a platform.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use atr_dist::config::RetryConfig;
-use atr_dist_shared::entities::{distribution, job_run, revision_manifest};
+use atr_dist::platform::Adapters;
+use atr_dist_shared::entities::revision_manifest;
 use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
 use atr_dist_shared::names::{
     ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
@@ -14,101 +16,36 @@ use atr_dist_shared::{
     AtrTaskStatus, DistributionKey, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob,
     StageJob,
 };
-use atr_dist_tests::cases::{RunningPool, eventually, pool_config};
-use atr_dist_tests::pipeline_support::{RecordingAdapter, Revisions, pipeline};
-use atr_dist_tests::redis_support::TestQueue;
-use atr_dist_tests::{PgDatabase, SqliteDatabase};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-};
+use atr_dist_tests::cases::eventually;
+use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
+use sea_orm::{ConnectionTrait, EntityTrait};
 
 const TGZ: &str = "example-pkg-1.0.0.tgz";
 
-#[derive(Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-struct Harness {
-    t: TestQueue,
-    revs: Revisions,
+/// The shared harness with a recording adapter for NPM.
+struct Rec {
+    h: Harness,
     adapter: RecordingAdapter,
-    db: DatabaseConnection,
-    pool: Option<RunningPool>,
-    _pg: Option<PgDatabase>,
-    _sqlite: Option<SqliteDatabase>,
 }
 
-impl Harness {
-    async fn new(which: Db, adapter: RecordingAdapter, retry: RetryConfig) -> Harness {
-        let (url, pg, sqlite) = match which {
-            Db::Sqlite => {
-                let s = SqliteDatabase::create();
-                (s.url.clone(), None, Some(s))
-            }
-            Db::Postgres => {
-                let p = PgDatabase::create().await;
-                (p.url.clone(), Some(p), None)
-            }
-        };
-        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
-            .await
-            .unwrap();
-        atr_dist::db::migrate_up(&db).await.unwrap();
-        let t = TestQueue::new().await;
-        let revs = Revisions::new();
-        let p = pipeline(db.clone(), t.queue.clone(), revs.root(), adapter.clone());
-        let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
-        Harness {
-            t,
-            revs,
-            adapter,
-            db,
-            pool: Some(pool),
-            _pg: pg,
-            _sqlite: sqlite,
-        }
+impl std::ops::Deref for Rec {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
     }
+}
 
-    async fn run(&self, envelope: &Envelope, max_attempts: u32) -> JobState {
-        let e = self
-            .t
-            .queue
-            .enqueue(envelope, None, max_attempts)
-            .await
-            .unwrap();
-        let q = &self.t.queue;
-        eventually("job settles", Duration::from_secs(30), || async {
-            q.show(&e.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .summary
-                .state
-                .is_terminal()
-        })
-        .await;
-        q.show(&e.id).await.unwrap().unwrap().summary.state
+impl Rec {
+    async fn stop(self) {
+        self.h.stop().await;
     }
+}
 
-    async fn row(&self) -> Option<distribution::Model> {
-        distribution::Entity::find().one(&self.db).await.unwrap()
-    }
-
-    async fn runs(&self, job: &Envelope) -> Vec<job_run::Model> {
-        job_run::Entity::find()
-            .filter(job_run::Column::JobId.eq(job.id.to_string()))
-            .order_by_asc(job_run::Column::Attempt)
-            .all(&self.db)
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.stop().await;
-        }
+async fn recording(which: Db, adapter: RecordingAdapter, retry: RetryConfig) -> Rec {
+    let adapters = Adapters::default().with(Platform::Npm, Arc::new(adapter.clone()));
+    Rec {
+        h: Harness::new(which, adapters, retry).await,
+        adapter,
     }
 }
 
@@ -180,7 +117,7 @@ const FAST: RetryConfig = RetryConfig {
 };
 
 async fn stage_then_promote(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
     let s = stage("00001", false);
     assert_eq!(h.run(&s, 3).await, JobState::Done);
@@ -241,7 +178,7 @@ async fn stage_then_promote(which: Db) {
 }
 
 async fn changed_files_are_refused(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
     assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
     h.revs.write(
@@ -285,7 +222,7 @@ async fn changed_files_are_refused(which: Db) {
 }
 
 async fn identical_new_revision_promotes_once(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
     assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
     // The vote passing makes revision 00002 with the same files.
@@ -308,7 +245,7 @@ async fn identical_new_revision_promotes_once(which: Db) {
 }
 
 async fn overwritten_staging_tag_is_caught(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
     assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
     h.adapter.overwrite_staged(&key(), "rc");
@@ -329,7 +266,7 @@ async fn overwritten_staging_tag_is_caught(which: Db) {
 }
 
 async fn failed_result_write_is_retried_without_a_second_stage(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), SLOW_RETRY).await;
+    let h = recording(which, RecordingAdapter::default(), SLOW_RETRY).await;
     h.revs.write("00001", VOTED);
     // The result write fails (as with the database down) while everything else works.
     let (create, drop): (&[&str], &str) = match which {
@@ -389,7 +326,7 @@ async fn jobs_for_one_key_never_overlap(which: Db) {
         stage_delay: Duration::from_millis(400),
         ..Default::default()
     };
-    let h = Harness::new(which, adapter, FAST).await;
+    let h = recording(which, adapter, FAST).await;
     h.revs.write("00001", VOTED);
     let a = stage("00001", false);
     let b = stage("00001", false);
@@ -440,7 +377,7 @@ async fn jobs_for_one_key_never_overlap(which: Db) {
 }
 
 async fn dry_runs_describe_and_record_without_writing(which: Db) {
-    let h = Harness::new(which, RecordingAdapter::default(), FAST).await;
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
     let s = stage("00001", true);
     assert_eq!(h.run(&s, 3).await, JobState::Done);

@@ -3,6 +3,7 @@
 //! queues, databases or revisions; the pipeline decides when to call it.
 
 pub mod http;
+pub mod npm;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,0 +1,418 @@
+//! The npm adapter against a real verdaccio 6 on loopback, through the real pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atr_dist::config::RetryConfig;
+use atr_dist::platform::npm::NpmAdapter;
+use atr_dist::platform::{Adapters, PlatformAdapter};
+use atr_dist::secret::Secret;
+use atr_dist_shared::entities::distribution;
+use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::names::{
+    ArtifactPath, AsfUid, DistTag, IdempotencyKey, PackageName, ProjectKey, ReleaseKey,
+    RevisionNumber, Version, VersionKey,
+};
+use atr_dist_shared::{
+    DistributionKey, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob, StageJob,
+};
+use atr_dist_tests::fault_proxy::FaultProxy;
+use atr_dist_tests::npm_support::{Verdaccio, tarball};
+use atr_dist_tests::pipeline_support::{Db, Harness};
+use sea_orm::EntityTrait;
+use url::Url;
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 50,
+    cap_ms: 200,
+    max_attempts: 3,
+};
+
+fn adapter(url: &str, token: &str) -> NpmAdapter {
+    NpmAdapter::new(Url::parse(url).unwrap(), Some(Secret::new(token))).unwrap()
+}
+
+fn adapters(url: &str, token: &str) -> Adapters {
+    let a = Arc::new(adapter(url, token));
+    Adapters::default()
+        .with(Platform::Npm, a.clone())
+        .with(Platform::NpmScoped, a)
+}
+
+/// A job for `name` (maybe `@scope/name`) version `v` of release example-`v`.
+struct Pkg {
+    platform: Platform,
+    scope: &'static str,
+    name: &'static str,
+    version: &'static str,
+}
+
+impl Pkg {
+    fn full(&self) -> String {
+        if self.scope.is_empty() {
+            self.name.to_owned()
+        } else {
+            format!("@{}/{}", self.scope, self.name)
+        }
+    }
+
+    fn file(&self) -> String {
+        format!("{}-{}.tgz", self.name, self.version)
+    }
+
+    fn write(&self, h: &Harness, rev: &str, body: &str) {
+        let bytes = tarball(&self.full(), self.version, body);
+        h.revs
+            .write_release("example", self.version, rev, &[(&self.file(), &bytes)]);
+    }
+
+    fn parts(&self, rev: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
+        (
+            ReleaseRef {
+                project_key: ProjectKey::new("example").unwrap(),
+                version_key: VersionKey::new(self.version).unwrap(),
+            },
+            DistributionSpec {
+                platform: self.platform,
+                owner_namespace: self.scope.to_owned(),
+                package: PackageName::new(self.name).unwrap(),
+                version: Version::new(self.version).unwrap(),
+            },
+            RevisionNumber::new(rev).unwrap(),
+        )
+    }
+
+    fn stage(&self, rev: &str) -> Envelope {
+        let (release, distribution, revision) = self.parts(rev);
+        let job = Job::Stage(StageJob {
+            release,
+            distribution,
+            revision,
+            source: RevisionSourceSpec::Dir,
+            artifacts: vec![ArtifactPath::new(self.file()).unwrap()],
+            staging_tag: None,
+            dry_run: false,
+            asf_uid: AsfUid::new("rm").unwrap(),
+        });
+        Envelope::new(
+            job,
+            IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap(),
+        )
+    }
+
+    fn promote(&self, rev: &str) -> Envelope {
+        let (release, distribution, revision) = self.parts(rev);
+        let job = Job::Promote(PromoteJob {
+            release,
+            distribution,
+            revision,
+            source: RevisionSourceSpec::Dir,
+            release_tag: None,
+            dry_run: false,
+            asf_uid: AsfUid::new("rm").unwrap(),
+        });
+        Envelope::new(
+            job,
+            IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap(),
+        )
+    }
+
+    fn key(&self) -> DistributionKey {
+        DistributionKey::new(
+            ReleaseKey::new(format!("example-{}", self.version)).unwrap(),
+            self.platform,
+            self.scope,
+            PackageName::new(self.name).unwrap(),
+            Version::new(self.version).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+async fn stage_then_promote(pkg_old: Pkg, pkg: Pkg) {
+    let registry = Verdaccio::start().await;
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), &registry.token), FAST).await;
+    // An earlier release is latest already.
+    pkg_old.write(&h, "00001", "old");
+    assert_eq!(h.run(&pkg_old.stage("00001"), 3).await, JobState::Done);
+    assert_eq!(h.run(&pkg_old.promote("00001"), 3).await, JobState::Done);
+
+    pkg.write(&h, "00001", "new");
+    let stage = pkg.stage("00001");
+    assert_eq!(
+        h.run(&stage, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&stage).await
+    );
+    let tags = registry.dist_tags(&pkg.full()).await;
+    assert_eq!(tags["rc"], pkg.version);
+    assert_eq!(
+        tags["latest"], pkg_old.version,
+        "staging does not move latest: {tags}"
+    );
+
+    // The vote makes revision 00002 with the same files; promote it.
+    pkg.write(&h, "00002", "new");
+    let promote = pkg.promote("00002");
+    assert_eq!(
+        h.run(&promote, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&promote).await
+    );
+    let tags = registry.dist_tags(&pkg.full()).await;
+    assert_eq!(tags["latest"], pkg.version);
+    let row = distribution::Entity::find_by_id((
+        format!("example-{}", pkg.version),
+        pkg.platform,
+        pkg.scope.to_owned(),
+        pkg.name.to_owned(),
+        pkg.version.to_owned(),
+    ))
+    .one(&h.db)
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(row.promoted && !row.staging);
+    assert!(row.platform_digest.unwrap().starts_with("sha512-"));
+    assert!(
+        row.api_url
+            .unwrap()
+            .contains(&pkg.full().replace('/', "%2f"))
+    );
+
+    // Promote again: nothing written, recorded as unchanged.
+    let again = pkg.promote("00002");
+    assert_eq!(h.run(&again, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscoped_package_stages_and_promotes() {
+    stage_then_promote(
+        Pkg {
+            platform: Platform::Npm,
+            scope: "",
+            name: "example-lib",
+            version: "0.9.0",
+        },
+        Pkg {
+            platform: Platform::Npm,
+            scope: "",
+            name: "example-lib",
+            version: "1.0.0",
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_package_stages_and_promotes() {
+    stage_then_promote(
+        Pkg {
+            platform: Platform::NpmScoped,
+            scope: "apache",
+            name: "example",
+            version: "0.9.0",
+        },
+        Pkg {
+            platform: Platform::NpmScoped,
+            scope: "apache",
+            name: "example",
+            version: "1.0.0",
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_staging_tag_is_refused_and_nothing_promoted() {
+    let registry = Verdaccio::start().await;
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), &registry.token), FAST).await;
+    let v0 = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "moved",
+        version: "0.9.0",
+    };
+    let v1 = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "moved",
+        version: "1.0.0",
+    };
+    let v2 = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "moved",
+        version: "1.0.1",
+    };
+    v0.write(&h, "00001", "zero");
+    assert_eq!(h.run(&v0.stage("00001"), 3).await, JobState::Done);
+    assert_eq!(h.run(&v0.promote("00001"), 3).await, JobState::Done);
+    v1.write(&h, "00001", "one");
+    v2.write(&h, "00001", "two");
+    assert_eq!(h.run(&v1.stage("00001"), 3).await, JobState::Done);
+    // Somebody stages 1.0.1 over the same tag before the vote on 1.0.0 ends.
+    assert_eq!(h.run(&v2.stage("00001"), 3).await, JobState::Done);
+    let promote = v1.promote("00001");
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let err = h.last_error(&promote).await;
+    assert!(err.contains("rc was overwritten since staging"), "{err}");
+    let tags = registry.dist_tags("moved").await;
+    assert_eq!(tags["rc"], "1.0.1");
+    assert_eq!(
+        tags["latest"], "0.9.0",
+        "the refused promote changed nothing"
+    );
+    h.stop().await;
+}
+
+/// npm makes the first version of a new package `latest` whatever tag it is published
+/// under; promoting it then finds production already holding the voted bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_publish_is_latest_and_promote_finds_it_done() {
+    let registry = Verdaccio::start().await;
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), &registry.token), FAST).await;
+    let pkg = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "brand-new",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "x");
+    assert_eq!(h.run(&pkg.stage("00001"), 3).await, JobState::Done);
+    let tags = registry.dist_tags("brand-new").await;
+    assert_eq!(
+        (tags["rc"].as_str(), tags["latest"].as_str()),
+        (Some("1.0.0"), Some("1.0.0"))
+    );
+    let promote = pkg.promote("00001");
+    assert_eq!(h.run(&promote, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&promote).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tarball_unknown_package_and_bad_token() {
+    let registry = Verdaccio::start().await;
+    // A tarball that claims another package is never published.
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), &registry.token), FAST).await;
+    let pkg = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "honest",
+        version: "1.0.0",
+    };
+    let other = tarball("impostor", "1.0.0", "x");
+    h.revs
+        .write_release("example", "1.0.0", "00001", &[(&pkg.file(), &other)]);
+    let stage = pkg.stage("00001");
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    let err = h.last_error(&stage).await;
+    assert!(
+        err.contains("the tarball is impostor@1.0.0, not honest@1.0.0"),
+        "{err}"
+    );
+    assert_eq!(h.runs(&stage).await.len(), 1, "permanent: no retry");
+    h.stop().await;
+
+    // Reading an unknown package finds nothing; promoting it is a clear permanent error.
+    let a = adapter(&registry.url(), &registry.token);
+    let key = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "nowhere",
+        version: "1.0.0",
+    }
+    .key();
+    assert!(
+        a.read_staged(&key, &DistTag::new("rc").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let req = atr_dist::platform::PromoteRequest {
+        key: key.clone(),
+        staged_digest: atr_dist_shared::Digest::parse(format!("sha512-{}==", "A".repeat(86)))
+            .unwrap(),
+        staging_tag: DistTag::new("rc").unwrap(),
+        release_tag: DistTag::latest(),
+    };
+    let err = a.promote(&req).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message
+            .contains("nowhere does not exist on the registry"),
+        "{}",
+        err.message
+    );
+
+    // A bad token is an auth error, not retried as if the registry were down.
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), "not-a-token"), FAST).await;
+    let pkg = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "locked",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "x");
+    let stage = pkg.stage("00001");
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    let runs = h.runs(&stage).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].error_class.as_deref(), Some("auth"));
+    assert!(
+        matches!(runs[0].http_status, Some(401) | Some(403)),
+        "{:?}",
+        runs[0].http_status
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_outages_are_retried_with_retry_after() {
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(registry.addr).await;
+    let h = Harness::new(Db::Sqlite, adapters(&proxy.url(), &registry.token), FAST).await;
+    let pkg = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "flaky",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "x");
+    // Short outages are waited out inside the attempt.
+    proxy.fail_next(1, "503 Service Unavailable", Some("1"));
+    proxy.fail_next(1, "429 Too Many Requests", Some("1"));
+    let stage = pkg.stage("00001");
+    assert_eq!(
+        h.run(&stage, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&stage).await
+    );
+    assert_eq!(h.runs(&stage).await.len(), 1, "handled inside one attempt");
+    assert_eq!(proxy.count("PUT"), 1, "published once: {:?}", proxy.seen());
+    h.stop().await;
+
+    // A long Retry-After fails the attempt as transient, carrying the wait to the job's
+    // backoff instead of holding a worker for it.
+    let a = adapter(&proxy.url(), &registry.token);
+    proxy.fail_next(1, "429 Too Many Requests", Some("120"));
+    let err = a
+        .read_staged(&pkg.key(), &DistTag::new("rc").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(120)));
+    assert_eq!(err.http_status, Some(429));
+}

@@ -1,0 +1,555 @@
+//! npm and scoped npm: stage = publish the voted tarball under a staging dist-tag; promote =
+//! move `latest` (or the configured tag) to the staged version, after checking its integrity.
+//!
+//! Requests (npm registry API, as npm's CLI and libnpmpublish make them):
+//! - publish: `PUT /<name>` with a packument carrying one version and the tarball as a base64
+//!   attachment; 201, or 409 when the version exists (versions are immutable);
+//! - dist-tags: `GET /-/package/<name>/dist-tags`, `PUT /-/package/<name>/dist-tags/<tag>`
+//!   with the version as a JSON string;
+//! - read back: `GET /<name>`, `versions[v].dist.{integrity, shasum}`, `time[v]`.
+//!
+//! Scoped names are escaped as `@scope%2fpkg` in paths. The tarball must be the package it
+//! claims to be: its `package/package.json` must name the distribution's package and
+//! version, or nothing is sent.
+//!
+//! npm makes the first version of a new package `latest`, whatever tag it is published
+//! under, and every package must keep a `latest`. When publishing moves an existing
+//! `latest`, stage moves it back; for a brand-new package it cannot, and says so.
+
+use std::io::Read;
+use std::path::Path;
+
+use atr_dist_shared::names::DistTag;
+use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, Platform};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use serde_json::{Value, json};
+use sha1::Sha1;
+use sha2::{Digest as _, Sha512};
+use url::Url;
+
+use super::http::{PlatformHttp, error_for};
+use super::{Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest};
+
+pub const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";
+
+/// Tarballs go into the publish body as base64, so they are read whole; npm's own limit
+/// on packages is far below this.
+const MAX_TARBALL: u64 = 512 * 1024 * 1024;
+
+pub struct NpmAdapter {
+    http: PlatformHttp,
+    base: Url,
+}
+
+/// What the tarball is: its package.json, digests and size.
+struct Tarball {
+    manifest: serde_json::Map<String, Value>,
+    bytes: Vec<u8>,
+    integrity: Digest,
+    shasum: String,
+}
+
+impl NpmAdapter {
+    pub fn new(
+        base: Url,
+        token: Option<crate::secret::Secret>,
+    ) -> Result<NpmAdapter, PlatformError> {
+        let base = if base.path().ends_with('/') {
+            base
+        } else {
+            Url::parse(&format!("{base}/"))
+                .map_err(|e| PlatformError::permanent(format!("npm base URL: {e}")))?
+        };
+        Ok(NpmAdapter {
+            http: PlatformHttp::new(&[&base], token)?,
+            base,
+        })
+    }
+
+    /// `@scope/pkg` or `pkg`, as npm names the package.
+    fn name(key: &DistributionKey) -> String {
+        key.display_name()
+    }
+
+    /// The name as a single path segment: `@scope%2fpkg`.
+    fn escaped(key: &DistributionKey) -> String {
+        Self::name(key).replace('/', "%2f")
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // The base ends in '/', and paths here are built from validated names only.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    fn packument_url(&self, key: &DistributionKey) -> Url {
+        self.url(&Self::escaped(key))
+    }
+
+    fn dist_tag_url(&self, key: &DistributionKey, tag: &DistTag) -> Url {
+        self.url(&format!("-/package/{}/dist-tags/{tag}", Self::escaped(key)))
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.http.bearer() {
+            Some(v) => req.header(AUTHORIZATION, v),
+            None => req,
+        }
+    }
+
+    /// The packument, or None when the package does not exist.
+    async fn packument(&self, key: &DistributionKey) -> Result<Option<Value>, PlatformError> {
+        let url = self.packument_url(key);
+        let what = format!("GET {url}");
+        let resp = self
+            .http
+            .send(&what, |c| {
+                self.auth(c.get(url.clone()).header(ACCEPT, "application/json"))
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(classify(resp, &what).await);
+        }
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| PlatformError::transient(format!("{what}: unreadable packument: {e}")))
+    }
+
+    fn observe(
+        &self,
+        key: &DistributionKey,
+        doc: &Value,
+        version: &str,
+    ) -> Result<Option<Observed>, PlatformError> {
+        let Some(dist) = doc.pointer(&format!("/versions/{}/dist", escape_pointer(version))) else {
+            return Ok(None);
+        };
+        let Some(integrity) = dist.get("integrity").and_then(Value::as_str) else {
+            return Err(PlatformError::permanent(format!(
+                "{} {version} has no dist.integrity on the registry; cannot verify it",
+                Self::name(key)
+            )));
+        };
+        // SRI may list several hashes; ours is the sha512 one.
+        let sha512 = integrity
+            .split_whitespace()
+            .find(|h| h.starts_with("sha512-"))
+            .ok_or_else(|| {
+                PlatformError::permanent(format!(
+                    "{} {version}: dist.integrity has no sha512 ({integrity})",
+                    Self::name(key)
+                ))
+            })?;
+        let digest = Digest::parse(sha512).map_err(|e| {
+            PlatformError::permanent(format!(
+                "{} {version}: dist.integrity: {e}",
+                Self::name(key)
+            ))
+        })?;
+        let upload_date = doc
+            .pointer(&format!("/time/{}", escape_pointer(version)))
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let web_url = (self.base.as_str() == DEFAULT_REGISTRY).then(|| {
+            format!(
+                "https://www.npmjs.com/package/{}/v/{version}",
+                Self::name(key)
+            )
+        });
+        Ok(Some(Observed {
+            digest,
+            api_url: Some(self.packument_url(key).to_string()),
+            web_url,
+            upload_date,
+        }))
+    }
+
+    /// What `tag` points at, as observed.
+    async fn read_tag(
+        &self,
+        key: &DistributionKey,
+        tag: &DistTag,
+    ) -> Result<Option<Observed>, PlatformError> {
+        let Some(doc) = self.packument(key).await? else {
+            return Ok(None);
+        };
+        let Some(version) = doc
+            .pointer(&format!("/dist-tags/{}", escape_pointer(tag.as_str())))
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        self.observe(key, &doc, version)
+    }
+
+    async fn put_tag(
+        &self,
+        key: &DistributionKey,
+        tag: &DistTag,
+        version: &str,
+    ) -> Result<(), PlatformError> {
+        let url = self.dist_tag_url(key, tag);
+        let what = format!("PUT {url}");
+        let body = serde_json::to_vec(version).unwrap_or_default();
+        let resp = self
+            .http
+            .send(&what, |c| {
+                self.auth(
+                    c.put(url.clone())
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone()),
+                )
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(classify(resp, &what).await);
+        }
+        Ok(())
+    }
+
+    fn tarball(req: &StageRequest) -> Result<&super::Artifact, PlatformError> {
+        match req.artifacts.as_slice() {
+            [one] => Ok(one),
+            _ => Err(PlatformError::permanent(format!(
+                "npm publishes one tarball per version; the job names {} artifacts",
+                req.artifacts.len()
+            ))),
+        }
+    }
+
+    async fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformError> {
+        let path = path.to_owned();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || read_tarball(&key, &path))
+            .await
+            .map_err(|e| PlatformError::transient(format!("reading the tarball: {e}")))?
+    }
+
+    fn publish_body(&self, key: &DistributionKey, tag: &DistTag, t: &Tarball) -> Value {
+        let name = Self::name(key);
+        let version = key.version.as_str();
+        let file = format!("{name}-{version}.tgz");
+        let tarball_url = self.url(&format!(
+            "{}/-/{}",
+            Self::escaped(key),
+            file.replace('/', "%2f")
+        ));
+        let mut manifest = t.manifest.clone();
+        manifest.insert("_id".into(), json!(format!("{name}@{version}")));
+        manifest.insert(
+            "dist".into(),
+            json!({"shasum": t.shasum, "integrity": t.integrity.as_str(), "tarball": tarball_url.as_str()}),
+        );
+        json!({
+            "_id": name,
+            "name": name,
+            "description": manifest.get("description").cloned().unwrap_or(Value::Null),
+            "dist-tags": { tag.as_str(): version },
+            "versions": { version: Value::Object(manifest) },
+            "access": Value::Null,
+            "_attachments": {
+                file: {
+                    "content_type": "application/octet-stream",
+                    "data": STANDARD.encode(&t.bytes),
+                    "length": t.bytes.len(),
+                }
+            }
+        })
+    }
+}
+
+/// JSON pointer escaping for a single reference token.
+fn escape_pointer(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| PlatformError::transient(format!("{}: {e}", path.display())))?
+        .len();
+    if size > MAX_TARBALL {
+        return Err(PlatformError::permanent(format!(
+            "{} is {size} bytes; npm tarballs above {MAX_TARBALL} are refused",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| PlatformError::transient(format!("{}: {e}", path.display())))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    let mut manifest = None;
+    let entries = archive.entries().map_err(|e| {
+        PlatformError::permanent(format!("{} is not a gzipped tar: {e}", path.display()))
+    })?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| PlatformError::permanent(format!("{}: {e}", path.display())))?;
+        let is_manifest = entry
+            .path()
+            .map(|p| p == Path::new("package/package.json"))
+            .unwrap_or(false);
+        if !is_manifest {
+            continue;
+        }
+        let mut text = String::new();
+        entry
+            .by_ref()
+            .take(1024 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| {
+                PlatformError::permanent(format!("{}: package/package.json: {e}", path.display()))
+            })?;
+        manifest = Some(text);
+        break;
+    }
+    let Some(text) = manifest else {
+        return Err(PlatformError::permanent(format!(
+            "{} has no package/package.json; it is not an npm package",
+            path.display()
+        )));
+    };
+    let Ok(Value::Object(manifest)) = serde_json::from_str::<Value>(&text) else {
+        return Err(PlatformError::permanent(format!(
+            "{}: package/package.json is not a JSON object",
+            path.display()
+        )));
+    };
+    let name = NpmAdapter::name(key);
+    let (got_name, got_version) = (
+        manifest.get("name").and_then(Value::as_str).unwrap_or(""),
+        manifest
+            .get("version")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    );
+    if got_name != name || got_version != key.version.as_str() {
+        return Err(PlatformError::permanent(format!(
+            "the tarball is {got_name}@{got_version}, not {name}@{}: refusing to publish it under that name",
+            key.version
+        )));
+    }
+    let integrity = Digest::from_bytes(DigestAlgorithm::Sha512, &Sha512::digest(&bytes))
+        .map_err(|e| PlatformError::permanent(e.to_string()))?;
+    let shasum = hex::encode(Sha1::digest(&bytes));
+    Ok(Tarball {
+        manifest,
+        bytes,
+        integrity,
+        shasum,
+    })
+}
+
+/// npm's refusals that no retry can fix get messages saying what to do.
+async fn classify(resp: reqwest::Response, what: &str) -> PlatformError {
+    let challenge = resp
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let status = resp.status();
+    let mut err = error_for(resp, what).await;
+    if status == StatusCode::UNAUTHORIZED && challenge.contains("otp") {
+        err.class = ErrorClass::Permanent;
+        err.message = format!(
+            "{what}: the registry wants a one-time password for this token; use a granular or automation token that can publish without 2FA ({})",
+            err.message
+        );
+    } else if status == StatusCode::UNAUTHORIZED && challenge.contains("ipaddress") {
+        err.class = ErrorClass::Permanent;
+        err.message = format!(
+            "{what}: this token is restricted to other IP addresses ({})",
+            err.message
+        );
+    } else if status == StatusCode::CONFLICT {
+        err.message = format!(
+            "{what}: the version exists already and npm versions are immutable ({})",
+            err.message
+        );
+    }
+    err
+}
+
+impl PlatformAdapter for NpmAdapter {
+    fn expected_digest<'a>(
+        &'a self,
+        req: &'a StageRequest,
+    ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
+        async move {
+            let artifact = Self::tarball(req)?;
+            Ok(Self::read_tarball(&req.key, &artifact.local)
+                .await?
+                .integrity)
+        }
+        .boxed()
+    }
+
+    fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite> {
+        let name = Self::name(&req.key);
+        vec![PlannedWrite {
+            method: "PUT",
+            url: self.packument_url(&req.key).to_string(),
+            what: format!(
+                "publish {name}@{} under dist-tag {}",
+                req.key.version, req.staging_tag
+            ),
+        }]
+    }
+
+    fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        async move {
+            let key = &req.key;
+            let version = key.version.as_str();
+            let artifact = Self::tarball(req)?;
+            let tarball = Self::read_tarball(key, &artifact.local).await?;
+            let before = self.packument(key).await?;
+            // The version is there already with our bytes (published earlier, its tag moved
+            // since): only the tag needs setting. With other bytes, it is a conflict.
+            if let Some(doc) = &before
+                && let Some(existing) = self.observe(key, doc, version)?
+            {
+                if existing.digest != tarball.integrity {
+                    return Err(PlatformError::permanent(format!(
+                        "{}@{version} exists on the registry with {}, not the voted {}; npm versions are immutable",
+                        Self::name(key),
+                        existing.digest,
+                        tarball.integrity
+                    )));
+                }
+                return self.put_tag(key, &req.staging_tag, version).await;
+            }
+            let latest_before = before
+                .as_ref()
+                .and_then(|d| d.pointer("/dist-tags/latest"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+
+            let url = self.packument_url(key);
+            let what = format!("PUT {url}");
+            let body = serde_json::to_vec(&self.publish_body(key, &req.staging_tag, &tarball)).unwrap_or_default();
+            let resp = self
+                .http
+                .send(&what, |c| self.auth(c.put(url.clone()).header(CONTENT_TYPE, "application/json").body(body.clone())))
+                .await?;
+            if !resp.status().is_success() {
+                return Err(classify(resp, &what).await);
+            }
+
+            let after = self
+                .packument(key)
+                .await?
+                .ok_or_else(|| PlatformError::transient(format!("{} is not readable after publishing", Self::name(key))))?;
+            let shasum = after
+                .pointer(&format!("/versions/{}/dist/shasum", escape_pointer(version)))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if shasum != tarball.shasum {
+                return Err(PlatformError::permanent(format!(
+                    "after publishing, the registry reports shasum {shasum:?} for {}@{version}, not {}",
+                    Self::name(key),
+                    tarball.shasum
+                )));
+            }
+            let latest_after = after.pointer("/dist-tags/latest").and_then(Value::as_str);
+            if req.staging_tag.as_str() != "latest" && latest_after == Some(version) {
+                match latest_before {
+                    Some(previous) if previous != version => {
+                        tracing::info!(package = %Self::name(key), %previous, "publishing moved latest; moving it back");
+                        self.put_tag(key, &DistTag::latest(), &previous).await?;
+                    }
+                    Some(_) | None => tracing::warn!(
+                        package = %Self::name(key),
+                        "first publish of a new package: npm makes it latest and keeps a latest tag; it stays latest until another version is promoted"
+                    ),
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read_staged<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        staging_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        self.read_tag(key, staging_tag).boxed()
+    }
+
+    fn plan_promote(&self, req: &PromoteRequest) -> Vec<PlannedWrite> {
+        vec![PlannedWrite {
+            method: "PUT",
+            url: self.dist_tag_url(&req.key, &req.release_tag).to_string(),
+            what: format!("point dist-tag {} at {}", req.release_tag, req.key.version),
+        }]
+    }
+
+    fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        async move {
+            let key = &req.key;
+            let version = key.version.as_str();
+            // The version the tag will point at must carry the staged bytes.
+            let doc = self.packument(key).await?.ok_or_else(|| {
+                PlatformError::permanent(format!(
+                    "{} does not exist on the registry",
+                    Self::name(key)
+                ))
+            })?;
+            let observed = self.observe(key, &doc, version)?.ok_or_else(|| {
+                PlatformError::permanent(format!(
+                    "{}@{version} does not exist on the registry",
+                    Self::name(key)
+                ))
+            })?;
+            if observed.digest != req.staged_digest {
+                return Err(PlatformError::permanent(format!(
+                    "{}@{version} has {} on the registry, not the staged {}; nothing promoted",
+                    Self::name(key),
+                    observed.digest,
+                    req.staged_digest
+                )));
+            }
+            self.put_tag(key, &req.release_tag, version).await
+        }
+        .boxed()
+    }
+
+    fn read_promoted<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        release_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        self.read_tag(key, release_tag).boxed()
+    }
+
+    fn default_tags(&self, _key: &DistributionKey) -> (DistTag, DistTag) {
+        (
+            DistTag::new("rc").unwrap_or_else(|_| DistTag::latest()),
+            DistTag::latest(),
+        )
+    }
+}
+
+/// The npm adapter for both NPM and NPM_SCOPED, from `[platforms.npm]` and
+/// `[platforms.npm_scoped]` (each may have its own registry and token).
+pub fn adapter_for(
+    platform: Platform,
+    config: &crate::config::Config,
+) -> Result<NpmAdapter, PlatformError> {
+    let p = config.platforms.get(platform);
+    let base = match &p.base_url {
+        Some(url) => url.clone(),
+        None => {
+            Url::parse(DEFAULT_REGISTRY).map_err(|e| PlatformError::permanent(e.to_string()))?
+        }
+    };
+    NpmAdapter::new(base, p.token.clone())
+}
