@@ -6,34 +6,15 @@
 # One function per program; add yours below and call it at the end.
 set -euo pipefail
 
-log() { printf 'install-test-servers: %s\n' "$*" >&2; }
+LOG_PREFIX=install-test-servers
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    log "missing $*; run: sudo apt-get install -y $*"
-    exit 1
-  fi
-  if [ -z "${ATR_DIST_APT_UPDATED:-}" ]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    export ATR_DIST_APT_UPDATED=1
-  fi
-  log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
-# Headless Chromium and its WebDriver for the dashboard's browser tests
-# (tests/tests/dashboard.rs). Debian's packages are used, never a downloaded browser build:
-# chromium-driver is built from the same source as chromium, so their versions always match.
-# fonts-dejavu-core gives the screenshots readable text.
+# Debian's Chromium and ChromeDriver for the dashboard's browser tests (tests/tests/dashboard.rs);
+# nothing downloads a browser of its own.
 ensure_chromium() {
-  local missing=()
-  command -v chromium >/dev/null || missing+=(chromium)
-  command -v chromedriver >/dev/null || missing+=(chromium-driver)
-  [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
-  if [ "${#missing[@]}" -gt 0 ]; then
-    apt_install "${missing[@]}"
-  fi
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return 0; fi
+  apt_install chromium chromium-driver
 }
 
 # verdaccio 6.8.0 (a real npm registry) for the npm adapter's tests (tests/src/npm_support.rs),

@@ -5,23 +5,11 @@
 # root); otherwise says in one line what to run.
 set -euo pipefail
 
-log() { printf 'services: %s\n' "$*" >&2; }
+LOG_PREFIX=services
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    log "missing $*; run: sudo apt-get install -y $*"
-    exit 1
-  fi
-  if [ -z "${ATR_DIST_APT_UPDATED:-}" ]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    export ATR_DIST_APT_UPDATED=1
-  fi
-  log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 wait_port() {
   for _ in $(seq 1 100); do

@@ -211,19 +211,24 @@ string_newtype!(
     validate_project_key
 );
 
-fn validate_version_key(v: &str) -> Result<(), NameError> {
-    const WHAT: &str = "release version";
-    check_common(WHAT, v, VersionKey::MAX_LEN)?;
-    check_no_traversal(WHAT, v)?;
-    check_chars(WHAT, v, "A-Z a-z 0-9 . + _ -", |c| {
+/// Versions (a release's and a distribution's) share one rule: name characters plus `+`
+/// (semver build metadata), starting with a letter or digit.
+fn validate_version_like(what: &'static str, v: &str, max: usize) -> Result<(), NameError> {
+    check_common(what, v, max)?;
+    check_no_traversal(what, v)?;
+    check_chars(what, v, "A-Z a-z 0-9 . + _ -", |c| {
         is_name_char(c) || c == '+'
     })?;
     check_first_char(
-        WHAT,
+        what,
         v,
         |c| c.is_ascii_alphanumeric(),
         "must start with a letter or digit",
     )
+}
+
+fn validate_version_key(v: &str) -> Result<(), NameError> {
+    validate_version_like("release version", v, VersionKey::MAX_LEN)
 }
 
 string_newtype!(
@@ -410,18 +415,7 @@ string_newtype!(
 );
 
 fn validate_version(v: &str) -> Result<(), NameError> {
-    const WHAT: &str = "version";
-    check_common(WHAT, v, Version::MAX_LEN)?;
-    check_no_traversal(WHAT, v)?;
-    check_chars(WHAT, v, "A-Z a-z 0-9 . + _ -", |c| {
-        is_name_char(c) || c == '+'
-    })?;
-    check_first_char(
-        WHAT,
-        v,
-        |c| c.is_ascii_alphanumeric(),
-        "must start with a letter or digit",
-    )
+    validate_version_like("version", v, Version::MAX_LEN)
 }
 
 string_newtype!(

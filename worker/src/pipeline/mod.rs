@@ -88,21 +88,10 @@ impl Failure {
         }
     }
 
-    fn http_status(&self) -> Option<u16> {
+    /// The platform's error, when the platform refused.
+    fn platform(&self) -> Option<&PlatformError> {
         match self {
-            Failure::Platform(e) => e.http_status,
-            Failure::Source(_)
-            | Failure::Db(_)
-            | Failure::Queue(_)
-            | Failure::RevisionChanged(_)
-            | Failure::Refused(_)
-            | Failure::LockLost => None,
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Failure::Platform(e) => e.retry_after,
+            Failure::Platform(e) => Some(e),
             Failure::Source(_)
             | Failure::Db(_)
             | Failure::Queue(_)
@@ -196,7 +185,7 @@ impl Pipeline {
                 outcome: f.outcome(),
                 error_class: Some(f.class()),
                 message: Some(f.to_string()),
-                http_status: f.http_status(),
+                http_status: f.platform().and_then(|e| e.http_status),
                 started_at,
             },
         };
@@ -215,7 +204,7 @@ impl Pipeline {
                 Err(JobError {
                     class: f.class(),
                     message: f.to_string(),
-                    retry_after: f.retry_after(),
+                    retry_after: f.platform().and_then(|e| e.retry_after),
                 })
             }
         }
