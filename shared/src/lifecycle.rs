@@ -140,6 +140,18 @@ impl ErrorClass {
         }
     }
 
+    /// The class named by its wire spelling (`transient`, `permanent`, `auth`, `malformed`).
+    pub fn parse(s: &str) -> Option<ErrorClass> {
+        [
+            ErrorClass::Transient,
+            ErrorClass::Permanent,
+            ErrorClass::Auth,
+            ErrorClass::Malformed,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
     pub fn is_retryable(self) -> bool {
         match self {
             ErrorClass::Transient => true,

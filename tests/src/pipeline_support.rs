@@ -251,6 +251,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(which: Db, adapters: Adapters, retry: RetryConfig) -> Harness {
+        Harness::custom(which, adapters, retry, |_| {}).await
+    }
+
+    /// As `new`, with `adjust` changing the pipeline (e.g. its sources) before it starts.
+    pub async fn custom(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        adjust: impl FnOnce(&mut Pipeline),
+    ) -> Harness {
         let (url, pg, sqlite) = match which {
             Db::Sqlite => {
                 let s = SqliteDatabase::create();
@@ -267,7 +277,8 @@ impl Harness {
         atr_dist::db::migrate_up(&db).await.unwrap();
         let t = TestQueue::new().await;
         let revs = Revisions::new();
-        let p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
+        let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
+        adjust(&mut p);
         let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
         Harness {
             t,

@@ -204,13 +204,7 @@ async fn changed_files_are_refused(which: Db) {
         "{msg}"
     );
     assert_eq!(s.attempt, 1, "a changed revision is permanent: no retries");
-    let class = s.error_class.as_deref().map(|c| {
-        if c == "permanent" {
-            ErrorClass::Permanent
-        } else {
-            ErrorClass::Transient
-        }
-    });
+    let class = s.error_class.as_deref().and_then(ErrorClass::parse);
     assert_eq!(AtrTaskStatus::of(s.state, class), AtrTaskStatus::Failed);
     let runs = h.runs(&p).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use atr_dist_shared::JobState;
+use atr_dist_shared::{AtrTaskStatus, ErrorClass, JobState};
 use clap::{Args, Subcommand};
 
 use super::output::{ago, json, table, truncate};
@@ -190,6 +190,14 @@ pub async fn jobs(queue: &Queue, command: JobsCommand) -> Result<ExitCode, CliEr
                 vec![
                     "last error".into(),
                     s.last_error.clone().unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "ATR task status".into(),
+                    AtrTaskStatus::of(
+                        s.state,
+                        s.error_class.as_deref().and_then(ErrorClass::parse),
+                    )
+                    .to_string(),
                 ],
             ];
             print!("{}", table(&["FIELD", "VALUE"], &rows));

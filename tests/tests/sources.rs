@@ -1,0 +1,244 @@
+//! Revision sources: ATR's published manifest and files over HTTP (a contract mock of ATR's
+//! endpoints on loopback), and inline manifests, through the real pipeline.
+
+use std::sync::Arc;
+
+use atr_dist::config::RetryConfig;
+use atr_dist::platform::Adapters;
+use atr_dist::source::{AtrSource, RevisionSource, SourceError};
+use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::manifest::Sha3Hex;
+use atr_dist_shared::names::{
+    ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
+    VersionKey,
+};
+use atr_dist_shared::{
+    Envelope, Job, JobState, ManifestEntry, Platform, PromoteJob, RevisionManifest, StageJob,
+};
+use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
+use sha3::{Digest as _, Sha3_256};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn release() -> ReleaseRef {
+    ReleaseRef {
+        project_key: ProjectKey::new("example").unwrap(),
+        version_key: VersionKey::new("1.0.0").unwrap(),
+    }
+}
+
+fn entry(path: &str, content: &[u8]) -> ManifestEntry {
+    ManifestEntry {
+        path: ArtifactPath::new(path).unwrap(),
+        size: content.len() as u64,
+        sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(content).into()),
+    }
+}
+
+async fn atr_mock(manifest: &RevisionManifest, files: &[(&str, &[u8])]) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/manifest/example/1.0.0/00002"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(manifest))
+        .mount(&server)
+        .await;
+    for (name, content) in files {
+        Mock::given(method("GET"))
+            .and(path(format!("/files/example/1.0.0/00002/{name}")))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(content.to_vec()))
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/manifest/example/1.0.0/00009"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn atr_source(server: &MockServer) -> AtrSource {
+    AtrSource::new(
+        format!(
+            "{}/manifest/{{project}}/{{version}}/{{revision}}",
+            server.uri()
+        ),
+        format!(
+            "{}/files/{{project}}/{{version}}/{{revision}}/{{path}}",
+            server.uri()
+        ),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn atr_source_reads_manifests_and_files() {
+    let tgz: &[u8] = b"tarball";
+    let manifest = RevisionManifest::new(vec![
+        entry("pkg-1.0.0.tgz", tgz),
+        entry("docs/README", b"read"),
+    ])
+    .unwrap();
+    let server = atr_mock(&manifest, &[("pkg-1.0.0.tgz", tgz)]).await;
+    let source = atr_source(&server);
+    let got = source
+        .manifest(&release(), &RevisionNumber::new("00002").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got, manifest);
+    assert_eq!(got.digest(), manifest.digest());
+
+    let file = source
+        .fetch(
+            &release(),
+            &RevisionNumber::new("00002").unwrap(),
+            &ArtifactPath::new("pkg-1.0.0.tgz").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&file.path).unwrap(), tgz);
+    let (size, sha3) = file.digest().await.unwrap();
+    assert_eq!(
+        (size, sha3),
+        (
+            manifest.entries()[1].size,
+            manifest.entries()[1].sha3_256.clone()
+        )
+    );
+
+    // Unknown revision: permanent; ATR unavailable: transient.
+    let missing = source
+        .manifest(&release(), &RevisionNumber::new("00003").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, SourceError::NotFound(_)), "{missing}");
+    let down = source
+        .manifest(&release(), &RevisionNumber::new("00009").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(down, SourceError::Unavailable(_)), "{down}");
+}
+
+fn spec() -> DistributionSpec {
+    DistributionSpec {
+        platform: Platform::Npm,
+        owner_namespace: String::new(),
+        package: PackageName::new("pkg").unwrap(),
+        version: Version::new("1.0.0").unwrap(),
+    }
+}
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_from_atr_and_promote_with_an_inline_manifest() {
+    let tgz: &[u8] = b"tarball";
+    let manifest = RevisionManifest::new(vec![
+        entry("pkg-1.0.0.tgz", tgz),
+        entry("docs/README", b"read"),
+    ])
+    .unwrap();
+    let server = atr_mock(&manifest, &[("pkg-1.0.0.tgz", tgz)]).await;
+    let adapter = RecordingAdapter::default();
+    let retry = RetryConfig {
+        base_ms: 20,
+        cap_ms: 100,
+        max_attempts: 3,
+    };
+    let atr = Arc::new(atr_source(&server));
+    let h = Harness::custom(
+        Db::Sqlite,
+        Adapters::default().with(Platform::Npm, Arc::new(adapter.clone())),
+        retry,
+        |p| p.sources.atr = Some(atr),
+    )
+    .await;
+
+    let stage = Envelope::new(
+        Job::Stage(StageJob {
+            release: release(),
+            distribution: spec(),
+            revision: RevisionNumber::new("00002").unwrap(),
+            source: RevisionSourceSpec::Atr,
+            artifacts: vec![ArtifactPath::new("pkg-1.0.0.tgz").unwrap()],
+            staging_tag: None,
+            dry_run: false,
+            asf_uid: AsfUid::new("rm").unwrap(),
+        }),
+        key(),
+    );
+    assert_eq!(
+        h.run(&stage, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&stage).await
+    );
+    let row = h.row().await.unwrap();
+    assert_eq!(
+        row.staged_manifest_digest.as_deref(),
+        Some(manifest.digest().as_str())
+    );
+
+    // The voted revision's manifest carried in the job: same files, promotes.
+    let promote = |m: RevisionManifest| {
+        Envelope::new(
+            Job::Promote(PromoteJob {
+                release: release(),
+                distribution: spec(),
+                revision: RevisionNumber::new("00003").unwrap(),
+                source: RevisionSourceSpec::Inline { manifest: m },
+                release_tag: None,
+                dry_run: false,
+                asf_uid: AsfUid::new("rm").unwrap(),
+            }),
+            key(),
+        )
+    };
+    // A different inline manifest is refused and names the change.
+    let changed = RevisionManifest::new(vec![
+        entry("pkg-1.0.0.tgz", b"other"),
+        entry("docs/README", b"read"),
+    ])
+    .unwrap();
+    let refused = promote(changed);
+    assert_eq!(h.run(&refused, 3).await, JobState::Dead);
+    assert!(
+        h.last_error(&refused)
+            .await
+            .contains("changed: pkg-1.0.0.tgz")
+    );
+    let same = promote(manifest.clone());
+    assert_eq!(
+        h.run(&same, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&same).await
+    );
+    assert!(h.row().await.unwrap().promoted);
+    assert_eq!(adapter.writes().len(), 2);
+
+    // A file that does not match the manifest ATR published is never staged.
+    let lying = RevisionManifest::new(vec![entry("pkg-1.0.0.tgz", b"something else")]).unwrap();
+    let server = atr_mock(&lying, &[("pkg-1.0.0.tgz", tgz)]).await;
+    let atr = Arc::new(atr_source(&server));
+    let h2 = Harness::custom(
+        Db::Sqlite,
+        Adapters::default().with(Platform::Npm, Arc::new(RecordingAdapter::default())),
+        retry,
+        |p| p.sources.atr = Some(atr),
+    )
+    .await;
+    let stage2 = Envelope::new(stage.job.clone(), key());
+    assert_eq!(h2.run(&stage2, 3).await, JobState::Dead);
+    assert!(
+        h2.last_error(&stage2)
+            .await
+            .contains("does not match the manifest"),
+        "{}",
+        h2.last_error(&stage2).await
+    );
+    h2.stop().await;
+    h.stop().await;
+}
