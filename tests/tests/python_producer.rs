@@ -50,8 +50,16 @@ async fn python_enqueued_jobs_are_completed_by_the_rust_worker() {
         .args(["-c", ENQUEUE, &t.url, &t.name])
         .output()
         .expect("run the Python producer");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    let ids: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(ids.len(), 21);
 
     let seen: Arc<Mutex<Vec<Envelope>>> = Arc::default();
@@ -75,9 +83,18 @@ async fn python_enqueued_jobs_are_completed_by_the_rust_worker() {
     assert_eq!(seen.len(), 21, "each job ran once, none was dead-lettered");
     for env in seen.iter() {
         // Python builds the same default idempotency key as Rust.
-        assert_eq!(env.idempotency_key, Envelope::default_idempotency_key(&env.job));
+        assert_eq!(
+            env.idempotency_key,
+            Envelope::default_idempotency_key(&env.job)
+        );
         assert!(ids.contains(&env.id.to_string()));
     }
-    let promote = seen.iter().find(|e| e.kind() == atr_dist_shared::JobKind::Promote).unwrap();
-    assert_eq!(promote.distribution_key().unwrap().owner_namespace, "library");
+    let promote = seen
+        .iter()
+        .find(|e| e.kind() == atr_dist_shared::JobKind::Promote)
+        .unwrap();
+    assert_eq!(
+        promote.distribution_key().unwrap().owner_namespace,
+        "library"
+    );
 }

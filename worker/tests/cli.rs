@@ -19,7 +19,9 @@ fn help_lists_the_subcommands() {
     let out = atr_dist().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for sub in ["run", "migrate", "enqueue", "jobs", "queue", "config", "schema"] {
+    for sub in [
+        "run", "migrate", "enqueue", "jobs", "queue", "config", "schema",
+    ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
 }

@@ -14,7 +14,11 @@ use url::Url;
 use super::PlatformError;
 use crate::secret::Secret;
 
-pub const USER_AGENT: &str = concat!("atr-dist/", env!("CARGO_PKG_VERSION"), " (+https://github.com/apache/tooling-trusted-releases)");
+pub const USER_AGENT: &str = concat!(
+    "atr-dist/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/apache/tooling-trusted-releases)"
+);
 
 /// Tries per request inside one attempt; past them, the job-level backoff (persisted in
 /// Redis) takes over.
@@ -110,11 +114,15 @@ impl PlatformHttp {
     /// Sends a request built by `make` (called once per try), retrying connection errors,
     /// 429 and 5xx a few times. Returns the final response whatever its status; `error_for`
     /// turns an unsuccessful one into a classed error.
-    pub async fn send(&self, what: &str, make: impl Fn(&Client) -> RequestBuilder) -> Result<Response, PlatformError> {
+    pub async fn send(
+        &self,
+        what: &str,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, PlatformError> {
         let attempt = || async {
-            let req = make(&self.client)
-                .build()
-                .map_err(|e| PlatformError::permanent(format!("{what}: building the request: {e}")))?;
+            let req = make(&self.client).build().map_err(|e| {
+                PlatformError::permanent(format!("{what}: building the request: {e}"))
+            })?;
             self.check(&req)?;
             let resp = self
                 .client
@@ -136,7 +144,9 @@ impl PlatformHttp {
                 Some(wait) => Some(wait),
                 None => planned,
             })
-            .notify(|e: &PlatformError, wait| tracing::debug!(error = %e, ?wait, "retrying request"))
+            .notify(
+                |e: &PlatformError, wait| tracing::debug!(error = %e, ?wait, "retrying request"),
+            )
             .await
     }
 }
@@ -164,7 +174,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
 }
 
 /// A classed error for an unsuccessful response: 401/403 are auth, 429 and 5xx transient
@@ -180,7 +192,11 @@ pub async fn error_for(resp: Response, what: &str) -> PlatformError {
         s if is_retryable(s) => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     };
-    let message = if body.is_empty() { format!("{what}: {status}") } else { format!("{what}: {status}: {body}") };
+    let message = if body.is_empty() {
+        format!("{what}: {status}")
+    } else {
+        format!("{what}: {status}: {body}")
+    };
     PlatformError {
         class,
         message,
@@ -207,16 +223,27 @@ mod tests {
             .unwrap();
         let shown = format!("{http:?} {req:?} {:?}", req.headers());
         assert!(!shown.contains("npm_SECRET_TOKEN"), "{shown}");
-        assert!(shown.contains("Sensitive") || shown.contains("redacted"), "{shown}");
+        assert!(
+            shown.contains("Sensitive") || shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]
     async fn only_configured_hosts_are_contacted() {
         let base = Url::parse("http://127.0.0.1:9").unwrap();
         let http = PlatformHttp::new(&[&base], None).unwrap();
-        let err = http.send("GET elsewhere", |c| c.get("http://127.0.0.2:9/")).await.unwrap_err();
+        let err = http
+            .send("GET elsewhere", |c| c.get("http://127.0.0.2:9/"))
+            .await
+            .unwrap_err();
         assert_eq!(err.class, ErrorClass::Permanent);
-        assert!(err.message.starts_with("refusing to contact http://127.0.0.2:9"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("refusing to contact http://127.0.0.2:9"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -227,6 +254,9 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(25), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(25),
+            "{d:?}"
+        );
     }
 }
