@@ -31,5 +31,13 @@ EOF
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
+# Debian's docker-registry (distribution 2.8.2) and openssl (the token issuer's key) for the
+# OCI adapter's tests (tests/src/oci_support.rs); each test runs its own on 127.0.0.1.
+ensure_docker_registry() {
+  if command -v docker-registry >/dev/null && command -v openssl >/dev/null; then return 0; fi
+  apt_install docker-registry openssl
+}
+
 ensure_chromium
 ensure_verdaccio
+ensure_docker_registry

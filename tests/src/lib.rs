@@ -101,6 +101,7 @@ impl SqliteDatabase {
 pub mod cases;
 pub mod fault_proxy;
 pub mod npm_support;
+pub mod oci_support;
 pub mod pipeline_support;
 
 pub mod jobs {

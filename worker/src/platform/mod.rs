@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod npm;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -166,8 +167,42 @@ impl Adapters {
 }
 
 /// The adapters for every platform this build supports, configured from `[platforms.*]`.
-pub fn from_config(
-    _config: &crate::config::Config,
-) -> Result<Adapters, crate::config::ConfigError> {
-    Ok(Adapters::default())
+pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::config::ConfigError> {
+    let mut adapters = Adapters::default();
+    // npm needs no configuration to be useful: the public registry is the default.
+    for platform in [Platform::Npm, Platform::NpmScoped] {
+        let npm = npm::adapter_for(platform, config).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: format!("platforms.{}", crate::config::section_name(platform)),
+                reason: e.message,
+            }
+        })?;
+        adapters = adapters.with(platform, Arc::new(npm));
+    }
+    // Docker Hub (or any OCI registry at base_url) when [platforms.docker_hub] is configured.
+    if let Some(oci) = oci::OciAdapter::from_config(&config.platforms.docker_hub)? {
+        adapters = adapters.with(Platform::DockerHub, Arc::new(oci));
+    }
+    Ok(adapters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_serves_npm_and_only_configured_registries() {
+        let config = crate::config::Config::default();
+        assert_eq!(
+            from_config(&config).unwrap().platforms(),
+            vec![Platform::Npm, Platform::NpmScoped]
+        );
+        let mut config = crate::config::Config::default();
+        config.platforms.docker_hub.username = Some("apache".into());
+        config.platforms.docker_hub.token = Some(crate::secret::Secret::new("dckr_pat_x"));
+        assert_eq!(
+            from_config(&config).unwrap().platforms(),
+            vec![Platform::DockerHub, Platform::Npm, Platform::NpmScoped]
+        );
+    }
 }

@@ -1,0 +1,782 @@
+//! The OCI adapter against Debian's real `docker-registry` (distribution 2.8.2): through the
+//! real pipeline (Redis queue, SQLite and PostgreSQL), with real token auth (RS256 JWTs from
+//! a realm served here), and behind a proxy that injects 429/503 and lies.
+//!
+//! Each test starts its own registry (with its own storage) on a free loopback port.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atr_dist::config::RetryConfig;
+use atr_dist::platform::oci::{OCI_INDEX, OCI_MANIFEST, OciAdapter, OciSettings};
+use atr_dist::platform::{PlatformAdapter, PromoteRequest};
+use atr_dist::secret::Secret;
+use atr_dist_shared::entities::{distribution, job_run};
+use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::names::{
+    AsfUid, DistTag, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version, VersionKey,
+};
+use atr_dist_shared::{
+    Digest, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob, StageJob,
+};
+use atr_dist_tests::cases::{RunningPool, eventually, pool_config};
+use atr_dist_tests::oci_support::{
+    Fault, FaultProxy, Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key,
+    multi_arch_image, pipeline, registry_has_blob, registry_manifest, single_image, stage_request,
+};
+use atr_dist_tests::pipeline_support::Revisions;
+use atr_dist_tests::redis_support::TestQueue;
+use atr_dist_tests::{PgDatabase, SqliteDatabase};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use url::Url;
+
+const STAGING_TAG: &str = "rc-1.0.0";
+
+fn adapter(registry: &Url) -> OciAdapter {
+    OciAdapter::new(OciSettings {
+        registry: registry.clone(),
+        staging_namespace: None,
+        username: None,
+        token: None,
+        token_realms: Vec::new(),
+    })
+    .unwrap()
+}
+
+fn tag(t: &str) -> DistTag {
+    DistTag::new(t).unwrap()
+}
+
+fn version_tag() -> DistTag {
+    tag(atr_dist::platform::oci::RELEASE_TAG_VERSION)
+}
+
+fn digest(d: &str) -> Digest {
+    Digest::parse(d).unwrap()
+}
+
+fn promote_request(package: &str, image: &OciImage) -> PromoteRequest {
+    PromoteRequest {
+        key: key("apache", package),
+        staged_digest: digest(&image.digest),
+        staging_tag: tag(STAGING_TAG),
+        release_tag: version_tag(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 20,
+    cap_ms: 100,
+    max_attempts: 5,
+};
+
+/// The real pipeline with the OCI adapter, on a fresh database and queue.
+struct Harness {
+    t: TestQueue,
+    revs: Revisions,
+    db: DatabaseConnection,
+    pool: Option<RunningPool>,
+    _pg: Option<PgDatabase>,
+    _sqlite: Option<SqliteDatabase>,
+}
+
+impl Harness {
+    async fn new(which: Db, adapter: OciAdapter) -> Harness {
+        Harness::with_retry(which, adapter, FAST).await
+    }
+
+    async fn with_retry(which: Db, adapter: OciAdapter, retry: RetryConfig) -> Harness {
+        let (url, pg, sqlite) = match which {
+            Db::Sqlite => {
+                let s = SqliteDatabase::create();
+                (s.url.clone(), None, Some(s))
+            }
+            Db::Postgres => {
+                let p = PgDatabase::create().await;
+                (p.url.clone(), Some(p), None)
+            }
+        };
+        let db = atr_dist::db::connect(&Secret::new(url), 4).await.unwrap();
+        atr_dist::db::migrate_up(&db).await.unwrap();
+        let t = TestQueue::new().await;
+        let revs = Revisions::new();
+        let p = pipeline(db.clone(), t.queue.clone(), revs.root(), Arc::new(adapter));
+        let pool = RunningPool::start(&t.queue, p, pool_config(2, retry));
+        Harness {
+            t,
+            revs,
+            db,
+            pool: Some(pool),
+            _pg: pg,
+            _sqlite: sqlite,
+        }
+    }
+
+    async fn run(&self, envelope: &Envelope, max_attempts: u32) -> JobState {
+        let e = self
+            .t
+            .queue
+            .enqueue(envelope, None, max_attempts)
+            .await
+            .unwrap();
+        let q = &self.t.queue;
+        eventually("job settles", Duration::from_secs(60), || async {
+            q.show(&e.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .summary
+                .state
+                .is_terminal()
+        })
+        .await;
+        q.show(&e.id).await.unwrap().unwrap().summary.state
+    }
+
+    async fn last_error(&self, job: &Envelope) -> String {
+        let shown = self
+            .t
+            .queue
+            .show(&job.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        shown.summary.last_error.unwrap_or_default()
+    }
+
+    async fn row(&self) -> distribution::Model {
+        distribution::Entity::find()
+            .one(&self.db)
+            .await
+            .unwrap()
+            .expect("a distribution row")
+    }
+
+    async fn runs(&self, job: &Envelope) -> Vec<job_run::Model> {
+        job_run::Entity::find()
+            .filter(job_run::Column::JobId.eq(job.id.to_string()))
+            .order_by_asc(job_run::Column::Attempt)
+            .all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
+    }
+}
+
+fn parts(package: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
+    (
+        ReleaseRef {
+            project_key: ProjectKey::new("example").unwrap(),
+            version_key: VersionKey::new("1.0.0").unwrap(),
+        },
+        DistributionSpec {
+            platform: Platform::DockerHub,
+            owner_namespace: "apache".into(),
+            package: PackageName::new(package).unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+        },
+        RevisionNumber::new("00001").unwrap(),
+    )
+}
+
+fn unique_key() -> IdempotencyKey {
+    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+}
+
+fn stage_job(package: &str, image: &OciImage, dry_run: bool) -> Envelope {
+    let (release, distribution, revision) = parts(package);
+    let job = Job::Stage(StageJob {
+        release,
+        distribution,
+        revision,
+        source: RevisionSourceSpec::Dir,
+        artifacts: image.paths(),
+        staging_tag: None,
+        dry_run,
+        asf_uid: AsfUid::new("rm").unwrap(),
+    });
+    Envelope::new(job, unique_key())
+}
+
+fn promote_job(package: &str) -> Envelope {
+    let (release, distribution, revision) = parts(package);
+    let job = Job::Promote(PromoteJob {
+        release,
+        distribution,
+        revision,
+        source: RevisionSourceSpec::Dir,
+        release_tag: None,
+        dry_run: false,
+        asf_uid: AsfUid::new("pmc-chair").unwrap(),
+    });
+    Envelope::new(job, unique_key())
+}
+
+/// Writes sent through the proxy: blob uploads, mounts and manifest PUTs.
+fn writes(proxy: &FaultProxy) -> usize {
+    proxy.forwarded("POST", "/v2/")
+        + proxy.forwarded("PUT", "/v2/")
+        + proxy.forwarded("PATCH", "/v2/")
+}
+
+async fn stage_then_promote(which: Db) {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let h = Harness::new(which, adapter(&proxy.url)).await;
+    let image = single_image("image", "hello from 1.0.0");
+    h.revs.write("00001", &image.file_refs());
+
+    // A dry run plans the pushes and sends none.
+    let dry = stage_job("httpd", &image, true);
+    assert_eq!(h.run(&dry, 3).await, JobState::Done);
+    let plan = h.runs(&dry).await[0].message.clone().unwrap();
+    assert!(
+        plan.contains(&format!("POST {}v2/apache/httpd/blobs/uploads/", proxy.url)),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "PUT {}v2/apache/httpd/manifests/{STAGING_TAG}",
+            proxy.url
+        )),
+        "{plan}"
+    );
+    assert!(plan.contains(&image.digest), "{plan}");
+    assert_eq!(writes(&proxy), 0, "{:?}", proxy.seen());
+
+    let s = stage_job("httpd", &image, false);
+    assert_eq!(
+        h.run(&s, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&s).await
+    );
+    let row = h.row().await;
+    assert!(row.staging && !row.promoted);
+    assert_eq!(row.staging_tag.as_deref(), Some(STAGING_TAG));
+    assert_eq!(row.platform_digest.as_deref(), Some(image.digest.as_str()));
+    assert_eq!(
+        row.api_url.as_deref(),
+        Some(format!("{}v2/apache/httpd/manifests/{STAGING_TAG}", proxy.url).as_str())
+    );
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/httpd", STAGING_TAG).await,
+        Some((image.digest.clone(), OCI_MANIFEST.to_owned()))
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/blobs/uploads/"),
+        2,
+        "config and layer uploaded once each"
+    );
+
+    let p = promote_job("httpd");
+    assert_eq!(
+        h.run(&p, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&p).await
+    );
+    let row = h.row().await;
+    assert!(row.promoted && !row.staging);
+    assert_eq!(row.platform_digest.as_deref(), Some(image.digest.as_str()));
+    assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("completed"));
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/httpd", "1.0.0").await,
+        Some((image.digest.clone(), OCI_MANIFEST.to_owned()))
+    );
+
+    // Promote again: found done, nothing sent.
+    let again = promote_job("httpd");
+    assert_eq!(h.run(&again, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/manifests/1.0.0"),
+        1,
+        "{:?}",
+        proxy.seen()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_then_promote_sqlite() {
+    stage_then_promote(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_then_promote_postgres() {
+    stage_then_promote(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_ci_already_pushed_is_adopted_without_writes() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let image = single_image("oci", "built by CI");
+    // The project's CI pushes the voted image under the staging tag, straight to the registry.
+    let tmp = tempfile::tempdir().unwrap();
+    let ci = adapter(&registry.url);
+    ci.stage(&stage_request(
+        &key("apache", "adopted"),
+        tmp.path(),
+        &image,
+        STAGING_TAG,
+    ))
+    .await
+    .unwrap();
+
+    let h = Harness::new(Db::Sqlite, adapter(&proxy.url)).await;
+    h.revs.write("00001", &image.file_refs());
+    let s = stage_job("adopted", &image, false);
+    assert_eq!(
+        h.run(&s, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&s).await
+    );
+    assert_eq!(h.runs(&s).await[0].outcome.as_deref(), Some("unchanged"));
+    assert_eq!(
+        h.row().await.platform_digest.as_deref(),
+        Some(image.digest.as_str())
+    );
+    assert_eq!(writes(&proxy), 0, "{:?}", proxy.seen());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_is_promoted_as_the_index() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let h = Harness::new(Db::Sqlite, adapter(&registry.url)).await;
+    let image = multi_arch_image("image", "multi");
+    h.revs.write("00001", &image.file_refs());
+    let s = stage_job("multi", &image, false);
+    assert_eq!(
+        h.run(&s, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&s).await
+    );
+    let p = promote_job("multi");
+    assert_eq!(
+        h.run(&p, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&p).await
+    );
+
+    let released = registry_manifest(&registry.url, "apache/multi", "1.0.0").await;
+    assert_eq!(released, Some((image.digest.clone(), OCI_INDEX.to_owned())));
+    assert!(!image.children.contains(&image.digest));
+    for child in &image.children {
+        let (d, media_type) = registry_manifest(&registry.url, "apache/multi", child)
+            .await
+            .unwrap();
+        assert_eq!((&d, media_type.as_str()), (child, OCI_MANIFEST));
+    }
+    assert_eq!(
+        h.row().await.platform_digest.as_deref(),
+        Some(image.digest.as_str())
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_tag_moved_before_promote_is_refused() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let h = Harness::new(Db::Sqlite, adapter(&registry.url)).await;
+    let image = single_image("image", "voted");
+    h.revs.write("00001", &image.file_refs());
+    let s = stage_job("moved", &image, false);
+    assert_eq!(
+        h.run(&s, 3).await,
+        JobState::Done,
+        "{}",
+        h.last_error(&s).await
+    );
+
+    // Someone pushes another image over the staging tag.
+    let other = single_image("image", "NOT voted");
+    let tmp = tempfile::tempdir().unwrap();
+    adapter(&registry.url)
+        .stage(&stage_request(
+            &key("apache", "moved"),
+            tmp.path(),
+            &other,
+            STAGING_TAG,
+        ))
+        .await
+        .unwrap();
+
+    let p = promote_job("moved");
+    assert_eq!(h.run(&p, 3).await, JobState::Dead);
+    let msg = h.last_error(&p).await;
+    assert!(
+        msg.contains(&format!("{STAGING_TAG} was overwritten since staging")),
+        "{msg}"
+    );
+    assert!(msg.contains(&other.digest), "{msg}");
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/moved", "1.0.0").await,
+        None
+    );
+    assert!(!h.row().await.promoted);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_and_registry_refusals() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = adapter(&proxy.url);
+    let image = single_image("image", "refusals");
+    let never = key("apache", "never-pushed");
+
+    assert_eq!(
+        a.read_staged(&never, &tag(STAGING_TAG)).await.unwrap(),
+        None
+    );
+    assert_eq!(a.read_promoted(&never, &version_tag()).await.unwrap(), None);
+    let err = a
+        .promote(&promote_request("never-pushed", &image))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message
+            .contains("apache/never-pushed:rc-1.0.0 is gone from the registry"),
+        "{}",
+        err.message
+    );
+    // A release tag other than the version is refused before any request.
+    let before = proxy.seen().len();
+    let err = a
+        .read_promoted(&never, &DistTag::latest())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains("moves no alias tags"),
+        "{}",
+        err.message
+    );
+    assert_eq!(proxy.seen().len(), before);
+
+    // The proxy claims every blob exists, so none is uploaded: the registry refuses the
+    // manifest, and its error code reaches the message.
+    proxy.inject(Fault {
+        method: Some("HEAD"),
+        path_contains: Some("/blobs/sha256:".into()),
+        times: 100,
+        status: 200,
+        headers: Vec::new(),
+        body: String::new(),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let req = stage_request(&key("apache", "lied-to"), tmp.path(), &image, STAGING_TAG);
+    let err = a.stage(&req).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert_eq!(err.http_status, Some(400));
+    assert!(
+        err.message.contains("MANIFEST_BLOB_UNKNOWN"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        a.read_staged(&req.key, &req.staging_tag).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_with_real_jwts() {
+    let issuer = Arc::new(TokenIssuer::generate());
+    let realm = TokenRealm::start(Arc::clone(&issuer), "atr-bot", "s3cret").await;
+    let registry = Registry::start(RegistryAuth::Token {
+        realm: realm.realm.clone(),
+        issuer,
+    })
+    .await;
+    let with = |password: &str, realms: Vec<Url>| {
+        OciAdapter::new(OciSettings {
+            registry: registry.url.clone(),
+            staging_namespace: None,
+            username: Some("atr-bot".into()),
+            token: Some(Secret::new(password)),
+            token_realms: realms,
+        })
+        .unwrap()
+    };
+    // The registry really requires a token.
+    let anonymous = reqwest::get(registry.url.join("v2/apache/tokened/tags/list").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let a = with("s3cret", vec![realm.realm.clone()]);
+    let image = single_image("image", "behind tokens");
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key("apache", "tokened");
+    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+    assert_eq!(
+        a.expected_digest(&req).await.unwrap().as_str(),
+        image.digest
+    );
+    assert_eq!(a.read_staged(&k, &req.staging_tag).await.unwrap(), None);
+    a.stage(&req).await.unwrap();
+    assert_eq!(
+        a.read_staged(&k, &req.staging_tag)
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+    a.promote(&promote_request("tokened", &image))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.read_promoted(&k, &version_tag())
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+    // Tokens are cached by scope: one for pull, one for pull,push, reused by promote.
+    assert_eq!(realm.requests(), 2, "{:?}", realm.scopes());
+    assert_eq!(
+        realm.scopes(),
+        vec![
+            "repository:apache/tokened:pull",
+            "repository:apache/tokened:pull,push"
+        ]
+    );
+
+    // A wrong password: the realm refuses it.
+    let err = with("wrong", vec![realm.realm.clone()])
+        .read_staged(&k, &req.staging_tag)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert!(
+        err.message
+            .contains("the token realm refused the credentials"),
+        "{}",
+        err.message
+    );
+
+    // A token the registry cannot verify.
+    realm.set_grant(Grant::Garbage);
+    let err = with("s3cret", vec![realm.realm.clone()])
+        .read_staged(&k, &req.staging_tag)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert_eq!(err.http_status, Some(401));
+    assert!(
+        err.message.contains("the credentials were refused"),
+        "{}",
+        err.message
+    );
+
+    // A token without push: insufficient_scope, asked again, still refused.
+    realm.set_grant(Grant::PullOnly);
+    let other = key("apache", "pull-only");
+    let err = with("s3cret", vec![realm.realm.clone()])
+        .stage(&stage_request(&other, tmp.path(), &image, STAGING_TAG))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert!(
+        err.message.contains("the account lacks a permission"),
+        "{}",
+        err.message
+    );
+
+    // A realm that is not configured is never contacted.
+    let asked = realm.requests();
+    let err = with("s3cret", Vec::new())
+        .read_staged(&k, &req.staging_tag)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains("refusing to send credentials there"),
+        "{}",
+        err.message
+    );
+    assert_eq!(realm.requests(), asked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = adapter(&proxy.url);
+    let image = single_image("image", "busy registry");
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key("apache", "busy");
+    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+
+    // Short Retry-After: waited out inside the attempt.
+    proxy.inject(Fault::retry_after(503, 1, 1));
+    proxy.inject(Fault::retry_after(429, 1, 1));
+    let start = Instant::now();
+    a.stage(&req).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(proxy.injected(), 2);
+    assert_eq!(
+        a.read_staged(&k, &req.staging_tag)
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+
+    // A long one ends the attempt, transient, with the wait for the job backoff.
+    proxy.inject(Fault::retry_after(503, 120, 1));
+    let err = a.read_staged(&k, &req.staging_tag).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(120)));
+    assert_eq!(err.http_status, Some(503));
+    assert_eq!(proxy.injected(), 3, "not retried inside the attempt");
+
+    // Through the pipeline: the job is rescheduled for then.
+    // The job backoff caps Retry-After at cap_ms: give it room.
+    let patient = RetryConfig {
+        cap_ms: 600_000,
+        ..FAST
+    };
+    let h = Harness::with_retry(Db::Sqlite, adapter(&proxy.url), patient).await;
+    h.revs.write("00001", &image.file_refs());
+    proxy.inject(Fault::retry_after(429, 120, 1));
+    let s = stage_job("busy", &image, false);
+    let e = h.t.queue.enqueue(&s, None, 5).await.unwrap();
+    let q = &h.t.queue;
+    eventually("attempt fails", Duration::from_secs(30), || async {
+        q.show(&e.id).await.unwrap().unwrap().summary.state == JobState::Retrying
+    })
+    .await;
+    let summary = q.show(&e.id).await.unwrap().unwrap().summary;
+    assert_eq!(summary.error_class.as_deref(), Some("transient"));
+    let wait = summary.run_at.unwrap() - chrono::Utc::now();
+    assert!(wait > chrono::Duration::seconds(100), "{wait:?}");
+    let runs = h.runs(&s).await;
+    assert_eq!(runs[0].http_status, Some(429));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_repository_is_promoted_by_mounting() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = OciAdapter::new(OciSettings {
+        registry: proxy.url.clone(),
+        staging_namespace: Some("apache-staging".into()),
+        username: None,
+        token: None,
+        token_realms: Vec::new(),
+    })
+    .unwrap();
+    let image = multi_arch_image("image", "mounted");
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key("apache", "mounted");
+    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+    a.stage(&req).await.unwrap();
+    assert_eq!(
+        registry_manifest(&registry.url, "apache-staging/mounted", STAGING_TAG).await,
+        Some((image.digest.clone(), OCI_INDEX.to_owned()))
+    );
+    for blob in &image.blobs {
+        assert!(!registry_has_blob(&registry.url, "apache/mounted", blob).await);
+    }
+
+    let promote = promote_request("mounted", &image);
+    let plan = a.plan_promote(&promote);
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(
+        plan[0].url.contains("mount=")
+            && plan[1].url.ends_with("/v2/apache/mounted/manifests/1.0.0"),
+        "{plan:?}"
+    );
+    a.promote(&promote).await.unwrap();
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/mounted", "1.0.0").await,
+        Some((image.digest.clone(), OCI_INDEX.to_owned()))
+    );
+    for blob in &image.blobs {
+        assert!(
+            registry_has_blob(&registry.url, "apache/mounted", blob).await,
+            "{blob}"
+        );
+    }
+    // Blobs were mounted, not uploaded; the two child manifests were copied by digest.
+    assert_eq!(
+        proxy.forwarded("POST", "/v2/apache/mounted/blobs/uploads/?mount="),
+        image.blobs.len()
+    );
+    assert_eq!(proxy.forwarded("PUT", "/v2/apache/mounted/blobs/"), 0);
+    assert_eq!(
+        proxy.forwarded("PUT", "/v2/apache/mounted/manifests/sha256:"),
+        2
+    );
+    assert_eq!(
+        a.read_promoted(&k, &version_tag())
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+
+    // Staging into a fresh staging repository mounts what the release repository has.
+    let b = OciAdapter::new(OciSettings {
+        registry: proxy.url.clone(),
+        staging_namespace: Some("apache-staging2".into()),
+        username: None,
+        token: None,
+        token_realms: Vec::new(),
+    })
+    .unwrap();
+    b.stage(&req).await.unwrap();
+    assert_eq!(
+        proxy.forwarded("POST", "/v2/apache-staging2/mounted/blobs/uploads/?mount="),
+        image.blobs.len()
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/v2/apache-staging2/mounted/blobs/"),
+        0
+    );
+    assert_eq!(
+        b.read_staged(&k, &req.staging_tag)
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+}
