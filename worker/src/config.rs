@@ -55,7 +55,61 @@ pub struct Config {
     pub log: LogConfig,
     pub revisions: RevisionsConfig,
     pub platforms: PlatformsConfig,
+    pub http: HttpConfig,
 }
+
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8440";
+
+/// The operator surface (`worker/src/http/`): JSON API, dashboard, `/metrics`, health checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve it from `atr-dist run` too (`atr-dist serve` always serves it). Turn it off
+    /// when several workers share a host, and run one `atr-dist serve` instead.
+    pub enabled: bool,
+    /// host:port to listen on.
+    pub listen: String,
+    /// Whether reads (the dashboard, `GET /api/v1/...`, `/events`) need no token. Unset:
+    /// open when `listen` is a loopback address, closed otherwise, so that exposing the port
+    /// never exposes job payloads by accident. Writes always need the admin token.
+    pub open_reads: Option<bool>,
+    /// The bearer token writes (retry, cancel, purge, pause, enqueue) must present.
+    /// Environment (`ATR_DIST_HTTP__ADMIN_TOKEN`) or `admin_token_file` only.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: DEFAULT_HTTP_LISTEN.to_owned(),
+            open_reads: None,
+            admin_token: None,
+            admin_token_file: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The validated listen address (`Config::load` has checked it parses).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen("http.listen", &self.listen)
+    }
+
+    /// Whether reads are open: the explicit setting, else open only on loopback.
+    pub fn reads_open(&self) -> bool {
+        match self.open_reads {
+            Some(open) => open,
+            None => self.listen_addr().is_ok_and(|a| a.ip().is_loopback()),
+        }
+    }
+}
+
+/// Shortest admin token accepted: a guessable token on an API that can purge jobs is worse
+/// than none, and `openssl rand -hex 32` costs nothing.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Where revisions are read from (see `source/`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -263,7 +317,7 @@ pub struct PlatformConfig {
 
 /// Where a secret's value may come from; checked against figment's record of each value's
 /// source, so that a secret typed into the TOML file is refused rather than used.
-const SECRET_KEYS: [&str; 2] = ["database.password", "redis.password"];
+const SECRET_KEYS: [&str; 3] = ["database.password", "redis.password", "http.admin_token"];
 
 /// The config section of a platform: its member name in lower case (`npm_scoped`).
 pub fn section_name(platform: Platform) -> String {
@@ -351,6 +405,11 @@ impl Config {
             &self.redis.password_file,
             &mut self.redis.password,
         )?;
+        read(
+            "http.admin_token",
+            &self.http.admin_token_file,
+            &mut self.http.admin_token,
+        )?;
         for platform in Platform::ALL {
             let p = self.platforms.get_mut(platform);
             let file = p.token_file.clone();
@@ -430,6 +489,17 @@ impl Config {
             ));
         }
         validate_retry("retry", &self.retry)?;
+        self.http.listen_addr()?;
+        if let Some(token) = &self.http.admin_token
+            && token.expose().chars().count() < MIN_ADMIN_TOKEN_LEN
+        {
+            return Err(invalid(
+                "http.admin_token",
+                format!(
+                    "must be at least {MIN_ADMIN_TOKEN_LEN} characters; generate one with `openssl rand -hex 32`"
+                ),
+            ));
+        }
         for platform in Platform::ALL {
             let name = section_name(platform);
             let p = self.platforms.get(platform);
@@ -627,6 +697,41 @@ mod tests {
                     "{toml:?}: expected {expected:?} in {err:?}"
                 );
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn http_reads_default_open_on_loopback_only_and_the_token_is_a_secret() {
+        Jail::expect_with(|jail| {
+            let c = load_in(jail, "").unwrap();
+            assert_eq!(c.http.listen, DEFAULT_HTTP_LISTEN);
+            assert!(c.http.reads_open() && c.http.admin_token.is_none());
+            let c = load_in(jail, "[http]\nlisten = \"0.0.0.0:8440\"\n").unwrap();
+            assert!(!c.http.reads_open(), "reads close when the port is exposed");
+            let c = load_in(
+                jail,
+                "[http]\nlisten = \"0.0.0.0:8440\"\nopen_reads = true\n",
+            )
+            .unwrap();
+            assert!(c.http.reads_open());
+            let err = load_in(jail, "[http]\nadmin_token = \"0123456789abcdef\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ATR_DIST_HTTP__ADMIN_TOKEN"), "{err}");
+            jail.set_env("ATR_DIST_HTTP__ADMIN_TOKEN", "short");
+            let err = load_in(jail, "").unwrap_err().to_string();
+            assert!(
+                err.contains("`http.admin_token`: must be at least 16"),
+                "{err}"
+            );
+            jail.set_env("ATR_DIST_HTTP__ADMIN_TOKEN", "0123456789abcdef");
+            let c = load_in(jail, "").unwrap();
+            assert_eq!(c.http.admin_token.unwrap().expose(), "0123456789abcdef");
+            let err = load_in(jail, "[http]\nlisten = \"localhost\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`http.listen`"), "{err}");
             Ok(())
         });
     }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod http;
 pub mod pipeline;
 pub mod platform;
 pub mod queue;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use atr_dist_shared::Platform;
 use atr_dist_shared::names::DistTag;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, section_name};
 use crate::pipeline::Pipeline;
@@ -36,6 +37,10 @@ pub enum RunError {
     Config(String, String),
     #[error("{0}")]
     Queue(#[from] crate::queue::QueueError),
+    #[error("{0}")]
+    Http(#[from] crate::http::HttpError),
+    #[error("{0}")]
+    BadConfig(#[from] crate::config::ConfigError),
 }
 
 /// Builds the sources the configuration names.
@@ -83,7 +88,8 @@ pub fn per_platform_limits(config: &Config) -> HashMap<Platform, Arc<Semaphore>>
         .collect()
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (`atr-dist serve` waits on it too).
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -148,6 +154,22 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         platforms = %platforms.join(","),
         "atr-dist starting"
     );
+    // One token stops both the pool and the HTTP server. Binding first makes a port conflict
+    // fail the start, before any job is taken.
+    let shutdown = CancellationToken::new();
+    let http = if config.http.enabled {
+        let listener = crate::http::bind(config.http.listen_addr()?).await?;
+        let state =
+            crate::http::AppState::new(queue.clone(), conn.clone(), &config, shutdown.clone());
+        Some(tokio::spawn(crate::http::serve(listener, state)))
+    } else {
+        None
+    };
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
     let pipeline = Pipeline {
         db: conn,
         queue: queue.clone(),
@@ -161,9 +183,18 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         queue,
         Arc::new(pipeline),
         PoolConfig::from_config(&config),
-        shutdown_signal(),
+        shutdown.clone().cancelled_owned(),
         |_| {},
     )
     .await?;
+    // The pool is done (on the signal, or on its own): the server follows.
+    shutdown.cancel();
+    if let Some(server) = http {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        }
+    }
     Ok(())
 }

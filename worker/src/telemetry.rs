@@ -1,8 +1,15 @@
 //! Logging: human-readable text by default, JSON lines when `log.format = "json"`.
+//!
+//! Built with the `otel` feature, spans (each job's carries its id, release, platform and
+//! attempt) are also exported over OTLP/HTTP when `ATR_DIST_OTLP_ENDPOINT` is set, e.g.
+//! `http://127.0.0.1:4318/v1/traces`; `shutdown` flushes them before the process exits.
 
 use std::io::IsTerminal;
 
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -15,11 +22,85 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests, embedded use) keeps the first subscriber.
     let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Text => install(builder.finish()),
+        LogFormat::Json => install(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .finish(),
+        ),
     };
+}
+
+fn install<S>(subscriber: S) -> Result<(), TryInitError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static,
+{
+    #[cfg(feature = "otel")]
+    if let Some(layer) = otel::layer() {
+        use tracing_subscriber::layer::SubscriberExt;
+        return subscriber.with(layer).try_init();
+    }
+    subscriber.try_init()
+}
+
+/// Flushes exported spans, if any; call before the process exits.
+pub fn shutdown() {
+    #[cfg(feature = "otel")]
+    otel::shutdown();
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing::Subscriber;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::registry::LookupSpan;
+
+    pub const ENDPOINT_VAR: &str = "ATR_DIST_OTLP_ENDPOINT";
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    /// The OpenTelemetry layer, when an endpoint is configured. A bad endpoint is reported
+    /// and tracing goes on without export: losing traces must not stop the worker.
+    pub fn layer<S>() -> Option<impl Layer<S>>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let endpoint = std::env::var(ENDPOINT_VAR)
+            .ok()
+            .filter(|e| !e.trim().is_empty())?;
+        let exporter = match SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint.clone())
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("atr-dist: {ENDPOINT_VAR}={endpoint}: cannot export traces there: {e}");
+                return None;
+            }
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name("atr-dist").build())
+            .build();
+        let tracer = provider.tracer("atr-dist");
+        let _ = PROVIDER.set(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    pub fn shutdown() {
+        if let Some(provider) = PROVIDER.get()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("atr-dist: flushing traces failed: {e}");
+        }
+    }
 }

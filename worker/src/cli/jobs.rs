@@ -102,7 +102,11 @@ pub enum QueueCommand {
     Resume,
 }
 
-pub async fn jobs(queue: &Queue, command: JobsCommand) -> Result<ExitCode, CliError> {
+pub async fn jobs(
+    queue: &Queue,
+    config: &crate::config::Config,
+    command: JobsCommand,
+) -> Result<ExitCode, CliError> {
     match command {
         JobsCommand::List {
             filter,
@@ -220,6 +224,7 @@ pub async fn jobs(queue: &Queue, command: JobsCommand) -> Result<ExitCode, CliEr
                 "{}",
                 table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
             );
+            print_attempts(config, &id).await;
             println!("\npayload:\n{}", pretty(&detail.envelope));
             Ok(ExitCode::SUCCESS)
         }
@@ -354,6 +359,73 @@ fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
         ),
         None => "-".to_owned(),
     }
+}
+
+/// The job's attempts from the results database (`job_run`), when it can be read. The queue
+/// is what `show` is about: a missing or unreachable database is a note, not a failure,
+/// and an absent SQLite file is not created.
+async fn print_attempts(config: &crate::config::Config, id: &str) {
+    let url = config.database_url();
+    let sqlite_file = url
+        .expose()
+        .strip_prefix("sqlite://")
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .filter(|path| !path.contains(":memory:"));
+    if let Some(path) = sqlite_file
+        && !std::path::Path::new(path).exists()
+    {
+        println!("\nattempts: not shown (no results database at {path})");
+        return;
+    }
+    let read = async {
+        let conn = crate::db::connect(&url, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::http::results::attempts_for_job(&conn, id)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let rows = match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            println!("\nattempts: not shown ({e})");
+            return;
+        }
+        Err(_) => {
+            println!("\nattempts: not shown (the results database did not answer in 5 s)");
+            return;
+        }
+    };
+    if rows.is_empty() {
+        println!("\nattempts: none recorded in the results database");
+        return;
+    }
+    println!("\nattempts:");
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.attempt.to_string(),
+                fmt_time(Some(r.started_at)),
+                r.duration_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_default(),
+                r.outcome.clone().unwrap_or_else(|| "running".into()),
+                r.error_class.clone().unwrap_or_default(),
+                r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+                r.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ATTEMPT", "STARTED", "DURATION", "OUTCOME", "CLASS", "HTTP", "MESSAGE"
+            ],
+            &rows
+        )
+    );
 }
 
 fn pretty(envelope: &str) -> String {

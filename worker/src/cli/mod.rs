@@ -39,6 +39,8 @@ pub enum Command {
     /// Run the worker pool until SIGTERM or SIGINT (embedded defaults: ./atr-dist.db and a
     /// local Redis, started privately when none is running).
     Run,
+    /// Serve the dashboard, the HTTP API and /metrics without running jobs (see [http]).
+    Serve,
     /// Apply (or revert) the results-database migrations.
     Migrate(MigrateArgs),
     /// Check the configuration and print it, secrets left out.
@@ -112,6 +114,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve => {
+            crate::http::serve_only(&config, crate::run::shutdown_signal())
+                .await
+                .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate(args) => {
             if let Some(url) = &args.database_url {
                 config.database.url = url.clone();
@@ -130,7 +138,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Enqueue(command) => {
             enqueue::enqueue(&connect_queue(&config).await?, &config, command).await
         }
-        Command::Jobs(command) => jobs::jobs(&connect_queue(&config).await?, command).await,
+        Command::Jobs(command) => {
+            jobs::jobs(&connect_queue(&config).await?, &config, command).await
+        }
         Command::Queue(command) => jobs::queue_cmd(&connect_queue(&config).await?, command).await,
     }
 }

@@ -218,14 +218,17 @@ impl Queue {
                     .arg(&job.platform);
             }
             let reply: Vec<Value> = inv.invoke_async(&mut self.conn.clone()).await?;
-            for pair in reply.chunks(2) {
+            for (pair, job) in reply.chunks(2).zip(chunk) {
                 let [id, status] = pair else {
                     return Err(protocol("enqueue.lua", "odd number of values"));
                 };
                 let id: String = redis::from_redis_value_ref(id)?;
                 let status: i64 = redis::from_redis_value_ref(status)?;
                 match status {
-                    1 => out.push(Enqueued { id, created: true }),
+                    1 => {
+                        crate::http::metrics::job_enqueued(&job.kind, &job.platform);
+                        out.push(Enqueued { id, created: true })
+                    }
                     0 => out.push(Enqueued { id, created: false }),
                     _ => {
                         return Err(QueueError::Refused {

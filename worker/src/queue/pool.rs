@@ -321,7 +321,13 @@ async fn run_job<H: JobHandler>(
                 message: e.to_string(),
             }
         }
-        Ok(envelope) => attempt(&shared, handler.0.as_ref(), &job, envelope).await,
+        Ok(envelope) => {
+            // Prometheus: queue latency, attempt duration, processed and failed counts.
+            let observed = crate::http::metrics::attempt_started(&shared.queue, &job.id, &envelope);
+            let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope).await;
+            observed.finished(&outcome);
+            outcome
+        }
     };
     let counter = match &outcome {
         AckOutcome::Done => &shared.counters.done,
