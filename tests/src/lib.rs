@@ -105,39 +105,117 @@ pub mod oci_support;
 pub mod pipeline_support;
 
 pub mod jobs {
-    //! Sample jobs for queue and pipeline tests.
+    //! Jobs for the tests: one builder for every distribution the tests stage and promote.
 
     use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
     use atr_dist_shared::names::{
         ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
         VersionKey,
     };
-    use atr_dist_shared::{Envelope, Job, Platform, StageJob};
+    use atr_dist_shared::{DistributionKey, Envelope, Job, Platform, PromoteJob, StageJob};
 
-    /// A valid stage job for npm; `n` makes the package name, and so the job, unique.
-    pub fn stage(n: usize) -> Envelope {
-        let job = StageJob {
-            release: ReleaseRef {
+    /// A distribution of release `example`-`release_version`.
+    #[derive(Clone, Debug)]
+    pub struct Dist {
+        pub release_version: String,
+        pub platform: Platform,
+        pub owner_namespace: String,
+        pub package: String,
+        pub version: String,
+    }
+
+    impl Dist {
+        pub fn new(
+            platform: Platform,
+            owner_namespace: &str,
+            package: &str,
+            version: &str,
+        ) -> Dist {
+            Dist {
+                release_version: version.to_owned(),
+                platform,
+                owner_namespace: owner_namespace.to_owned(),
+                package: package.to_owned(),
+                version: version.to_owned(),
+            }
+        }
+
+        pub fn release(&self) -> ReleaseRef {
+            ReleaseRef {
                 project_key: ProjectKey::new("example").unwrap(),
-                version_key: VersionKey::new("1.0.0").unwrap(),
-            },
-            distribution: DistributionSpec {
-                platform: Platform::Npm,
-                owner_namespace: String::new(),
-                package: PackageName::new(format!("pkg-{n}")).unwrap(),
-                version: Version::new("1.0.0").unwrap(),
-            },
-            revision: RevisionNumber::new("00001").unwrap(),
-            source: RevisionSourceSpec::Dir,
-            artifacts: vec![ArtifactPath::new(format!("pkg-{n}-1.0.0.tgz")).unwrap()],
-            staging_tag: None,
-            dry_run: true,
-            asf_uid: AsfUid::new("tester").unwrap(),
-        };
-        Envelope::new(
-            Job::Stage(job),
-            IdempotencyKey::new(format!("stage:pkg-{n}")).unwrap(),
-        )
+                version_key: VersionKey::new(&self.release_version).unwrap(),
+            }
+        }
+
+        pub fn spec(&self) -> DistributionSpec {
+            DistributionSpec {
+                platform: self.platform,
+                owner_namespace: self.owner_namespace.clone(),
+                package: PackageName::new(&self.package).unwrap(),
+                version: Version::new(&self.version).unwrap(),
+            }
+        }
+
+        pub fn key(&self) -> DistributionKey {
+            self.stage("00001", &["x"], RevisionSourceSpec::Dir, false)
+                .distribution_key()
+                .unwrap()
+        }
+
+        /// A stage job with a fresh idempotency key, asked for by `rm`.
+        pub fn stage(
+            &self,
+            rev: &str,
+            artifacts: &[&str],
+            source: RevisionSourceSpec,
+            dry_run: bool,
+        ) -> Envelope {
+            let job = Job::Stage(StageJob {
+                release: self.release(),
+                distribution: self.spec(),
+                revision: RevisionNumber::new(rev).unwrap(),
+                source,
+                artifacts: artifacts
+                    .iter()
+                    .map(|a| ArtifactPath::new(*a).unwrap())
+                    .collect(),
+                staging_tag: None,
+                dry_run,
+                asf_uid: AsfUid::new("rm").unwrap(),
+            });
+            Envelope::new(job, unique_key())
+        }
+
+        /// A promote job with a fresh idempotency key, asked for by `asf_uid`.
+        pub fn promote(&self, rev: &str, source: RevisionSourceSpec, asf_uid: &str) -> Envelope {
+            let job = Job::Promote(PromoteJob {
+                release: self.release(),
+                distribution: self.spec(),
+                revision: RevisionNumber::new(rev).unwrap(),
+                source,
+                release_tag: None,
+                dry_run: false,
+                asf_uid: AsfUid::new(asf_uid).unwrap(),
+            });
+            Envelope::new(job, unique_key())
+        }
+    }
+
+    pub fn unique_key() -> IdempotencyKey {
+        IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+    }
+
+    /// A valid dry-run stage job for npm; `n` makes the package name, and so the job, unique.
+    pub fn stage(n: usize) -> Envelope {
+        let d = Dist::new(Platform::Npm, "", &format!("pkg-{n}"), "1.0.0");
+        let mut env = d.stage(
+            "00001",
+            &[&format!("pkg-{n}-1.0.0.tgz")],
+            RevisionSourceSpec::Dir,
+            true,
+        );
+        env.idempotency_key = IdempotencyKey::new(format!("stage:pkg-{n}")).unwrap();
+        env
     }
 }
 

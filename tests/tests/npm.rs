@@ -8,15 +8,11 @@ use atr_dist::platform::npm::NpmAdapter;
 use atr_dist::platform::{Adapters, PlatformAdapter};
 use atr_dist::secret::Secret;
 use atr_dist_shared::entities::distribution;
-use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
-use atr_dist_shared::names::{
-    ArtifactPath, AsfUid, DistTag, IdempotencyKey, PackageName, ProjectKey, ReleaseKey,
-    RevisionNumber, Version, VersionKey,
-};
-use atr_dist_shared::{
-    DistributionKey, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob, StageJob,
-};
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::names::DistTag;
+use atr_dist_shared::{DistributionKey, Envelope, ErrorClass, JobState, Platform};
 use atr_dist_tests::fault_proxy::FaultProxy;
+use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::npm_support::{Verdaccio, tarball};
 use atr_dist_tests::pipeline_support::{Db, Harness};
 use sea_orm::EntityTrait;
@@ -66,66 +62,21 @@ impl Pkg {
             .write_release("example", self.version, rev, &[(&self.file(), &bytes)]);
     }
 
-    fn parts(&self, rev: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
-        (
-            ReleaseRef {
-                project_key: ProjectKey::new("example").unwrap(),
-                version_key: VersionKey::new(self.version).unwrap(),
-            },
-            DistributionSpec {
-                platform: self.platform,
-                owner_namespace: self.scope.to_owned(),
-                package: PackageName::new(self.name).unwrap(),
-                version: Version::new(self.version).unwrap(),
-            },
-            RevisionNumber::new(rev).unwrap(),
-        )
+    fn dist(&self) -> Dist {
+        Dist::new(self.platform, self.scope, self.name, self.version)
     }
 
     fn stage(&self, rev: &str) -> Envelope {
-        let (release, distribution, revision) = self.parts(rev);
-        let job = Job::Stage(StageJob {
-            release,
-            distribution,
-            revision,
-            source: RevisionSourceSpec::Dir,
-            artifacts: vec![ArtifactPath::new(self.file()).unwrap()],
-            staging_tag: None,
-            dry_run: false,
-            asf_uid: AsfUid::new("rm").unwrap(),
-        });
-        Envelope::new(
-            job,
-            IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap(),
-        )
+        self.dist()
+            .stage(rev, &[&self.file()], RevisionSourceSpec::Dir, false)
     }
 
     fn promote(&self, rev: &str) -> Envelope {
-        let (release, distribution, revision) = self.parts(rev);
-        let job = Job::Promote(PromoteJob {
-            release,
-            distribution,
-            revision,
-            source: RevisionSourceSpec::Dir,
-            release_tag: None,
-            dry_run: false,
-            asf_uid: AsfUid::new("rm").unwrap(),
-        });
-        Envelope::new(
-            job,
-            IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap(),
-        )
+        self.dist().promote(rev, RevisionSourceSpec::Dir, "rm")
     }
 
     fn key(&self) -> DistributionKey {
-        DistributionKey::new(
-            ReleaseKey::new(format!("example-{}", self.version)).unwrap(),
-            self.platform,
-            self.scope,
-            PackageName::new(self.name).unwrap(),
-            Version::new(self.version).unwrap(),
-        )
-        .unwrap()
+        self.dist().key()
     }
 }
 

@@ -12,14 +12,11 @@ use atr_dist::platform::oci::{OCI_INDEX, OCI_MANIFEST, OciAdapter, OciSettings};
 use atr_dist::platform::{PlatformAdapter, PromoteRequest};
 use atr_dist::secret::Secret;
 use atr_dist_shared::entities::{distribution, job_run};
-use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
-use atr_dist_shared::names::{
-    AsfUid, DistTag, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version, VersionKey,
-};
-use atr_dist_shared::{
-    Digest, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob, StageJob,
-};
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::names::DistTag;
+use atr_dist_shared::{Digest, Envelope, ErrorClass, JobState, Platform};
 use atr_dist_tests::cases::{RunningPool, eventually, pool_config};
+use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::oci_support::{
     Fault, FaultProxy, Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key,
     multi_arch_image, pipeline, registry_has_blob, registry_manifest, single_image, stage_request,
@@ -174,53 +171,18 @@ impl Harness {
     }
 }
 
-fn parts(package: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
-    (
-        ReleaseRef {
-            project_key: ProjectKey::new("example").unwrap(),
-            version_key: VersionKey::new("1.0.0").unwrap(),
-        },
-        DistributionSpec {
-            platform: Platform::DockerHub,
-            owner_namespace: "apache".into(),
-            package: PackageName::new(package).unwrap(),
-            version: Version::new("1.0.0").unwrap(),
-        },
-        RevisionNumber::new("00001").unwrap(),
-    )
-}
-
-fn unique_key() -> IdempotencyKey {
-    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+fn dist(package: &str) -> Dist {
+    Dist::new(Platform::DockerHub, "apache", package, "1.0.0")
 }
 
 fn stage_job(package: &str, image: &OciImage, dry_run: bool) -> Envelope {
-    let (release, distribution, revision) = parts(package);
-    let job = Job::Stage(StageJob {
-        release,
-        distribution,
-        revision,
-        source: RevisionSourceSpec::Dir,
-        artifacts: image.paths(),
-        staging_tag: None,
-        dry_run,
-        asf_uid: AsfUid::new("rm").unwrap(),
-    });
-    Envelope::new(job, unique_key())
+    let paths: Vec<String> = image.paths().iter().map(ToString::to_string).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    dist(package).stage("00001", &refs, RevisionSourceSpec::Dir, dry_run)
 }
 
 fn promote_job(package: &str) -> Envelope {
-    let (release, distribution, revision) = parts(package);
-    let job = Job::Promote(PromoteJob {
-        release,
-        distribution,
-        revision,
-        source: RevisionSourceSpec::Dir,
-        release_tag: None,
-        dry_run: false,
-        asf_uid: AsfUid::new("pmc-chair").unwrap(),
-    });
-    Envelope::new(job, unique_key())
+    dist(package).promote("00001", RevisionSourceSpec::Dir, "pmc-chair")
 }
 
 /// Writes sent through the proxy: blob uploads, mounts and manifest PUTs.

@@ -7,16 +7,10 @@ use std::time::Duration;
 use atr_dist::config::RetryConfig;
 use atr_dist::platform::Adapters;
 use atr_dist_shared::entities::revision_manifest;
-use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
-use atr_dist_shared::names::{
-    ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
-    VersionKey,
-};
-use atr_dist_shared::{
-    AtrTaskStatus, DistributionKey, Envelope, ErrorClass, Job, JobState, Platform, PromoteJob,
-    StageJob,
-};
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::{AtrTaskStatus, DistributionKey, Envelope, ErrorClass, JobState, Platform};
 use atr_dist_tests::cases::eventually;
+use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
 use sea_orm::{ConnectionTrait, EntityTrait};
 
@@ -49,59 +43,22 @@ async fn recording(which: Db, adapter: RecordingAdapter, retry: RetryConfig) -> 
     }
 }
 
-fn parts(rev: &str) -> (ReleaseRef, DistributionSpec, RevisionNumber) {
-    (
-        ReleaseRef {
-            project_key: ProjectKey::new("example").unwrap(),
-            version_key: VersionKey::new("1.0.0").unwrap(),
-        },
-        DistributionSpec {
-            platform: Platform::Npm,
-            owner_namespace: String::new(),
-            package: PackageName::new("example-pkg").unwrap(),
-            version: Version::new("1.0.0").unwrap(),
-        },
-        RevisionNumber::new(rev).unwrap(),
-    )
-}
-
-fn unique_key() -> IdempotencyKey {
-    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
+fn dist() -> Dist {
+    Dist::new(Platform::Npm, "", "example-pkg", "1.0.0")
 }
 
 fn stage(rev: &str, dry_run: bool) -> Envelope {
-    let (release, distribution, revision) = parts(rev);
-    let job = Job::Stage(StageJob {
-        release,
-        distribution,
-        revision,
-        source: RevisionSourceSpec::Dir,
-        artifacts: vec![ArtifactPath::new(TGZ).unwrap()],
-        staging_tag: None,
-        dry_run,
-        asf_uid: AsfUid::new("rm").unwrap(),
-    });
-    Envelope::new(job, unique_key())
+    dist().stage(rev, &[TGZ], RevisionSourceSpec::Dir, dry_run)
 }
 
 fn promote(rev: &str) -> Envelope {
-    let (release, distribution, revision) = parts(rev);
-    let job = Job::Promote(PromoteJob {
-        release,
-        distribution,
-        revision,
-        source: RevisionSourceSpec::Dir,
-        release_tag: None,
-        dry_run: false,
-        asf_uid: AsfUid::new("pmc-chair").unwrap(),
-    });
-    Envelope::new(job, unique_key())
+    dist().promote(rev, RevisionSourceSpec::Dir, "pmc-chair")
 }
 
 const VOTED: &[(&str, &[u8])] = &[(TGZ, b"tarball bytes v1"), ("README.txt", b"read me")];
 
 fn key() -> DistributionKey {
-    stage("00001", false).distribution_key().unwrap()
+    dist().key()
 }
 
 const SLOW_RETRY: RetryConfig = RetryConfig {

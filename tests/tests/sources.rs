@@ -6,25 +6,22 @@ use std::sync::Arc;
 use atr_dist::config::RetryConfig;
 use atr_dist::platform::Adapters;
 use atr_dist::source::{AtrSource, RevisionSource, SourceError};
-use atr_dist_shared::job::{DistributionSpec, ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::job::{ReleaseRef, RevisionSourceSpec};
 use atr_dist_shared::manifest::Sha3Hex;
-use atr_dist_shared::names::{
-    ArtifactPath, AsfUid, IdempotencyKey, PackageName, ProjectKey, RevisionNumber, Version,
-    VersionKey,
-};
-use atr_dist_shared::{
-    Envelope, Job, JobState, ManifestEntry, Platform, PromoteJob, RevisionManifest, StageJob,
-};
+use atr_dist_shared::names::{ArtifactPath, RevisionNumber};
+use atr_dist_shared::{Envelope, JobState, ManifestEntry, Platform, RevisionManifest};
+use atr_dist_tests::jobs::{Dist, unique_key};
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
 use sha3::{Digest as _, Sha3_256};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+fn dist() -> Dist {
+    Dist::new(Platform::Npm, "", "pkg", "1.0.0")
+}
+
 fn release() -> ReleaseRef {
-    ReleaseRef {
-        project_key: ProjectKey::new("example").unwrap(),
-        version_key: VersionKey::new("1.0.0").unwrap(),
-    }
+    dist().release()
 }
 
 fn entry(path: &str, content: &[u8]) -> ManifestEntry {
@@ -119,19 +116,6 @@ async fn atr_source_reads_manifests_and_files() {
     assert!(matches!(down, SourceError::Unavailable(_)), "{down}");
 }
 
-fn spec() -> DistributionSpec {
-    DistributionSpec {
-        platform: Platform::Npm,
-        owner_namespace: String::new(),
-        package: PackageName::new("pkg").unwrap(),
-        version: Version::new("1.0.0").unwrap(),
-    }
-}
-
-fn key() -> IdempotencyKey {
-    IdempotencyKey::new(uuid::Uuid::now_v7().to_string()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_from_atr_and_promote_with_an_inline_manifest() {
     let tgz: &[u8] = b"tarball";
@@ -156,19 +140,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
     )
     .await;
 
-    let stage = Envelope::new(
-        Job::Stage(StageJob {
-            release: release(),
-            distribution: spec(),
-            revision: RevisionNumber::new("00002").unwrap(),
-            source: RevisionSourceSpec::Atr,
-            artifacts: vec![ArtifactPath::new("pkg-1.0.0.tgz").unwrap()],
-            staging_tag: None,
-            dry_run: false,
-            asf_uid: AsfUid::new("rm").unwrap(),
-        }),
-        key(),
-    );
+    let stage = dist().stage("00002", &["pkg-1.0.0.tgz"], RevisionSourceSpec::Atr, false);
     assert_eq!(
         h.run(&stage, 3).await,
         JobState::Done,
@@ -183,18 +155,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
 
     // The voted revision's manifest carried in the job: same files, promotes.
     let promote = |m: RevisionManifest| {
-        Envelope::new(
-            Job::Promote(PromoteJob {
-                release: release(),
-                distribution: spec(),
-                revision: RevisionNumber::new("00003").unwrap(),
-                source: RevisionSourceSpec::Inline { manifest: m },
-                release_tag: None,
-                dry_run: false,
-                asf_uid: AsfUid::new("rm").unwrap(),
-            }),
-            key(),
-        )
+        dist().promote("00003", RevisionSourceSpec::Inline { manifest: m }, "rm")
     };
     // A different inline manifest is refused and names the change.
     let changed = RevisionManifest::new(vec![
@@ -230,7 +191,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
         |p| p.sources.atr = Some(atr),
     )
     .await;
-    let stage2 = Envelope::new(stage.job.clone(), key());
+    let stage2 = Envelope::new(stage.job.clone(), unique_key());
     assert_eq!(h2.run(&stage2, 3).await, JobState::Dead);
     assert!(
         h2.last_error(&stage2)
