@@ -33,6 +33,9 @@ local function to_dead(job, id, attempt, class, message)
 end
 
 local out = {}
+-- Done jobs leave `running` and enter `done` in one ZREM and one ZADD per call.
+local now_s = tostring(now)
+local done_ids, done_scores = {}, {}
 for i = 3, #ARGV, 6 do
   local id = ARGV[i]
   local attempt = tonumber(ARGV[i + 1])
@@ -41,19 +44,27 @@ for i = 3, #ARGV, 6 do
   local class = ARGV[i + 4]
   local message = ARGV[i + 5]
   local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'max_attempts')
+  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'max_attempts', 'cancel_requested')
   local result
   if f[1] ~= 'running' or f[2] ~= worker or tonumber(f[3]) ~= attempt then
     result = 'stale'
+  elseif outcome == 'done' then
+    -- The common case, kept to the fewest commands: `worker` stays as the last holder.
+    if f[5] then
+      redis.call('HDEL', job, 'cancel_requested')
+    end
+    redis.call('HSET', job, 'state', 'done', 'finished_at', now_s)
+    done_ids[#done_ids + 1] = id
+    done_scores[#done_scores + 1] = now_s
+    done_scores[#done_scores + 1] = id
+    counts.done = counts.done + 1
+    result = 'done'
   else
     redis.call('ZREM', running, id)
-    redis.call('HDEL', job, 'worker', 'cancel_requested')
-    if outcome == 'done' then
-      redis.call('HSET', job, 'state', 'done', 'finished_at', now)
-      redis.call('ZADD', prefix .. 'done', now, id)
-      counts.done = counts.done + 1
-      result = 'done'
-    elseif outcome == 'retry' then
+    if f[5] then
+      redis.call('HDEL', job, 'cancel_requested')
+    end
+    if outcome == 'retry' then
       local max = tonumber(f[4]) or 1
       if attempt >= max then
         result = to_dead(job, id, attempt, class,
@@ -94,6 +105,11 @@ for i = 3, #ARGV, 6 do
     end
   end
   out[#out + 1] = result
+end
+
+for i = 1, #done_ids, 1000 do
+  redis.call('ZREM', running, unpack(done_ids, i, math.min(i + 999, #done_ids)))
+  redis.call('ZADD', prefix .. 'done', unpack(done_scores, 2 * i - 1, math.min(2 * i + 1998, #done_scores)))
 end
 
 local stats = prefix .. 'stats'

@@ -8,6 +8,8 @@
 local prefix = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Formatted once: number-to-string conversion per field and job is measurable.
+local now_s = tostring(now)
 local queued = prefix .. 'queued'
 local scheduled = prefix .. 'scheduled'
 
@@ -26,6 +28,8 @@ end
 
 local out = {}
 local created = 0
+-- Ready ids, pushed together at the end in the order given.
+local ready = {}
 for i = 2, #ARGV, 8 do
   local id = ARGV[i]
   local idem = ARGV[i + 1]
@@ -42,26 +46,28 @@ for i = 2, #ARGV, 8 do
     out[#out + 1] = id
     out[#out + 1] = -1
   else
-    local run_at = tonumber(ARGV[i + 3])
-    local state = 'queued'
-    if run_at > now then
-      state = 'scheduled'
-    else
-      run_at = now
+    local state, run_at = 'queued', now_s
+    if tonumber(ARGV[i + 3]) > now then
+      state, run_at = 'scheduled', ARGV[i + 3]
     end
     redis.call('HSET', job,
-      'envelope', ARGV[i + 2], 'state', state, 'attempt', 0, 'max_attempts', ARGV[i + 4],
-      'enqueued_at', now, 'run_at', run_at, 'queued_at', run_at, 'idempotency_key', idem,
+      'envelope', ARGV[i + 2], 'state', state, 'attempt', '0', 'max_attempts', ARGV[i + 4],
+      'enqueued_at', now_s, 'run_at', run_at, 'queued_at', run_at, 'idempotency_key', idem,
       'kind', ARGV[i + 5], 'release', ARGV[i + 6], 'platform', ARGV[i + 7])
     if state == 'scheduled' then
       redis.call('ZADD', scheduled, run_at, id)
     else
-      redis.call('RPUSH', queued, id)
+      ready[#ready + 1] = id
     end
     created = created + 1
     out[#out + 1] = id
     out[#out + 1] = 1
   end
+end
+
+-- One RPUSH per 500 ids rather than one per job (unpack stays far below Lua's limit).
+for i = 1, #ready, 500 do
+  redis.call('RPUSH', queued, unpack(ready, i, math.min(i + 499, #ready)))
 end
 
 if created > 0 then

@@ -3,7 +3,8 @@
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
 -- to max_jobs queued jobs to worker_id.
--- Returns, per leased job: id, attempt, max_attempts, envelope.
+-- Returns, per leased job: id, attempt, max_attempts, envelope, waited_ms (from becoming
+-- queued to this lease: the queue latency, measured on Redis's clock).
 -- Every step is bounded (at most 1000 due jobs, 100 expired leases, max_jobs fetched), so a
 -- call costs the same whatever the backlog.
 local prefix = ARGV[1]
@@ -74,19 +75,28 @@ if not ids then
   return {}
 end
 local out = {}
+-- Leases are added to `running` in one ZADD per call, not one per job.
+local leases = {}
+local expiry = tostring(now + lease_ms)
+local now_s = tostring(now)
 for _, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'envelope')
+  local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'envelope', 'queued_at')
   -- A list entry whose job is no longer queued (purged, or cancelled and re-queued by an
   -- operator in between) is stale: drop it.
   if f[1] == 'queued' then
     local attempt = (tonumber(f[2]) or 0) + 1
-    redis.call('HSET', job, 'state', 'running', 'attempt', attempt, 'worker', worker, 'started_at', now)
-    redis.call('ZADD', running, now + lease_ms, id)
+    redis.call('HSET', job, 'state', 'running', 'attempt', tostring(attempt), 'worker', worker, 'started_at', now_s)
+    leases[#leases + 1] = expiry
+    leases[#leases + 1] = id
     out[#out + 1] = id
     out[#out + 1] = attempt
     out[#out + 1] = f[3]
     out[#out + 1] = f[4]
+    out[#out + 1] = math.max(0, now - (tonumber(f[5]) or now))
   end
+end
+for i = 1, #leases, 1000 do
+  redis.call('ZADD', running, unpack(leases, i, math.min(i + 999, #leases)))
 end
 return out

@@ -28,7 +28,7 @@ use prometheus::{
 
 use super::types::QueueStatsBody;
 use super::{AppState, Backend, bounded};
-use crate::queue::{AckOutcome, Queue};
+use crate::queue::AckOutcome;
 
 /// Attempt durations: from a dry run's milliseconds to an hour-long image upload.
 const DURATION_BUCKETS: [f64; 15] = [
@@ -115,30 +115,14 @@ pub struct AttemptMetrics {
 /// Called by the worker pool as an attempt starts. Also records the job's queue latency,
 /// read from the job hash, where both ends are Redis timestamps (producers' and workers'
 /// clocks play no part). That read is spawned so it never delays the attempt.
-pub fn attempt_started(queue: &Queue, job_id: &str, envelope: &Envelope) -> AttemptMetrics {
+pub fn attempt_started(waited: std::time::Duration, envelope: &Envelope) -> AttemptMetrics {
     let platform = envelope.distribution().platform.member_name();
     let kind = envelope.kind().as_str();
-    let key = format!("{}job:{job_id}", queue.prefix());
-    let mut conn = queue.connection();
-    tokio::spawn(async move {
-        let times: Result<(Option<i64>, Option<i64>), _> = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("queued_at")
-            .arg("started_at")
-            .query_async(&mut conn)
-            .await;
-        match times {
-            Ok((Some(queued), Some(started))) if started >= queued => {
-                let secs = (started - queued) as f64 / 1000.0;
-                PROCESS
-                    .queue_latency
-                    .with_label_values(&[platform, kind])
-                    .observe(secs);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "queue latency not recorded"),
-        }
-    });
+    // fetch.lua reports the wait on Redis's clock: no extra round trip per job, no skew.
+    PROCESS
+        .queue_latency
+        .with_label_values(&[platform, kind])
+        .observe(waited.as_secs_f64());
     AttemptMetrics {
         platform,
         kind,

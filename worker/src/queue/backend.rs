@@ -51,9 +51,13 @@ impl RedisBackend {
 
     fn start_fetch(&mut self) {
         let shared = Arc::clone(&self.shared);
-        // Never lease more than the pool can start soon: a leased job waiting in a buffer is
-        // a job another worker could be running.
-        let room = shared.capacity().saturating_sub(shared.held_count()).max(1);
+        // Lease no more than the pool can start soon: a leased job waiting in a buffer is a
+        // job another worker could be running. "Soon" is one more round of the pool's
+        // capacity, so the next batch is at hand when slots free up instead of a few jobs per
+        // round trip.
+        let room = (2 * shared.capacity())
+            .saturating_sub(shared.held_count())
+            .max(1);
         let n = room.min(shared.config.fetch_batch);
         self.fetching = Some(
             async move {

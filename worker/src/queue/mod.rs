@@ -87,6 +87,8 @@ pub struct Leased {
     /// The envelope exactly as stored; parsed by the worker, which dead-letters what it
     /// cannot read.
     pub envelope: String,
+    /// How long the job waited between becoming queued and this lease (Redis's clock).
+    pub waited: Duration,
 }
 
 /// How an attempt ended, as `ack.lua` records it.
@@ -259,10 +261,10 @@ impl Queue {
             .arg(max.max(1))
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let mut out = Vec::with_capacity(reply.len() / 4);
-        for four in reply.chunks(4) {
-            let [id, attempt, max_attempts, envelope] = four else {
-                return Err(protocol("fetch.lua", "values not in groups of 4"));
+        let mut out = Vec::with_capacity(reply.len() / 5);
+        for five in reply.chunks(5) {
+            let [id, attempt, max_attempts, envelope, waited] = five else {
+                return Err(protocol("fetch.lua", "values not in groups of 5"));
             };
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
@@ -271,6 +273,7 @@ impl Queue {
                 // A job hash without an envelope (hand-written by someone) is still leased,
                 // and then dead-lettered as malformed.
                 envelope: redis::from_redis_value_ref(envelope).unwrap_or_default(),
+                waited: Duration::from_millis(redis::from_redis_value_ref(waited).unwrap_or(0)),
             });
         }
         Ok(out)

@@ -323,7 +323,7 @@ async fn run_job<H: JobHandler>(
         }
         Ok(envelope) => {
             // Prometheus: queue latency, attempt duration, processed and failed counts.
-            let observed = crate::http::metrics::attempt_started(&shared.queue, &job.id, &envelope);
+            let observed = crate::http::metrics::attempt_started(job.waited, &envelope);
             let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope).await;
             observed.finished(&outcome);
             outcome
