@@ -1,0 +1,1602 @@
+//! Queue benchmark: atr-dist's Redis queue and worker pool, and apalis-redis 1.0.0 as a peer,
+//! on the same workload, printing a markdown table.
+//!
+//! For each backlog size and concurrency: on a fresh queue, bulk-enqueue N no-op jobs (the
+//! same stage envelope for both systems), then process them all with the real worker pool and
+//! a handler that returns at once. Reported per run: enqueue and processing jobs/s, Redis CPU
+//! per job (`INFO cpu` deltas), Redis bytes per queued and per finished job (`INFO memory`
+//! deltas), worker CPU per processed job and worker RSS. Every queue's keys are deleted after
+//! its run, failed or not.
+//!
+//! ```text
+//! cargo run --release -p atr-dist-tests --bin queue-bench -- --quick
+//! cargo run --release -p atr-dist-tests --bin queue-bench -- --backlogs 1000,100000 --concurrency 16,64
+//! ```
+//!
+//! Progress goes to stderr; the report goes to stdout. Only a Redis on 127.0.0.1 is accepted.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use apalis::prelude::{
+    BoxDynError, Data, Event, EventListenerExt, Monitor, ParallelizeExt, TaskSink, WorkerBuilder,
+    WorkerBuilderExt,
+};
+use apalis_redis::RedisStorage;
+use atr_dist::queue::pool::{
+    self, Completion, JobError, JobHandler, PoolConfig, PoolHandle, RunningJob,
+};
+use atr_dist::queue::{Queue, key_prefix};
+use atr_dist_shared::{Envelope, JobState};
+use atr_dist_tests::cases::FAST_RETRY;
+use atr_dist_tests::{jobs, unique_name};
+use clap::{Parser, ValueEnum};
+use futures::FutureExt;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::oneshot;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "queue-bench",
+    about = "Benchmark atr-dist's Redis queue against apalis-redis 1.0.0 (no-op jobs)"
+)]
+struct Args {
+    /// Redis to use; must be on loopback (127.0.0.1).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Backlog sizes: jobs queued before the workers start [default: 1000,100000,1000000].
+    #[arg(long, value_delimiter = ',')]
+    backlogs: Option<Vec<usize>>,
+    /// Quick mode: backlogs 1000,20000 (unless --backlogs is given).
+    #[arg(long)]
+    quick: bool,
+    /// Concurrency levels: jobs run at once in the worker.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    concurrency: Vec<usize>,
+    /// atr-dist `fetch_batch` (each fetch is also capped by the pool's free capacity).
+    #[arg(long, default_value_t = 256)]
+    fetch_batch: usize,
+    /// atr-dist lease, seconds.
+    #[arg(long, default_value_t = 60)]
+    lease_secs: u64,
+    /// apalis-redis `batch_size` (jobs per fetch) [default: the concurrency, which is what
+    /// atr-dist's fetch size comes to].
+    #[arg(long)]
+    apalis_batch: Option<usize>,
+    /// Jobs per enqueue call, both systems.
+    #[arg(long, default_value_t = 1000)]
+    enqueue_chunk: usize,
+    /// Systems to run.
+    #[arg(long, value_delimiter = ',', default_value = "atr-dist,apalis-redis")]
+    systems: Vec<System>,
+    /// A processing phase that makes no progress for this long is recorded as failed.
+    #[arg(long, default_value_t = 60)]
+    stall_secs: u64,
+    /// Upper bound on any one phase (enqueue, processing), seconds.
+    #[arg(long, default_value_t = 1200)]
+    phase_timeout_secs: u64,
+    /// Runs per (system, backlog, concurrency); the median by processing jobs/s is reported
+    /// [default: 3 for backlogs up to 20,000, whose runs last milliseconds; else 1].
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Before each run, wait up to this long for Redis and the machine to be otherwise idle
+    /// (runs that start or overlap with other load are marked †).
+    #[arg(long, default_value_t = 300)]
+    quiet_wait_secs: u64,
+    /// Skip the untimed warm-up run per system (loads the scripts, warms connections).
+    #[arg(long)]
+    no_warmup: bool,
+    /// Also print, per run and phase, the Redis commands that used the most CPU
+    /// (deltas of INFO commandstats).
+    #[arg(long)]
+    commandstats: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    AtrDist,
+    ApalisRedis,
+}
+
+impl System {
+    fn label(self) -> &'static str {
+        match self {
+            System::AtrDist => "atr-dist",
+            System::ApalisRedis => "apalis-redis 1.0.0",
+        }
+    }
+}
+
+/// Set by Ctrl-C: phases stop at their next check, stop their workers and clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// What every run shares: settings and an admin connection for INFO, SCAN and DEL.
+struct Ctx {
+    url: String,
+    admin: MultiplexedConnection,
+    fetch_batch: usize,
+    lease: Duration,
+    apalis_batch: Option<usize>,
+    enqueue_chunk: usize,
+    stall: Duration,
+    phase_timeout: Duration,
+    commandstats: bool,
+    quiet_wait: Duration,
+    /// Redis's process id, when it runs on this machine: its CPU is told apart from others'.
+    redis_pid: Option<u32>,
+}
+
+/// CPU time (USER_HZ ticks) used on the whole machine, by this process and by Redis.
+struct CpuSnap {
+    at: Instant,
+    machine: Option<u64>,
+    own: Option<u64>,
+    redis: Option<u64>,
+}
+
+impl CpuSnap {
+    fn take(redis_pid: Option<u32>) -> CpuSnap {
+        CpuSnap {
+            at: Instant::now(),
+            machine: machine_busy_ticks(),
+            own: process_ticks("self"),
+            redis: redis_pid.and_then(|p| process_ticks(&p.to_string())),
+        }
+    }
+
+    /// Cores' worth of CPU used by other processes since `self` was taken; `None` for windows
+    /// under 0.4 s, which the 10 ms ticks of /proc cannot resolve.
+    fn others_since(&self, redis_pid: Option<u32>) -> Option<f64> {
+        let now = CpuSnap::take(redis_pid);
+        let secs = now.at.duration_since(self.at).as_secs_f64();
+        if secs < 0.4 {
+            return None;
+        }
+        let machine = now.machine? as f64 - self.machine? as f64;
+        let own = now.own? as f64 - self.own? as f64;
+        let redis = now.redis? as f64 - self.redis? as f64;
+        Some(((machine - own - redis) / 100.0 / secs).max(0.0))
+    }
+}
+
+/// Busy ticks of all CPUs (/proc/stat: user, nice, system, irq, softirq, steal).
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?)
+}
+
+/// utime + stime of a process (all threads), USER_HZ ticks: fields 14 and 15 of its stat,
+/// counted after the command name, which is in parentheses and may contain spaces.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// One reading of the Redis counters this benchmark uses.
+struct RedisSample {
+    cpu_us: f64,
+    used_memory: i64,
+    /// command → (calls, usec), when commandstats are on.
+    cmdstats: HashMap<String, (u64, u64)>,
+}
+
+/// Costs of one phase of one run.
+#[derive(Default, Clone)]
+struct Phase {
+    secs: f64,
+    redis_cpu_us: f64,
+    mem_delta: i64,
+    worker_cpu_us: Option<f64>,
+    /// Top Redis commands by CPU in this phase: (command, calls, usec).
+    top: Vec<(String, u64, u64)>,
+}
+
+struct RunResult {
+    system: System,
+    backlog: usize,
+    concurrency: usize,
+    enqueue: Result<Phase, String>,
+    process: Result<Phase, String>,
+    /// Redis memory still held once all jobs are done, relative to before the enqueue.
+    retained_bytes: Option<i64>,
+    rss_kib: Option<u64>,
+    notes: Vec<String>,
+    deleted_keys: u64,
+    /// Another Redis client or another process was busy during the run: its Redis CPU
+    /// figures may include another client's work, and it shared the cores.
+    noisy: bool,
+}
+
+impl RunResult {
+    fn new(system: System, backlog: usize, concurrency: usize) -> RunResult {
+        RunResult {
+            system,
+            backlog,
+            concurrency,
+            enqueue: Err("not run".into()),
+            process: Err("not run".into()),
+            retained_bytes: None,
+            rss_kib: None,
+            notes: Vec::new(),
+            deleted_keys: 0,
+            noisy: false,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "interrupted: stopping the current run and deleting its keys (Ctrl-C again to quit at once)"
+            );
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    ensure_loopback(&args.redis)?;
+    if args.concurrency.is_empty() || args.concurrency.contains(&0) {
+        bail!("--concurrency needs values above 0");
+    }
+    if args.enqueue_chunk == 0 || args.fetch_batch == 0 || args.apalis_batch == Some(0) {
+        bail!("--enqueue-chunk, --fetch-batch and --apalis-batch must be above 0");
+    }
+    let backlogs = match (&args.backlogs, args.quick) {
+        (Some(b), _) => b.clone(),
+        (None, true) => vec![1_000, 20_000],
+        (None, false) => vec![1_000, 100_000, 1_000_000],
+    };
+    if backlogs.is_empty() || backlogs.contains(&0) {
+        bail!("--backlogs needs values above 0");
+    }
+    let client = redis::Client::open(args.redis.as_str()).context("Redis URL")?;
+    let mut admin = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to Redis timed out"))?
+    .context("connecting to Redis")?;
+    // Redis may be busy for seconds (apalis-redis's fetch script over a large backlog, a big
+    // DEL): wait rather than give up at the client's default of 500 ms.
+    admin.set_response_timeout(Duration::from_secs(60));
+    let mut ctx = Ctx {
+        url: args.redis.clone(),
+        admin,
+        fetch_batch: args.fetch_batch,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        apalis_batch: args.apalis_batch,
+        enqueue_chunk: args.enqueue_chunk,
+        stall: Duration::from_secs(args.stall_secs.max(1)),
+        phase_timeout: Duration::from_secs(args.phase_timeout_secs.max(1)),
+        commandstats: args.commandstats,
+        redis_pid: None,
+        quiet_wait: Duration::from_secs(args.quiet_wait_secs),
+    };
+    let facts = machine_facts(&mut ctx).await?;
+    eprintln!("{}", facts.join("\n"));
+
+    if !args.no_warmup {
+        for &system in &args.systems {
+            eprintln!("\n== warm-up (not reported): {}", system.label());
+            let r = run_one(&mut ctx, system, 2_000, args.concurrency[0]).await;
+            eprintln!("   {}", summary_line(&r));
+        }
+    }
+    let mut results = Vec::new();
+    'outer: for &backlog in &backlogs {
+        for &concurrency in &args.concurrency {
+            for &system in &args.systems {
+                if INTERRUPTED.load(Ordering::Relaxed) {
+                    break 'outer;
+                }
+                eprintln!(
+                    "\n== {} backlog {backlog} concurrency {concurrency}",
+                    system.label()
+                );
+                let repeat = args
+                    .repeat
+                    .unwrap_or(if backlog <= 20_000 { 3 } else { 1 })
+                    .max(1);
+                let result = run_repeated(&mut ctx, system, backlog, concurrency, repeat).await;
+                eprintln!("   {}", summary_line(&result));
+                results.push(result);
+            }
+        }
+    }
+    print_report(&args, &facts, &results, &mut ctx).await;
+    Ok(())
+}
+
+/// `repeat` runs; returns the median by processing jobs/s (a failed run counts as slowest),
+/// noting the spread.
+async fn run_repeated(
+    ctx: &mut Ctx,
+    system: System,
+    backlog: usize,
+    concurrency: usize,
+    repeat: usize,
+) -> RunResult {
+    let mut runs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        runs.push(run_one(ctx, system, backlog, concurrency).await);
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    let speed = |r: &RunResult| match &r.process {
+        Ok(p) if p.secs > 0.0 => backlog as f64 / p.secs,
+        _ => 0.0,
+    };
+    runs.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+    let all: Vec<String> = runs
+        .iter()
+        .map(|r| match &r.process {
+            Ok(_) => thousands(speed(r).round() as u64),
+            Err(_) => "failed".to_owned(),
+        })
+        .collect();
+    let noisy = runs.iter().any(|r| r.noisy);
+    let mut median = runs.swap_remove(runs.len() / 2);
+    for other in &runs {
+        for note in &other.notes {
+            median.notes.push(format!("(another of the runs) {note}"));
+        }
+    }
+    if all.len() > 1 {
+        median.notes.push(format!(
+            "median of {} runs; process jobs/s of each: {}",
+            all.len(),
+            all.join(", ")
+        ));
+    }
+    median.noisy |= noisy;
+    median
+}
+
+/// One run, after waiting for Redis and the machine to be quiet, so that Redis's CPU
+/// counters measure this run alone.
+async fn run_one(ctx: &mut Ctx, system: System, backlog: usize, concurrency: usize) -> RunResult {
+    let busy = wait_quiet(ctx).await;
+    let mut result = match system {
+        System::AtrDist => atr_run(ctx, backlog, concurrency).await,
+        System::ApalisRedis => apalis_run(ctx, backlog, concurrency).await,
+    };
+    if let Some(busy) = busy {
+        result.noisy = true;
+        result.notes.push(busy);
+    }
+    result
+}
+
+/// Only a Redis on 127.0.0.1 is benchmarked.
+fn ensure_loopback(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| anyhow!("--redis must be a redis:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = host_port.split(':').next().unwrap_or("");
+    if host != "127.0.0.1" {
+        bail!("--redis must point at 127.0.0.1 (got host {host:?})");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// atr-dist
+
+struct NoOp;
+
+impl JobHandler for NoOp {
+    async fn handle(&self, _job: RunningJob) -> Result<Completion, JobError> {
+        Ok(Completion::Done)
+    }
+}
+
+async fn atr_run(ctx: &mut Ctx, backlog: usize, concurrency: usize) -> RunResult {
+    let mut result = RunResult::new(System::AtrDist, backlog, concurrency);
+    let name = unique_name("bench");
+    let pattern = format!("{}*", glob_escape(&key_prefix(&name)));
+    let outcome = AssertUnwindSafe(atr_phases(ctx, &name, &mut result))
+        .catch_unwind()
+        .await;
+    record_failure(&mut result, outcome);
+    result.deleted_keys = cleanup(ctx, &[pattern], &[]).await;
+    result
+}
+
+async fn atr_phases(ctx: &mut Ctx, name: &str, result: &mut RunResult) -> Result<()> {
+    let n = result.backlog;
+    let queue = tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
+        .await
+        .map_err(|_| anyhow!("connecting timed out"))??;
+
+    // Enqueue.
+    let before_enqueue = sample(ctx).await?;
+    let phase_start = CpuSnap::take(ctx.redis_pid);
+    let q = queue.clone();
+    let enqueue = enqueue_phase(ctx, n, &before_enqueue, move |envs: Vec<Envelope>| {
+        let q = q.clone();
+        async move {
+            let out = q.enqueue_bulk(&envs, None, 3).await?;
+            if out.len() != envs.len() || !out.iter().all(|e| e.created) {
+                bail!("enqueue_bulk created fewer jobs than given");
+            }
+            Ok(())
+        }
+    })
+    .await;
+    result.enqueue = enqueue.map_err(|e| format!("{e:#}"));
+    note_foreign(ctx, result, "enqueue", &phase_start).await;
+    if let Err(e) = &result.enqueue {
+        result.process = Err(format!("skipped: enqueue failed: {e}"));
+        return Ok(());
+    }
+
+    // Process.
+    let config = PoolConfig {
+        concurrency: result.concurrency,
+        lease: ctx.lease,
+        fetch_batch: ctx.fetch_batch,
+        idle_poll: Duration::from_millis(250),
+        job_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(10),
+        retry: Arc::new(|_| FAST_RETRY),
+    };
+    let before = sample(ctx).await?;
+    let cpu0 = process_cpu_us();
+    let started = Instant::now();
+    let proc_snap = CpuSnap::take(ctx.redis_pid);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (handle_tx, handle_rx) = oneshot::channel::<PoolHandle>();
+    let join = tokio::spawn(pool::run(
+        queue.clone(),
+        Arc::new(NoOp),
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |h| {
+            let _ = handle_tx.send(h);
+        },
+    ));
+    let mut running = Stoppable::new(stop_tx, join);
+    let waited = atr_wait(ctx, n, started, handle_rx, &mut running).await;
+    let after = sample(ctx).await;
+    let cpu1 = process_cpu_us();
+    result.rss_kib = vm_kib("VmRSS");
+    note_foreign(ctx, result, "processing", &proc_snap).await;
+    let stopped = running.stop(Duration::from_secs(30)).await;
+    match (waited, after) {
+        (Ok((secs, handle)), Ok(after)) => {
+            let mut phase = phase_between(ctx, &before, &after, secs);
+            phase.worker_cpu_us = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            result.process = Ok(phase);
+            result.retained_bytes = Some(after.used_memory - before_enqueue.used_memory);
+            let c = handle.counters();
+            let odd = [
+                ("retried", c.retried.load(Ordering::Relaxed)),
+                ("dead", c.dead.load(Ordering::Relaxed)),
+                ("cancelled", c.cancelled.load(Ordering::Relaxed)),
+                ("deferred", c.deferred.load(Ordering::Relaxed)),
+                ("released", c.released.load(Ordering::Relaxed)),
+                ("stale acks", c.stale.load(Ordering::Relaxed)),
+            ];
+            for (what, count) in odd {
+                if count > 0 {
+                    result.notes.push(format!("atr-dist: {count} {what}"));
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), queue.stats()).await {
+                Ok(Ok(stats)) => {
+                    let done = stats.counts.get(&JobState::Done).copied().unwrap_or(0);
+                    if done != n as u64 {
+                        result
+                            .notes
+                            .push(format!("atr-dist: done set holds {done}, expected {n}"));
+                    }
+                }
+                Ok(Err(e)) => result.notes.push(format!("atr-dist: stats failed: {e}")),
+                Err(_) => result.notes.push("atr-dist: stats timed out".into()),
+            }
+        }
+        (Err(e), _) => result.process = Err(format!("{e:#}")),
+        (Ok(_), Err(e)) => result.process = Err(format!("reading Redis INFO: {e:#}")),
+    }
+    if let Err(e) = stopped {
+        result.notes.push(format!("atr-dist pool stop: {e}"));
+    }
+    Ok(())
+}
+
+/// Waits until the pool has acked `n` jobs done; returns the seconds since `started`.
+async fn atr_wait(
+    ctx: &Ctx,
+    n: usize,
+    started: Instant,
+    handle_rx: oneshot::Receiver<PoolHandle>,
+    running: &mut Stoppable<Result<(), atr_dist::queue::QueueError>>,
+) -> Result<(f64, PoolHandle)> {
+    let handle = match tokio::time::timeout(Duration::from_secs(30), handle_rx).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(_)) => {
+            let why = running.finished_reason().await;
+            bail!("the pool stopped before starting: {why}");
+        }
+        Err(_) => bail!("the pool did not start within 30 s"),
+    };
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let done = handle.done();
+        if done >= n as u64 {
+            return Ok((started.elapsed().as_secs_f64(), handle));
+        }
+        if done != last {
+            last = done;
+            last_change = Instant::now();
+        }
+        if running.is_finished() {
+            let why = running.finished_reason().await;
+            bail!("the pool stopped early ({done}/{n} done): {why}");
+        }
+        if last_change.elapsed() > ctx.stall {
+            bail!(
+                "no progress for {} s ({done}/{n} done)",
+                ctx.stall.as_secs()
+            );
+        }
+        if started.elapsed() > ctx.phase_timeout {
+            bail!(
+                "processing took longer than {} s ({done}/{n} done)",
+                ctx.phase_timeout.as_secs()
+            );
+        }
+        check_interrupted()?;
+        tokio::time::sleep(poll_interval(started)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// apalis-redis
+
+async fn apalis_noop(_job: Envelope, handled: Data<Arc<AtomicU64>>) -> Result<(), BoxDynError> {
+    handled.0.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn apalis_run(ctx: &mut Ctx, backlog: usize, concurrency: usize) -> RunResult {
+    let mut result = RunResult::new(System::ApalisRedis, backlog, concurrency);
+    let name = unique_name("bench-apalis");
+    let pattern = format!("{}:*", glob_escape(&name));
+    let registry = vec![(
+        "core:apalis:queues:list".to_owned(),
+        format!("{name}:workers"),
+    )];
+    let outcome = AssertUnwindSafe(apalis_phases(ctx, &name, &mut result))
+        .catch_unwind()
+        .await;
+    record_failure(&mut result, outcome);
+    result.deleted_keys = cleanup(ctx, &[pattern], &registry).await;
+    result
+}
+
+async fn apalis_phases(ctx: &mut Ctx, name: &str, result: &mut RunResult) -> Result<()> {
+    let n = result.backlog;
+    let batch = ctx.apalis_batch.unwrap_or(result.concurrency);
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        apalis_redis::connect(ctx.url.as_str()),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting timed out"))??;
+    let config = apalis_redis::Config::default()
+        .queue(name)
+        .batch_size(batch);
+    let storage: RedisStorage<Envelope> = RedisStorage::new(conn).with_config(config);
+
+    // Enqueue: one `batch_push.lua` call per chunk (push_bulk flushes its buffer once).
+    let before_enqueue = sample(ctx).await?;
+    let phase_start = CpuSnap::take(ctx.redis_pid);
+    let sink = storage.clone();
+    let enqueue = enqueue_phase(ctx, n, &before_enqueue, move |envs: Vec<Envelope>| {
+        let mut sink = sink.clone();
+        async move {
+            sink.push_bulk(envs)
+                .await
+                .map_err(|e| anyhow!("push_bulk: {e}"))
+        }
+    })
+    .await;
+    result.enqueue = enqueue.map_err(|e| format!("{e:#}"));
+    note_foreign(ctx, result, "enqueue", &phase_start).await;
+    if let Err(e) = &result.enqueue {
+        result.process = Err(format!("skipped: enqueue failed: {e}"));
+        return Ok(());
+    }
+
+    // Process.
+    let handled = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    // Run under a Monitor, as atr-dist's pool does; a worker that fails is not restarted,
+    // and its error is recorded for the report.
+    let worker_name = format!("{name}-worker");
+    let data = Arc::clone(&handled);
+    let concurrency = result.concurrency;
+    let errors = Arc::clone(&first_error);
+    let failed = Arc::clone(&first_error);
+    let monitor = Monitor::new()
+        .register(move |_| {
+            let errors = Arc::clone(&errors);
+            WorkerBuilder::new(worker_name.clone())
+                .backend(storage.clone())
+                .data(Arc::clone(&data))
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .on_event(move |_, event| {
+                    if let Event::Error(e) = event {
+                        remember(&errors, e.to_string());
+                    }
+                })
+                .build(apalis_noop)
+        })
+        .should_restart(move |_, error| {
+            remember(&failed, format!("worker failed: {error}"));
+            false
+        })
+        .shutdown_timeout(Duration::from_secs(10));
+    let done_key = format!("{name}:done");
+    let before = sample(ctx).await?;
+    let cpu0 = process_cpu_us();
+    let started = Instant::now();
+    let proc_snap = CpuSnap::take(ctx.redis_pid);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(async move {
+        monitor
+            .run_with_signal(async move {
+                let _ = stop_rx.await;
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let mut running = Stoppable::new(stop_tx, join);
+    let waited = apalis_wait(
+        ctx,
+        n,
+        started,
+        &handled,
+        &first_error,
+        &done_key,
+        &mut running,
+    )
+    .await;
+    let after = sample(ctx).await;
+    let cpu1 = process_cpu_us();
+    result.rss_kib = vm_kib("VmRSS");
+    note_foreign(ctx, result, "processing", &proc_snap).await;
+    let stopped = running.stop(Duration::from_secs(30)).await;
+    match (waited, after) {
+        (Ok(secs), Ok(after)) => {
+            let mut phase = phase_between(ctx, &before, &after, secs);
+            phase.worker_cpu_us = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            result.process = Ok(phase);
+            result.retained_bytes = Some(after.used_memory - before_enqueue.used_memory);
+        }
+        (Err(e), _) => result.process = Err(format!("{e:#}")),
+        (Ok(_), Err(e)) => result.process = Err(format!("reading Redis INFO: {e:#}")),
+    }
+    if let Err(e) = stopped {
+        result.notes.push(format!("apalis-redis worker stop: {e}"));
+    }
+    Ok(())
+}
+
+fn remember(slot: &Mutex<Option<String>>, error: String) {
+    if let Ok(mut slot) = slot.lock()
+        && slot.is_none()
+    {
+        *slot = Some(error);
+    }
+}
+
+/// Waits until apalis-redis has recorded `n` jobs in its done set. Progress is the handler's
+/// count; the done set is read once the handler has seen every job.
+async fn apalis_wait(
+    ctx: &mut Ctx,
+    n: usize,
+    started: Instant,
+    handled: &AtomicU64,
+    first_error: &Mutex<Option<String>>,
+    done_key: &str,
+    running: &mut Stoppable<Result<(), String>>,
+) -> Result<f64> {
+    let n = n as u64;
+    let mut last = (0, 0);
+    let mut last_change = Instant::now();
+    loop {
+        let seen = handled.load(Ordering::Relaxed);
+        let done: u64 = if seen >= n {
+            redis::cmd("SCARD")
+                .arg(done_key)
+                .query_async(&mut ctx.admin)
+                .await?
+        } else {
+            last.1
+        };
+        if done >= n {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if (seen, done) != last {
+            last = (seen, done);
+            last_change = Instant::now();
+        }
+        let error = first_error.lock().ok().and_then(|e| e.clone());
+        if running.is_finished() {
+            let why = running.finished_reason().await;
+            match error {
+                Some(error) => bail!("{error} ({seen}/{n} handled; the worker stopped: {why})"),
+                None => bail!("the worker stopped by itself: {why} ({seen}/{n} handled)"),
+            }
+        }
+        if let Some(error) = error
+            && last_change.elapsed() > Duration::from_secs(2)
+        {
+            bail!("{error} (no progress for 2 s; {seen}/{n} handled)");
+        }
+        if last_change.elapsed() > ctx.stall {
+            bail!(
+                "no progress for {} s ({seen}/{n} handled, {done} done)",
+                ctx.stall.as_secs()
+            );
+        }
+        if started.elapsed() > ctx.phase_timeout {
+            bail!(
+                "processing took longer than {} s ({seen}/{n} handled)",
+                ctx.phase_timeout.as_secs()
+            );
+        }
+        check_interrupted()?;
+        tokio::time::sleep(poll_interval(started)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared phases and helpers
+
+/// Enqueues `n` stage jobs in chunks through `push`. Only the push calls are timed (building
+/// the envelopes is the benchmark's own work); Redis CPU covers the whole phase.
+async fn enqueue_phase<F, Fut>(
+    ctx: &mut Ctx,
+    n: usize,
+    before: &RedisSample,
+    mut push: F,
+) -> Result<Phase>
+where
+    F: FnMut(Vec<Envelope>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let phase_start = Instant::now();
+    let mut spent = Duration::ZERO;
+    let mut start = 0;
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    while start < n {
+        check_interrupted()?;
+        let end = (start + ctx.enqueue_chunk).min(n);
+        let envs: Vec<Envelope> = (start..end).map(jobs::stage).collect();
+        let left = ctx.phase_timeout.saturating_sub(phase_start.elapsed());
+        if left.is_zero() {
+            bail!(
+                "enqueue took longer than {} s ({start}/{n} enqueued)",
+                ctx.phase_timeout.as_secs()
+            );
+        }
+        let t = Instant::now();
+        tokio::time::timeout(left.min(Duration::from_secs(60)), push(envs))
+            .await
+            .map_err(|_| anyhow!("an enqueue call timed out ({start}/{n} enqueued)"))?
+            .with_context(|| format!("enqueue failed after {start}/{n} jobs"))?;
+        spent += t.elapsed();
+        start = end;
+        if Instant::now() >= next_report {
+            eprintln!("   enqueued {start}/{n}");
+            next_report = Instant::now() + Duration::from_secs(10);
+        }
+    }
+    let after = sample(ctx).await?;
+    Ok(phase_between(ctx, before, &after, spent.as_secs_f64()))
+}
+
+/// Polls fast at first (short runs need the resolution), then every 10 ms.
+fn poll_interval(started: Instant) -> Duration {
+    if started.elapsed() < Duration::from_secs(2) {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
+    }
+}
+
+/// A spawned worker that can be asked to stop, and is aborted if it does not.
+struct Stoppable<T> {
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<T>>,
+}
+
+impl<T: std::fmt::Debug> Stoppable<T> {
+    fn new(stop: oneshot::Sender<()>, join: tokio::task::JoinHandle<T>) -> Stoppable<T> {
+        Stoppable {
+            stop: Some(stop),
+            join: Some(join),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.join.as_ref().is_none_or(|j| j.is_finished())
+    }
+
+    /// Why a finished worker finished (its result, or its panic).
+    async fn finished_reason(&mut self) -> String {
+        match self.join.take() {
+            None => "stopped".into(),
+            Some(join) => match tokio::time::timeout(Duration::from_secs(5), join).await {
+                Ok(Ok(r)) => format!("{r:?}"),
+                Ok(Err(e)) => format!("task failed: {e}"),
+                Err(_) => "did not finish".into(),
+            },
+        }
+    }
+
+    /// Asks the worker to stop and waits up to `within`; aborts it after that.
+    async fn stop(&mut self, within: Duration) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut join) = self.join.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(within, &mut join).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("task failed: {e}")),
+            Err(_) => {
+                join.abort();
+                Err(format!("did not stop within {within:?}; aborted"))
+            }
+        }
+    }
+}
+
+impl<T> Drop for Stoppable<T> {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(join) = self.join.take() {
+            join.abort();
+        }
+    }
+}
+
+fn record_failure(result: &mut RunResult, outcome: std::thread::Result<Result<()>>) {
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            format!("panicked: {msg}")
+        }
+    };
+    if result.enqueue.is_err() {
+        result.enqueue = Err(error.clone());
+    }
+    if result.process.is_err() {
+        result.process = Err(error);
+    }
+}
+
+/// Deletes every key matching `patterns` (SCAN MATCH, DEL) and the `(key, member)` registry
+/// entries; returns the number of keys deleted. Bounded to five minutes.
+async fn cleanup(ctx: &mut Ctx, patterns: &[String], members: &[(String, String)]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut deleted = 0;
+    let mut last_error = None;
+    // Each step is retried (Redis may still be running a script of the run) until the
+    // deadline; SCAN resumes from the cursor it had reached.
+    for pattern in patterns {
+        let mut cursor: u64 = 0;
+        loop {
+            let step = async {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(5000)
+                    .query_async(&mut ctx.admin)
+                    .await?;
+                let mut n = 0;
+                for chunk in keys.chunks(1000) {
+                    let d: u64 = redis::cmd("DEL")
+                        .arg(chunk)
+                        .query_async(&mut ctx.admin)
+                        .await?;
+                    n += d;
+                }
+                Ok::<(u64, u64), redis::RedisError>((next, n))
+            };
+            match step.await {
+                Ok((next, n)) => {
+                    deleted += n;
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("   cleanup: {e}; retrying");
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "   CLEANUP FAILED, keys left behind: {e} (pattern {pattern}; delete with: redis-cli --scan --pattern '{pattern}' | xargs redis-cli DEL)"
+                    );
+                    return deleted;
+                }
+            }
+        }
+    }
+    for (key, member) in members {
+        loop {
+            let zrem: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(key)
+                .arg(member)
+                .query_async(&mut ctx.admin)
+                .await;
+            match zrem {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    eprintln!("   CLEANUP FAILED: ZREM {key} {member}: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = last_error {
+        eprintln!("   cleanup recovered after: {e}");
+    }
+    deleted
+}
+
+/// Waits (up to `--quiet-wait-secs`) until no other client is using Redis and no other
+/// process is using the CPU; says so if they never stopped.
+async fn wait_quiet(ctx: &mut Ctx) -> Option<String> {
+    let deadline = Instant::now() + ctx.quiet_wait;
+    let mut announced = false;
+    loop {
+        let window = Duration::from_millis(500);
+        let snap = CpuSnap::take(ctx.redis_pid);
+        let a = redis_cpu_us(ctx).await;
+        tokio::time::sleep(window).await;
+        let b = redis_cpu_us(ctx).await;
+        let others = snap.others_since(ctx.redis_pid).unwrap_or(0.0);
+        let rate = match (a, b) {
+            (Ok(a), Ok(b)) => (b - a) / window.as_secs_f64(),
+            (Err(e), _) | (_, Err(e)) => return Some(format!("could not read Redis CPU: {e:#}")),
+        };
+        let foreign = foreign_active(ctx, 0).await.unwrap_or_default();
+        if rate < 10_000.0 && foreign.is_empty() && others < 0.1 {
+            return None;
+        }
+        let state = format!(
+            "Redis CPU {rate:.0} µs/s, other Redis clients active: {}, other processes' CPU {others:.2} cores",
+            if foreign.is_empty() {
+                "none".to_owned()
+            } else {
+                foreign.join(", ")
+            }
+        );
+        if Instant::now() > deadline || INTERRUPTED.load(Ordering::Relaxed) {
+            return Some(format!("machine not quiet before the run: {state}"));
+        }
+        if !announced {
+            eprintln!("   waiting for a quiet machine ({state})");
+            announced = true;
+        }
+    }
+}
+
+/// Notes other clients that sent Redis commands since `since` (the phase's Redis CPU includes
+/// their work), and other processes that used more than a tenth of a core (the phase shared
+/// the machine's two cores with them).
+async fn note_foreign(ctx: &mut Ctx, result: &mut RunResult, phase: &str, since: &CpuSnap) {
+    if let Some(others) = since.others_since(ctx.redis_pid)
+        && others > 0.1
+    {
+        result.noisy = true;
+        result.notes.push(format!(
+            "other processes used {others:.2} cores of CPU during {phase}"
+        ));
+    }
+    let within = since.at.elapsed().as_secs() + 1;
+    match foreign_active(ctx, within).await {
+        Ok(foreign) if foreign.is_empty() => {}
+        Ok(foreign) => {
+            result.noisy = true;
+            result.notes.push(format!(
+                "other Redis clients active during {phase}: {}",
+                foreign.join(", ")
+            ));
+        }
+        Err(e) => result.notes.push(format!("CLIENT LIST failed: {e:#}")),
+    }
+}
+
+/// Local TCP ports of this process's sockets, to tell its Redis connections from others'.
+fn own_ports() -> HashSet<u16> {
+    let mut inodes = HashSet::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for entry in dir.flatten() {
+            if let Ok(target) = std::fs::read_link(entry.path())
+                && let Some(inode) = target
+                    .to_string_lossy()
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u64>().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    let mut ports = HashSet::new();
+    for file in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+                && let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// Other clients of this Redis that sent a command within the last `within_secs` seconds
+/// (CLIENT LIST `idle`, whole seconds).
+async fn foreign_active(ctx: &mut Ctx, within_secs: u64) -> Result<Vec<String>> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut ctx.admin)
+        .await?;
+    let ours = own_ports();
+    let mut out = Vec::new();
+    for line in list.lines() {
+        let field = |name: &str| line.split(' ').find_map(|kv| kv.strip_prefix(name));
+        let Some(addr) = field("addr=") else {
+            continue;
+        };
+        let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        if port.is_some_and(|p| ours.contains(&p)) {
+            continue;
+        }
+        let idle: u64 = field("idle=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        if idle <= within_secs {
+            out.push(format!(
+                "{addr} (last command {})",
+                field("cmd=").unwrap_or("?")
+            ));
+        }
+    }
+    Ok(out)
+}
+
+async fn redis_cpu_us(ctx: &mut Ctx) -> Result<f64> {
+    let cpu = info(ctx, "cpu").await?;
+    let get = |k: &str| {
+        cpu.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("INFO has no {k}"))
+    };
+    Ok((get("used_cpu_sys")? + get("used_cpu_user")?) * 1e6)
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn info(ctx: &mut Ctx, section: &str) -> Result<HashMap<String, String>> {
+    let text: String = tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::cmd("INFO").arg(section).query_async(&mut ctx.admin),
+    )
+    .await
+    .map_err(|_| anyhow!("INFO {section} timed out"))??;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+async fn sample(ctx: &mut Ctx) -> Result<RedisSample> {
+    let cpu = info(ctx, "cpu").await?;
+    let mem = info(ctx, "memory").await?;
+    let num = |m: &HashMap<String, String>, k: &str| -> Result<f64> {
+        m.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("INFO has no {k}"))
+    };
+    let cpu_us = (num(&cpu, "used_cpu_sys")? + num(&cpu, "used_cpu_user")?) * 1e6;
+    let used_memory = num(&mem, "used_memory")? as i64;
+    let mut cmdstats = HashMap::new();
+    if ctx.commandstats {
+        for (k, v) in info(ctx, "commandstats").await? {
+            let Some(cmd) = k.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            cmdstats.insert(cmd.to_owned(), (field("calls="), field("usec=")));
+        }
+    }
+    Ok(RedisSample {
+        cpu_us,
+        used_memory,
+        cmdstats,
+    })
+}
+
+fn phase_between(ctx: &Ctx, before: &RedisSample, after: &RedisSample, secs: f64) -> Phase {
+    let mut top: Vec<(String, u64, u64)> = Vec::new();
+    if ctx.commandstats {
+        for (cmd, (calls, usec)) in &after.cmdstats {
+            let (c0, u0) = before.cmdstats.get(cmd).copied().unwrap_or((0, 0));
+            if usec > &u0 {
+                top.push((cmd.clone(), calls.saturating_sub(c0), usec - u0));
+            }
+        }
+        top.sort_by_key(|t| std::cmp::Reverse(t.2));
+        top.truncate(10);
+    }
+    Phase {
+        secs,
+        redis_cpu_us: after.cpu_us - before.cpu_us,
+        mem_delta: after.used_memory - before.used_memory,
+        worker_cpu_us: None,
+        top,
+    }
+}
+
+/// This process's CPU time (user + system, all threads), µs; 10 ms resolution.
+fn process_cpu_us() -> Option<f64> {
+    // /proc reports clock ticks of USER_HZ, 100 on Linux.
+    process_ticks("self").map(|t| t as f64 * 10_000.0)
+}
+
+fn vm_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
+    let server = info(ctx, "server").await?;
+    let clients = info(ctx, "clients").await?;
+    ctx.redis_pid = server
+        .get("process_id")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| process_ticks(&p.to_string()).is_some());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    // Round trip: sequential PINGs on one connection.
+    let mut rtts = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut ctx.admin).await?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtts.sort_by(f64::total_cmp);
+    // Redis's own CPU while this benchmark is idle (other clients, serverCron).
+    let a = sample(ctx).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = sample(ctx).await?;
+    let get = |m: &HashMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let payload = jobs::stage(0).to_json().len();
+    Ok(vec![
+        format!(
+            "- machine: nproc {nproc}, {cpu_model}, Linux {kernel}; worker runtime: tokio multi-thread ({nproc} threads)"
+        ),
+        format!(
+            "- Redis {} ({}, hz {}) at {} on loopback (127.0.0.1), same machine; PING round trip median {:.0} µs, p99 {:.0} µs",
+            get(&server, "redis_version"),
+            get(&server, "redis_mode"),
+            get(&server, "hz"),
+            ctx.url,
+            rtts[rtts.len() / 2],
+            rtts[rtts.len() * 99 / 100],
+        ),
+        format!(
+            "- Redis clients connected at start: {}; Redis CPU while this benchmark idled: {:.0} µs/s; Redis process {} (CPU of other processes is watched: {})",
+            get(&clients, "connected_clients"),
+            b.cpu_us - a.cpu_us,
+            get(&server, "process_id"),
+            if ctx.redis_pid.is_some() { "yes" } else { "no" },
+        ),
+        format!(
+            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist fetch_batch {} (capped by free capacity), lease {} s; apalis-redis batch_size {}, other Config defaults",
+            ctx.enqueue_chunk,
+            ctx.fetch_batch,
+            ctx.lease.as_secs(),
+            ctx.apalis_batch
+                .map_or_else(|| "= concurrency".to_owned(), |b| b.to_string()),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn rate(n: usize, secs: f64) -> String {
+    if secs <= 0.0 {
+        return "-".into();
+    }
+    thousands((n as f64 / secs).round() as u64)
+}
+
+fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn per_job(total: f64, n: usize) -> f64 {
+    total / n as f64
+}
+
+fn summary_line(r: &RunResult) -> String {
+    let enq = match &r.enqueue {
+        Ok(p) => format!("enqueue {} jobs/s", rate(r.backlog, p.secs)),
+        Err(e) => format!("enqueue failed: {e}"),
+    };
+    let proc_ = match &r.process {
+        Ok(p) => format!(
+            "process {} jobs/s, Redis {:.1} µs/job",
+            rate(r.backlog, p.secs),
+            per_job(p.redis_cpu_us, r.backlog)
+        ),
+        Err(e) => format!("process failed: {e}"),
+    };
+    format!("{enq}; {proc_}; {} keys deleted", r.deleted_keys)
+}
+
+/// Shortens a failure for a table cell.
+fn short(e: &str) -> String {
+    let one_line = e.replace('\n', " ").replace('|', "/");
+    if one_line.chars().count() > 160 {
+        format!("{}…", one_line.chars().take(160).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx: &mut Ctx) {
+    let mut out = String::new();
+    out.push_str("## Queue benchmark (no-op jobs)\n\n");
+    out.push_str(&format!(
+        "Command line: `queue-bench {}`\n\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    ));
+    for f in facts {
+        out.push_str(f);
+        out.push('\n');
+    }
+    if let Ok(clients) = info(ctx, "clients").await {
+        out.push_str(&format!(
+            "- Redis clients connected at the end: {}\n",
+            clients.get("connected_clients").map_or("?", |s| s.as_str())
+        ));
+    }
+    if let Some(hwm) = vm_kib("VmHWM") {
+        out.push_str(&format!(
+            "- worker process peak RSS over the whole run (both systems): {:.1} MiB\n",
+            hwm as f64 / 1024.0
+        ));
+    }
+    out.push('\n');
+    out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | worker CPU µs/job (process) | worker RSS MiB |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let n = r.backlog;
+        let (enq_rate, enq_cpu, bytes) = match &r.enqueue {
+            Ok(p) => (
+                rate(n, p.secs),
+                Some(per_job(p.redis_cpu_us, n)),
+                format!("{:.0}", p.mem_delta as f64 / n as f64),
+            ),
+            Err(e) => (format!("failed: {}", short(e)), None, "-".into()),
+        };
+        let (proc_rate, proc_cpu, worker_cpu) = match &r.process {
+            Ok(p) => (
+                rate(n, p.secs),
+                Some(per_job(p.redis_cpu_us, n)),
+                p.worker_cpu_us
+                    .map_or("-".into(), |c| format!("{:.1}", per_job(c, n))),
+            ),
+            Err(e) => (format!("failed: {}", short(e)), None, "-".into()),
+        };
+        let cpu = format!(
+            "{} / {} / {}",
+            enq_cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            proc_cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            enq_cpu
+                .zip(proc_cpu)
+                .map_or("-".into(), |(a, b)| format!("{:.1}", a + b)),
+        );
+        let retained = r
+            .retained_bytes
+            .map_or("-".into(), |b| format!("{:.0}", b as f64 / n as f64));
+        let rss = r
+            .rss_kib
+            .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        out.push_str(&format!(
+            "| {}{} | {} | {} | {enq_rate} | {proc_rate} | {cpu} | {bytes} | {retained} | {worker_cpu} | {rss} |\n",
+            r.system.label(),
+            if r.noisy { " †" } else { "" },
+            thousands(n as u64),
+            r.concurrency,
+        ));
+    }
+
+    if results.iter().any(|r| r.noisy) {
+        out.push_str("\n† another Redis client or another process was active during this run (see Notes): Redis CPU and memory figures may include another client's work, and throughput shared the cores.\n");
+    }
+
+    // Ratios.
+    out.push_str("\natr-dist / apalis-redis, processing jobs/s:\n\n");
+    let mut any_pair = false;
+    for a in results.iter().filter(|r| r.system == System::AtrDist) {
+        let Some(b) = results.iter().find(|r| {
+            r.system == System::ApalisRedis
+                && r.backlog == a.backlog
+                && r.concurrency == a.concurrency
+        }) else {
+            continue;
+        };
+        any_pair = true;
+        let line = match (&a.process, &b.process) {
+            (Ok(pa), Ok(pb)) => format!("{:.2}×", pb.secs / pa.secs),
+            (_, Err(e)) => format!("apalis-redis failed: {}", short(e)),
+            (Err(e), Ok(_)) => format!("atr-dist failed: {}", short(e)),
+        };
+        out.push_str(&format!(
+            "- backlog {}, concurrency {}: {line}\n",
+            thousands(a.backlog as u64),
+            a.concurrency
+        ));
+    }
+    if !any_pair {
+        out.push_str("- (no pairs: run both systems)\n");
+    }
+
+    // Targets, atr-dist only.
+    let atr: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.system == System::AtrDist)
+        .collect();
+    if !atr.is_empty() {
+        out.push_str("\nTargets (atr-dist):\n\n");
+        let mut best: Option<(f64, &RunResult)> = None;
+        let mut cpu_ok = 0;
+        let mut cpu_rows = 0;
+        let mut worst_cpu: f64 = 0.0;
+        for r in &atr {
+            if let (Ok(e), Ok(p)) = (&r.enqueue, &r.process) {
+                let jps = r.backlog as f64 / p.secs;
+                if best.is_none_or(|(b, _)| jps > b) {
+                    best = Some((jps, r));
+                }
+                let total = per_job(e.redis_cpu_us + p.redis_cpu_us, r.backlog);
+                cpu_rows += 1;
+                worst_cpu = worst_cpu.max(total);
+                if total <= 15.0 {
+                    cpu_ok += 1;
+                }
+            }
+        }
+        match best {
+            Some((jps, r)) => out.push_str(&format!(
+                "- >= 50,000 jobs/s processing: {} (best {} jobs/s at backlog {}, concurrency {})\n",
+                if jps >= 50_000.0 { "met" } else { "NOT met" },
+                thousands(jps.round() as u64),
+                thousands(r.backlog as u64),
+                r.concurrency
+            )),
+            None => out.push_str("- >= 50,000 jobs/s processing: no successful run\n"),
+        }
+        out.push_str(&format!(
+            "- <= 15 µs Redis CPU per job (enqueue + process): {} ({cpu_ok} of {cpu_rows} runs; worst {worst_cpu:.1} µs)\n",
+            if cpu_rows > 0 && cpu_ok == cpu_rows {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ));
+        for &c in &args.concurrency {
+            let mut rows: Vec<&&RunResult> = atr
+                .iter()
+                .filter(|r| r.concurrency == c && r.enqueue.is_ok() && r.process.is_ok())
+                .collect();
+            rows.sort_by_key(|r| r.backlog);
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                continue;
+            };
+            if first.backlog == last.backlog {
+                continue;
+            }
+            let metric = |r: &RunResult| -> (f64, f64) {
+                let (Ok(e), Ok(p)) = (&r.enqueue, &r.process) else {
+                    return (0.0, 0.0);
+                };
+                (
+                    per_job(e.redis_cpu_us + p.redis_cpu_us, r.backlog),
+                    r.backlog as f64 / p.secs,
+                )
+            };
+            let (cpu_a, jps_a) = metric(first);
+            let (cpu_b, jps_b) = metric(last);
+            let cpu_ratio = cpu_b / cpu_a;
+            let jps_ratio = jps_b / jps_a;
+            let flat = (0.8..=1.25).contains(&cpu_ratio) && jps_ratio >= 0.8;
+            out.push_str(&format!(
+                "- per-job cost flat as backlog grows (concurrency {c}, backlog {} → {}): Redis µs/job {cpu_a:.1} → {cpu_b:.1} (×{cpu_ratio:.2}), process jobs/s {} → {} (×{jps_ratio:.2}): {}\n",
+                thousands(first.backlog as u64),
+                thousands(last.backlog as u64),
+                thousands(jps_a.round() as u64),
+                thousands(jps_b.round() as u64),
+                if flat {
+                    "flat (Redis µs/job within 0.8–1.25×, jobs/s not below 0.8×)"
+                } else {
+                    "NOT flat (Redis µs/job outside 0.8–1.25× or jobs/s below 0.8×)"
+                },
+            ));
+        }
+    }
+
+    let notes: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.notes.iter().map(move |n| {
+                format!(
+                    "- {} backlog {} concurrency {}: {n}",
+                    r.system.label(),
+                    r.backlog,
+                    r.concurrency
+                )
+            })
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("\nNotes:\n\n");
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+
+    if args.commandstats {
+        out.push_str("\nRedis commands by CPU (INFO commandstats deltas; commands run inside scripts are counted too, and in their script):\n");
+        for r in results {
+            for (phase_name, phase) in [("enqueue", &r.enqueue), ("process", &r.process)] {
+                let Ok(p) = phase else { continue };
+                out.push_str(&format!(
+                    "\n{} backlog {} concurrency {}, {phase_name} (Redis CPU {:.1} µs/job):\n",
+                    r.system.label(),
+                    thousands(r.backlog as u64),
+                    r.concurrency,
+                    per_job(p.redis_cpu_us, r.backlog)
+                ));
+                for (cmd, calls, usec) in &p.top {
+                    out.push_str(&format!(
+                        "  {cmd:<16} calls {calls:>9}  {:>8.2} µs/job  {:>8.1} µs/call\n",
+                        *usec as f64 / r.backlog as f64,
+                        if *calls > 0 {
+                            *usec as f64 / *calls as f64
+                        } else {
+                            0.0
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    println!("{out}");
+}
