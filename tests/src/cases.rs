@@ -615,8 +615,9 @@ pub async fn shutdown_releases_unfinished_jobs(q: &Queue) {
         .await
         .unwrap();
     let running = RunningPool::start(q, handler, config);
-    eventually("two jobs run", Duration::from_secs(10), || async {
-        count(q, JobState::Running).await == 2
+    // Two run; the pool may lease more (its next batch), and those are released too.
+    eventually("jobs leased", Duration::from_secs(10), || async {
+        count(q, JobState::Running).await >= 2
     })
     .await;
     running.stop().await;
