@@ -14,11 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atr_dist::pipeline::Pipeline;
 use atr_dist::platform::oci::{ACCEPT_ALL, OCI_INDEX, OCI_MANIFEST};
-use atr_dist::platform::{Adapters, Artifact, PlatformAdapter, StageRequest};
-use atr_dist::queue::Queue;
-use atr_dist::source::{DirSource, Sources};
+use atr_dist::platform::{Artifact, StageRequest};
 use atr_dist_shared::names::{
     ArtifactPath, DistTag, PackageName, ReleaseKey, RevisionKey, RevisionNumber, Version,
 };
@@ -30,7 +27,6 @@ use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use sea_orm::DatabaseConnection;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use url::Url;
@@ -810,27 +806,6 @@ pub fn stage_request(
         ),
         artifacts,
         staging_tag: DistTag::new(staging_tag).expect("tag"),
-    }
-}
-
-/// A pipeline whose only adapter is `adapter`, for Docker Hub.
-pub fn pipeline(
-    db: DatabaseConnection,
-    queue: Queue,
-    root: &Path,
-    adapter: Arc<dyn PlatformAdapter>,
-) -> Pipeline {
-    Pipeline {
-        db,
-        queue,
-        adapters: Adapters::default().with(Platform::DockerHub, adapter),
-        sources: Sources {
-            dir: Some(Arc::new(DirSource::new(root))),
-            atr: None,
-        },
-        lock_ttl: Duration::from_secs(10),
-        staging_tags: HashMap::new(),
-        per_platform: HashMap::new(),
     }
 }
 

@@ -9,22 +9,18 @@ use std::time::{Duration, Instant};
 
 use atr_dist::config::RetryConfig;
 use atr_dist::platform::oci::{OCI_INDEX, OCI_MANIFEST, OciAdapter, OciSettings};
-use atr_dist::platform::{PlatformAdapter, PromoteRequest};
+use atr_dist::platform::{Adapters, PlatformAdapter, PromoteRequest};
 use atr_dist::secret::Secret;
-use atr_dist_shared::entities::{distribution, job_run};
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::names::DistTag;
 use atr_dist_shared::{Digest, Envelope, ErrorClass, JobState, Platform};
-use atr_dist_tests::cases::{RunningPool, eventually, pool_config};
+use atr_dist_tests::cases::eventually;
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::oci_support::{
     Fault, FaultProxy, Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key,
-    multi_arch_image, pipeline, registry_has_blob, registry_manifest, single_image, stage_request,
+    multi_arch_image, registry_has_blob, registry_manifest, single_image, stage_request,
 };
-use atr_dist_tests::pipeline_support::Revisions;
-use atr_dist_tests::redis_support::TestQueue;
-use atr_dist_tests::{PgDatabase, SqliteDatabase};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use atr_dist_tests::pipeline_support::{Db, Harness};
 use url::Url;
 
 const STAGING_TAG: &str = "rc-1.0.0";
@@ -61,114 +57,20 @@ fn promote_request(package: &str, image: &OciImage) -> PromoteRequest {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
 const FAST: RetryConfig = RetryConfig {
     base_ms: 20,
     cap_ms: 100,
     max_attempts: 5,
 };
 
-/// The real pipeline with the OCI adapter, on a fresh database and queue.
-struct Harness {
-    t: TestQueue,
-    revs: Revisions,
-    db: DatabaseConnection,
-    pool: Option<RunningPool>,
-    _pg: Option<PgDatabase>,
-    _sqlite: Option<SqliteDatabase>,
+/// The real pipeline with the OCI adapter for DOCKER_HUB, on a fresh database and queue.
+async fn harness(which: Db, adapter: OciAdapter) -> Harness {
+    harness_with_retry(which, adapter, FAST).await
 }
 
-impl Harness {
-    async fn new(which: Db, adapter: OciAdapter) -> Harness {
-        Harness::with_retry(which, adapter, FAST).await
-    }
-
-    async fn with_retry(which: Db, adapter: OciAdapter, retry: RetryConfig) -> Harness {
-        let (url, pg, sqlite) = match which {
-            Db::Sqlite => {
-                let s = SqliteDatabase::create();
-                (s.url.clone(), None, Some(s))
-            }
-            Db::Postgres => {
-                let p = PgDatabase::create().await;
-                (p.url.clone(), Some(p), None)
-            }
-        };
-        let db = atr_dist::db::connect(&Secret::new(url), 4).await.unwrap();
-        atr_dist::db::migrate_up(&db).await.unwrap();
-        let t = TestQueue::new().await;
-        let revs = Revisions::new();
-        let p = pipeline(db.clone(), t.queue.clone(), revs.root(), Arc::new(adapter));
-        let pool = RunningPool::start(&t.queue, p, pool_config(2, retry));
-        Harness {
-            t,
-            revs,
-            db,
-            pool: Some(pool),
-            _pg: pg,
-            _sqlite: sqlite,
-        }
-    }
-
-    async fn run(&self, envelope: &Envelope, max_attempts: u32) -> JobState {
-        let e = self
-            .t
-            .queue
-            .enqueue(envelope, None, max_attempts)
-            .await
-            .unwrap();
-        let q = &self.t.queue;
-        eventually("job settles", Duration::from_secs(60), || async {
-            q.show(&e.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .summary
-                .state
-                .is_terminal()
-        })
-        .await;
-        q.show(&e.id).await.unwrap().unwrap().summary.state
-    }
-
-    async fn last_error(&self, job: &Envelope) -> String {
-        let shown = self
-            .t
-            .queue
-            .show(&job.id.to_string())
-            .await
-            .unwrap()
-            .unwrap();
-        shown.summary.last_error.unwrap_or_default()
-    }
-
-    async fn row(&self) -> distribution::Model {
-        distribution::Entity::find()
-            .one(&self.db)
-            .await
-            .unwrap()
-            .expect("a distribution row")
-    }
-
-    async fn runs(&self, job: &Envelope) -> Vec<job_run::Model> {
-        job_run::Entity::find()
-            .filter(job_run::Column::JobId.eq(job.id.to_string()))
-            .order_by_asc(job_run::Column::Attempt)
-            .all(&self.db)
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.stop().await;
-        }
-    }
+async fn harness_with_retry(which: Db, adapter: OciAdapter, retry: RetryConfig) -> Harness {
+    let adapters = Adapters::default().with(Platform::DockerHub, Arc::new(adapter));
+    Harness::new(which, adapters, retry).await
 }
 
 fn dist(package: &str) -> Dist {
@@ -195,7 +97,7 @@ fn writes(proxy: &FaultProxy) -> usize {
 async fn stage_then_promote(which: Db) {
     let registry = Registry::start(RegistryAuth::None).await;
     let proxy = FaultProxy::start(&registry.url).await;
-    let h = Harness::new(which, adapter(&proxy.url)).await;
+    let h = harness(which, adapter(&proxy.url)).await;
     let image = single_image("image", "hello from 1.0.0");
     h.revs.write("00001", &image.file_refs());
 
@@ -224,7 +126,7 @@ async fn stage_then_promote(which: Db) {
         "{}",
         h.last_error(&s).await
     );
-    let row = h.row().await;
+    let row = h.row().await.unwrap();
     assert!(row.staging && !row.promoted);
     assert_eq!(row.staging_tag.as_deref(), Some(STAGING_TAG));
     assert_eq!(row.platform_digest.as_deref(), Some(image.digest.as_str()));
@@ -249,7 +151,7 @@ async fn stage_then_promote(which: Db) {
         "{}",
         h.last_error(&p).await
     );
-    let row = h.row().await;
+    let row = h.row().await.unwrap();
     assert!(row.promoted && !row.staging);
     assert_eq!(row.platform_digest.as_deref(), Some(image.digest.as_str()));
     assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("completed"));
@@ -301,7 +203,7 @@ async fn an_image_ci_already_pushed_is_adopted_without_writes() {
     .await
     .unwrap();
 
-    let h = Harness::new(Db::Sqlite, adapter(&proxy.url)).await;
+    let h = harness(Db::Sqlite, adapter(&proxy.url)).await;
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("adopted", &image, false);
     assert_eq!(
@@ -312,7 +214,7 @@ async fn an_image_ci_already_pushed_is_adopted_without_writes() {
     );
     assert_eq!(h.runs(&s).await[0].outcome.as_deref(), Some("unchanged"));
     assert_eq!(
-        h.row().await.platform_digest.as_deref(),
+        h.row().await.unwrap().platform_digest.as_deref(),
         Some(image.digest.as_str())
     );
     assert_eq!(writes(&proxy), 0, "{:?}", proxy.seen());
@@ -322,7 +224,7 @@ async fn an_image_ci_already_pushed_is_adopted_without_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_arch_index_is_promoted_as_the_index() {
     let registry = Registry::start(RegistryAuth::None).await;
-    let h = Harness::new(Db::Sqlite, adapter(&registry.url)).await;
+    let h = harness(Db::Sqlite, adapter(&registry.url)).await;
     let image = multi_arch_image("image", "multi");
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("multi", &image, false);
@@ -350,7 +252,7 @@ async fn a_multi_arch_index_is_promoted_as_the_index() {
         assert_eq!((&d, media_type.as_str()), (child, OCI_MANIFEST));
     }
     assert_eq!(
-        h.row().await.platform_digest.as_deref(),
+        h.row().await.unwrap().platform_digest.as_deref(),
         Some(image.digest.as_str())
     );
     h.stop().await;
@@ -359,7 +261,7 @@ async fn a_multi_arch_index_is_promoted_as_the_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staging_tag_moved_before_promote_is_refused() {
     let registry = Registry::start(RegistryAuth::None).await;
-    let h = Harness::new(Db::Sqlite, adapter(&registry.url)).await;
+    let h = harness(Db::Sqlite, adapter(&registry.url)).await;
     let image = single_image("image", "voted");
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("moved", &image, false);
@@ -395,7 +297,7 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
         registry_manifest(&registry.url, "apache/moved", "1.0.0").await,
         None
     );
-    assert!(!h.row().await.promoted);
+    assert!(!h.row().await.unwrap().promoted);
     h.stop().await;
 }
 
@@ -631,7 +533,7 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
         cap_ms: 600_000,
         ..FAST
     };
-    let h = Harness::with_retry(Db::Sqlite, adapter(&proxy.url), patient).await;
+    let h = harness_with_retry(Db::Sqlite, adapter(&proxy.url), patient).await;
     h.revs.write("00001", &image.file_refs());
     proxy.inject(Fault::retry_after(429, 120, 1));
     let s = stage_job("busy", &image, false);
