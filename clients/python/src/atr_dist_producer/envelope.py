@@ -131,7 +131,9 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _payload_common(
+def _build(
+    kind: Kind,
+    specific: dict[str, Any],
     *,
     project_key: str,
     version_key: str,
@@ -141,8 +143,13 @@ def _payload_common(
     version: str,
     revision: str,
     source: Source | None,
-) -> dict[str, Any]:
-    return {
+    asf_uid: str,
+    dry_run: bool,
+    idempotency_key: str | None,
+) -> Envelope:
+    """The envelope of either kind: the common payload fields, the kind's own fields
+    (``specific``, where ``None`` values are left out), and the default key when none is given."""
+    payload: dict[str, Any] = {
         "release": {"project_key": project_key, "version_key": version_key},
         "distribution": {
             "platform": platform_name(platform),
@@ -153,6 +160,22 @@ def _payload_common(
         "revision": revision,
         "source": _source(source),
     }
+    payload.update({k: v for k, v in specific.items() if v is not None})
+    payload["dry_run"] = dry_run
+    payload["asf_uid"] = asf_uid
+    if idempotency_key is None:
+        idempotency_key = default_idempotency_key(
+            kind=kind,
+            project_key=project_key,
+            version_key=version_key,
+            platform=platform,
+            owner_namespace=owner_namespace,
+            package=package,
+            version=version,
+            revision=revision,
+            dry_run=dry_run,
+        )
+    return _envelope(kind, payload, idempotency_key)
 
 
 def _source(source: Source | None) -> Any:
@@ -206,7 +229,9 @@ def build_stage_envelope(
     Not validated here: ``Producer.enqueue_many`` validates before sending. ``staging_tag``
     is left out when ``None`` (the platform's configured default applies).
     """
-    payload = _payload_common(
+    return _build(
+        "stage",
+        {"artifacts": _artifact_list(artifacts), "staging_tag": staging_tag},
         project_key=project_key,
         version_key=version_key,
         platform=platform,
@@ -215,25 +240,10 @@ def build_stage_envelope(
         version=version,
         revision=revision,
         source=source,
+        asf_uid=asf_uid,
+        dry_run=dry_run,
+        idempotency_key=idempotency_key,
     )
-    payload["artifacts"] = _artifact_list(artifacts)
-    if staging_tag is not None:
-        payload["staging_tag"] = staging_tag
-    payload["dry_run"] = dry_run
-    payload["asf_uid"] = asf_uid
-    if idempotency_key is None:
-        idempotency_key = default_idempotency_key(
-            kind="stage",
-            project_key=project_key,
-            version_key=version_key,
-            platform=platform,
-            owner_namespace=owner_namespace,
-            package=package,
-            version=version,
-            revision=revision,
-            dry_run=dry_run,
-        )
-    return _envelope("stage", payload, idempotency_key)
 
 
 def build_promote_envelope(
@@ -256,7 +266,9 @@ def build_promote_envelope(
     Not validated here: ``Producer.enqueue_many`` validates before sending. ``release_tag``
     is left out when ``None`` (``latest`` on npm, the version on OCI registries).
     """
-    payload = _payload_common(
+    return _build(
+        "promote",
+        {"release_tag": release_tag},
         project_key=project_key,
         version_key=version_key,
         platform=platform,
@@ -265,21 +277,7 @@ def build_promote_envelope(
         version=version,
         revision=revision,
         source=source,
+        asf_uid=asf_uid,
+        dry_run=dry_run,
+        idempotency_key=idempotency_key,
     )
-    if release_tag is not None:
-        payload["release_tag"] = release_tag
-    payload["dry_run"] = dry_run
-    payload["asf_uid"] = asf_uid
-    if idempotency_key is None:
-        idempotency_key = default_idempotency_key(
-            kind="promote",
-            project_key=project_key,
-            version_key=version_key,
-            platform=platform,
-            owner_namespace=owner_namespace,
-            package=package,
-            version=version,
-            revision=revision,
-            dry_run=dry_run,
-        )
-    return _envelope("promote", payload, idempotency_key)
