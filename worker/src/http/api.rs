@@ -139,16 +139,9 @@ async fn retry_job(
         &id,
         bounded(Backend::Redis, state.queue().retry(&ids, API_MESSAGE_RETRY)).await?,
     )?;
-    match result.as_str() {
-        "queued" => Ok(Json(ActionBody { id, result })),
-        "not_found" => Err(ApiError::not_found(format!(
-            "no job {id} in queue {}",
-            state.queue().name()
-        ))),
-        other => Err(ApiError::conflict(format!(
-            "job {id} is {other}; only dead or cancelled jobs can be retried"
-        ))),
-    }
+    answer(&state, id, result, &["queued"], |other| {
+        format!("is {other}; only dead or cancelled jobs can be retried")
+    })
 }
 
 async fn cancel_job(
@@ -166,16 +159,41 @@ async fn cancel_job(
         )
         .await?,
     )?;
-    match result.as_str() {
-        "cancelled" | "cancel_requested" => Ok(Json(ActionBody { id, result })),
-        "not_found" => Err(ApiError::not_found(format!(
+    answer(
+        &state,
+        id,
+        result,
+        &["cancelled", "cancel_requested"],
+        |other| {
+            format!(
+                "is already {other}; only scheduled, queued, retrying or running jobs can be cancelled"
+            )
+        },
+    )
+}
+
+/// The API's answer to a per-job script result: the action's own results succeed,
+/// `not_found` is 404, any other (the state the job is in) is a conflict.
+fn answer(
+    state: &AppState,
+    id: String,
+    result: String,
+    ok: &[&str],
+    conflict: impl Fn(&str) -> String,
+) -> Result<Json<ActionBody>, ApiError> {
+    if ok.contains(&result.as_str()) {
+        return Ok(Json(ActionBody { id, result }));
+    }
+    if result == "not_found" {
+        return Err(ApiError::not_found(format!(
             "no job {id} in queue {}",
             state.queue().name()
-        ))),
-        other => Err(ApiError::conflict(format!(
-            "job {id} is already {other}; only scheduled, queued, retrying or running jobs can be cancelled"
-        ))),
+        )));
     }
+    Err(ApiError::conflict(format!(
+        "job {id} {}",
+        conflict(&result)
+    )))
 }
 
 async fn retry_matching(
