@@ -1,4 +1,4 @@
--- atr-dist wire format v1: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v2: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, then 6 values per job:
 --   id, attempt, outcome, delay_ms, error_class, message
@@ -36,6 +36,8 @@ local out = {}
 -- Done jobs leave `running` and enter `done` in one ZREM and one ZADD per call.
 local now_s = tostring(now)
 local done_ids, done_scores = {}, {}
+-- Counters rather than `#t + 1` in this loop: it runs for every job of the batch.
+local n_out, n_done = 0, 0
 for i = 3, #ARGV, 6 do
   local id = ARGV[i]
   local attempt = tonumber(ARGV[i + 1])
@@ -44,28 +46,29 @@ for i = 3, #ARGV, 6 do
   local class = ARGV[i + 4]
   local message = ARGV[i + 5]
   local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'max_attempts', 'cancel_requested')
+  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'cancel_requested')
   local result
   if f[1] ~= 'running' or f[2] ~= worker or tonumber(f[3]) ~= attempt then
     result = 'stale'
   elseif outcome == 'done' then
     -- The common case, kept to the fewest commands: `worker` stays as the last holder.
-    if f[5] then
+    if f[4] then
       redis.call('HDEL', job, 'cancel_requested')
     end
     redis.call('HSET', job, 'state', 'done', 'finished_at', now_s)
-    done_ids[#done_ids + 1] = id
-    done_scores[#done_scores + 1] = now_s
-    done_scores[#done_scores + 1] = id
+    n_done = n_done + 1
+    done_ids[n_done] = id
+    done_scores[2 * n_done - 1] = now_s
+    done_scores[2 * n_done] = id
     counts.done = counts.done + 1
     result = 'done'
   else
     redis.call('ZREM', running, id)
-    if f[5] then
+    if f[4] then
       redis.call('HDEL', job, 'cancel_requested')
     end
     if outcome == 'retry' then
-      local max = tonumber(f[4]) or 1
+      local max = tonumber(redis.call('HGET', job, 'max_attempts')) or 1
       if attempt >= max then
         result = to_dead(job, id, attempt, class,
           'gave up after ' .. attempt .. ' attempt(s); last error: ' .. message)
@@ -104,7 +107,8 @@ for i = 3, #ARGV, 6 do
       return redis.error_reply('ERR atr-dist ack: unknown outcome ' .. tostring(outcome))
     end
   end
-  out[#out + 1] = result
+  n_out = n_out + 1
+  out[n_out] = result
 end
 
 for i = 1, #done_ids, 1000 do

@@ -1,4 +1,4 @@
--- atr-dist wire format v1: fetch (docs/wire-format.md, "fetch").
+-- atr-dist wire format v2: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
@@ -16,6 +16,32 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = prefix .. 'queued'
 local running = prefix .. 'running'
 
+local fmt = redis.call('GET', prefix .. 'format')
+if fmt and fmt ~= '2' then
+  return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
+    '; this worker speaks format 2 (docs/wire-format.md, "Versions")')
+end
+-- A queue without a `format` key is either new or a version 1 queue, which never had one.
+local function holds_jobs()
+  if redis.call('LLEN', prefix .. 'queued') > 0 then
+    return true
+  end
+  for _, set in ipairs({'scheduled', 'retrying', 'running', 'done', 'dead', 'cancelled'}) do
+    if redis.call('ZCARD', prefix .. set) > 0 then
+      return true
+    end
+  end
+  return false
+end
+if not fmt then
+  -- Nothing was ever enqueued in format 2: either there is nothing to do, or the jobs are
+  -- in format 1 and must be moved first.
+  if holds_jobs() then
+    return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
+      'so it is in wire format 1; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+  end
+  return {}
+end
 if redis.call('EXISTS', prefix .. 'paused') == 1 then
   return {}
 end
@@ -70,33 +96,47 @@ if died > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'dead', died)
 end
 
-local ids = redis.call('LPOP', queued, max_jobs)
+local ids = redis.call('LPOP', queued, math.min(max_jobs, 1000))
 if not ids then
   return {}
 end
-local out = {}
--- Leases are added to `running` in one ZADD per call, not one per job.
-local leases = {}
+-- Leases are added to `running` in one ZADD per call, and envelopes read in one HMGET.
+-- Counters rather than `#t + 1` in these loops: they run for every job of the batch.
+local leases, leased, attempts, maxes, waited = {}, {}, {}, {}, {}
+local n = 0
 local expiry = tostring(now + lease_ms)
 local now_s = tostring(now)
 for _, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'envelope', 'queued_at')
+  local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'queued_at', 'enqueued_at')
   -- A list entry whose job is no longer queued (purged, or cancelled and re-queued by an
   -- operator in between) is stale: drop it.
   if f[1] == 'queued' then
     local attempt = (tonumber(f[2]) or 0) + 1
-    redis.call('HSET', job, 'state', 'running', 'attempt', tostring(attempt), 'worker', worker, 'started_at', now_s)
-    leases[#leases + 1] = expiry
-    leases[#leases + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = attempt
-    out[#out + 1] = f[3]
-    out[#out + 1] = f[4]
-    out[#out + 1] = math.max(0, now - (tonumber(f[5]) or now))
+    redis.call('HSET', job, 'state', 'running', 'attempt', attempt, 'worker', worker, 'started_at', now_s)
+    n = n + 1
+    leases[2 * n - 1] = expiry
+    leases[2 * n] = id
+    leased[n] = id
+    attempts[n] = attempt
+    maxes[n] = f[3]
+    waited[n] = math.max(0, now - (tonumber(f[4] or f[5]) or now))
   end
 end
-for i = 1, #leases, 1000 do
-  redis.call('ZADD', running, unpack(leases, i, math.min(i + 999, #leases)))
+if n == 0 then
+  return {}
+end
+redis.call('ZADD', running, unpack(leases))
+local envelopes = redis.call('HMGET', prefix .. 'envelopes', unpack(leased))
+local out = {}
+for k = 1, n do
+  local base = 5 * (k - 1)
+  out[base + 1] = leased[k]
+  out[base + 2] = attempts[k]
+  out[base + 3] = maxes[k]
+  -- A job without an envelope (written by hand) is still leased, as an empty string, and
+  -- then dead-lettered as malformed by the worker.
+  out[base + 4] = envelopes[k] or ''
+  out[base + 5] = waited[k]
 end
 return out

@@ -1,4 +1,4 @@
--- atr-dist wire format v1: heartbeat (docs/wire-format.md, "heartbeat").
+-- atr-dist wire format v2: heartbeat (docs/wire-format.md, "heartbeat").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, id...
 -- Extends the lease of every listed job the worker still holds.

@@ -1,4 +1,4 @@
--- atr-dist wire format v1: distribution locks (docs/wire-format.md, "Distribution locks").
+-- atr-dist wire format v2: distribution locks (docs/wire-format.md, "Distribution locks").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, op (acquire | renew | release), name, owner, ttl_ms
 -- acquire: takes lock:<name> for owner (or extends it if owner holds it already).

@@ -1,8 +1,8 @@
--- atr-dist wire format v1: purge (docs/wire-format.md, "purge").
+-- atr-dist wire format v2: purge (docs/wire-format.md, "purge").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state (done | dead | cancelled), older_than_ms, limit
 -- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with their
--- events and idempotency keys. Returns how many were deleted; call again while it returns
+-- envelopes, events and idempotency keys. Returns how many were deleted; call again while it returns
 -- `limit`.
 local prefix = ARGV[1]
 local state = ARGV[2]
@@ -15,17 +15,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local set = prefix .. state
 local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now - older_than, 'LIMIT', 0, limit)
+local envelopes = prefix .. 'envelopes'
+local idempotency = prefix .. 'idempotency'
 for _, id in ipairs(ids) do
-  local job = prefix .. 'job:' .. id
-  local idem = redis.call('HGET', job, 'idempotency_key')
-  if idem then
-    local idem_key = prefix .. 'idem:' .. idem
-    -- Only if it still names this job.
-    if redis.call('GET', idem_key) == id then
-      redis.call('DEL', idem_key)
+  -- The job's idempotency key is in its envelope. An envelope that is not JSON with an
+  -- idempotency_key (a malformed job) leaves its key behind; enqueue treats a key whose
+  -- job is gone as free, so the leftover blocks nothing.
+  local envelope = redis.call('HGET', envelopes, id)
+  if envelope then
+    local ok, decoded = pcall(cjson.decode, envelope)
+    if ok and type(decoded) == 'table' and type(decoded.idempotency_key) == 'string'
+        and redis.call('HGET', idempotency, decoded.idempotency_key) == id then
+      redis.call('HDEL', idempotency, decoded.idempotency_key)
     end
+    redis.call('HDEL', envelopes, id)
   end
-  redis.call('DEL', job, prefix .. 'events:' .. id)
+  redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'events:' .. id)
   redis.call('ZREM', set, id)
 end
 return #ids

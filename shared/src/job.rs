@@ -57,7 +57,7 @@ impl std::str::FromStr for JobId {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(
     title = "atr-dist job envelope",
-    description = "A stage or promote job as stored on the atr-dist queue (wire format v1)."
+    description = "A stage or promote job as stored on the atr-dist queue (docs/wire-format.md)."
 )]
 pub struct Envelope {
     /// Envelope version; this contract is version 1.

@@ -340,9 +340,6 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
             envelope: text.clone(),
             run_at: None,
             max_attempts: 5,
-            kind: "stage".into(),
-            release: "example-1.0.0".into(),
-            platform: "NPM".into(),
         })
         .collect();
     let bad_ids = q.enqueue_raw(&raws).await.unwrap();

@@ -1129,12 +1129,12 @@ async fn dashboard_escapes_job_data() {
         .enqueue_raw(&[RawJob {
             id: id.clone(),
             idempotency_key: unique_name("evil"),
-            envelope: format!("{{\"v\":1,\"kind\":\"{evil}\"}}"),
+            // Kind and platform are shown as the envelope has them, valid or not.
+            envelope:
+                json!({"v": 1, "kind": evil, "payload": {"distribution": {"platform": evil}}})
+                    .to_string(),
             run_at: None,
             max_attempts: 1,
-            kind: evil.to_owned(),
-            release: evil.to_owned(),
-            platform: evil.to_owned(),
         }])
         .await
         .unwrap();

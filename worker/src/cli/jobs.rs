@@ -100,6 +100,9 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
+    /// Move a queue written in wire format 1 to format 2 (docs/wire-format.md, "Versions").
+    /// Stop every worker and producer first; running it again changes nothing.
+    Migrate,
 }
 
 pub async fn jobs(
@@ -334,6 +337,16 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         QueueCommand::Resume => {
             queue.resume().await.map_err(anyhow::Error::from)?;
             println!("queue {} resumed", queue.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Migrate => {
+            let report = queue.migrate_v1().await.map_err(anyhow::Error::from)?;
+            println!(
+                "queue {} is in wire format 2: {} job(s) looked at, {} moved from format 1",
+                queue.name(),
+                report.jobs,
+                report.moved
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -107,6 +107,7 @@ impl From<QueueError> for ApiError {
             QueueError::Refused { id, reason } => {
                 ApiError::conflict(format!("job {id} was refused: {reason}"))
             }
+            QueueError::NotNow(message) => ApiError::conflict(message),
         }
     }
 }

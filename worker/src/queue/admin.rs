@@ -12,12 +12,10 @@ use serde::Serialize;
 use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
-/// Fields read for a job summary, in this order.
-const SUMMARY_FIELDS: [&str; 15] = [
+/// Job hash fields read for a job summary, in this order. Kind, release, platform and
+/// idempotency key come from the envelope (see `Indexed`).
+const SUMMARY_FIELDS: [&str; 11] = [
     "state",
-    "kind",
-    "release",
-    "platform",
     "attempt",
     "max_attempts",
     "enqueued_at",
@@ -28,7 +26,6 @@ const SUMMARY_FIELDS: [&str; 15] = [
     "error_class",
     "last_error",
     "cancel_requested",
-    "idempotency_key",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -169,17 +166,23 @@ impl Queue {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.key("envelopes")).arg(ids);
         for id in ids {
             pipe.cmd("HMGET")
                 .arg(self.key(&format!("job:{id}")))
                 .arg(&SUMMARY_FIELDS[..]);
         }
-        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(ids
-            .iter()
-            .zip(rows)
-            .filter_map(|(id, row)| summary_from(id, &row))
-            .collect())
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != ids.len() + 1 {
+            return Err(super::protocol("HMGET", "short pipeline reply"));
+        }
+        let envelopes: Vec<Option<String>> = redis::from_redis_value(replies.remove(0))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for ((id, row), envelope) in ids.iter().zip(replies).zip(envelopes) {
+            let row: Vec<Option<String>> = redis::from_redis_value(row)?;
+            out.extend(summary_from(id, &row, envelope.as_deref()));
+        }
+        Ok(out)
     }
 
     /// One page of jobs matching `filter`, in each state's natural order; without a state,
@@ -253,9 +256,7 @@ impl Queue {
         pipe.cmd("HMGET")
             .arg(self.key(&format!("job:{id}")))
             .arg(&SUMMARY_FIELDS[..]);
-        pipe.cmd("HGET")
-            .arg(self.key(&format!("job:{id}")))
-            .arg("envelope");
+        pipe.cmd("HGET").arg(self.key("envelopes")).arg(id);
         pipe.cmd("LRANGE")
             .arg(self.key(&format!("events:{id}")))
             .arg(0)
@@ -267,7 +268,7 @@ impl Queue {
             Vec<String>,
             Option<f64>,
         ) = pipe.query_async(&mut self.conn.clone()).await?;
-        let Some(summary) = summary_from(id, &row) else {
+        let Some(summary) = summary_from(id, &row, envelope.as_deref()) else {
             return Ok(None);
         };
         let events = events
@@ -355,10 +356,9 @@ impl Queue {
     /// Deletes jobs that have been in a terminal `state` for longer than `older_than`.
     pub async fn purge(&self, state: JobState, older_than: Duration) -> Result<u64, QueueError> {
         if !state.is_terminal() {
-            return Err(QueueError::Refused {
-                id: String::new(),
-                reason: format!("only done, dead or cancelled jobs can be purged, not {state}"),
-            });
+            return Err(QueueError::NotNow(format!(
+                "only done, dead or cancelled jobs can be purged, not {state}"
+            )));
         }
         const LIMIT: u64 = 1000;
         let mut total = 0;
@@ -451,16 +451,21 @@ impl Queue {
         }
         let oldest_queued_age_secs = match head {
             Some(id) => {
-                let queued_at: Option<i64> = self
+                // `queued_at` is absent while it equals `enqueued_at`.
+                let (queued_at, enqueued_at): (Option<i64>, Option<i64>) = self
                     .conn
                     .clone()
-                    .hget(self.key(&format!("job:{id}")), "queued_at")
+                    .hmget(
+                        self.key(&format!("job:{id}")),
+                        &["queued_at", "enqueued_at"],
+                    )
                     .await?;
-                ms_to_time(queued_at).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+                ms_to_time(queued_at.or(enqueued_at))
+                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
             }
             None => None,
         };
-        let workers = self.count_workers().await?;
+        let workers = self.live_workers().await?;
         Ok(QueueStats {
             queue: self.name.clone(),
             paused,
@@ -472,7 +477,8 @@ impl Queue {
         })
     }
 
-    async fn count_workers(&self) -> Result<u64, QueueError> {
+    /// Workers whose heartbeat has not run out.
+    pub async fn live_workers(&self) -> Result<u64, QueueError> {
         let now = Utc::now().timestamp_millis();
         Ok(self
             .conn
@@ -494,26 +500,69 @@ fn parse_cursor(cursor: Option<&str>, states: &[JobState]) -> (usize, usize) {
     (idx, offset.parse().unwrap_or(0))
 }
 
-fn summary_from(id: &str, row: &[Option<String>]) -> Option<JobSummary> {
+/// What a summary shows of the envelope. Read leniently: a malformed envelope (often the
+/// reason its job is dead) still shows these fields when they are there and have the right
+/// types; one that is not JSON shows none. The release key is shown only when valid.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct Indexed {
+    idempotency_key: Option<String>,
+    kind: Option<String>,
+    payload: IndexedPayload,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct IndexedPayload {
+    release: Option<serde_json::Value>,
+    distribution: Option<IndexedDistribution>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct IndexedDistribution {
+    platform: Option<String>,
+}
+
+impl Indexed {
+    fn read(envelope: Option<&str>) -> Indexed {
+        envelope
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+
+    fn release_key(&self) -> Option<String> {
+        let release = self.payload.release.clone()?;
+        let release: atr_dist_shared::job::ReleaseRef = serde_json::from_value(release).ok()?;
+        Some(release.key().to_string())
+    }
+}
+
+fn summary_from(id: &str, row: &[Option<String>], envelope: Option<&str>) -> Option<JobSummary> {
     let get = |i: usize| row.get(i).cloned().flatten();
     let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());
     let state: JobState = get(0)?.parse().ok()?;
+    let indexed = Indexed::read(envelope);
     Some(JobSummary {
         id: id.to_owned(),
         state,
-        kind: get(1).unwrap_or_default(),
-        release: get(2).unwrap_or_default(),
-        platform: get(3).unwrap_or_default(),
-        attempt: num(4).unwrap_or(0) as u32,
-        max_attempts: num(5).unwrap_or(0) as u32,
-        enqueued_at: ms_to_time(num(6)),
-        run_at: ms_to_time(num(7)),
-        started_at: ms_to_time(num(8)),
-        finished_at: ms_to_time(num(9)),
-        worker: get(10),
-        error_class: get(11).filter(|s| !s.is_empty()),
-        last_error: get(12),
-        cancel_requested: get(13).as_deref() == Some("1"),
-        idempotency_key: get(14).unwrap_or_default(),
+        release: indexed.release_key().unwrap_or_default(),
+        kind: indexed.kind.unwrap_or_default(),
+        platform: indexed
+            .payload
+            .distribution
+            .and_then(|d| d.platform)
+            .unwrap_or_default(),
+        idempotency_key: indexed.idempotency_key.unwrap_or_default(),
+        attempt: num(1).unwrap_or(0) as u32,
+        max_attempts: num(2).unwrap_or(0) as u32,
+        enqueued_at: ms_to_time(num(3)),
+        run_at: ms_to_time(num(4)),
+        started_at: ms_to_time(num(5)),
+        finished_at: ms_to_time(num(6)),
+        worker: get(7),
+        error_class: get(8).filter(|s| !s.is_empty()),
+        last_error: get(9),
+        cancel_requested: get(10).as_deref() == Some("1"),
     })
 }

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod backoff;
 pub mod conn;
 pub mod lock;
+mod migrate;
 pub mod pool;
 mod scripts;
 
@@ -18,6 +19,7 @@ use redis::Value;
 
 pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
 pub use conn::RedisConn;
+pub use migrate::MigrationReport;
 pub use scripts::ENQUEUE_LUA;
 
 use scripts::SCRIPTS;
@@ -39,6 +41,10 @@ pub enum QueueError {
     },
     #[error("job {id} was refused: {reason}")]
     Refused { id: String, reason: String },
+    /// The operation cannot be done in the queue's present state; the message says what to
+    /// change.
+    #[error("{0}")]
+    NotNow(String),
 }
 
 fn protocol(script: &'static str, detail: impl Into<String>) -> QueueError {
@@ -57,18 +63,17 @@ pub struct Queue {
     queued_key: String,
 }
 
-/// What a producer hands to `enqueue_raw`: the envelope as JSON plus the indexed copies.
-/// `enqueue` builds these from a validated `Envelope`; tests use this to enqueue bad JSON.
+/// What a producer hands to `enqueue_raw`: the envelope as JSON, its idempotency key and
+/// when and how often to run it. `enqueue` builds these from a validated `Envelope`; tests use
+/// this to enqueue bad JSON.
 #[derive(Debug, Clone)]
 pub struct RawJob {
     pub id: String,
+    /// Must be the envelope's `idempotency_key` (purge finds it there).
     pub idempotency_key: String,
     pub envelope: String,
     pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: u32,
-    pub kind: String,
-    pub release: String,
-    pub platform: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +186,7 @@ impl Queue {
         max_attempts: u32,
     ) -> Result<Enqueued, QueueError> {
         let mut out = self
-            .enqueue_raw(&[raw_job(envelope, run_at, max_attempts)])
+            .enqueue_bulk(std::slice::from_ref(envelope), run_at, max_attempts)
             .await?;
         out.pop()
             .ok_or_else(|| protocol("enqueue.lua", "no result"))
@@ -198,7 +203,16 @@ impl Queue {
             .iter()
             .map(|e| raw_job(e, run_at, max_attempts))
             .collect();
-        self.enqueue_raw(&jobs).await
+        let out = self.enqueue_raw(&jobs).await?;
+        for (e, result) in envelopes.iter().zip(&out) {
+            if result.created {
+                crate::http::metrics::job_enqueued(
+                    e.kind().as_str(),
+                    e.distribution().platform.member_name(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Enqueues jobs as given, without validating the envelopes: the worker dead-letters what
@@ -214,23 +228,23 @@ impl Queue {
                     .arg(&job.idempotency_key)
                     .arg(&job.envelope)
                     .arg(run_at)
-                    .arg(job.max_attempts.max(1))
-                    .arg(&job.kind)
-                    .arg(&job.release)
-                    .arg(&job.platform);
+                    .arg(job.max_attempts.max(1));
             }
             let reply: Vec<Value> = inv.invoke_async(&mut self.conn.clone()).await?;
-            for (pair, job) in reply.chunks(2).zip(chunk) {
+            if reply.len() != 2 * chunk.len() {
+                return Err(protocol(
+                    "enqueue.lua",
+                    format!("{} values for {} jobs", reply.len(), chunk.len()),
+                ));
+            }
+            for pair in reply.chunks(2) {
                 let [id, status] = pair else {
                     return Err(protocol("enqueue.lua", "odd number of values"));
                 };
                 let id: String = redis::from_redis_value_ref(id)?;
                 let status: i64 = redis::from_redis_value_ref(status)?;
                 match status {
-                    1 => {
-                        crate::http::metrics::job_enqueued(&job.kind, &job.platform);
-                        out.push(Enqueued { id, created: true })
-                    }
+                    1 => out.push(Enqueued { id, created: true }),
                     0 => out.push(Enqueued { id, created: false }),
                     _ => {
                         return Err(QueueError::Refused {
@@ -354,11 +368,19 @@ pub fn key_prefix(queue: &str) -> String {
 }
 
 /// A worker id unique to this process: host, pid and a random part, so that a restarted or
-/// replicated worker never collides with a previous one.
+/// replicated worker never collides with a previous one. The host part is cut to 40 bytes so
+/// the id stays within the 64 bytes that keep job hashes compact (docs/wire-format.md).
 pub fn new_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let mut host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".to_owned());
+    if host.len() > 40 {
+        let mut cut = 40;
+        while !host.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        host.truncate(cut);
+    }
     format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
@@ -369,8 +391,5 @@ pub fn raw_job(envelope: &Envelope, run_at: Option<DateTime<Utc>>, max_attempts:
         envelope: envelope.to_json(),
         run_at,
         max_attempts,
-        kind: envelope.kind().as_str().to_owned(),
-        release: envelope.release().key().to_string(),
-        platform: envelope.distribution().platform.member_name().to_owned(),
     }
 }

@@ -456,6 +456,7 @@ pub async fn run<H: JobHandler>(
         acks: ack_tx,
         counters: Counters::default(),
     });
+    queue.check_format().await?;
     // Register with a first heartbeat so operators see the worker at once.
     queue.heartbeat(&worker_id, config.lease, &[]).await?;
     let acker = tokio::spawn(run_acker(queue.clone(), worker_id.clone(), ack_rx));

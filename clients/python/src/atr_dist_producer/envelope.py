@@ -16,7 +16,8 @@ from typing import Any, Literal
 from .uuid7 import uuid7
 
 ENVELOPE_VERSION = 1
-"""The envelope version this package writes (wire format v1)."""
+"""The envelope version this package writes (its ``v``). The queue's wire format, in
+docs/wire-format.md, has versions of its own."""
 
 MAX_ENVELOPE_BYTES = 1024 * 1024
 """Workers refuse larger envelopes unread, so producers must not send them."""

@@ -14,7 +14,6 @@ from .envelope import (
     Source,
     build_promote_envelope,
     build_stage_envelope,
-    release_key,
 )
 from .errors import InvalidJob, JobIdConflict
 from .queues import key_prefix, validate_queue_name
@@ -255,18 +254,8 @@ class Producer:
 
         args: list[Any] = [self._prefix]
         for envelope, data in zip(envelopes, encoded, strict=True):
-            payload = envelope["payload"]
-            release = payload["release"]
-            args += [
-                envelope["id"],
-                envelope["idempotency_key"],
-                data,
-                run_at_ms,
-                attempts,
-                envelope["kind"],
-                release_key(release["project_key"], release["version_key"]),
-                payload["distribution"]["platform"],
-            ]
+            # The key is the envelope's own: purge.lua finds it there (docs/wire-format.md).
+            args += [envelope["id"], envelope["idempotency_key"], data, run_at_ms, attempts]
         return args
 
     @staticmethod

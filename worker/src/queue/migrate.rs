@@ -1,0 +1,112 @@
+//! Moving a queue from wire format 1 to 2 (`docs/wire-format.md`, "Versions"), for
+//! `atr-dist queue migrate`.
+
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use super::scripts::SCRIPTS;
+use super::{Queue, QueueError};
+
+/// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
+const STEP: u64 = 500;
+
+/// Every list and set a job can be in (one each), walked to reach every job once.
+const STATES: [&str; 7] = [
+    "queued",
+    "scheduled",
+    "retrying",
+    "running",
+    "done",
+    "dead",
+    "cancelled",
+];
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Jobs looked at.
+    pub jobs: u64,
+    /// Jobs that were in the version 1 layout and were moved.
+    pub moved: u64,
+}
+
+impl Queue {
+    /// Fails unless the queue is in wire format 2 or new: the check `enqueue.lua` and
+    /// `fetch.lua` make on every call, made once at start so that a worker facing a
+    /// version 1 queue stops with the fix instead of logging the error on every fetch.
+    pub async fn check_format(&self) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.get(format!("{}format", self.prefix));
+        pipe.llen(&self.queued_key);
+        for set in &STATES[1..] {
+            pipe.zcard(format!("{}{set}", self.prefix));
+        }
+        let (format, counts): (Option<String>, Vec<u64>) = {
+            let mut values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+            if values.is_empty() {
+                return Err(super::protocol("format check", "empty pipeline reply"));
+            }
+            let format = redis::from_redis_value(values.remove(0))?;
+            let counts = values
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()?;
+            (format, counts)
+        };
+        match format.as_deref() {
+            Some("2") => Ok(()),
+            Some(other) => Err(QueueError::NotNow(format!(
+                "queue {} is in wire format {other}; this atr-dist speaks format 2 \
+                 (docs/wire-format.md, \"Versions\")",
+                self.name
+            ))),
+            None if counts.iter().any(|&n| n > 0) => Err(QueueError::NotNow(format!(
+                "queue {} holds jobs but has no format key, so it is in wire format 1; \
+                 stop its workers and producers and run `atr-dist queue migrate`",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves every job of a version 1 queue to the version 2 layout, then marks the queue as
+    /// version 2. Refuses while workers have a live heartbeat: a version 1 worker would go on
+    /// writing the old layout. Safe to run again; a version 2 queue is left as it is.
+    pub async fn migrate_v1(&self) -> Result<MigrationReport, QueueError> {
+        let workers = self.live_workers().await?;
+        if workers > 0 {
+            return Err(QueueError::NotNow(format!(
+                "{workers} worker(s) of queue {} have a live heartbeat; stop every worker \
+                     and producer before migrating (a stopped worker's heartbeat runs out \
+                     within its lease)",
+                self.name
+            )));
+        }
+        let mut report = MigrationReport::default();
+        for state in STATES {
+            let mut offset = 0;
+            loop {
+                let (looked, moved): (u64, u64) = SCRIPTS
+                    .migrate_v1
+                    .key(&self.queued_key)
+                    .arg(&self.prefix)
+                    .arg(state)
+                    .arg(offset)
+                    .arg(STEP)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                report.jobs += looked;
+                report.moved += moved;
+                if looked < STEP {
+                    break;
+                }
+                offset += STEP;
+            }
+        }
+        let _: () = self
+            .conn
+            .clone()
+            .set(format!("{}format", self.prefix), "2")
+            .await?;
+        Ok(report)
+    }
+}
