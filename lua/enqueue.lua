@@ -15,6 +15,7 @@ if fmt and fmt ~= FORMAT then
 end
 
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
+-- (The same function is in fetch.lua: a script cannot load another.)
 local function holds_jobs()
   if redis.call('LLEN', prefix .. 'queued') > 0 then
     return true

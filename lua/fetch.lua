@@ -22,6 +22,7 @@ if fmt and fmt ~= '2' then
     '; this worker speaks format 2 (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
+-- (The same function is in enqueue.lua: a script cannot load another.)
 local function holds_jobs()
   if redis.call('LLEN', prefix .. 'queued') > 0 then
     return true

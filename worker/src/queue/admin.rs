@@ -143,7 +143,7 @@ fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
 }
 
 /// The Redis structure a state lives in, and the order it lists in.
-fn state_order(state: JobState) -> (&'static str, bool) {
+pub(super) fn state_order(state: JobState) -> (&'static str, bool) {
     match state {
         JobState::Queued => ("queued", false),
         JobState::Scheduled => ("scheduled", false),
@@ -187,6 +187,9 @@ impl Queue {
 
     /// One page of jobs matching `filter`, in each state's natural order; without a state,
     /// states in lifecycle order (queued, scheduled, retrying, running, done, dead, cancelled).
+    /// There is no index by platform, release or kind: a filter on them reads the envelope of
+    /// every job scanned (500 per round trip) until the page is full, so on a large backlog
+    /// narrow it by state as well.
     pub async fn list(
         &self,
         filter: &JobFilter,

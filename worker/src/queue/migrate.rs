@@ -1,25 +1,16 @@
 //! Moving a queue from wire format 1 to 2 (`docs/wire-format.md`, "Versions"), for
 //! `atr-dist queue migrate`.
 
+use atr_dist_shared::JobState;
 use redis::AsyncCommands;
 use serde::Serialize;
 
+use super::admin::state_order;
 use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
-
-/// Every list and set a job can be in (one each), walked to reach every job once.
-const STATES: [&str; 7] = [
-    "queued",
-    "scheduled",
-    "retrying",
-    "running",
-    "done",
-    "dead",
-    "cancelled",
-];
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct MigrationReport {
@@ -36,9 +27,17 @@ impl Queue {
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
         pipe.get(format!("{}format", self.prefix));
-        pipe.llen(&self.queued_key);
-        for set in &STATES[1..] {
-            pipe.zcard(format!("{}{set}", self.prefix));
+        for state in JobState::ALL {
+            let key = format!("{}{}", self.prefix, state_order(state).0);
+            match state {
+                JobState::Queued => pipe.llen(key),
+                JobState::Scheduled
+                | JobState::Retrying
+                | JobState::Running
+                | JobState::Done
+                | JobState::Dead
+                | JobState::Cancelled => pipe.zcard(key),
+            };
         }
         let (format, counts): (Option<String>, Vec<u64>) = {
             let mut values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
@@ -82,14 +81,15 @@ impl Queue {
             )));
         }
         let mut report = MigrationReport::default();
-        for state in STATES {
+        // Every job is in exactly one state's list or set: walking them all reaches each once.
+        for state in JobState::ALL {
             let mut offset = 0;
             loop {
                 let (looked, moved): (u64, u64) = SCRIPTS
                     .migrate_v1
                     .key(&self.queued_key)
                     .arg(&self.prefix)
-                    .arg(state)
+                    .arg(state.as_str())
                     .arg(offset)
                     .arg(STEP)
                     .invoke_async(&mut self.conn.clone())
