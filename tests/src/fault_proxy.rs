@@ -1,156 +1,242 @@
-//! A fault-injecting HTTP proxy on loopback: the first requests it receives are answered
-//! with a chosen status and Retry-After (429, 503, ...), the rest are passed to the real
-//! server behind it. It counts requests by method, so tests can check that nothing was
-//! written twice.
+//! A fault-injecting reverse proxy on loopback, in front of a real registry: requests that
+//! match an injected [`Fault`] are answered with it (429, 503 with Retry-After, a lie...),
+//! the rest are passed to the server behind it. It records every request, so tests can
+//! check what reached the server and that nothing was written twice.
+//!
+//! It listens on 127.0.0.1 on a free port and stops when dropped.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use url::Url;
 
-#[derive(Default)]
-struct State {
-    /// Canned answers still to give: (status line, Retry-After).
-    faults: VecDeque<(String, Option<String>)>,
-    /// "METHOD path" of every request seen.
-    seen: Vec<String>,
+use crate::http_server::{ServerTask, respond, serve};
+
+/// A canned answer for matching requests: `Fault::new(503).retry_after(1)` answers the next
+/// request of any kind; narrow it with [`Fault::method`] and [`Fault::path_contains`].
+#[derive(Debug, Clone)]
+pub struct Fault {
+    method: Option<String>,
+    path_contains: Option<String>,
+    times: usize,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
 }
 
-pub struct FaultProxy {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Fault {
+    /// `status` with an empty body, for the next request.
+    pub fn new(status: u16) -> Fault {
+        Fault {
+            method: None,
+            path_contains: None,
+            times: 1,
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
     }
+
+    /// Only for requests with this method.
+    pub fn method(mut self, method: &str) -> Fault {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    /// Only for requests whose path and query contain `part`.
+    pub fn path_contains(mut self, part: &str) -> Fault {
+        self.path_contains = Some(part.to_owned());
+        self
+    }
+
+    /// For this many matching requests instead of one.
+    pub fn times(mut self, times: usize) -> Fault {
+        self.times = times;
+        self
+    }
+
+    /// With `Retry-After: <secs>`.
+    pub fn retry_after(mut self, secs: u64) -> Fault {
+        self.headers.push(("retry-after".into(), secs.to_string()));
+        self
+    }
+
+    /// With this body, of this content type.
+    pub fn body(mut self, content_type: &str, body: &str) -> Fault {
+        self.headers
+            .push(("content-type".into(), content_type.to_owned()));
+        self.body = body.to_owned();
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.times > 0
+            && self.method.as_deref().is_none_or(|m| m == method)
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
+    }
+}
+
+/// One request the proxy saw, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub status: u16,
+    /// Answered by a fault, never reaching the server.
+    pub injected: bool,
+}
+
+struct ProxyState {
+    upstream: Url,
+    client: reqwest::Client,
+    /// Tried in the order injected; the first that matches answers.
+    faults: Mutex<Vec<Fault>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A reverse proxy that answers matching requests with faults and records every request.
+pub struct FaultProxy {
+    /// Where to send requests instead of the server: `http://127.0.0.1:<port>/`.
+    pub url: Url,
+    state: Arc<ProxyState>,
+    _server: ServerTask,
 }
 
 impl FaultProxy {
-    pub async fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state: Arc<Mutex<State>> = Arc::default();
-        let shared = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, upstream, Arc::clone(&shared)));
-            }
+    /// A proxy in front of the server at `upstream`.
+    pub async fn start(upstream: &Url) -> FaultProxy {
+        let state = Arc::new(ProxyState {
+            upstream: upstream.clone(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            faults: Mutex::new(Vec::new()),
+            seen: Mutex::new(Vec::new()),
         });
-        FaultProxy { addr, state, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    /// The next `n` requests get `status` (e.g. "503 Service Unavailable").
-    pub fn fail_next(&self, n: usize, status: &str, retry_after: Option<&str>) {
-        let mut s = self.state.lock().unwrap();
-        for _ in 0..n {
-            s.faults
-                .push_back((status.to_owned(), retry_after.map(str::to_owned)));
+        let server = serve(&state, |s, req| async move { proxy_answer(&s, req).await }).await;
+        let url = Url::parse(&format!("http://{}/", server.addr)).expect("url");
+        FaultProxy {
+            url,
+            state,
+            _server: server,
         }
     }
 
-    pub fn seen(&self) -> Vec<String> {
-        self.state.lock().unwrap().seen.clone()
+    /// Answers matching requests with `fault` from now on, after the faults injected before.
+    pub fn inject(&self, fault: Fault) {
+        self.state.faults.lock().unwrap().push(fault);
     }
 
-    pub fn count(&self, method: &str) -> usize {
+    /// Every request so far, in order, faults included.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Requests forwarded to the server (not answered by a fault) with this method and
+    /// a path containing `part`.
+    pub fn forwarded(&self, method: &str, part: &str) -> usize {
         self.seen()
             .iter()
-            .filter(|r| r.starts_with(&format!("{method} ")))
+            .filter(|s| !s.injected && s.method == method && s.path.contains(part))
             .count()
     }
+
+    /// Requests answered by a fault.
+    pub fn injected(&self) -> usize {
+        self.seen().iter().filter(|s| s.injected).count()
+    }
 }
 
-/// Reads one request head and its Content-Length body.
-async fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let fault = {
+        let mut faults = s.faults.lock().unwrap();
+        faults
+            .iter_mut()
+            .find(|f| f.matches(&method, &path))
+            .map(|f| {
+                f.times -= 1;
+                f.clone()
+            })
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(buf)
-}
-
-/// One request per connection: faults are answered here, the rest forwarded on a fresh
-/// upstream connection (Connection: close keeps the accounting per request).
-async fn serve(mut conn: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>) {
-    if let Some(request) = read_request(&mut conn).await {
-        let line = String::from_utf8_lossy(&request)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let fault = {
-            let mut s = state.lock().unwrap();
-            s.seen.push(format!("{method} {path}"));
-            s.faults.pop_front()
-        };
-        if let Some((status, retry_after)) = fault {
-            let mut resp =
-                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n");
-            if let Some(r) = retry_after {
-                resp.push_str(&format!("retry-after: {r}\r\n"));
-            }
-            resp.push_str("\r\n");
-            let _ = conn.write_all(resp.as_bytes()).await;
-            return;
-        }
-        let Ok(mut up) = TcpStream::connect(upstream).await else {
-            return;
-        };
-        // Ask the server to close after answering, so its response ends at EOF.
-        let text = String::from_utf8_lossy(&request);
-        let head_end = text
-            .find("\r\n\r\n")
-            .map(|p| p + 4)
-            .unwrap_or(request.len());
-        let mut head: String = text[..head_end - 2]
-            .lines()
-            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-            .map(|l| format!("{l}\r\n"))
+    if let Some(f) = fault {
+        s.seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            status: f.status,
+            injected: true,
+        });
+        let headers: Vec<(&str, &str)> = f
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        head.push_str("connection: close\r\n\r\n");
-        if up.write_all(head.as_bytes()).await.is_err()
-            || up.write_all(&request[head_end..]).await.is_err()
-        {
-            return;
-        }
-        let mut response = Vec::new();
-        if up.read_to_end(&mut response).await.is_err() {
-            return;
-        }
-        let _ = conn.write_all(&response).await;
+        return respond(f.status, &headers, f.body);
     }
+
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let target = s.upstream.join(&path).expect("upstream url");
+    let mut out = s.client.request(
+        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+        target,
+    );
+    for (name, value) in req.headers() {
+        if matches!(
+            name.as_str(),
+            "connection" | "transfer-encoding" | "keep-alive"
+        ) {
+            continue;
+        }
+        out = out.header(name.as_str(), value.as_bytes());
+    }
+    // Servers build absolute URLs (registry upload Locations, npm tarball URLs) from the
+    // Host or these: they must point back at the proxy.
+    out = out
+        .header("x-forwarded-host", host)
+        .header("x-forwarded-proto", "http");
+    let upstream = match out.body(req.into_body()).send().await {
+        Ok(r) => r,
+        Err(e) => return respond(502, &[], format!("proxy: {e}")),
+    };
+    let status = upstream.status().as_u16();
+    let headers: Vec<(String, String)> = upstream
+        .headers()
+        .iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "connection" | "transfer-encoding" | "keep-alive"
+            )
+        })
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = upstream.bytes().await.unwrap_or_default();
+    s.seen.lock().unwrap().push(Seen {
+        method,
+        path,
+        status,
+        injected: false,
+    });
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    respond(status, &refs, body)
 }

@@ -17,6 +17,16 @@ pub fn redis_url() -> String {
 }
 
 /// A name no other test (or test process) uses.
+/// A port on 127.0.0.1 that nothing listens on now, for a server a test starts. (Another
+/// process could take it before the server binds; the servers here start at once.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -100,6 +110,7 @@ impl SqliteDatabase {
 
 pub mod cases;
 pub mod fault_proxy;
+mod http_server;
 pub mod npm_support;
 pub mod oci_support;
 pub mod pipeline_support;

@@ -30,14 +30,6 @@ impl Drop for Verdaccio {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Verdaccio {
     pub async fn start() -> Verdaccio {
         let bin = verdaccio_bin();
@@ -47,7 +39,7 @@ impl Verdaccio {
             bin.display()
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = crate::free_port();
         let config = format!(
             "storage: {storage}\nauth:\n  htpasswd:\n    file: {htpasswd}\n    max_users: 100\nuplinks: {{}}\npackages:\n  '@*/*':\n    access: $all\n    publish: $authenticated\n    unpublish: $authenticated\n  '**':\n    access: $all\n    publish: $authenticated\n    unpublish: $authenticated\nlisten: 127.0.0.1:{port}\nlog: {{ type: stdout, format: pretty, level: warn }}\nweb: {{ enable: false }}\nmax_body_size: 200mb\n",
             storage = dir.path().join("storage").display(),

@@ -1,13 +1,11 @@
 //! OCI test support: Debian's real `docker-registry` (distribution 2.8) as a child process
-//! on loopback, a token realm minting RS256 JWTs the registry verifies, a reverse proxy that
-//! answers chosen requests with faults, OCI image layouts built from scratch, and a
-//! pipeline wired to the OCI adapter.
+//! on loopback, a token realm minting RS256 JWTs the registry verifies, OCI image layouts
+//! built from scratch, and a pipeline wired to the OCI adapter. The fault-injecting proxy
+//! is [`crate::fault_proxy`].
 //!
 //! Everything listens on 127.0.0.1 on a free port and stops when dropped.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,86 +21,13 @@ use atr_dist_shared::{DistributionKey, ManifestEntry, Platform};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{Request, Response};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
-// ---------------------------------------------------------------------------------------
-// A tiny HTTP server for the token realm and the proxy.
-
-type Handler =
-    Arc<dyn Fn(Request<Bytes>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
-
-/// A server task; dropping it stops the listener and every open connection.
-pub struct ServerTask {
-    pub addr: SocketAddr,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
-async fn serve(handler: Handler) -> ServerTask {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local addr");
-    let handle = tokio::spawn(async move {
-        // Connections live in the set, so aborting this task closes them too.
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            while connections.try_join_next().is_some() {}
-            let handler = Arc::clone(&handler);
-            connections.spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let handler = Arc::clone(&handler);
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        Ok::<_, Infallible>(handler(Request::from_parts(parts, body)).await)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    ServerTask { addr, handle }
-}
-
-fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = StatusCode::from_u16(status).expect("status");
-    for (name, value) in headers {
-        resp.headers_mut().append(
-            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-            hyper::header::HeaderValue::from_str(value).expect("header value"),
-        );
-    }
-    resp
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use crate::http_server::{ServerTask, respond, serve};
 
 // ---------------------------------------------------------------------------------------
 // The registry.
@@ -139,7 +64,7 @@ impl Registry {
         };
         // A free port can be taken between our probe and the registry's bind: try again.
         for _ in 0..5 {
-            let port = free_port();
+            let port = crate::free_port();
             let config = format!(
                 "version: 0.1\nlog:\n  level: warn\n  fields: {{ service: registry }}\nstorage:\n  cache: {{ blobdescriptor: inmemory }}\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: 127.0.0.1:{port}\n  headers: {{ X-Content-Type-Options: [nosniff] }}\n{auth_yaml}",
                 dir.path().join("data").display()
@@ -312,12 +237,7 @@ impl TokenRealm {
             requests: AtomicUsize::new(0),
             scopes: Mutex::new(Vec::new()),
         });
-        let s = Arc::clone(&state);
-        let server = serve(Arc::new(move |req| {
-            let s = Arc::clone(&s);
-            Box::pin(async move { realm_answer(&s, &req) })
-        }))
-        .await;
+        let server = serve(&state, |s, req| async move { realm_answer(&s, &req) }).await;
         let realm = Url::parse(&format!("http://{}/token", server.addr)).expect("url");
         TokenRealm {
             realm,
@@ -403,194 +323,6 @@ fn realm_answer(s: &RealmState, req: &Request<Bytes>) -> Response<Full<Bytes>> {
         &[("content-type", "application/json")],
         body.to_string(),
     )
-}
-
-// ---------------------------------------------------------------------------------------
-// The fault-injecting proxy.
-
-/// A canned answer for matching requests, `times` times.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    pub method: Option<&'static str>,
-    pub path_contains: Option<String>,
-    pub times: usize,
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
-
-impl Fault {
-    /// `status` with `Retry-After: <secs>` for the next `times` requests of any kind.
-    pub fn retry_after(status: u16, secs: u64, times: usize) -> Fault {
-        Fault {
-            method: None,
-            path_contains: None,
-            times,
-            status,
-            headers: vec![("retry-after", secs.to_string())],
-            body: r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down (test)"}]}"#.into(),
-        }
-    }
-}
-
-/// One request the proxy saw, and what it answered.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub injected: bool,
-}
-
-struct ProxyState {
-    upstream: Url,
-    client: reqwest::Client,
-    faults: Mutex<Vec<Fault>>,
-    seen: Mutex<Vec<Seen>>,
-}
-
-/// A reverse proxy in front of a registry that answers matching requests with faults and
-/// records every request.
-pub struct FaultProxy {
-    pub url: Url,
-    state: Arc<ProxyState>,
-    _server: ServerTask,
-}
-
-impl FaultProxy {
-    pub async fn start(upstream: &Url) -> FaultProxy {
-        let state = Arc::new(ProxyState {
-            upstream: upstream.clone(),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            faults: Mutex::new(Vec::new()),
-            seen: Mutex::new(Vec::new()),
-        });
-        let s = Arc::clone(&state);
-        let server = serve(Arc::new(move |req| {
-            let s = Arc::clone(&s);
-            Box::pin(async move { proxy_answer(&s, req).await })
-        }))
-        .await;
-        let url = Url::parse(&format!("http://{}/", server.addr)).expect("url");
-        FaultProxy {
-            url,
-            state,
-            _server: server,
-        }
-    }
-
-    pub fn inject(&self, fault: Fault) {
-        self.state.faults.lock().unwrap().push(fault);
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    /// Requests forwarded to the registry (not answered by a fault) with this method and
-    /// a path containing `part`.
-    pub fn forwarded(&self, method: &str, part: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|s| !s.injected && s.method == method && s.path.contains(part))
-            .count()
-    }
-
-    pub fn injected(&self) -> usize {
-        self.seen().iter().filter(|s| s.injected).count()
-    }
-}
-
-async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Bytes>> {
-    let method = req.method().as_str().to_owned();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let fault = {
-        let mut faults = s.faults.lock().unwrap();
-        let hit = faults.iter_mut().find(|f| {
-            f.times > 0
-                && f.method.is_none_or(|m| m == method)
-                && f.path_contains.as_deref().is_none_or(|p| path.contains(p))
-        });
-        hit.map(|f| {
-            f.times -= 1;
-            f.clone()
-        })
-    };
-    if let Some(f) = fault {
-        s.seen.lock().unwrap().push(Seen {
-            method,
-            path,
-            status: f.status,
-            injected: true,
-        });
-        let headers: Vec<(&str, &str)> = f
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .chain([("content-type", "application/json")])
-            .collect();
-        return respond(f.status, &headers, f.body);
-    }
-
-    let host = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let target = s.upstream.join(&path).expect("upstream url");
-    let mut out = s.client.request(
-        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
-        target,
-    );
-    for (name, value) in req.headers() {
-        if matches!(
-            name.as_str(),
-            "host" | "connection" | "transfer-encoding" | "keep-alive"
-        ) {
-            continue;
-        }
-        out = out.header(name.as_str(), value.as_bytes());
-    }
-    // The registry builds absolute Locations from this: they must point back at the proxy.
-    out = out
-        .header("x-forwarded-host", host)
-        .header("x-forwarded-proto", "http");
-    let upstream = match out.body(req.into_body()).send().await {
-        Ok(r) => r,
-        Err(e) => return respond(502, &[], format!("proxy: {e}")),
-    };
-    let status = upstream.status().as_u16();
-    let headers: Vec<(String, String)> = upstream
-        .headers()
-        .iter()
-        .filter(|(n, _)| {
-            !matches!(
-                n.as_str(),
-                "connection" | "transfer-encoding" | "keep-alive"
-            )
-        })
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
-    let body = upstream.bytes().await.unwrap_or_default();
-    s.seen.lock().unwrap().push(Seen {
-        method,
-        path,
-        status,
-        injected: false,
-    });
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    respond(status, &refs, body)
 }
 
 // ---------------------------------------------------------------------------------------

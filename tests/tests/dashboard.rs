@@ -19,10 +19,10 @@ use atr_dist::queue::pool::{Completion, JobError, RunningJob};
 use atr_dist::secret::Secret;
 use atr_dist_shared::entities::job_run;
 use atr_dist_shared::{JobState, Platform};
-use atr_dist_tests::SqliteDatabase;
 use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
 use atr_dist_tests::jobs;
 use atr_dist_tests::redis_support::TestQueue;
+use atr_dist_tests::{SqliteDatabase, free_port};
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -99,11 +99,6 @@ struct Browser {
     client: Option<Client>,
     driver: Child,
     _profile: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Browser {

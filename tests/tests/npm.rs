@@ -11,7 +11,7 @@ use atr_dist_shared::entities::distribution;
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::names::DistTag;
 use atr_dist_shared::{DistributionKey, Envelope, ErrorClass, JobState, Platform};
-use atr_dist_tests::fault_proxy::FaultProxy;
+use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::npm_support::{Verdaccio, tarball};
 use atr_dist_tests::pipeline_support::{Db, Harness};
@@ -332,8 +332,13 @@ async fn wrong_tarball_unknown_package_and_bad_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_outages_are_retried_with_retry_after() {
     let registry = Verdaccio::start().await;
-    let proxy = FaultProxy::start(registry.addr).await;
-    let h = Harness::new(Db::Sqlite, adapters(&proxy.url(), &registry.token), FAST).await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let h = Harness::new(
+        Db::Sqlite,
+        adapters(proxy.url.as_str(), &registry.token),
+        FAST,
+    )
+    .await;
     let pkg = Pkg {
         platform: Platform::Npm,
         scope: "",
@@ -342,8 +347,8 @@ async fn rate_limits_and_outages_are_retried_with_retry_after() {
     };
     pkg.write(&h, "00001", "x");
     // Short outages are waited out inside the attempt.
-    proxy.fail_next(1, "503 Service Unavailable", Some("1"));
-    proxy.fail_next(1, "429 Too Many Requests", Some("1"));
+    proxy.inject(Fault::new(503).retry_after(1));
+    proxy.inject(Fault::new(429).retry_after(1));
     let stage = pkg.stage("00001");
     assert_eq!(
         h.run(&stage, 3).await,
@@ -352,13 +357,15 @@ async fn rate_limits_and_outages_are_retried_with_retry_after() {
         h.last_error(&stage).await
     );
     assert_eq!(h.runs(&stage).await.len(), 1, "handled inside one attempt");
-    assert_eq!(proxy.count("PUT"), 1, "published once: {:?}", proxy.seen());
+    // Every PUT the proxy saw, answered by a fault or not.
+    let puts = proxy.seen().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(puts, 1, "published once: {:?}", proxy.seen());
     h.stop().await;
 
     // A long Retry-After fails the attempt as transient, carrying the wait to the job's
     // backoff instead of holding a worker for it.
-    let a = adapter(&proxy.url(), &registry.token);
-    proxy.fail_next(1, "429 Too Many Requests", Some("120"));
+    let a = adapter(proxy.url.as_str(), &registry.token);
+    proxy.inject(Fault::new(429).retry_after(120));
     let err = a
         .read_staged(&pkg.key(), &DistTag::new("rc").unwrap())
         .await

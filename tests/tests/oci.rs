@@ -15,10 +15,11 @@ use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::names::DistTag;
 use atr_dist_shared::{Digest, Envelope, ErrorClass, JobState, Platform};
 use atr_dist_tests::cases::eventually;
+use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::oci_support::{
-    Fault, FaultProxy, Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key,
-    multi_arch_image, registry_has_blob, registry_manifest, single_image, stage_request,
+    Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key, multi_arch_image,
+    registry_has_blob, registry_manifest, single_image, stage_request,
 };
 use atr_dist_tests::pipeline_support::{Db, Harness};
 use url::Url;
@@ -85,6 +86,14 @@ fn stage_job(package: &str, image: &OciImage, dry_run: bool) -> Envelope {
 
 fn promote_job(package: &str) -> Envelope {
     dist(package).promote("00001", RevisionSourceSpec::Dir, "pmc-chair")
+}
+
+/// `status` with `Retry-After: <secs>` and a registry error body, for the next request.
+fn busy(status: u16, secs: u64) -> Fault {
+    Fault::new(status).retry_after(secs).body(
+        "application/json",
+        r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down (test)"}]}"#,
+    )
 }
 
 /// Writes sent through the proxy: blob uploads, mounts and manifest PUTs.
@@ -341,14 +350,12 @@ async fn unknown_names_and_registry_refusals() {
 
     // The proxy claims every blob exists, so none is uploaded: the registry refuses the
     // manifest, and its error code reaches the message.
-    proxy.inject(Fault {
-        method: Some("HEAD"),
-        path_contains: Some("/blobs/sha256:".into()),
-        times: 100,
-        status: 200,
-        headers: Vec::new(),
-        body: String::new(),
-    });
+    proxy.inject(
+        Fault::new(200)
+            .method("HEAD")
+            .path_contains("/blobs/sha256:")
+            .times(100),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let req = stage_request(&key("apache", "lied-to"), tmp.path(), &image, STAGING_TAG);
     let err = a.stage(&req).await.unwrap_err();
@@ -499,8 +506,8 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
     let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
 
     // Short Retry-After: waited out inside the attempt.
-    proxy.inject(Fault::retry_after(503, 1, 1));
-    proxy.inject(Fault::retry_after(429, 1, 1));
+    proxy.inject(busy(503, 1));
+    proxy.inject(busy(429, 1));
     let start = Instant::now();
     a.stage(&req).await.unwrap();
     assert!(
@@ -520,7 +527,7 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
     );
 
     // A long one ends the attempt, transient, with the wait for the job backoff.
-    proxy.inject(Fault::retry_after(503, 120, 1));
+    proxy.inject(busy(503, 120));
     let err = a.read_staged(&k, &req.staging_tag).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
     assert_eq!(err.retry_after, Some(Duration::from_secs(120)));
@@ -535,7 +542,7 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
     };
     let h = harness_with_retry(Db::Sqlite, adapter(&proxy.url), patient).await;
     h.revs.write("00001", &image.file_refs());
-    proxy.inject(Fault::retry_after(429, 120, 1));
+    proxy.inject(busy(429, 120));
     let s = stage_job("busy", &image, false);
     let e = h.t.queue.enqueue(&s, None, 5).await.unwrap();
     let q = &h.t.queue;
