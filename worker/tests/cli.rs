@@ -124,3 +124,21 @@ fn schema_prints_the_published_schema() {
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), published);
 }
+
+/// `atr-dist jobs list | head` must not end in a panic: output to a reader that has gone
+/// ends the command quietly, with success.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    // The reader is gone before the command writes a byte: its first write fails.
+    drop(reader);
+    let out = atr_dist()
+        .arg("schema")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

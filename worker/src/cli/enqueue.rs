@@ -224,7 +224,7 @@ pub async fn enqueue(
             } else {
                 "already enqueued (same idempotency key)"
             };
-            println!(
+            outln!(
                 "{}  {what}: {} {}",
                 e.id,
                 env.kind(),
@@ -235,7 +235,7 @@ pub async fn enqueue(
         }
     }
     if as_json {
-        println!("{}", json(&results));
+        outln!("{}", json(&results));
     }
     Ok(ExitCode::SUCCESS)
 }

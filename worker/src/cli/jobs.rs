@@ -122,7 +122,7 @@ pub async fn jobs(
                 .await
                 .map_err(anyhow::Error::from)?;
             if as_json {
-                println!("{}", json(&page));
+                outln!("{}", json(&page));
                 return Ok(ExitCode::SUCCESS);
             }
             let rows: Vec<Vec<String>> = page
@@ -141,7 +141,7 @@ pub async fn jobs(
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -158,7 +158,7 @@ pub async fn jobs(
                 )
             );
             if let Some(next) = page.next_cursor {
-                println!("more: --cursor {next}");
+                outln!("more: --cursor {next}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -168,7 +168,7 @@ pub async fn jobs(
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };
             if as_json {
-                println!("{}", json(&detail));
+                outln!("{}", json(&detail));
                 return Ok(ExitCode::SUCCESS);
             }
             let s = &detail.summary;
@@ -207,8 +207,8 @@ pub async fn jobs(
                     .to_string(),
                 ],
             ];
-            print!("{}", table(&["FIELD", "VALUE"], &rows));
-            println!("\ntimeline:");
+            out!("{}", table(&["FIELD", "VALUE"], &rows));
+            outln!("\ntimeline:");
             let mut timeline = vec![vec![
                 fmt_time(s.enqueued_at),
                 "enqueued".into(),
@@ -223,12 +223,12 @@ pub async fn jobs(
                     e.message.clone().unwrap_or_default(),
                 ]);
             }
-            print!(
+            out!(
                 "{}",
                 table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
             );
             print_attempts(config, &id).await;
-            println!("\npayload:\n{}", pretty(&detail.envelope));
+            outln!("\npayload:\n{}", pretty(&detail.envelope));
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Retry {
@@ -241,7 +241,7 @@ pub async fn jobs(
                     .retry_matching(&filter.to_filter(), "retried from the CLI")
                     .await
                     .map_err(anyhow::Error::from)?;
-                println!("queued {n} dead job(s) again");
+                outln!("queued {n} dead job(s) again");
                 return Ok(ExitCode::SUCCESS);
             }
             if ids.is_empty() {
@@ -263,7 +263,7 @@ pub async fn jobs(
                 .map(|r| r == "cancelled" || r == "cancel_requested")
                 .collect();
             for ((id, r), _) in ids.iter().zip(&results).zip(&ok) {
-                println!("{id}  {r}");
+                outln!("{id}  {r}");
             }
             Ok(if ok.iter().all(|b| *b) {
                 ExitCode::SUCCESS
@@ -281,7 +281,7 @@ pub async fn jobs(
                 .purge(state, older_than)
                 .await
                 .map_err(anyhow::Error::from)?;
-            println!(
+            outln!(
                 "purged {n} {state} job(s) older than {}",
                 humantime::format_duration(older_than)
             );
@@ -295,7 +295,7 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         QueueCommand::Stats { json: as_json } => {
             let stats = queue.stats().await.map_err(anyhow::Error::from)?;
             if as_json {
-                println!("{}", json(&stats));
+                outln!("{}", json(&stats));
                 return Ok(ExitCode::SUCCESS);
             }
             let rows: Vec<Vec<String>> = stats
@@ -303,16 +303,16 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
                 .iter()
                 .map(|(s, n)| vec![s.to_string(), n.to_string()])
                 .collect();
-            println!(
+            outln!(
                 "queue {}{}",
                 stats.queue,
                 if stats.paused { " (paused)" } else { "" }
             );
-            print!("{}", table(&["STATE", "JOBS"], &rows));
+            out!("{}", table(&["STATE", "JOBS"], &rows));
             let hour = |f: fn(&crate::queue::MinuteStats) -> u64| {
                 stats.last_hour.iter().map(f).sum::<u64>()
             };
-            println!(
+            outln!(
                 "oldest queued: {}\nlast hour: {} enqueued, {} done, {} failed attempts, {} dead\nlive workers: {}",
                 stats
                     .oldest_queued_age_secs
@@ -328,7 +328,7 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         }
         QueueCommand::Pause => {
             queue.pause().await.map_err(anyhow::Error::from)?;
-            println!(
+            outln!(
                 "queue {} paused: running jobs finish, no new ones start",
                 queue.name()
             );
@@ -336,12 +336,12 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         }
         QueueCommand::Resume => {
             queue.resume().await.map_err(anyhow::Error::from)?;
-            println!("queue {} resumed", queue.name());
+            outln!("queue {} resumed", queue.name());
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Migrate => {
             let report = queue.migrate_v1().await.map_err(anyhow::Error::from)?;
-            println!(
+            outln!(
                 "queue {} is in wire format 2: {} job(s) looked at, {} moved from format 1",
                 queue.name(),
                 report.jobs,
@@ -354,7 +354,7 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
 
 fn report(ids: &[String], results: &[String], success: &str) -> Result<ExitCode, CliError> {
     for (id, r) in ids.iter().zip(results) {
-        println!("{id}  {r}");
+        outln!("{id}  {r}");
     }
     Ok(if results.iter().all(|r| r == success) {
         ExitCode::SUCCESS
@@ -387,7 +387,7 @@ async fn print_attempts(config: &crate::config::Config, id: &str) {
     if let Some(path) = sqlite_file
         && !std::path::Path::new(path).exists()
     {
-        println!("\nattempts: not shown (no results database at {path})");
+        outln!("\nattempts: not shown (no results database at {path})");
         return;
     }
     let read = async {
@@ -401,19 +401,19 @@ async fn print_attempts(config: &crate::config::Config, id: &str) {
     let rows = match tokio::time::timeout(Duration::from_secs(5), read).await {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
-            println!("\nattempts: not shown ({e})");
+            outln!("\nattempts: not shown ({e})");
             return;
         }
         Err(_) => {
-            println!("\nattempts: not shown (the results database did not answer in 5 s)");
+            outln!("\nattempts: not shown (the results database did not answer in 5 s)");
             return;
         }
     };
     if rows.is_empty() {
-        println!("\nattempts: none recorded in the results database");
+        outln!("\nattempts: none recorded in the results database");
         return;
     }
-    println!("\nattempts:");
+    outln!("\nattempts:");
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -430,7 +430,7 @@ async fn print_attempts(config: &crate::config::Config, id: &str) {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[

@@ -5,6 +5,22 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `println!` for command output: a reader that stops early (`atr-dist jobs list | head`)
+/// ends the command quietly instead of panicking on the broken pipe. Defined before the
+/// submodules so they can use it.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output; see `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!($($arg)*))
+    };
+}
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
@@ -128,11 +144,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Config => {
             let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
-            println!("{text}");
+            outln!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            print!("{}", atr_dist_shared::job::envelope_schema());
+            out!("{}", atr_dist_shared::job::envelope_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Enqueue(command) => {
@@ -154,10 +170,10 @@ async fn migrate(config: &Config, args: &MigrateArgs) -> Result<ExitCode, CliErr
             .await
             .map_err(anyhow::Error::from)?;
         if pending.is_empty() {
-            println!("{shown}: schema is current");
+            outln!("{shown}: schema is current");
             return Ok(ExitCode::SUCCESS);
         }
-        println!(
+        outln!(
             "{shown}: {} migration(s) pending: {}",
             pending.len(),
             pending.join(", ")
@@ -168,10 +184,10 @@ async fn migrate(config: &Config, args: &MigrateArgs) -> Result<ExitCode, CliErr
         db::migrate_down(&conn, steps)
             .await
             .map_err(anyhow::Error::from)?;
-        println!("{shown}: reverted {steps} migration(s)");
+        outln!("{shown}: reverted {steps} migration(s)");
         return Ok(ExitCode::SUCCESS);
     }
     let applied = db::migrate_up(&conn).await.map_err(anyhow::Error::from)?;
-    println!("{shown}: applied {applied} migration(s); schema is current");
+    outln!("{shown}: applied {applied} migration(s); schema is current");
     Ok(ExitCode::SUCCESS)
 }

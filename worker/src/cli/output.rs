@@ -1,6 +1,23 @@
 //! Output for people (aligned tables) and for scripts (`--json`).
 
+use std::io::Write;
+
 use serde::Serialize;
+
+/// Writes command output to stdout. When the reader has gone (a closed pipe), the command
+/// has nothing left to do: exit 0 at once, as `head` and `grep -q` expect of a producer.
+pub fn write_out(args: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    let result = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("atr-dist: writing output failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
