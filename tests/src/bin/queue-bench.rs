@@ -1279,6 +1279,30 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
         rtts.push(t.elapsed().as_secs_f64() * 1e6);
     }
     rtts.sort_by(f64::total_cmp);
+    // How fast this machine runs Redis scripts: the Redis CPU of one redis.call on a small
+    // hash, inside one script. Machines differ by 2x and more here, so µs/job from two
+    // machines compare only after dividing by this.
+    const PROBE_CALLS: u32 = 200_000;
+    let probe_key = "atr-dist-bench:{probe}:h";
+    let _: () = redis::cmd("HSET")
+        .arg(probe_key)
+        .arg(&["state", "queued", "attempt", "1"])
+        .query_async(&mut ctx.admin)
+        .await?;
+    let before = sample(ctx).await?;
+    let _: () = redis::cmd("EVAL")
+        .arg("for i = 1, tonumber(ARGV[1]) do redis.call('HGET', KEYS[1], 'state') end")
+        .arg(1)
+        .arg(probe_key)
+        .arg(PROBE_CALLS)
+        .query_async(&mut ctx.admin)
+        .await?;
+    let after = sample(ctx).await?;
+    let _: () = redis::cmd("DEL")
+        .arg(probe_key)
+        .query_async(&mut ctx.admin)
+        .await?;
+    let ns_per_call = (after.cpu_us - before.cpu_us) * 1000.0 / f64::from(PROBE_CALLS);
     // Redis's own CPU while this benchmark is idle (other clients, serverCron).
     let a = sample(ctx).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1297,6 +1321,9 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
             ctx.url,
             rtts[rtts.len() / 2],
             rtts[rtts.len() * 99 / 100],
+        ),
+        format!(
+            "- Redis speed on this machine: {ns_per_call:.0} ns of Redis CPU per redis.call (HGET of a small hash, {PROBE_CALLS} in one script); divide µs/job by it before comparing machines"
         ),
         format!(
             "- Redis clients connected at start: {}; Redis CPU while this benchmark idled: {:.0} µs/s; Redis process {} (CPU of other processes is watched: {})",
