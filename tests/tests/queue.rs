@@ -173,6 +173,10 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     q.heartbeat("w1", lease, &[]).await.unwrap();
     let err = q.migrate_v1().await.unwrap_err().to_string();
     assert!(err.contains("1 worker(s)"), "{err}");
+    assert!(
+        err.contains("runs out in 30 s") || err.contains("runs out in 29 s"),
+        "{err}"
+    );
     let _: () = conn.del(format!("{p}workers")).await.unwrap();
 
     assert_eq!(

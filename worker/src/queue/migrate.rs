@@ -73,10 +73,20 @@ impl Queue {
     pub async fn migrate_v1(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
         if workers > 0 {
+            // A worker that was killed rather than stopped keeps its entry until the lease it
+            // last renewed runs out: say how long that is, so the operator knows to wait.
+            let last: Vec<(String, f64)> = self
+                .conn
+                .clone()
+                .zrevrange_withscores(format!("{}workers", self.prefix), 0, 0)
+                .await?;
+            let wait = last.first().map_or(0, |(_, until)| {
+                ((*until as i64 - chrono::Utc::now().timestamp_millis()).max(0) + 999) / 1000
+            });
             return Err(QueueError::NotNow(format!(
                 "{workers} worker(s) of queue {} have a live heartbeat; stop every worker \
-                     and producer before migrating (a stopped worker's heartbeat runs out \
-                     within its lease)",
+                 and producer before migrating (the last heartbeat runs out in {wait} s \
+                 unless its worker is still running and renews it)",
                 self.name
             )));
         }
