@@ -312,6 +312,16 @@ impl Harness {
         q.show(&e.id).await.unwrap().unwrap().summary.state
     }
 
+    /// `run`, asserting that the job ended `done`; the failure message is its last error.
+    pub async fn run_to_done(&self, envelope: &Envelope, max_attempts: u32) {
+        assert_eq!(
+            self.run(envelope, max_attempts).await,
+            JobState::Done,
+            "{}",
+            self.last_error(envelope).await
+        );
+    }
+
     pub async fn last_error(&self, envelope: &Envelope) -> String {
         let s = self
             .t

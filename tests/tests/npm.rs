@@ -90,12 +90,7 @@ async fn stage_then_promote(pkg_old: Pkg, pkg: Pkg) {
 
     pkg.write(&h, "00001", "new");
     let stage = pkg.stage("00001");
-    assert_eq!(
-        h.run(&stage, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&stage).await
-    );
+    h.run_to_done(&stage, 3).await;
     let tags = registry.dist_tags(&pkg.full()).await;
     assert_eq!(tags["rc"], pkg.version);
     assert_eq!(
@@ -106,12 +101,7 @@ async fn stage_then_promote(pkg_old: Pkg, pkg: Pkg) {
     // The vote makes revision 00002 with the same files; promote it.
     pkg.write(&h, "00002", "new");
     let promote = pkg.promote("00002");
-    assert_eq!(
-        h.run(&promote, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&promote).await
-    );
+    h.run_to_done(&promote, 3).await;
     let tags = registry.dist_tags(&pkg.full()).await;
     assert_eq!(tags["latest"], pkg.version);
     let row = distribution::Entity::find_by_id((
@@ -350,12 +340,7 @@ async fn rate_limits_and_outages_are_retried_with_retry_after() {
     proxy.inject(Fault::new(503).retry_after(1));
     proxy.inject(Fault::new(429).retry_after(1));
     let stage = pkg.stage("00001");
-    assert_eq!(
-        h.run(&stage, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&stage).await
-    );
+    h.run_to_done(&stage, 3).await;
     assert_eq!(h.runs(&stage).await.len(), 1, "handled inside one attempt");
     // Every PUT the proxy saw, answered by a fault or not.
     let puts = proxy.seen().iter().filter(|s| s.method == "PUT").count();

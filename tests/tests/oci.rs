@@ -129,12 +129,7 @@ async fn stage_then_promote(which: Db) {
     assert_eq!(writes(&proxy), 0, "{:?}", proxy.seen());
 
     let s = stage_job("httpd", &image, false);
-    assert_eq!(
-        h.run(&s, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&s).await
-    );
+    h.run_to_done(&s, 3).await;
     let row = h.row().await.unwrap();
     assert!(row.staging && !row.promoted);
     assert_eq!(row.staging_tag.as_deref(), Some(STAGING_TAG));
@@ -154,12 +149,7 @@ async fn stage_then_promote(which: Db) {
     );
 
     let p = promote_job("httpd");
-    assert_eq!(
-        h.run(&p, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&p).await
-    );
+    h.run_to_done(&p, 3).await;
     let row = h.row().await.unwrap();
     assert!(row.promoted && !row.staging);
     assert_eq!(row.platform_digest.as_deref(), Some(image.digest.as_str()));
@@ -215,12 +205,7 @@ async fn an_image_ci_already_pushed_is_adopted_without_writes() {
     let h = harness(Db::Sqlite, adapter(&proxy.url)).await;
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("adopted", &image, false);
-    assert_eq!(
-        h.run(&s, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&s).await
-    );
+    h.run_to_done(&s, 3).await;
     assert_eq!(h.runs(&s).await[0].outcome.as_deref(), Some("unchanged"));
     assert_eq!(
         h.row().await.unwrap().platform_digest.as_deref(),
@@ -237,19 +222,9 @@ async fn a_multi_arch_index_is_promoted_as_the_index() {
     let image = multi_arch_image("image", "multi");
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("multi", &image, false);
-    assert_eq!(
-        h.run(&s, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&s).await
-    );
+    h.run_to_done(&s, 3).await;
     let p = promote_job("multi");
-    assert_eq!(
-        h.run(&p, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&p).await
-    );
+    h.run_to_done(&p, 3).await;
 
     let released = registry_manifest(&registry.url, "apache/multi", "1.0.0").await;
     assert_eq!(released, Some((image.digest.clone(), OCI_INDEX.to_owned())));
@@ -274,12 +249,7 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
     let image = single_image("image", "voted");
     h.revs.write("00001", &image.file_refs());
     let s = stage_job("moved", &image, false);
-    assert_eq!(
-        h.run(&s, 3).await,
-        JobState::Done,
-        "{}",
-        h.last_error(&s).await
-    );
+    h.run_to_done(&s, 3).await;
 
     // Someone pushes another image over the staging tag.
     let other = single_image("image", "NOT voted");
