@@ -80,12 +80,8 @@ pub fn ensure(url: &str, data_dir: &Path) -> Result<Option<EmbeddedRedis>, Embed
     if url != DEFAULT_REDIS_URL || answers(DEFAULT_PORT) {
         return Ok(None);
     }
-    let redis = start(DEFAULT_PORT, data_dir).map_err(|e| match e {
-        EmbeddedError::NotInstalled { .. } => EmbeddedError::NotInstalled {
-            url: url.to_owned(),
-        },
-        other => other,
-    })?;
+    // Its errors name redis://127.0.0.1:6379, which is `url`.
+    let redis = start(DEFAULT_PORT, data_dir)?;
     tracing::info!(
         dir = %data_dir.display(),
         "no Redis was running at {url}: started a private redis-server there for the embedded default (stopped when atr-dist exits)"
