@@ -1,21 +1,58 @@
--- atr-dist wire format v2: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v3: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
--- ARGV = prefix, worker_id, then 6 values per job:
---   id, attempt, outcome, delay_ms, error_class, message
--- outcome: done | retry | dead | cancelled | release | defer
--- Only the lease holder of that very attempt may ack; anything else is 'stale' and changes
--- nothing (the lease expired and the job went to another worker).
--- Returns, per job, the state it is now in, or 'stale'.
+-- ARGV = prefix, n_done, then
+--   n_done pairs for attempts that succeeded: id, lease
+--   then 6 values per other job: id, lease, outcome, delay_ms, error_class, message
+--   where outcome is retry | dead | cancelled | release | defer
+-- `lease` is the token fetch.lua handed out with the job. Only the holder of that very lease
+-- may ack: a job that is not `running` under that token is 'stale' and nothing changes (the
+-- lease expired and the job went to another worker, or this ack was applied already).
+-- Returns, per job in argument order, the state it is now in, or 'stale'.
+--
+-- Success, the common case, is a pair of values and a few variadic commands for the whole
+-- batch; the other outcomes are rare and written one job at a time.
 local prefix = ARGV[1]
-local worker = ARGV[2]
+local n_done = tonumber(ARGV[2])
+if n_done == nil or n_done < 0 or 2 + 2 * n_done > #ARGV or (#ARGV - 2 - 2 * n_done) % 6 ~= 0 then
+  return redis.error_reply('ERR atr-dist ack: expected n_done, n_done pairs, then groups of 6 per job')
+end
+local OUTCOMES = {retry = true, dead = true, cancelled = true, release = true, defer = true}
+-- Check every outcome before writing anything, so a bad call changes nothing.
+for i = 3 + 2 * n_done, #ARGV, 6 do
+  if not OUTCOMES[ARGV[i + 2]] then
+    return redis.error_reply('ERR atr-dist ack: unknown outcome ' .. tostring(ARGV[i + 2]))
+  end
+end
+if n_done + (#ARGV - 2 - 2 * n_done) / 6 > 1000 then
+  return redis.error_reply('ERR atr-dist ack: at most 1000 jobs per call')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local running = prefix .. 'running'
+local state = prefix .. 'state'
+local leases = prefix .. 'lease'
 local counts = {done = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
 
-if (#ARGV - 2) % 6 ~= 0 then
-  return redis.error_reply('ERR atr-dist ack: arguments must come in groups of 6 per job')
+-- Every job's id and presented lease, read against Redis in two variadic calls.
+local ids, presented = {}, {}
+local m = 0
+for i = 3, 2 + 2 * n_done, 2 do
+  m = m + 1
+  ids[m] = ARGV[i]
+  presented[m] = ARGV[i + 1]
 end
+for i = 3 + 2 * n_done, #ARGV, 6 do
+  m = m + 1
+  ids[m] = ARGV[i]
+  presented[m] = ARGV[i + 1]
+end
+if m == 0 then
+  return {}
+end
+local states = redis.call('HMGET', state, unpack(ids))
+local held = redis.call('HMGET', leases, unpack(ids))
+-- Pending cancel requests are rare: look them up only when there are any.
+local pending_cancel = redis.call('EXISTS', prefix .. 'cancel_requested') == 1
 
 local function event(id, name, attempt, class, message)
   local key = prefix .. 'events:' .. id
@@ -23,8 +60,14 @@ local function event(id, name, attempt, class, message)
   redis.call('LTRIM', key, -50, -1)
 end
 
-local function to_dead(job, id, attempt, class, message)
-  redis.call('HSET', job, 'state', 'dead', 'finished_at', now, 'error_class', class, 'last_error', message)
+local function failure(id, class, message)
+  redis.call('HSET', prefix .. 'error_class', id, class)
+  redis.call('HSET', prefix .. 'last_error', id, message)
+end
+
+local function to_dead(id, attempt, class, message)
+  redis.call('HSET', state, id, 'dead')
+  failure(id, class, message)
   redis.call('ZADD', prefix .. 'dead', now, id)
   event(id, 'dead', attempt, class, message)
   counts.dead = counts.dead + 1
@@ -32,49 +75,57 @@ local function to_dead(job, id, attempt, class, message)
   return 'dead'
 end
 
+-- The lease with its attempt number lowered by one: the attempt does not count. Without
+-- attempts left over the job has none on record.
+local function uncount(id, lease)
+  local attempt, rest = string.match(lease, '^(%d+)( .*)$')
+  attempt = tonumber(attempt) or 1
+  if attempt <= 1 then
+    redis.call('HDEL', leases, id)
+  else
+    redis.call('HSET', leases, id, (attempt - 1) .. rest)
+  end
+  return attempt
+end
+
 local out = {}
--- Done jobs leave `running` and enter `done` in one ZREM and one ZADD per call.
 local now_s = tostring(now)
-local done_ids, done_scores = {}, {}
--- Counters rather than `#t + 1` in this loop: it runs for every job of the batch.
-local n_out, n_done = 0, 0
-for i = 3, #ARGV, 6 do
-  local id = ARGV[i]
-  local attempt = tonumber(ARGV[i + 1])
-  local outcome = ARGV[i + 2]
-  local delay = tonumber(ARGV[i + 3]) or 0
-  local class = ARGV[i + 4]
-  local message = ARGV[i + 5]
-  local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'cancel_requested')
+local done_ids, done_states, done_scores = {}, {}, {}
+local nd = 0
+for k = 1, m do
+  local id = ids[k]
   local result
-  if f[1] ~= 'running' or f[2] ~= worker or tonumber(f[3]) ~= attempt then
+  if states[k] ~= 'running' or held[k] ~= presented[k] then
     result = 'stale'
-  elseif outcome == 'done' then
-    -- The common case, kept to the fewest commands: `worker` stays as the last holder.
-    if f[4] then
-      redis.call('HDEL', job, 'cancel_requested')
-    end
-    redis.call('HSET', job, 'state', 'done', 'finished_at', now_s)
-    n_done = n_done + 1
-    done_ids[n_done] = id
-    done_scores[2 * n_done - 1] = now_s
-    done_scores[2 * n_done] = id
-    counts.done = counts.done + 1
+  elseif k <= n_done then
+    nd = nd + 1
+    done_ids[nd] = id
+    done_states[2 * nd - 1] = id
+    done_states[2 * nd] = 'done'
+    done_scores[2 * nd - 1] = now_s
+    done_scores[2 * nd] = id
     result = 'done'
   else
+    local i = 3 + 2 * n_done + 6 * (k - n_done - 1)
+    local lease = held[k]
+    local attempt = tonumber(string.match(lease, '^%d+')) or 1
+    local outcome = ARGV[i + 2]
+    local delay = tonumber(ARGV[i + 3]) or 0
+    local class = ARGV[i + 4]
+    local message = ARGV[i + 5]
     redis.call('ZREM', running, id)
-    if f[4] then
-      redis.call('HDEL', job, 'cancel_requested')
+    if pending_cancel then
+      redis.call('HDEL', prefix .. 'cancel_requested', id)
     end
     if outcome == 'retry' then
-      local max = tonumber(redis.call('HGET', job, 'max_attempts')) or 1
+      local max = tonumber(string.match(redis.call('HGET', prefix .. 'meta', id) or '', '^%d+')) or 1
       if attempt >= max then
-        result = to_dead(job, id, attempt, class,
+        result = to_dead(id, attempt, class,
           'gave up after ' .. attempt .. ' attempt(s); last error: ' .. message)
       else
         local run_at = now + delay
-        redis.call('HSET', job, 'state', 'retrying', 'run_at', run_at, 'error_class', class, 'last_error', message)
+        redis.call('HSET', state, id, 'retrying')
+        failure(id, class, message)
         redis.call('ZADD', prefix .. 'retrying', run_at, id)
         event(id, 'retry_scheduled', attempt, class, message .. ' (next attempt in ' .. delay .. ' ms)')
         counts.retried = counts.retried + 1
@@ -82,9 +133,10 @@ for i = 3, #ARGV, 6 do
         result = 'retrying'
       end
     elseif outcome == 'dead' then
-      result = to_dead(job, id, attempt, class, message)
+      result = to_dead(id, attempt, class, message)
     elseif outcome == 'cancelled' then
-      redis.call('HSET', job, 'state', 'cancelled', 'finished_at', now, 'last_error', message)
+      redis.call('HSET', state, id, 'cancelled')
+      redis.call('HSET', prefix .. 'last_error', id, message)
       redis.call('ZADD', prefix .. 'cancelled', now, id)
       event(id, 'cancelled', attempt, class, message)
       counts.cancelled = counts.cancelled + 1
@@ -92,28 +144,33 @@ for i = 3, #ARGV, 6 do
     elseif outcome == 'defer' then
       -- Not this worker's turn (the distribution is locked by another job): wait and try
       -- again without spending an attempt.
-      local run_at = now + delay
-      redis.call('HSET', job, 'state', 'retrying', 'attempt', attempt - 1, 'run_at', run_at)
-      redis.call('ZADD', prefix .. 'retrying', run_at, id)
+      uncount(id, lease)
+      redis.call('HSET', state, id, 'retrying')
+      redis.call('ZADD', prefix .. 'retrying', now + delay, id)
       event(id, 'deferred', attempt, class, message)
       result = 'retrying'
-    elseif outcome == 'release' then
+    else -- 'release' (outcomes were checked above)
       -- Handed back unfinished (graceful shutdown): the attempt does not count.
-      redis.call('HSET', job, 'state', 'queued', 'attempt', attempt - 1, 'queued_at', now)
+      uncount(id, lease)
+      redis.call('HSET', state, id, 'queued')
+      redis.call('HSET', prefix .. 'queued_at', id, now)
       redis.call('LPUSH', prefix .. 'queued', id)
       event(id, 'released', attempt, class, message)
       result = 'queued'
-    else
-      return redis.error_reply('ERR atr-dist ack: unknown outcome ' .. tostring(outcome))
     end
   end
-  n_out = n_out + 1
-  out[n_out] = result
+  out[k] = result
 end
 
-for i = 1, #done_ids, 1000 do
-  redis.call('ZREM', running, unpack(done_ids, i, math.min(i + 999, #done_ids)))
-  redis.call('ZADD', prefix .. 'done', unpack(done_scores, 2 * i - 1, math.min(2 * i + 1998, #done_scores)))
+if nd > 0 then
+  -- At most 1000 jobs per call (the worker's batches are smaller), so within unpack's limit.
+  redis.call('ZREM', running, unpack(done_ids))
+  redis.call('ZADD', prefix .. 'done', unpack(done_scores))
+  redis.call('HSET', state, unpack(done_states))
+  if pending_cancel then
+    redis.call('HDEL', prefix .. 'cancel_requested', unpack(done_ids))
+  end
+  counts.done = nd
 end
 
 local stats = prefix .. 'stats'

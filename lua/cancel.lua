@@ -1,4 +1,4 @@
--- atr-dist wire format v2: cancel (docs/wire-format.md, "cancel").
+-- atr-dist wire format v3: cancel (docs/wire-format.md, "cancel").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- scheduled, queued and retrying jobs become cancelled at once; for a running job the
@@ -9,26 +9,28 @@ local prefix = ARGV[1]
 local message = ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state_key = prefix .. 'state'
 local out = {}
 local cancelled = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local job = prefix .. 'job:' .. id
-  local state = redis.call('HGET', job, 'state')
+  local state = redis.call('HGET', state_key, id)
   local result
   if not state then
     result = 'not_found'
   elseif state == 'running' then
-    redis.call('HSET', job, 'cancel_requested', '1')
+    redis.call('HSET', prefix .. 'cancel_requested', id, '1')
     result = 'cancel_requested'
   elseif state == 'queued' or state == 'scheduled' or state == 'retrying' then
     if state == 'queued' then
       -- O(queue length), like any removal from the middle of a list; cancels are rare.
       redis.call('LREM', prefix .. 'queued', 1, id)
+      redis.call('HDEL', prefix .. 'queued_at', id)
     else
       redis.call('ZREM', prefix .. state, id)
     end
-    redis.call('HSET', job, 'state', 'cancelled', 'finished_at', now, 'last_error', message)
+    redis.call('HSET', state_key, id, 'cancelled')
+    redis.call('HSET', prefix .. 'last_error', id, message)
     redis.call('ZADD', prefix .. 'cancelled', now, id)
     cancelled = cancelled + 1
     result = 'cancelled'

@@ -1,17 +1,21 @@
--- atr-dist wire format v2: enqueue (docs/wire-format.md, "enqueue").
+-- atr-dist wire format v3: enqueue (docs/wire-format.md, "enqueue").
 -- KEYS[1] = <prefix>queued    (routes the call to the queue's cluster slot)
 -- ARGV[1] = <prefix>          e.g. "atr-dist:{default}:"
 -- then 5 values per job, at most 1000 jobs per call:
 --   id, idempotency_key, envelope, run_at_ms (0 = now), max_attempts
 -- Returns, per job: id, status: 1 = created; 0 = the idempotency key already named a job,
 -- whose id is returned; -1 = refused, a job with this id exists under another idempotency key.
+--
+-- Every write is one variadic command for the whole batch: Redis's cost per command call
+-- from Lua is several times its cost per element, so nothing here calls Redis per job.
 local prefix = ARGV[1]
-local FORMAT = '2'
+local FORMAT = '3'
 local format_key = prefix .. 'format'
 local fmt = redis.call('GET', format_key)
 if fmt and fmt ~= FORMAT then
   return redis.error_reply('ERR atr-dist enqueue: this queue is in wire format ' .. fmt ..
-    '; this client speaks format ' .. FORMAT .. ' (see docs/wire-format.md, "Versions")')
+    '; this client speaks format ' .. FORMAT .. '; run `atr-dist queue migrate` ' ..
+    '(docs/wire-format.md, "Versions")')
 end
 
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
@@ -45,8 +49,9 @@ for j = 1, n do
   if ARGV[i] == '' or ARGV[i + 1] == '' or ARGV[i + 2] == '' then
     return redis.error_reply('ERR atr-dist enqueue: id, idempotency_key and envelope must not be empty')
   end
-  if tonumber(ARGV[i + 3]) == nil or tonumber(ARGV[i + 4]) == nil or tonumber(ARGV[i + 4]) < 1 then
-    return redis.error_reply('ERR atr-dist enqueue: run_at_ms and max_attempts must be numbers, max_attempts >= 1')
+  local max = tonumber(ARGV[i + 4])
+  if tonumber(ARGV[i + 3]) == nil or max == nil or max < 1 or max ~= math.floor(max) then
+    return redis.error_reply('ERR atr-dist enqueue: run_at_ms and max_attempts must be numbers, max_attempts a whole number >= 1')
   end
   ids[j] = ARGV[i]
   keys[j] = ARGV[i + 1]
@@ -61,21 +66,21 @@ if not fmt then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Formatted once: number-to-string conversion per field and job is measurable.
-local now_s = tostring(now)
-local envelopes = prefix .. 'envelopes'
+-- Formatted once: number-to-string conversion per job is measurable.
+local enqueued = ' ' .. tostring(now)
+local state = prefix .. 'state'
 local idempotency = prefix .. 'idempotency'
 
 -- Two reads for the whole batch: which keys name a job already, and which ids are taken.
 local holders = redis.call('HMGET', idempotency, unpack(keys))
-local taken = redis.call('HMGET', envelopes, unpack(ids))
+local taken = redis.call('HMGET', state, unpack(ids))
 
 local out = {}
--- Written together at the end: envelopes and keys in one HSET each, ready ids in one RPUSH.
-local new_envelopes, new_keys, ready = {}, {}, {}
+-- Field-value lists for one HSET each, ready ids for one RPUSH, delayed ones for one ZADD.
+local new_envelopes, new_keys, new_states, new_meta, ready, delayed = {}, {}, {}, {}, {}, {}
+local created, n_ready, n_delayed = 0, 0, 0
 -- Keys and ids created earlier in this same call.
 local claimed, created_ids = {}, {}
-local scheduled = prefix .. 'scheduled'
 for j = 1, n do
   local i = 2 + (j - 1) * 5
   local id, key = ids[j], keys[j]
@@ -84,46 +89,55 @@ for j = 1, n do
     holder = holders[j]
     -- A key can outlive its job when purge could not read the job's envelope to find it;
     -- such a key is free again.
-    if redis.call('HEXISTS', envelopes, holder) == 0 then
+    if not redis.call('HGET', state, holder) then
       holder = nil
     end
   end
   if holder then
-    out[#out + 1] = holder
-    out[#out + 1] = 0
+    out[2 * j - 1] = holder
+    out[2 * j] = 0
   elseif taken[j] or created_ids[id] then
-    out[#out + 1] = id
-    out[#out + 1] = -1
+    out[2 * j - 1] = id
+    out[2 * j] = -1
   else
     local run_at = tonumber(ARGV[i + 3])
+    created = created + 1
+    local f = 2 * created
     if run_at > now then
-      redis.call('HSET', prefix .. 'job:' .. id, 'state', 'scheduled', 'max_attempts', ARGV[i + 4],
-        'enqueued_at', now_s, 'run_at', ARGV[i + 3], 'queued_at', ARGV[i + 3])
-      redis.call('ZADD', scheduled, ARGV[i + 3], id)
+      new_states[f] = 'scheduled'
+      n_delayed = n_delayed + 1
+      delayed[2 * n_delayed - 1] = run_at
+      delayed[2 * n_delayed] = id
     else
-      -- `queued_at` is left out while it equals `enqueued_at`, and `attempt` while it is 0.
-      redis.call('HSET', prefix .. 'job:' .. id, 'state', 'queued', 'max_attempts', ARGV[i + 4],
-        'enqueued_at', now_s)
-      ready[#ready + 1] = id
+      new_states[f] = 'queued'
+      n_ready = n_ready + 1
+      ready[n_ready] = id
     end
-    new_envelopes[#new_envelopes + 1] = id
-    new_envelopes[#new_envelopes + 1] = ARGV[i + 2]
-    new_keys[#new_keys + 1] = key
-    new_keys[#new_keys + 1] = id
+    new_states[f - 1] = id
+    new_envelopes[f - 1] = id
+    new_envelopes[f] = ARGV[i + 2]
+    new_keys[f - 1] = key
+    new_keys[f] = id
+    new_meta[f - 1] = id
+    new_meta[f] = ARGV[i + 4] .. enqueued
     claimed[key] = id
     created_ids[id] = true
-    out[#out + 1] = id
-    out[#out + 1] = 1
+    out[2 * j - 1] = id
+    out[2 * j] = 1
   end
 end
 
-local created = #new_keys / 2
 if created > 0 then
   -- At most 2000 values each: far below Lua's unpack limit.
-  redis.call('HSET', envelopes, unpack(new_envelopes))
+  redis.call('HSET', prefix .. 'envelopes', unpack(new_envelopes))
   redis.call('HSET', idempotency, unpack(new_keys))
-  if #ready > 0 then
+  redis.call('HSET', state, unpack(new_states))
+  redis.call('HSET', prefix .. 'meta', unpack(new_meta))
+  if n_ready > 0 then
     redis.call('RPUSH', prefix .. 'queued', unpack(ready))
+  end
+  if n_delayed > 0 then
+    redis.call('ZADD', prefix .. 'scheduled', unpack(delayed))
   end
   redis.call('HINCRBY', prefix .. 'stats', 'enqueued', created)
   local tp = prefix .. 'tp:' .. math.floor(now / 60000)

@@ -1,26 +1,40 @@
--- atr-dist wire format v2: heartbeat (docs/wire-format.md, "heartbeat").
+-- atr-dist wire format v3: heartbeat (docs/wire-format.md, "heartbeat").
 -- KEYS[1] = <prefix>queued
--- ARGV = prefix, worker_id, lease_ms, id...
--- Extends the lease of every listed job the worker still holds.
+-- ARGV = prefix, worker_id, lease_ms, then pairs: id, lease (the token fetch.lua handed out)
+-- Extends the lease of every listed job the worker still holds under that token.
 -- Returns two arrays: ids the worker no longer holds (stop working on them), and ids an
 -- operator asked to cancel.
 local prefix = ARGV[1]
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
+if (#ARGV - 3) % 2 ~= 0 then
+  return redis.error_reply('ERR atr-dist heartbeat: jobs must come as id, lease pairs')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local running = prefix .. 'running'
 local lost, cancel = {}, {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local f = redis.call('HMGET', prefix .. 'job:' .. id, 'state', 'worker', 'cancel_requested')
-  if f[1] == 'running' and f[2] == worker then
-    redis.call('ZADD', running, 'XX', now + lease_ms, id)
-    if f[3] == '1' then
-      cancel[#cancel + 1] = id
+local ids = {}
+for i = 4, #ARGV, 2 do
+  ids[#ids + 1] = ARGV[i]
+end
+if #ids > 0 then
+  local states = redis.call('HMGET', prefix .. 'state', unpack(ids))
+  local held = redis.call('HMGET', prefix .. 'lease', unpack(ids))
+  local requested = redis.call('HMGET', prefix .. 'cancel_requested', unpack(ids))
+  local renew = {}
+  for k, id in ipairs(ids) do
+    if states[k] == 'running' and held[k] == ARGV[3 + 2 * k] then
+      renew[#renew + 1] = now + lease_ms
+      renew[#renew + 1] = id
+      if requested[k] then
+        cancel[#cancel + 1] = id
+      end
+    else
+      lost[#lost + 1] = id
     end
-  else
-    lost[#lost + 1] = id
+  end
+  if #renew > 0 then
+    redis.call('ZADD', prefix .. 'running', 'XX', unpack(renew))
   end
 end
 -- Live workers, scored by when their heartbeat runs out; the dead ones age out here.

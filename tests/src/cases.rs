@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use atr_dist::config::RetryConfig;
 use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
-use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Queue, RawJob};
+use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Lease, Leased, Queue, RawJob};
 use atr_dist_shared::{ErrorClass, JobState};
 use chrono::Utc;
 use tokio::sync::oneshot;
@@ -118,11 +118,23 @@ pub async fn state_of(queue: &Queue, id: &str) -> JobState {
         .state
 }
 
-fn ack(id: &str, attempt: u32, outcome: AckOutcome) -> Vec<Ack> {
+fn ack(job: &Leased, outcome: AckOutcome) -> Vec<Ack> {
     vec![Ack {
-        id: id.to_owned(),
-        attempt,
+        lease: job.lease(),
         outcome,
+    }]
+}
+
+/// `job`'s lease as another worker, or another attempt, would present it: same job, same
+/// start time, different holder.
+fn forged(job: &Leased, attempt: u32, worker: &str) -> Vec<Ack> {
+    let started = job.token.split(' ').nth(1).expect("token has a start time");
+    vec![Ack {
+        lease: Lease {
+            id: job.id.clone(),
+            token: format!("{attempt} {started} {worker}"),
+        },
+        outcome: AckOutcome::Done,
     }]
 }
 
@@ -177,42 +189,52 @@ pub async fn leases_fence_acks_and_expire(q: &Queue) {
     let lease = Duration::from_millis(300);
     let got = q.fetch("w1", lease, 10).await.unwrap();
     assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].token,
+        format!("1 {} w1", got[0].token.split(' ').nth(1).unwrap())
+    );
     // Another worker, or the wrong attempt, cannot ack.
     assert_eq!(
-        q.ack("w2", &ack(&e.id, 1, AckOutcome::Done)).await.unwrap(),
+        q.ack(&forged(&got[0], 1, "w2")).await.unwrap(),
         vec![AckResult::Stale]
     );
     assert_eq!(
-        q.ack("w1", &ack(&e.id, 2, AckOutcome::Done)).await.unwrap(),
+        q.ack(&forged(&got[0], 2, "w1")).await.unwrap(),
         vec![AckResult::Stale]
     );
-    // A heartbeat keeps it; without one, it expires and any worker gets it back.
+    // Nor renew its lease.
     let hb = q
-        .heartbeat("w1", lease, std::slice::from_ref(&e.id))
+        .heartbeat("w2", lease, &[forged(&got[0], 1, "w2")[0].lease.clone()])
         .await
         .unwrap();
+    assert_eq!(hb.lost, vec![e.id.clone()]);
+    // A heartbeat keeps it; without one, it expires and any worker gets it back.
+    let hb = q.heartbeat("w1", lease, &[got[0].lease()]).await.unwrap();
     assert!(hb.lost.is_empty());
     tokio::time::sleep(Duration::from_millis(450)).await;
     let again = q.fetch("w2", lease, 10).await.unwrap();
     assert_eq!(again.len(), 1, "expired lease recovered");
     assert_eq!(again[0].attempt, 2);
-    let hb = q
-        .heartbeat("w1", lease, std::slice::from_ref(&e.id))
-        .await
-        .unwrap();
+    let hb = q.heartbeat("w1", lease, &[got[0].lease()]).await.unwrap();
     assert_eq!(
         hb.lost,
         vec![e.id.clone()],
         "the old holder learns it lost the job"
     );
     assert_eq!(
-        q.ack("w1", &ack(&e.id, 1, AckOutcome::Done)).await.unwrap(),
+        q.ack(&ack(&got[0], AckOutcome::Done)).await.unwrap(),
         vec![AckResult::Stale]
     );
     assert_eq!(
-        q.ack("w2", &ack(&e.id, 2, AckOutcome::Done)).await.unwrap(),
+        q.ack(&ack(&again[0], AckOutcome::Done)).await.unwrap(),
         vec![AckResult::Applied(JobState::Done)]
     );
+    // Applied once only: the same ack again is stale and counts nothing.
+    assert_eq!(
+        q.ack(&ack(&again[0], AckOutcome::Done)).await.unwrap(),
+        vec![AckResult::Stale]
+    );
+    assert_eq!(q.stats().await.unwrap().totals.get("done"), Some(&1));
     let detail = q.show(&e.id).await.unwrap().unwrap();
     assert!(
         detail.events.iter().any(|ev| ev.event == "lease_expired"),
@@ -224,14 +246,13 @@ pub async fn leases_fence_acks_and_expire(q: &Queue) {
 pub async fn retries_persist_then_dead(q: &Queue) {
     let e = q.enqueue(&jobs::stage(4), None, 3).await.unwrap();
     let lease = Duration::from_secs(5);
-    let transient = |attempt| {
+    let transient = |job: &Leased| {
         ack(
-            &e.id,
-            attempt,
+            job,
             AckOutcome::Retry {
                 delay: Duration::from_millis(150),
                 class: ErrorClass::Transient,
-                message: format!("503 on attempt {attempt}"),
+                message: format!("503 on attempt {}", job.attempt),
             },
         )
     };
@@ -239,7 +260,7 @@ pub async fn retries_persist_then_dead(q: &Queue) {
         let got = q.fetch("w1", lease, 10).await.unwrap();
         assert_eq!(got[0].attempt, attempt);
         assert_eq!(
-            q.ack("w1", &transient(attempt)).await.unwrap(),
+            q.ack(&transient(&got[0])).await.unwrap(),
             vec![AckResult::Applied(JobState::Retrying)]
         );
         // The backoff is kept in Redis: nothing to fetch until it has passed.
@@ -249,7 +270,7 @@ pub async fn retries_persist_then_dead(q: &Queue) {
     let got = q.fetch("w1", lease, 10).await.unwrap();
     assert_eq!(got[0].attempt, 3);
     assert_eq!(
-        q.ack("w1", &transient(3)).await.unwrap(),
+        q.ack(&transient(&got[0])).await.unwrap(),
         vec![AckResult::Applied(JobState::Dead)]
     );
     let d = q.show(&e.id).await.unwrap().unwrap();
@@ -262,13 +283,14 @@ pub async fn retries_persist_then_dead(q: &Queue) {
     assert_eq!(kinds, vec!["retry_scheduled", "retry_scheduled", "dead"]);
 
     let p = q.enqueue(&jobs::stage(5), None, 10).await.unwrap();
-    q.fetch("w1", lease, 10).await.unwrap();
+    let got = q.fetch("w1", lease, 10).await.unwrap();
+    assert_eq!(got[0].id, p.id);
     let permanent = AckOutcome::Dead {
         class: ErrorClass::Permanent,
         message: "404 unknown package".into(),
     };
     assert_eq!(
-        q.ack("w1", &ack(&p.id, 1, permanent)).await.unwrap(),
+        q.ack(&ack(&got[0], permanent)).await.unwrap(),
         vec![AckResult::Applied(JobState::Dead)]
     );
     assert_eq!(
@@ -406,15 +428,14 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
     let dead: Vec<Ack> = leased[..4]
         .iter()
         .map(|j| Ack {
-            id: j.id.clone(),
-            attempt: 1,
+            lease: j.lease(),
             outcome: AckOutcome::Dead {
                 class: ErrorClass::Auth,
                 message: "401 bad token".into(),
             },
         })
         .collect();
-    q.ack("w1", &dead).await.unwrap();
+    q.ack(&dead).await.unwrap();
     let running_id = leased[4].id.clone();
 
     let page1 = q
@@ -515,20 +536,16 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
     assert_eq!(out, vec!["cancelled", "cancel_requested", "not_found"]);
     assert_eq!(state_of(q, &queued_id).await, JobState::Cancelled);
     let hb = q
-        .heartbeat("w1", lease, std::slice::from_ref(&running_id))
+        .heartbeat("w1", lease, &[leased[4].lease()])
         .await
         .unwrap();
     assert_eq!(hb.cancel, vec![running_id.clone()]);
-    q.ack(
-        "w1",
-        &ack(
-            &running_id,
-            1,
-            AckOutcome::Cancelled {
-                message: "stopped".into(),
-            },
-        ),
-    )
+    q.ack(&ack(
+        &leased[4],
+        AckOutcome::Cancelled {
+            message: "stopped".into(),
+        },
+    ))
     .await
     .unwrap();
     assert_eq!(state_of(q, &running_id).await, JobState::Cancelled);
@@ -543,12 +560,11 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
     let done: Vec<Ack> = rest
         .iter()
         .map(|j| Ack {
-            id: j.id.clone(),
-            attempt: j.attempt,
+            lease: j.lease(),
             outcome: AckOutcome::Done,
         })
         .collect();
-    q.ack("w1", &done).await.unwrap();
+    q.ack(&done).await.unwrap();
     let stats = q.stats().await.unwrap();
     assert_eq!(stats.counts[&JobState::Done], 8);
     assert_eq!(stats.counts[&JobState::Cancelled], 2);
@@ -598,6 +614,39 @@ pub async fn running_jobs_see_cancellation(q: &Queue) {
     })
     .await;
     running.stop().await;
+}
+
+/// A job that runs for several lease periods keeps its lease through the pool's heartbeats:
+/// it finishes at its first attempt, and no other fetch gets it meanwhile.
+pub async fn heartbeats_keep_a_long_job(q: &Queue) {
+    let handler = FnHandler(|_job: RunningJob| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(Completion::Done)
+    });
+    let mut config = pool_config(1, FAST_RETRY);
+    config.lease = Duration::from_millis(450);
+    let e = q.enqueue(&jobs::stage(60), None, 3).await.unwrap();
+    let running = RunningPool::start(q, handler, config);
+    eventually("job leased", Duration::from_secs(10), || async {
+        count(q, JobState::Running).await == 1
+    })
+    .await;
+    // Past the first lease, and the second: a fetch finds nothing expired to recover.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        q.fetch("thief", Duration::from_secs(5), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    eventually("job done", Duration::from_secs(10), || async {
+        count(q, JobState::Done).await == 1
+    })
+    .await;
+    running.stop().await;
+    let d = q.show(&e.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.attempt, 1, "{:?}", d.events);
+    assert!(d.events.is_empty(), "{:?}", d.events);
 }
 
 pub async fn shutdown_releases_unfinished_jobs(q: &Queue) {

@@ -294,14 +294,13 @@ async fn make_dead(q: &Queue, env: &atr_dist_shared::Envelope) -> String {
     assert_eq!(leased.len(), 1, "the queue held only this job");
     assert_eq!(leased[0].id, e.id);
     let ack = Ack {
-        id: e.id.clone(),
-        attempt: 1,
+        lease: leased[0].lease(),
         outcome: AckOutcome::Dead {
             class: ErrorClass::Permanent,
             message: "404 no such package".into(),
         },
     };
-    q.ack("test-worker", &[ack]).await.unwrap();
+    q.ack(&[ack]).await.unwrap();
     e.id
 }
 

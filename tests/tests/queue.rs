@@ -46,6 +46,12 @@ async fn running_jobs_see_cancellation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job() {
+    let t = TestQueue::new().await;
+    cases::heartbeats_keep_a_long_job(&t.queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_unfinished_jobs() {
     let t = TestQueue::new().await;
     cases::shutdown_releases_unfinished_jobs(&t.queue).await;
@@ -107,7 +113,7 @@ async fn drains_a_100k_backlog() {
 }
 
 /// A queue written in wire format 1 (built here key by key, as version 1's scripts left it)
-/// is refused by version 2 clients until `migrate_v1` moves it; afterwards its jobs run and
+/// is refused by version 3 clients until `migrate` moves it; afterwards its jobs run and
 /// their idempotency keys still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_queue_is_refused_until_migrated() {
@@ -157,7 +163,7 @@ async fn a_version_1_queue_is_refused_until_migrated() {
         .await
         .unwrap();
 
-    // Version 2 clients refuse it, saying what to run, and change nothing.
+    // Version 3 clients refuse it, saying what to run, and change nothing.
     let lease = Duration::from_secs(30);
     let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
     assert!(err.contains("atr-dist queue migrate"), "{err}");
@@ -171,7 +177,7 @@ async fn a_version_1_queue_is_refused_until_migrated() {
 
     // Not while a worker is alive.
     q.heartbeat("w1", lease, &[]).await.unwrap();
-    let err = q.migrate_v1().await.unwrap_err().to_string();
+    let err = q.migrate().await.unwrap_err().to_string();
     assert!(err.contains("1 worker(s)"), "{err}");
     assert!(
         err.contains("runs out in 30 s") || err.contains("runs out in 29 s"),
@@ -180,25 +186,36 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     let _: () = conn.del(format!("{p}workers")).await.unwrap();
 
     assert_eq!(
-        q.migrate_v1().await.unwrap(),
+        q.migrate().await.unwrap(),
         MigrationReport { jobs: 2, moved: 2 }
     );
     assert_eq!(
-        q.migrate_v1().await.unwrap(),
+        q.migrate().await.unwrap(),
         MigrationReport { jobs: 2, moved: 0 },
         "a second run changes nothing"
     );
     let keys = t.keys().await;
-    assert!(!keys.iter().any(|k| k.contains(":idem:")), "{keys:?}");
-    let fields: Vec<String> = conn.hkeys(format!("{p}job:{}", queued.id)).await.unwrap();
-    for gone in ["envelope", "kind", "release", "platform", "idempotency_key"] {
-        assert!(!fields.iter().any(|f| f == gone), "{gone} in {fields:?}");
-    }
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains(":idem:") || k.contains(":job:")),
+        "{keys:?}"
+    );
 
     // What the operator sees is unchanged, and the keys still name their jobs.
     let shown = q.show(&dead.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(shown.summary.state, JobState::Dead);
     assert_eq!(shown.summary.release, dead.release().key().to_string());
     assert_eq!(shown.summary.platform, "NPM");
+    assert_eq!(shown.summary.max_attempts, 3);
+    assert_eq!(
+        shown.summary.enqueued_at.map(|t| t.timestamp_millis()),
+        Some(1764300000000)
+    );
+    assert_eq!(
+        shown.summary.finished_at.map(|t| t.timestamp_millis()),
+        Some(1764300000000)
+    );
     assert_eq!(
         shown.summary.idempotency_key,
         dead.idempotency_key.to_string()
@@ -212,19 +229,147 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].envelope, queued.to_json());
     assert_eq!(leased[0].attempt, 1);
+    assert_eq!(leased[0].max_attempts, 3);
     let acked = q
-        .ack(
-            "w2",
-            &[Ack {
-                id: leased[0].id.clone(),
-                attempt: 1,
-                outcome: AckOutcome::Done,
-            }],
-        )
+        .ack(&[Ack {
+            lease: leased[0].lease(),
+            outcome: AckOutcome::Done,
+        }])
         .await
         .unwrap();
     assert_eq!(
         acked,
         vec![atr_dist::queue::AckResult::Applied(JobState::Done)]
+    );
+}
+
+/// A wire format 2 queue (job hashes holding state, envelopes and keys already in their
+/// hashes) is refused until `migrate` moves it; a job that was running keeps its attempt and
+/// holder, so its expired lease is recovered as attempt 2, and a retrying one keeps its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_queue_is_refused_until_migrated() {
+    use atr_dist::queue::MigrationReport;
+    use atr_dist_shared::JobState;
+    use redis::AsyncCommands;
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let p = q.prefix().to_owned();
+    let mut conn = q.connection();
+    let running = atr_dist_tests::jobs::stage(1);
+    let retrying = atr_dist_tests::jobs::stage(2);
+    let _: () = conn.set(format!("{p}format"), "2").await.unwrap();
+    let fields = [
+        (
+            &running,
+            vec![
+                ("state", "running"),
+                ("attempt", "1"),
+                ("max_attempts", "4"),
+                ("enqueued_at", "1764300000000"),
+                ("started_at", "1764300001000"),
+                ("worker", "old-host-1-0000abcd"),
+            ],
+        ),
+        (
+            &retrying,
+            vec![
+                ("state", "retrying"),
+                ("attempt", "2"),
+                ("max_attempts", "5"),
+                ("enqueued_at", "1764300000000"),
+                ("run_at", "4102444800000"),
+                ("error_class", "transient"),
+                ("last_error", "503 from the registry"),
+            ],
+        ),
+    ];
+    for (env, f) in &fields {
+        let id = env.id.to_string();
+        let _: () = conn.hset_multiple(format!("{p}job:{id}"), f).await.unwrap();
+        let _: () = conn
+            .hset(format!("{p}envelopes"), &id, env.to_json())
+            .await
+            .unwrap();
+        let _: () = conn
+            .hset(
+                format!("{p}idempotency"),
+                env.idempotency_key.to_string(),
+                &id,
+            )
+            .await
+            .unwrap();
+    }
+    // The running job's lease ran out long ago: its worker is gone.
+    let _: () = conn
+        .zadd(
+            format!("{p}running"),
+            running.id.to_string(),
+            1764300031000_i64,
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .zadd(
+            format!("{p}retrying"),
+            retrying.id.to_string(),
+            4102444800000_i64,
+        )
+        .await
+        .unwrap();
+
+    let lease = Duration::from_secs(30);
+    let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
+    assert!(err.contains("wire format 2"), "{err}");
+    let err = q.check_format().await.unwrap_err().to_string();
+    assert!(err.contains("atr-dist queue migrate"), "{err}");
+
+    assert_eq!(
+        q.migrate().await.unwrap(),
+        MigrationReport { jobs: 2, moved: 2 }
+    );
+    q.check_format().await.unwrap();
+    let keys = t.keys().await;
+    assert!(!keys.iter().any(|k| k.contains(":job:")), "{keys:?}");
+
+    let shown = q
+        .show(&retrying.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .summary;
+    assert_eq!(shown.state, JobState::Retrying);
+    assert_eq!((shown.attempt, shown.max_attempts), (2, 5));
+    assert_eq!(shown.error_class.as_deref(), Some("transient"));
+    assert_eq!(shown.last_error.as_deref(), Some("503 from the registry"));
+    assert_eq!(
+        shown.run_at.map(|t| t.timestamp_millis()),
+        Some(4102444800000)
+    );
+    let shown = q
+        .show(&running.id.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .summary;
+    assert_eq!(shown.worker.as_deref(), Some("old-host-1-0000abcd"));
+    assert_eq!(
+        shown.started_at.map(|t| t.timestamp_millis()),
+        Some(1764300001000)
+    );
+
+    let leased = q.fetch("w2", lease, 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].id, running.id.to_string());
+    assert_eq!((leased[0].attempt, leased[0].max_attempts), (2, 4));
+    let shown = q.show(&running.id.to_string()).await.unwrap().unwrap();
+    assert!(
+        shown.events.iter().any(|e| e.event == "lease_expired"
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("old-host-1-0000abcd"))),
+        "{:?}",
+        shown.events
     );
 }

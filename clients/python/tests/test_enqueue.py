@@ -25,9 +25,25 @@ from conftest import REDIS_URL
 SHA = "0" * 63 + "1"
 
 
-def job_hash(client: redis.Redis, queue: str, job_id: str) -> dict[str, str]:
-    raw = client.hgetall(f"atr-dist:{{{queue}}}:job:{job_id}")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+JOB_FIELD_HASHES = (
+    "state",
+    "meta",
+    "lease",
+    "queued_at",
+    "error_class",
+    "last_error",
+    "cancel_requested",
+)
+
+
+def job_fields(client: redis.Redis, queue: str, job_id: str) -> dict[str, str]:
+    """The job's entries in the queue's per-job field hashes, by hash name."""
+    out = {}
+    for name in JOB_FIELD_HASHES:
+        raw = client.hget(f"atr-dist:{{{queue}}}:{name}", job_id)
+        if raw is not None:
+            out[name] = raw.decode()
+    return out
 
 
 def stored_envelope(client: redis.Redis, queue: str, job_id: str) -> dict[str, Any]:
@@ -57,15 +73,16 @@ def test_stage_job_has_the_documented_fields(
     assert result.created
     assert uuid.UUID(result.id).version == 7
 
-    job = job_hash(redis_client, queue, result.id)
+    job = job_fields(redis_client, queue, result.id)
     idem = "stage:tooling-0.1.0:NPM::tooling-cli:0.1.0:00002"
-    # The job hash holds only the job's state; absent fields take their defaults
-    # (attempt 0, queued_at = enqueued_at).
-    assert set(job) == {"state", "max_attempts", "enqueued_at"}
+    # A new job has a state and its meta; the other fields are absent until they apply
+    # (no lease before the first attempt, queued_at = the enqueue time).
+    assert set(job) == {"state", "meta"}
     assert job["state"] == "queued"
-    assert job["max_attempts"] == "10"
+    max_attempts, enqueued_at_ms = job["meta"].split(" ")
+    assert max_attempts == "10"
     # Times come from the Redis server's clock; allow for skew with this machine's.
-    assert abs(int(job["enqueued_at"]) - before) < 60_000
+    assert abs(int(enqueued_at_ms) - before) < 60_000
 
     envelope = stored_envelope(redis_client, queue, result.id)
     enqueued_at = envelope.pop("enqueued_at")
@@ -96,7 +113,7 @@ def test_stage_job_has_the_documented_fields(
     }
     assert queued_ids(redis_client, queue) == [result.id]
     assert key_holder(redis_client, queue, idem) == result.id
-    assert redis_client.get(f"atr-dist:{{{queue}}}:format") == b"2"
+    assert redis_client.get(f"atr-dist:{{{queue}}}:format") == b"3"
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
 
 
@@ -108,10 +125,10 @@ def test_promote_job_has_the_documented_fields(
     )
     assert result.created
 
-    job = job_hash(redis_client, queue, result.id)
+    job = job_fields(redis_client, queue, result.id)
     idem = "promote:tooling-0.1.0:NPM_SCOPED:apache:tooling-cli:0.1.0:00003"
     assert job["state"] == "queued"
-    assert job["max_attempts"] == "3"
+    assert job["meta"].split(" ")[0] == "3"
     assert key_holder(redis_client, queue, idem) == result.id
 
     envelope = stored_envelope(redis_client, queue, result.id)
@@ -177,7 +194,8 @@ def test_repeated_enqueue_returns_the_existing_job(
     assert queued_ids(redis_client, queue) == [first.id]
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
     # Only the first job exists: the second envelope was never stored.
-    assert len([k for k in redis_client.scan_iter(match=f"atr-dist:{{{queue}}}:job:*")]) == 1
+    assert redis_client.hlen(f"atr-dist:{{{queue}}}:state") == 1
+    assert redis_client.hlen(f"atr-dist:{{{queue}}}:envelopes") == 1
 
 
 def test_explicit_idempotency_key_is_used_as_given(
@@ -253,7 +271,7 @@ def test_bulk_enqueue_is_one_script_call(
     assert queued_ids(redis_client, queue) == [e["id"] for e in envelopes]
     for envelope in envelopes:
         assert stored_envelope(redis_client, queue, envelope["id"]) == envelope
-        assert job_hash(redis_client, queue, envelope["id"])["state"] == "queued"
+        assert job_fields(redis_client, queue, envelope["id"])["state"] == "queued"
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"5"
 
 
@@ -282,9 +300,7 @@ def test_delayed_job_is_scheduled(
     result = producer.enqueue_stage(**stage_args, run_at=run_at)
     assert result.created
 
-    job = job_hash(redis_client, queue, result.id)
-    assert job["state"] == "scheduled"
-    assert job["run_at"] == str(expected_ms)
+    assert job_fields(redis_client, queue, result.id)["state"] == "scheduled"
     assert redis_client.zscore(f"atr-dist:{{{queue}}}:scheduled", result.id) == expected_ms
     assert queued_ids(redis_client, queue) == []
 
@@ -305,7 +321,7 @@ def test_past_run_at_queues_now(
     result = producer.enqueue_stage(
         **stage_args, run_at=datetime.now(timezone.utc) - timedelta(hours=1)
     )
-    assert job_hash(redis_client, queue, result.id)["state"] == "queued"
+    assert job_fields(redis_client, queue, result.id)["state"] == "queued"
     assert queued_ids(redis_client, queue) == [result.id]
     assert redis_client.zcard(f"atr-dist:{{{queue}}}:scheduled") == 0
 
@@ -353,7 +369,8 @@ def test_key_whose_job_is_gone_is_free_again(
     first = producer.enqueue_stage(**stage_args)
     prefix = f"atr-dist:{{{queue}}}:"
     redis_client.hdel(prefix + "envelopes", first.id)
-    redis_client.delete(prefix + "job:" + first.id)
+    for name in JOB_FIELD_HASHES:
+        redis_client.hdel(prefix + name, first.id)
     redis_client.lrem(prefix + "queued", 0, first.id)
 
     again = producer.enqueue_stage(**stage_args)
@@ -367,7 +384,7 @@ def test_key_whose_job_is_gone_is_free_again(
 def test_queue_in_another_wire_format_is_refused(
     producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
 ) -> None:
-    redis_client.set(f"atr-dist:{{{queue}}}:format", "3")
-    with pytest.raises(redis.ResponseError, match="wire format 3"):
+    redis_client.set(f"atr-dist:{{{queue}}}:format", "4")
+    with pytest.raises(redis.ResponseError, match="wire format 4"):
         producer.enqueue_stage(**stage_args)
     assert queued_ids(redis_client, queue) == []

@@ -100,7 +100,7 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
-    /// Move a queue written in wire format 1 to format 2 (docs/wire-format.md, "Versions").
+    /// Move a queue written in wire format 1 or 2 to format 3 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
 }
@@ -340,9 +340,9 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Migrate => {
-            let report = queue.migrate_v1().await.map_err(anyhow::Error::from)?;
+            let report = queue.migrate().await.map_err(anyhow::Error::from)?;
             outln!(
-                "queue {} is in wire format 2: {} job(s) looked at, {} moved from format 1",
+                "queue {} is in wire format 3: {} job(s) looked at, {} moved from an older format",
                 queue.name(),
                 report.jobs,
                 report.moved

@@ -10,23 +10,22 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use super::scripts::SCRIPTS;
-use super::{Queue, QueueError};
+use super::{Meta, Queue, QueueError};
 
-/// Job hash fields read for a job summary, in this order. Kind, release, platform and
-/// idempotency key come from the envelope (see `Indexed`).
-const SUMMARY_FIELDS: [&str; 11] = [
+/// The per-queue field hashes a job summary reads, in the order `summary_from` takes them.
+/// Kind, release, platform and idempotency key come from the envelope (see `Indexed`).
+const SUMMARY_HASHES: [&str; 7] = [
     "state",
-    "attempt",
-    "max_attempts",
-    "enqueued_at",
-    "run_at",
-    "started_at",
-    "finished_at",
-    "worker",
+    "meta",
+    "lease",
     "error_class",
     "last_error",
     "cancel_requested",
+    "envelopes",
 ];
+
+/// The sets whose score is a summary's `run_at` or `finished_at`, in `summary_from`'s order.
+const SCORED_SETS: [&str; 5] = ["scheduled", "retrying", "done", "dead", "cancelled"];
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobSummary {
@@ -166,21 +165,36 @@ impl Queue {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(self.key("envelopes")).arg(ids);
-        for id in ids {
-            pipe.cmd("HMGET")
-                .arg(self.key(&format!("job:{id}")))
-                .arg(&SUMMARY_FIELDS[..]);
+        for hash in SUMMARY_HASHES {
+            pipe.cmd("HMGET").arg(self.key(hash)).arg(ids);
         }
-        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
-        if replies.len() != ids.len() + 1 {
-            return Err(super::protocol("HMGET", "short pipeline reply"));
+        for set in SCORED_SETS {
+            pipe.cmd("ZMSCORE").arg(self.key(set)).arg(ids);
         }
-        let envelopes: Vec<Option<String>> = redis::from_redis_value(replies.remove(0))?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != SUMMARY_HASHES.len() + SCORED_SETS.len() {
+            return Err(super::protocol("summary", "short pipeline reply"));
+        }
+        let mut replies = replies.into_iter();
+        let fields: Vec<Vec<Option<String>>> = replies
+            .by_ref()
+            .take(SUMMARY_HASHES.len())
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        let scores: Vec<Vec<Option<f64>>> = replies
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(ids.len());
-        for ((id, row), envelope) in ids.iter().zip(replies).zip(envelopes) {
-            let row: Vec<Option<String>> = redis::from_redis_value(row)?;
-            out.extend(summary_from(id, &row, envelope.as_deref()));
+        for (k, id) in ids.iter().enumerate() {
+            let row: Vec<Option<String>> = fields
+                .iter()
+                .map(|column| column.get(k).cloned().flatten())
+                .collect();
+            let scored: Vec<Option<i64>> = scores
+                .iter()
+                .map(|column| column.get(k).copied().flatten().map(|s| s as i64))
+                .collect();
+            out.extend(summary_from(id, &row, &scored));
         }
         Ok(out)
     }
@@ -255,25 +269,20 @@ impl Queue {
     }
 
     pub async fn show(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
+        let ids = [id.to_owned()];
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.key(&format!("job:{id}")))
-            .arg(&SUMMARY_FIELDS[..]);
         pipe.cmd("HGET").arg(self.key("envelopes")).arg(id);
         pipe.cmd("LRANGE")
             .arg(self.key(&format!("events:{id}")))
             .arg(0)
             .arg(-1);
         pipe.cmd("ZSCORE").arg(self.key("running")).arg(id);
-        let (row, envelope, events, lease): (
-            Vec<Option<String>>,
-            Option<String>,
-            Vec<String>,
-            Option<f64>,
-        ) = pipe.query_async(&mut self.conn.clone()).await?;
-        let Some(summary) = summary_from(id, &row, envelope.as_deref()) else {
+        let (envelope, events, lease): (Option<String>, Vec<String>, Option<f64>) =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        let Some(summary) = self.summaries(&ids).await?.pop() else {
             return Ok(None);
         };
+        let lease = lease.filter(|_| summary.state == JobState::Running);
         let events = events
             .iter()
             .map(|text| {
@@ -454,17 +463,14 @@ impl Queue {
         }
         let oldest_queued_age_secs = match head {
             Some(id) => {
-                // `queued_at` is absent while it equals `enqueued_at`.
-                let (queued_at, enqueued_at): (Option<i64>, Option<i64>) = self
-                    .conn
-                    .clone()
-                    .hmget(
-                        self.key(&format!("job:{id}")),
-                        &["queued_at", "enqueued_at"],
-                    )
+                // `queued_at` is absent while it equals the enqueue time, in `meta`.
+                let (queued_at, meta): (Option<i64>, Option<String>) = redis::pipe()
+                    .hget(self.key("queued_at"), &id)
+                    .hget(self.key("meta"), &id)
+                    .query_async(&mut self.conn.clone())
                     .await?;
-                ms_to_time(queued_at.or(enqueued_at))
-                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+                let since = queued_at.or_else(|| meta.and_then(|m| Meta::parse(&m).enqueued_at));
+                ms_to_time(since).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
             }
             None => None,
         };
@@ -541,11 +547,31 @@ impl Indexed {
     }
 }
 
-fn summary_from(id: &str, row: &[Option<String>], envelope: Option<&str>) -> Option<JobSummary> {
+/// A summary from one job's `SUMMARY_HASHES` fields and `SCORED_SETS` scores; `None` when
+/// the job has no state (it does not exist).
+fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Option<JobSummary> {
     let get = |i: usize| row.get(i).cloned().flatten();
-    let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());
+    let score = |i: usize| scores.get(i).copied().flatten();
     let state: JobState = get(0)?.parse().ok()?;
-    let indexed = Indexed::read(envelope);
+    let meta = get(1).map(|m| Meta::parse(&m)).unwrap_or_default();
+    // The lease token: `<attempt> <started_ms> <worker_id>` of the current or last attempt.
+    let lease = get(2).unwrap_or_default();
+    let mut lease = lease.splitn(3, ' ');
+    let attempt = lease
+        .next()
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(0);
+    let started_at = lease.next().and_then(|s| s.parse::<i64>().ok());
+    let worker = lease.next().map(str::to_owned);
+    let (run_at, finished_at) = match state {
+        JobState::Scheduled => (score(0), None),
+        JobState::Retrying => (score(1), None),
+        JobState::Done => (None, score(2)),
+        JobState::Dead => (None, score(3)),
+        JobState::Cancelled => (None, score(4)),
+        JobState::Queued | JobState::Running => (None, None),
+    };
+    let indexed = Indexed::read(get(6).as_deref());
     Some(JobSummary {
         id: id.to_owned(),
         state,
@@ -557,15 +583,15 @@ fn summary_from(id: &str, row: &[Option<String>], envelope: Option<&str>) -> Opt
             .and_then(|d| d.platform)
             .unwrap_or_default(),
         idempotency_key: indexed.idempotency_key.unwrap_or_default(),
-        attempt: num(1).unwrap_or(0) as u32,
-        max_attempts: num(2).unwrap_or(0) as u32,
-        enqueued_at: ms_to_time(num(3)),
-        run_at: ms_to_time(num(4)),
-        started_at: ms_to_time(num(5)),
-        finished_at: ms_to_time(num(6)),
-        worker: get(7),
-        error_class: get(8).filter(|s| !s.is_empty()),
-        last_error: get(9),
-        cancel_requested: get(10).as_deref() == Some("1"),
+        attempt,
+        max_attempts: meta.max_attempts.unwrap_or(0),
+        enqueued_at: ms_to_time(meta.enqueued_at),
+        run_at: ms_to_time(run_at),
+        started_at: ms_to_time(started_at),
+        finished_at: ms_to_time(finished_at),
+        worker,
+        error_class: get(3).filter(|s| !s.is_empty()),
+        last_error: get(4),
+        cancel_requested: get(5).as_deref() == Some("1"),
     })
 }

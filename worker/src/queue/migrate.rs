@@ -1,4 +1,4 @@
-//! Moving a queue from wire format 1 to 2 (`docs/wire-format.md`, "Versions"), for
+//! Moving a queue from wire format 1 or 2 to 3 (`docs/wire-format.md`, "Versions"), for
 //! `atr-dist queue migrate`.
 
 use atr_dist_shared::JobState;
@@ -9,6 +9,9 @@ use super::admin::state_order;
 use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
+/// The wire format this code speaks (docs/wire-format.md).
+pub const FORMAT: &str = "3";
+
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
 
@@ -16,14 +19,14 @@ const STEP: u64 = 500;
 pub struct MigrationReport {
     /// Jobs looked at.
     pub jobs: u64,
-    /// Jobs that were in the version 1 layout and were moved.
+    /// Jobs that were in an older layout and were moved.
     pub moved: u64,
 }
 
 impl Queue {
-    /// Fails unless the queue is in wire format 2 or new: the check `enqueue.lua` and
-    /// `fetch.lua` make on every call, made once at start so that a worker facing a
-    /// version 1 queue stops with the fix instead of logging the error on every fetch.
+    /// Fails unless the queue is in wire format 3 or new: the check `enqueue.lua` and
+    /// `fetch.lua` make on every call, made once at start so that a worker facing an older
+    /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
         pipe.get(format!("{}format", self.prefix));
@@ -52,9 +55,14 @@ impl Queue {
             (format, counts)
         };
         match format.as_deref() {
-            Some("2") => Ok(()),
+            Some(FORMAT) => Ok(()),
+            Some("2") => Err(QueueError::NotNow(format!(
+                "queue {} is in wire format 2; this atr-dist speaks format {FORMAT}: stop its \
+                 workers and producers and run `atr-dist queue migrate`",
+                self.name
+            ))),
             Some(other) => Err(QueueError::NotNow(format!(
-                "queue {} is in wire format {other}; this atr-dist speaks format 2 \
+                "queue {} is in wire format {other}; this atr-dist speaks format {FORMAT} \
                  (docs/wire-format.md, \"Versions\")",
                 self.name
             ))),
@@ -67,10 +75,10 @@ impl Queue {
         }
     }
 
-    /// Moves every job of a version 1 queue to the version 2 layout, then marks the queue as
-    /// version 2. Refuses while workers have a live heartbeat: a version 1 worker would go on
-    /// writing the old layout. Safe to run again; a version 2 queue is left as it is.
-    pub async fn migrate_v1(&self) -> Result<MigrationReport, QueueError> {
+    /// Moves every job of a version 1 or 2 queue to the version 3 layout, then marks the
+    /// queue as version 3. Refuses while workers have a live heartbeat: an older worker would
+    /// go on writing the old layout. Safe to run again; a version 3 queue is left as it is.
+    pub async fn migrate(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
         if workers > 0 {
             // A worker that was killed rather than stopped keeps its entry until the lease it
@@ -96,7 +104,7 @@ impl Queue {
             let mut offset = 0;
             loop {
                 let (looked, moved): (u64, u64) = SCRIPTS
-                    .migrate_v1
+                    .migrate
                     .key(&self.queued_key)
                     .arg(&self.prefix)
                     .arg(state.as_str())
@@ -115,7 +123,7 @@ impl Queue {
         let _: () = self
             .conn
             .clone()
-            .set(format!("{}format", self.prefix), "2")
+            .set(format!("{}format", self.prefix), FORMAT)
             .await?;
         Ok(report)
     }

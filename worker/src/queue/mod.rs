@@ -28,6 +28,9 @@ use scripts::SCRIPTS;
 /// small enough that one call never blocks Redis for long.
 pub const ENQUEUE_CHUNK: usize = 1000;
 
+/// Acks per script call; `ack.lua` takes at most 1000.
+const ACK_CHUNK: usize = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("Redis: {0}")]
@@ -87,6 +90,9 @@ pub struct Enqueued {
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub id: String,
+    /// The lease token, `<attempt> <started_ms> <worker_id>`: acks and heartbeats present it,
+    /// and Redis honours them only while it is still the job's lease.
+    pub token: String,
     pub attempt: u32,
     pub max_attempts: u32,
     /// The envelope exactly as stored; parsed by the worker, which dead-letters what it
@@ -94,6 +100,22 @@ pub struct Leased {
     pub envelope: String,
     /// How long the job waited between becoming queued and this lease (Redis's clock).
     pub waited: Duration,
+}
+
+impl Leased {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// One job's lease as a worker holds it: what `heartbeat.lua` renews and `ack.lua` checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub token: String,
 }
 
 /// How an attempt ended, as `ack.lua` records it.
@@ -126,8 +148,7 @@ pub enum AckOutcome {
 
 #[derive(Debug, Clone)]
 pub struct Ack {
-    pub id: String,
-    pub attempt: u32,
+    pub lease: Lease,
     pub outcome: AckOutcome,
 }
 
@@ -272,56 +293,88 @@ impl Queue {
             .arg(&self.prefix)
             .arg(worker)
             .arg(lease.as_millis() as u64)
-            .arg(max.max(1))
+            .arg(max.clamp(1, 1000))
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let mut out = Vec::with_capacity(reply.len() / 5);
-        for five in reply.chunks(5) {
-            let [id, attempt, max_attempts, envelope, waited] = five else {
+        let Some((now, jobs)) = reply.split_first() else {
+            return Err(protocol("fetch.lua", "empty reply"));
+        };
+        let now: i64 = redis::from_redis_value_ref(now)?;
+        let mut out = Vec::with_capacity(jobs.len() / 5);
+        for five in jobs.chunks(5) {
+            let [id, token, meta, queued_at, envelope] = five else {
                 return Err(protocol("fetch.lua", "values not in groups of 5"));
             };
+            let token: String = redis::from_redis_value_ref(token)?;
+            let attempt = token
+                .split(' ')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| protocol("fetch.lua", format!("lease token {token:?}")))?;
+            // A job written by hand without meta is still leased, with one attempt, and
+            // then dead-lettered as malformed for its missing envelope.
+            let meta = Meta::parse(&redis::from_redis_value_ref::<String>(meta)?);
+            let queued_at: String = redis::from_redis_value_ref(queued_at)?;
+            let since = queued_at.parse::<i64>().ok().or(meta.enqueued_at);
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
-                attempt: redis::from_redis_value_ref(attempt)?,
-                max_attempts: redis::from_redis_value_ref(max_attempts).unwrap_or(1),
-                // A job hash without an envelope (hand-written by someone) is still leased,
-                // and then dead-lettered as malformed.
-                envelope: redis::from_redis_value_ref(envelope).unwrap_or_default(),
-                waited: Duration::from_millis(redis::from_redis_value_ref(waited).unwrap_or(0)),
+                token,
+                attempt,
+                max_attempts: meta.max_attempts.unwrap_or(1),
+                envelope: redis::from_redis_value_ref(envelope)?,
+                waited: Duration::from_millis(since.map_or(0, |t| (now - t).max(0) as u64)),
             });
         }
         Ok(out)
     }
 
-    /// Renews the leases of `ids`; says which were lost and which should be cancelled.
+    /// Renews `leases`; says which were lost and which should be cancelled. With no leases it
+    /// only registers the worker as alive.
     pub async fn heartbeat(
         &self,
         worker: &str,
         lease: Duration,
-        ids: &[String],
+        leases: &[Lease],
     ) -> Result<HeartbeatReply, QueueError> {
         let mut inv = SCRIPTS.heartbeat.key(&self.queued_key);
         inv.arg(&self.prefix)
             .arg(worker)
             .arg(lease.as_millis() as u64);
-        for id in ids {
-            inv.arg(id);
+        for held in leases {
+            inv.arg(&held.id).arg(&held.token);
         }
         let (lost, cancel): (Vec<String>, Vec<String>) =
             inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(HeartbeatReply { lost, cancel })
     }
 
-    /// Records how attempts ended, all in one round trip.
-    pub async fn ack(&self, worker: &str, acks: &[Ack]) -> Result<Vec<AckResult>, QueueError> {
+    /// Records how attempts ended, one round trip per `ACK_CHUNK` acks.
+    pub async fn ack(&self, acks: &[Ack]) -> Result<Vec<AckResult>, QueueError> {
+        let mut out = Vec::with_capacity(acks.len());
+        for chunk in acks.chunks(ACK_CHUNK) {
+            out.extend(self.ack_chunk(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn ack_chunk(&self, acks: &[Ack]) -> Result<Vec<AckResult>, QueueError> {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
+        // `ack.lua` takes successes first, as bare (id, lease) pairs, then the rest; its
+        // answers come back in that order and are put back in the caller's.
+        let (done, other): (Vec<usize>, Vec<usize>) =
+            (0..acks.len()).partition(|&i| acks[i].outcome == AckOutcome::Done);
         let mut inv = SCRIPTS.ack.key(&self.queued_key);
-        inv.arg(&self.prefix).arg(worker);
-        for ack in acks {
+        inv.arg(&self.prefix).arg(done.len());
+        for &i in &done {
+            inv.arg(&acks[i].lease.id).arg(&acks[i].lease.token);
+        }
+        for &i in &other {
+            let ack = &acks[i];
             let (outcome, delay, class, message) = match &ack.outcome {
-                AckOutcome::Done => ("done", 0, "", ""),
+                // Sent above.
+                AckOutcome::Done => continue,
                 AckOutcome::Retry {
                     delay,
                     class,
@@ -341,24 +394,49 @@ impl Queue {
                     ("defer", delay.as_millis() as u64, "", message.as_str())
                 }
             };
-            inv.arg(&ack.id)
-                .arg(ack.attempt)
+            inv.arg(&ack.lease.id)
+                .arg(&ack.lease.token)
                 .arg(outcome)
                 .arg(delay)
                 .arg(class)
                 .arg(message);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
-        reply
-            .iter()
-            .map(|s| match s.as_str() {
-                "stale" => Ok(AckResult::Stale),
+        if reply.len() != acks.len() {
+            return Err(protocol(
+                "ack.lua",
+                format!("{} answers for {} acks", reply.len(), acks.len()),
+            ));
+        }
+        let mut out = vec![AckResult::Stale; acks.len()];
+        for (&i, answer) in done.iter().chain(&other).zip(&reply) {
+            out[i] = match answer.as_str() {
+                "stale" => AckResult::Stale,
                 state => state
                     .parse()
                     .map(AckResult::Applied)
-                    .map_err(|_| protocol("ack.lua", format!("unknown state {state:?}"))),
-            })
-            .collect()
+                    .map_err(|_| protocol("ack.lua", format!("unknown state {state:?}")))?,
+            };
+        }
+        Ok(out)
+    }
+}
+
+/// A job's `meta` field, `<max_attempts> <enqueued_at_ms>`, read leniently: a part that does
+/// not parse is absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub max_attempts: Option<u32>,
+    pub enqueued_at: Option<i64>,
+}
+
+impl Meta {
+    pub(crate) fn parse(text: &str) -> Meta {
+        let mut parts = text.split(' ');
+        Meta {
+            max_attempts: parts.next().and_then(|p| p.parse().ok()),
+            enqueued_at: parts.next().and_then(|p| p.parse().ok()),
+        }
     }
 }
 
@@ -369,7 +447,7 @@ pub fn key_prefix(queue: &str) -> String {
 
 /// A worker id unique to this process: host, pid and a random part, so that a restarted or
 /// replicated worker never collides with a previous one. The host part is cut to 40 bytes so
-/// the id stays within the 64 bytes that keep job hashes compact (docs/wire-format.md).
+/// the id, and the lease tokens that carry it, stay short (docs/wire-format.md).
 pub fn new_worker_id() -> String {
     let mut host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

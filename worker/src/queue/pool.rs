@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::RedisBackend;
-use super::{Ack, AckOutcome, AckResult, Leased, Queue, QueueError, backoff};
+use super::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, QueueError, backoff};
 use crate::config::RetryConfig;
 
 /// Why an attempt failed, and so what happens next.
@@ -112,7 +112,7 @@ impl PoolConfig {
 }
 
 struct Held {
-    attempt: u32,
+    token: String,
     cancel: CancellationToken,
 }
 
@@ -155,7 +155,7 @@ impl Shared {
                 held.insert(
                     job.id.clone(),
                     Held {
-                        attempt: job.attempt,
+                        token: job.token.clone(),
                         cancel: CancellationToken::new(),
                     },
                 );
@@ -171,10 +171,17 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    fn held_ids(&self) -> Vec<String> {
+    fn held_leases(&self) -> Vec<Lease> {
         self.held
             .lock()
-            .map(|h| h.keys().cloned().collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(id, held)| Lease {
+                        id: id.clone(),
+                        token: held.token.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -186,7 +193,7 @@ impl Shared {
 
     /// Sends an ack through the batching acker and waits for Redis's answer.
     async fn ack(&self, ack: Ack) -> Result<AckResult, String> {
-        let id = ack.id.clone();
+        let id = ack.lease.id.clone();
         let (tx, rx) = oneshot::channel();
         if self.acks.send((ack, tx)).is_err() {
             return Err("the acker has stopped".to_owned());
@@ -203,8 +210,7 @@ impl Shared {
         let acks: Vec<Ack> = jobs
             .iter()
             .map(|j| Ack {
-                id: j.id.clone(),
-                attempt: j.attempt,
+                lease: j.lease(),
                 outcome: AckOutcome::Release {
                     message: why.to_owned(),
                 },
@@ -218,47 +224,42 @@ impl Shared {
             return;
         }
         for ack in &acks {
-            self.forget(&ack.id);
+            self.forget(&ack.lease.id);
         }
-        if let Err(e) = self.queue.ack(&self.worker_id, &acks).await {
+        if let Err(e) = self.queue.ack(&acks).await {
             tracing::warn!(error = %e, jobs = acks.len(), "releasing jobs failed; their leases will expire instead");
         }
     }
 
-    /// Releases every job still held, with the attempt it was leased at.
+    /// Releases every job still held, under the lease it was fetched with.
     async fn release_all(&self, why: &str) {
         let acks: Vec<Ack> = self
-            .held
-            .lock()
-            .map(|h| {
-                h.iter()
-                    .map(|(id, held)| Ack {
-                        id: id.clone(),
-                        attempt: held.attempt,
-                        outcome: AckOutcome::Release {
-                            message: why.to_owned(),
-                        },
-                    })
-                    .collect()
+            .held_leases()
+            .into_iter()
+            .map(|lease| Ack {
+                lease,
+                outcome: AckOutcome::Release {
+                    message: why.to_owned(),
+                },
             })
-            .unwrap_or_default();
+            .collect();
         self.release_acks(acks).await;
     }
 }
 
 /// Collects acks from all running jobs and sends them to Redis in one script call per batch:
 /// whatever arrived while the previous call was in flight goes together.
-async fn run_acker(queue: Queue, worker_id: String, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+async fn run_acker(queue: Queue, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
     const MAX_BATCH: usize = 500;
     let mut batch: Vec<AckRequest> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let acks: Vec<Ack> = batch.iter().map(|(a, _)| a.clone()).collect();
-        let mut result = queue.ack(&worker_id, &acks).await;
+        let mut result = queue.ack(&acks).await;
         if let Err(e) = &result {
             // One retry after a pause covers a Redis failover or a dropped connection.
             tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            result = queue.ack(&worker_id, &acks).await;
+            result = queue.ack(&acks).await;
         }
         match result {
             Ok(results) => {
@@ -285,10 +286,10 @@ async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
-        let ids = shared.held_ids();
+        let leases = shared.held_leases();
         match shared
             .queue
-            .heartbeat(&shared.worker_id, shared.config.lease, &ids)
+            .heartbeat(&shared.worker_id, shared.config.lease, &leases)
             .await
         {
             Ok(reply) => {
@@ -338,8 +339,7 @@ async fn run_job<H: JobHandler>(
         AckOutcome::Defer { .. } => &shared.counters.deferred,
     };
     let ack = Ack {
-        id: job.id.clone(),
-        attempt: job.attempt,
+        lease: job.lease(),
         outcome,
     };
     match shared.ack(ack).await {
@@ -459,7 +459,7 @@ pub async fn run<H: JobHandler>(
     queue.check_format().await?;
     // Register with a first heartbeat so operators see the worker at once.
     queue.heartbeat(&worker_id, config.lease, &[]).await?;
-    let acker = tokio::spawn(run_acker(queue.clone(), worker_id.clone(), ack_rx));
+    let acker = tokio::spawn(run_acker(queue.clone(), ack_rx));
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(run_heartbeat(Arc::clone(&shared), stop_heartbeat.clone()));
     on_start(PoolHandle {

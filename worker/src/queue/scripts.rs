@@ -14,7 +14,7 @@ pub struct Scripts {
     pub retry: Script,
     pub purge: Script,
     pub lock: Script,
-    pub migrate_v1: Script,
+    pub migrate: Script,
 }
 
 pub const ENQUEUE_LUA: &str = include_str!("../../../lua/enqueue.lua");
@@ -28,5 +28,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     retry: Script::new(include_str!("../../../lua/retry.lua")),
     purge: Script::new(include_str!("../../../lua/purge.lua")),
     lock: Script::new(include_str!("../../../lua/lock.lua")),
-    migrate_v1: Script::new(include_str!("../../../lua/migrate-v1.lua")),
+    migrate: Script::new(include_str!("../../../lua/migrate.lua")),
 });

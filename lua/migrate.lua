@@ -1,0 +1,73 @@
+-- atr-dist wire format v3: moving a version 1 or 2 queue to version 3 (docs/wire-format.md,
+-- "Versions").
+-- KEYS[1] = <prefix>queued
+-- ARGV = prefix, state, offset, limit
+-- Moves the jobs at positions offset .. offset + limit - 1 of `state`'s list or set from
+-- their `job:<id>` hash (and, in version 1, their `idem:<key>` string) to the per-queue field
+-- hashes of version 3, and deletes the old keys. A job without a `job:<id>` hash is in the
+-- version 3 layout already and is left as it is, so running it again is safe.
+-- No job changes state or position, so offsets stay valid from one call to the next; run it
+-- with every worker and producer stopped, then set `format` to 3 (`atr-dist queue migrate`
+-- does all of this).
+-- Returns {ids looked at, jobs moved}; call again with offset + limit while the first is
+-- `limit`.
+local prefix = ARGV[1]
+local state = ARGV[2]
+local offset = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local fmt = redis.call('GET', prefix .. 'format')
+if fmt and fmt ~= '2' and fmt ~= '3' then
+  return redis.error_reply('ERR atr-dist migrate: this queue is in wire format ' .. fmt ..
+    '; only a version 1 or 2 queue can be moved to version 3')
+end
+local ids
+if state == 'queued' then
+  ids = redis.call('LRANGE', prefix .. 'queued', offset, offset + limit - 1)
+elseif state == 'scheduled' or state == 'retrying' or state == 'running' or state == 'done'
+    or state == 'dead' or state == 'cancelled' then
+  ids = redis.call('ZRANGE', prefix .. state, offset, offset + limit - 1)
+else
+  return redis.error_reply('ERR atr-dist migrate: unknown state ' .. tostring(state))
+end
+local function set(field, id, value)
+  if value and value ~= '' then
+    redis.call('HSET', prefix .. field, id, value)
+  end
+end
+local moved = 0
+for _, id in ipairs(ids) do
+  local job = prefix .. 'job:' .. id
+  local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'enqueued_at',
+    'queued_at', 'started_at', 'worker', 'error_class', 'last_error', 'cancel_requested',
+    'envelope', 'idempotency_key')
+  if f[1] then
+    -- Version 1 kept the envelope and the key with the job.
+    if f[11] then
+      redis.call('HSET', prefix .. 'envelopes', id, f[11])
+    end
+    if f[12] then
+      -- A key that names another job is that job's to move.
+      local idem_key = prefix .. 'idem:' .. f[12]
+      if redis.call('GET', idem_key) == id then
+        redis.call('HSET', prefix .. 'idempotency', f[12], id)
+        redis.call('DEL', idem_key)
+      end
+    end
+    redis.call('HSET', prefix .. 'state', id, f[1])
+    redis.call('HSET', prefix .. 'meta', id, (f[3] or '1') .. ' ' .. (f[4] or '0'))
+    local attempt = tonumber(f[2]) or 0
+    if attempt > 0 then
+      redis.call('HSET', prefix .. 'lease', id,
+        attempt .. ' ' .. (f[6] or '0') .. ' ' .. (f[7] or 'unknown'))
+    end
+    if f[5] ~= f[4] then
+      set('queued_at', id, f[5])
+    end
+    set('error_class', id, f[8])
+    set('last_error', id, f[9])
+    set('cancel_requested', id, f[10])
+    redis.call('DEL', job)
+    moved = moved + 1
+  end
+end
+return {#ids, moved}
