@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::WorkerBuilderExt;
@@ -116,7 +116,14 @@ struct Held {
     cancel: CancellationToken,
 }
 
-type AckRequest = (Ack, oneshot::Sender<Result<AckResult, String>>);
+/// What to do with Redis's answer to an ack (or the error that kept it from being recorded).
+type AckDone = Box<dyn FnOnce(Result<AckResult, String>) + Send>;
+
+/// A request to the acker: record an ack, or answer once every earlier ack is recorded.
+enum AckRequest {
+    Ack(Ack, AckDone),
+    Flush(oneshot::Sender<()>),
+}
 
 /// State shared by the backend, the job futures, the heartbeat and the acker.
 pub struct Shared {
@@ -191,18 +198,25 @@ impl Shared {
         }
     }
 
-    /// Sends an ack through the batching acker and waits for Redis's answer.
-    async fn ack(&self, ack: Ack) -> Result<AckResult, String> {
-        let id = ack.lease.id.clone();
-        let (tx, rx) = oneshot::channel();
-        if self.acks.send((ack, tx)).is_err() {
-            return Err("the acker has stopped".to_owned());
+    /// Hands an ack to the batching acker, which calls `done` with Redis's answer. The job
+    /// stays held (its lease renewed, counted against the room for new fetches) until then,
+    /// but its concurrency slot is free at once: a slot waiting for an ack round trip would
+    /// leave the pool's throughput bounded by Redis's latency rather than its capacity.
+    fn ack(&self, ack: Ack, done: AckDone) {
+        if let Err(mpsc::error::SendError(request)) = self.acks.send(AckRequest::Ack(ack, done))
+            && let AckRequest::Ack(ack, done) = request
+        {
+            self.forget(&ack.lease.id);
+            done(Err("the acker has stopped".to_owned()));
         }
-        let result = rx
-            .await
-            .unwrap_or_else(|_| Err("the acker has stopped".to_owned()));
-        self.forget(&id);
-        result
+    }
+
+    /// Waits until every ack handed over so far is recorded.
+    async fn flush_acks(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.acks.send(AckRequest::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Hands jobs back unfinished; their attempts do not count.
@@ -249,30 +263,46 @@ impl Shared {
 
 /// Collects acks from all running jobs and sends them to Redis in one script call per batch:
 /// whatever arrived while the previous call was in flight goes together.
-async fn run_acker(queue: Queue, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+async fn run_acker(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
     const MAX_BATCH: usize = 500;
     let mut batch: Vec<AckRequest> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let acks: Vec<Ack> = batch.iter().map(|(a, _)| a.clone()).collect();
-        let mut result = queue.ack(&acks).await;
-        if let Err(e) = &result {
-            // One retry after a pause covers a Redis failover or a dropped connection.
-            tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            result = queue.ack(&acks).await;
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut callbacks = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                AckRequest::Ack(ack, done) => {
+                    acks.push(ack);
+                    callbacks.push(done);
+                }
+                AckRequest::Flush(tx) => flushes.push(tx),
+            }
         }
-        match result {
-            Ok(results) => {
-                for ((_, tx), r) in batch.drain(..).zip(results) {
-                    let _ = tx.send(Ok(r));
-                }
+        let Some(pool) = shared.upgrade() else {
+            return;
+        };
+        if !acks.is_empty() {
+            let mut result = pool.queue.ack(&acks).await;
+            if let Err(e) = &result {
+                // One retry after a pause covers a Redis failover or a dropped connection.
+                // An ack that was applied before the connection dropped is `stale` the second
+                // time, and changes nothing.
+                tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                result = pool.queue.ack(&acks).await;
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, tx) in batch.drain(..) {
-                    let _ = tx.send(Err(msg.clone()));
-                }
+            let results: Vec<Result<AckResult, String>> = match result {
+                Ok(results) => results.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e.to_string()); acks.len()],
+            };
+            for ((ack, done), r) in acks.iter().zip(callbacks).zip(results) {
+                pool.forget(&ack.lease.id);
+                done(r);
             }
+        }
+        for tx in flushes {
+            let _ = tx.send(());
         }
     }
 }
@@ -330,31 +360,35 @@ async fn run_job<H: JobHandler>(
             outcome
         }
     };
-    let counter = match &outcome {
-        AckOutcome::Done => &shared.counters.done,
-        AckOutcome::Retry { .. } => &shared.counters.retried,
-        AckOutcome::Dead { .. } => &shared.counters.dead,
-        AckOutcome::Cancelled { .. } => &shared.counters.cancelled,
-        AckOutcome::Release { .. } => &shared.counters.released,
-        AckOutcome::Defer { .. } => &shared.counters.deferred,
+    let counter: fn(&Counters) -> &AtomicU64 = match &outcome {
+        AckOutcome::Done => |c| &c.done,
+        AckOutcome::Retry { .. } => |c| &c.retried,
+        AckOutcome::Dead { .. } => |c| &c.dead,
+        AckOutcome::Cancelled { .. } => |c| &c.cancelled,
+        AckOutcome::Release { .. } => |c| &c.released,
+        AckOutcome::Defer { .. } => |c| &c.deferred,
     };
     let ack = Ack {
         lease: job.lease(),
         outcome,
     };
-    match shared.ack(ack).await {
-        Ok(AckResult::Applied(state)) => {
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(job = %job.id, attempt = job.attempt, %state, elapsed_ms = started.elapsed().as_millis() as u64, "attempt recorded");
-        }
-        Ok(AckResult::Stale) => {
-            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(job = %job.id, attempt = job.attempt, "ack refused: the lease had passed to another worker");
-        }
-        Err(e) => {
-            tracing::error!(job = %job.id, error = %e, "ack failed; the lease will expire and the job run again")
-        }
-    }
+    let pool = Arc::clone(&shared);
+    shared.ack(
+        ack,
+        Box::new(move |result| match result {
+            Ok(AckResult::Applied(state)) => {
+                counter(&pool.counters).fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job = %job.id, attempt = job.attempt, %state, elapsed_ms = started.elapsed().as_millis() as u64, "attempt recorded");
+            }
+            Ok(AckResult::Stale) => {
+                pool.counters.stale.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(job = %job.id, attempt = job.attempt, "ack refused: the lease had passed to another worker");
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "ack failed; the lease will expire and the job run again")
+            }
+        }),
+    );
     Ok(())
 }
 
@@ -459,7 +493,7 @@ pub async fn run<H: JobHandler>(
     queue.check_format().await?;
     // Register with a first heartbeat so operators see the worker at once.
     queue.heartbeat(&worker_id, config.lease, &[]).await?;
-    let acker = tokio::spawn(run_acker(queue.clone(), ack_rx));
+    let acker = tokio::spawn(run_acker(Arc::downgrade(&shared), ack_rx));
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(run_heartbeat(Arc::clone(&shared), stop_heartbeat.clone()));
     on_start(PoolHandle {
@@ -491,6 +525,8 @@ pub async fn run<H: JobHandler>(
     if let Err(e) = result {
         tracing::warn!(error = %e, "worker pool stopped with an error");
     }
+    // Acks of finished jobs first, so that only jobs still running are released.
+    shared.flush_acks().await;
     // Whatever is still held did not finish in time: hand it back before leaving, so it does
     // not wait for its lease to expire.
     shared
