@@ -5,7 +5,7 @@
 --   then 6 values per other job: id, lease, outcome, delay_ms, error_class, message
 --   where outcome is retry | dead | cancelled | release | defer
 -- `lease` is the token fetch.lua handed out with the job. Only the holder of that very lease
--- may ack: a job that is not `running` under that token is 'stale' and nothing changes (the
+-- may ack: a job whose record is not `running <lease>` is 'stale' and nothing changes (the
 -- lease expired and the job went to another worker, or this ack was applied already).
 -- Returns, per job in argument order, the state it is now in, or 'stale'.
 --
@@ -29,11 +29,10 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local running = prefix .. 'running'
-local state = prefix .. 'state'
-local leases = prefix .. 'lease'
+local jobs = prefix .. 'jobs'
 local counts = {done = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
 
--- Every job's id and presented lease, read against Redis in two variadic calls.
+-- Every job's id and presented lease; the records read in one variadic call.
 local ids, presented = {}, {}
 local m = 0
 for i = 3, 2 + 2 * n_done, 2 do
@@ -49,8 +48,7 @@ end
 if m == 0 then
   return {}
 end
-local states = redis.call('HMGET', state, unpack(ids))
-local held = redis.call('HMGET', leases, unpack(ids))
+local records = redis.call('HMGET', jobs, unpack(ids))
 -- Pending cancel requests are rare: look them up only when there are any.
 local pending_cancel = redis.call('EXISTS', prefix .. 'cancel_requested') == 1
 
@@ -65,8 +63,8 @@ local function failure(id, class, message)
   redis.call('HSET', prefix .. 'last_error', id, message)
 end
 
-local function to_dead(id, attempt, class, message)
-  redis.call('HSET', state, id, 'dead')
+local function to_dead(id, lease, attempt, class, message)
+  redis.call('HSET', jobs, id, 'dead ' .. lease)
   failure(id, class, message)
   redis.call('ZADD', prefix .. 'dead', now, id)
   event(id, 'dead', attempt, class, message)
@@ -75,40 +73,39 @@ local function to_dead(id, attempt, class, message)
   return 'dead'
 end
 
--- The lease with its attempt number lowered by one: the attempt does not count. Without
--- attempts left over the job has none on record.
-local function uncount(id, lease)
-  local attempt, rest = string.match(lease, '^(%d+)( .*)$')
+-- The record in `state` with the attempt not counted: the lease's attempt number lowered
+-- by one, and with no attempt left on record, no lease at all.
+local function uncounted(state, lease)
+  local meta, attempt, rest = string.match(lease, '^(%d+ %d+) (%d+)( .*)$')
   attempt = tonumber(attempt) or 1
   if attempt <= 1 then
-    redis.call('HDEL', leases, id)
-  else
-    redis.call('HSET', leases, id, (attempt - 1) .. rest)
+    return state .. ' ' .. meta
   end
-  return attempt
+  return state .. ' ' .. meta .. ' ' .. (attempt - 1) .. rest
 end
 
 local out = {}
-local now_s = tostring(now)
-local done_ids, done_states, done_scores = {}, {}, {}
+local finished = ' ' .. tostring(now)
+local done_ids, done_records = {}, {}
 local nd = 0
 for k = 1, m do
   local id = ids[k]
+  local lease = presented[k]
   local result
-  if states[k] ~= 'running' or held[k] ~= presented[k] then
+  if records[k] ~= 'running ' .. lease then
     result = 'stale'
   elseif k <= n_done then
     nd = nd + 1
     done_ids[nd] = id
-    done_states[2 * nd - 1] = id
-    done_states[2 * nd] = 'done'
-    done_scores[2 * nd - 1] = now_s
-    done_scores[2 * nd] = id
+    done_records[2 * nd - 1] = id
+    -- A done job's record ends with the time it finished.
+    done_records[2 * nd] = 'done ' .. lease .. finished
     result = 'done'
   else
     local i = 3 + 2 * n_done + 6 * (k - n_done - 1)
-    local lease = held[k]
-    local attempt = tonumber(string.match(lease, '^%d+')) or 1
+    local max, attempt = string.match(lease, '^(%d+) %d+ (%d+)')
+    max = tonumber(max) or 1
+    attempt = tonumber(attempt) or 1
     local outcome = ARGV[i + 2]
     local delay = tonumber(ARGV[i + 3]) or 0
     local class = ARGV[i + 4]
@@ -118,13 +115,12 @@ for k = 1, m do
       redis.call('HDEL', prefix .. 'cancel_requested', id)
     end
     if outcome == 'retry' then
-      local max = tonumber(string.match(redis.call('HGET', prefix .. 'meta', id) or '', '^%d+')) or 1
       if attempt >= max then
-        result = to_dead(id, attempt, class,
+        result = to_dead(id, lease, attempt, class,
           'gave up after ' .. attempt .. ' attempt(s); last error: ' .. message)
       else
         local run_at = now + delay
-        redis.call('HSET', state, id, 'retrying')
+        redis.call('HSET', jobs, id, 'retrying ' .. lease)
         failure(id, class, message)
         redis.call('ZADD', prefix .. 'retrying', run_at, id)
         event(id, 'retry_scheduled', attempt, class, message .. ' (next attempt in ' .. delay .. ' ms)')
@@ -133,9 +129,9 @@ for k = 1, m do
         result = 'retrying'
       end
     elseif outcome == 'dead' then
-      result = to_dead(id, attempt, class, message)
+      result = to_dead(id, lease, attempt, class, message)
     elseif outcome == 'cancelled' then
-      redis.call('HSET', state, id, 'cancelled')
+      redis.call('HSET', jobs, id, 'cancelled ' .. lease)
       redis.call('HSET', prefix .. 'last_error', id, message)
       redis.call('ZADD', prefix .. 'cancelled', now, id)
       event(id, 'cancelled', attempt, class, message)
@@ -144,15 +140,13 @@ for k = 1, m do
     elseif outcome == 'defer' then
       -- Not this worker's turn (the distribution is locked by another job): wait and try
       -- again without spending an attempt.
-      uncount(id, lease)
-      redis.call('HSET', state, id, 'retrying')
+      redis.call('HSET', jobs, id, uncounted('retrying', lease))
       redis.call('ZADD', prefix .. 'retrying', now + delay, id)
       event(id, 'deferred', attempt, class, message)
       result = 'retrying'
     else -- 'release' (outcomes were checked above)
       -- Handed back unfinished (graceful shutdown): the attempt does not count.
-      uncount(id, lease)
-      redis.call('HSET', state, id, 'queued')
+      redis.call('HSET', jobs, id, uncounted('queued', lease))
       redis.call('HSET', prefix .. 'queued_at', id, now)
       redis.call('LPUSH', prefix .. 'queued', id)
       event(id, 'released', attempt, class, message)
@@ -163,10 +157,11 @@ for k = 1, m do
 end
 
 if nd > 0 then
-  -- At most 1000 jobs per call (the worker's batches are smaller), so within unpack's limit.
+  -- `done` is a list in the order jobs finished: appending is far cheaper than a sorted-set
+  -- insert, and purge takes the oldest from its head.
   redis.call('ZREM', running, unpack(done_ids))
-  redis.call('ZADD', prefix .. 'done', unpack(done_scores))
-  redis.call('HSET', state, unpack(done_states))
+  redis.call('RPUSH', prefix .. 'done', unpack(done_ids))
+  redis.call('HSET', jobs, unpack(done_records))
   if pending_cancel then
     redis.call('HDEL', prefix .. 'cancel_requested', unpack(done_ids))
   end

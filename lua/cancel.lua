@@ -9,12 +9,13 @@ local prefix = ARGV[1]
 local message = ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state_key = prefix .. 'state'
+local jobs = prefix .. 'jobs'
 local out = {}
 local cancelled = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local state = redis.call('HGET', state_key, id)
+  local record = redis.call('HGET', jobs, id)
+  local state = record and string.match(record, '^%a+')
   local result
   if not state then
     result = 'not_found'
@@ -29,7 +30,7 @@ for i = 3, #ARGV do
     else
       redis.call('ZREM', prefix .. state, id)
     end
-    redis.call('HSET', state_key, id, 'cancelled')
+    redis.call('HSET', jobs, id, 'cancelled' .. string.match(record, '^%a+(.*)$'))
     redis.call('HSET', prefix .. 'last_error', id, message)
     redis.call('ZADD', prefix .. 'cancelled', now, id)
     cancelled = cancelled + 1

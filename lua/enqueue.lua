@@ -20,16 +20,10 @@ end
 
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in fetch.lua: a script cannot load another.)
+-- (An empty list or set does not exist in Redis, and EXISTS does not care about types.)
 local function holds_jobs()
-  if redis.call('LLEN', prefix .. 'queued') > 0 then
-    return true
-  end
-  for _, set in ipairs({'scheduled', 'retrying', 'running', 'done', 'dead', 'cancelled'}) do
-    if redis.call('ZCARD', prefix .. set) > 0 then
-      return true
-    end
-  end
-  return false
+  return redis.call('EXISTS', prefix .. 'queued', prefix .. 'scheduled', prefix .. 'retrying',
+    prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 
 if (#ARGV - 1) % 5 ~= 0 then
@@ -68,16 +62,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Formatted once: number-to-string conversion per job is measurable.
 local enqueued = ' ' .. tostring(now)
-local state = prefix .. 'state'
+local jobs = prefix .. 'jobs'
 local idempotency = prefix .. 'idempotency'
 
 -- Two reads for the whole batch: which keys name a job already, and which ids are taken.
 local holders = redis.call('HMGET', idempotency, unpack(keys))
-local taken = redis.call('HMGET', state, unpack(ids))
+local taken = redis.call('HMGET', jobs, unpack(ids))
 
 local out = {}
 -- Field-value lists for one HSET each, ready ids for one RPUSH, delayed ones for one ZADD.
-local new_envelopes, new_keys, new_states, new_meta, ready, delayed = {}, {}, {}, {}, {}, {}
+local new_envelopes, new_keys, new_records, ready, delayed = {}, {}, {}, {}, {}
 local created, n_ready, n_delayed = 0, 0, 0
 -- Keys and ids created earlier in this same call.
 local claimed, created_ids = {}, {}
@@ -89,7 +83,7 @@ for j = 1, n do
     holder = holders[j]
     -- A key can outlive its job when purge could not read the job's envelope to find it;
     -- such a key is free again.
-    if not redis.call('HGET', state, holder) then
+    if not redis.call('HGET', jobs, holder) then
       holder = nil
     end
   end
@@ -103,23 +97,22 @@ for j = 1, n do
     local run_at = tonumber(ARGV[i + 3])
     created = created + 1
     local f = 2 * created
+    -- The job record: `<state> <max_attempts> <enqueued_ms>` until its first lease.
     if run_at > now then
-      new_states[f] = 'scheduled'
+      new_records[f] = 'scheduled ' .. ARGV[i + 4] .. enqueued
       n_delayed = n_delayed + 1
       delayed[2 * n_delayed - 1] = run_at
       delayed[2 * n_delayed] = id
     else
-      new_states[f] = 'queued'
+      new_records[f] = 'queued ' .. ARGV[i + 4] .. enqueued
       n_ready = n_ready + 1
       ready[n_ready] = id
     end
-    new_states[f - 1] = id
+    new_records[f - 1] = id
     new_envelopes[f - 1] = id
     new_envelopes[f] = ARGV[i + 2]
     new_keys[f - 1] = key
     new_keys[f] = id
-    new_meta[f - 1] = id
-    new_meta[f] = ARGV[i + 4] .. enqueued
     claimed[key] = id
     created_ids[id] = true
     out[2 * j - 1] = id
@@ -131,8 +124,7 @@ if created > 0 then
   -- At most 2000 values each: far below Lua's unpack limit.
   redis.call('HSET', prefix .. 'envelopes', unpack(new_envelopes))
   redis.call('HSET', idempotency, unpack(new_keys))
-  redis.call('HSET', state, unpack(new_states))
-  redis.call('HSET', prefix .. 'meta', unpack(new_meta))
+  redis.call('HSET', jobs, unpack(new_records))
   if n_ready > 0 then
     redis.call('RPUSH', prefix .. 'queued', unpack(ready))
   end

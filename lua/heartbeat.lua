@@ -1,7 +1,8 @@
 -- atr-dist wire format v3: heartbeat (docs/wire-format.md, "heartbeat").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, then pairs: id, lease (the token fetch.lua handed out)
--- Extends the lease of every listed job the worker still holds under that token.
+-- Extends the lease of every listed job the worker still holds under that token (its
+-- record is `running <lease>`).
 -- Returns two arrays: ids the worker no longer holds (stop working on them), and ids an
 -- operator asked to cancel.
 local prefix = ARGV[1]
@@ -18,12 +19,11 @@ for i = 4, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
 end
 if #ids > 0 then
-  local states = redis.call('HMGET', prefix .. 'state', unpack(ids))
-  local held = redis.call('HMGET', prefix .. 'lease', unpack(ids))
+  local records = redis.call('HMGET', prefix .. 'jobs', unpack(ids))
   local requested = redis.call('HMGET', prefix .. 'cancel_requested', unpack(ids))
   local renew = {}
   for k, id in ipairs(ids) do
-    if states[k] == 'running' and held[k] == ARGV[3 + 2 * k] then
+    if records[k] == 'running ' .. ARGV[3 + 2 * k] then
       renew[#renew + 1] = now + lease_ms
       renew[#renew + 1] = id
       if requested[k] then

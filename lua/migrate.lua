@@ -3,12 +3,14 @@
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state, offset, limit
 -- Moves the jobs at positions offset .. offset + limit - 1 of `state`'s list or set from
--- their `job:<id>` hash (and, in version 1, their `idem:<key>` string) to the per-queue field
--- hashes of version 3, and deletes the old keys. A job without a `job:<id>` hash is in the
--- version 3 layout already and is left as it is, so running it again is safe.
+-- their `job:<id>` hash (and, in version 1, their `idem:<key>` string) to their version 3
+-- record in `jobs` and the other per-queue hashes, and deletes the old keys. A job without a
+-- `job:<id>` hash has been moved already and is left as it is, so running it again is safe.
+-- Done jobs are also appended, in the order they finished, to `migrating-done`, the list
+-- that replaces the `done` sorted set once every step has run.
 -- No job changes state or position, so offsets stay valid from one call to the next; run it
--- with every worker and producer stopped, then set `format` to 3 (`atr-dist queue migrate`
--- does all of this).
+-- with every worker and producer stopped, then replace `done` with `migrating-done` and set
+-- `format` to 3 (`atr-dist queue migrate` does all of this).
 -- Returns {ids looked at, jobs moved}; call again with offset + limit while the first is
 -- `limit`.
 local prefix = ARGV[1]
@@ -16,16 +18,20 @@ local state = ARGV[2]
 local offset = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '2' and fmt ~= '3' then
+if fmt and fmt ~= '2' then
   return redis.error_reply('ERR atr-dist migrate: this queue is in wire format ' .. fmt ..
     '; only a version 1 or 2 queue can be moved to version 3')
 end
-local ids
+local ids, finished = {}, {}
 if state == 'queued' then
   ids = redis.call('LRANGE', prefix .. 'queued', offset, offset + limit - 1)
 elseif state == 'scheduled' or state == 'retrying' or state == 'running' or state == 'done'
     or state == 'dead' or state == 'cancelled' then
-  ids = redis.call('ZRANGE', prefix .. state, offset, offset + limit - 1)
+  local scored = redis.call('ZRANGE', prefix .. state, offset, offset + limit - 1, 'WITHSCORES')
+  for k = 1, #scored, 2 do
+    ids[#ids + 1] = scored[k]
+    finished[#finished + 1] = scored[k + 1]
+  end
 else
   return redis.error_reply('ERR atr-dist migrate: unknown state ' .. tostring(state))
 end
@@ -35,7 +41,7 @@ local function set(field, id, value)
   end
 end
 local moved = 0
-for _, id in ipairs(ids) do
+for k, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
   local f = redis.call('HMGET', job, 'state', 'attempt', 'max_attempts', 'enqueued_at',
     'queued_at', 'started_at', 'worker', 'error_class', 'last_error', 'cancel_requested',
@@ -53,14 +59,16 @@ for _, id in ipairs(ids) do
         redis.call('DEL', idem_key)
       end
     end
-    redis.call('HSET', prefix .. 'state', id, f[1])
-    redis.call('HSET', prefix .. 'meta', id, (f[3] or '1') .. ' ' .. (f[4] or '0'))
+    local record = f[1] .. ' ' .. (f[3] or '1') .. ' ' .. (f[4] or '0')
     local attempt = tonumber(f[2]) or 0
-    if attempt > 0 then
-      redis.call('HSET', prefix .. 'lease', id,
-        attempt .. ' ' .. (f[6] or '0') .. ' ' .. (f[7] or 'unknown'))
+    if attempt > 0 or f[1] == 'done' then
+      record = record .. ' ' .. attempt .. ' ' .. (f[6] or '0') .. ' ' .. (f[7] or 'unknown')
     end
-    if f[5] ~= f[4] then
+    if f[1] == 'done' then
+      record = record .. ' ' .. string.format('%d', tonumber(finished[k]) or 0)
+    end
+    redis.call('HSET', prefix .. 'jobs', id, record)
+    if f[5] ~= f[4] and f[1] == 'queued' then
       set('queued_at', id, f[5])
     end
     set('error_class', id, f[8])
@@ -69,5 +77,8 @@ for _, id in ipairs(ids) do
     redis.call('DEL', job)
     moved = moved + 1
   end
+end
+if state == 'done' and #ids > 0 then
+  redis.call('RPUSH', prefix .. 'migrating-done', unpack(ids))
 end
 return {#ids, moved}

@@ -1,9 +1,9 @@
 -- atr-dist wire format v3: purge (docs/wire-format.md, "purge").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state (done | dead | cancelled), older_than_ms, limit (at most 1000)
--- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with all
--- their fields, events and idempotency keys. Returns how many were deleted; call again while
--- it returns `limit`.
+-- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with their
+-- records, envelopes, other fields, events and idempotency keys. Returns how many were
+-- deleted; call again while it returns `limit`.
 local prefix = ARGV[1]
 local state = ARGV[2]
 local older_than = tonumber(ARGV[3])
@@ -16,10 +16,36 @@ if not limit or limit < 1 or limit > 1000 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - older_than
 local set = prefix .. state
-local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now - older_than, 'LIMIT', 0, limit)
-if #ids == 0 then
-  return 0
+local ids
+if state == 'done' then
+  -- `done` is a list in the order jobs finished, each record ending with that time: take
+  -- the run at its head that finished before the cutoff.
+  local head = redis.call('LRANGE', set, 0, limit - 1)
+  if #head == 0 then
+    return 0
+  end
+  local records = redis.call('HMGET', prefix .. 'jobs', unpack(head))
+  ids = {}
+  for k, id in ipairs(head) do
+    -- An entry without a record (purged by hand) goes too.
+    local finished = records[k] and tonumber(string.match(records[k], ' (%d+)$'))
+    if finished and finished > cutoff then
+      break
+    end
+    ids[k] = id
+  end
+  if #ids == 0 then
+    return 0
+  end
+  redis.call('LTRIM', set, #ids, -1)
+else
+  ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, limit)
+  if #ids == 0 then
+    return 0
+  end
+  redis.call('ZREM', set, unpack(ids))
 end
 local envelopes = redis.call('HMGET', prefix .. 'envelopes', unpack(ids))
 local idempotency = prefix .. 'idempotency'
@@ -38,11 +64,10 @@ for k, id in ipairs(ids) do
   end
   events[k] = prefix .. 'events:' .. id
 end
--- Every per-job field hash of docs/wire-format.md, "Keys".
-for _, field in ipairs({'envelopes', 'state', 'meta', 'lease', 'queued_at', 'error_class',
-    'last_error', 'cancel_requested'}) do
+-- Every per-job hash of docs/wire-format.md, "Keys".
+for _, field in ipairs({'jobs', 'envelopes', 'queued_at', 'error_class', 'last_error',
+    'cancel_requested'}) do
   redis.call('HDEL', prefix .. field, unpack(ids))
 end
 redis.call('DEL', unpack(events))
-redis.call('ZREM', set, unpack(ids))
 return #ids

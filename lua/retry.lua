@@ -7,20 +7,21 @@ local prefix = ARGV[1]
 local message = ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state_key = prefix .. 'state'
+local jobs = prefix .. 'jobs'
 local out = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local state = redis.call('HGET', state_key, id)
+  local record = redis.call('HGET', jobs, id)
+  local state = record and string.match(record, '^%a+')
   local result
   if not state then
     result = 'not_found'
   elseif state == 'dead' or state == 'cancelled' then
     redis.call('ZREM', prefix .. state, id)
-    redis.call('HSET', state_key, id, 'queued')
+    -- Attempts start again from 0: the record keeps only its meta, and the last lease
+    -- goes. The last error stays on view.
+    redis.call('HSET', jobs, id, 'queued ' .. string.match(record, '^%a+ (%d+ %d+)'))
     redis.call('HSET', prefix .. 'queued_at', id, now)
-    -- Attempts start again from 0: the last lease goes. The last error stays on view.
-    redis.call('HDEL', prefix .. 'lease', id)
     redis.call('HDEL', prefix .. 'cancel_requested', id)
     redis.call('RPUSH', prefix .. 'queued', id)
     local key = prefix .. 'events:' .. id

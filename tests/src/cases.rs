@@ -128,11 +128,13 @@ fn ack(job: &Leased, outcome: AckOutcome) -> Vec<Ack> {
 /// `job`'s lease as another worker, or another attempt, would present it: same job, same
 /// start time, different holder.
 fn forged(job: &Leased, attempt: u32, worker: &str) -> Vec<Ack> {
-    let started = job.token.split(' ').nth(1).expect("token has a start time");
+    // `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`
+    let parts: Vec<&str> = job.token.split(' ').collect();
+    let (max, enqueued, started) = (parts[0], parts[1], parts[3]);
     vec![Ack {
         lease: Lease {
             id: job.id.clone(),
-            token: format!("{attempt} {started} {worker}"),
+            token: format!("{max} {enqueued} {attempt} {started} {worker}"),
         },
         outcome: AckOutcome::Done,
     }]
@@ -189,9 +191,12 @@ pub async fn leases_fence_acks_and_expire(q: &Queue) {
     let lease = Duration::from_millis(300);
     let got = q.fetch("w1", lease, 10).await.unwrap();
     assert_eq!(got.len(), 1);
+    let parts: Vec<&str> = got[0].token.split(' ').collect();
     assert_eq!(
-        got[0].token,
-        format!("1 {} w1", got[0].token.split(' ').nth(1).unwrap())
+        (parts[0], parts[2], parts[4]),
+        ("3", "1", "w1"),
+        "{}",
+        got[0].token
     );
     // Another worker, or the wrong attempt, cannot ack.
     assert_eq!(
@@ -564,7 +569,28 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
             outcome: AckOutcome::Done,
         })
         .collect();
-    q.ack(&done).await.unwrap();
+    // In two batches, so that the order they finished in is known.
+    q.ack(&done[..5]).await.unwrap();
+    q.ack(&done[5..]).await.unwrap();
+    // Done jobs list newest first, page by page.
+    let done_filter = JobFilter {
+        state: Some(JobState::Done),
+        ..Default::default()
+    };
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = q.list(&done_filter, cursor.as_deref(), 3).await.unwrap();
+        assert!(page.jobs.len() <= 3);
+        listed.extend(page.jobs.into_iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut newest_first: Vec<String> = rest.iter().map(|j| j.id.clone()).collect();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
     let stats = q.stats().await.unwrap();
     assert_eq!(stats.counts[&JobState::Done], 8);
     assert_eq!(stats.counts[&JobState::Cancelled], 2);

@@ -259,6 +259,7 @@ async fn a_version_2_queue_is_refused_until_migrated() {
     let mut conn = q.connection();
     let running = atr_dist_tests::jobs::stage(1);
     let retrying = atr_dist_tests::jobs::stage(2);
+    let done = atr_dist_tests::jobs::stage(3);
     let _: () = conn.set(format!("{p}format"), "2").await.unwrap();
     let fields = [
         (
@@ -282,6 +283,18 @@ async fn a_version_2_queue_is_refused_until_migrated() {
                 ("run_at", "4102444800000"),
                 ("error_class", "transient"),
                 ("last_error", "503 from the registry"),
+            ],
+        ),
+        (
+            &done,
+            vec![
+                ("state", "done"),
+                ("attempt", "1"),
+                ("max_attempts", "3"),
+                ("enqueued_at", "1764300000000"),
+                ("started_at", "1764300002000"),
+                ("finished_at", "1764300003000"),
+                ("worker", "old-host-1-0000abcd"),
             ],
         ),
     ];
@@ -318,6 +331,10 @@ async fn a_version_2_queue_is_refused_until_migrated() {
         )
         .await
         .unwrap();
+    let _: () = conn
+        .zadd(format!("{p}done"), done.id.to_string(), 1764300003000_i64)
+        .await
+        .unwrap();
 
     let lease = Duration::from_secs(30);
     let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
@@ -327,11 +344,34 @@ async fn a_version_2_queue_is_refused_until_migrated() {
 
     assert_eq!(
         q.migrate().await.unwrap(),
-        MigrationReport { jobs: 2, moved: 2 }
+        MigrationReport { jobs: 3, moved: 3 }
     );
     q.check_format().await.unwrap();
     let keys = t.keys().await;
-    assert!(!keys.iter().any(|k| k.contains(":job:")), "{keys:?}");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains(":job:") || k.contains("migrating")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        q.migrate().await.unwrap(),
+        MigrationReport { jobs: 3, moved: 0 },
+        "a second run changes nothing"
+    );
+
+    // The done sorted set is now the list of finished jobs, each record ending with the time
+    // it finished; and purge takes it from there.
+    let shown = q.show(&done.id.to_string()).await.unwrap().unwrap().summary;
+    assert_eq!(shown.state, JobState::Done);
+    assert_eq!(shown.attempt, 1);
+    assert_eq!(
+        shown.finished_at.map(|t| t.timestamp_millis()),
+        Some(1764300003000)
+    );
+    assert_eq!(cases::count(q, JobState::Done).await, 1);
+    assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(cases::count(q, JobState::Done).await, 0);
 
     let shown = q
         .show(&retrying.id.to_string())

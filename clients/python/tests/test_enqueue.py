@@ -26,9 +26,7 @@ SHA = "0" * 63 + "1"
 
 
 JOB_FIELD_HASHES = (
-    "state",
-    "meta",
-    "lease",
+    "jobs",
     "queued_at",
     "error_class",
     "last_error",
@@ -75,11 +73,11 @@ def test_stage_job_has_the_documented_fields(
 
     job = job_fields(redis_client, queue, result.id)
     idem = "stage:tooling-0.1.0:NPM::tooling-cli:0.1.0:00002"
-    # A new job has a state and its meta; the other fields are absent until they apply
-    # (no lease before the first attempt, queued_at = the enqueue time).
-    assert set(job) == {"state", "meta"}
-    assert job["state"] == "queued"
-    max_attempts, enqueued_at_ms = job["meta"].split(" ")
+    # A new job has its record, `<state> <max_attempts> <enqueued_ms>`; the other fields are
+    # absent until they apply (queued_at = the enqueue time).
+    assert set(job) == {"jobs"}
+    state, max_attempts, enqueued_at_ms = job["jobs"].split(" ")
+    assert state == "queued"
     assert max_attempts == "10"
     # Times come from the Redis server's clock; allow for skew with this machine's.
     assert abs(int(enqueued_at_ms) - before) < 60_000
@@ -127,8 +125,7 @@ def test_promote_job_has_the_documented_fields(
 
     job = job_fields(redis_client, queue, result.id)
     idem = "promote:tooling-0.1.0:NPM_SCOPED:apache:tooling-cli:0.1.0:00003"
-    assert job["state"] == "queued"
-    assert job["meta"].split(" ")[0] == "3"
+    assert job["jobs"].split(" ")[:2] == ["queued", "3"]
     assert key_holder(redis_client, queue, idem) == result.id
 
     envelope = stored_envelope(redis_client, queue, result.id)
@@ -194,7 +191,7 @@ def test_repeated_enqueue_returns_the_existing_job(
     assert queued_ids(redis_client, queue) == [first.id]
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
     # Only the first job exists: the second envelope was never stored.
-    assert redis_client.hlen(f"atr-dist:{{{queue}}}:state") == 1
+    assert redis_client.hlen(f"atr-dist:{{{queue}}}:jobs") == 1
     assert redis_client.hlen(f"atr-dist:{{{queue}}}:envelopes") == 1
 
 
@@ -271,7 +268,7 @@ def test_bulk_enqueue_is_one_script_call(
     assert queued_ids(redis_client, queue) == [e["id"] for e in envelopes]
     for envelope in envelopes:
         assert stored_envelope(redis_client, queue, envelope["id"]) == envelope
-        assert job_fields(redis_client, queue, envelope["id"])["state"] == "queued"
+        assert job_fields(redis_client, queue, envelope["id"])["jobs"].startswith("queued ")
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"5"
 
 
@@ -300,7 +297,7 @@ def test_delayed_job_is_scheduled(
     result = producer.enqueue_stage(**stage_args, run_at=run_at)
     assert result.created
 
-    assert job_fields(redis_client, queue, result.id)["state"] == "scheduled"
+    assert job_fields(redis_client, queue, result.id)["jobs"].startswith("scheduled ")
     assert redis_client.zscore(f"atr-dist:{{{queue}}}:scheduled", result.id) == expected_ms
     assert queued_ids(redis_client, queue) == []
 
@@ -321,7 +318,7 @@ def test_past_run_at_queues_now(
     result = producer.enqueue_stage(
         **stage_args, run_at=datetime.now(timezone.utc) - timedelta(hours=1)
     )
-    assert job_fields(redis_client, queue, result.id)["state"] == "queued"
+    assert job_fields(redis_client, queue, result.id)["jobs"].startswith("queued ")
     assert queued_ids(redis_client, queue) == [result.id]
     assert redis_client.zcard(f"atr-dist:{{{queue}}}:scheduled") == 0
 

@@ -10,14 +10,13 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use super::scripts::SCRIPTS;
-use super::{Meta, Queue, QueueError};
+use super::{JobRecord, Queue, QueueError};
 
-/// The per-queue field hashes a job summary reads, in the order `summary_from` takes them.
-/// Kind, release, platform and idempotency key come from the envelope (see `Indexed`).
-const SUMMARY_HASHES: [&str; 7] = [
-    "state",
-    "meta",
-    "lease",
+/// The per-queue hashes a job summary reads, in the order `summary_from` takes them: the
+/// job record first. Kind, release, platform and idempotency key come from the envelope
+/// (see `Indexed`).
+const SUMMARY_HASHES: [&str; 5] = [
+    "jobs",
     "error_class",
     "last_error",
     "cancel_requested",
@@ -25,7 +24,8 @@ const SUMMARY_HASHES: [&str; 7] = [
 ];
 
 /// The sets whose score is a summary's `run_at` or `finished_at`, in `summary_from`'s order.
-const SCORED_SETS: [&str; 5] = ["scheduled", "retrying", "done", "dead", "cancelled"];
+/// (A done job's finishing time is in its record.)
+const SCORED_SETS: [&str; 4] = ["scheduled", "retrying", "dead", "cancelled"];
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobSummary {
@@ -141,7 +141,8 @@ fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
 
-/// The Redis structure a state lives in, and the order it lists in.
+/// The Redis structure a state lives in, and the order it lists in. `queued` and `done` are
+/// lists, in the order jobs entered them; the others are sorted sets.
 pub(super) fn state_order(state: JobState) -> (&'static str, bool) {
     match state {
         JobState::Queued => ("queued", false),
@@ -237,6 +238,12 @@ impl Queue {
             let mut conn = self.conn.clone();
             let ids: Vec<String> = match (states[state_idx], newest_first) {
                 (JobState::Queued, _) => conn.lrange(&key, start, stop).await?,
+                // Newest first: from the tail of the list.
+                (JobState::Done, _) => {
+                    let mut ids: Vec<String> = conn.lrange(&key, -stop - 1, -start - 1).await?;
+                    ids.reverse();
+                    ids
+                }
                 (_, true) => conn.zrevrange(&key, start, stop).await?,
                 (_, false) => conn.zrange(&key, start, stop).await?,
             };
@@ -412,14 +419,11 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.cmd("EXISTS").arg(self.key("paused"));
         pipe.cmd("LLEN").arg(self.key("queued"));
-        for set in [
-            "scheduled",
-            "retrying",
-            "running",
-            "done",
-            "dead",
-            "cancelled",
-        ] {
+        for set in ["scheduled", "retrying", "running"] {
+            pipe.cmd("ZCARD").arg(self.key(set));
+        }
+        pipe.cmd("LLEN").arg(self.key("done"));
+        for set in ["dead", "cancelled"] {
             pipe.cmd("ZCARD").arg(self.key(set));
         }
         pipe.cmd("LINDEX").arg(self.key("queued")).arg(0);
@@ -463,13 +467,14 @@ impl Queue {
         }
         let oldest_queued_age_secs = match head {
             Some(id) => {
-                // `queued_at` is absent while it equals the enqueue time, in `meta`.
-                let (queued_at, meta): (Option<i64>, Option<String>) = redis::pipe()
+                // `queued_at` is absent while it equals the enqueue time, in the job record.
+                let (queued_at, record): (Option<i64>, Option<String>) = redis::pipe()
                     .hget(self.key("queued_at"), &id)
-                    .hget(self.key("meta"), &id)
+                    .hget(self.key("jobs"), &id)
                     .query_async(&mut self.conn.clone())
                     .await?;
-                let since = queued_at.or_else(|| meta.and_then(|m| Meta::parse(&m).enqueued_at));
+                let since =
+                    queued_at.or_else(|| record.and_then(|r| JobRecord::parse(&r).enqueued_at));
                 ms_to_time(since).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
             }
             None => None,
@@ -547,31 +552,22 @@ impl Indexed {
     }
 }
 
-/// A summary from one job's `SUMMARY_HASHES` fields and `SCORED_SETS` scores; `None` when
-/// the job has no state (it does not exist).
+/// A summary from one job's `SUMMARY_HASHES` entries and `SCORED_SETS` scores; `None` when
+/// the job has no record (it does not exist).
 fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Option<JobSummary> {
     let get = |i: usize| row.get(i).cloned().flatten();
     let score = |i: usize| scores.get(i).copied().flatten();
-    let state: JobState = get(0)?.parse().ok()?;
-    let meta = get(1).map(|m| Meta::parse(&m)).unwrap_or_default();
-    // The lease token: `<attempt> <started_ms> <worker_id>` of the current or last attempt.
-    let lease = get(2).unwrap_or_default();
-    let mut lease = lease.splitn(3, ' ');
-    let attempt = lease
-        .next()
-        .and_then(|a| a.parse::<u32>().ok())
-        .unwrap_or(0);
-    let started_at = lease.next().and_then(|s| s.parse::<i64>().ok());
-    let worker = lease.next().map(str::to_owned);
+    let record = JobRecord::parse(&get(0)?);
+    let state = record.state?;
     let (run_at, finished_at) = match state {
         JobState::Scheduled => (score(0), None),
         JobState::Retrying => (score(1), None),
-        JobState::Done => (None, score(2)),
-        JobState::Dead => (None, score(3)),
-        JobState::Cancelled => (None, score(4)),
+        JobState::Done => (None, record.finished_at),
+        JobState::Dead => (None, score(2)),
+        JobState::Cancelled => (None, score(3)),
         JobState::Queued | JobState::Running => (None, None),
     };
-    let indexed = Indexed::read(get(6).as_deref());
+    let indexed = Indexed::read(get(4).as_deref());
     Some(JobSummary {
         id: id.to_owned(),
         state,
@@ -583,15 +579,15 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
             .and_then(|d| d.platform)
             .unwrap_or_default(),
         idempotency_key: indexed.idempotency_key.unwrap_or_default(),
-        attempt,
-        max_attempts: meta.max_attempts.unwrap_or(0),
-        enqueued_at: ms_to_time(meta.enqueued_at),
+        attempt: record.attempt,
+        max_attempts: record.max_attempts.unwrap_or(0),
+        enqueued_at: ms_to_time(record.enqueued_at),
         run_at: ms_to_time(run_at),
-        started_at: ms_to_time(started_at),
+        started_at: ms_to_time(record.started_at),
         finished_at: ms_to_time(finished_at),
-        worker,
-        error_class: get(3).filter(|s| !s.is_empty()),
-        last_error: get(4),
-        cancel_requested: get(5).as_deref() == Some("1"),
+        worker: record.worker,
+        error_class: get(1).filter(|s| !s.is_empty()),
+        last_error: get(2),
+        cancel_requested: get(3).as_deref() == Some("1"),
     })
 }

@@ -24,36 +24,26 @@ pub struct MigrationReport {
 }
 
 impl Queue {
+    /// The `format` key, and whether any state's list or set exists (holds a job). EXISTS,
+    /// because the type of `done` differs between versions.
+    async fn format_and_holds_jobs(&self) -> Result<(Option<String>, bool), QueueError> {
+        let keys: Vec<String> = JobState::ALL
+            .iter()
+            .map(|&state| format!("{}{}", self.prefix, state_order(state).0))
+            .collect();
+        let (format, existing): (Option<String>, u64) = redis::pipe()
+            .get(format!("{}format", self.prefix))
+            .exists(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((format, existing > 0))
+    }
+
     /// Fails unless the queue is in wire format 3 or new: the check `enqueue.lua` and
     /// `fetch.lua` make on every call, made once at start so that a worker facing an older
     /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.get(format!("{}format", self.prefix));
-        for state in JobState::ALL {
-            let key = format!("{}{}", self.prefix, state_order(state).0);
-            match state {
-                JobState::Queued => pipe.llen(key),
-                JobState::Scheduled
-                | JobState::Retrying
-                | JobState::Running
-                | JobState::Done
-                | JobState::Dead
-                | JobState::Cancelled => pipe.zcard(key),
-            };
-        }
-        let (format, counts): (Option<String>, Vec<u64>) = {
-            let mut values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
-            if values.is_empty() {
-                return Err(super::protocol("format check", "empty pipeline reply"));
-            }
-            let format = redis::from_redis_value(values.remove(0))?;
-            let counts = values
-                .into_iter()
-                .map(redis::from_redis_value)
-                .collect::<Result<_, _>>()?;
-            (format, counts)
-        };
+        let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
             Some(FORMAT) => Ok(()),
             Some("2") => Err(QueueError::NotNow(format!(
@@ -66,7 +56,7 @@ impl Queue {
                  (docs/wire-format.md, \"Versions\")",
                 self.name
             ))),
-            None if counts.iter().any(|&n| n > 0) => Err(QueueError::NotNow(format!(
+            None if holds_jobs => Err(QueueError::NotNow(format!(
                 "queue {} holds jobs but has no format key, so it is in wire format 1; \
                  stop its workers and producers and run `atr-dist queue migrate`",
                 self.name
@@ -99,6 +89,16 @@ impl Queue {
             )));
         }
         let mut report = MigrationReport::default();
+        let (format, _) = self.format_and_holds_jobs().await?;
+        if format.as_deref() == Some(FORMAT) {
+            // Moved already: count what is there, move nothing.
+            let stats = self.stats().await?;
+            report.jobs = stats.counts.values().sum();
+            return Ok(report);
+        }
+        let rebuilt_done = format!("{}migrating-done", self.prefix);
+        // Left over from an interrupted run: rebuilt from the start below.
+        let _: () = self.conn.clone().del(&rebuilt_done).await?;
         // Every job is in exactly one state's list or set: walking them all reaches each once.
         for state in JobState::ALL {
             let mut offset = 0;
@@ -120,11 +120,16 @@ impl Queue {
                 offset += STEP;
             }
         }
-        let _: () = self
-            .conn
-            .clone()
-            .set(format!("{}format", self.prefix), FORMAT)
-            .await?;
+        // `done` becomes the list of finished jobs, in finishing order, and the queue speaks
+        // version 3, in one step.
+        let done = format!("{}done", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&done).ignore();
+        if report.jobs > 0 && self.conn.clone().exists::<_, bool>(&rebuilt_done).await? {
+            pipe.rename(&rebuilt_done, &done).ignore();
+        }
+        pipe.set(format!("{}format", self.prefix), FORMAT).ignore();
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(report)
     }
 }

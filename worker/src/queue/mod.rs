@@ -90,8 +90,9 @@ pub struct Enqueued {
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub id: String,
-    /// The lease token, `<attempt> <started_ms> <worker_id>`: acks and heartbeats present it,
-    /// and Redis honours them only while it is still the job's lease.
+    /// The lease token, `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`:
+    /// acks and heartbeats present it, and Redis honours them only while the job's record
+    /// is `running <token>`.
     pub token: String,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -300,29 +301,25 @@ impl Queue {
             return Err(protocol("fetch.lua", "empty reply"));
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
-        let mut out = Vec::with_capacity(jobs.len() / 5);
-        for five in jobs.chunks(5) {
-            let [id, token, meta, queued_at, envelope] = five else {
-                return Err(protocol("fetch.lua", "values not in groups of 5"));
+        let mut out = Vec::with_capacity(jobs.len() / 4);
+        for four in jobs.chunks(4) {
+            let [id, token, queued_at, envelope] = four else {
+                return Err(protocol("fetch.lua", "values not in groups of 4"));
             };
             let token: String = redis::from_redis_value_ref(token)?;
-            let attempt = token
-                .split(' ')
-                .next()
-                .and_then(|a| a.parse().ok())
+            let lease = LeaseToken::parse(&token)
                 .ok_or_else(|| protocol("fetch.lua", format!("lease token {token:?}")))?;
-            // A job written by hand without meta is still leased, with one attempt, and
-            // then dead-lettered as malformed for its missing envelope.
-            let meta = Meta::parse(&redis::from_redis_value_ref::<String>(meta)?);
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
-            let since = queued_at.parse::<i64>().ok().or(meta.enqueued_at);
+            let since = queued_at.parse::<i64>().unwrap_or(lease.enqueued_at);
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
                 token,
-                attempt,
-                max_attempts: meta.max_attempts.unwrap_or(1),
+                attempt: lease.attempt,
+                max_attempts: lease.max_attempts,
+                // A job without an envelope (written by hand) is still leased, and then
+                // dead-lettered as malformed.
                 envelope: redis::from_redis_value_ref(envelope)?,
-                waited: Duration::from_millis(since.map_or(0, |t| (now - t).max(0) as u64)),
+                waited: Duration::from_millis((now - since).max(0) as u64),
             });
         }
         Ok(out)
@@ -422,21 +419,53 @@ impl Queue {
     }
 }
 
-/// A job's `meta` field, `<max_attempts> <enqueued_at_ms>`, read leniently: a part that does
-/// not parse is absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Meta {
+/// A job record in the queue's `jobs` hash (docs/wire-format.md, "Keys"):
+/// `<state> <max_attempts> <enqueued_ms>`, then, once the job has been leased,
+/// ` <attempt> <started_ms> <worker_id>`, and for a done job ` <finished_ms>`.
+/// Read leniently: a part that does not parse is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct JobRecord {
+    pub state: Option<atr_dist_shared::JobState>,
     pub max_attempts: Option<u32>,
     pub enqueued_at: Option<i64>,
+    pub attempt: u32,
+    pub started_at: Option<i64>,
+    pub worker: Option<String>,
+    pub finished_at: Option<i64>,
 }
 
-impl Meta {
-    pub(crate) fn parse(text: &str) -> Meta {
+impl JobRecord {
+    pub(crate) fn parse(text: &str) -> JobRecord {
         let mut parts = text.split(' ');
-        Meta {
-            max_attempts: parts.next().and_then(|p| p.parse().ok()),
-            enqueued_at: parts.next().and_then(|p| p.parse().ok()),
+        let mut next = || parts.next().filter(|p| !p.is_empty());
+        JobRecord {
+            state: next().and_then(|s| s.parse().ok()),
+            max_attempts: next().and_then(|p| p.parse().ok()),
+            enqueued_at: next().and_then(|p| p.parse().ok()),
+            attempt: next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            started_at: next().and_then(|p| p.parse().ok()),
+            worker: next().map(str::to_owned),
+            finished_at: next().and_then(|p| p.parse().ok()),
         }
+    }
+}
+
+/// The parts of a lease token, `<max_attempts> <enqueued_ms> <attempt> <started_ms>
+/// <worker_id>`: the job record after its state word, as `fetch.lua` hands it out.
+struct LeaseToken {
+    max_attempts: u32,
+    enqueued_at: i64,
+    attempt: u32,
+}
+
+impl LeaseToken {
+    fn parse(token: &str) -> Option<LeaseToken> {
+        let mut parts = token.split(' ');
+        Some(LeaseToken {
+            max_attempts: parts.next()?.parse().ok()?,
+            enqueued_at: parts.next()?.parse().ok()?,
+            attempt: parts.next()?.parse().ok()?,
+        })
     }
 }
 
