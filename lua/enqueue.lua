@@ -1,8 +1,8 @@
 -- atr-dist wire format v3: enqueue (docs/wire-format.md, "enqueue").
 -- KEYS[1] = <prefix>queued    (routes the call to the queue's cluster slot)
--- ARGV[1] = <prefix>          e.g. "atr-dist:{default}:"
--- then 5 values per job, at most 1000 jobs per call:
---   id, idempotency_key, envelope, run_at_ms (0 = now), max_attempts
+-- ARGV = prefix (e.g. "atr-dist:{default}:"), run_at_ms (0 = now), max_attempts,
+-- then 3 values per job, at most 1000 jobs per call: id, idempotency_key, envelope
+-- (run_at_ms and max_attempts apply to every job of the call).
 -- Returns, per job: id, status: 1 = created; 0 = the idempotency key already named a job,
 -- whose id is returned; -1 = refused, a job with this id exists under another idempotency key.
 --
@@ -26,10 +26,15 @@ local function holds_jobs()
     prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 
-if (#ARGV - 1) % 5 ~= 0 then
-  return redis.error_reply('ERR atr-dist enqueue: arguments must come in groups of 5 per job')
+local run_at = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+if run_at == nil or max == nil or max < 1 or max ~= math.floor(max) then
+  return redis.error_reply('ERR atr-dist enqueue: run_at_ms must be a number and max_attempts a whole number >= 1')
 end
-local n = (#ARGV - 1) / 5
+if #ARGV < 3 or (#ARGV - 3) % 3 ~= 0 then
+  return redis.error_reply('ERR atr-dist enqueue: after prefix, run_at_ms and max_attempts, arguments must come in groups of 3 per job')
+end
+local n = (#ARGV - 3) / 3
 if n == 0 then
   return {}
 end
@@ -39,13 +44,9 @@ end
 -- Check every job before writing any, so a bad batch changes nothing.
 local ids, keys = {}, {}
 for j = 1, n do
-  local i = 2 + (j - 1) * 5
+  local i = 1 + 3 * j
   if ARGV[i] == '' or ARGV[i + 1] == '' or ARGV[i + 2] == '' then
     return redis.error_reply('ERR atr-dist enqueue: id, idempotency_key and envelope must not be empty')
-  end
-  local max = tonumber(ARGV[i + 4])
-  if tonumber(ARGV[i + 3]) == nil or max == nil or max < 1 or max ~= math.floor(max) then
-    return redis.error_reply('ERR atr-dist enqueue: run_at_ms and max_attempts must be numbers, max_attempts a whole number >= 1')
   end
   ids[j] = ARGV[i]
   keys[j] = ARGV[i + 1]
@@ -60,8 +61,11 @@ if not fmt then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Formatted once: number-to-string conversion per job is measurable.
-local enqueued = ' ' .. tostring(now)
+local delayed = run_at > now
+local state = delayed and 'scheduled' or 'queued'
+-- Every new job of the call has the same record, `<state> <max_attempts> <enqueued_ms>`:
+-- built once.
+local record = state .. ' ' .. string.format('%d', max) .. ' ' .. tostring(now)
 local jobs = prefix .. 'jobs'
 local idempotency = prefix .. 'idempotency'
 
@@ -70,13 +74,12 @@ local holders = redis.call('HMGET', idempotency, unpack(keys))
 local taken = redis.call('HMGET', jobs, unpack(ids))
 
 local out = {}
--- Field-value lists for one HSET each, ready ids for one RPUSH, delayed ones for one ZADD.
-local new_envelopes, new_keys, new_records, ready, delayed = {}, {}, {}, {}, {}
-local created, n_ready, n_delayed = 0, 0, 0
+-- Field-value lists for one HSET each, and the new ids for one RPUSH or ZADD.
+local new_envelopes, new_keys, new_records, new_ids = {}, {}, {}, {}
+local created = 0
 -- Keys and ids created earlier in this same call.
 local claimed, created_ids = {}, {}
 for j = 1, n do
-  local i = 2 + (j - 1) * 5
   local id, key = ids[j], keys[j]
   local holder = claimed[key]
   if not holder and holders[j] then
@@ -94,23 +97,13 @@ for j = 1, n do
     out[2 * j - 1] = id
     out[2 * j] = -1
   else
-    local run_at = tonumber(ARGV[i + 3])
     created = created + 1
     local f = 2 * created
-    -- The job record: `<state> <max_attempts> <enqueued_ms>` until its first lease.
-    if run_at > now then
-      new_records[f] = 'scheduled ' .. ARGV[i + 4] .. enqueued
-      n_delayed = n_delayed + 1
-      delayed[2 * n_delayed - 1] = run_at
-      delayed[2 * n_delayed] = id
-    else
-      new_records[f] = 'queued ' .. ARGV[i + 4] .. enqueued
-      n_ready = n_ready + 1
-      ready[n_ready] = id
-    end
+    new_ids[created] = id
     new_records[f - 1] = id
+    new_records[f] = record
     new_envelopes[f - 1] = id
-    new_envelopes[f] = ARGV[i + 2]
+    new_envelopes[f] = ARGV[1 + 3 * j + 2]
     new_keys[f - 1] = key
     new_keys[f] = id
     claimed[key] = id
@@ -125,11 +118,15 @@ if created > 0 then
   redis.call('HSET', prefix .. 'envelopes', unpack(new_envelopes))
   redis.call('HSET', idempotency, unpack(new_keys))
   redis.call('HSET', jobs, unpack(new_records))
-  if n_ready > 0 then
-    redis.call('RPUSH', prefix .. 'queued', unpack(ready))
-  end
-  if n_delayed > 0 then
-    redis.call('ZADD', prefix .. 'scheduled', unpack(delayed))
+  if delayed then
+    local scored = {}
+    for k = 1, created do
+      scored[2 * k - 1] = run_at
+      scored[2 * k] = new_ids[k]
+    end
+    redis.call('ZADD', prefix .. 'scheduled', unpack(scored))
+  else
+    redis.call('RPUSH', prefix .. 'queued', unpack(new_ids))
   end
   redis.call('HINCRBY', prefix .. 'stats', 'enqueued', created)
   local tp = prefix .. 'tp:' .. math.floor(now / 60000)

@@ -413,3 +413,43 @@ async fn a_version_2_queue_is_refused_until_migrated() {
         shown.events
     );
 }
+
+/// `enqueue_raw` keeps each job's own run_at and max_attempts, although `enqueue.lua` takes
+/// them once per call: jobs that differ go in separate calls, in order.
+#[tokio::test]
+async fn raw_jobs_keep_their_own_run_at_and_attempts() {
+    use atr_dist::queue::{RawJob, raw_job};
+    use atr_dist_shared::JobState;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let raws: Vec<RawJob> = [(None, 2), (None, 2), (Some(later), 2), (None, 5)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (run_at, max))| raw_job(&atr_dist_tests::jobs::stage(70 + i), run_at, max))
+        .collect();
+    let out = q.enqueue_raw(&raws).await.unwrap();
+    let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
+    let wanted: Vec<&str> = raws.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, wanted);
+    assert!(out.iter().all(|e| e.created));
+    let mut seen = Vec::new();
+    for id in ids {
+        let s = q.show(id).await.unwrap().unwrap().summary;
+        seen.push((
+            s.state,
+            s.max_attempts,
+            s.run_at.map(|t| t.timestamp_millis()),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (JobState::Queued, 2, None),
+            (JobState::Queued, 2, None),
+            (JobState::Scheduled, 2, Some(later.timestamp_millis())),
+            (JobState::Queued, 5, None),
+        ]
+    );
+}

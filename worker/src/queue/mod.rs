@@ -240,17 +240,26 @@ impl Queue {
     /// Enqueues jobs as given, without validating the envelopes: the worker dead-letters what
     /// it cannot read. For producers that validated already, and for tests of that path.
     pub async fn enqueue_raw(&self, jobs: &[RawJob]) -> Result<Vec<Enqueued>, QueueError> {
+        let when = |job: &RawJob| {
+            (
+                job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0),
+                job.max_attempts.max(1),
+            )
+        };
         let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        // `enqueue.lua` takes one run_at and max_attempts per call: one call per run of jobs
+        // that share them, of at most ENQUEUE_CHUNK jobs.
+        let calls = jobs
+            .chunk_by(|a, b| when(a) == when(b))
+            .flat_map(|run| run.chunks(ENQUEUE_CHUNK));
+        for chunk in calls {
+            let (run_at, max_attempts) = when(&chunk[0]);
             let mut inv = SCRIPTS.enqueue.key(&self.queued_key);
-            inv.arg(&self.prefix);
+            inv.arg(&self.prefix).arg(run_at).arg(max_attempts);
             for job in chunk {
-                let run_at = job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0);
                 inv.arg(&job.id)
                     .arg(&job.idempotency_key)
-                    .arg(&job.envelope)
-                    .arg(run_at)
-                    .arg(job.max_attempts.max(1));
+                    .arg(&job.envelope);
             }
             let reply: Vec<Value> = inv.invoke_async(&mut self.conn.clone()).await?;
             if reply.len() != 2 * chunk.len() {

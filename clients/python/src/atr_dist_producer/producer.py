@@ -252,10 +252,10 @@ class Producer:
                 [f"envelopes: id {d} is used by more than one envelope" for d in duplicates]
             )
 
-        args: list[Any] = [self._prefix]
+        args: list[Any] = [self._prefix, run_at_ms, attempts]
         for envelope, data in zip(envelopes, encoded, strict=True):
             # The key is the envelope's own: purge.lua finds it there (docs/wire-format.md).
-            args += [envelope["id"], envelope["idempotency_key"], data, run_at_ms, attempts]
+            args += [envelope["id"], envelope["idempotency_key"], data]
         return args
 
     @staticmethod
