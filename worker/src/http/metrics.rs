@@ -113,8 +113,8 @@ pub struct AttemptMetrics {
 }
 
 /// Called by the worker pool as an attempt starts. Also records the job's queue latency,
-/// read from the job hash, where both ends are Redis timestamps (producers' and workers'
-/// clocks play no part). That read is spawned so it never delays the attempt.
+/// `waited`, which `fetch.lua` measures between two Redis timestamps (producers' and
+/// workers' clocks play no part).
 pub fn attempt_started(waited: std::time::Duration, envelope: &Envelope) -> AttemptMetrics {
     let platform = envelope.distribution().platform.member_name();
     let kind = envelope.kind().as_str();
