@@ -23,6 +23,9 @@ const SUMMARY_HASHES: [&str; 5] = [
     "envelopes",
 ];
 
+/// Where the envelope is in `SUMMARY_HASHES`.
+const ENVELOPE: usize = 4;
+
 /// The sets whose score is a summary's `run_at` or `finished_at`, in `summary_from`'s order.
 /// (A done job's finishing time is in its record.)
 const SCORED_SETS: [&str; 4] = ["scheduled", "retrying", "dead", "cancelled"];
@@ -162,6 +165,19 @@ impl Queue {
     }
 
     async fn summaries(&self, ids: &[String]) -> Result<Vec<JobSummary>, QueueError> {
+        Ok(self
+            .summaries_and_envelopes(ids)
+            .await?
+            .into_iter()
+            .map(|(summary, _)| summary)
+            .collect())
+    }
+
+    /// The summaries of the jobs of `ids` that exist, each with its envelope as stored.
+    async fn summaries_and_envelopes(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(JobSummary, Option<String>)>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -195,7 +211,9 @@ impl Queue {
                 .iter()
                 .map(|column| column.get(k).copied().flatten().map(|s| s as i64))
                 .collect();
-            out.extend(summary_from(id, &row, &scored));
+            if let Some(summary) = summary_from(id, &row, &scored) {
+                out.push((summary, row.get(ENVELOPE).cloned().flatten()));
+            }
         }
         Ok(out)
     }
@@ -278,15 +296,14 @@ impl Queue {
     pub async fn show(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
         let ids = [id.to_owned()];
         let mut pipe = redis::pipe();
-        pipe.cmd("HGET").arg(self.key("envelopes")).arg(id);
         pipe.cmd("LRANGE")
             .arg(self.key(&format!("events:{id}")))
             .arg(0)
             .arg(-1);
         pipe.cmd("ZSCORE").arg(self.key("running")).arg(id);
-        let (envelope, events, lease): (Option<String>, Vec<String>, Option<f64>) =
+        let (events, lease): (Vec<String>, Option<f64>) =
             pipe.query_async(&mut self.conn.clone()).await?;
-        let Some(summary) = self.summaries(&ids).await?.pop() else {
+        let Some((summary, envelope)) = self.summaries_and_envelopes(&ids).await?.pop() else {
             return Ok(None);
         };
         let lease = lease.filter(|_| summary.state == JobState::Running);
@@ -567,7 +584,7 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         JobState::Cancelled => (None, score(3)),
         JobState::Queued | JobState::Running => (None, None),
     };
-    let indexed = Indexed::read(get(4).as_deref());
+    let indexed = Indexed::read(get(ENVELOPE).as_deref());
     Some(JobSummary {
         id: id.to_owned(),
         state,

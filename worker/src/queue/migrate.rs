@@ -125,7 +125,7 @@ impl Queue {
         let done = format!("{}done", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&done).ignore();
-        if report.jobs > 0 && self.conn.clone().exists::<_, bool>(&rebuilt_done).await? {
+        if self.conn.clone().exists::<_, bool>(&rebuilt_done).await? {
             pipe.rename(&rebuilt_done, &done).ignore();
         }
         pipe.set(format!("{}format", self.prefix), FORMAT).ignore();
