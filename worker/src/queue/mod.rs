@@ -316,15 +316,20 @@ impl Queue {
                 return Err(protocol("fetch.lua", "values not in groups of 4"));
             };
             let token: String = redis::from_redis_value_ref(token)?;
-            let lease = LeaseToken::parse(&token)
-                .ok_or_else(|| protocol("fetch.lua", format!("lease token {token:?}")))?;
+            // The token is the job record after its state word.
+            let lease = JobRecord::after_state(&token);
+            let (Some(max_attempts), Some(enqueued_at), attempt @ 1..) =
+                (lease.max_attempts, lease.enqueued_at, lease.attempt)
+            else {
+                return Err(protocol("fetch.lua", format!("lease token {token:?}")));
+            };
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
-            let since = queued_at.parse::<i64>().unwrap_or(lease.enqueued_at);
+            let since = queued_at.parse::<i64>().unwrap_or(enqueued_at);
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
                 token,
-                attempt: lease.attempt,
-                max_attempts: lease.max_attempts,
+                attempt,
+                max_attempts,
                 // A job without an envelope (written by hand) is still leased, and then
                 // dead-lettered as malformed.
                 envelope: redis::from_redis_value_ref(envelope)?,
@@ -445,10 +450,20 @@ pub(crate) struct JobRecord {
 
 impl JobRecord {
     pub(crate) fn parse(text: &str) -> JobRecord {
+        let (state, rest) = text.split_once(' ').unwrap_or((text, ""));
+        JobRecord {
+            state: state.parse().ok(),
+            ..JobRecord::after_state(rest)
+        }
+    }
+
+    /// The record's fields after its state word, which is also what a lease token holds
+    /// (`<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`); no state.
+    fn after_state(text: &str) -> JobRecord {
         let mut parts = text.split(' ');
         let mut next = || parts.next().filter(|p| !p.is_empty());
         JobRecord {
-            state: next().and_then(|s| s.parse().ok()),
+            state: None,
             max_attempts: next().and_then(|p| p.parse().ok()),
             enqueued_at: next().and_then(|p| p.parse().ok()),
             attempt: next().and_then(|p| p.parse().ok()).unwrap_or(0),
@@ -456,25 +471,6 @@ impl JobRecord {
             worker: next().map(str::to_owned),
             finished_at: next().and_then(|p| p.parse().ok()),
         }
-    }
-}
-
-/// The parts of a lease token, `<max_attempts> <enqueued_ms> <attempt> <started_ms>
-/// <worker_id>`: the job record after its state word, as `fetch.lua` hands it out.
-struct LeaseToken {
-    max_attempts: u32,
-    enqueued_at: i64,
-    attempt: u32,
-}
-
-impl LeaseToken {
-    fn parse(token: &str) -> Option<LeaseToken> {
-        let mut parts = token.split(' ');
-        Some(LeaseToken {
-            max_attempts: parts.next()?.parse().ok()?,
-            enqueued_at: parts.next()?.parse().ok()?,
-            attempt: parts.next()?.parse().ok()?,
-        })
     }
 }
 
