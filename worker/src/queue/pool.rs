@@ -221,19 +221,20 @@ impl Shared {
 
     /// Hands jobs back unfinished; their attempts do not count.
     pub(super) async fn release(&self, jobs: &[Leased], why: &str) {
-        let acks: Vec<Ack> = jobs
-            .iter()
-            .map(|j| Ack {
-                lease: j.lease(),
+        self.release_leases(jobs.iter().map(Leased::lease), why)
+            .await;
+    }
+
+    async fn release_leases(&self, leases: impl IntoIterator<Item = Lease>, why: &str) {
+        let acks: Vec<Ack> = leases
+            .into_iter()
+            .map(|lease| Ack {
+                lease,
                 outcome: AckOutcome::Release {
                     message: why.to_owned(),
                 },
             })
             .collect();
-        self.release_acks(acks).await;
-    }
-
-    async fn release_acks(&self, acks: Vec<Ack>) {
         if acks.is_empty() {
             return;
         }
@@ -247,17 +248,7 @@ impl Shared {
 
     /// Releases every job still held, under the lease it was fetched with.
     async fn release_all(&self, why: &str) {
-        let acks: Vec<Ack> = self
-            .held_leases()
-            .into_iter()
-            .map(|lease| Ack {
-                lease,
-                outcome: AckOutcome::Release {
-                    message: why.to_owned(),
-                },
-            })
-            .collect();
-        self.release_acks(acks).await;
+        self.release_leases(self.held_leases(), why).await;
     }
 }
 
