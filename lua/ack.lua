@@ -1,4 +1,4 @@
--- atr-dist wire format v3: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v4: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, n_done, then
 --   n_done pairs for attempts that succeeded: id, lease

@@ -1,4 +1,4 @@
--- atr-dist wire format v3: enqueue (docs/wire-format.md, "enqueue").
+-- atr-dist wire format v4: enqueue (docs/wire-format.md, "enqueue").
 -- KEYS[1] = <prefix>queued    (routes the call to the queue's cluster slot)
 -- ARGV = prefix (e.g. "atr-dist:{default}:"), run_at_ms (0 = now), max_attempts,
 -- then 3 values per job, at most 1000 jobs per call: id, idempotency_key, envelope
@@ -9,7 +9,7 @@
 -- Every write is one variadic command for the whole batch: Redis's cost per command call
 -- from Lua is several times its cost per element, so nothing here calls Redis per job.
 local prefix = ARGV[1]
-local FORMAT = '3'
+local FORMAT = '4'
 local format_key = prefix .. 'format'
 local fmt = redis.call('GET', format_key)
 if fmt and fmt ~= FORMAT then

@@ -1,12 +1,16 @@
--- atr-dist wire format v3: fetch (docs/wire-format.md, "fetch").
+-- atr-dist wire format v4: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
 -- to max_jobs queued jobs to worker_id.
--- Returns now_ms (Redis's clock), then per leased job 4 values:
---   id, lease, queued_at (or ''), envelope
+-- Returns now_ms (Redis's clock), then per leased job 3 values:
+--   id, lease, queued_at (or '')
 -- where lease is the token `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`
 -- that its ack and heartbeat must present: the job record after its state word.
+-- The envelopes are not in the reply: the worker reads them with a plain HMGET of
+-- `envelopes` (a running job's envelope does not change). Passing a string through Lua
+-- costs far more than the lookup: Redis's Lua hashes every byte of every string it makes,
+-- and an envelope is most of a job's bytes.
 -- Every step is bounded (at most 1000 due jobs, 100 expired leases, max_jobs fetched), so a
 -- call costs the same whatever the backlog; and the common path is a handful of variadic
 -- commands for the whole batch, never one command per job.
@@ -20,11 +24,12 @@ local queued = prefix .. 'queued'
 local running = prefix .. 'running'
 local jobs = prefix .. 'jobs'
 local queued_at_key = prefix .. 'queued_at'
+local RUNNING_KEEPER = '~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)'
 
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '3' then
+if fmt and fmt ~= '4' then
   return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
-    '; this worker speaks format 3; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    '; this worker speaks format 4; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in enqueue.lua: a script cannot load another.)
@@ -34,7 +39,7 @@ local function holds_jobs()
     prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 if not fmt then
-  -- Nothing was ever enqueued in format 3: either there is nothing to do, or the jobs are
+  -- Nothing was ever enqueued in format 4: either there is nothing to do, or the jobs are
   -- in format 1 and must be moved first.
   if holds_jobs() then
     return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
@@ -133,10 +138,11 @@ local requeued = redis.call('EXISTS', queued_at_key) == 1
 if requeued then
   queued_at = redis.call('HMGET', queued_at_key, unpack(ids))
 end
-local envelopes = redis.call('HMGET', prefix .. 'envelopes', unpack(ids))
--- The token's tail is the same for the whole batch: build it once.
+-- The token's tail and the lease expiry are the same for the whole batch: built once. (Lua
+-- formats a number with sprintf whenever it becomes a string, which per job would cost
+-- more than the rest of the loop.)
 local tail = ' ' .. tostring(now) .. ' ' .. worker
-local expiry = now + lease_ms
+local expiry = tostring(now + lease_ms)
 local new_records, running_scores = {}, {}
 local out = {now}
 local n, o = 0, 1
@@ -149,19 +155,20 @@ for k = 1, #ids do
   end
   if meta then
     local id = ids[k]
-    local lease = meta .. ' ' .. ((tonumber(attempt) or 0) + 1) .. tail
+    local next_attempt = '1'
+    if attempt ~= '' then
+      next_attempt = tostring(tonumber(attempt) + 1)
+    end
+    local lease = meta .. ' ' .. next_attempt .. tail
     n = n + 1
     new_records[2 * n - 1] = id
     new_records[2 * n] = 'running ' .. lease
     running_scores[2 * n - 1] = expiry
     running_scores[2 * n] = id
-    -- A job without an envelope (written by hand) is still leased, with an empty string,
-    -- and then dead-lettered as malformed by the worker.
     out[o + 1] = id
     out[o + 2] = lease
     out[o + 3] = queued_at[k] or ''
-    out[o + 4] = envelopes[k] or ''
-    o = o + 4
+    o = o + 3
   end
 end
 if requeued then
@@ -169,6 +176,12 @@ if requeued then
 end
 if n > 0 then
   redis.call('HSET', jobs, unpack(new_records))
+  -- The keeper (docs/wire-format.md, "Keys"): a member longer than 64 bytes, so Redis never
+  -- stores `running` as a listpack, whose inserts and removals scan the whole set; with a
+  -- worker's usual 100-odd leases that scan costs more than the rest of a job's fetch and
+  -- ack. Scored +inf, it never expires, and readers that range by score skip it. Added
+  -- first, so a new set is made in the right encoding.
+  redis.call('ZADD', running, 'NX', 'inf', RUNNING_KEEPER)
   redis.call('ZADD', running, unpack(running_scores))
 end
 return out

@@ -1,16 +1,17 @@
--- atr-dist wire format v3: moving a version 1 or 2 queue to version 3 (docs/wire-format.md,
--- "Versions").
+-- atr-dist wire format v4: moving a version 1 or 2 queue to version 4 (docs/wire-format.md,
+-- "Versions"). Versions 3 and 4 lay jobs out alike, so this is the layout both share; a
+-- version 3 queue needs no script, only its new `format`.
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state, offset, limit
 -- Moves the jobs at positions offset .. offset + limit - 1 of `state`'s list or set from
--- their `job:<id>` hash (and, in version 1, their `idem:<key>` string) to their version 3
+-- their `job:<id>` hash (and, in version 1, their `idem:<key>` string) to their version 4
 -- record in `jobs` and the other per-queue hashes, and deletes the old keys. A job without a
 -- `job:<id>` hash has been moved already and is left as it is, so running it again is safe.
 -- Done jobs are also appended, in the order they finished, to `migrating-done`, the list
 -- that replaces the `done` sorted set once every step has run.
 -- No job changes state or position, so offsets stay valid from one call to the next; run it
 -- with every worker and producer stopped, then replace `done` with `migrating-done` and set
--- `format` to 3 (`atr-dist queue migrate` does all of this).
+-- `format` to 4 (`atr-dist queue migrate` does all of this).
 -- Returns {ids looked at, jobs moved}; call again with offset + limit while the first is
 -- `limit`.
 local prefix = ARGV[1]
@@ -20,7 +21,7 @@ local limit = tonumber(ARGV[4])
 local fmt = redis.call('GET', prefix .. 'format')
 if fmt and fmt ~= '2' then
   return redis.error_reply('ERR atr-dist migrate: this queue is in wire format ' .. fmt ..
-    '; only a version 1 or 2 queue can be moved to version 3')
+    '; only a version 1 or 2 queue has jobs to move')
 end
 local ids, finished = {}, {}
 if state == 'queued' then

@@ -227,7 +227,7 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     // The queued job runs, envelope and all.
     let leased = q.fetch("w2", lease, 10).await.unwrap();
     assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].envelope, queued.to_json());
+    assert_eq!(leased[0].envelope, queued.to_json().into_bytes());
     assert_eq!(leased[0].attempt, 1);
     assert_eq!(leased[0].max_attempts, 3);
     let acked = q
@@ -452,4 +452,126 @@ async fn raw_jobs_keep_their_own_run_at_and_attempts() {
             (JobState::Queued, 5, None),
         ]
     );
+}
+
+/// `running` keeps a permanent member longer than 64 bytes, scored +inf, so Redis stores it
+/// as a skiplist even with a handful of leases (a listpack would scan the set on every insert
+/// and removal); counts, listings and lease expiry never see that member.
+#[tokio::test]
+async fn running_leases_stay_out_of_the_listpack_encoding() {
+    use atr_dist::queue::JobFilter;
+    use atr_dist_shared::JobState;
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let mut conn = q.connection();
+    for i in 0..3 {
+        q.enqueue(&atr_dist_tests::jobs::stage(80 + i), None, 3)
+            .await
+            .unwrap();
+    }
+    // A lease that runs out at once: the next fetch recovers the job, and must not take the
+    // keeper for an expired lease.
+    let first = q.fetch("w1", Duration::ZERO, 1).await.unwrap();
+    let leased = q.fetch("w2", Duration::from_secs(60), 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(leased.len(), 3, "two fresh jobs and the one whose lease ran out");
+    assert!(leased.iter().any(|l| l.id == first[0].id && l.attempt == 2));
+
+    let running = format!("{}running", q.prefix());
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&running)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "skiplist");
+    let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&running)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 4, "{members:?}");
+    let (keeper, score) = members.last().unwrap();
+    assert!(keeper.len() > 64 && score.is_infinite(), "{members:?}");
+
+    assert_eq!(atr_dist_tests::cases::count(q, JobState::Running).await, 3);
+    let page = q
+        .list(
+            &JobFilter {
+                state: Some(JobState::Running),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = page.jobs.into_iter().map(|j| j.id).collect();
+    let mut wanted: Vec<String> = leased.iter().map(|l| l.id.clone()).collect();
+    listed.sort();
+    wanted.sort();
+    assert_eq!(listed, wanted);
+}
+
+/// Versions 3 and 4 lay jobs out alike: migrating a version 3 queue only changes its format,
+/// and its jobs (a running one included) carry on.
+#[tokio::test]
+async fn a_version_3_queue_is_refused_until_migrated() {
+    use atr_dist::queue::{Ack, AckOutcome, MigrationReport};
+    use atr_dist_shared::JobState;
+    use redis::AsyncCommands;
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let p = q.prefix().to_owned();
+    let mut conn = q.connection();
+    for i in 0..3 {
+        q.enqueue(&atr_dist_tests::jobs::stage(90 + i), None, 3)
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let held = q.fetch("w1", lease, 1).await.unwrap();
+    // What a version 3 worker left: the same jobs, without the keeper of `running`.
+    let _: () = conn.set(format!("{p}format"), "3").await.unwrap();
+    let _: () = redis::cmd("ZREMRANGEBYSCORE")
+        .arg(format!("{p}running"))
+        .arg("inf")
+        .arg("inf")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let err = q.fetch("w2", lease, 10).await.unwrap_err().to_string();
+    assert!(err.contains("wire format 3"), "{err}");
+    let err = q.check_format().await.unwrap_err().to_string();
+    assert!(err.contains("atr-dist queue migrate"), "{err}");
+
+    assert_eq!(
+        q.migrate().await.unwrap(),
+        MigrationReport { jobs: 3, moved: 0 }
+    );
+    q.check_format().await.unwrap();
+    let format: String = conn.get(format!("{p}format")).await.unwrap();
+    assert_eq!(format, atr_dist::queue::FORMAT);
+
+    // The job leased under version 3 is acked with its lease; the others are fetched.
+    let acked = q
+        .ack(&[Ack {
+            lease: held[0].lease(),
+            outcome: AckOutcome::Done,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(acked, vec![atr_dist::queue::AckResult::Applied(JobState::Done)]);
+    let rest = q.fetch("w2", lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(atr_dist_tests::cases::count(q, JobState::Done).await, 1);
+    assert_eq!(atr_dist_tests::cases::count(q, JobState::Running).await, 2);
 }

@@ -100,7 +100,7 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
-    /// Move a queue written in wire format 1 or 2 to format 3 (docs/wire-format.md, "Versions").
+    /// Move a queue written in wire format 1, 2 or 3 to format 4 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
 }
@@ -342,8 +342,9 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         QueueCommand::Migrate => {
             let report = queue.migrate().await.map_err(anyhow::Error::from)?;
             outln!(
-                "queue {} is in wire format 3: {} job(s) looked at, {} moved from an older format",
+                "queue {} is in wire format {}: {} job(s) looked at, {} moved from an older format",
                 queue.name(),
+                crate::queue::FORMAT,
                 report.jobs,
                 report.moved
             );

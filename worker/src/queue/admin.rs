@@ -193,10 +193,19 @@ impl Queue {
             return Err(super::protocol("summary", "short pipeline reply"));
         }
         let mut replies = replies.into_iter();
+        // Read as bytes: a hand-written envelope that is not UTF-8 is dead-lettered, and must
+        // still show (its bytes replaced where they are not text) rather than fail the listing.
         let fields: Vec<Vec<Option<String>>> = replies
             .by_ref()
             .take(SUMMARY_HASHES.len())
-            .map(redis::from_redis_value)
+            .map(|column| {
+                redis::from_redis_value::<Vec<Option<Vec<u8>>>>(column).map(|values| {
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                        .collect()
+                })
+            })
             .collect::<Result<_, _>>()?;
         let scores: Vec<Vec<Option<f64>>> = replies
             .map(redis::from_redis_value)
@@ -436,9 +445,14 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.cmd("EXISTS").arg(self.key("paused"));
         pipe.cmd("LLEN").arg(self.key("queued"));
-        for set in ["scheduled", "retrying", "running"] {
+        for set in ["scheduled", "retrying"] {
             pipe.cmd("ZCARD").arg(self.key(set));
         }
+        // Below +inf: not the keeper of `running` (docs/wire-format.md, "Keys").
+        pipe.cmd("ZCOUNT")
+            .arg(self.key("running"))
+            .arg("-inf")
+            .arg("(inf");
         pipe.cmd("LLEN").arg(self.key("done"));
         for set in ["dead", "cancelled"] {
             pipe.cmd("ZCARD").arg(self.key(set));

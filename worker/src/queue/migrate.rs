@@ -1,4 +1,4 @@
-//! Moving a queue from wire format 1 or 2 to 3 (`docs/wire-format.md`, "Versions"), for
+//! Moving a queue from wire format 1, 2 or 3 to 4 (`docs/wire-format.md`, "Versions"), for
 //! `atr-dist queue migrate`.
 
 use atr_dist_shared::JobState;
@@ -10,7 +10,7 @@ use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
 /// The wire format this code speaks (docs/wire-format.md).
-pub const FORMAT: &str = "3";
+pub const FORMAT: &str = "4";
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
@@ -39,16 +39,16 @@ impl Queue {
         Ok((format, existing > 0))
     }
 
-    /// Fails unless the queue is in wire format 3 or new: the check `enqueue.lua` and
+    /// Fails unless the queue is in wire format 4 or new: the check `enqueue.lua` and
     /// `fetch.lua` make on every call, made once at start so that a worker facing an older
     /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
             Some(FORMAT) => Ok(()),
-            Some("2") => Err(QueueError::NotNow(format!(
-                "queue {} is in wire format 2; this atr-dist speaks format {FORMAT}: stop its \
-                 workers and producers and run `atr-dist queue migrate`",
+            Some(old @ ("2" | "3")) => Err(QueueError::NotNow(format!(
+                "queue {} is in wire format {old}; this atr-dist speaks format {FORMAT}: stop \
+                 its workers and producers and run `atr-dist queue migrate`",
                 self.name
             ))),
             Some(other) => Err(QueueError::NotNow(format!(
@@ -65,9 +65,11 @@ impl Queue {
         }
     }
 
-    /// Moves every job of a version 1 or 2 queue to the version 3 layout, then marks the
-    /// queue as version 3. Refuses while workers have a live heartbeat: an older worker would
-    /// go on writing the old layout. Safe to run again; a version 3 queue is left as it is.
+    /// Moves every job of a version 1 or 2 queue to the version 4 layout, then marks the
+    /// queue as version 4; a version 3 queue, laid out alike, is only marked. Refuses while
+    /// workers have a live heartbeat: an older worker would go on writing the old layout (or,
+    /// from version 3, would fetch without keeping `running` out of the listpack encoding).
+    /// Safe to run again; a version 4 queue is left as it is.
     pub async fn migrate(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
         if workers > 0 {
@@ -90,11 +92,24 @@ impl Queue {
         }
         let mut report = MigrationReport::default();
         let (format, _) = self.format_and_holds_jobs().await?;
-        if format.as_deref() == Some(FORMAT) {
-            // Moved already: count what is there, move nothing.
-            let stats = self.stats().await?;
-            report.jobs = stats.counts.values().sum();
-            return Ok(report);
+        match format.as_deref() {
+            Some(FORMAT) => {
+                // Moved already: count what is there, move nothing.
+                report.jobs = self.stats().await?.counts.values().sum();
+                return Ok(report);
+            }
+            Some("3") => {
+                // The same layout: only the format changes. The `running` keeper comes with
+                // the next fetch that leases a job.
+                let _: () = self
+                    .conn
+                    .clone()
+                    .set(format!("{}format", self.prefix), FORMAT)
+                    .await?;
+                report.jobs = self.stats().await?.counts.values().sum();
+                return Ok(report);
+            }
+            _ => {}
         }
         let rebuilt_done = format!("{}migrating-done", self.prefix);
         // Left over from an interrupted run: rebuilt from the start below.
@@ -121,7 +136,7 @@ impl Queue {
             }
         }
         // `done` becomes the list of finished jobs, in finishing order, and the queue speaks
-        // version 3, in one step.
+        // version 4, in one step.
         let done = format!("{}done", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&done).ignore();

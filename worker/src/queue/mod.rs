@@ -19,7 +19,7 @@ use redis::Value;
 
 pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
 pub use conn::RedisConn;
-pub use migrate::MigrationReport;
+pub use migrate::{FORMAT, MigrationReport};
 pub use scripts::ENQUEUE_LUA;
 
 use scripts::SCRIPTS;
@@ -96,9 +96,9 @@ pub struct Leased {
     pub token: String,
     pub attempt: u32,
     pub max_attempts: u32,
-    /// The envelope exactly as stored; parsed by the worker, which dead-letters what it
-    /// cannot read.
-    pub envelope: String,
+    /// The envelope exactly as stored, as bytes: parsed by the worker, which dead-letters
+    /// what it cannot read (bytes that are not UTF-8 included).
+    pub envelope: Vec<u8>,
     /// How long the job waited between becoming queued and this lease (Redis's clock).
     pub waited: Duration,
 }
@@ -310,10 +310,11 @@ impl Queue {
             return Err(protocol("fetch.lua", "empty reply"));
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
-        let mut out = Vec::with_capacity(jobs.len() / 4);
-        for four in jobs.chunks(4) {
-            let [id, token, queued_at, envelope] = four else {
-                return Err(protocol("fetch.lua", "values not in groups of 4"));
+        let mut out = Vec::with_capacity(jobs.len() / 3);
+        let mut ids = Vec::with_capacity(jobs.len() / 3);
+        for three in jobs.chunks(3) {
+            let [id, token, queued_at] = three else {
+                return Err(protocol("fetch.lua", "values not in groups of 3"));
             };
             let token: String = redis::from_redis_value_ref(token)?;
             // The token is the job record after its state word.
@@ -325,16 +326,36 @@ impl Queue {
             };
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
             let since = queued_at.parse::<i64>().unwrap_or(enqueued_at);
+            let id: String = redis::from_redis_value_ref(id)?;
+            ids.push(id.clone());
             out.push(Leased {
-                id: redis::from_redis_value_ref(id)?,
+                id,
                 token,
                 attempt,
                 max_attempts,
-                // A job without an envelope (written by hand) is still leased, and then
-                // dead-lettered as malformed.
-                envelope: redis::from_redis_value_ref(envelope)?,
+                envelope: Vec::new(),
                 waited: Duration::from_millis((now - since).max(0) as u64),
             });
+        }
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        // The envelopes, read outside the script (see fetch.lua). A leased job's envelope
+        // stays until the job is purged, long after it finishes. If this read fails, the jobs
+        // stay leased to this worker until their leases run out, as when fetch.lua's own
+        // reply is lost, and then go to another worker.
+        let envelopes: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(format!("{}envelopes", self.prefix))
+            .arg(&ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if envelopes.len() != out.len() {
+            return Err(protocol("HMGET envelopes", "reply of the wrong length"));
+        }
+        for (job, envelope) in out.iter_mut().zip(envelopes) {
+            // A job without an envelope (written by hand) is still leased, and then
+            // dead-lettered as malformed.
+            job.envelope = envelope.unwrap_or_default();
         }
         Ok(out)
     }

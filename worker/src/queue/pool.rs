@@ -335,7 +335,7 @@ async fn run_job<H: JobHandler>(
 ) -> Result<(), std::convert::Infallible> {
     let shared = shared.0;
     let started = Instant::now();
-    let outcome = match Envelope::parse(job.envelope.as_bytes()) {
+    let outcome = match Envelope::parse(&job.envelope) {
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
             AckOutcome::Dead {
