@@ -357,6 +357,8 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
         v["payload"]["asf_uid"] = "x".repeat(1_100_000).into();
         v.to_string()
     });
+    // Replaced below by bytes that are not UTF-8, which no client of ours can enqueue.
+    variant("utf8", &|v| v.to_string());
     value["id"] = "unused".into();
     let raws: Vec<RawJob> = bad
         .iter()
@@ -370,12 +372,20 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
         })
         .collect();
     let bad_ids = q.enqueue_raw(&raws).await.unwrap();
+    let not_utf8 = &bad_ids[bad.len() - 1].id;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}envelopes", q.prefix()))
+        .arg(not_utf8)
+        .arg(&b"{\"v\": 1, \"kind\": \"stage\xff\"}"[..])
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
     let after = q.enqueue(&jobs::stage(14), None, 5).await.unwrap();
 
     let running = RunningPool::start(q, handler, pool_config(4, FAST_RETRY));
     eventually("all jobs settle", Duration::from_secs(20), || async {
         let s = q.stats().await.unwrap();
-        s.counts[&JobState::Done] == 2 && s.counts[&JobState::Dead] == 7
+        s.counts[&JobState::Done] == 2 && s.counts[&JobState::Dead] == 8
     })
     .await;
     running.stop().await;
@@ -402,6 +412,7 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
         "unknown job kind \"publish\"",
         "missing field `asf_uid`",
         "the limit is 1048576",
+        "envelope is not valid JSON",
     ];
     for (e, want) in bad_ids.iter().zip(expected) {
         let s = q.show(&e.id).await.unwrap().unwrap().summary;
