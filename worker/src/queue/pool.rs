@@ -258,6 +258,22 @@ async fn run_acker(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequ
     const MAX_BATCH: usize = 500;
     let mut batch: Vec<AckRequest> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Under load, jobs finish every few microseconds. Letting the running ones go on for
+        // a moment gathers one larger batch instead of several small ones, and each script
+        // call has a fixed cost in Redis. As soon as a moment brings nothing more, the batch
+        // goes: an idle pool acks at once.
+        while batch.len() < MAX_BATCH {
+            tokio::task::yield_now().await;
+            let before = batch.len();
+            while batch.len() < MAX_BATCH
+                && let Ok(request) = rx.try_recv()
+            {
+                batch.push(request);
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
         let mut acks = Vec::with_capacity(batch.len());
         let mut callbacks = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
