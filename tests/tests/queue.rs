@@ -476,7 +476,11 @@ async fn running_leases_stay_out_of_the_listpack_encoding() {
     let first = q.fetch("w1", Duration::ZERO, 1).await.unwrap();
     let leased = q.fetch("w2", Duration::from_secs(60), 10).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!(leased.len(), 3, "two fresh jobs and the one whose lease ran out");
+    assert_eq!(
+        leased.len(),
+        3,
+        "two fresh jobs and the one whose lease ran out"
+    );
     assert!(leased.iter().any(|l| l.id == first[0].id && l.attempt == 2));
 
     let running = format!("{}running", q.prefix());
@@ -569,7 +573,10 @@ async fn a_version_3_queue_is_refused_until_migrated() {
         }])
         .await
         .unwrap();
-    assert_eq!(acked, vec![atr_dist::queue::AckResult::Applied(JobState::Done)]);
+    assert_eq!(
+        acked,
+        vec![atr_dist::queue::AckResult::Applied(JobState::Done)]
+    );
     let rest = q.fetch("w2", lease, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(atr_dist_tests::cases::count(q, JobState::Done).await, 1);
