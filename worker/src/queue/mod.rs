@@ -311,7 +311,6 @@ impl Queue {
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
         let mut out = Vec::with_capacity(jobs.len() / 3);
-        let mut ids = Vec::with_capacity(jobs.len() / 3);
         for three in jobs.chunks(3) {
             let [id, token, queued_at] = three else {
                 return Err(protocol("fetch.lua", "values not in groups of 3"));
@@ -326,10 +325,8 @@ impl Queue {
             };
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
             let since = queued_at.parse::<i64>().unwrap_or(enqueued_at);
-            let id: String = redis::from_redis_value_ref(id)?;
-            ids.push(id.clone());
             out.push(Leased {
-                id,
+                id: redis::from_redis_value_ref(id)?,
                 token,
                 attempt,
                 max_attempts,
@@ -337,18 +334,19 @@ impl Queue {
                 waited: Duration::from_millis((now - since).max(0) as u64),
             });
         }
-        if ids.is_empty() {
+        if out.is_empty() {
             return Ok(out);
         }
         // The envelopes, read outside the script (see fetch.lua). A leased job's envelope
         // stays until the job is purged, long after it finishes. If this read fails, the jobs
         // stay leased to this worker until their leases run out, as when fetch.lua's own
         // reply is lost, and then go to another worker.
-        let envelopes: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(format!("{}envelopes", self.prefix))
-            .arg(&ids)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(format!("{}envelopes", self.prefix));
+        for job in &out {
+            hmget.arg(&job.id);
+        }
+        let envelopes: Vec<Option<Vec<u8>>> = hmget.query_async(&mut self.conn.clone()).await?;
         if envelopes.len() != out.len() {
             return Err(protocol("HMGET envelopes", "reply of the wrong length"));
         }
