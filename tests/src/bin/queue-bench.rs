@@ -85,6 +85,12 @@ struct Args {
     /// [default: 3 for backlogs up to 20,000, whose runs last milliseconds; else 1].
     #[arg(long)]
     repeat: Option<usize>,
+    /// A run whose backlog is smaller than this goes through its enqueue-then-process cycle
+    /// several times, each from the full backlog, until at least this many jobs were
+    /// processed, and reports the sums: a 1,000-job cycle uses about 10 ms of Redis CPU,
+    /// too little to measure alone (and this process's own CPU is read in 10 ms ticks).
+    #[arg(long, default_value_t = 20_000)]
+    min_jobs: usize,
     /// Before each run, wait up to this long for Redis and the machine to be otherwise idle
     /// (runs that start or overlap with other load are marked †).
     #[arg(long, default_value_t = 300)]
@@ -224,6 +230,8 @@ struct RunResult {
     /// Another Redis client or another process was busy during the run: its Redis CPU
     /// figures may include another client's work, and it shared the cores.
     noisy: bool,
+    /// Enqueue-then-process cycles added up in this run (see `--min-jobs`).
+    rounds: usize,
 }
 
 impl RunResult {
@@ -239,7 +247,63 @@ impl RunResult {
             notes: Vec::new(),
             deleted_keys: 0,
             noisy: false,
+            rounds: 1,
         }
+    }
+
+    /// Jobs enqueued and processed in all: the backlog once per round.
+    fn jobs(&self) -> usize {
+        self.backlog * self.rounds
+    }
+
+    fn failed(&self) -> bool {
+        self.enqueue.is_err() || self.process.is_err()
+    }
+
+    /// Adds the next round of the same run. A failed round makes the run failed.
+    fn add_round(&mut self, next: RunResult) {
+        fn add(mine: &mut Result<Phase, String>, next: Result<Phase, String>) {
+            match (std::mem::replace(mine, Err(String::new())), next) {
+                (Ok(mut a), Ok(b)) => {
+                    a.add(b);
+                    *mine = Ok(a);
+                }
+                (Err(e), _) | (Ok(_), Err(e)) => *mine = Err(e),
+            }
+        }
+        self.rounds += 1;
+        add(&mut self.enqueue, next.enqueue);
+        add(&mut self.process, next.process);
+        // Memory is a matter of one backlog: the first round's figures stand.
+        self.rss_kib = self.rss_kib.max(next.rss_kib);
+        self.notes.extend(next.notes);
+        self.deleted_keys += next.deleted_keys;
+        self.noisy |= next.noisy;
+    }
+}
+
+impl Phase {
+    /// Adds another round's phase: times, CPU and command counts. (Each round keeps its
+    /// top 10 commands, so a command that made only some rounds' lists is undercounted.)
+    fn add(&mut self, other: Phase) {
+        self.secs += other.secs;
+        self.redis_cpu_us += other.redis_cpu_us;
+        self.worker_cpu_us = self
+            .worker_cpu_us
+            .zip(other.worker_cpu_us)
+            .map(|(a, b)| a + b);
+        let keep = self.top.len().max(other.top.len());
+        for (cmd, calls, usec) in other.top {
+            match self.top.iter_mut().find(|t| t.0 == cmd) {
+                Some(t) => {
+                    t.1 += calls;
+                    t.2 += usec;
+                }
+                None => self.top.push((cmd, calls, usec)),
+            }
+        }
+        self.top.sort_by_key(|t| std::cmp::Reverse(t.2));
+        self.top.truncate(keep);
     }
 }
 
@@ -312,7 +376,7 @@ async fn run(args: Args) -> Result<()> {
     if !args.no_warmup {
         for &system in &args.systems {
             eprintln!("\n== warm-up (not reported): {}", system.label());
-            let r = run_one(&mut ctx, system, 2_000, args.concurrency[0]).await;
+            let r = run_one(&mut ctx, system, 2_000, args.concurrency[0], 1).await;
             eprintln!("   {}", summary_line(&r));
         }
     }
@@ -331,7 +395,9 @@ async fn run(args: Args) -> Result<()> {
                     .repeat
                     .unwrap_or(if backlog <= 20_000 { 3 } else { 1 })
                     .max(1);
-                let result = run_repeated(&mut ctx, system, backlog, concurrency, repeat).await;
+                let rounds = args.min_jobs.div_ceil(backlog.max(1)).max(1);
+                let result =
+                    run_repeated(&mut ctx, system, backlog, concurrency, repeat, rounds).await;
                 eprintln!("   {}", summary_line(&result));
                 results.push(result);
             }
@@ -349,16 +415,17 @@ async fn run_repeated(
     backlog: usize,
     concurrency: usize,
     repeat: usize,
+    rounds: usize,
 ) -> RunResult {
     let mut runs = Vec::with_capacity(repeat);
     for _ in 0..repeat {
-        runs.push(run_one(ctx, system, backlog, concurrency).await);
+        runs.push(run_one(ctx, system, backlog, concurrency, rounds).await);
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
     }
     let speed = |r: &RunResult| match &r.process {
-        Ok(p) if p.secs > 0.0 => backlog as f64 / p.secs,
+        Ok(p) if p.secs > 0.0 => r.jobs() as f64 / p.secs,
         _ => 0.0,
     };
     runs.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
@@ -387,9 +454,33 @@ async fn run_repeated(
     median
 }
 
-/// One run, after waiting for Redis and the machine to be quiet, so that Redis's CPU
-/// counters measure this run alone.
-async fn run_one(ctx: &mut Ctx, system: System, backlog: usize, concurrency: usize) -> RunResult {
+/// One run: `rounds` enqueue-then-process cycles of `backlog` jobs, added up (fewer if one
+/// fails).
+async fn run_one(
+    ctx: &mut Ctx,
+    system: System,
+    backlog: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> RunResult {
+    let mut result = run_round(ctx, system, backlog, concurrency).await;
+    while result.rounds < rounds && !result.failed() && !INTERRUPTED.load(Ordering::Relaxed) {
+        let next = run_round(ctx, system, backlog, concurrency).await;
+        result.add_round(next);
+    }
+    if result.rounds > 1 {
+        result.notes.push(format!(
+            "{} rounds of {} jobs, added up (--min-jobs)",
+            result.rounds,
+            thousands(backlog as u64)
+        ));
+    }
+    result
+}
+
+/// One enqueue-then-process cycle, after waiting for Redis and the machine to be quiet, so
+/// that Redis's CPU counters measure this cycle alone.
+async fn run_round(ctx: &mut Ctx, system: System, backlog: usize, concurrency: usize) -> RunResult {
     let busy = wait_quiet(ctx).await;
     let mut result = match system {
         System::AtrDist => atr_run(ctx, backlog, concurrency).await,
@@ -1371,14 +1462,14 @@ fn per_job(total: f64, n: usize) -> f64 {
 
 fn summary_line(r: &RunResult) -> String {
     let enq = match &r.enqueue {
-        Ok(p) => format!("enqueue {} jobs/s", rate(r.backlog, p.secs)),
+        Ok(p) => format!("enqueue {} jobs/s", rate(r.jobs(), p.secs)),
         Err(e) => format!("enqueue failed: {e}"),
     };
     let proc_ = match &r.process {
         Ok(p) => format!(
             "process {} jobs/s, Redis {:.1} µs/job",
-            rate(r.backlog, p.secs),
-            per_job(p.redis_cpu_us, r.backlog)
+            rate(r.jobs(), p.secs),
+            per_job(p.redis_cpu_us, r.jobs())
         ),
         Err(e) => format!("process failed: {e}"),
     };
@@ -1422,12 +1513,13 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
     out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | worker CPU µs/job (process) | worker RSS MiB |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
-        let n = r.backlog;
+        // Rates and CPU over every job of the run; memory over one backlog.
+        let n = r.jobs();
         let (enq_rate, enq_cpu, bytes) = match &r.enqueue {
             Ok(p) => (
                 rate(n, p.secs),
                 Some(per_job(p.redis_cpu_us, n)),
-                format!("{:.0}", p.mem_delta as f64 / n as f64),
+                format!("{:.0}", p.mem_delta as f64 / r.backlog as f64),
             ),
             Err(e) => (format!("failed: {}", short(e)), None, "-".into()),
         };
@@ -1448,9 +1540,9 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
                 .zip(proc_cpu)
                 .map_or("-".into(), |(a, b)| format!("{:.1}", a + b)),
         );
-        let retained = r
-            .retained_bytes
-            .map_or("-".into(), |b| format!("{:.0}", b as f64 / n as f64));
+        let retained = r.retained_bytes.map_or("-".into(), |b| {
+            format!("{:.0}", b as f64 / r.backlog as f64)
+        });
         let rss = r
             .rss_kib
             .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -1458,7 +1550,7 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
             "| {}{} | {} | {} | {enq_rate} | {proc_rate} | {cpu} | {bytes} | {retained} | {worker_cpu} | {rss} |\n",
             r.system.label(),
             if r.noisy { " †" } else { "" },
-            thousands(n as u64),
+            thousands(r.backlog as u64),
             r.concurrency,
         ));
     }
@@ -1507,11 +1599,11 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
         let mut worst_cpu: f64 = 0.0;
         for r in &atr {
             if let (Ok(e), Ok(p)) = (&r.enqueue, &r.process) {
-                let jps = r.backlog as f64 / p.secs;
+                let jps = r.jobs() as f64 / p.secs;
                 if best.is_none_or(|(b, _)| jps > b) {
                     best = Some((jps, r));
                 }
-                let total = per_job(e.redis_cpu_us + p.redis_cpu_us, r.backlog);
+                let total = per_job(e.redis_cpu_us + p.redis_cpu_us, r.jobs());
                 cpu_rows += 1;
                 worst_cpu = worst_cpu.max(total);
                 if total <= 15.0 {
@@ -1559,9 +1651,9 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
                     return (0.0, 0.0, 0.0);
                 };
                 (
-                    per_job(p.redis_cpu_us, r.backlog),
-                    r.backlog as f64 / p.secs,
-                    per_job(e.redis_cpu_us, r.backlog),
+                    per_job(p.redis_cpu_us, r.jobs()),
+                    r.jobs() as f64 / p.secs,
+                    per_job(e.redis_cpu_us, r.jobs()),
                 )
             };
             let (cpu_a, jps_a, enq_a) = metric(first);
@@ -1616,12 +1708,12 @@ async fn print_report(args: &Args, facts: &[String], results: &[RunResult], ctx:
                     r.system.label(),
                     thousands(r.backlog as u64),
                     r.concurrency,
-                    per_job(p.redis_cpu_us, r.backlog)
+                    per_job(p.redis_cpu_us, r.jobs())
                 ));
                 for (cmd, calls, usec) in &p.top {
                     out.push_str(&format!(
                         "  {cmd:<16} calls {calls:>9}  {:>8.2} µs/job  {:>8.1} µs/call\n",
-                        *usec as f64 / r.backlog as f64,
+                        *usec as f64 / r.jobs() as f64,
                         if *calls > 0 {
                             *usec as f64 / *calls as f64
                         } else {
