@@ -92,24 +92,23 @@ impl Queue {
         }
         let mut report = MigrationReport::default();
         let (format, _) = self.format_and_holds_jobs().await?;
-        match format.as_deref() {
-            Some(FORMAT) => {
-                // Moved already: count what is there, move nothing.
-                report.jobs = self.stats().await?.counts.values().sum();
-                return Ok(report);
-            }
+        // Moved already, or version 3, whose layout is this one: count what is there, move
+        // nothing. (Version 3's `running` keeper comes with the next fetch that leases a job.)
+        let laid_out = match format.as_deref() {
+            Some(FORMAT) => true,
             Some("3") => {
-                // The same layout: only the format changes. The `running` keeper comes with
-                // the next fetch that leases a job.
                 let _: () = self
                     .conn
                     .clone()
                     .set(format!("{}format", self.prefix), FORMAT)
                     .await?;
-                report.jobs = self.stats().await?.counts.values().sum();
-                return Ok(report);
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if laid_out {
+            report.jobs = self.stats().await?.counts.values().sum();
+            return Ok(report);
         }
         let rebuilt_done = format!("{}migrating-done", self.prefix);
         // Left over from an interrupted run: rebuilt from the start below.
