@@ -1,4 +1,4 @@
--- atr-dist wire format v4: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v5: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, n_done, then
 --   n_done pairs for attempts that succeeded: id, lease
@@ -76,7 +76,7 @@ end
 -- The record in `state` with the attempt not counted: the lease's attempt number lowered
 -- by one, and with no attempt left on record, no lease at all.
 local function uncounted(state, lease)
-  local meta, attempt, rest = string.match(lease, '^(%d+ %d+) (%d+)( .*)$')
+  local meta, attempt, rest = string.match(lease, '^(%d+ %d+ %d+) (%d+)( .*)$')
   attempt = tonumber(attempt) or 1
   if attempt <= 1 then
     return state .. ' ' .. meta
@@ -103,7 +103,7 @@ for k = 1, m do
     result = 'done'
   else
     local i = 3 + 2 * n_done + 6 * (k - n_done - 1)
-    local max, attempt = string.match(lease, '^(%d+) %d+ (%d+)')
+    local max, attempt = string.match(lease, '^(%d+) %d+ %d+ (%d+)')
     max = tonumber(max) or 1
     attempt = tonumber(attempt) or 1
     local outcome = ARGV[i + 2]

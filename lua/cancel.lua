@@ -1,4 +1,4 @@
--- atr-dist wire format v4: cancel (docs/wire-format.md, "cancel").
+-- atr-dist wire format v5: cancel (docs/wire-format.md, "cancel").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- scheduled, queued and retrying jobs become cancelled at once; for a running job the

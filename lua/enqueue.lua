@@ -1,21 +1,37 @@
--- atr-dist wire format v4: enqueue (docs/wire-format.md, "enqueue").
+-- atr-dist wire format v5: enqueue (docs/wire-format.md, "enqueue").
 -- KEYS[1] = <prefix>queued    (routes the call to the queue's cluster slot)
 -- ARGV = prefix (e.g. "atr-dist:{default}:"), run_at_ms (0 = now), max_attempts,
--- then 3 values per job, at most 1000 jobs per call: id, idempotency_key, envelope
+-- then 2 values per job, at most 1000 jobs per call: id, idempotency_key
 -- (run_at_ms and max_attempts apply to every job of the call).
+-- The envelopes are not arguments: the producer writes them, id -> envelope, to the hash
+-- `<prefix>incoming` in the same MULTI, just before this call:
+--   MULTI; DEL <prefix>incoming; HSET <prefix>incoming id envelope ...; EVALSHA ...; EXEC
+-- This script turns that hash into the call's envelope batch `env:<batch>` (created jobs
+-- only) or deletes it, so `incoming` never outlives the transaction.
 -- Returns, per job: id, status: 1 = created; 0 = the idempotency key already named a job,
 -- whose id is returned; -1 = refused, a job with this id exists under another idempotency key.
 --
--- Every write is one variadic command for the whole batch: Redis's cost per command call
--- from Lua is several times its cost per element, so nothing here calls Redis per job.
+-- Why the envelopes go around the script: Redis's Lua hashes every byte of every string it
+-- makes, arguments included, and envelopes are most of a job's bytes; and a batch's own
+-- small hash, renamed into place whole, keeps every enqueue from growing one queue-wide hash
+-- of envelopes. Every write is one variadic command for the whole batch: Redis's cost per
+-- command call from Lua is several times its cost per element, so nothing here calls Redis
+-- per job.
 local prefix = ARGV[1]
-local FORMAT = '4'
+local FORMAT = '5'
+local incoming = prefix .. 'incoming'
+
+-- Every refusal also drops the envelopes the producer sent, so nothing is left behind.
+local function refuse(message)
+  redis.call('DEL', incoming)
+  return redis.error_reply('ERR atr-dist enqueue: ' .. message)
+end
+
 local format_key = prefix .. 'format'
 local fmt = redis.call('GET', format_key)
 if fmt and fmt ~= FORMAT then
-  return redis.error_reply('ERR atr-dist enqueue: this queue is in wire format ' .. fmt ..
-    '; this client speaks format ' .. FORMAT .. '; run `atr-dist queue migrate` ' ..
-    '(docs/wire-format.md, "Versions")')
+  return refuse('this queue is in wire format ' .. fmt .. '; this client speaks format ' ..
+    FORMAT .. '; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
@@ -29,43 +45,59 @@ end
 local run_at = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
 if run_at == nil or max == nil or max < 1 or max ~= math.floor(max) then
-  return redis.error_reply('ERR atr-dist enqueue: run_at_ms must be a number and max_attempts a whole number >= 1')
+  return refuse('run_at_ms must be a number and max_attempts a whole number >= 1')
 end
-if #ARGV < 3 or (#ARGV - 3) % 3 ~= 0 then
-  return redis.error_reply('ERR atr-dist enqueue: after prefix, run_at_ms and max_attempts, arguments must come in groups of 3 per job')
+if #ARGV < 3 or (#ARGV - 3) % 2 ~= 0 then
+  return refuse('after prefix, run_at_ms and max_attempts, arguments must come in pairs ' ..
+    '(id, idempotency_key) per job')
 end
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 3) / 2
+if n > 1000 then
+  return refuse('at most 1000 jobs per call')
+end
+-- Exactly one envelope per job, under its id. HKEYS reads the ids only: the envelopes
+-- themselves stay out of Lua, which is what `incoming` is for.
+local sent = redis.call('HKEYS', incoming)
+local mismatch = n .. ' job(s) but ' .. #sent .. ' envelope(s) in ' .. incoming ..
+  '; write each job\'s envelope under its id, in the same MULTI, and give every job of a ' ..
+  'call its own id'
+if #sent ~= n then
+  return refuse(mismatch)
+end
 if n == 0 then
   return {}
 end
-if n > 1000 then
-  return redis.error_reply('ERR atr-dist enqueue: at most 1000 jobs per call')
+local unclaimed = {}
+for _, id in ipairs(sent) do
+  unclaimed[id] = true
 end
 -- Check every job before writing any, so a bad batch changes nothing.
 local ids, keys = {}, {}
 for j = 1, n do
-  local i = 1 + 3 * j
-  if ARGV[i] == '' or ARGV[i + 1] == '' or ARGV[i + 2] == '' then
-    return redis.error_reply('ERR atr-dist enqueue: id, idempotency_key and envelope must not be empty')
+  local i = 2 + 2 * j
+  local id = ARGV[i]
+  if id == '' or ARGV[i + 1] == '' then
+    return refuse('id and idempotency_key must not be empty')
   end
-  ids[j] = ARGV[i]
+  -- Each envelope is claimed once, so a repeated id is caught too.
+  if not unclaimed[id] then
+    return refuse(mismatch .. ' (no envelope for job ' .. id .. ', or the id is repeated)')
+  end
+  unclaimed[id] = nil
+  ids[j] = id
   keys[j] = ARGV[i + 1]
 end
 
 if not fmt then
   if holds_jobs() then
-    return redis.error_reply('ERR atr-dist enqueue: this queue holds jobs but has no format key, ' ..
-      'so it is in wire format 1; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    return refuse('this queue holds jobs but has no format key, so it is in wire format 1; ' ..
+      'run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
   end
   redis.call('SET', format_key, FORMAT)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local delayed = run_at > now
-local state = delayed and 'scheduled' or 'queued'
--- Every new job of the call has the same record, `<state> <max_attempts> <enqueued_ms>`:
--- built once.
-local record = state .. ' ' .. string.format('%d', max) .. ' ' .. tostring(now)
 local jobs = prefix .. 'jobs'
 local idempotency = prefix .. 'idempotency'
 
@@ -74,11 +106,12 @@ local holders = redis.call('HMGET', idempotency, unpack(keys))
 local taken = redis.call('HMGET', jobs, unpack(ids))
 
 local out = {}
--- Field-value lists for one HSET each, and the new ids for one RPUSH or ZADD.
-local new_envelopes, new_keys, new_records, new_ids = {}, {}, {}, {}
+-- Field-value lists for one HSET each, the new ids for one RPUSH or ZADD, and the ids whose
+-- envelopes are not kept.
+local new_keys, new_ids, dropped = {}, {}, {}
 local created = 0
--- Keys and ids created earlier in this same call.
-local claimed, created_ids = {}, {}
+-- Keys claimed earlier in this same call. (Ids are unique within a call: checked above.)
+local claimed = {}
 for j = 1, n do
   local id, key = ids[j], keys[j]
   local holder = claimed[key]
@@ -93,44 +126,57 @@ for j = 1, n do
   if holder then
     out[2 * j - 1] = holder
     out[2 * j] = 0
-  elseif taken[j] or created_ids[id] then
+    dropped[#dropped + 1] = id
+  elseif taken[j] then
     out[2 * j - 1] = id
     out[2 * j] = -1
+    dropped[#dropped + 1] = id
   else
     created = created + 1
-    local f = 2 * created
     new_ids[created] = id
-    new_records[f - 1] = id
-    new_records[f] = record
-    new_envelopes[f - 1] = id
-    new_envelopes[f] = ARGV[1 + 3 * j + 2]
-    new_keys[f - 1] = key
-    new_keys[f] = id
+    new_keys[2 * created - 1] = key
+    new_keys[2 * created] = id
     claimed[key] = id
-    created_ids[id] = true
     out[2 * j - 1] = id
     out[2 * j] = 1
   end
 end
 
-if created > 0 then
-  -- At most 2000 values each: far below Lua's unpack limit.
-  redis.call('HSET', prefix .. 'envelopes', unpack(new_envelopes))
-  redis.call('HSET', idempotency, unpack(new_keys))
-  redis.call('HSET', jobs, unpack(new_records))
-  if delayed then
-    local scored = {}
-    for k = 1, created do
-      scored[2 * k - 1] = run_at
-      scored[2 * k] = new_ids[k]
-    end
-    redis.call('ZADD', prefix .. 'scheduled', unpack(scored))
-  else
-    redis.call('RPUSH', prefix .. 'queued', unpack(new_ids))
-  end
-  redis.call('HINCRBY', prefix .. 'stats', 'enqueued', created)
-  local tp = prefix .. 'tp:' .. math.floor(now / 60000)
-  redis.call('HINCRBY', tp, 'enqueued', created)
-  redis.call('EXPIRE', tp, 7200)
+if created == 0 then
+  redis.call('DEL', incoming)
+  return out
 end
+-- The call's batch number: new for every call that creates a job, so `env:<batch>` is a
+-- key nobody else has written. (Batch 0 is reserved for jobs moved by `queue migrate`.)
+local batch = redis.call('INCR', prefix .. 'batches')
+if #dropped > 0 then
+  redis.call('HDEL', incoming, unpack(dropped))
+end
+redis.call('RENAME', incoming, prefix .. 'env:' .. batch)
+-- Every new job of the call has the same record, `<state> <max_attempts> <enqueued_ms>
+-- <batch>`: built once.
+local record = (delayed and 'scheduled' or 'queued') .. ' ' .. string.format('%d', max) ..
+  ' ' .. tostring(now) .. ' ' .. batch
+local new_records = {}
+for k = 1, created do
+  new_records[2 * k - 1] = new_ids[k]
+  new_records[2 * k] = record
+end
+-- At most 2000 values each: far below Lua's unpack limit.
+redis.call('HSET', idempotency, unpack(new_keys))
+redis.call('HSET', jobs, unpack(new_records))
+if delayed then
+  local scored = {}
+  for k = 1, created do
+    scored[2 * k - 1] = run_at
+    scored[2 * k] = new_ids[k]
+  end
+  redis.call('ZADD', prefix .. 'scheduled', unpack(scored))
+else
+  redis.call('RPUSH', prefix .. 'queued', unpack(new_ids))
+end
+redis.call('HINCRBY', prefix .. 'stats', 'enqueued', created)
+local tp = prefix .. 'tp:' .. math.floor(now / 60000)
+redis.call('HINCRBY', tp, 'enqueued', created)
+redis.call('EXPIRE', tp, 7200)
 return out

@@ -1,14 +1,15 @@
--- atr-dist wire format v4: fetch (docs/wire-format.md, "fetch").
+-- atr-dist wire format v5: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
 -- to max_jobs queued jobs to worker_id.
 -- Returns now_ms (Redis's clock), then per leased job 3 values:
 --   id, lease, queued_at (or '')
--- where lease is the token `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`
+-- where lease is the token
+-- `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`
 -- that its ack and heartbeat must present: the job record after its state word.
 -- The envelopes are not in the reply: the worker reads them with a plain HMGET of
--- `envelopes` (a running job's envelope does not change). Passing a string through Lua
+-- `env:<batch>`, the batch being in the token (a running job's envelope does not change). Passing a string through Lua
 -- costs far more than the lookup: Redis's Lua hashes every byte of every string it makes,
 -- and an envelope is most of a job's bytes.
 -- Every step is bounded (at most 1000 due jobs, 100 expired leases, max_jobs fetched), so a
@@ -27,9 +28,9 @@ local queued_at_key = prefix .. 'queued_at'
 local RUNNING_KEEPER = '~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)'
 
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '4' then
+if fmt and fmt ~= '5' then
   return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
-    '; this worker speaks format 4; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    '; this worker speaks format 5; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in enqueue.lua: a script cannot load another.)
@@ -39,7 +40,7 @@ local function holds_jobs()
     prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 if not fmt then
-  -- Nothing was ever enqueued in format 4: either there is nothing to do, or the jobs are
+  -- Nothing was ever enqueued in format 5: either there is nothing to do, or the jobs are
   -- in format 1 and must be moved first.
   if holds_jobs() then
     return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
@@ -97,7 +98,7 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', running, id)
   local record = redis.call('HGET', jobs, id)
   if record then
-    local max, attempt, holder = string.match(record, '^%a+ (%d+) %d+ (%d+) %d+ (%S+)')
+    local max, attempt, holder = string.match(record, '^%a+ (%d+) %d+ %d+ (%d+) %d+ (%S+)')
     max = tonumber(max) or 1
     attempt = tonumber(attempt) or 0
     local message = 'lease of worker ' .. tostring(holder) .. ' expired (worker died or stalled)'
@@ -151,7 +152,7 @@ for k = 1, #ids do
   -- operator in between) is stale: drop it.
   local meta, attempt
   if records[k] then
-    meta, attempt = string.match(records[k], '^queued (%d+ %d+) ?(%d*)')
+    meta, attempt = string.match(records[k], '^queued (%d+ %d+ %d+) ?(%d*)')
   end
   if meta then
     local id = ids[k]

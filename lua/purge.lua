@@ -1,9 +1,9 @@
--- atr-dist wire format v4: purge (docs/wire-format.md, "purge").
+-- atr-dist wire format v5: purge (docs/wire-format.md, "purge").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state (done | dead | cancelled), older_than_ms, limit (at most 1000)
 -- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with their
--- records, envelopes, other fields, events and idempotency keys. Returns how many were
--- deleted; call again while it returns `limit`.
+-- records, envelopes (from their batch's `env:<batch>`), other fields, events and
+-- idempotency keys. Returns how many were deleted; call again while it returns `limit`.
 local prefix = ARGV[1]
 local state = ARGV[2]
 local older_than = tonumber(ARGV[3])
@@ -47,25 +47,49 @@ else
   end
   redis.call('ZREM', set, unpack(ids))
 end
-local envelopes = redis.call('HMGET', prefix .. 'envelopes', unpack(ids))
-local idempotency = prefix .. 'idempotency'
-local events = {}
+-- Each job's envelope is in its batch's hash, `env:<batch>`, the batch being the fourth word
+-- of its record; jobs that finish together mostly share a batch, so read and delete them per
+-- batch.
+local records = redis.call('HMGET', prefix .. 'jobs', unpack(ids))
+local batches, order = {}, {}
 for k, id in ipairs(ids) do
-  -- The job's idempotency key is in its envelope. An envelope that is not JSON with an
-  -- idempotency_key (a malformed job) leaves its key behind; enqueue treats a key whose
-  -- job is gone as free, so the leftover blocks nothing.
-  local envelope = envelopes[k]
-  if envelope then
-    local ok, decoded = pcall(cjson.decode, envelope)
-    if ok and type(decoded) == 'table' and type(decoded.idempotency_key) == 'string'
-        and redis.call('HGET', idempotency, decoded.idempotency_key) == id then
-      redis.call('HDEL', idempotency, decoded.idempotency_key)
+  local batch = records[k] and string.match(records[k], '^%a+ %d+ %d+ (%d+)')
+  if batch then
+    if not batches[batch] then
+      batches[batch] = {}
+      order[#order + 1] = batch
+    end
+    local members = batches[batch]
+    members[#members + 1] = id
+  end
+end
+local idempotency = prefix .. 'idempotency'
+for _, batch in ipairs(order) do
+  local key = prefix .. 'env:' .. batch
+  local members = batches[batch]
+  local envelopes = redis.call('HMGET', key, unpack(members))
+  for k, id in ipairs(members) do
+    -- The job's idempotency key is in its envelope. An envelope that is not JSON with an
+    -- idempotency_key (a malformed job) leaves its key behind; enqueue treats a key whose
+    -- job is gone as free, so the leftover blocks nothing.
+    local envelope = envelopes[k]
+    if envelope then
+      local ok, decoded = pcall(cjson.decode, envelope)
+      if ok and type(decoded) == 'table' and type(decoded.idempotency_key) == 'string'
+          and redis.call('HGET', idempotency, decoded.idempotency_key) == id then
+        redis.call('HDEL', idempotency, decoded.idempotency_key)
+      end
     end
   end
+  -- The batch's hash goes with its last envelope.
+  redis.call('HDEL', key, unpack(members))
+end
+local events = {}
+for k, id in ipairs(ids) do
   events[k] = prefix .. 'events:' .. id
 end
 -- Every per-job hash of docs/wire-format.md, "Keys".
-for _, field in ipairs({'jobs', 'envelopes', 'queued_at', 'error_class', 'last_error',
+for _, field in ipairs({'jobs', 'queued_at', 'error_class', 'last_error',
     'cancel_requested'}) do
   redis.call('HDEL', prefix .. field, unpack(ids))
 end

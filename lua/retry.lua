@@ -1,4 +1,4 @@
--- atr-dist wire format v4: retry (docs/wire-format.md, "retry").
+-- atr-dist wire format v5: retry (docs/wire-format.md, "retry").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- A dead or cancelled job is queued again with a fresh set of attempts.
@@ -18,9 +18,9 @@ for i = 3, #ARGV do
     result = 'not_found'
   elseif state == 'dead' or state == 'cancelled' then
     redis.call('ZREM', prefix .. state, id)
-    -- Attempts start again from 0: the record keeps only its meta, and the last lease
-    -- goes. The last error stays on view.
-    redis.call('HSET', jobs, id, 'queued ' .. string.match(record, '^%a+ (%d+ %d+)'))
+    -- Attempts start again from 0: the record keeps only its meta (max_attempts,
+    -- enqueued_ms, batch), and the last lease goes. The last error stays on view.
+    redis.call('HSET', jobs, id, 'queued ' .. string.match(record, '^%a+ (%d+ %d+ %d+)'))
     redis.call('HSET', prefix .. 'queued_at', id, now)
     redis.call('HDEL', prefix .. 'cancel_requested', id)
     redis.call('RPUSH', prefix .. 'queued', id)

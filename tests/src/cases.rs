@@ -167,6 +167,77 @@ pub async fn idempotent_and_bulk_enqueue(q: &Queue) {
     assert_eq!(count(q, JobState::Queued).await, 2501);
     let stats = q.stats().await.unwrap();
     assert_eq!(stats.totals.get("enqueued"), Some(&2501));
+
+    // The envelopes go around the script (docs/wire-format.md, "enqueue"): each call's
+    // become its batch, `env:<batch>`, holding only the envelopes of the jobs it created.
+    let mut conn = q.connection();
+    let first_batch = batch_of(q, &first.id).await;
+    let kept: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(format!("{}env:{first_batch}", q.prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![(first.id.clone(), env.to_json())]);
+    let mut batches = std::collections::BTreeMap::<u64, usize>::new();
+    for e in &out {
+        *batches.entry(batch_of(q, &e.id).await).or_default() += 1;
+    }
+    assert_eq!(
+        batches.values().copied().collect::<Vec<_>>(),
+        [1000, 1000, 500]
+    );
+    assert!(batches.keys().all(|&b| b > first_batch), "{batches:?}");
+    for (&batch, &jobs) in &batches {
+        let stored: usize = redis::cmd("HLEN")
+            .arg(format!("{}env:{batch}", q.prefix()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, jobs);
+    }
+
+    // A job whose id another job has, under another key, is refused without touching that
+    // job's envelope; so are two jobs of one call with one id, before anything is sent.
+    let mut clash = jobs::stage(2);
+    clash.id = env.id;
+    let err = q.enqueue(&clash, None, 5).await.unwrap_err().to_string();
+    assert!(err.contains("another idempotency key"), "{err}");
+    let one = jobs::stage(3);
+    let mut twin = jobs::stage(4);
+    twin.id = one.id;
+    let twins = [one, twin];
+    let err = q
+        .enqueue_bulk(&twins, None, 5)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than one job of this call"), "{err}");
+    let unchanged: Option<String> = redis::cmd("HGET")
+        .arg(format!("{}env:{first_batch}", q.prefix()))
+        .arg(&first.id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, Some(env.to_json()));
+    assert_eq!(count(q, JobState::Queued).await, 2501);
+    // `incoming` never outlives the enqueue's transaction.
+    let left: bool = redis::cmd("EXISTS")
+        .arg(format!("{}incoming", q.prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left);
+}
+
+/// The envelope batch of a job: the fourth word of its record.
+pub async fn batch_of(q: &Queue, id: &str) -> u64 {
+    let record: String = redis::cmd("HGET")
+        .arg(format!("{}jobs", q.prefix()))
+        .arg(id)
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
+    record.split(' ').nth(3).unwrap().parse().unwrap()
 }
 
 pub async fn delayed_jobs_wait_for_their_time(q: &Queue) {
@@ -191,13 +262,15 @@ pub async fn leases_fence_acks_and_expire(q: &Queue) {
     let lease = Duration::from_millis(300);
     let got = q.fetch("w1", lease, 10).await.unwrap();
     assert_eq!(got.len(), 1);
+    // `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`.
     let parts: Vec<&str> = got[0].token.split(' ').collect();
     assert_eq!(
-        (parts[0], parts[2], parts[4]),
+        (parts[0], parts[3], parts[5]),
         ("3", "1", "w1"),
         "{}",
         got[0].token
     );
+    assert!(parts[2].parse::<u64>().unwrap() >= 1, "{}", got[0].token);
     // Another worker, or the wrong attempt, cannot ack.
     assert_eq!(
         q.ack(&forged(&got[0], 1, "w2")).await.unwrap(),
@@ -373,8 +446,9 @@ pub async fn pool_runs_retries_and_dead_letters_malformed_jobs(q: &Queue) {
         .collect();
     let bad_ids = q.enqueue_raw(&raws).await.unwrap();
     let not_utf8 = &bad_ids[bad.len() - 1].id;
+    let batch = batch_of(q, not_utf8).await;
     let _: () = redis::cmd("HSET")
-        .arg(format!("{}envelopes", q.prefix()))
+        .arg(format!("{}env:{batch}", q.prefix()))
         .arg(not_utf8)
         .arg(&b"{\"v\": 1, \"kind\": \"stage\xff\"}"[..])
         .query_async(&mut q.connection())

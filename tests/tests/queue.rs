@@ -351,7 +351,7 @@ async fn a_version_2_queue_is_refused_until_migrated() {
     assert!(
         !keys
             .iter()
-            .any(|k| k.contains(":job:") || k.contains("migrating")),
+            .any(|k| k.contains(":job:") || k.contains("migrating") || k.ends_with(":envelopes")),
         "{keys:?}"
     );
     assert_eq!(
@@ -522,63 +522,264 @@ async fn running_leases_stay_out_of_the_listpack_encoding() {
     assert_eq!(listed, wanted);
 }
 
-/// Versions 3 and 4 lay jobs out alike: migrating a version 3 queue only changes its format,
-/// and its jobs (a running one included) carry on.
+/// Version 3 and 4 queues (one `envelopes` hash; records without a batch) are refused until
+/// `migrate` moves them: the envelopes go to batch 0, every record gains its batch, and what
+/// the operator sees, the idempotency keys, leases and purge carry on. In the version 4
+/// queue, `env:0` exists already, as after an interrupted migration that an older producer
+/// wrote to again, so the envelopes are moved in steps rather than renamed.
 #[tokio::test]
-async fn a_version_3_queue_is_refused_until_migrated() {
-    use atr_dist::queue::{Ack, AckOutcome, MigrationReport};
+async fn versions_3_and_4_are_refused_until_migrated() {
+    use atr_dist::queue::MigrationReport;
     use atr_dist_shared::JobState;
     use redis::AsyncCommands;
     use std::time::Duration;
+
+    const KEEPER: &str = "~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)";
+    for format in ["3", "4"] {
+        let t = TestQueue::new().await;
+        let q = &t.queue;
+        let p = q.prefix().to_owned();
+        let mut conn = q.connection();
+        let queued = atr_dist_tests::jobs::stage(1);
+        let running = atr_dist_tests::jobs::stage(2);
+        let done = atr_dist_tests::jobs::stage(3);
+        let dead = atr_dist_tests::jobs::stage(4);
+        let records = [
+            (&queued, "queued 3 1764300000000"),
+            // Its lease ran out long ago: its worker is gone.
+            (
+                &running,
+                "running 4 1764300000000 1 1764300001000 old-host-1-0000abcd",
+            ),
+            (
+                &done,
+                "done 3 1764300000000 1 1764300002000 old-host-1-0000abcd 1764300003000",
+            ),
+            (
+                &dead,
+                "dead 3 1764300000000 3 1764300004000 old-host-1-0000abcd",
+            ),
+        ];
+        let _: () = conn.set(format!("{p}format"), format).await.unwrap();
+        for (env, record) in records {
+            let id = env.id.to_string();
+            let _: () = conn.hset(format!("{p}jobs"), &id, record).await.unwrap();
+            // The first job's envelope is in batch 0 already (version 4 only).
+            let hash = if format == "4" && env.id == queued.id {
+                "env:0"
+            } else {
+                "envelopes"
+            };
+            let _: () = conn
+                .hset(format!("{p}{hash}"), &id, env.to_json())
+                .await
+                .unwrap();
+            let _: () = conn
+                .hset(
+                    format!("{p}idempotency"),
+                    env.idempotency_key.to_string(),
+                    &id,
+                )
+                .await
+                .unwrap();
+        }
+        let _: () = conn
+            .rpush(format!("{p}queued"), queued.id.to_string())
+            .await
+            .unwrap();
+        let _: () = conn
+            .zadd(
+                format!("{p}running"),
+                running.id.to_string(),
+                1764300031000_i64,
+            )
+            .await
+            .unwrap();
+        if format == "4" {
+            let _: () = conn
+                .zadd(format!("{p}running"), KEEPER, "inf")
+                .await
+                .unwrap();
+        }
+        let _: () = conn
+            .rpush(format!("{p}done"), done.id.to_string())
+            .await
+            .unwrap();
+        let _: () = conn
+            .zadd(format!("{p}dead"), dead.id.to_string(), 1764300005000_i64)
+            .await
+            .unwrap();
+
+        let lease = Duration::from_secs(30);
+        let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("wire format {format}")), "{err}");
+        let err = q
+            .enqueue(&atr_dist_tests::jobs::stage(5), None, 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("atr-dist queue migrate"), "{err}");
+        let err = q.check_format().await.unwrap_err().to_string();
+        assert!(err.contains("atr-dist queue migrate"), "{err}");
+        assert!(
+            !t.keys().await.iter().any(|k| k.ends_with(":incoming")),
+            "a refused enqueue leaves no envelopes behind"
+        );
+
+        assert_eq!(
+            q.migrate().await.unwrap(),
+            MigrationReport { jobs: 4, moved: 4 },
+            "format {format}"
+        );
+        q.check_format().await.unwrap();
+        let keys = t.keys().await;
+        assert!(!keys.iter().any(|k| k.ends_with(":envelopes")), "{keys:?}");
+        let in_batch_0: u64 = conn.hlen(format!("{p}env:0")).await.unwrap();
+        assert_eq!(in_batch_0, 4);
+        let record: String = conn
+            .hget(format!("{p}jobs"), done.id.to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            record,
+            "done 3 1764300000000 0 1 1764300002000 old-host-1-0000abcd 1764300003000"
+        );
+        // Interrupted before `format` was set, it runs again and moves nothing twice.
+        let _: () = conn.set(format!("{p}format"), format).await.unwrap();
+        assert_eq!(
+            q.migrate().await.unwrap(),
+            MigrationReport { jobs: 4, moved: 0 },
+            "a second run changes nothing"
+        );
+        let again: String = conn
+            .hget(format!("{p}jobs"), done.id.to_string())
+            .await
+            .unwrap();
+        assert_eq!(again, record);
+
+        // What the operator sees is unchanged.
+        let shown = q.show(&done.id.to_string()).await.unwrap().unwrap();
+        assert_eq!(shown.summary.state, JobState::Done);
+        assert_eq!(shown.summary.attempt, 1);
+        assert_eq!(
+            shown.summary.finished_at.map(|t| t.timestamp_millis()),
+            Some(1764300003000)
+        );
+        assert_eq!(shown.summary.release, done.release().key().to_string());
+        assert_eq!(shown.envelope, done.to_json());
+        let shown = q.show(&dead.id.to_string()).await.unwrap().unwrap().summary;
+        assert_eq!((shown.state, shown.attempt), (JobState::Dead, 3));
+        assert_eq!(
+            shown.finished_at.map(|t| t.timestamp_millis()),
+            Some(1764300005000)
+        );
+        // The keys still name their jobs.
+        let again = q.enqueue(&queued, None, 1).await.unwrap();
+        assert_eq!((again.id, again.created), (queued.id.to_string(), false));
+
+        // The queued job and the one whose lease expired run, envelopes and all; the expired
+        // attempt counts.
+        let mut leased = q.fetch("w2", lease, 10).await.unwrap();
+        leased.sort_by_key(|l| l.attempt);
+        assert_eq!(leased.len(), 2);
+        assert_eq!(leased[0].id, queued.id.to_string());
+        assert_eq!(leased[0].envelope, queued.to_json().into_bytes());
+        assert_eq!((leased[1].attempt, leased[1].max_attempts), (2, 4));
+        assert_eq!(leased[1].envelope, running.to_json().into_bytes());
+
+        // Purge finds the envelopes in batch 0, and frees the keys with them.
+        assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(q.purge(JobState::Dead, Duration::ZERO).await.unwrap(), 1);
+        let in_batch_0: u64 = conn.hlen(format!("{p}env:0")).await.unwrap();
+        assert_eq!(in_batch_0, 2);
+        let key_held: bool = conn
+            .hexists(format!("{p}idempotency"), done.idempotency_key.to_string())
+            .await
+            .unwrap();
+        assert!(!key_held);
+    }
+}
+
+/// A call whose envelopes in `incoming` do not match its jobs (a client that skipped the
+/// HSET, or sent two jobs with one id) is refused, creates nothing and leaves nothing behind;
+/// and an enqueue after Redis lost its scripts loads the script and runs its transaction
+/// again, with nothing left over from the failed one.
+#[tokio::test]
+async fn enqueue_refuses_envelopes_that_do_not_match_and_survives_lost_scripts() {
+    use atr_dist::queue::ENQUEUE_LUA;
+    use atr_dist_shared::JobState;
+    use redis::AsyncCommands;
 
     let t = TestQueue::new().await;
     let q = &t.queue;
     let p = q.prefix().to_owned();
     let mut conn = q.connection();
-    for i in 0..3 {
-        q.enqueue(&atr_dist_tests::jobs::stage(90 + i), None, 3)
+    let script = redis::Script::new(ENQUEUE_LUA);
+    let env = atr_dist_tests::jobs::stage(1);
+    let id = env.id.to_string();
+    let key = env.idempotency_key.to_string();
+    let call = |extra: Option<(&str, String)>| {
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(format!("{p}incoming")).ignore();
+        if let Some((field, value)) = extra {
+            pipe.hset(format!("{p}incoming"), field, value).ignore();
+        }
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(format!("{p}queued"))
+            .arg(&p)
+            .arg(0)
+            .arg(3)
+            .arg(&id)
+            .arg(&key);
+        pipe
+    };
+    let _: String = script.prepare_invoke().load_async(&mut conn).await.unwrap();
+    for (extra, what) in [
+        (None, "no envelope"),
+        (
+            Some(("another-id", env.to_json())),
+            "an envelope under another id",
+        ),
+    ] {
+        let pipe = call(extra);
+        let err = pipe
+            .query_async::<(Vec<String>,)>(&mut conn)
             .await
-            .unwrap();
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 job(s) but") && err.contains("envelope"),
+            "{what}: {err}"
+        );
+        let exists: bool = conn.exists(format!("{p}incoming")).await.unwrap();
+        assert!(!exists, "{what}: incoming is deleted");
     }
-    let lease = Duration::from_secs(60);
-    let held = q.fetch("w1", lease, 1).await.unwrap();
-    // What a version 3 worker left: the same jobs, without the keeper of `running`.
-    let _: () = conn.set(format!("{p}format"), "3").await.unwrap();
-    let _: () = redis::cmd("ZREMRANGEBYSCORE")
-        .arg(format!("{p}running"))
-        .arg("inf")
-        .arg("inf")
+    assert_eq!(cases::count(q, JobState::Queued).await, 0);
+
+    // Scripts lost, as after a Redis restart; and a transaction whose EVALSHA failed left
+    // its envelopes in `incoming`.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
         .query_async(&mut conn)
         .await
         .unwrap();
-
-    let err = q.fetch("w2", lease, 10).await.unwrap_err().to_string();
-    assert!(err.contains("wire format 3"), "{err}");
-    let err = q.check_format().await.unwrap_err().to_string();
-    assert!(err.contains("atr-dist queue migrate"), "{err}");
-
-    assert_eq!(
-        q.migrate().await.unwrap(),
-        MigrationReport { jobs: 3, moved: 0 }
-    );
-    q.check_format().await.unwrap();
-    let format: String = conn.get(format!("{p}format")).await.unwrap();
-    assert_eq!(format, atr_dist::queue::FORMAT);
-
-    // The job leased under version 3 is acked with its lease; the others are fetched.
-    let acked = q
-        .ack(&[Ack {
-            lease: held[0].lease(),
-            outcome: AckOutcome::Done,
-        }])
+    let _: () = conn
+        .hset(format!("{p}incoming"), "left-over", "{}")
         .await
         .unwrap();
-    assert_eq!(
-        acked,
-        vec![atr_dist::queue::AckResult::Applied(JobState::Done)]
-    );
-    let rest = q.fetch("w2", lease, 10).await.unwrap();
-    assert_eq!(rest.len(), 2);
-    assert_eq!(atr_dist_tests::cases::count(q, JobState::Done).await, 1);
-    assert_eq!(atr_dist_tests::cases::count(q, JobState::Running).await, 2);
+    let e = q.enqueue(&env, None, 3).await.unwrap();
+    assert!(e.created);
+    let leased = q
+        .fetch("w1", std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].envelope, env.to_json().into_bytes());
+    let batch = cases::batch_of(q, &id).await;
+    let fields: Vec<String> = conn.hkeys(format!("{p}env:{batch}")).await.unwrap();
+    assert_eq!(fields, vec![id.clone()]);
+    let exists: bool = conn.exists(format!("{p}incoming")).await.unwrap();
+    assert!(!exists);
 }

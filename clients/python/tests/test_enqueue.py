@@ -44,9 +44,17 @@ def job_fields(client: redis.Redis, queue: str, job_id: str) -> dict[str, str]:
     return out
 
 
+def batch_of(client: redis.Redis, queue: str, job_id: str) -> str:
+    """The job's envelope batch: the fourth word of its record."""
+    record = client.hget(f"atr-dist:{{{queue}}}:jobs", job_id)
+    assert record is not None, f"no record for {job_id}"
+    return record.decode().split(" ")[3]
+
+
 def stored_envelope(client: redis.Redis, queue: str, job_id: str) -> dict[str, Any]:
-    raw = client.hget(f"atr-dist:{{{queue}}}:envelopes", job_id)
-    assert raw is not None, f"no envelope stored for {job_id}"
+    batch = batch_of(client, queue, job_id)
+    raw = client.hget(f"atr-dist:{{{queue}}}:env:{batch}", job_id)
+    assert raw is not None, f"no envelope stored for {job_id} in batch {batch}"
     return json.loads(raw)
 
 
@@ -73,12 +81,16 @@ def test_stage_job_has_the_documented_fields(
 
     job = job_fields(redis_client, queue, result.id)
     idem = "stage:tooling-0.1.0:NPM::tooling-cli:0.1.0:00002"
-    # A new job has its record, `<state> <max_attempts> <enqueued_ms>`; the other fields are
-    # absent until they apply (queued_at = the enqueue time).
+    # A new job has its record, `<state> <max_attempts> <enqueued_ms> <batch>`; the other
+    # fields are absent until they apply (queued_at = the enqueue time).
     assert set(job) == {"jobs"}
-    state, max_attempts, enqueued_at_ms = job["jobs"].split(" ")
+    state, max_attempts, enqueued_at_ms, batch = job["jobs"].split(" ")
     assert state == "queued"
     assert max_attempts == "10"
+    # The call's envelope batch, which holds this job's envelope and nothing else.
+    assert redis_client.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
+    assert redis_client.get(f"atr-dist:{{{queue}}}:batches") == batch.encode()
+    assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")
     # Times come from the Redis server's clock; allow for skew with this machine's.
     assert abs(int(enqueued_at_ms) - before) < 60_000
 
@@ -111,7 +123,7 @@ def test_stage_job_has_the_documented_fields(
     }
     assert queued_ids(redis_client, queue) == [result.id]
     assert key_holder(redis_client, queue, idem) == result.id
-    assert redis_client.get(f"atr-dist:{{{queue}}}:format") == b"4"
+    assert redis_client.get(f"atr-dist:{{{queue}}}:format") == b"5"
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
 
 
@@ -190,9 +202,13 @@ def test_repeated_enqueue_returns_the_existing_job(
     assert second.id == first.id
     assert queued_ids(redis_client, queue) == [first.id]
     assert redis_client.hget(f"atr-dist:{{{queue}}}:stats", "enqueued") == b"1"
-    # Only the first job exists: the second envelope was never stored.
+    # Only the first job exists: the second envelope was never stored, and its call made no
+    # batch.
     assert redis_client.hlen(f"atr-dist:{{{queue}}}:jobs") == 1
-    assert redis_client.hlen(f"atr-dist:{{{queue}}}:envelopes") == 1
+    envelope_keys = list(redis_client.scan_iter(match=f"atr-dist:{{{queue}}}:env:*"))
+    assert len(envelope_keys) == 1
+    assert redis_client.hlen(envelope_keys[0]) == 1
+    assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")
 
 
 def test_explicit_idempotency_key_is_used_as_given(
@@ -238,7 +254,7 @@ def test_dry_run_has_its_own_default_key(
     assert (again.id, again.created) == (dry.id, False)
 
 
-def test_bulk_enqueue_is_one_script_call(
+def test_bulk_enqueue_is_one_transaction(
     producer: Producer,
     redis_client: redis.Redis,
     queue: str,
@@ -256,12 +272,25 @@ def test_bulk_enqueue_is_one_script_call(
         commands.append(str(args[0]).upper())
         return real_execute(*args, **kwargs)
 
+    transactions: list[list[str]] = []
+    real_pipeline_execute = redis.client.Pipeline.execute
+
+    def recording(self: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
+        transactions.append([str(c[0][0]).upper() for c in self.command_stack])
+        return real_pipeline_execute(self, *args, **kwargs)
+
     monkeypatch.setattr(redis_client, "execute_command", counting)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", recording)
     results = producer.enqueue_many(envelopes)
     monkeypatch.undo()
 
-    # One EVALSHA (a SCRIPT LOAD and a second EVALSHA only if Redis did not know the script).
-    assert commands in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])
+    # One transaction: the envelopes by plain HSET, then the script (docs/wire-format.md); a
+    # SCRIPT LOAD and the transaction again only where Redis did not know the script.
+    assert transactions in (
+        [["DEL", "HSET", "EVALSHA"]],
+        [["DEL", "HSET", "EVALSHA"], ["DEL", "HSET", "EVALSHA"]],
+    )
+    assert commands == ["SCRIPT LOAD"] * (len(transactions) - 1)
     assert [r.id for r in results] == [e["id"] for e in envelopes]
     assert all(r.created for r in results)
     assert redis_client.llen(f"atr-dist:{{{queue}}}:queued") == 5
@@ -365,7 +394,7 @@ def test_key_whose_job_is_gone_is_free_again(
     # Such a key must not hold on to a job that no longer exists.
     first = producer.enqueue_stage(**stage_args)
     prefix = f"atr-dist:{{{queue}}}:"
-    redis_client.hdel(prefix + "envelopes", first.id)
+    redis_client.hdel(prefix + "env:" + batch_of(redis_client, queue, first.id), first.id)
     for name in JOB_FIELD_HASHES:
         redis_client.hdel(prefix + name, first.id)
     redis_client.lrem(prefix + "queued", 0, first.id)
@@ -381,7 +410,24 @@ def test_key_whose_job_is_gone_is_free_again(
 def test_queue_in_another_wire_format_is_refused(
     producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
 ) -> None:
-    redis_client.set(f"atr-dist:{{{queue}}}:format", "5")
-    with pytest.raises(redis.ResponseError, match="wire format 5"):
+    redis_client.set(f"atr-dist:{{{queue}}}:format", "6")
+    with pytest.raises(redis.ResponseError, match="wire format 6"):
         producer.enqueue_stage(**stage_args)
     assert queued_ids(redis_client, queue) == []
+    # The refused call's envelopes are gone with it.
+    assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")
+
+
+def test_lost_scripts_are_loaded_again(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    # As after a Redis restart: the script is gone, and a transaction whose EVALSHA failed
+    # left envelopes in `incoming`.
+    producer.enqueue_stage(**{**stage_args, "version": "0.0.9"})
+    redis_client.script_flush()
+    redis_client.hset(f"atr-dist:{{{queue}}}:incoming", "left-over", b"{}")
+    result = producer.enqueue_stage(**stage_args)
+    assert result.created
+    batch = batch_of(redis_client, queue, result.id)
+    assert redis_client.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
+    assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")

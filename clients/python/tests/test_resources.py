@@ -24,7 +24,7 @@ def test_enqueue_script_is_the_repository_file() -> None:
 def test_producer_runs_the_repository_script() -> None:
     p = Producer(redis.Redis(host="127.0.0.1", port=1))
     expected = hashlib.sha1((REPO_ROOT / "lua" / "enqueue.lua").read_bytes()).hexdigest()
-    assert p._enqueue_script.sha == expected
+    assert p._enqueue_sha == expected
 
 
 def test_lua_and_schema_are_symlinks_into_the_repository() -> None:

@@ -100,7 +100,7 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
-    /// Move a queue written in wire format 1, 2 or 3 to format 4 (docs/wire-format.md, "Versions").
+    /// Move a queue written in wire format 1, 2, 3 or 4 to format 5 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
 }

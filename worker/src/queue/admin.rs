@@ -13,18 +13,12 @@ use super::scripts::SCRIPTS;
 use super::{JobRecord, Queue, QueueError};
 
 /// The per-queue hashes a job summary reads, in the order `summary_from` takes them: the
-/// job record first. Kind, release, platform and idempotency key come from the envelope
-/// (see `Indexed`).
-const SUMMARY_HASHES: [&str; 5] = [
-    "jobs",
-    "error_class",
-    "last_error",
-    "cancel_requested",
-    "envelopes",
-];
+/// job record first. The envelope follows them in a summary's row, read from the batch its
+/// record names; kind, release, platform and idempotency key come from it (see `Indexed`).
+const SUMMARY_HASHES: [&str; 4] = ["jobs", "error_class", "last_error", "cancel_requested"];
 
-/// Where the envelope is in `SUMMARY_HASHES`.
-const ENVELOPE: usize = 4;
+/// Where the envelope is in a summary's row: after the `SUMMARY_HASHES`.
+const ENVELOPE: usize = SUMMARY_HASHES.len();
 
 /// The sets whose score is a summary's `run_at` or `finished_at`, in `summary_from`'s order.
 /// (A done job's finishing time is in its record.)
@@ -210,11 +204,13 @@ impl Queue {
         let scores: Vec<Vec<Option<f64>>> = replies
             .map(redis::from_redis_value)
             .collect::<Result<_, _>>()?;
+        let envelopes = self.envelopes_of(ids, &fields[0]).await?;
         let mut out = Vec::with_capacity(ids.len());
         for (k, id) in ids.iter().enumerate() {
             let row: Vec<Option<String>> = fields
                 .iter()
                 .map(|column| column.get(k).cloned().flatten())
+                .chain([envelopes.get(k).cloned().flatten()])
                 .collect();
             let scored: Vec<Option<i64>> = scores
                 .iter()
@@ -222,6 +218,39 @@ impl Queue {
                 .collect();
             if let Some(summary) = summary_from(id, &row, &scored) {
                 out.push((summary, row.get(ENVELOPE).cloned().flatten()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The envelopes of `ids`, whose records are `records`, each from its batch's hash: one
+    /// HMGET per batch, in one round trip. Read as bytes, for the reason above.
+    async fn envelopes_of(
+        &self,
+        ids: &[String],
+        records: &[Option<String>],
+    ) -> Result<Vec<Option<String>>, QueueError> {
+        let mut batches: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (k, record) in records.iter().enumerate() {
+            if let Some(batch) = record.as_deref().and_then(|r| JobRecord::parse(r).batch) {
+                batches.entry(batch).or_default().push(k);
+            }
+        }
+        let mut out = vec![None; ids.len()];
+        if batches.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for (batch, members) in &batches {
+            let hmget = pipe.cmd("HMGET").arg(self.envelope_key(*batch));
+            for &k in members {
+                hmget.arg(&ids[k]);
+            }
+        }
+        let replies: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        for (members, values) in batches.values().zip(replies) {
+            for (&k, value) in members.iter().zip(values) {
+                out[k] = value.map(|b| String::from_utf8_lossy(&b).into_owned());
             }
         }
         Ok(out)

@@ -1,5 +1,5 @@
-//! Moving a queue from wire format 1, 2 or 3 to 4 (`docs/wire-format.md`, "Versions"), for
-//! `atr-dist queue migrate`.
+//! Moving a queue from wire format 1, 2, 3 or 4 to 5 (`docs/wire-format.md`, "Versions"),
+//! for `atr-dist queue migrate`.
 
 use atr_dist_shared::JobState;
 use redis::AsyncCommands;
@@ -10,7 +10,7 @@ use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
 /// The wire format this code speaks (docs/wire-format.md).
-pub const FORMAT: &str = "4";
+pub const FORMAT: &str = "5";
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
@@ -39,14 +39,14 @@ impl Queue {
         Ok((format, existing > 0))
     }
 
-    /// Fails unless the queue is in wire format 4 or new: the check `enqueue.lua` and
+    /// Fails unless the queue is in wire format 5 or new: the check `enqueue.lua` and
     /// `fetch.lua` make on every call, made once at start so that a worker facing an older
     /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
             Some(FORMAT) => Ok(()),
-            Some(old @ ("2" | "3")) => Err(QueueError::NotNow(format!(
+            Some(old @ ("2" | "3" | "4")) => Err(QueueError::NotNow(format!(
                 "queue {} is in wire format {old}; this atr-dist speaks format {FORMAT}: stop \
                  its workers and producers and run `atr-dist queue migrate`",
                 self.name
@@ -65,11 +65,10 @@ impl Queue {
         }
     }
 
-    /// Moves every job of a version 1 or 2 queue to the version 4 layout, then marks the
-    /// queue as version 4; a version 3 queue, laid out alike, is only marked. Refuses while
-    /// workers have a live heartbeat: an older worker would go on writing the old layout (or,
-    /// from version 3, would fetch without keeping `running` out of the listpack encoding).
-    /// Safe to run again; a version 4 queue is left as it is.
+    /// Moves every job of a version 1 to 4 queue to the version 5 layout, then marks the
+    /// queue as version 5. Refuses while workers have a live heartbeat: an older worker would
+    /// go on writing the old layout. Safe to run again, also after an interruption; a
+    /// version 5 queue is left as it is.
     pub async fn migrate(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
         if workers > 0 {
@@ -92,24 +91,23 @@ impl Queue {
         }
         let mut report = MigrationReport::default();
         let (format, _) = self.format_and_holds_jobs().await?;
-        // Moved already, or version 3, whose layout is this one: count what is there, move
-        // nothing. (Version 3's `running` keeper comes with the next fetch that leases a job.)
-        let laid_out = match format.as_deref() {
-            Some(FORMAT) => true,
-            Some("3") => {
-                let _: () = self
-                    .conn
-                    .clone()
-                    .set(format!("{}format", self.prefix), FORMAT)
-                    .await?;
-                true
-            }
-            _ => false,
-        };
-        if laid_out {
+        if format.as_deref() == Some(FORMAT) {
             report.jobs = self.stats().await?.counts.values().sum();
             return Ok(report);
         }
+        let rebuilds_done = match format.as_deref() {
+            // Versions 1 and 2 keep `done` as a sorted set, which the steps rebuild as a list.
+            None | Some("2") => true,
+            Some("3" | "4") => false,
+            Some(other) => {
+                return Err(QueueError::NotNow(format!(
+                    "queue {} is in wire format {other}, which this atr-dist (format \
+                     {FORMAT}) cannot migrate (docs/wire-format.md, \"Versions\")",
+                    self.name
+                )));
+            }
+        };
+        self.move_envelopes_to_batch_0().await?;
         let rebuilt_done = format!("{}migrating-done", self.prefix);
         // Left over from an interrupted run: rebuilt from the start below.
         let _: () = self.conn.clone().del(&rebuilt_done).await?;
@@ -117,7 +115,7 @@ impl Queue {
         for state in JobState::ALL {
             let mut offset = 0;
             loop {
-                let (looked, moved): (u64, u64) = SCRIPTS
+                let (looked, jobs, moved): (u64, u64, u64) = SCRIPTS
                     .migrate
                     .key(&self.queued_key)
                     .arg(&self.prefix)
@@ -126,7 +124,7 @@ impl Queue {
                     .arg(STEP)
                     .invoke_async(&mut self.conn.clone())
                     .await?;
-                report.jobs += looked;
+                report.jobs += jobs;
                 report.moved += moved;
                 if looked < STEP {
                     break;
@@ -134,16 +132,62 @@ impl Queue {
                 offset += STEP;
             }
         }
-        // `done` becomes the list of finished jobs, in finishing order, and the queue speaks
-        // version 4, in one step.
+        // From version 1 or 2, `done` becomes the list of finished jobs, in finishing order;
+        // and the queue speaks version 5; in one step.
         let done = format!("{}done", self.prefix);
         let mut pipe = redis::pipe();
-        pipe.atomic().del(&done).ignore();
-        if self.conn.clone().exists::<_, bool>(&rebuilt_done).await? {
-            pipe.rename(&rebuilt_done, &done).ignore();
+        pipe.atomic();
+        if rebuilds_done {
+            pipe.del(&done).ignore();
+            if self.conn.clone().exists::<_, bool>(&rebuilt_done).await? {
+                pipe.rename(&rebuilt_done, &done).ignore();
+            }
         }
         pipe.set(format!("{}format", self.prefix), FORMAT).ignore();
         let _: () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(report)
+    }
+
+    /// Versions 2 to 4 keep every envelope in one `envelopes` hash; version 5 keeps them by
+    /// batch, and batch 0 is the migrated jobs'. A rename moves them all at once. Should
+    /// `env:0` exist already (an interrupted migration, after which an older producer
+    /// enqueued again), the rest are moved in steps.
+    async fn move_envelopes_to_batch_0(&self) -> Result<(), QueueError> {
+        let envelopes = format!("{}envelopes", self.prefix);
+        let batch_0 = self.envelope_key(0);
+        let mut conn = self.conn.clone();
+        if !conn.exists::<_, bool>(&envelopes).await? {
+            return Ok(());
+        }
+        if conn.rename_nx::<_, _, bool>(&envelopes, &batch_0).await? {
+            return Ok(());
+        }
+        // A full pass of HSCAN returns every field present throughout, whatever each step
+        // deletes; a field added meanwhile (a producer still running) takes another pass.
+        let mut cursor = 0u64;
+        loop {
+            let (next, pairs): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&envelopes)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(STEP)
+                .query_async(&mut conn)
+                .await?;
+            if !pairs.is_empty() {
+                let ids: Vec<&String> = pairs.iter().map(|(id, _)| id).collect();
+                let _: () = redis::pipe()
+                    .atomic()
+                    .hset_multiple(&batch_0, &pairs)
+                    .ignore()
+                    .hdel(&envelopes, ids)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            cursor = next;
+            if cursor == 0 && !conn.exists::<_, bool>(&envelopes).await? {
+                return Ok(());
+            }
+        }
     }
 }

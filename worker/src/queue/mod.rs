@@ -90,7 +90,8 @@ pub struct Enqueued {
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub id: String,
-    /// The lease token, `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`:
+    /// The lease token,
+    /// `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`:
     /// acks and heartbeats present it, and Redis honours them only while the job's record
     /// is `running <token>`.
     pub token: String,
@@ -239,6 +240,8 @@ impl Queue {
 
     /// Enqueues jobs as given, without validating the envelopes: the worker dead-letters what
     /// it cannot read. For producers that validated already, and for tests of that path.
+    /// Ids must differ within a call of `enqueue.lua` (`ENQUEUE_CHUNK` jobs); a repeated id is
+    /// refused before anything is sent.
     pub async fn enqueue_raw(&self, jobs: &[RawJob]) -> Result<Vec<Enqueued>, QueueError> {
         let when = |job: &RawJob| {
             (
@@ -246,22 +249,25 @@ impl Queue {
                 job.max_attempts.max(1),
             )
         };
-        let mut out = Vec::with_capacity(jobs.len());
         // `enqueue.lua` takes one run_at and max_attempts per call: one call per run of jobs
         // that share them, of at most ENQUEUE_CHUNK jobs.
-        let calls = jobs
+        let calls: Vec<&[RawJob]> = jobs
             .chunk_by(|a, b| when(a) == when(b))
-            .flat_map(|run| run.chunks(ENQUEUE_CHUNK));
+            .flat_map(|run| run.chunks(ENQUEUE_CHUNK))
+            .collect();
+        for chunk in &calls {
+            let mut seen = std::collections::HashSet::with_capacity(chunk.len());
+            if let Some(job) = chunk.iter().find(|job| !seen.insert(job.id.as_str())) {
+                return Err(QueueError::Refused {
+                    id: job.id.clone(),
+                    reason: "more than one job of this call has this id".into(),
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
         for chunk in calls {
             let (run_at, max_attempts) = when(&chunk[0]);
-            let mut inv = SCRIPTS.enqueue.key(&self.queued_key);
-            inv.arg(&self.prefix).arg(run_at).arg(max_attempts);
-            for job in chunk {
-                inv.arg(&job.id)
-                    .arg(&job.idempotency_key)
-                    .arg(&job.envelope);
-            }
-            let reply: Vec<Value> = inv.invoke_async(&mut self.conn.clone()).await?;
+            let reply = self.enqueue_call(chunk, run_at, max_attempts).await?;
             if reply.len() != 2 * chunk.len() {
                 return Err(protocol(
                     "enqueue.lua",
@@ -290,6 +296,51 @@ impl Queue {
         Ok(out)
     }
 
+    /// One call of `enqueue.lua`, in the transaction docs/wire-format.md prescribes: the
+    /// envelopes go to `incoming` with a plain HSET (never through Lua), and the script
+    /// turns that hash into the call's envelope batch. `DEL` first clears what a transaction
+    /// whose script was not loaded left behind.
+    async fn enqueue_call(
+        &self,
+        chunk: &[RawJob],
+        run_at: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Value>, QueueError> {
+        let incoming = format!("{}incoming", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&incoming).ignore();
+        let hset = pipe.cmd("HSET").arg(&incoming);
+        for job in chunk {
+            hset.arg(&job.id).arg(&job.envelope);
+        }
+        hset.ignore();
+        let eval = pipe
+            .cmd("EVALSHA")
+            .arg(SCRIPTS.enqueue.get_hash())
+            .arg(1)
+            .arg(&self.queued_key)
+            .arg(&self.prefix)
+            .arg(run_at)
+            .arg(max_attempts);
+        for job in chunk {
+            eval.arg(&job.id).arg(&job.idempotency_key);
+        }
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<(Vec<Value>,)> = pipe.query_async(&mut conn).await;
+        match result {
+            Ok((reply,)) => Ok(reply),
+            // Redis restarted, or its scripts were flushed: load the script and run the
+            // whole transaction again. (`SCRIPT LOAD` cannot go inside the transaction: Redis
+            // checks the script exists when EVALSHA runs, not when it is queued.)
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                SCRIPTS.enqueue.load_async(&mut conn).await?;
+                let (reply,): (Vec<Value>,) = pipe.query_async(&mut conn).await?;
+                Ok(reply)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Leases up to `max` jobs to `worker` for `lease`.
     pub async fn fetch(
         &self,
@@ -311,6 +362,8 @@ impl Queue {
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
         let mut out = Vec::with_capacity(jobs.len() / 3);
+        // Each job's envelope batch, and the positions in `out` of its jobs.
+        let mut batches: Vec<(u64, Vec<usize>)> = Vec::new();
         for three in jobs.chunks(3) {
             let [id, token, queued_at] = three else {
                 return Err(protocol("fetch.lua", "values not in groups of 3"));
@@ -318,13 +371,21 @@ impl Queue {
             let token: String = redis::from_redis_value_ref(token)?;
             // The token is the job record after its state word.
             let lease = JobRecord::after_state(&token);
-            let (Some(max_attempts), Some(enqueued_at), attempt @ 1..) =
-                (lease.max_attempts, lease.enqueued_at, lease.attempt)
-            else {
+            let (Some(max_attempts), Some(enqueued_at), Some(batch), attempt @ 1..) = (
+                lease.max_attempts,
+                lease.enqueued_at,
+                lease.batch,
+                lease.attempt,
+            ) else {
                 return Err(protocol("fetch.lua", format!("lease token {token:?}")));
             };
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
             let since = queued_at.parse::<i64>().unwrap_or(enqueued_at);
+            // Few batches per fetch: a linear search beats hashing.
+            match batches.iter_mut().find(|(b, _)| *b == batch) {
+                Some((_, members)) => members.push(out.len()),
+                None => batches.push((batch, vec![out.len()])),
+            }
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
                 token,
@@ -337,25 +398,38 @@ impl Queue {
         if out.is_empty() {
             return Ok(out);
         }
-        // The envelopes, read outside the script (see fetch.lua). A leased job's envelope
-        // stays until the job is purged, long after it finishes. If this read fails, the jobs
-        // stay leased to this worker until their leases run out, as when fetch.lua's own
-        // reply is lost, and then go to another worker.
-        let mut hmget = redis::cmd("HMGET");
-        hmget.arg(format!("{}envelopes", self.prefix));
-        for job in &out {
-            hmget.arg(&job.id);
+        // The envelopes, read outside the script (see fetch.lua), from each job's batch: one
+        // HMGET per batch, and a fetch mostly takes jobs enqueued together. A leased job's
+        // envelope stays until the job is purged, long after it finishes. If this read
+        // fails, the jobs stay leased to this worker until their leases run out, as when
+        // fetch.lua's own reply is lost, and then go to another worker.
+        let mut pipe = redis::pipe();
+        for (batch, members) in &batches {
+            let hmget = pipe.cmd("HMGET").arg(self.envelope_key(*batch));
+            for &i in members {
+                hmget.arg(&out[i].id);
+            }
         }
-        let envelopes: Vec<Option<Vec<u8>>> = hmget.query_async(&mut self.conn.clone()).await?;
-        if envelopes.len() != out.len() {
-            return Err(protocol("HMGET envelopes", "reply of the wrong length"));
+        let envelopes: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        if envelopes.len() != batches.len() {
+            return Err(protocol("HMGET env:<batch>", "reply of the wrong length"));
         }
-        for (job, envelope) in out.iter_mut().zip(envelopes) {
-            // A job without an envelope (written by hand) is still leased, and then
-            // dead-lettered as malformed.
-            job.envelope = envelope.unwrap_or_default();
+        for ((_, members), values) in batches.iter().zip(envelopes) {
+            if values.len() != members.len() {
+                return Err(protocol("HMGET env:<batch>", "reply of the wrong length"));
+            }
+            for (&i, envelope) in members.iter().zip(values) {
+                // A job without an envelope (written by hand) is still leased, and then
+                // dead-lettered as malformed.
+                out[i].envelope = envelope.unwrap_or_default();
+            }
         }
         Ok(out)
+    }
+
+    /// The hash that holds the envelopes of a batch of jobs (docs/wire-format.md, "Keys").
+    fn envelope_key(&self, batch: u64) -> String {
+        format!("{}env:{batch}", self.prefix)
     }
 
     /// Renews `leases`; says which were lost and which should be cancelled. With no leases it
@@ -453,7 +527,7 @@ impl Queue {
 }
 
 /// A job record in the queue's `jobs` hash (docs/wire-format.md, "Keys"):
-/// `<state> <max_attempts> <enqueued_ms>`, then, once the job has been leased,
+/// `<state> <max_attempts> <enqueued_ms> <batch>`, then, once the job has been leased,
 /// ` <attempt> <started_ms> <worker_id>`, and for a done job ` <finished_ms>`.
 /// Read leniently: a part that does not parse is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -461,6 +535,8 @@ pub(crate) struct JobRecord {
     pub state: Option<atr_dist_shared::JobState>,
     pub max_attempts: Option<u32>,
     pub enqueued_at: Option<i64>,
+    /// The envelope batch: the job's envelope is in `env:<batch>`.
+    pub batch: Option<u64>,
     pub attempt: u32,
     pub started_at: Option<i64>,
     pub worker: Option<String>,
@@ -477,7 +553,8 @@ impl JobRecord {
     }
 
     /// The record's fields after its state word, which is also what a lease token holds
-    /// (`<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`); no state.
+    /// (`<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`); no
+    /// state.
     fn after_state(text: &str) -> JobRecord {
         let mut parts = text.split(' ');
         let mut next = || parts.next().filter(|p| !p.is_empty());
@@ -485,6 +562,7 @@ impl JobRecord {
             state: None,
             max_attempts: next().and_then(|p| p.parse().ok()),
             enqueued_at: next().and_then(|p| p.parse().ok()),
+            batch: next().and_then(|p| p.parse().ok()),
             attempt: next().and_then(|p| p.parse().ok()).unwrap_or(0),
             started_at: next().and_then(|p| p.parse().ok()),
             worker: next().map(str::to_owned),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis import Redis, ResponseError
+from redis.exceptions import NoScriptError
 
 from .envelope import (
     Platform,
@@ -71,8 +73,11 @@ class Producer:
     (for example ``redis.ConnectionError``); since every job carries an idempotency key,
     repeating the same call after such a failure is safe.
 
-    The script is sent by ``EVALSHA`` and loaded on ``NOSCRIPT`` (after a Redis restart, or
-    on first use), by redis-py's ``register_script``.
+    Each call is one transaction, as docs/wire-format.md prescribes: the envelopes go to the
+    queue's ``incoming`` hash with a plain ``HSET`` (never through Lua), and ``enqueue.lua``
+    turns that hash into the call's envelope batch. The script is sent by ``EVALSHA``, and
+    loaded (``SCRIPT LOAD``) when Redis answers ``NOSCRIPT`` (after a restart, or on first
+    use), after which the transaction runs again.
     """
 
     def __init__(self, redis: Redis, queue: str = "default", max_attempts: int = 10) -> None:
@@ -86,7 +91,10 @@ class Producer:
         self._max_attempts = max_attempts
         self._prefix = key_prefix(queue)
         self._queued_key = self._prefix + "queued"
-        self._enqueue_script = redis.register_script(script_source("enqueue"))
+        self._incoming_key = self._prefix + "incoming"
+        self._redis = redis
+        self._enqueue_source = script_source("enqueue")
+        self._enqueue_sha = hashlib.sha1(self._enqueue_source).hexdigest()
 
     @property
     def queue(self) -> str:
@@ -191,7 +199,7 @@ class Producer:
         max_attempts: int | None = None,
     ) -> list[EnqueueResult]:
         """Enqueues complete envelopes (see ``build_stage_envelope``, ``build_promote_envelope``)
-        in one script call, one round trip, and returns their results in order.
+        in one transaction, one round trip, and returns their results in order.
 
         All envelopes are checked first; if any is invalid, ``InvalidJob`` lists the problems
         of all of them (prefixed ``envelopes[i]``) and nothing is sent. At most ``MAX_BATCH``
@@ -228,14 +236,30 @@ class Producer:
                 ]
             )
         run_at_ms = _run_at_ms(run_at)
-        args = self._script_args(envelopes, run_at_ms, attempts, bulk)
-        reply = self._enqueue_script(keys=[self._queued_key], args=args)
+        args, incoming = self._script_args(envelopes, run_at_ms, attempts, bulk)
+        try:
+            reply = self._transaction(args, incoming)
+        except NoScriptError:
+            # First use, or Redis lost its scripts (a restart). The script cannot be loaded
+            # inside the transaction, whose DEL and HSET took effect: load it and run the
+            # whole transaction again, whose DEL clears what the failed one left.
+            self._redis.script_load(self._enqueue_source)
+            reply = self._transaction(args, incoming)
         return self._results(reply, len(envelopes))
+
+    def _transaction(self, args: list[Any], incoming: dict[str, bytes]) -> Any:
+        """MULTI; DEL incoming; HSET incoming id envelope ...; EVALSHA enqueue.lua; EXEC."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(self._incoming_key)
+        pipe.hset(self._incoming_key, mapping=incoming)
+        pipe.evalsha(self._enqueue_sha, 1, self._queued_key, *args)
+        return pipe.execute()[-1]
 
     def _script_args(
         self, envelopes: list[Mapping[str, Any]], run_at_ms: int, attempts: int, bulk: bool
-    ) -> list[Any]:
-        """ARGV for enqueue.lua, after every envelope passed validation."""
+    ) -> tuple[list[Any], dict[str, bytes]]:
+        """ARGV for enqueue.lua and the envelopes by id for ``incoming``, after every envelope
+        passed validation."""
         problems: list[str] = []
         encoded: list[bytes] = []
         for i, envelope in enumerate(envelopes):
@@ -253,10 +277,12 @@ class Producer:
             )
 
         args: list[Any] = [self._prefix, run_at_ms, attempts]
+        incoming: dict[str, bytes] = {}
         for envelope, data in zip(envelopes, encoded, strict=True):
             # The key is the envelope's own: purge.lua finds it there (docs/wire-format.md).
-            args += [envelope["id"], envelope["idempotency_key"], data]
-        return args
+            args += [envelope["id"], envelope["idempotency_key"]]
+            incoming[envelope["id"]] = data
+        return args, incoming
 
     @staticmethod
     def _results(reply: Any, count: int) -> list[EnqueueResult]:
