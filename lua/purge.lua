@@ -18,7 +18,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - older_than
 local set = prefix .. state
-local ids
+-- The jobs to delete, and their records (a done job's is read to find when it finished).
+local ids, records
 if state == 'done' then
   -- `done` is a list in the order jobs finished, each record ending with that time: take
   -- the run at its head that finished before the cutoff.
@@ -26,7 +27,7 @@ if state == 'done' then
   if #head == 0 then
     return 0
   end
-  local records = redis.call('HMGET', prefix .. 'jobs', unpack(head))
+  records = redis.call('HMGET', prefix .. 'jobs', unpack(head))
   ids = {}
   for k, id in ipairs(head) do
     -- An entry without a record (purged by hand) goes too.
@@ -46,11 +47,11 @@ else
     return 0
   end
   redis.call('ZREM', set, unpack(ids))
+  records = redis.call('HMGET', prefix .. 'jobs', unpack(ids))
 end
 -- Each job's envelope is in its batch's hash, `env:<batch>`, the batch being the fourth word
 -- of its record; jobs that finish together mostly share a batch, so read and delete them per
 -- batch.
-local records = redis.call('HMGET', prefix .. 'jobs', unpack(ids))
 local batches, order = {}, {}
 for k, id in ipairs(ids) do
   local batch = records[k] and string.match(records[k], '^%a+ %d+ %d+ (%d+)')

@@ -223,35 +223,25 @@ impl Queue {
         Ok(out)
     }
 
-    /// The envelopes of `ids`, whose records are `records`, each from its batch's hash: one
-    /// HMGET per batch, in one round trip. Read as bytes, for the reason above.
+    /// The envelopes of `ids`, whose records are `records`, each from the batch its record
+    /// names. Read as bytes, for the reason above.
     async fn envelopes_of(
         &self,
         ids: &[String],
         records: &[Option<String>],
     ) -> Result<Vec<Option<String>>, QueueError> {
-        let mut batches: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (k, record) in records.iter().enumerate() {
-            if let Some(batch) = record.as_deref().and_then(|r| JobRecord::parse(r).batch) {
-                batches.entry(batch).or_default().push(k);
-            }
-        }
+        let found: Vec<(usize, u64)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(k, record)| Some((k, JobRecord::parse(record.as_deref()?).batch?)))
+            .collect();
+        let wanted: Vec<(u64, &str)> = found
+            .iter()
+            .map(|&(k, batch)| (batch, ids[k].as_str()))
+            .collect();
         let mut out = vec![None; ids.len()];
-        if batches.is_empty() {
-            return Ok(out);
-        }
-        let mut pipe = redis::pipe();
-        for (batch, members) in &batches {
-            let hmget = pipe.cmd("HMGET").arg(self.envelope_key(*batch));
-            for &k in members {
-                hmget.arg(&ids[k]);
-            }
-        }
-        let replies: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
-        for (members, values) in batches.values().zip(replies) {
-            for (&k, value) in members.iter().zip(values) {
-                out[k] = value.map(|b| String::from_utf8_lossy(&b).into_owned());
-            }
+        for (&(k, _), envelope) in found.iter().zip(self.read_envelopes(&wanted).await?) {
+            out[k] = envelope.map(|b| String::from_utf8_lossy(&b).into_owned());
         }
         Ok(out)
     }

@@ -11,6 +11,7 @@ mod migrate;
 pub mod pool;
 mod scripts;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atr_dist_shared::{Envelope, ErrorClass};
@@ -362,8 +363,8 @@ impl Queue {
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
         let mut out = Vec::with_capacity(jobs.len() / 3);
-        // Each job's envelope batch, and the positions in `out` of its jobs.
-        let mut batches: Vec<(u64, Vec<usize>)> = Vec::new();
+        // Each job's envelope batch, in `out`'s order.
+        let mut batches = Vec::with_capacity(jobs.len() / 3);
         for three in jobs.chunks(3) {
             let [id, token, queued_at] = three else {
                 return Err(protocol("fetch.lua", "values not in groups of 3"));
@@ -381,11 +382,7 @@ impl Queue {
             };
             let queued_at: String = redis::from_redis_value_ref(queued_at)?;
             let since = queued_at.parse::<i64>().unwrap_or(enqueued_at);
-            // Few batches per fetch: a linear search beats hashing.
-            match batches.iter_mut().find(|(b, _)| *b == batch) {
-                Some((_, members)) => members.push(out.len()),
-                None => batches.push((batch, vec![out.len()])),
-            }
+            batches.push(batch);
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
                 token,
@@ -398,30 +395,56 @@ impl Queue {
         if out.is_empty() {
             return Ok(out);
         }
-        // The envelopes, read outside the script (see fetch.lua), from each job's batch: one
-        // HMGET per batch, and a fetch mostly takes jobs enqueued together. A leased job's
-        // envelope stays until the job is purged, long after it finishes. If this read
-        // fails, the jobs stay leased to this worker until their leases run out, as when
+        // The envelopes, read outside the script (see fetch.lua), from each job's batch. A
+        // leased job's envelope stays until the job is purged, long after it finishes. If this
+        // read fails, the jobs stay leased to this worker until their leases run out, as when
         // fetch.lua's own reply is lost, and then go to another worker.
+        let wanted: Vec<(u64, &str)> = batches
+            .into_iter()
+            .zip(out.iter().map(|job| job.id.as_str()))
+            .collect();
+        let envelopes = self.read_envelopes(&wanted).await?;
+        for (job, envelope) in out.iter_mut().zip(envelopes) {
+            // A job without an envelope (written by hand) is still leased, and then
+            // dead-lettered as malformed.
+            job.envelope = envelope.unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// The envelopes of jobs given as `(batch, id)`, each read from its batch's hash: one
+    /// HMGET per batch, all in one round trip (jobs leased or listed together were mostly
+    /// enqueued together, so there are few). In the order given, as stored; `None` where
+    /// the batch holds no envelope for the id.
+    async fn read_envelopes(
+        &self,
+        jobs: &[(u64, &str)],
+    ) -> Result<Vec<Option<Vec<u8>>>, QueueError> {
+        let mut batches: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, (batch, _)) in jobs.iter().enumerate() {
+            batches.entry(*batch).or_default().push(i);
+        }
+        let mut out = vec![None; jobs.len()];
+        if batches.is_empty() {
+            return Ok(out);
+        }
         let mut pipe = redis::pipe();
         for (batch, members) in &batches {
             let hmget = pipe.cmd("HMGET").arg(self.envelope_key(*batch));
             for &i in members {
-                hmget.arg(&out[i].id);
+                hmget.arg(jobs[i].1);
             }
         }
-        let envelopes: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
-        if envelopes.len() != batches.len() {
+        let replies: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != batches.len() {
             return Err(protocol("HMGET env:<batch>", "reply of the wrong length"));
         }
-        for ((_, members), values) in batches.iter().zip(envelopes) {
+        for (members, values) in batches.values().zip(replies) {
             if values.len() != members.len() {
                 return Err(protocol("HMGET env:<batch>", "reply of the wrong length"));
             }
             for (&i, envelope) in members.iter().zip(values) {
-                // A job without an envelope (written by hand) is still leased, and then
-                // dead-lettered as malformed.
-                out[i].envelope = envelope.unwrap_or_default();
+                out[i] = envelope;
             }
         }
         Ok(out)
