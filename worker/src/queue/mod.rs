@@ -392,9 +392,6 @@ impl Queue {
                 waited: Duration::from_millis((now - since).max(0) as u64),
             });
         }
-        if out.is_empty() {
-            return Ok(out);
-        }
         // The envelopes, read outside the script (see fetch.lua), from each job's batch. A
         // leased job's envelope stays until the job is purged, long after it finishes. If this
         // read fails, the jobs stay leased to this worker until their leases run out, as when
