@@ -243,6 +243,30 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     );
 }
 
+/// Writes a job's envelope to the queue's hash `hash` (versions 2 to 4 kept them all in
+/// `envelopes`) and its idempotency key to `idempotency`, as an older producer did.
+async fn store_envelope_and_key(
+    conn: &mut atr_dist::queue::RedisConn,
+    prefix: &str,
+    hash: &str,
+    env: &atr_dist_shared::Envelope,
+) {
+    use redis::AsyncCommands;
+    let id = env.id.to_string();
+    let _: () = conn
+        .hset(format!("{prefix}{hash}"), &id, env.to_json())
+        .await
+        .unwrap();
+    let _: () = conn
+        .hset(
+            format!("{prefix}idempotency"),
+            env.idempotency_key.to_string(),
+            &id,
+        )
+        .await
+        .unwrap();
+}
+
 /// A wire format 2 queue (job hashes holding state, envelopes and keys already in their
 /// hashes) is refused until `migrate` moves it; a job that was running keeps its attempt and
 /// holder, so its expired lease is recovered as attempt 2, and a retrying one keeps its error.
@@ -301,18 +325,7 @@ async fn a_version_2_queue_is_refused_until_migrated() {
     for (env, f) in &fields {
         let id = env.id.to_string();
         let _: () = conn.hset_multiple(format!("{p}job:{id}"), f).await.unwrap();
-        let _: () = conn
-            .hset(format!("{p}envelopes"), &id, env.to_json())
-            .await
-            .unwrap();
-        let _: () = conn
-            .hset(
-                format!("{p}idempotency"),
-                env.idempotency_key.to_string(),
-                &id,
-            )
-            .await
-            .unwrap();
+        store_envelope_and_key(&mut conn, &p, "envelopes", env).await;
     }
     // The running job's lease ran out long ago: its worker is gone.
     let _: () = conn
@@ -570,18 +583,7 @@ async fn versions_3_and_4_are_refused_until_migrated() {
             } else {
                 "envelopes"
             };
-            let _: () = conn
-                .hset(format!("{p}{hash}"), &id, env.to_json())
-                .await
-                .unwrap();
-            let _: () = conn
-                .hset(
-                    format!("{p}idempotency"),
-                    env.idempotency_key.to_string(),
-                    &id,
-                )
-                .await
-                .unwrap();
+            store_envelope_and_key(&mut conn, &p, hash, env).await;
         }
         let _: () = conn
             .rpush(format!("{p}queued"), queued.id.to_string())
