@@ -5,8 +5,14 @@ use std::path::PathBuf;
 
 use atr_dist_shared::job::envelope_schema;
 
+/// Read at run time (cargo sets `CARGO_MANIFEST_DIR` for the tests it runs): a test binary
+/// reused from another checkout through a shared `CARGO_TARGET_DIR` carries that checkout's
+/// path in `env!`, and would compare against its schema instead of this one.
 fn schema_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/job-envelope.schema.json")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("../docs/job-envelope.schema.json")
 }
 
 #[test]

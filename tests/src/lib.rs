@@ -6,6 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
 /// Server URL (without a database) of the PostgreSQL the tests use.
+/// A path in this checkout, from the directory of the crate under test. Read at run time
+/// (cargo sets `CARGO_MANIFEST_DIR` for the tests it runs): a test binary reused from another
+/// checkout through a shared `CARGO_TARGET_DIR` carries that checkout's path in `env!`, and
+/// would read its files instead of these.
+pub fn checkout_path(relative_to_crate: &str) -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    crate_dir.join(relative_to_crate)
+}
+
 pub fn pg_server_url() -> String {
     std::env::var("ATR_DIST_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())

@@ -219,7 +219,7 @@ fn row(id: &str) -> String {
 fn artifacts_dir() -> PathBuf {
     match std::env::var_os("ATR_DIST_ARTIFACTS") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts"),
+        None => atr_dist_tests::checkout_path("../target/artifacts"),
     }
 }
 

@@ -355,12 +355,12 @@ async fn insert_release_rows(db: &DatabaseConnection, release: &str) {
 
 #[tokio::test]
 async fn openapi_document_is_checked_in_and_served() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    let path = atr_dist_tests::checkout_path("../docs/openapi.json");
     let generated = openapi::document_text();
     if std::env::var_os("ATR_DIST_BLESS").is_some() {
-        std::fs::write(path, &generated).unwrap();
+        std::fs::write(&path, &generated).unwrap();
     }
-    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         on_disk == generated,
         "docs/openapi.json is out of date with the API; run \

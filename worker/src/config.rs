@@ -747,12 +747,13 @@ mod tests {
 
     #[test]
     fn example_config_loads() {
-        let example = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/atr-dist.example.toml"
-        );
+        // The checkout's path at run time, not the build's (see shared/tests/schema.rs).
+        let example = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+            .join("../deploy/atr-dist.example.toml");
         Jail::expect_with(|_| {
-            Config::load(Some(Path::new(example))).unwrap();
+            Config::load(Some(&example)).unwrap();
             Ok(())
         });
     }

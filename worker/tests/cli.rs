@@ -117,11 +117,12 @@ fn config_never_prints_secrets() {
 fn schema_prints_the_published_schema() {
     let out = atr_dist().arg("schema").output().unwrap();
     assert!(out.status.success());
-    let published = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/job-envelope.schema.json"
-    ))
-    .unwrap();
+    // The checkout's path at run time, not the build's (see shared/tests/schema.rs).
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let published =
+        std::fs::read_to_string(crate_dir.join("../docs/job-envelope.schema.json")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), published);
 }
 
