@@ -82,7 +82,7 @@ impl PlatformAdapter for RecordingAdapter {
         // A digest over the artifacts' content, as a registry's would be.
         let mut h = Sha256::new();
         for a in &req.artifacts {
-            h.update(a.entry.sha3_256.as_str().as_bytes());
+            h.update(a.entry().sha3_256.as_str().as_bytes());
         }
         let d = Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize()).unwrap();
         async move { Ok(d) }.boxed()
@@ -229,6 +229,8 @@ pub fn pipeline_with(
         lock_ttl: Duration::from_secs(5),
         staging_tags: HashMap::new(),
         per_platform: HashMap::new(),
+        sealer: atr_dist::seal::Sealer::default(),
+        retry_limits: atr_dist::platform::http::RetryLimits::default(),
     }
 }
 

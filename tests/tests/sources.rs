@@ -85,23 +85,19 @@ async fn atr_source_reads_manifests_and_files() {
     assert_eq!(got, manifest);
     assert_eq!(got.digest(), manifest.digest());
 
-    let file = source
-        .fetch(
+    let stream = source
+        .open(
             &release(),
             &RevisionNumber::new("00002").unwrap(),
             &ArtifactPath::new("pkg-1.0.0.tgz").unwrap(),
         )
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&file.path).unwrap(), tgz);
-    let (size, sha3) = file.digest().await.unwrap();
-    assert_eq!(
-        (size, sha3),
-        (
-            manifest.entries()[1].size,
-            manifest.entries()[1].sha3_256.clone()
-        )
-    );
+    let sealed = atr_dist::seal::Sealer::default()
+        .seal(&manifest.entries()[1], stream)
+        .await
+        .unwrap();
+    assert_eq!(sealed.bytes().await.unwrap().as_ref(), tgz);
 
     // Unknown revision: permanent; ATR unavailable: transient.
     let missing = source
@@ -196,7 +192,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
     assert!(
         h2.last_error(&stage2)
             .await
-            .contains("does not match the manifest"),
+            .contains("does not match the voted manifest"),
         "{}",
         h2.last_error(&stage2).await
     );

@@ -197,6 +197,17 @@ pub struct WorkerConfig {
     pub fetch_batch: usize,
     /// Longest one attempt may run before it counts as a transient failure.
     pub job_timeout_secs: u64,
+    /// Retries of platform requests one attempt may make, all requests together; past
+    /// them the attempt ends transient and the job's persisted backoff takes over.
+    pub http_retries: u32,
+    /// Time one attempt may spend waiting between retries of platform requests, together.
+    pub http_retry_wait_secs: u64,
+    /// Where private copies of artifacts above `seal_memory_bytes` are kept while a job
+    /// runs (unnamed files: nothing else can open them). Unset: the system's temporary
+    /// directory.
+    pub scratch_dir: Option<PathBuf>,
+    /// Artifacts up to this size are sealed in memory, larger ones in `scratch_dir`.
+    pub seal_memory_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -207,6 +218,26 @@ impl Default for WorkerConfig {
             shutdown_timeout_secs: 30,
             fetch_batch: 16,
             job_timeout_secs: 3600,
+            http_retries: 3,
+            http_retry_wait_secs: 30,
+            scratch_dir: None,
+            seal_memory_bytes: crate::seal::DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn retry_limits(&self) -> crate::platform::http::RetryLimits {
+        crate::platform::http::RetryLimits {
+            retries: self.http_retries,
+            wait: Duration::from_secs(self.http_retry_wait_secs),
+        }
+    }
+
+    pub fn sealer(&self) -> crate::seal::Sealer {
+        crate::seal::Sealer {
+            scratch: self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+            memory_limit: self.seal_memory_bytes,
         }
     }
 }

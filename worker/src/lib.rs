@@ -3,6 +3,7 @@
 //! `shared` holds the vocabulary (platforms, names, the job contract); this crate holds what
 //! acts: configuration, the results database, the queue, the pipeline and the operator surface.
 
+pub mod blocking;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -12,6 +13,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod queue;
 pub mod run;
+pub mod seal;
 pub mod secret;
 pub mod source;
 pub mod telemetry;

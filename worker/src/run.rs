@@ -178,6 +178,8 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         lock_ttl: config.lease(),
         staging_tags: staging_tags(&config),
         per_platform: per_platform_limits(&config),
+        sealer: config.worker.sealer(),
+        retry_limits: config.worker.retry_limits(),
     };
     pool::run(
         queue,

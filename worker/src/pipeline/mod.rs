@@ -18,9 +18,12 @@ use chrono::Utc;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
 
+use crate::platform::http::{HttpNote, RetryBudget};
 use crate::platform::{Adapters, PlatformAdapter, PlatformError};
+use crate::queue::note::{Note, NoteKind};
 use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob};
 use crate::queue::{Queue, QueueError};
+use crate::seal::SealError;
 use crate::source::{SourceError, Sources};
 
 /// How long a job waits before trying again when its distribution is locked by another.
@@ -37,6 +40,10 @@ pub struct Pipeline {
     pub staging_tags: HashMap<Platform, atr_dist_shared::names::DistTag>,
     /// Jobs acting on one platform at once in this process.
     pub per_platform: HashMap<Platform, Arc<Semaphore>>,
+    /// Where artifacts are copied and checked before an adapter sees them.
+    pub sealer: crate::seal::Sealer,
+    /// Retries of platform requests one attempt may make (`platform/http.rs`).
+    pub retry_limits: crate::platform::http::RetryLimits,
 }
 
 /// What a successful step came to.
@@ -53,6 +60,8 @@ pub enum Failure {
     Platform(#[from] PlatformError),
     #[error("{0}")]
     Source(#[from] SourceError),
+    #[error("{0}")]
+    Seal(#[from] SealError),
     #[error("database: {0}")]
     Db(#[from] DbErr),
     #[error("queue: {0}")]
@@ -70,6 +79,14 @@ impl Failure {
         match self {
             Failure::Platform(e) => e.class,
             Failure::Source(e) => e.class(),
+            // Other bytes than the voted ones are never published, however often tried.
+            Failure::Seal(SealError::Mismatch { .. }) => ErrorClass::Permanent,
+            Failure::Seal(
+                SealError::Read { .. }
+                | SealError::Scratch { .. }
+                | SealError::Corrupt { .. }
+                | SealError::Blocking { .. },
+            ) => ErrorClass::Transient,
             // The database or Redis away: the next attempt finds them back.
             Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
             Failure::RevisionChanged(_) | Failure::Refused(_) => ErrorClass::Permanent,
@@ -81,6 +98,7 @@ impl Failure {
             Failure::RevisionChanged(_) => AttemptOutcome::RevisionChanged,
             Failure::Platform(_)
             | Failure::Source(_)
+            | Failure::Seal(_)
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
@@ -93,6 +111,7 @@ impl Failure {
         match self {
             Failure::Platform(e) => Some(e),
             Failure::Source(_)
+            | Failure::Seal(_)
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::RevisionChanged(_)
@@ -168,10 +187,24 @@ impl Pipeline {
             Some(s) => Some(Arc::clone(s).acquire_owned().await),
             None => None,
         };
+        // Every platform request of the step draws on one retry budget, and its retries and
+        // read-backs go to the job's timeline as they happen.
+        let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let budget = RetryBudget::new(self.retry_limits, Some(notes_tx));
+        let notes = tokio::spawn(forward_notes(
+            self.queue.clone(),
+            job.id.clone(),
+            job.attempt,
+            notes_rx,
+        ));
         let result = tokio::select! {
-            r = self.step(job, key) => r,
+            r = budget.scope(self.step(job, key)) => r,
             () = lock.lost.cancelled() => Err(Failure::LockLost),
         };
+        let http = budget.used();
+        // The last notes are in the timeline before the attempt's end is.
+        drop(budget);
+        notes.await.ok();
         drop(permit);
         let end = match &result {
             Ok(step) => record::RunEnd {
@@ -179,6 +212,7 @@ impl Pipeline {
                 error_class: None,
                 message: Some(step.message.clone()),
                 http_status: None,
+                http,
                 started_at,
             },
             Err(f) => record::RunEnd {
@@ -186,6 +220,7 @@ impl Pipeline {
                 error_class: Some(f.class()),
                 message: Some(f.to_string()),
                 http_status: f.platform().and_then(|e| e.http_status),
+                http,
                 started_at,
             },
         };
@@ -214,6 +249,53 @@ impl Pipeline {
         match &job.envelope.job {
             Job::Stage(stage) => stage::run(self, stage, key).await,
             Job::Promote(promote) => promote::run(self, promote, key).await,
+        }
+    }
+}
+
+/// Writes an attempt's HTTP notes into its job's events, in order, until the attempt ends.
+/// A note that cannot be written is logged and dropped: the timeline is for people, and the
+/// attempt's outcome does not depend on it.
+async fn forward_notes(
+    queue: Queue,
+    job_id: String,
+    attempt: u32,
+    mut notes: tokio::sync::mpsc::UnboundedReceiver<HttpNote>,
+) {
+    while let Some(note) = notes.recv().await {
+        let note = match note {
+            HttpNote::Retry {
+                what,
+                error,
+                http_status,
+                retry_after,
+                wait,
+            } => Note {
+                kind: NoteKind::HttpRetry,
+                message: format!(
+                    "{what}: retrying in {}{}: {error}",
+                    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                    retry_after
+                        .map(|r| format!(
+                            " (Retry-After {})",
+                            humantime::format_duration(Duration::from_secs(r.as_secs()))
+                        ))
+                        .unwrap_or_default()
+                ),
+                http_status,
+                retry_after,
+                wait: Some(wait),
+            },
+            HttpNote::ReadBack { what, error, found } => Note {
+                kind: NoteKind::WriteReadBack,
+                message: format!("{what}: {error}; read back: {found}"),
+                http_status: None,
+                retry_after: None,
+                wait: None,
+            },
+        };
+        if let Err(e) = queue.note(&job_id, attempt, &note).await {
+            tracing::warn!(job = %job_id, error = %e, "recording an HTTP note in the job's events failed");
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod conn;
 pub mod lock;
 mod migrate;
+pub mod note;
 pub mod pool;
 mod scripts;
 
