@@ -263,6 +263,16 @@ impl Harness {
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline),
     ) -> Harness {
+        Harness::custom_at(which, adapters, retry, |p, _| adjust(p)).await
+    }
+
+    /// As `custom`, with the root of the revision directories given to `adjust` too.
+    pub async fn custom_at(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        adjust: impl FnOnce(&mut Pipeline, &Path),
+    ) -> Harness {
         let (url, pg, sqlite) = match which {
             Db::Sqlite => {
                 let s = SqliteDatabase::create();
@@ -280,7 +290,7 @@ impl Harness {
         let t = TestQueue::new().await;
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
-        adjust(&mut p);
+        adjust(&mut p, revs.root());
         let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
         Harness {
             t,

@@ -664,3 +664,105 @@ pub fn adapter_for(
     };
     NpmAdapter::new(base, p.token.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use atr_dist_shared::names::{PackageName, ReleaseKey, Version};
+
+    use super::*;
+
+    fn key() -> DistributionKey {
+        DistributionKey::new(
+            ReleaseKey::new("example-1.0.0").unwrap(),
+            Platform::Npm,
+            "",
+            PackageName::new("pkg").unwrap(),
+            Version::new("1.0.0").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn tgz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            // Set the name in the header itself: `append_data` would refuse `..`.
+            header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *content).unwrap();
+        }
+        let mut gz = builder.into_inner().unwrap();
+        gz.flush().unwrap();
+        gz.finish().unwrap()
+    }
+
+    const GOOD: &[u8] = br#"{"name":"pkg","version":"1.0.0"}"#;
+    const EVIL: &[u8] = br#"{"name":"pkg","version":"1.0.0","scripts":{"install":"curl evil"}}"#;
+
+    fn check(entries: &[(&str, &[u8])]) -> Result<serde_json::Map<String, Value>, PlatformError> {
+        inspect(&key(), "pkg-1.0.0.tgz", &tgz(entries), &Cancel::never())
+    }
+
+    #[test]
+    fn a_plain_package_is_read() {
+        let m = check(&[("package/package.json", GOOD), ("package/index.js", b"x")]).unwrap();
+        assert_eq!(m["name"], "pkg");
+    }
+
+    #[test]
+    fn two_manifests_are_refused_whichever_comes_first() {
+        for entries in [
+            [
+                ("package/package.json", GOOD),
+                ("package/package.json", EVIL),
+            ],
+            [
+                ("package/package.json", EVIL),
+                ("package/./package.json", GOOD),
+            ],
+        ] {
+            let err = check(&entries).unwrap_err();
+            assert_eq!(err.class, ErrorClass::Permanent);
+            assert!(
+                err.message
+                    .contains("holds package/package.json more than once"),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn entries_outside_package_are_refused() {
+        for outside in ["other/index.js", "package/../escape.js", "index.js"] {
+            let err = check(&[("package/package.json", GOOD), (outside, b"x")]).unwrap_err();
+            assert!(
+                err.message.contains("is outside package/"),
+                "{outside}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn inspection_stops_when_its_job_is_gone() {
+        let cancel = Cancel::default();
+        cancel.raise();
+        let err = inspect(
+            &key(),
+            "pkg-1.0.0.tgz",
+            &tgz(&[("package/package.json", GOOD)]),
+            &cancel,
+        )
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(err.message.contains("no longer waits"), "{}", err.message);
+    }
+}
