@@ -299,6 +299,7 @@ async fn make_dead(q: &Queue, env: &atr_dist_shared::Envelope) -> String {
             class: ErrorClass::Permanent,
             message: "404 no such package".into(),
         },
+        result: String::new(),
     };
     q.ack(&[ack]).await.unwrap();
     e.id

@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::{AttemptOutcome, DistributionKey, ErrorClass, Job, ManifestDiff, Platform};
+use atr_dist_shared::{
+    AttemptOutcome, DistributionKey, DistributionRef, ErrorClass, Job, JobReport, ManifestDiff,
+    Platform,
+};
 use chrono::Utc;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
@@ -226,6 +229,21 @@ impl Pipeline {
         };
         let recorded = record::finish_run(&self.db, run_id, end).await;
         lock.release().await;
+        // What producers learn of the job if this attempt is its last (docs/wire-format.md,
+        // "Results"): read back from the database, so it says what was recorded.
+        let (outcome, diff) = match &result {
+            Ok(step) => (step.outcome, None),
+            Err(Failure::RevisionChanged(diff)) => {
+                (AttemptOutcome::RevisionChanged, Some(diff.clone()))
+            }
+            Err(f) => (f.outcome(), None),
+        };
+        match self.report(job, key, outcome, diff).await {
+            Ok(report) => job.result.set(report),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "reading the distribution for the job's report failed; its result carries none")
+            }
+        }
         match (result, recorded) {
             (Ok(step), Ok(())) => {
                 tracing::info!(job = %job.id, outcome = %step.outcome, "{}", step.message);
@@ -243,6 +261,45 @@ impl Pipeline {
                 })
             }
         }
+    }
+
+    /// The job's report as JSON, with the distribution as recorded now.
+    async fn report(
+        &self,
+        job: &RunningJob,
+        key: &DistributionKey,
+        outcome: AttemptOutcome,
+        diff: Option<ManifestDiff>,
+    ) -> Result<String, DbErr> {
+        let row = record::load_distribution(&self.db, key).await?;
+        let (revision, dry_run) = match &job.envelope.job {
+            Job::Stage(s) => (s.revision.to_string(), s.dry_run),
+            Job::Promote(p) => (p.revision.to_string(), p.dry_run),
+        };
+        let report = JobReport {
+            kind: job.envelope.kind(),
+            distribution: DistributionRef {
+                release_key: key.release_key.to_string(),
+                platform: key.platform,
+                owner_namespace: key.owner_namespace.clone(),
+                package: key.package.to_string(),
+                version: key.version.to_string(),
+            },
+            revision,
+            outcome,
+            dry_run,
+            staged: row
+                .as_ref()
+                .is_some_and(|r| r.staged_manifest_digest.is_some()),
+            promoted: row.as_ref().is_some_and(|r| r.promoted),
+            upload_date: row.as_ref().and_then(|r| r.upload_date),
+            api_url: row.as_ref().and_then(|r| r.api_url.clone()),
+            web_url: row.as_ref().and_then(|r| r.web_url.clone()),
+            platform_digest: row.as_ref().and_then(|r| r.platform_digest.clone()),
+            manifest_digest: row.as_ref().and_then(|r| r.staged_manifest_digest.clone()),
+            diff,
+        };
+        Ok(serde_json::to_string(&report).unwrap_or_default())
     }
 
     async fn step(&self, job: &RunningJob, key: &DistributionKey) -> Result<Step, Failure> {

@@ -72,6 +72,28 @@ pub struct RunningJob {
     pub envelope: Envelope,
     /// Fires when an operator cancels the job or this worker loses its lease.
     pub cancel: CancellationToken,
+    /// Where the handler leaves its report of the job (JSON, docs/wire-format.md,
+    /// "Results"); it goes to the results stream with the job's end.
+    pub result: ResultSlot,
+}
+
+/// A handler's report of a job, handed to `ack.lua` with the attempt's end. Empty when the
+/// handler leaves none.
+#[derive(Debug, Clone, Default)]
+pub struct ResultSlot(Arc<Mutex<Option<String>>>);
+
+impl ResultSlot {
+    pub fn set(&self, json: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(json);
+    }
+
+    fn take(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
 }
 
 /// What the pool runs for each job: the distribution pipeline in production, a recorder in
@@ -233,6 +255,7 @@ impl Shared {
                 outcome: AckOutcome::Release {
                     message: why.to_owned(),
                 },
+                result: String::new(),
             })
             .collect();
         if acks.is_empty() {
@@ -351,20 +374,22 @@ async fn run_job<H: JobHandler>(
 ) -> Result<(), std::convert::Infallible> {
     let shared = shared.0;
     let started = Instant::now();
-    let outcome = match Envelope::parse(&job.envelope) {
+    let (outcome, result) = match Envelope::parse(&job.envelope) {
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
-            AckOutcome::Dead {
+            let dead = AckOutcome::Dead {
                 class: ErrorClass::Malformed,
                 message: e.to_string(),
-            }
+            };
+            (dead, String::new())
         }
         Ok(envelope) => {
             // Prometheus: queue latency, attempt duration, processed and failed counts.
             let observed = crate::http::metrics::attempt_started(job.waited, &envelope);
-            let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope).await;
+            let slot = ResultSlot::default();
+            let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope, &slot).await;
             observed.finished(&outcome);
-            outcome
+            (outcome, slot.take())
         }
     };
     let counter: fn(&Counters) -> &AtomicU64 = match &outcome {
@@ -378,6 +403,7 @@ async fn run_job<H: JobHandler>(
     let ack = Ack {
         lease: job.lease(),
         outcome,
+        result,
     };
     let pool = Arc::clone(&shared);
     shared.ack(
@@ -404,6 +430,7 @@ async fn attempt<H: JobHandler>(
     handler: &H,
     job: &Leased,
     envelope: Envelope,
+    result: &ResultSlot,
 ) -> AckOutcome {
     let cancel = shared.cancel_token(&job.id);
     let policy = (shared.config.retry)(&envelope);
@@ -421,6 +448,7 @@ async fn attempt<H: JobHandler>(
         max_attempts: job.max_attempts,
         envelope,
         cancel: cancel.clone(),
+        result: result.clone(),
     };
     let work = AssertUnwindSafe(tracing::Instrument::instrument(
         handler.handle(running),
