@@ -78,6 +78,17 @@ pub struct HttpConfig {
     #[serde(skip_serializing)]
     pub admin_token: Option<Secret>,
     pub admin_token_file: Option<PathBuf>,
+    /// Longest a client may take to send a request's headers, counted from when the server
+    /// starts waiting for them; also how long an idle keep-alive connection stays open.
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed (a stalled
+    /// upload, a client that stopped reading). `/events` streams send a comment often
+    /// enough to stay open.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once. At the cap, the quietest idle connection makes room for a
+    /// new one; the server also stays `fd_limit::RESERVED_FOR_WORKER` descriptors below the
+    /// process's open-file limit, so the worker's own files always open.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -88,6 +99,9 @@ impl Default for HttpConfig {
             open_reads: None,
             admin_token: None,
             admin_token_file: None,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
         }
     }
 }
@@ -521,6 +535,23 @@ impl Config {
         }
         validate_retry("retry", &self.retry)?;
         self.http.listen_addr()?;
+        for (key, secs) in [
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (a connection without it can be held open for ever)",
+                ));
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
         if let Some(token) = &self.http.admin_token
             && token.expose().chars().count() < MIN_ADMIN_TOKEN_LEN
         {
@@ -720,6 +751,18 @@ mod tests {
                     "platforms.npm.base_url",
                 ),
                 ("[redis]\nqueue = \"a b\"\n", "redis.queue"),
+                (
+                    "[http]\nheader_read_timeout_secs = 0\n",
+                    "config key `http.header_read_timeout_secs`: must be at least 1",
+                ),
+                (
+                    "[http]\nidle_timeout_secs = 0\n",
+                    "config key `http.idle_timeout_secs`: must be at least 1",
+                ),
+                (
+                    "[http]\nmax_connections = 0\n",
+                    "config key `http.max_connections`: must be at least 1",
+                ),
             ];
             for (toml, expected) in cases {
                 let err = load_in(jail, toml).unwrap_err().to_string();

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod fd_limit;
 pub mod http;
 pub mod pipeline;
 pub mod platform;

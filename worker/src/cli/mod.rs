@@ -125,12 +125,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let config_for_adapters = config.clone();
     match cli.command {
         Command::Run => {
+            raise_file_limit();
             crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
+            raise_file_limit();
             crate::http::serve_only(&config, crate::run::shutdown_signal())
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
@@ -158,6 +160,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             jobs::jobs(&connect_queue(&config).await?, &config, command).await
         }
         Command::Queue(command) => jobs::queue_cmd(&connect_queue(&config).await?, command).await,
+    }
+}
+
+/// `run` and `serve` hold a connection per HTTP client besides the worker's own files: the
+/// soft open-file limit (often 1024) is raised to the hard one, which the HTTP server's
+/// connection cap then stays below (`crate::fd_limit`).
+fn raise_file_limit() {
+    match crate::fd_limit::raise_to_hard() {
+        Ok(limit) => tracing::debug!(soft = ?limit.soft, hard = ?limit.hard, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "keeping the open-file limit in force"),
     }
 }
 
