@@ -109,7 +109,8 @@ impl CliError {
 
 async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
     let url = config.redis_url();
-    Queue::connect(url.expose(), &config.redis.cluster_nodes, &config.redis.queue)
+    let nodes = crate::secret::exposed(&config.redis_cluster_nodes());
+    Queue::connect(url.expose(), &nodes, &config.redis.queue)
         .await
         .map_err(|e| {
             CliError::Failed(anyhow::anyhow!(

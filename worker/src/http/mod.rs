@@ -287,7 +287,7 @@ pub async fn serve_only(
     let redis_url = config.redis_url();
     let queue = Queue::connect(
         redis_url.expose(),
-        &config.redis.cluster_nodes,
+        &crate::secret::exposed(&config.redis_cluster_nodes()),
         &config.redis.queue,
     )
     .await
