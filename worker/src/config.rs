@@ -73,6 +73,10 @@ pub struct HttpConfig {
     /// open when `listen` is a loopback address, closed otherwise, so that exposing the port
     /// never exposes job payloads by accident. Writes always need the admin token.
     pub open_reads: Option<bool>,
+    /// Host names, besides loopback names (`localhost`) and IP addresses, that a request
+    /// may be addressed to (`Host`) for a read without the token, and that a write's
+    /// `Origin` may name: e.g. a reverse proxy's name in front of atr-dist.
+    pub allowed_hosts: Vec<String>,
     /// The bearer token writes (retry, cancel, purge, pause, enqueue) must present.
     /// Environment (`ATR_DIST_HTTP__ADMIN_TOKEN`) or `admin_token_file` only.
     #[serde(skip_serializing)]
@@ -97,6 +101,7 @@ impl Default for HttpConfig {
             enabled: true,
             listen: DEFAULT_HTTP_LISTEN.to_owned(),
             open_reads: None,
+            allowed_hosts: Vec::new(),
             admin_token: None,
             admin_token_file: None,
             header_read_timeout_secs: 10,
@@ -573,6 +578,21 @@ impl Config {
                 ));
             }
         }
+        for (i, host) in self.http.allowed_hosts.iter().enumerate() {
+            let name = host.trim_end_matches('.');
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+            {
+                return Err(invalid(
+                    format!("http.allowed_hosts[{i}]"),
+                    format!(
+                        "{host:?} is not a host name; give the name alone, without scheme or port (e.g. \"atr-dist.example.org\")"
+                    ),
+                ));
+            }
+        }
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
@@ -998,6 +1018,10 @@ mod tests {
                 (
                     "[http]\nmax_connections = 0\n",
                     "config key `http.max_connections`: must be at least 1",
+                ),
+                (
+                    "[http]\nallowed_hosts = [\"ok.example\", \"https://x.example:8440\"]\n",
+                    "config key `http.allowed_hosts[1]`: \"https://x.example:8440\" is not a host name",
                 ),
             ];
             for (toml, expected) in cases {

@@ -98,7 +98,11 @@ impl AppState {
             feed: sse::StatsFeed::start(queue.clone(), shutdown.clone()),
             queue,
             db,
-            auth: auth::Auth::new(config.http.admin_token.as_ref(), config.http.reads_open()),
+            auth: auth::Auth::new(
+                config.http.admin_token.as_ref(),
+                config.http.reads_open(),
+                auth::AllowedHosts::new(&config.http.allowed_hosts),
+            ),
             max_attempts,
             shutdown,
             limits: server::Limits {
