@@ -56,6 +56,16 @@ pub struct Config {
     pub revisions: RevisionsConfig,
     pub platforms: PlatformsConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS calls to platforms and ATR (`crate::tls`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// A PEM file of certificate authorities to trust besides the built-in roots and the
+    /// system's store (or `SSL_CERT_FILE` / `SSL_CERT_DIR`): e.g. a company proxy's.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8440";

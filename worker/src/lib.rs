@@ -18,3 +18,4 @@ pub mod seal;
 pub mod secret;
 pub mod source;
 pub mod telemetry;
+pub mod tls;

@@ -52,3 +52,14 @@ fn credentials_in_a_url_setting_stop_atr_dist_config_with_exit_code_2() {
         String::from_utf8_lossy(&out.stdout).contains("base_url = \"https://registry.example/\"")
     );
 }
+
+#[test]
+fn an_unreadable_tls_ca_file_stops_atr_dist_config_with_exit_code_2() {
+    let out = atr_dist_config(&[("ATR_DIST_TLS__CA_FILE", "/nonexistent/proxy-ca.pem")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config key `tls.ca_file`: cannot read /nonexistent/proxy-ca.pem"),
+        "{stderr}"
+    );
+}

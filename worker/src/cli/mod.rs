@@ -127,6 +127,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Run => {
             raise_file_limit();
+            // Before any client is built: platform adapters and sources trust what it loads.
+            crate::tls::init(&config)?;
             crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
@@ -146,6 +148,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             migrate(&config, &args).await
         }
         Command::Config => {
+            // Checks tls.ca_file as `run` would.
+            crate::tls::init(&config)?;
             let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
             outln!("{text}");
             Ok(ExitCode::SUCCESS)
