@@ -183,11 +183,11 @@ async fn a_connection_flood_is_capped_and_the_worker_keeps_its_files() {
 
     // The limit the issue hit: enough descriptors for the flood's client ends, the capped
     // server ends and the worker, but not for a server that keeps every connection open.
-    let before = atr_dist::fd_limit::current();
+    let before = atr_dist::fd_limit::raise_to_hard().unwrap();
     let limit = open_descriptors() + FLOOD as u64 + CAP as u64 + 128;
     assert!(
         before.soft.is_none_or(|soft| soft >= limit),
-        "the test needs a soft limit of at least {limit}: {before:?}"
+        "the test needs an open-file limit of at least {limit}: {before:?}"
     );
     atr_dist::fd_limit::set_soft(limit).unwrap();
 
