@@ -122,7 +122,7 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
     };
     let queue = Queue::connect(
         redis_url.expose(),
-        &config.redis.cluster_nodes,
+        &crate::secret::exposed(&config.redis_cluster_nodes()),
         &config.redis.queue,
     )
     .await

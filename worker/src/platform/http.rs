@@ -68,7 +68,7 @@ fn origin(url: &Url) -> String {
 impl PlatformHttp {
     /// A client that may contact the origins of `bases` (scheme, host and port) only.
     pub fn new(bases: &[&Url], token: Option<Secret>) -> Result<PlatformHttp, PlatformError> {
-        let client = Client::builder()
+        let client = crate::tls::client_builder()
             .use_rustls_tls()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))

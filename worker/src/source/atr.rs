@@ -56,7 +56,7 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 
 impl AtrSource {
     pub fn new(manifest_url: String, file_url: String) -> Result<AtrSource, SourceError> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .user_agent(concat!("atr-dist/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(600))
