@@ -197,7 +197,7 @@ async fn run_with_a_failed_result_write<F: Future<Output = ()>>(
 // What the platform reports after a write is checked.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_platform_reporting_other_bytes_after_staging_is_not_recorded() {
+async fn verdaccio_reporting_other_bytes_after_staging_gets_nothing_recorded() {
     let n = npm(FAST).await;
     let d = npm_dist("after-stage", "1.0.0");
     let voted = write_npm(&n.h, &d, "00001", "voted");
@@ -231,7 +231,10 @@ async fn a_platform_reporting_other_bytes_after_staging_is_not_recorded() {
     assert!(row(&n.h, &d).await.is_none(), "nothing recorded as staged");
     assert_eq!(n.proxy.injected(), 1, "{:?}", n.proxy.seen());
     n.h.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_registry_reporting_another_image_after_staging_gets_nothing_recorded() {
     let o = oci(FAST).await;
     let d = oci_dist("after-stage");
     let image = single_image("image", "voted");
@@ -462,7 +465,7 @@ async fn a_staged_image_deleted_from_the_registry_is_not_promoted() {
 /// before anything is sent, also when the registry says the release tag holds the staged
 /// bytes already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_files_are_refused_on_the_real_registries_even_when_they_say_it_is_done() {
+async fn changed_files_are_refused_on_verdaccio_even_when_it_says_it_is_done() {
     // npm makes the first version of a package latest: the registry itself says the
     // staged bytes are in production already.
     let n = npm(FAST).await;
@@ -488,7 +491,12 @@ async fn changed_files_are_refused_on_the_real_registries_even_when_they_say_it_
     assert_eq!(n.proxy.forwarded("PUT", "/"), writes, "nothing sent");
     assert!(!row(&n.h, &d).await.unwrap().promoted);
     n.h.stop().await;
+}
 
+/// As above on docker-registry, and then with a proxy claiming that the version tag holds
+/// the staged image already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_files_are_refused_on_docker_registry_even_when_it_says_it_is_done() {
     let o = oci(FAST).await;
     let d = oci_dist("changed");
     let image = single_image("image", "voted");
@@ -566,7 +574,10 @@ async fn a_failed_stage_result_write_is_retried_without_a_second_publish() {
         Some(integrity(&voted))
     );
     n.h.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stage_result_write_is_retried_without_a_second_push() {
     let o = oci(SLOW).await;
     let d = oci_dist("written-once");
     let image = single_image("image", "voted");
