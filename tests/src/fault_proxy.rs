@@ -83,6 +83,12 @@ impl Fault {
         self
     }
 
+    /// With this header (a `Docker-Content-Digest` that lies, a `Location`).
+    pub fn header(mut self, name: &str, value: &str) -> Fault {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     /// With this body, of this content type.
     pub fn body(mut self, content_type: &str, body: &str) -> Fault {
         self.headers

@@ -133,3 +133,53 @@ pub fn tarball(name: &str, version: &str, body: &str) -> Vec<u8> {
     gz.flush().unwrap();
     gz.finish().unwrap()
 }
+
+/// A stage request for one npm tarball of `key`, sealed as the pipeline seals it, for
+/// calling the adapter directly.
+pub fn stage_request(
+    key: &atr_dist_shared::DistributionKey,
+    tarball: &[u8],
+    staging_tag: &str,
+) -> atr_dist::platform::StageRequest {
+    use atr_dist_shared::names::{DistTag, RevisionKey, RevisionNumber};
+    let file = format!("{}-{}.tgz", key.package, key.version);
+    atr_dist::platform::StageRequest {
+        key: key.clone(),
+        revision: RevisionKey::of(
+            &key.release_key,
+            &RevisionNumber::new("00001").expect("revision"),
+        ),
+        artifacts: vec![crate::pipeline_support::sealed(&file, tarball)],
+        staging_tag: DistTag::new(staging_tag).expect("tag"),
+    }
+}
+
+/// npm's `dist.integrity` of `bytes`: `sha512-<base64>`.
+pub fn integrity(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(bytes))
+    )
+}
+
+/// A packument for `name` claiming that `version`, under each of `tags`, has `dist` (what
+/// a lying registry, or a lying proxy in front of it, answers).
+pub fn packument_claiming(
+    name: &str,
+    version: &str,
+    tags: &[&str],
+    dist: serde_json::Value,
+) -> String {
+    let tags: serde_json::Map<String, serde_json::Value> = tags
+        .iter()
+        .map(|t| ((*t).to_owned(), serde_json::json!(version)))
+        .collect();
+    serde_json::json!({
+        "name": name,
+        "dist-tags": tags,
+        "versions": { version: { "name": name, "version": version, "dist": dist } },
+    })
+    .to_string()
+}

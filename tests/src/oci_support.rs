@@ -17,7 +17,7 @@ use atr_dist::platform::oci::{ACCEPT_ALL, OCI_INDEX, OCI_MANIFEST};
 use atr_dist_shared::names::{
     ArtifactPath, DistTag, PackageName, ReleaseKey, RevisionKey, RevisionNumber, Version,
 };
-use atr_dist_shared::{DistributionKey, ManifestEntry, Platform};
+use atr_dist_shared::{DistributionKey, Platform};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -508,19 +508,7 @@ pub fn stage_request(key: &DistributionKey, image: &OciImage, staging_tag: &str)
     let artifacts = image
         .files
         .iter()
-        .map(|(path, bytes)| {
-            use sha3::Digest as _;
-            let entry = ManifestEntry {
-                path: ArtifactPath::new(path.clone()).expect("artifact path"),
-                size: bytes.len() as u64,
-                sha3_256: atr_dist_shared::manifest::Sha3Hex::from_bytes(
-                    sha3::Sha3_256::digest(bytes).into(),
-                ),
-            };
-            atr_dist::seal::Sealer::default()
-                .seal_bytes(&entry, bytes::Bytes::from(bytes.clone()))
-                .expect("sealed")
-        })
+        .map(|(path, bytes)| crate::pipeline_support::sealed(path, bytes))
         .collect();
     StageRequest {
         key: key.clone(),

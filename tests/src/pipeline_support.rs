@@ -10,13 +10,15 @@ use std::time::Duration;
 use atr_dist::config::RetryConfig;
 use atr_dist::pipeline::Pipeline;
 use atr_dist::platform::{
-    Adapters, Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest,
+    Adapters, Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed,
+    StageRequest,
 };
 use atr_dist::queue::Queue;
+use atr_dist::queue::pool::PoolConfig;
 use atr_dist::source::{DirSource, Sources};
 use atr_dist_shared::entities::{distribution, job_run};
-use atr_dist_shared::names::DistTag;
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey};
+use atr_dist_shared::names::{ArtifactPath, DistTag};
+use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ManifestEntry};
 use atr_dist_shared::{Envelope, JobState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -166,6 +168,22 @@ impl PlatformAdapter for RecordingAdapter {
     }
 }
 
+/// `bytes` sealed as the pipeline seals a voted file at `path`, for calling an adapter
+/// directly.
+pub fn sealed(path: &str, bytes: &[u8]) -> Sealed {
+    use sha3::Digest as _;
+    let entry = ManifestEntry {
+        path: ArtifactPath::new(path).expect("artifact path"),
+        size: bytes.len() as u64,
+        sha3_256: atr_dist_shared::manifest::Sha3Hex::from_bytes(
+            sha3::Sha3_256::digest(bytes).into(),
+        ),
+    };
+    atr_dist::seal::Sealer::default()
+        .seal_bytes(&entry, bytes::Bytes::copy_from_slice(bytes))
+        .expect("sealed")
+}
+
 /// Revision directories laid out as ATR lays them out: `<root>/<project>/<version>/<rev>/`.
 pub struct Revisions {
     pub dir: tempfile::TempDir,
@@ -273,6 +291,17 @@ impl Harness {
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline, &Path),
     ) -> Harness {
+        Harness::with_pool(which, adapters, pool_config(4, retry), adjust).await
+    }
+
+    /// As `custom_at`, with the worker pool configured by `pool` (e.g. a short
+    /// `job_timeout`).
+    pub async fn with_pool(
+        which: Db,
+        adapters: Adapters,
+        pool: PoolConfig,
+        adjust: impl FnOnce(&mut Pipeline, &Path),
+    ) -> Harness {
         let (url, pg, sqlite) = match which {
             Db::Sqlite => {
                 let s = SqliteDatabase::create();
@@ -291,7 +320,7 @@ impl Harness {
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
         adjust(&mut p, revs.root());
-        let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
+        let pool = RunningPool::start(&t.queue, p, pool);
         Harness {
             t,
             revs,

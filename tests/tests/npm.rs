@@ -13,7 +13,9 @@ use atr_dist_shared::names::DistTag;
 use atr_dist_shared::{DistributionKey, Envelope, ErrorClass, JobState, Platform};
 use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
 use atr_dist_tests::jobs::Dist;
-use atr_dist_tests::npm_support::{Verdaccio, tarball};
+use atr_dist_tests::npm_support::{
+    Verdaccio, integrity, packument_claiming, stage_request, tarball,
+};
 use atr_dist_tests::pipeline_support::{Db, Harness};
 use sea_orm::EntityTrait;
 use url::Url;
@@ -358,4 +360,219 @@ async fn rate_limits_and_outages_are_retried_with_retry_after() {
     assert_eq!(err.class, ErrorClass::Transient);
     assert_eq!(err.retry_after, Some(Duration::from_secs(120)));
     assert_eq!(err.http_status, Some(429));
+}
+
+// ---------------------------------------------------------------------------------------
+// The adapter stands on its own: called directly, without the pipeline's checks in front of
+// it, it still publishes and promotes only the bytes it was given.
+
+fn pkg(name: &'static str, version: &'static str) -> Pkg {
+    Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name,
+        version,
+    }
+}
+
+/// A 409 "version exists" is judged by reading the version back: with the voted bytes the
+/// publish is done, with other bytes it is refused, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_is_done_with_the_voted_bytes_and_refused_with_others() {
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let direct = adapter(&registry.url(), &registry.token);
+    let through = adapter(proxy.url.as_str(), &registry.token);
+    let conflicts = |name: &str| {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| !s.injected && s.method == "PUT" && s.path == format!("/{name}"))
+            .map(|s| s.status)
+            .collect::<Vec<u16>>()
+    };
+
+    // The voted tarball is on the registry already (an earlier attempt published it), but
+    // the read before publishing misses it (a replica behind): the publish is sent, and
+    // the registry answers 409.
+    let ours = pkg("conflict-ours", "1.0.0");
+    let voted = tarball("conflict-ours", "1.0.0", "voted");
+    direct
+        .stage(&stage_request(&ours.key(), &voted, "rc"))
+        .await
+        .unwrap();
+    proxy.inject(
+        Fault::new(404)
+            .method("GET")
+            .path_contains("/conflict-ours"),
+    );
+    through
+        .stage(&stage_request(&ours.key(), &voted, "rc"))
+        .await
+        .unwrap();
+    assert_eq!(conflicts("conflict-ours"), vec![409], "{:?}", proxy.seen());
+    assert_eq!(registry.dist_tags("conflict-ours").await["rc"], "1.0.0");
+
+    // Other bytes hold the version: the 409 stands, and the read-back names both.
+    let theirs = pkg("conflict-theirs", "1.0.0");
+    let other = tarball("conflict-theirs", "1.0.0", "NOT voted");
+    let voted = tarball("conflict-theirs", "1.0.0", "voted");
+    direct
+        .stage(&stage_request(&theirs.key(), &other, "rc"))
+        .await
+        .unwrap();
+    proxy.inject(
+        Fault::new(404)
+            .method("GET")
+            .path_contains("/conflict-theirs"),
+    );
+    let err = through
+        .stage(&stage_request(&theirs.key(), &voted, "rc"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert_eq!(err.http_status, Some(409));
+    assert!(
+        err.message.contains("the version exists already")
+            && err.message.contains(&format!(
+                "read back: conflict-theirs@1.0.0 holds {}, not the voted {}",
+                integrity(&other),
+                integrity(&voted)
+            )),
+        "{}",
+        err.message
+    );
+    assert_eq!(conflicts("conflict-theirs"), vec![409]);
+    let doc: serde_json::Value = reqwest::get(format!("{}conflict-theirs", registry.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["versions"]["1.0.0"]["dist"]["integrity"],
+        integrity(&other)
+    );
+}
+
+/// `promote` checks the version it points the tag at: other bytes than the staged ones
+/// are never made `latest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_refuses_a_version_that_is_not_the_staged_bytes() {
+    let registry = Verdaccio::start().await;
+    let a = adapter(&registry.url(), &registry.token);
+    let old = pkg("recheck", "0.9.0");
+    a.stage(&stage_request(
+        &old.key(),
+        &tarball("recheck", "0.9.0", "old"),
+        "rc",
+    ))
+    .await
+    .unwrap();
+    let new = pkg("recheck", "1.0.0");
+    let voted = tarball("recheck", "1.0.0", "voted");
+    a.stage(&stage_request(&new.key(), &voted, "rc"))
+        .await
+        .unwrap();
+    assert_eq!(registry.dist_tags("recheck").await["latest"], "0.9.0");
+
+    let staged_elsewhere = integrity(b"the bytes the pipeline recorded as staged");
+    let mut req = atr_dist::platform::PromoteRequest {
+        key: new.key(),
+        staged_digest: atr_dist_shared::Digest::parse(staged_elsewhere.clone()).unwrap(),
+        staging_tag: DistTag::new("rc").unwrap(),
+        release_tag: DistTag::latest(),
+    };
+    let err = a.promote(&req).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(&format!(
+            "recheck@1.0.0 has {} on the registry, not the staged {staged_elsewhere}; nothing promoted",
+            integrity(&voted)
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(registry.dist_tags("recheck").await["latest"], "0.9.0");
+
+    // With the staged digest it moves the tag.
+    req.staged_digest = atr_dist_shared::Digest::parse(integrity(&voted)).unwrap();
+    a.promote(&req).await.unwrap();
+    assert_eq!(registry.dist_tags("recheck").await["latest"], "1.0.0");
+}
+
+/// After publishing, the registry's `dist.shasum` must be the tarball's: a registry that
+/// stored something else is caught before any tag is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shasum_other_than_the_tarballs_after_publishing_is_refused() {
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), &registry.token);
+    let p = pkg("shasum-lie", "1.0.0");
+    let voted = tarball("shasum-lie", "1.0.0", "voted");
+    // The read before publishing passes; the read after it reports another shasum.
+    let lie = packument_claiming(
+        "shasum-lie",
+        "1.0.0",
+        &["rc"],
+        serde_json::json!({"integrity": integrity(&voted), "shasum": "0000000000000000000000000000000000000000"}),
+    );
+    proxy.inject(
+        Fault::new(200)
+            .method("GET")
+            .path_contains("/shasum-lie")
+            .skip(1)
+            .body("application/json", &lie),
+    );
+    let err = a
+        .stage(&stage_request(&p.key(), &voted, "rc"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(
+            "after publishing, the registry reports shasum \"0000000000000000000000000000000000000000\" for shasum-lie@1.0.0, not "
+        ),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/-/package/shasum-lie/dist-tags/"),
+        0,
+        "no tag set after the refusal: {:?}",
+        proxy.seen()
+    );
+}
+
+/// A version whose `dist.integrity` is missing cannot be verified, and is not taken for
+/// "nothing there".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_without_dist_integrity_is_an_error() {
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), &registry.token);
+    let p = pkg("no-integrity", "1.0.0");
+    let lie = packument_claiming(
+        "no-integrity",
+        "1.0.0",
+        &["rc"],
+        serde_json::json!({"shasum": "0000000000000000000000000000000000000000"}),
+    );
+    proxy.inject(
+        Fault::new(200)
+            .method("GET")
+            .path_contains("/no-integrity")
+            .body("application/json", &lie),
+    );
+    let err = a
+        .read_staged(&p.key(), &DistTag::new("rc").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message
+            .contains("no-integrity 1.0.0 has no dist.integrity on the registry"),
+        "{}",
+        err.message
+    );
 }

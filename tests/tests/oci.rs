@@ -609,3 +609,253 @@ async fn a_staging_repository_is_promoted_by_mounting() {
         image.digest
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The adapter stands on its own: called directly, without the pipeline's checks in front of
+// it, it never replaces a released version, never releases other bytes than the staged
+// ones, and believes no registry that says it stored something else.
+
+/// A released version is final: promote never moves a version tag that holds other bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_tag_holding_other_bytes_is_never_overwritten() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let a = adapter(&registry.url);
+    let k = key("apache", "final");
+    let voted = single_image("image", "voted");
+    let released = single_image("image", "released before");
+    // Another image was released as 1.0.0 (staged under another tag, then promoted).
+    a.stage(&stage_request(&k, &released, "earlier"))
+        .await
+        .unwrap();
+    a.promote(&PromoteRequest {
+        staging_tag: tag("earlier"),
+        ..promote_request("final", &released)
+    })
+    .await
+    .unwrap();
+    a.stage(&stage_request(&k, &voted, STAGING_TAG))
+        .await
+        .unwrap();
+
+    let err = a
+        .promote(&promote_request("final", &voted))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(&format!(
+            "apache/final:1.0.0 already holds {}; a published version is not overwritten with {}",
+            released.digest, voted.digest
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/final", "1.0.0")
+            .await
+            .map(|(d, _)| d),
+        Some(released.digest.clone())
+    );
+}
+
+/// promote re-reads the staging tag: when it holds other bytes than the staged ones now,
+/// nothing is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_refuses_a_staging_tag_that_now_holds_other_bytes() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let a = adapter(&registry.url);
+    let k = key("apache", "restaged");
+    let voted = single_image("image", "voted");
+    let other = single_image("image", "pushed over the staging tag");
+    a.stage(&stage_request(&k, &voted, STAGING_TAG))
+        .await
+        .unwrap();
+    a.stage(&stage_request(&k, &other, STAGING_TAG))
+        .await
+        .unwrap();
+
+    let err = a
+        .promote(&promote_request("restaged", &voted))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(&format!(
+            "apache/restaged:{STAGING_TAG} now holds {}, not the staged {}; nothing promoted",
+            other.digest, voted.digest
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/restaged", "1.0.0").await,
+        None
+    );
+}
+
+/// A registry whose `Docker-Content-Digest` says it stored other bytes than were sent
+/// fails the push, for manifests and for blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_stored_other_bytes_than_sent_is_refused() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = adapter(&proxy.url);
+    let image = single_image("image", "stored as sent?");
+    let elsewhere = atr_dist_tests::oci_support::sha256(b"what the registry says it stored");
+
+    proxy.inject(
+        Fault::new(201)
+            .method("PUT")
+            .path_contains("/v2/apache/manifest-lie/manifests/")
+            .after_forwarding()
+            .header("docker-content-digest", &elsewhere),
+    );
+    let err = a
+        .stage(&stage_request(
+            &key("apache", "manifest-lie"),
+            &image,
+            STAGING_TAG,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(&format!(
+            "the registry stored the manifest as {elsewhere}, not {}",
+            image.digest
+        )),
+        "{}",
+        err.message
+    );
+
+    proxy.inject(
+        Fault::new(201)
+            .method("PUT")
+            .path_contains("/v2/apache/blob-lie/blobs/uploads/")
+            .after_forwarding()
+            .header("docker-content-digest", &elsewhere),
+    );
+    let err = a
+        .stage(&stage_request(
+            &key("apache", "blob-lie"),
+            &image,
+            STAGING_TAG,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message
+            .contains(&format!("the registry stored the blob as {elsewhere}")),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/v2/apache/blob-lie/manifests/"),
+        0,
+        "nothing tagged after the refusal: {:?}",
+        proxy.seen()
+    );
+}
+
+/// Promote from a staging repository mounts every blob; a registry that answers a mount
+/// with 202 (an upload session instead) fails the promote before anything is tagged, and
+/// the session it opened is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_blob_mount_fails_the_promote_before_tagging() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = OciAdapter::new(OciSettings {
+        registry: proxy.url.clone(),
+        staging_namespace: Some("apache-staging".into()),
+        username: None,
+        token: None,
+        token_realms: Vec::new(),
+    })
+    .unwrap();
+    let image = single_image("image", "not mounted");
+    a.stage(&stage_request(
+        &key("apache", "unmounted"),
+        &image,
+        STAGING_TAG,
+    ))
+    .await
+    .unwrap();
+
+    let session = "/v2/apache/unmounted/blobs/uploads/session-instead-of-a-mount";
+    proxy.inject(
+        Fault::new(202)
+            .method("POST")
+            .path_contains("/v2/apache/unmounted/blobs/uploads/?mount=")
+            .header("location", session),
+    );
+    let err = a
+        .promote(&promote_request("unmounted", &image))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains("did not mount blob")
+            && err
+                .message
+                .contains("from apache-staging/unmounted into apache/unmounted"),
+        "{}",
+        err.message
+    );
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.method == "DELETE" && s.path == session),
+        "the session is closed: {:?}",
+        proxy.seen()
+    );
+    assert_eq!(proxy.forwarded("PUT", "/v2/apache/unmounted/manifests/"), 0);
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/unmounted", "1.0.0").await,
+        None
+    );
+}
+
+/// An upload session that is gone by the time its blob is PUT (404 BLOB_UPLOAD_UNKNOWN)
+/// is replaced by a fresh one, and the push succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_upload_session_is_replaced_and_the_push_succeeds() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = adapter(&proxy.url);
+    let image = single_image("image", "session expired");
+    let k = key("apache", "expired");
+    proxy.inject(
+        Fault::new(404)
+            .method("PUT")
+            .path_contains("/v2/apache/expired/blobs/uploads/")
+            .body(
+                "application/json",
+                r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#,
+            ),
+    );
+    a.stage(&stage_request(&k, &image, STAGING_TAG))
+        .await
+        .unwrap();
+    // Config and layer: one session each, and one more for the blob whose session was gone.
+    assert_eq!(
+        proxy.forwarded("POST", "/v2/apache/expired/blobs/uploads/"),
+        image.blobs.len() + 1,
+        "{:?}",
+        proxy.seen()
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", "/v2/apache/expired/blobs/uploads/"),
+        image.blobs.len()
+    );
+    for blob in &image.blobs {
+        assert!(registry_has_blob(&registry.url, "apache/expired", blob).await);
+    }
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/expired", STAGING_TAG)
+            .await
+            .map(|(d, _)| d),
+        Some(image.digest.clone())
+    );
+}

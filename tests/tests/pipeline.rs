@@ -9,7 +9,7 @@ use atr_dist::platform::Adapters;
 use atr_dist_shared::entities::revision_manifest;
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{AtrTaskStatus, DistributionKey, Envelope, ErrorClass, JobState, Platform};
-use atr_dist_tests::cases::eventually;
+use atr_dist_tests::cases::{eventually, pool_config};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
 use sea_orm::{ConnectionTrait, EntityTrait};
@@ -216,28 +216,36 @@ async fn overwritten_staging_tag_is_caught(which: Db) {
     h.stop().await;
 }
 
-async fn failed_result_write_is_retried_without_a_second_stage(which: Db) {
-    let h = recording(which, RecordingAdapter::default(), SLOW_RETRY).await;
-    h.revs.write("00001", VOTED);
-    // The result write fails (as with the database down) while everything else works.
-    let (create, drop): (&[&str], &str) = match which {
+/// Makes the database refuse `op` (INSERT or UPDATE) on `distribution`, as a database that
+/// is down refuses the result write, while everything else works; returns the statement
+/// that lets it accept them again.
+async fn refuse_result_writes(h: &Harness, which: Db, op: &str) -> &'static str {
+    let (create, accept): (Vec<String>, &str) = match which {
         Db::Sqlite => (
-            &[
-                "CREATE TRIGGER test_down BEFORE INSERT ON distribution BEGIN SELECT RAISE(ABORT, 'database down (test)'); END",
-            ],
+            vec![format!(
+                "CREATE TRIGGER test_down BEFORE {op} ON distribution BEGIN SELECT RAISE(ABORT, 'database down (test)'); END"
+            )],
             "DROP TRIGGER test_down",
         ),
         Db::Postgres => (
-            &[
-                "CREATE FUNCTION test_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'database down (test)'; END $$ LANGUAGE plpgsql",
-                "CREATE TRIGGER test_down BEFORE INSERT OR UPDATE ON distribution FOR EACH ROW EXECUTE FUNCTION test_down()",
+            vec![
+                "CREATE FUNCTION test_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'database down (test)'; END $$ LANGUAGE plpgsql".to_owned(),
+                format!("CREATE TRIGGER test_down BEFORE {op} ON distribution FOR EACH ROW EXECUTE FUNCTION test_down()"),
             ],
             "DROP TRIGGER test_down ON distribution",
         ),
     };
     for sql in create {
-        h.db.execute_unprepared(sql).await.unwrap();
+        h.db.execute_unprepared(&sql).await.unwrap();
     }
+    accept
+}
+
+async fn failed_result_write_is_retried_without_a_second_stage(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), SLOW_RETRY).await;
+    h.revs.write("00001", VOTED);
+    // The result write fails (as with the database down) while everything else works.
+    let drop = refuse_result_writes(&h, which, "INSERT").await;
     let s = stage("00001", false);
     let e = h.t.queue.enqueue(&s, None, 10).await.unwrap();
     let q = &h.t.queue;
@@ -269,6 +277,50 @@ async fn failed_result_write_is_retried_without_a_second_stage(which: Db) {
     );
     assert_eq!(runs.last().unwrap().outcome.as_deref(), Some("unchanged"));
     assert!(h.row().await.unwrap().staging);
+    h.stop().await;
+}
+
+async fn failed_promote_result_write_is_retried_without_a_second_tag_move(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), SLOW_RETRY).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    // The promote's result write (an UPDATE of the staged row) fails after the tag moved.
+    let accept = refuse_result_writes(&h, which, "UPDATE").await;
+    let p = promote("00001");
+    let e = h.t.queue.enqueue(&p, None, 10).await.unwrap();
+    let q = &h.t.queue;
+    eventually("first attempt fails", Duration::from_secs(20), || async {
+        q.show(&e.id).await.unwrap().unwrap().summary.state == JobState::Retrying
+    })
+    .await;
+    h.db.execute_unprepared(accept).await.unwrap();
+    eventually("job done", Duration::from_secs(20), || async {
+        q.show(&e.id).await.unwrap().unwrap().summary.state == JobState::Done
+    })
+    .await;
+    assert_eq!(
+        h.adapter.writes(),
+        vec![
+            format!("stage {} rc", key()),
+            format!("promote {} latest", key())
+        ],
+        "the tag moved once"
+    );
+    let runs = h.runs(&p).await;
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert_eq!(runs[0].error_class.as_deref(), Some("transient"));
+    assert!(
+        runs[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("database down (test)"),
+        "{:?}",
+        runs[0].message
+    );
+    assert_eq!(runs.last().unwrap().outcome.as_deref(), Some("unchanged"));
+    let row = h.row().await.unwrap();
+    assert!(row.promoted && !row.staging, "{row:?}");
     h.stop().await;
 }
 
@@ -374,5 +426,123 @@ on_both!(changed_files_are_refused);
 on_both!(identical_new_revision_promotes_once);
 on_both!(overwritten_staging_tag_is_caught);
 on_both!(failed_result_write_is_retried_without_a_second_stage);
+on_both!(failed_promote_result_write_is_retried_without_a_second_tag_move);
 on_both!(jobs_for_one_key_never_overlap);
 on_both!(dry_runs_describe_and_record_without_writing);
+
+/// Another job takes the distribution lock while a slow stage runs (this attempt's lock
+/// expired in a pause, say): the attempt stops when its renewal finds the lock gone, sends
+/// nothing, records no success, and leaves the other job's lock alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_loses_its_lock_stops_without_recording_success() {
+    let adapter = RecordingAdapter {
+        // Far longer than a renewal period (a third of the 5 s lock time to live).
+        stage_delay: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let h = recording(Db::Sqlite, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    let e = h.t.queue.enqueue(&s, None, 1).await.unwrap();
+    let in_stage = Arc::clone(&h.adapter.in_stage);
+    eventually(
+        "the stage is under way",
+        Duration::from_secs(20),
+        || async { in_stage.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let lock = format!("{}lock:{}", h.t.queue.prefix(), key().lock_id());
+    let mut redis = redis::Client::open(h.t.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The attempt holds it (whatever it names itself by): this is the lock to take away.
+    assert!(holder.is_some(), "the attempt holds {lock}");
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("another-job")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let q = &h.t.queue;
+    eventually("the attempt ends", Duration::from_secs(20), || async {
+        q.show(&e.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .state
+            .is_terminal()
+    })
+    .await;
+    let summary = q.show(&e.id).await.unwrap().unwrap().summary;
+    assert_eq!(summary.state, JobState::Dead, "{summary:?}");
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("transient"));
+    assert!(
+        runs[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("the distribution lock was lost to another job; stopped"),
+        "{:?}",
+        runs[0].message
+    );
+    assert!(h.adapter.writes().is_empty(), "{:?}", h.adapter.writes());
+    assert!(h.row().await.is_none(), "nothing recorded as staged");
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some("another-job"));
+    h.stop().await;
+}
+
+/// An attempt that outlasts the pool's `job_timeout` ends as a transient failure with the
+/// timeout in its message; the job is retried, then dead, and nothing was staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_outlasts_the_job_timeout_is_retried_then_dead() {
+    let adapter = RecordingAdapter {
+        // Far past the timeout below: only the timeout ends these attempts in time.
+        stage_delay: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let adapters = Adapters::default().with(Platform::Npm, Arc::new(adapter.clone()));
+    let mut pool = pool_config(4, FAST);
+    pool.job_timeout = Duration::from_secs(1);
+    let h = Harness::with_pool(Db::Sqlite, adapters, pool, |_, _| {}).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    assert_eq!(h.run(&s, 2).await, JobState::Dead);
+    let detail = h.t.queue.show(&s.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(detail.summary.attempt, 2);
+    assert_eq!(detail.summary.error_class.as_deref(), Some("transient"));
+    let error = detail.summary.last_error.unwrap_or_default();
+    assert!(error.contains("attempt timed out after 1s"), "{error}");
+    let retried: Vec<&str> = detail
+        .events
+        .iter()
+        .filter(|e| e.event == "retry_scheduled")
+        .filter_map(|e| e.message.as_deref())
+        .collect();
+    assert_eq!(retried.len(), 1, "{:?}", detail.events);
+    assert!(
+        retried[0].contains("attempt timed out after 1s"),
+        "{retried:?}"
+    );
+    assert!(adapter.writes().is_empty(), "{:?}", adapter.writes());
+    assert!(h.row().await.is_none());
+    h.stop().await;
+}
