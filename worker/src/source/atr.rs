@@ -88,12 +88,12 @@ impl AtrSource {
     }
 
     async fn get(&self, url: &str, what: &str) -> Result<reqwest::Response, SourceError> {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("GET {url}: {}", crate::platform::http::describe(&e))))?;
+        let response = self.client.get(url).send().await.map_err(|e| {
+            SourceError::Unavailable(format!(
+                "GET {url}: {}",
+                crate::platform::http::describe(&e)
+            ))
+        })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(SourceError::NotFound(format!("{what} (404 from {url})")));
@@ -107,7 +107,6 @@ impl AtrSource {
         Ok(response)
     }
 }
-
 
 fn urlencode(part: &str) -> String {
     part.bytes()
