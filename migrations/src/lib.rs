@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_results_schema;
 mod m20261128_000002_distribution_staging_tag;
+mod m20261201_000003_audit_trail;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_results_schema::Migration),
             Box::new(m20261128_000002_distribution_staging_tag::Migration),
+            Box::new(m20261201_000003_audit_trail::Migration),
         ]
     }
 }

@@ -22,6 +22,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
+use atr_dist::queue::pool::PoolConfig;
+use tokio_util::sync::CancellationToken;
+
 use crate::cases::{RunningPool, eventually, pool_config};
 use crate::redis_support::TestQueue;
 use crate::{PgDatabase, SqliteDatabase};
@@ -239,12 +242,14 @@ pub enum Db {
 }
 
 /// A running pipeline: a fresh database (migrated), a fresh queue, revision directories,
-/// and a worker pool running the pipeline with `adapters`.
+/// and a worker pool running the pipeline with `adapters`, with the audit pass that closes
+/// the rows of abandoned attempts running beside it, as `atr-dist run` has them.
 pub struct Harness {
     pub t: TestQueue,
     pub revs: Revisions,
     pub db: DatabaseConnection,
     pool: Option<RunningPool>,
+    audit: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     _pg: Option<PgDatabase>,
     _sqlite: Option<SqliteDatabase>,
 }
@@ -260,6 +265,18 @@ impl Harness {
         adapters: Adapters,
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline),
+    ) -> Harness {
+        Harness::build(which, adapters, retry, adjust, |_| {}).await
+    }
+
+    /// As `custom`, with `adjust_pool` changing the pool's configuration (e.g. its job
+    /// timeout) too.
+    pub async fn build(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        adjust: impl FnOnce(&mut Pipeline),
+        adjust_pool: impl FnOnce(&mut PoolConfig),
     ) -> Harness {
         let (url, pg, sqlite) = match which {
             Db::Sqlite => {
@@ -279,14 +296,36 @@ impl Harness {
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
         adjust(&mut p);
-        let pool = RunningPool::start(&t.queue, p, pool_config(4, retry));
+        let mut config = pool_config(4, retry);
+        adjust_pool(&mut config);
+        let stop_audit = CancellationToken::new();
+        let audit = atr_dist::pipeline::audit::spawn(
+            db.clone(),
+            t.queue.clone(),
+            config.lease,
+            stop_audit.clone(),
+        );
+        let pool = RunningPool::start(&t.queue, p, config);
         Harness {
             t,
             revs,
             db,
             pool: Some(pool),
+            audit: Some((stop_audit, audit)),
             _pg: pg,
             _sqlite: sqlite,
+        }
+    }
+
+    /// Stops the worker pool (as on SIGTERM) and the audit pass; the queue and the database
+    /// stay for the test to look at.
+    pub async fn stop_pool(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
+        if let Some((stop, audit)) = self.audit.take() {
+            stop.cancel();
+            audit.await.unwrap();
         }
     }
 
@@ -348,8 +387,14 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.stop().await;
+        self.stop_pool().await;
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.audit {
+            stop.cancel();
         }
     }
 }

@@ -325,6 +325,10 @@ async fn insert_release_rows(db: &DatabaseConnection, release: &str) {
         staged_manifest_digest: Set(Some(format!("sha3-256:{}", "ab".repeat(32)))),
         platform_digest: Set(Some(format!("sha512-{package}-digest"))),
         staging_tag: Set(Some("rc".to_owned())),
+        voted_revision_key: Set(None),
+        voted_manifest_digest: Set(None),
+        staged_platform_digest: Set(None),
+        promoted_digest: Set(None),
     };
     row("example-staged", false).insert(db).await.unwrap();
     row("example-promoted", true).insert(db).await.unwrap();

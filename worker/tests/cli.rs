@@ -41,7 +41,7 @@ fn migrate_creates_the_embedded_sqlite_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("applied 2 migration(s); schema is current"),
+        stdout.contains("applied 3 migration(s); schema is current"),
         "{stdout}"
     );
     assert!(dir.path().join("atr-dist.db").exists());

@@ -19,13 +19,19 @@ pub struct Model {
     pub attempt: i32,
     pub started_at: DateTimeUtc,
     pub finished_at: Option<DateTimeUtc>,
-    /// The attempt's outcome (`completed`, `revision_changed`, `transient`, ...).
+    /// The attempt's outcome, an `AttemptOutcome` (`completed`, `revision_changed`,
+    /// `timed_out`, `abandoned`, ...); null while the attempt runs.
     pub outcome: Option<String>,
     /// `transient`, `permanent` or `auth` when the attempt failed.
     pub error_class: Option<String>,
     pub message: Option<String>,
     pub http_status: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// The queue the job was leased from; null on rows written before it was recorded.
+    pub queue: Option<String>,
+    /// For a `revision_changed` attempt, the paths added, removed and changed between the
+    /// staged and the voted revision (a `ManifestDiff`).
+    pub revision_diff: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

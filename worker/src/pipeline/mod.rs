@@ -4,7 +4,11 @@
 //! (`stage.rs`, `promote.rs`), record its outcome, release the lock. The steps read the
 //! platform before they write to it, so a repeated job, or a retry after the result write
 //! failed, finds the work done and does not act twice.
+//!
+//! Rows left open by a worker that died are closed by the job's next attempt, or by
+//! `audit.rs` when there is none.
 
+pub mod audit;
 mod promote;
 pub mod record;
 mod stage;
@@ -88,6 +92,19 @@ impl Failure {
         }
     }
 
+    /// The paths that differ, for a changed revision.
+    fn revision_diff(&self) -> Option<&ManifestDiff> {
+        match self {
+            Failure::RevisionChanged(diff) => Some(diff),
+            Failure::Platform(_)
+            | Failure::Source(_)
+            | Failure::Db(_)
+            | Failure::Queue(_)
+            | Failure::Refused(_)
+            | Failure::LockLost => None,
+        }
+    }
+
     /// The platform's error, when the platform refused.
     fn platform(&self) -> Option<&PlatformError> {
         match self {
@@ -154,6 +171,7 @@ impl Pipeline {
                 key,
                 attempt: job.attempt,
                 started_at,
+                queue: self.queue.name(),
             },
         )
         .await;
@@ -180,6 +198,7 @@ impl Pipeline {
                 message: Some(step.message.clone()),
                 http_status: None,
                 started_at,
+                revision_diff: None,
             },
             Err(f) => record::RunEnd {
                 outcome: f.outcome(),
@@ -187,6 +206,7 @@ impl Pipeline {
                 message: Some(f.to_string()),
                 http_status: f.platform().and_then(|e| e.http_status),
                 started_at,
+                revision_diff: f.revision_diff().cloned(),
             },
         };
         let recorded = record::finish_run(&self.db, run_id, end).await;

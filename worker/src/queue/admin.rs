@@ -359,6 +359,29 @@ impl Queue {
         }))
     }
 
+    /// Where each job of `ids` stands: its state and its attempt number (the attempt running,
+    /// or the last one started); `None` for a job this queue does not hold.
+    pub async fn positions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<(JobState, u32)>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key("jobs"))
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let record = JobRecord::parse(&record?);
+                Some((record.state?, record.attempt))
+            })
+            .collect())
+    }
+
     /// Queues dead or cancelled jobs again. Returns, per id, the state it is now in or the
     /// reason it was not retried.
     pub async fn retry(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
