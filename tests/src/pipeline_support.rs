@@ -39,13 +39,15 @@ pub struct PlatformState {
 }
 
 /// An adapter over an in-memory platform that records every call. `stage_delay` makes
-/// stages slow enough to overlap; `in_stage` counts stages running at once.
+/// stages slow enough to overlap; `in_stage` counts stages running at once. `stage_panics`
+/// makes every stage panic with that message.
 #[derive(Clone, Default)]
 pub struct RecordingAdapter {
     pub state: Arc<Mutex<PlatformState>>,
     pub stage_delay: Duration,
     pub in_stage: Arc<AtomicUsize>,
     pub max_in_stage: Arc<AtomicUsize>,
+    pub stage_panics: Option<&'static str>,
 }
 
 impl RecordingAdapter {
@@ -101,6 +103,9 @@ impl PlatformAdapter for RecordingAdapter {
 
     fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
         async move {
+            if let Some(message) = self.stage_panics {
+                panic!("{message}");
+            }
             let now = self.in_stage.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_stage.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.stage_delay).await;
@@ -232,6 +237,7 @@ pub fn pipeline_with(
         lock_ttl: Duration::from_secs(5),
         staging_tags: HashMap::new(),
         per_platform: HashMap::new(),
+        closing: Default::default(),
     }
 }
 

@@ -1,6 +1,8 @@
-//! The audit trail tells the truth: an attempt whose end was not written is closed by the
-//! next, a changed revision is recorded with its paths, and a promotion with its chain of
-//! digests. Real Redis, SQLite and PostgreSQL; a recording adapter in place of a platform. (A worker killed with SIGKILL is in `crash.rs`.)
+//! The audit trail tells the truth: every attempt's `job_run` row is closed and its
+//! distribution lock released on every way out of the attempt (timeout, cancel, shutdown,
+//! panic, a failed result write), a changed revision is recorded with its paths, and a
+//! promotion with its chain of digests. Real Redis, SQLite and PostgreSQL; a recording
+//! adapter in place of a platform. (A worker killed with SIGKILL is in `crash.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +10,13 @@ use std::time::Duration;
 use atr_dist::config::RetryConfig;
 use atr_dist::platform::Adapters;
 use atr_dist::queue::pool::PoolConfig;
-use atr_dist_shared::entities::revision_manifest;
+use atr_dist_shared::entities::{job_run, revision_manifest};
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{Envelope, JobState, ManifestDiff, Platform};
 use atr_dist_tests::cases::eventually;
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
+use redis::AsyncCommands;
 use sea_orm::{ConnectionTrait, EntityTrait};
 
 const TGZ: &str = "example-pkg-1.0.0.tgz";
@@ -44,6 +47,14 @@ fn promote(rev: &str) -> Envelope {
     dist().promote(rev, RevisionSourceSpec::Dir, "pmc-chair")
 }
 
+/// A stage that never ends by itself.
+fn blocking() -> RecordingAdapter {
+    RecordingAdapter {
+        stage_delay: Duration::from_secs(3600),
+        ..Default::default()
+    }
+}
+
 async fn harness(
     which: Db,
     adapter: &RecordingAdapter,
@@ -62,12 +73,158 @@ async fn harness(
     .await
 }
 
+async fn lock_held(h: &Harness) -> bool {
+    let key = format!("{}lock:{}", h.t.queue.prefix(), dist().key().lock_id());
+    let exists: bool = h.t.queue.connection().exists(key).await.unwrap();
+    exists
+}
+
 async fn enqueue(h: &Harness, job: &Envelope, max_attempts: u32) -> String {
     h.t.queue.enqueue(job, None, max_attempts).await.unwrap().id
 }
 
 async fn state(h: &Harness, id: &str) -> JobState {
     h.t.queue.show(id).await.unwrap().unwrap().summary.state
+}
+
+/// Waits until the job's only attempt has a row that is still open (the attempt is running).
+async fn wait_until_running(h: &Harness, job: &Envelope) {
+    eventually("the attempt is running", WAIT, || async {
+        let runs = h.runs(job).await;
+        runs.len() == 1 && runs[0].finished_at.is_none()
+    })
+    .await;
+}
+
+/// Waits until the job's attempts are closed, and returns them.
+async fn closed_runs(h: &Harness, job: &Envelope) -> Vec<job_run::Model> {
+    eventually("every attempt's row is closed", WAIT, || async {
+        let runs = h.runs(job).await;
+        !runs.is_empty() && runs.iter().all(|r| r.finished_at.is_some())
+    })
+    .await;
+    h.runs(job).await
+}
+
+async fn wait_for_lock_release(h: &Harness) {
+    eventually("the distribution lock is released", WAIT, || async {
+        !lock_held(h).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let h = harness(Db::Sqlite, &adapter, FAST, |c| {
+        c.job_timeout = Duration::from_secs(1)
+    })
+    .await;
+    h.revs.write("00001", VOTED);
+    let slow = stage("00001", false);
+    assert_eq!(h.run(&slow, 1).await, JobState::Dead);
+    let runs = closed_runs(&h, &slow).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("timed_out"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("transient"));
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("longer than the job timeout (1s)"),
+        "{message}"
+    );
+    wait_for_lock_release(&h).await;
+
+    // The next job for the distribution runs at once, not after the lock's ten minutes.
+    let next = stage("00001", true);
+    assert_eq!(h.run(&next, 1).await, JobState::Done);
+    let events =
+        h.t.queue
+            .show(&next.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .events;
+    assert!(
+        events.iter().all(|e| e.event != "deferred"),
+        "the second job waited for a lock: {events:?}"
+    );
+    assert_eq!(h.runs(&next).await[0].outcome.as_deref(), Some("dry_run"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_attempt_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let h = harness(Db::Sqlite, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    let id = enqueue(&h, &job, 3).await;
+    wait_until_running(&h, &job).await;
+    assert!(lock_held(&h).await);
+    assert_eq!(
+        h.t.queue
+            .cancel(std::slice::from_ref(&id), "cancelled by the test")
+            .await
+            .unwrap(),
+        vec!["cancel_requested"]
+    );
+    eventually("the job is cancelled", WAIT, || async {
+        state(&h, &id).await == JobState::Cancelled
+    })
+    .await;
+    let runs = closed_runs(&h, &job).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("cancelled"), "{runs:?}");
+    assert_eq!(runs[0].error_class, None);
+    wait_for_lock_release(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_stopped_by_shutdown_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let mut h = harness(Db::Sqlite, &adapter, FAST, |c| {
+        c.shutdown_timeout = Duration::from_millis(500)
+    })
+    .await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    let id = enqueue(&h, &job, 3).await;
+    wait_until_running(&h, &job).await;
+    // Stopping the pool waits for the stopped attempt's records: nothing to wait for after.
+    h.stop_pool().await;
+    assert_eq!(state(&h, &id).await, JobState::Queued, "handed back");
+    let runs = h.runs(&job).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(message.contains("worker shut down"), "{message}");
+    assert!(!lock_held(&h).await, "the lock was released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_attempt_is_recorded_and_frees_its_lock() {
+    let adapter = RecordingAdapter {
+        stage_panics: Some("adapter bug (test)"),
+        ..Default::default()
+    };
+    let h = harness(Db::Sqlite, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    assert_eq!(
+        h.run(&job, 3).await,
+        JobState::Dead,
+        "a panic is not retried"
+    );
+    let runs = closed_runs(&h, &job).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("panicked: adapter bug (test)"),
+        "{message}"
+    );
+    wait_for_lock_release(&h).await;
+    h.stop().await;
 }
 
 /// An attempt whose end could not be written leaves its row open; the job's next attempt

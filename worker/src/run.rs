@@ -178,6 +178,7 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         lock_ttl: config.lease(),
         staging_tags: staging_tags(&config),
         per_platform: per_platform_limits(&config),
+        closing: Default::default(),
     };
     // Rows of attempts whose worker died are closed by the job's next attempt; this closes
     // those of jobs that have none (docs/wire-format.md, "Job lifecycle").

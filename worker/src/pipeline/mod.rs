@@ -5,8 +5,10 @@
 //! platform before they write to it, so a repeated job, or a retry after the result write
 //! failed, finds the work done and does not act twice.
 //!
-//! Rows left open by a worker that died are closed by the job's next attempt, or by
-//! `audit.rs` when there is none.
+//! The row and the lock are ended on every way out of an attempt: when the pool drops the
+//! attempt (timeout, cancel, lost lease, shutdown) or it panics, `OpenAttempt` ends them from
+//! a task of its own. Rows left open by a worker that died are closed by the job's next
+//! attempt, or by `audit.rs` when there is none.
 
 pub mod audit;
 mod promote;
@@ -14,16 +16,20 @@ pub mod record;
 mod stage;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use atr_dist_shared::{AttemptOutcome, DistributionKey, ErrorClass, Job, ManifestDiff, Platform};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::platform::{Adapters, PlatformAdapter, PlatformError};
-use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob};
+use crate::queue::lock::LockGuard;
+use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob, Stop, StopSignal};
 use crate::queue::{Queue, QueueError};
 use crate::source::{SourceError, Sources};
 
@@ -41,6 +47,9 @@ pub struct Pipeline {
     pub staging_tags: HashMap<Platform, atr_dist_shared::names::DistTag>,
     /// Jobs acting on one platform at once in this process.
     pub per_platform: HashMap<Platform, Arc<Semaphore>>,
+    /// The tasks ending the records of attempts that were dropped before they ended them
+    /// (`OpenAttempt`); the pool waits for them when it stops.
+    pub closing: TaskTracker,
 }
 
 /// What a successful step came to.
@@ -67,6 +76,8 @@ pub enum Failure {
     Refused(String),
     #[error("the distribution lock was lost to another job; stopped")]
     LockLost,
+    #[error("the attempt panicked: {0}")]
+    Panicked(String),
 }
 
 impl Failure {
@@ -76,7 +87,10 @@ impl Failure {
             Failure::Source(e) => e.class(),
             // The database or Redis away: the next attempt finds them back.
             Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
-            Failure::RevisionChanged(_) | Failure::Refused(_) => ErrorClass::Permanent,
+            // A bug: running it again would panic again.
+            Failure::RevisionChanged(_) | Failure::Refused(_) | Failure::Panicked(_) => {
+                ErrorClass::Permanent
+            }
         }
     }
 
@@ -88,7 +102,8 @@ impl Failure {
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
-            | Failure::LockLost => AttemptOutcome::Failed,
+            | Failure::LockLost
+            | Failure::Panicked(_) => AttemptOutcome::Failed,
         }
     }
 
@@ -101,7 +116,8 @@ impl Failure {
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
-            | Failure::LockLost => None,
+            | Failure::LockLost
+            | Failure::Panicked(_) => None,
         }
     }
 
@@ -114,7 +130,126 @@ impl Failure {
             | Failure::Queue(_)
             | Failure::RevisionChanged(_)
             | Failure::Refused(_)
-            | Failure::LockLost => None,
+            | Failure::LockLost
+            | Failure::Panicked(_) => None,
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// What an attempt holds open while it runs: its `job_run` row and its distribution lock.
+/// `end` records the attempt's end and releases the lock. Dropped without that (the pool
+/// stopped the attempt, or it unwound), it ends both from a task on `closing`, with what the
+/// pool's `StopSignal` says: `timed_out`, `cancelled`, or `abandoned` (lease lost, shutdown).
+struct OpenAttempt {
+    db: DatabaseConnection,
+    run_id: i64,
+    started_at: DateTime<Utc>,
+    lock: Option<LockGuard>,
+    stop: StopSignal,
+    closing: TaskTracker,
+    ended: bool,
+}
+
+impl OpenAttempt {
+    async fn end(mut self, end: record::RunEnd) -> Result<(), DbErr> {
+        let recorded = record::finish_run(&self.db, self.run_id, end).await;
+        // Recorded or not, this is the attempt's own account: when the write failed, the
+        // job's next attempt closes the row, saying so.
+        self.ended = true;
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+        recorded
+    }
+
+    /// How an attempt that was dropped before it recorded its end ended.
+    fn dropped_end(&self) -> record::RunEnd {
+        let (outcome, error_class, message) = if std::thread::panicking() {
+            (
+                AttemptOutcome::Failed,
+                Some(ErrorClass::Permanent),
+                "the attempt panicked; the worker's log has the panic's message".to_owned(),
+            )
+        } else {
+            match self.stop.get() {
+                Some(Stop::TimedOut(after)) => (
+                    AttemptOutcome::TimedOut,
+                    Some(ErrorClass::Transient),
+                    format!(
+                        "the attempt ran longer than the job timeout ({}) and was stopped",
+                        humantime::format_duration(after)
+                    ),
+                ),
+                Some(Stop::Cancelled) => (
+                    AttemptOutcome::Cancelled,
+                    None,
+                    "the job was cancelled while this attempt ran; the attempt was stopped"
+                        .to_owned(),
+                ),
+                Some(Stop::LeaseLost) => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "this worker lost the job's lease (it expired and the job went back to the queue); the attempt was stopped".to_owned(),
+                ),
+                Some(Stop::Shutdown) => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "the worker shut down before the attempt ended; the job was handed back to the queue".to_owned(),
+                ),
+                None => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "the attempt was stopped before it recorded its end".to_owned(),
+                ),
+            }
+        };
+        record::RunEnd {
+            outcome,
+            error_class,
+            message: Some(message),
+            http_status: None,
+            started_at: self.started_at,
+            revision_diff: None,
+        }
+    }
+}
+
+impl Drop for OpenAttempt {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let end = self.dropped_end();
+        let (db, run_id, lock) = (self.db.clone(), self.run_id, self.lock.take());
+        let close = async move {
+            if let Err(e) = record::finish_run(&db, run_id, end).await {
+                tracing::warn!(run = run_id, error = %e, "recording the end of a stopped attempt failed; its next attempt closes the row");
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.closing.spawn_on(close, &runtime);
+            }
+            // No runtime left to run it (the process is ending): the lock expires after its
+            // time to live, and the row is closed by the job's next attempt.
+            Err(_) => {
+                tracing::warn!(
+                    run = run_id,
+                    "attempt stopped while the runtime ends; its row stays open"
+                )
+            }
         }
     }
 }
@@ -182,13 +317,25 @@ impl Pipeline {
                 return Err(JobError::transient(format!("recording the attempt: {e}")));
             }
         };
+        let lost = lock.lost.clone();
+        let open = OpenAttempt {
+            db: self.db.clone(),
+            run_id,
+            started_at,
+            lock: Some(lock),
+            stop: job.stop.clone(),
+            closing: self.closing.clone(),
+            ended: false,
+        };
         let permit = match self.per_platform.get(&key.platform) {
             Some(s) => Some(Arc::clone(s).acquire_owned().await),
             None => None,
         };
         let result = tokio::select! {
-            r = self.step(job, key) => r,
-            () = lock.lost.cancelled() => Err(Failure::LockLost),
+            r = AssertUnwindSafe(self.step(job, key)).catch_unwind() => {
+                r.unwrap_or_else(|panic| Err(Failure::Panicked(panic_message(panic.as_ref()))))
+            }
+            () = lost.cancelled() => Err(Failure::LockLost),
         };
         drop(permit);
         let end = match &result {
@@ -209,8 +356,7 @@ impl Pipeline {
                 revision_diff: f.revision_diff().cloned(),
             },
         };
-        let recorded = record::finish_run(&self.db, run_id, end).await;
-        lock.release().await;
+        let recorded = open.end(end).await;
         match (result, recorded) {
             (Ok(step), Ok(())) => {
                 tracing::info!(job = %job.id, outcome = %step.outcome, "{}", step.message);
@@ -246,5 +392,10 @@ impl JobHandler for Pipeline {
             .distribution_key()
             .map_err(|e| JobError::permanent(format!("invalid distribution key: {e}")))?;
         self.attempt(&job, &key).await
+    }
+
+    async fn drain(&self) {
+        self.closing.close();
+        self.closing.wait().await;
     }
 }
