@@ -38,6 +38,8 @@ pub struct JobSummary {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
+    /// The class and message of the failure the job is in: its last failure, or for a
+    /// cancelled job the cancel. None for a done job, whose earlier failures are history.
     pub error_class: Option<String>,
     pub last_error: Option<String>,
     pub cancel_requested: bool,
@@ -641,6 +643,17 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         JobState::Queued | JobState::Running => (None, None),
     };
     let indexed = Indexed::read(get(ENVELOPE).as_deref());
+    // The error hashes keep a job's last failure after it succeeds; for a done job that is
+    // history (its attempts and events have it), not its error.
+    let (error_class, last_error) = match state {
+        JobState::Done => (None, None),
+        JobState::Scheduled
+        | JobState::Queued
+        | JobState::Running
+        | JobState::Retrying
+        | JobState::Dead
+        | JobState::Cancelled => (get(1).filter(|s| !s.is_empty()), get(2)),
+    };
     Some(JobSummary {
         id: id.to_owned(),
         state,
@@ -659,8 +672,8 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         started_at: ms_to_time(record.started_at),
         finished_at: ms_to_time(finished_at),
         worker: record.worker,
-        error_class: get(1).filter(|s| !s.is_empty()),
-        last_error: get(2),
+        error_class,
+        last_error,
         cancel_requested: get(3).as_deref() == Some("1"),
     })
 }
