@@ -1,9 +1,13 @@
--- atr-dist wire format v5: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v6: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, n_done, then
---   n_done pairs for attempts that succeeded: id, lease
---   then 6 values per other job: id, lease, outcome, delay_ms, error_class, message
---   where outcome is retry | dead | cancelled | release | defer
+--   n_done triples for attempts that succeeded: id, lease, result
+--   then 7 values per other job: id, lease, outcome, delay_ms, error_class, message, result
+--   where outcome is retry | dead | cancelled | release | defer, and result is the worker's
+--   JSON report of the job (docs/wire-format.md, "Results") or ''
+-- A job that ends here (done, dead, cancelled) gets one entry in the `results` stream, and
+-- its result, when the worker sent one, in the `result` hash: written by this script, in
+-- the same step as the transition, so no end goes unreported.
 -- `lease` is the token fetch.lua handed out with the job. Only the holder of that very lease
 -- may ack: a job whose record is not `running <lease>` is 'stale' and nothing changes (the
 -- lease expired and the job went to another worker, or this ack was applied already).
@@ -13,17 +17,17 @@
 -- batch; the other outcomes are rare and written one job at a time.
 local prefix = ARGV[1]
 local n_done = tonumber(ARGV[2])
-if n_done == nil or n_done < 0 or 2 + 2 * n_done > #ARGV or (#ARGV - 2 - 2 * n_done) % 6 ~= 0 then
-  return redis.error_reply('ERR atr-dist ack: expected n_done, n_done pairs, then groups of 6 per job')
+if n_done == nil or n_done < 0 or 2 + 3 * n_done > #ARGV or (#ARGV - 2 - 3 * n_done) % 7 ~= 0 then
+  return redis.error_reply('ERR atr-dist ack: expected n_done, n_done triples, then groups of 7 per job')
 end
 local OUTCOMES = {retry = true, dead = true, cancelled = true, release = true, defer = true}
 -- Check every outcome before writing anything, so a bad call changes nothing.
-for i = 3 + 2 * n_done, #ARGV, 6 do
+for i = 3 + 3 * n_done, #ARGV, 7 do
   if not OUTCOMES[ARGV[i + 2]] then
     return redis.error_reply('ERR atr-dist ack: unknown outcome ' .. tostring(ARGV[i + 2]))
   end
 end
-if n_done + (#ARGV - 2 - 2 * n_done) / 6 > 1000 then
+if n_done + (#ARGV - 2 - 3 * n_done) / 7 > 1000 then
   return redis.error_reply('ERR atr-dist ack: at most 1000 jobs per call')
 end
 local t = redis.call('TIME')
@@ -33,17 +37,19 @@ local jobs = prefix .. 'jobs'
 local counts = {done = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
 
 -- Every job's id and presented lease; the records read in one variadic call.
-local ids, presented = {}, {}
+local ids, presented, results = {}, {}, {}
 local m = 0
-for i = 3, 2 + 2 * n_done, 2 do
+for i = 3, 2 + 3 * n_done, 3 do
   m = m + 1
   ids[m] = ARGV[i]
   presented[m] = ARGV[i + 1]
+  results[m] = ARGV[i + 2]
 end
-for i = 3 + 2 * n_done, #ARGV, 6 do
+for i = 3 + 3 * n_done, #ARGV, 7 do
   m = m + 1
   ids[m] = ARGV[i]
   presented[m] = ARGV[i + 1]
+  results[m] = ARGV[i + 6]
 end
 if m == 0 then
   return {}
@@ -58,16 +64,41 @@ local function event(id, name, attempt, class, message)
   redis.call('LTRIM', key, -50, -1)
 end
 
+-- The end of a job, for producers (docs/wire-format.md, "Results"). `attempt` and
+-- `batch` come from its lease; ATR's task status from its state and error class.
+local RESULTS_MAXLEN = 100000
+local function report(id, state, lease, class, message, result)
+  local batch, attempt = string.match(lease, '^%d+ %d+ (%d+) (%d+)')
+  local atr = 'COMPLETED'
+  if state == 'dead' then
+    atr = (class == 'transient') and 'BROKEN' or 'FAILED'
+  elseif state == 'cancelled' then
+    atr = 'FAILED'
+  end
+  redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', RESULTS_MAXLEN, '*',
+    'id', id, 'state', state, 'atr_status', atr, 'attempt', attempt or '0',
+    'error_class', class or '', 'message', message or '', 'batch', batch or '',
+    'result', result)
+end
+
 local function failure(id, class, message)
   redis.call('HSET', prefix .. 'error_class', id, class)
   redis.call('HSET', prefix .. 'last_error', id, message)
 end
 
-local function to_dead(id, lease, attempt, class, message)
+local function keep_result(id, result)
+  if result ~= '' then
+    redis.call('HSET', prefix .. 'result', id, result)
+  end
+end
+
+local function to_dead(id, lease, attempt, class, message, result)
   redis.call('HSET', jobs, id, 'dead ' .. lease)
   failure(id, class, message)
   redis.call('ZADD', prefix .. 'dead', now, id)
   event(id, 'dead', attempt, class, message)
+  keep_result(id, result)
+  report(id, 'dead', lease, class, message, result)
   counts.dead = counts.dead + 1
   counts.failed = counts.failed + 1
   return 'dead'
@@ -86,8 +117,8 @@ end
 
 local out = {}
 local finished = ' ' .. tostring(now)
-local done_ids, done_records = {}, {}
-local nd = 0
+local done_ids, done_records, done_results = {}, {}, {}
+local nd, nr = 0, 0
 for k = 1, m do
   local id = ids[k]
   local lease = presented[k]
@@ -100,9 +131,15 @@ for k = 1, m do
     done_records[2 * nd - 1] = id
     -- A done job's record ends with the time it finished.
     done_records[2 * nd] = 'done ' .. lease .. finished
+    if results[k] ~= '' then
+      nr = nr + 1
+      done_results[2 * nr - 1] = id
+      done_results[2 * nr] = results[k]
+    end
+    report(id, 'done', lease, nil, nil, results[k])
     result = 'done'
   else
-    local i = 3 + 2 * n_done + 6 * (k - n_done - 1)
+    local i = 3 + 3 * n_done + 7 * (k - n_done - 1)
     local max, attempt = string.match(lease, '^(%d+) %d+ %d+ (%d+)')
     max = tonumber(max) or 1
     attempt = tonumber(attempt) or 1
@@ -117,7 +154,7 @@ for k = 1, m do
     if outcome == 'retry' then
       if attempt >= max then
         result = to_dead(id, lease, attempt, class,
-          'gave up after ' .. attempt .. ' attempt(s); last error: ' .. message)
+          'gave up after ' .. attempt .. ' attempt(s); last error: ' .. message, results[k])
       else
         local run_at = now + delay
         redis.call('HSET', jobs, id, 'retrying ' .. lease)
@@ -129,12 +166,14 @@ for k = 1, m do
         result = 'retrying'
       end
     elseif outcome == 'dead' then
-      result = to_dead(id, lease, attempt, class, message)
+      result = to_dead(id, lease, attempt, class, message, results[k])
     elseif outcome == 'cancelled' then
       redis.call('HSET', jobs, id, 'cancelled ' .. lease)
       redis.call('HSET', prefix .. 'last_error', id, message)
       redis.call('ZADD', prefix .. 'cancelled', now, id)
       event(id, 'cancelled', attempt, class, message)
+      keep_result(id, results[k])
+      report(id, 'cancelled', lease, class, message, results[k])
       counts.cancelled = counts.cancelled + 1
       result = 'cancelled'
     elseif outcome == 'defer' then
@@ -162,6 +201,9 @@ if nd > 0 then
   redis.call('ZREM', running, unpack(done_ids))
   redis.call('RPUSH', prefix .. 'done', unpack(done_ids))
   redis.call('HSET', jobs, unpack(done_records))
+  if nr > 0 then
+    redis.call('HSET', prefix .. 'result', unpack(done_results))
+  end
   if pending_cancel then
     redis.call('HDEL', prefix .. 'cancel_requested', unpack(done_ids))
   end

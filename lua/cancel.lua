@@ -1,8 +1,9 @@
--- atr-dist wire format v5: cancel (docs/wire-format.md, "cancel").
+-- atr-dist wire format v6: cancel (docs/wire-format.md, "cancel").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- scheduled, queued and retrying jobs become cancelled at once; for a running job the
--- request is recorded and the worker sees it on its next heartbeat.
+-- request is recorded and the worker sees it on its next heartbeat. A job cancelled here gets
+-- its `results` entry here (without a result: no worker reported on it).
 -- Returns, per id: 'cancelled', 'cancel_requested', 'not_found', or the terminal state the
 -- job is already in (done, dead, cancelled), which cannot be cancelled.
 local prefix = ARGV[1]
@@ -33,6 +34,11 @@ for i = 3, #ARGV do
     redis.call('HSET', jobs, id, 'cancelled' .. string.match(record, '^%a+(.*)$'))
     redis.call('HSET', prefix .. 'last_error', id, message)
     redis.call('ZADD', prefix .. 'cancelled', now, id)
+    local batch, attempt = string.match(record, '^%a+ %d+ %d+ (%d+) ?(%d*)')
+    redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
+      'id', id, 'state', 'cancelled', 'atr_status', 'FAILED', 'attempt',
+      (attempt ~= '' and attempt) or '0', 'error_class', '', 'message', message,
+      'batch', batch or '', 'result', '')
     cancelled = cancelled + 1
     result = 'cancelled'
   else

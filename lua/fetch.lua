@@ -1,4 +1,4 @@
--- atr-dist wire format v5: fetch (docs/wire-format.md, "fetch").
+-- atr-dist wire format v6: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
@@ -28,9 +28,9 @@ local queued_at_key = prefix .. 'queued_at'
 local RUNNING_KEEPER = '~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)'
 
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '5' then
+if fmt and fmt ~= '6' then
   return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
-    '; this worker speaks format 5; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    '; this worker speaks format 6; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in enqueue.lua: a script cannot load another.)
@@ -40,7 +40,7 @@ local function holds_jobs()
     prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 if not fmt then
-  -- Nothing was ever enqueued in format 5: either there is nothing to do, or the jobs are
+  -- Nothing was ever enqueued in format 6: either there is nothing to do, or the jobs are
   -- in format 1 and must be moved first.
   if holds_jobs() then
     return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
@@ -109,6 +109,12 @@ for _, id in ipairs(expired) do
       redis.call('HSET', prefix .. 'last_error', id, message)
       redis.call('ZADD', prefix .. 'dead', now, id)
       event(id, 'dead', attempt, message)
+      -- No worker is left to report on it: the results entry carries no result, and its
+      -- batch tells a consumer where the envelope is (docs/wire-format.md, "Results").
+      local batch = string.match(record, '^%a+ %d+ %d+ (%d+)')
+      redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
+        'id', id, 'state', 'dead', 'atr_status', 'BROKEN', 'attempt', attempt,
+        'error_class', 'transient', 'message', message, 'batch', batch or '', 'result', '')
       died = died + 1
     else
       redis.call('HSET', jobs, id, with_state(record, 'queued'))

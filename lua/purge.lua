@@ -1,4 +1,4 @@
--- atr-dist wire format v5: purge (docs/wire-format.md, "purge").
+-- atr-dist wire format v6: purge (docs/wire-format.md, "purge").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state (done | dead | cancelled), older_than_ms, limit (at most 1000)
 -- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with their
@@ -91,7 +91,7 @@ for k, id in ipairs(ids) do
 end
 -- Every per-job hash of docs/wire-format.md, "Keys".
 for _, field in ipairs({'jobs', 'queued_at', 'error_class', 'last_error',
-    'cancel_requested'}) do
+    'cancel_requested', 'result'}) do
   redis.call('HDEL', prefix .. field, unpack(ids))
 end
 redis.call('DEL', unpack(events))

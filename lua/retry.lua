@@ -1,4 +1,4 @@
--- atr-dist wire format v5: retry (docs/wire-format.md, "retry").
+-- atr-dist wire format v6: retry (docs/wire-format.md, "retry").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- A dead or cancelled job is queued again with a fresh set of attempts.
@@ -23,6 +23,8 @@ for i = 3, #ARGV do
     redis.call('HSET', jobs, id, 'queued ' .. string.match(record, '^%a+ (%d+ %d+ %d+)'))
     redis.call('HSET', prefix .. 'queued_at', id, now)
     redis.call('HDEL', prefix .. 'cancel_requested', id)
+    -- The job's earlier end is no longer its result.
+    redis.call('HDEL', prefix .. 'result', id)
     redis.call('RPUSH', prefix .. 'queued', id)
     local key = prefix .. 'events:' .. id
     redis.call('RPUSH', key, cjson.encode({at = now, event = 'retried', message = message}))

@@ -6,7 +6,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_results_schema;
 mod m20261128_000002_distribution_staging_tag;
-mod m20261201_000003_audit_trail;
+mod m20261206_000010_job_run_http_requests;
+mod m20261206_000011_audit_trail;
 
 pub struct Migrator;
 
@@ -16,7 +17,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_results_schema::Migration),
             Box::new(m20261128_000002_distribution_staging_tag::Migration),
-            Box::new(m20261201_000003_audit_trail::Migration),
+            Box::new(m20261206_000010_job_run_http_requests::Migration),
+            Box::new(m20261206_000011_audit_trail::Migration),
         ]
     }
 }

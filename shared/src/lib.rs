@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod names;
 pub mod outcome;
 pub mod platform;
+pub mod report;
 
 pub use digest::{Digest, DigestAlgorithm};
 pub use job::{Envelope, Job, JobId, JobKind, PromoteJob, StageJob};
@@ -19,3 +20,4 @@ pub use lifecycle::{ErrorClass, JobState};
 pub use manifest::{ManifestDiff, ManifestEntry, RevisionManifest};
 pub use outcome::{AtrTaskStatus, AttemptOutcome};
 pub use platform::{Platform, PromotionMechanism};
+pub use report::{DistributionRef, JobReport};

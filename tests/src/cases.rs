@@ -122,6 +122,7 @@ fn ack(job: &Leased, outcome: AckOutcome) -> Vec<Ack> {
     vec![Ack {
         lease: job.lease(),
         outcome,
+        result: String::new(),
     }]
 }
 
@@ -137,6 +138,7 @@ fn forged(job: &Leased, attempt: u32, worker: &str) -> Vec<Ack> {
             token: format!("{max} {enqueued} {attempt} {started} {worker}"),
         },
         outcome: AckOutcome::Done,
+        result: String::new(),
     }]
 }
 
@@ -523,6 +525,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
                 class: ErrorClass::Auth,
                 message: "401 bad token".into(),
             },
+            result: String::new(),
         })
         .collect();
     q.ack(&dead).await.unwrap();
@@ -652,6 +655,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
         .map(|j| Ack {
             lease: j.lease(),
             outcome: AckOutcome::Done,
+            result: String::new(),
         })
         .collect();
     // In two batches, so that the order they finished in is known.

@@ -24,6 +24,11 @@ pub struct Fault {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    /// Pass the request to the server first, then answer with the fault instead of the
+    /// server's answer: a write that took effect but whose answer was lost.
+    forward: bool,
+    /// Matching requests to let through before this fault applies.
+    skip: usize,
 }
 
 impl Fault {
@@ -36,7 +41,22 @@ impl Fault {
             status,
             headers: Vec::new(),
             body: String::new(),
+            forward: false,
+            skip: 0,
         }
+    }
+
+    /// Applies from the `n+1`-th matching request on; the first `n` pass untouched.
+    pub fn skip(mut self, n: usize) -> Fault {
+        self.skip = n;
+        self
+    }
+
+    /// Lets the request reach the server, and loses its answer: the client gets the
+    /// fault's status (a 502 from a proxy, a 504 timeout) although the server acted.
+    pub fn after_forwarding(mut self) -> Fault {
+        self.forward = true;
+        self
     }
 
     /// Only for requests with this method.
@@ -163,15 +183,19 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         .unwrap_or_else(|| "/".into());
     let fault = {
         let mut faults = s.faults.lock().unwrap();
-        faults
-            .iter_mut()
-            .find(|f| f.matches(&method, &path))
-            .map(|f| {
-                f.times -= 1;
-                f.clone()
-            })
+        let mut chosen = None;
+        for f in faults.iter_mut().filter(|f| f.matches(&method, &path)) {
+            if f.skip > 0 {
+                f.skip -= 1;
+                continue;
+            }
+            f.times -= 1;
+            chosen = Some(f.clone());
+            break;
+        }
+        chosen
     };
-    if let Some(f) = fault {
+    if let Some(f) = fault.as_ref().filter(|f| !f.forward) {
         s.seen.lock().unwrap().push(Seen {
             method,
             path,
@@ -183,7 +207,7 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        return respond(f.status, &headers, f.body);
+        return respond(f.status, &headers, f.body.clone());
     }
 
     let host = req
@@ -234,6 +258,15 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         status,
         injected: false,
     });
+    // The server acted; its answer is lost on the way back.
+    if let Some(f) = fault {
+        let headers: Vec<(&str, &str)> = f
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        return respond(f.status, &headers, f.body);
+    }
     let refs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

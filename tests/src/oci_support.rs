@@ -6,14 +6,14 @@
 //! Everything listens on 127.0.0.1 on a free port and stops when dropped.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use atr_dist::platform::StageRequest;
 use atr_dist::platform::oci::{ACCEPT_ALL, OCI_INDEX, OCI_MANIFEST};
-use atr_dist::platform::{Artifact, StageRequest};
 use atr_dist_shared::names::{
     ArtifactPath, DistTag, PackageName, ReleaseKey, RevisionKey, RevisionNumber, Version,
 };
@@ -503,31 +503,23 @@ pub fn key(namespace: &str, package: &str) -> DistributionKey {
     .expect("key")
 }
 
-/// A stage request for `image`, its files written under `dir`.
-pub fn stage_request(
-    key: &DistributionKey,
-    dir: &Path,
-    image: &OciImage,
-    staging_tag: &str,
-) -> StageRequest {
+/// A stage request for `image`, its files sealed as the pipeline seals them.
+pub fn stage_request(key: &DistributionKey, image: &OciImage, staging_tag: &str) -> StageRequest {
     let artifacts = image
         .files
         .iter()
         .map(|(path, bytes)| {
-            let local = dir.join(path);
-            std::fs::create_dir_all(local.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&local, bytes).expect("write");
-            let (size, sha3_256) = atr_dist::source::hash_file(&local).expect("hash");
-            let path = ArtifactPath::new(path.clone()).expect("artifact path");
-            Artifact {
-                path: path.clone(),
-                local,
-                entry: ManifestEntry {
-                    path,
-                    size,
-                    sha3_256,
-                },
-            }
+            use sha3::Digest as _;
+            let entry = ManifestEntry {
+                path: ArtifactPath::new(path.clone()).expect("artifact path"),
+                size: bytes.len() as u64,
+                sha3_256: atr_dist_shared::manifest::Sha3Hex::from_bytes(
+                    sha3::Sha3_256::digest(bytes).into(),
+                ),
+            };
+            atr_dist::seal::Sealer::default()
+                .seal_bytes(&entry, bytes::Bytes::from(bytes.clone()))
+                .expect("sealed")
         })
         .collect();
     StageRequest {

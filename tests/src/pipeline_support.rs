@@ -87,7 +87,7 @@ impl PlatformAdapter for RecordingAdapter {
         // A digest over the artifacts' content, as a registry's would be.
         let mut h = Sha256::new();
         for a in &req.artifacts {
-            h.update(a.entry.sha3_256.as_str().as_bytes());
+            h.update(a.entry().sha3_256.as_str().as_bytes());
         }
         let d = Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize()).unwrap();
         async move { Ok(d) }.boxed()
@@ -237,6 +237,8 @@ pub fn pipeline_with(
         lock_ttl: Duration::from_secs(5),
         staging_tags: HashMap::new(),
         per_platform: HashMap::new(),
+        sealer: atr_dist::seal::Sealer::default(),
+        retry_limits: atr_dist::platform::http::RetryLimits::default(),
         closing: Default::default(),
     }
 }
@@ -272,16 +274,26 @@ impl Harness {
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline),
     ) -> Harness {
+        Harness::build(which, adapters, retry, |p, _| adjust(p), |_| {}).await
+    }
+
+    /// As `custom`, with the root of the revision directories given to `adjust` too.
+    pub async fn custom_at(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        adjust: impl FnOnce(&mut Pipeline, &Path),
+    ) -> Harness {
         Harness::build(which, adapters, retry, adjust, |_| {}).await
     }
 
-    /// As `custom`, with `adjust_pool` changing the pool's configuration (e.g. its job
+    /// As `custom_at`, with `adjust_pool` changing the pool's configuration (e.g. its job
     /// timeout) too.
     pub async fn build(
         which: Db,
         adapters: Adapters,
         retry: RetryConfig,
-        adjust: impl FnOnce(&mut Pipeline),
+        adjust: impl FnOnce(&mut Pipeline, &Path),
         adjust_pool: impl FnOnce(&mut PoolConfig),
     ) -> Harness {
         let (url, pg, sqlite) = match which {
@@ -301,7 +313,7 @@ impl Harness {
         let t = TestQueue::new().await;
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
-        adjust(&mut p);
+        adjust(&mut p, revs.root());
         let mut config = pool_config(4, retry);
         adjust_pool(&mut config);
         let stop_audit = CancellationToken::new();

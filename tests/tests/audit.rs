@@ -67,7 +67,7 @@ async fn harness(
         which,
         adapters,
         retry,
-        |p| p.lock_ttl = Duration::from_secs(600),
+        |p, _| p.lock_ttl = Duration::from_secs(600),
         adjust_pool,
     )
     .await

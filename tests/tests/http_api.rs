@@ -299,6 +299,7 @@ async fn make_dead(q: &Queue, env: &atr_dist_shared::Envelope) -> String {
             class: ErrorClass::Permanent,
             message: "404 no such package".into(),
         },
+        result: String::new(),
     };
     q.ack(&[ack]).await.unwrap();
     e.id
@@ -726,6 +727,93 @@ async fn writes_need_the_admin_token_as_bearer() {
     assert!(s.queue().stats().await.unwrap().paused);
     // Reads are open here.
     let (st, _) = s.get("/api/v1/queue/stats").await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let s = Server::start(Options::default()).await;
+    let stats = s.url("/api/v1/queue/stats");
+    // DNS rebinding: another site's name, resolved to this address, reads nothing.
+    for path in ["/api/v1/queue/stats", "/api/v1/jobs", "/", "/events"] {
+        let r = s
+            .client
+            .get(s.url(path))
+            .header("host", "evil.example.com:8440")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(r.headers().get("www-authenticate").is_none(), "{path}");
+        if path.starts_with("/api") {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "host_not_allowed", "{body}");
+        }
+    }
+    // The server's own names read without a token; any name reads with it.
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let r = s
+            .client
+            .get(&stats)
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{host}");
+    }
+    let r = s
+        .client
+        .get(&stats)
+        .header("host", "evil.example.com")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Probes stay open under any name.
+    let r = s
+        .client
+        .get(s.url("/healthz"))
+        .header("host", "evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Writes from another site's page are refused even with the token; the dashboard's own
+    // origin, and clients that send no Origin, act.
+    let pause = s.url("/api/v1/queue/pause");
+    for origin in [
+        "https://evil.example.com".to_owned(),
+        format!("http://evil.example.com:{port}"),
+        "null".to_owned(),
+    ] {
+        let r = s
+            .client
+            .post(&pause)
+            .bearer_auth(TOKEN)
+            .header("origin", &origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "origin_not_allowed", "{body}");
+    }
+    assert!(!s.queue().stats().await.unwrap().paused);
+    let r = s
+        .client
+        .post(&pause)
+        .bearer_auth(TOKEN)
+        .header("origin", &s.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(s.queue().stats().await.unwrap().paused);
+    let (st, _) = s.post("/api/v1/queue/resume", None).await;
     assert_eq!(st, StatusCode::OK);
     s.stop().await;
 }
@@ -1225,6 +1313,7 @@ async fn attempt_with(q: &Queue, outcome: AckOutcome) {
     q.ack(&[Ack {
         lease: leased[0].lease(),
         outcome,
+        result: String::new(),
     }])
     .await
     .unwrap();

@@ -191,11 +191,9 @@ async fn an_image_ci_already_pushed_is_adopted_without_writes() {
     let proxy = FaultProxy::start(&registry.url).await;
     let image = single_image("oci", "built by CI");
     // The project's CI pushes the voted image under the staging tag, straight to the registry.
-    let tmp = tempfile::tempdir().unwrap();
     let ci = adapter(&registry.url);
     ci.stage(&stage_request(
         &key("apache", "adopted"),
-        tmp.path(),
         &image,
         STAGING_TAG,
     ))
@@ -253,14 +251,8 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
 
     // Someone pushes another image over the staging tag.
     let other = single_image("image", "NOT voted");
-    let tmp = tempfile::tempdir().unwrap();
     adapter(&registry.url)
-        .stage(&stage_request(
-            &key("apache", "moved"),
-            tmp.path(),
-            &other,
-            STAGING_TAG,
-        ))
+        .stage(&stage_request(&key("apache", "moved"), &other, STAGING_TAG))
         .await
         .unwrap();
 
@@ -326,8 +318,7 @@ async fn unknown_names_and_registry_refusals() {
             .path_contains("/blobs/sha256:")
             .times(100),
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let req = stage_request(&key("apache", "lied-to"), tmp.path(), &image, STAGING_TAG);
+    let req = stage_request(&key("apache", "lied-to"), &image, STAGING_TAG);
     let err = a.stage(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
     assert_eq!(err.http_status, Some(400));
@@ -369,9 +360,8 @@ async fn token_auth_with_real_jwts() {
 
     let a = with("s3cret", vec![realm.realm.clone()]);
     let image = single_image("image", "behind tokens");
-    let tmp = tempfile::tempdir().unwrap();
     let k = key("apache", "tokened");
-    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+    let req = stage_request(&k, &image, STAGING_TAG);
     assert_eq!(
         a.expected_digest(&req).await.unwrap().as_str(),
         image.digest
@@ -440,7 +430,7 @@ async fn token_auth_with_real_jwts() {
     realm.set_grant(Grant::PullOnly);
     let other = key("apache", "pull-only");
     let err = with("s3cret", vec![realm.realm.clone()])
-        .stage(&stage_request(&other, tmp.path(), &image, STAGING_TAG))
+        .stage(&stage_request(&other, &image, STAGING_TAG))
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
@@ -471,9 +461,8 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
     let proxy = FaultProxy::start(&registry.url).await;
     let a = adapter(&proxy.url);
     let image = single_image("image", "busy registry");
-    let tmp = tempfile::tempdir().unwrap();
     let k = key("apache", "busy");
-    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+    let req = stage_request(&k, &image, STAGING_TAG);
 
     // Short Retry-After: waited out inside the attempt.
     proxy.inject(busy(503, 1));
@@ -542,9 +531,8 @@ async fn a_staging_repository_is_promoted_by_mounting() {
     })
     .unwrap();
     let image = multi_arch_image("image", "mounted");
-    let tmp = tempfile::tempdir().unwrap();
     let k = key("apache", "mounted");
-    let req = stage_request(&k, tmp.path(), &image, STAGING_TAG);
+    let req = stage_request(&k, &image, STAGING_TAG);
     a.stage(&req).await.unwrap();
     assert_eq!(
         registry_manifest(&registry.url, "apache-staging/mounted", STAGING_TAG).await,

@@ -98,3 +98,111 @@ async fn python_enqueued_jobs_are_completed_by_the_rust_worker() {
         "library"
     );
 }
+
+/// ATR's whole loop, in Python against the real worker and a real registry: the stage hook
+/// at candidate time, the promote hook at vote completion, and a results consumer that
+/// updates ATR's rows (clients/python/examples/atr_loop.py, the code the package's README
+/// shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atr_enqueues_consumes_results_and_updates_its_rows() {
+    use atr_dist::platform::Adapters;
+    use atr_dist::platform::npm::NpmAdapter;
+    use atr_dist_shared::Platform;
+    use atr_dist_tests::npm_support::{Verdaccio, tarball};
+    use atr_dist_tests::pipeline_support::{Db, Harness};
+
+    let registry = Verdaccio::start().await;
+    let npm = NpmAdapter::new(
+        url::Url::parse(&registry.url()).unwrap(),
+        Some(atr_dist::secret::Secret::new(registry.token.clone())),
+    )
+    .unwrap();
+    let h = Harness::new(
+        Db::Sqlite,
+        Adapters::default().with(Platform::Npm, Arc::new(npm)),
+        FAST_RETRY,
+    )
+    .await;
+    let example = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
+        .join("../clients/python/examples/atr_loop.py");
+    let (url, queue) = (h.t.url.clone(), h.t.name.clone());
+    let run = move |package: &'static str, candidate: &'static str, voted: &'static str| {
+        let out = Command::new(python())
+            .arg(&example)
+            .args([&url, &queue, package, candidate, voted])
+            .output()
+            .expect("run the ATR loop");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // The vote made revision 00002 with the same files: promoted.
+    let voted = tarball("atr-loop", "1.0.0", "voted");
+    for rev in ["00001", "00002"] {
+        h.revs
+            .write(rev, &[("atr-loop-1.0.0.tgz", voted.as_slice())]);
+    }
+    let first = run.clone();
+    let out = tokio::task::spawn_blocking(move || first("atr-loop", "00001", "00002"))
+        .await
+        .unwrap();
+    assert_eq!(out["after_stage"], serde_json::json!([[1]]), "{out}");
+    let row = &out["distribution"][0];
+    assert_eq!(row["staging"], 0, "{out}");
+    assert_eq!(row["pending"], 0, "{out}");
+    assert_eq!(row["release_key"], "example-1.0.0");
+    assert!(
+        row["api_url"].as_str().unwrap().contains("atr-loop"),
+        "{out}"
+    );
+    assert!(row["upload_date"].is_string(), "{out}");
+    let tasks = out["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    // A brand-new package's first version is npm's `latest` from its publish on, so the
+    // promote may find it done ("unchanged").
+    assert!(
+        tasks.iter().all(|t| t["status"] == "COMPLETED"
+            && (t["outcome"] == "completed" || t["outcome"] == "unchanged")),
+        "{out}"
+    );
+    assert_eq!(out["promote"]["atr_status"], "COMPLETED");
+    assert_eq!(out["promote"]["ended"], true);
+    assert_eq!(registry.dist_tags("atr-loop").await["latest"], "1.0.0");
+
+    // Revision 00004 holds other bytes than the staged 00003: refused, with the paths.
+    h.revs.write(
+        "00003",
+        &[(
+            "atr-changed-1.0.0.tgz",
+            tarball("atr-changed", "1.0.0", "a").as_slice(),
+        )],
+    );
+    h.revs.write(
+        "00004",
+        &[(
+            "atr-changed-1.0.0.tgz",
+            tarball("atr-changed", "1.0.0", "b").as_slice(),
+        )],
+    );
+    let out = tokio::task::spawn_blocking(move || run("atr-changed", "00003", "00004"))
+        .await
+        .unwrap();
+    let row = out["distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["package"] == "atr-changed")
+        .unwrap();
+    assert_eq!(row["staging"], 1, "still the staging distribution: {out}");
+    assert_eq!(out["promote"]["atr_status"], "FAILED");
+    assert_eq!(out["promote"]["outcome"], "revision_changed");
+    assert_eq!(
+        out["promote"]["diff"]["changed"],
+        serde_json::json!(["atr-changed-1.0.0.tgz"])
+    );
+    h.stop().await;
+}

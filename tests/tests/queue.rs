@@ -234,6 +234,7 @@ async fn a_version_1_queue_is_refused_until_migrated() {
         .ack(&[Ack {
             lease: leased[0].lease(),
             outcome: AckOutcome::Done,
+            result: String::new(),
         }])
         .await
         .unwrap();

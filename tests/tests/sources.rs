@@ -85,23 +85,19 @@ async fn atr_source_reads_manifests_and_files() {
     assert_eq!(got, manifest);
     assert_eq!(got.digest(), manifest.digest());
 
-    let file = source
-        .fetch(
+    let stream = source
+        .open(
             &release(),
             &RevisionNumber::new("00002").unwrap(),
             &ArtifactPath::new("pkg-1.0.0.tgz").unwrap(),
         )
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&file.path).unwrap(), tgz);
-    let (size, sha3) = file.digest().await.unwrap();
-    assert_eq!(
-        (size, sha3),
-        (
-            manifest.entries()[1].size,
-            manifest.entries()[1].sha3_256.clone()
-        )
-    );
+    let sealed = atr_dist::seal::Sealer::default()
+        .seal(&manifest.entries()[1], stream)
+        .await
+        .unwrap();
+    assert_eq!(sealed.bytes().await.unwrap().as_ref(), tgz);
 
     // Unknown revision: permanent; ATR unavailable: transient.
     let missing = source
@@ -196,10 +192,183 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
     assert!(
         h2.last_error(&stage2)
             .await
-            .contains("does not match the manifest"),
+            .contains("does not match the voted manifest"),
         "{}",
         h2.last_error(&stage2).await
     );
     h2.stop().await;
     h.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Only regular files inside the revision are read.
+
+fn inline_stage(manifest: RevisionManifest, artifact: &str) -> Envelope {
+    dist().stage(
+        "00001",
+        &[artifact],
+        RevisionSourceSpec::Inline { manifest },
+        false,
+    )
+}
+
+async fn recording_harness() -> (Harness, RecordingAdapter) {
+    let adapter = RecordingAdapter::default();
+    let h = Harness::new(
+        Db::Sqlite,
+        Adapters::default().with(Platform::Npm, Arc::new(adapter.clone())),
+        RetryConfig {
+            base_ms: 20,
+            cap_ms: 100,
+            max_attempts: 2,
+        },
+    )
+    .await;
+    (h, adapter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_leads_a_job_out_of_the_revision() {
+    let (h, adapter) = recording_harness().await;
+    let outside = tempfile::tempdir().unwrap();
+    let secret: &[u8] = b"a file outside every revision";
+    std::fs::write(outside.path().join("x.tgz"), secret).unwrap();
+    let rev = h.revs.write("00001", &[("pkg-1.0.0.tgz", b"voted")]);
+
+    // A linked directory inside the revision, named by an inline manifest that carries the
+    // outside file's own hash: the manifest check alone would pass.
+    std::os::unix::fs::symlink(outside.path(), rev.join("sub")).unwrap();
+    let job = inline_stage(
+        RevisionManifest::new(vec![entry("sub/x.tgz", secret)]).unwrap(),
+        "sub/x.tgz",
+    );
+    assert_eq!(h.run(&job, 2).await, JobState::Dead);
+    let error = h.last_error(&job).await;
+    assert!(error.contains("sub is a symbolic link"), "{error}");
+
+    // A linked file.
+    std::os::unix::fs::symlink(outside.path().join("x.tgz"), rev.join("y.tgz")).unwrap();
+    let job = inline_stage(
+        RevisionManifest::new(vec![entry("y.tgz", secret)]).unwrap(),
+        "y.tgz",
+    );
+    assert_eq!(h.run(&job, 2).await, JobState::Dead);
+    let error = h.last_error(&job).await;
+    assert!(error.contains("y.tgz is a symbolic link"), "{error}");
+
+    // A linked revision directory.
+    let elsewhere = h.revs.write("00009", &[("pkg-1.0.0.tgz", b"voted")]);
+    std::os::unix::fs::symlink(&elsewhere, rev.parent().unwrap().join("00002")).unwrap();
+    let job = dist().stage("00002", &["pkg-1.0.0.tgz"], RevisionSourceSpec::Dir, false);
+    assert_eq!(h.run(&job, 2).await, JobState::Dead);
+    let error = h.last_error(&job).await;
+    assert!(error.contains("00002 is a symbolic link"), "{error}");
+
+    assert!(adapter.writes().is_empty(), "{:?}", adapter.writes());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_a_revision_is_refused_without_blocking() {
+    let (h, adapter) = recording_harness().await;
+    let rev = h.revs.write("00001", &[("pkg-1.0.0.tgz", b"voted")]);
+    let status = std::process::Command::new("mkfifo")
+        .arg(rev.join("pipe.tgz"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A hang would be a worker thread blocked for good: bound the whole test instead.
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        // The dir source's manifest walk.
+        let walk = dist().stage("00001", &["pkg-1.0.0.tgz"], RevisionSourceSpec::Dir, false);
+        assert_eq!(h.run(&walk, 2).await, JobState::Dead);
+        let error = h.last_error(&walk).await;
+        assert!(
+            error.contains("pipe.tgz is not a regular file (a FIFO)"),
+            "{error}"
+        );
+        // An inline job naming it.
+        let named = inline_stage(
+            RevisionManifest::new(vec![entry("pipe.tgz", b"")]).unwrap(),
+            "pipe.tgz",
+        );
+        assert_eq!(h.run(&named, 2).await, JobState::Dead);
+        let error = h.last_error(&named).await;
+        assert!(
+            error.contains("pipe.tgz is not a regular file (a FIFO)"),
+            "{error}"
+        );
+    })
+    .await;
+    assert!(outcome.is_ok(), "a FIFO blocked the worker");
+    assert!(adapter.writes().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn atr_source_stays_on_its_origin_and_bounds_the_manifest() {
+    let tgz: &[u8] = b"tarball";
+    let manifest = RevisionManifest::new(vec![entry("pkg-1.0.0.tgz", tgz)]).unwrap();
+    let elsewhere = atr_mock(&manifest, &[("pkg-1.0.0.tgz", tgz)]).await;
+    let server = MockServer::start().await;
+    // Within ATR's origin, a redirect is followed.
+    Mock::given(method("GET"))
+        .and(path("/manifest/example/1.0.0/00002"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", "/moved/example/1.0.0/00002"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/moved/example/1.0.0/00002"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(&manifest))
+        .mount(&server)
+        .await;
+    // To another origin, it is not.
+    Mock::given(method("GET"))
+        .and(path("/files/example/1.0.0/00002/pkg-1.0.0.tgz"))
+        .respond_with(ResponseTemplate::new(302).insert_header(
+            "location",
+            format!(
+                "{}/files/example/1.0.0/00002/pkg-1.0.0.tgz",
+                elsewhere.uri()
+            ),
+        ))
+        .mount(&server)
+        .await;
+    // A manifest larger than any release's.
+    Mock::given(method("GET"))
+        .and(path("/manifest/example/1.0.0/00003"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 17 * 1024 * 1024]))
+        .mount(&server)
+        .await;
+    let source = atr_source(&server);
+    let rev = |r: &str| RevisionNumber::new(r).unwrap();
+    assert_eq!(
+        source.manifest(&release(), &rev("00002")).await.unwrap(),
+        manifest
+    );
+    let off_origin = match source
+        .open(
+            &release(),
+            &rev("00002"),
+            &ArtifactPath::new("pkg-1.0.0.tgz").unwrap(),
+        )
+        .await
+    {
+        Ok(_) => panic!("a redirect to another origin was followed"),
+        Err(e) => e,
+    };
+    assert!(
+        off_origin.to_string().contains("outside ATR's origin"),
+        "{off_origin}"
+    );
+    let big = source
+        .manifest(&release(), &rev("00003"))
+        .await
+        .unwrap_err();
+    assert!(matches!(big, SourceError::Invalid(_)), "{big}");
+    assert!(big.to_string().contains("is over 16777216 bytes"), "{big}");
+    // Nothing was fetched from the other origin.
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
 }

@@ -56,6 +56,16 @@ pub struct Config {
     pub revisions: RevisionsConfig,
     pub platforms: PlatformsConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS calls to platforms and ATR (`crate::tls`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// A PEM file of certificate authorities to trust besides the built-in roots and the
+    /// system's store (or `SSL_CERT_FILE` / `SSL_CERT_DIR`): e.g. a company proxy's.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8440";
@@ -73,11 +83,26 @@ pub struct HttpConfig {
     /// open when `listen` is a loopback address, closed otherwise, so that exposing the port
     /// never exposes job payloads by accident. Writes always need the admin token.
     pub open_reads: Option<bool>,
+    /// Host names, besides loopback names (`localhost`) and IP addresses, that a request
+    /// may be addressed to (`Host`) for a read without the token, and that a write's
+    /// `Origin` may name: e.g. a reverse proxy's name in front of atr-dist.
+    pub allowed_hosts: Vec<String>,
     /// The bearer token writes (retry, cancel, purge, pause, enqueue) must present.
     /// Environment (`ATR_DIST_HTTP__ADMIN_TOKEN`) or `admin_token_file` only.
     #[serde(skip_serializing)]
     pub admin_token: Option<Secret>,
     pub admin_token_file: Option<PathBuf>,
+    /// Longest a client may take to send a request's headers, counted from when the server
+    /// starts waiting for them; also how long an idle keep-alive connection stays open.
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed (a stalled
+    /// upload, a client that stopped reading). `/events` streams send a comment often
+    /// enough to stay open.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once. At the cap, the quietest idle connection makes room for a
+    /// new one; the server also stays `fd_limit::RESERVED_FOR_WORKER` descriptors below the
+    /// process's open-file limit, so the worker's own files always open.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -86,8 +111,12 @@ impl Default for HttpConfig {
             enabled: true,
             listen: DEFAULT_HTTP_LISTEN.to_owned(),
             open_reads: None,
+            allowed_hosts: Vec::new(),
             admin_token: None,
             admin_token_file: None,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
         }
     }
 }
@@ -118,8 +147,10 @@ pub struct RevisionsConfig {
     /// ATR's revision directories: `<root>/<project>/<version>/<revision>/`.
     pub root: PathBuf,
     /// ATR's per-revision file manifest, with `{project}`, `{version}`, `{revision}`.
+    #[serde(serialize_with = "ser::opt_str")]
     pub atr_manifest_url: Option<String>,
     /// A file of a revision, with `{project}`, `{version}`, `{revision}`, `{path}`.
+    #[serde(serialize_with = "ser::opt_str")]
     pub atr_file_url: Option<String>,
 }
 
@@ -138,6 +169,7 @@ impl Default for RevisionsConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path` or `postgres://user@host/db`. Put no password here: use
     /// `ATR_DIST_DATABASE__PASSWORD` or `password_file`.
+    #[serde(serialize_with = "ser::str")]
     pub url: String,
     #[serde(skip_serializing)]
     pub password: Option<Secret>,
@@ -162,13 +194,16 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    #[serde(serialize_with = "ser::str")]
     pub url: String,
     #[serde(skip_serializing)]
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
     /// The queue name: every key lives under `atr-dist:{<queue>}:`.
     pub queue: String,
-    /// Redis Cluster seed nodes (`redis://host:port`); when set, `url` is not used.
+    /// Redis Cluster seed nodes (`redis://host:port`); when set, `url` is not used, and
+    /// `password` applies to every node.
+    #[serde(serialize_with = "ser::strs")]
     pub cluster_nodes: Vec<String>,
 }
 
@@ -197,6 +232,17 @@ pub struct WorkerConfig {
     pub fetch_batch: usize,
     /// Longest one attempt may run before it counts as a transient failure.
     pub job_timeout_secs: u64,
+    /// Retries of platform requests one attempt may make, all requests together; past
+    /// them the attempt ends transient and the job's persisted backoff takes over.
+    pub http_retries: u32,
+    /// Time one attempt may spend waiting between retries of platform requests, together.
+    pub http_retry_wait_secs: u64,
+    /// Where private copies of artifacts above `seal_memory_bytes` are kept while a job
+    /// runs (unnamed files: nothing else can open them). Unset: the system's temporary
+    /// directory.
+    pub scratch_dir: Option<PathBuf>,
+    /// Artifacts up to this size are sealed in memory, larger ones in `scratch_dir`.
+    pub seal_memory_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -207,6 +253,26 @@ impl Default for WorkerConfig {
             shutdown_timeout_secs: 30,
             fetch_batch: 16,
             job_timeout_secs: 3600,
+            http_retries: 3,
+            http_retry_wait_secs: 30,
+            scratch_dir: None,
+            seal_memory_bytes: crate::seal::DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn retry_limits(&self) -> crate::platform::http::RetryLimits {
+        crate::platform::http::RetryLimits {
+            retries: self.http_retries,
+            wait: Duration::from_secs(self.http_retry_wait_secs),
+        }
+    }
+
+    pub fn sealer(&self) -> crate::seal::Sealer {
+        crate::seal::Sealer {
+            scratch: self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+            memory_limit: self.seal_memory_bytes,
         }
     }
 }
@@ -301,8 +367,10 @@ impl PlatformsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PlatformConfig {
     /// Production API base URL; the platform's public default when absent.
+    #[serde(serialize_with = "ser::opt_url")]
     pub base_url: Option<Url>,
     /// Staging API base URL, where the platform has a separate one.
+    #[serde(serialize_with = "ser::opt_url")]
     pub staging_base_url: Option<Url>,
     pub username: Option<String>,
     #[serde(skip_serializing)]
@@ -434,7 +502,7 @@ impl Config {
                 ));
             }
         }
-        if db.password().is_some() {
+        if db.password().is_some() || has_password_param(&db) {
             return Err(invalid(
                 "database.url",
                 "contains a password; set ATR_DIST_DATABASE__PASSWORD or database.password_file instead",
@@ -448,11 +516,22 @@ impl Config {
                 "use redis://host:port or rediss://host:port",
             ));
         }
-        if redis.password().is_some() {
+        if redis.password().is_some() || has_password_param(&redis) {
             return Err(invalid(
                 "redis.url",
                 "contains a password; set ATR_DIST_REDIS__PASSWORD or redis.password_file instead",
             ));
+        }
+        for (i, node) in self.redis.cluster_nodes.iter().enumerate() {
+            let key = format!("redis.cluster_nodes[{i}]");
+            let parsed =
+                Url::parse(node).map_err(|e| invalid(key.clone(), format!("not a URL: {e}")))?;
+            if parsed.password().is_some() || has_password_param(&parsed) {
+                return Err(invalid(
+                    key,
+                    "contains a password; set ATR_DIST_REDIS__PASSWORD or redis.password_file instead (it applies to every node)",
+                ));
+            }
         }
         if self.redis.queue.is_empty()
             || !self
@@ -476,10 +555,15 @@ impl Config {
             ),
             ("revisions.atr_file_url", &self.revisions.atr_file_url),
         ] {
-            if let Some(url) = url
-                && !(url.starts_with("https://") || url.starts_with("http://"))
-            {
+            let Some(url) = url else { continue };
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(invalid(key, "must be an http(s) URL template"));
+            }
+            if userinfo(url).is_some() {
+                return Err(invalid(
+                    key,
+                    "contains credentials (user:password@); atr-dist sends none to ATR's revision endpoints, and this URL is shown by `atr-dist config` and in error messages: remove them",
+                ));
             }
         }
         if self.worker.lease_secs < 5 {
@@ -490,6 +574,38 @@ impl Config {
         }
         validate_retry("retry", &self.retry)?;
         self.http.listen_addr()?;
+        for (key, secs) in [
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (a connection without it can be held open for ever)",
+                ));
+            }
+        }
+        for (i, host) in self.http.allowed_hosts.iter().enumerate() {
+            let name = host.trim_end_matches('.');
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+            {
+                return Err(invalid(
+                    format!("http.allowed_hosts[{i}]"),
+                    format!(
+                        "{host:?} is not a host name; give the name alone, without scheme or port (e.g. \"atr-dist.example.org\")"
+                    ),
+                ));
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
         if let Some(token) = &self.http.admin_token
             && token.expose().chars().count() < MIN_ADMIN_TOKEN_LEN
         {
@@ -524,12 +640,20 @@ impl Config {
                 ("base_url", &p.base_url),
                 ("staging_base_url", &p.staging_base_url),
             ] {
-                if let Some(url) = url
-                    && !matches!(url.scheme(), "https" | "http")
-                {
+                let Some(url) = url else { continue };
+                if !matches!(url.scheme(), "https" | "http") {
                     return Err(invalid(
                         format!("platforms.{name}.{key}"),
                         "must be an http(s) URL",
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    let env = format!("{ENV_PREFIX}PLATFORMS__{}__TOKEN", name.to_uppercase());
+                    return Err(invalid(
+                        format!("platforms.{name}.{key}"),
+                        format!(
+                            "contains credentials (user:password@); set the token with {env} or platforms.{name}.token_file, and a user name with platforms.{name}.username, instead"
+                        ),
                     ));
                 }
             }
@@ -544,6 +668,16 @@ impl Config {
 
     pub fn redis_url(&self) -> Secret {
         with_password(&self.redis.url, self.redis.password.as_ref())
+    }
+
+    /// The Redis Cluster seed nodes, each with the password (from the environment or a
+    /// file) filled in.
+    pub fn redis_cluster_nodes(&self) -> Vec<Secret> {
+        self.redis
+            .cluster_nodes
+            .iter()
+            .map(|node| with_password(node, self.redis.password.as_ref()))
+            .collect()
     }
 
     pub fn retry_for(&self, platform: Platform) -> RetryConfig {
@@ -576,6 +710,79 @@ fn with_password(url: &str, password: Option<&Secret>) -> Secret {
         return Secret::new(url);
     }
     Secret::new(parsed.to_string())
+}
+
+/// Whether a database or Redis URL carries a password as a query parameter, which both
+/// drivers accept (`?password=`, `?pass=`).
+fn has_password_param(url: &Url) -> bool {
+    url.query_pairs()
+        .any(|(name, _)| name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("pass"))
+}
+
+/// The authority of a URL or URL template, and where it ends, read from the text itself so
+/// that a template's `{placeholders}` do not get in the way.
+fn authority(url: &str) -> Option<(usize, &str)> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some((start, &rest[..end]))
+}
+
+/// The user information (`user:password`) of a URL or URL template, if it has any.
+fn userinfo(url: &str) -> Option<&str> {
+    let (_, authority) = authority(url)?;
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+/// `url` for display, its secrets hidden: all user information of an http(s) URL (a token is
+/// often written as the user name), the password of any other (`postgres://atr:***@db/atr`).
+/// `load` refuses credentials in every URL setting; this is for values that got past it, and
+/// for URLs that do not come from the configuration.
+pub fn redacted_url(url: &str) -> String {
+    let Some((start, authority)) = authority(url) else {
+        return url.to_owned();
+    };
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let info = &authority[..at];
+    let scheme = url[..start - 3].to_ascii_lowercase();
+    let shown = match info.split_once(':') {
+        _ if scheme == "http" || scheme == "https" => "***".to_owned(),
+        Some((user, _)) => format!("{user}:***"),
+        None => info.to_owned(),
+    };
+    format!("{}{shown}{}", &url[..start], &url[start + at..])
+}
+
+/// Serialisers that show URLs redacted (`atr-dist config`).
+mod ser {
+    use serde::Serializer;
+    use url::Url;
+
+    use super::redacted_url;
+
+    pub fn str<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redacted_url(url))
+    }
+
+    pub fn strs<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(urls.iter().map(|u| redacted_url(u)))
+    }
+
+    pub fn opt_str<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match url {
+            Some(url) => s.serialize_some(&redacted_url(url)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn opt_url<S: Serializer>(url: &Option<Url>, s: S) -> Result<S::Ok, S::Error> {
+        match url {
+            Some(url) => s.serialize_some(&redacted_url(url.as_str())),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// A listen address, for the sections that serve HTTP.
@@ -643,6 +850,127 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_any_url_setting_are_refused_with_the_secret_setting_to_use() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                (
+                    "[platforms.npm]\nbase_url = \"https://ci:hunter2@registry.example/\"\n",
+                    "config key `platforms.npm.base_url`: contains credentials",
+                    "ATR_DIST_PLATFORMS__NPM__TOKEN or platforms.npm.token_file",
+                ),
+                (
+                    // A token written as the user name is a credential too.
+                    "[platforms.docker_hub]\nstaging_base_url = \"https://hunter2@staging.example\"\n",
+                    "config key `platforms.docker_hub.staging_base_url`: contains credentials",
+                    "ATR_DIST_PLATFORMS__DOCKER_HUB__TOKEN",
+                ),
+                (
+                    "[revisions]\natr_manifest_url = \"https://u:hunter2@atr.example/{project}/{version}/{revision}\"\n",
+                    "config key `revisions.atr_manifest_url`: contains credentials",
+                    "remove them",
+                ),
+                (
+                    "[revisions]\natr_file_url = \"http://hunter2@atr.example/{path}\"\n",
+                    "config key `revisions.atr_file_url`: contains credentials",
+                    "remove them",
+                ),
+                (
+                    "[redis]\ncluster_nodes = [\"redis://127.0.0.1:7000\", \"redis://:hunter2@127.0.0.1:7001\"]\n",
+                    "config key `redis.cluster_nodes[1]`: contains a password",
+                    "ATR_DIST_REDIS__PASSWORD or redis.password_file",
+                ),
+                (
+                    "[redis]\nurl = \"redis://127.0.0.1:6379/?password=hunter2\"\n",
+                    "config key `redis.url`: contains a password",
+                    "ATR_DIST_REDIS__PASSWORD",
+                ),
+                (
+                    "[database]\nurl = \"postgres://atr@db/atr?password=hunter2\"\n",
+                    "config key `database.url`: contains a password",
+                    "ATR_DIST_DATABASE__PASSWORD",
+                ),
+            ];
+            for (toml, expected, instead) in cases {
+                let err = load_in(jail, toml).unwrap_err().to_string();
+                assert!(err.contains(expected), "{toml:?}: {err}");
+                assert!(err.contains(instead), "{toml:?}: {err}");
+                assert!(!err.contains("hunter2"), "the message leaks it: {err}");
+            }
+            // The same from the environment.
+            jail.set_env(
+                "ATR_DIST_PLATFORMS__PYPI__BASE_URL",
+                "https://__token__:hunter2@upload.example/",
+            );
+            let err = load_in(jail, "").unwrap_err().to_string();
+            assert!(
+                err.contains("`platforms.pypi.base_url`: contains credentials"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_secrets() {
+        assert_eq!(
+            redacted_url("https://ci:hunter2@registry.example/x"),
+            "https://***@registry.example/x"
+        );
+        assert_eq!(
+            redacted_url("https://hunter2@atr.example/{project}/a@b"),
+            "https://***@atr.example/{project}/a@b"
+        );
+        assert_eq!(
+            redacted_url("postgres://atr:hunter2@db/atr"),
+            "postgres://atr:***@db/atr"
+        );
+        assert_eq!(
+            redacted_url("postgres://atr@db/atr"),
+            "postgres://atr@db/atr"
+        );
+        assert_eq!(
+            redacted_url("sqlite://./atr-dist.db"),
+            "sqlite://./atr-dist.db"
+        );
+        // Belt and braces: values that never went through `load` print redacted too.
+        let mut c = Config::default();
+        c.platforms.npm.base_url = Some(Url::parse("https://ci:hunter2@registry.example").unwrap());
+        c.platforms.npm.staging_base_url = Some(Url::parse("https://hunter2@s.example").unwrap());
+        c.redis.cluster_nodes = vec!["redis://:hunter2@127.0.0.1:7000".to_owned()];
+        c.redis.url = "redis://:hunter2@127.0.0.1:6379".to_owned();
+        c.database.url = "postgres://atr:hunter2@db/atr".to_owned();
+        c.revisions.atr_file_url = Some("https://u:hunter2@atr.example/{path}".to_owned());
+        let shown = toml::to_string_pretty(&c).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("https://***@registry.example/"), "{shown}");
+    }
+
+    #[test]
+    fn the_redis_password_applies_to_every_cluster_node() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ATR_DIST_REDIS__PASSWORD", "s3cret");
+            let c = load_in(
+                jail,
+                "[redis]\ncluster_nodes = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+            )
+            .unwrap();
+            let nodes: Vec<String> = c
+                .redis_cluster_nodes()
+                .iter()
+                .map(|n| n.expose().to_owned())
+                .collect();
+            assert_eq!(
+                nodes,
+                [
+                    "redis://:s3cret@127.0.0.1:7000",
+                    "redis://:s3cret@127.0.0.1:7001"
+                ]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secret_files_are_read() {
         Jail::expect_with(|jail| {
             jail.create_file("db-password", "s3cret\n")?;
@@ -689,6 +1017,22 @@ mod tests {
                     "platforms.npm.base_url",
                 ),
                 ("[redis]\nqueue = \"a b\"\n", "redis.queue"),
+                (
+                    "[http]\nheader_read_timeout_secs = 0\n",
+                    "config key `http.header_read_timeout_secs`: must be at least 1",
+                ),
+                (
+                    "[http]\nidle_timeout_secs = 0\n",
+                    "config key `http.idle_timeout_secs`: must be at least 1",
+                ),
+                (
+                    "[http]\nmax_connections = 0\n",
+                    "config key `http.max_connections`: must be at least 1",
+                ),
+                (
+                    "[http]\nallowed_hosts = [\"ok.example\", \"https://x.example:8440\"]\n",
+                    "config key `http.allowed_hosts[1]`: \"https://x.example:8440\" is not a host name",
+                ),
             ];
             for (toml, expected) in cases {
                 let err = load_in(jail, toml).unwrap_err().to_string();

@@ -122,7 +122,7 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
     };
     let queue = Queue::connect(
         redis_url.expose(),
-        &config.redis.cluster_nodes,
+        &crate::secret::exposed(&config.redis_cluster_nodes()),
         &config.redis.queue,
     )
     .await
@@ -178,6 +178,8 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         lock_ttl: config.lease(),
         staging_tags: staging_tags(&config),
         per_platform: per_platform_limits(&config),
+        sealer: config.worker.sealer(),
+        retry_limits: config.worker.retry_limits(),
         closing: Default::default(),
     };
     // Rows of attempts whose worker died are closed by the job's next attempt; this closes

@@ -29,6 +29,12 @@ impl Secret {
     }
 }
 
+/// The values of `secrets`, for an API that takes plain strings (the Redis Cluster client's
+/// seed nodes).
+pub fn exposed(secrets: &[Secret]) -> Vec<String> {
+    secrets.iter().map(|s| s.expose().to_owned()).collect()
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

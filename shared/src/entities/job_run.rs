@@ -27,6 +27,10 @@ pub struct Model {
     pub message: Option<String>,
     pub http_status: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// Platform requests the attempt sent, first tries and retries together.
+    pub http_requests: Option<i32>,
+    /// How many of them were retries (bounded per attempt by `[worker] http_retries`).
+    pub http_retries: Option<i32>,
     /// The queue the job was leased from; null on rows written before it was recorded.
     pub queue: Option<String>,
     /// For a `revision_changed` attempt, the paths added, removed and changed between the

@@ -109,7 +109,8 @@ impl CliError {
 
 async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
     let url = config.redis_url();
-    Queue::connect(url.expose(), &config.redis.cluster_nodes, &config.redis.queue)
+    let nodes = crate::secret::exposed(&config.redis_cluster_nodes());
+    Queue::connect(url.expose(), &nodes, &config.redis.queue)
         .await
         .map_err(|e| {
             CliError::Failed(anyhow::anyhow!(
@@ -125,12 +126,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let config_for_adapters = config.clone();
     match cli.command {
         Command::Run => {
+            raise_file_limit();
+            // Before any client is built: platform adapters and sources trust what it loads.
+            crate::tls::init(&config)?;
             crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
+            raise_file_limit();
             crate::http::serve_only(&config, crate::run::shutdown_signal())
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
@@ -143,6 +148,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             migrate(&config, &args).await
         }
         Command::Config => {
+            // Checks tls.ca_file as `run` would.
+            crate::tls::init(&config)?;
             let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
             outln!("{text}");
             Ok(ExitCode::SUCCESS)
@@ -158,6 +165,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             jobs::jobs(&connect_queue(&config).await?, &config, command).await
         }
         Command::Queue(command) => jobs::queue_cmd(&connect_queue(&config).await?, command).await,
+    }
+}
+
+/// `run` and `serve` hold a connection per HTTP client besides the worker's own files: the
+/// soft open-file limit (often 1024) is raised to the hard one, which the HTTP server's
+/// connection cap then stays below (`crate::fd_limit`).
+fn raise_file_limit() {
+    match crate::fd_limit::raise_to_hard() {
+        Ok(limit) => tracing::debug!(soft = ?limit.soft, hard = ?limit.hard, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "keeping the open-file limit in force"),
     }
 }
 

@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for PageAccess {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
         state
             .auth()
-            .check_read(&parts.headers)
+            .check_read(parts)
             .map(|()| PageAccess)
             .map_err(PageError)
     }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod results;
+pub mod server;
 mod sse;
 pub mod types;
 mod views;
@@ -77,6 +78,7 @@ struct Inner {
     max_attempts: BTreeMap<Platform, u32>,
     feed: sse::StatsFeed,
     shutdown: CancellationToken,
+    limits: server::Limits,
 }
 
 impl AppState {
@@ -96,9 +98,18 @@ impl AppState {
             feed: sse::StatsFeed::start(queue.clone(), shutdown.clone()),
             queue,
             db,
-            auth: auth::Auth::new(config.http.admin_token.as_ref(), config.http.reads_open()),
+            auth: auth::Auth::new(
+                config.http.admin_token.as_ref(),
+                config.http.reads_open(),
+                auth::AllowedHosts::new(&config.http.allowed_hosts),
+            ),
             max_attempts,
             shutdown,
+            limits: server::Limits {
+                header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(config.http.idle_timeout_secs),
+                max_connections: config.http.max_connections,
+            },
         }))
     }
 
@@ -120,6 +131,12 @@ impl AppState {
 
     fn shutdown(&self) -> &CancellationToken {
         &self.0.shutdown
+    }
+
+    /// How often an `/events` stream sends a comment when nothing changes: well inside the
+    /// idle timeout, which would otherwise close a quiet stream.
+    fn sse_keep_alive(&self) -> Duration {
+        (self.0.limits.idle_timeout / 2).min(Duration::from_secs(15))
     }
 
     /// Attempts a job gets when its enqueue names none: the platform's retry policy.
@@ -215,19 +232,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 }
 
 /// Serves until the state's shutdown token is cancelled, then finishes the requests in
-/// flight (server-sent event streams end on the same token).
+/// flight (server-sent event streams end on the same token). Connections are held to the
+/// timeouts and the cap of `[http]` (`server.rs`); the cap is lowered, with a warning, when
+/// the process's open-file limit would not leave the worker its descriptors.
 pub async fn serve(listener: TcpListener, state: AppState) -> Result<(), HttpError> {
     let shutdown = state.shutdown().clone();
+    let mut limits = state.0.limits;
+    let files = crate::fd_limit::current();
+    let cap = crate::fd_limit::connection_cap(limits.max_connections, files.soft);
+    if cap < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            cap,
+            open_file_limit = files.soft,
+            reserved = crate::fd_limit::RESERVED_FOR_WORKER,
+            "http.max_connections lowered to leave the worker its file descriptors; raise the open-file limit (ulimit -n) to allow more"
+        );
+        limits.max_connections = cap;
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             %addr,
             open_reads = state.auth().reads_open(),
             writes = state.auth().writes_enabled(),
+            max_connections = limits.max_connections,
             "dashboard and API at http://{addr}/"
         );
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    server::run(listener, router(state), limits, shutdown)
         .await
         .map_err(HttpError::Serve)
 }
@@ -259,7 +291,7 @@ pub async fn serve_only(
     let redis_url = config.redis_url();
     let queue = Queue::connect(
         redis_url.expose(),
-        &config.redis.cluster_nodes,
+        &crate::secret::exposed(&config.redis_cluster_nodes()),
         &config.redis.queue,
     )
     .await

@@ -81,7 +81,10 @@ const READ_ERRORS: [(u16, &str); 3] = [
         401,
         "Reads are closed (http.open_reads) and no valid token was sent.",
     ),
-    (403, "Reads are closed and no admin token is configured."),
+    (
+        403,
+        "Reads are closed and no admin token is configured (reads_closed), or a read without the token is addressed (Host) to a name that is not this server's (host_not_allowed).",
+    ),
     (503, "Redis or the results database did not answer."),
 ];
 
@@ -90,7 +93,10 @@ const WRITE_ERRORS: [(u16, &str); 3] = [
         401,
         "No admin token, or a wrong one, was sent as Authorization: Bearer.",
     ),
-    (403, "Writes are disabled: no admin token is configured."),
+    (
+        403,
+        "Writes are disabled: no admin token is configured (writes_disabled); or the request comes from a page that is not the dashboard's own (Origin; origin_not_allowed).",
+    ),
     (503, "Redis did not answer."),
 ];
 
@@ -573,7 +579,7 @@ pub fn document() -> Value {
         "info": {
             "title": "atr-dist operator API",
             "version": "1",
-            "description": "The queue's admin operations, enqueueing, and the distribution results of atr-dist. Reads are open or need the admin token, as http.open_reads says; writes always need `Authorization: Bearer <admin token>`. Errors are `{ \"error\", \"code\" }`.",
+            "description": "The queue's admin operations, enqueueing, and the distribution results of atr-dist. Reads are open or need the admin token, as http.open_reads says; open reads are answered only for requests addressed (Host) to a loopback name, an IP address or a name in http.allowed_hosts. Writes always need `Authorization: Bearer <admin token>`, and a write that carries an Origin must come from the dashboard's own. Errors are `{ \"error\", \"code\" }`.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
         "servers": [{ "url": "/" }],

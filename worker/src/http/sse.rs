@@ -112,5 +112,5 @@ pub async fn events(
         .chain(changes)
         .filter_map(|snap| async move { snap.event().map(Ok) })
         .take_until(state.shutdown().clone().cancelled_owned());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.sse_keep_alive())))
 }

@@ -20,17 +20,23 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::{AttemptOutcome, DistributionKey, ErrorClass, Job, ManifestDiff, Platform};
+use atr_dist_shared::{
+    AttemptOutcome, DistributionKey, DistributionRef, ErrorClass, Job, JobReport, ManifestDiff,
+    Platform,
+};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::platform::http::{HttpNote, RetryBudget};
 use crate::platform::{Adapters, PlatformAdapter, PlatformError};
 use crate::queue::lock::LockGuard;
+use crate::queue::note::{Note, NoteKind};
 use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob, Stop, StopSignal};
 use crate::queue::{Queue, QueueError};
+use crate::seal::SealError;
 use crate::source::{SourceError, Sources};
 
 /// How long a job waits before trying again when its distribution is locked by another.
@@ -47,6 +53,10 @@ pub struct Pipeline {
     pub staging_tags: HashMap<Platform, atr_dist_shared::names::DistTag>,
     /// Jobs acting on one platform at once in this process.
     pub per_platform: HashMap<Platform, Arc<Semaphore>>,
+    /// Where artifacts are copied and checked before an adapter sees them.
+    pub sealer: crate::seal::Sealer,
+    /// Retries of platform requests one attempt may make (`platform/http.rs`).
+    pub retry_limits: crate::platform::http::RetryLimits,
     /// The tasks ending the records of attempts that were dropped before they ended them
     /// (`OpenAttempt`); the pool waits for them when it stops.
     pub closing: TaskTracker,
@@ -66,6 +76,8 @@ pub enum Failure {
     Platform(#[from] PlatformError),
     #[error("{0}")]
     Source(#[from] SourceError),
+    #[error("{0}")]
+    Seal(#[from] SealError),
     #[error("database: {0}")]
     Db(#[from] DbErr),
     #[error("queue: {0}")]
@@ -85,6 +97,14 @@ impl Failure {
         match self {
             Failure::Platform(e) => e.class,
             Failure::Source(e) => e.class(),
+            // Other bytes than the voted ones are never published, however often tried.
+            Failure::Seal(SealError::Mismatch { .. }) => ErrorClass::Permanent,
+            Failure::Seal(
+                SealError::Read { .. }
+                | SealError::Scratch { .. }
+                | SealError::Corrupt { .. }
+                | SealError::Blocking { .. },
+            ) => ErrorClass::Transient,
             // The database or Redis away: the next attempt finds them back.
             Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
             // A bug: running it again would panic again.
@@ -99,6 +119,7 @@ impl Failure {
             Failure::RevisionChanged(_) => AttemptOutcome::RevisionChanged,
             Failure::Platform(_)
             | Failure::Source(_)
+            | Failure::Seal(_)
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
@@ -113,6 +134,7 @@ impl Failure {
             Failure::RevisionChanged(diff) => Some(diff),
             Failure::Platform(_)
             | Failure::Source(_)
+            | Failure::Seal(_)
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
@@ -126,6 +148,7 @@ impl Failure {
         match self {
             Failure::Platform(e) => Some(e),
             Failure::Source(_)
+            | Failure::Seal(_)
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::RevisionChanged(_)
@@ -154,6 +177,8 @@ struct OpenAttempt {
     run_id: i64,
     started_at: DateTime<Utc>,
     lock: Option<LockGuard>,
+    /// What the attempt's platform requests counted, while the step runs.
+    budget: Option<Arc<RetryBudget>>,
     stop: StopSignal,
     closing: TaskTracker,
     ended: bool,
@@ -217,6 +242,7 @@ impl OpenAttempt {
             error_class,
             message: Some(message),
             http_status: None,
+            http: self.budget.as_ref().map(|b| b.used()).unwrap_or_default(),
             started_at: self.started_at,
             revision_diff: None,
         }
@@ -317,12 +343,17 @@ impl Pipeline {
                 return Err(JobError::transient(format!("recording the attempt: {e}")));
             }
         };
+        // Every platform request of the step draws on one retry budget, and its retries and
+        // read-backs go to the job's timeline as they happen.
+        let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let budget = RetryBudget::new(self.retry_limits, Some(notes_tx));
         let lost = lock.lost.clone();
-        let open = OpenAttempt {
+        let mut open = OpenAttempt {
             db: self.db.clone(),
             run_id,
             started_at,
             lock: Some(lock),
+            budget: Some(Arc::clone(&budget)),
             stop: job.stop.clone(),
             closing: self.closing.clone(),
             ended: false,
@@ -331,12 +362,24 @@ impl Pipeline {
             Some(s) => Some(Arc::clone(s).acquire_owned().await),
             None => None,
         };
+        let notes = tokio::spawn(forward_notes(
+            self.queue.clone(),
+            job.id.clone(),
+            job.attempt,
+            notes_rx,
+        ));
         let result = tokio::select! {
-            r = AssertUnwindSafe(self.step(job, key)).catch_unwind() => {
+            r = AssertUnwindSafe(budget.scope(self.step(job, key))).catch_unwind() => {
                 r.unwrap_or_else(|panic| Err(Failure::Panicked(panic_message(panic.as_ref()))))
             }
             () = lost.cancelled() => Err(Failure::LockLost),
         };
+        let http = budget.used();
+        // The last notes are in the timeline before the attempt's end is (the notes end when
+        // the budget, their sender, is gone).
+        open.budget = None;
+        drop(budget);
+        notes.await.ok();
         drop(permit);
         let end = match &result {
             Ok(step) => record::RunEnd {
@@ -344,6 +387,7 @@ impl Pipeline {
                 error_class: None,
                 message: Some(step.message.clone()),
                 http_status: None,
+                http,
                 started_at,
                 revision_diff: None,
             },
@@ -352,11 +396,27 @@ impl Pipeline {
                 error_class: Some(f.class()),
                 message: Some(f.to_string()),
                 http_status: f.platform().and_then(|e| e.http_status),
+                http,
                 started_at,
                 revision_diff: f.revision_diff().cloned(),
             },
         };
         let recorded = open.end(end).await;
+        // What producers learn of the job if this attempt is its last (docs/wire-format.md,
+        // "Results"): read back from the database, so it says what was recorded.
+        let (outcome, diff) = match &result {
+            Ok(step) => (step.outcome, None),
+            Err(Failure::RevisionChanged(diff)) => {
+                (AttemptOutcome::RevisionChanged, Some(diff.clone()))
+            }
+            Err(f) => (f.outcome(), None),
+        };
+        match self.report(job, key, outcome, diff).await {
+            Ok(report) => job.result.set(report),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "reading the distribution for the job's report failed; its result carries none")
+            }
+        }
         match (result, recorded) {
             (Ok(step), Ok(())) => {
                 tracing::info!(job = %job.id, outcome = %step.outcome, "{}", step.message);
@@ -376,10 +436,96 @@ impl Pipeline {
         }
     }
 
+    /// The job's report as JSON, with the distribution as recorded now.
+    async fn report(
+        &self,
+        job: &RunningJob,
+        key: &DistributionKey,
+        outcome: AttemptOutcome,
+        diff: Option<ManifestDiff>,
+    ) -> Result<String, DbErr> {
+        let row = record::load_distribution(&self.db, key).await?;
+        let (revision, dry_run) = match &job.envelope.job {
+            Job::Stage(s) => (s.revision.to_string(), s.dry_run),
+            Job::Promote(p) => (p.revision.to_string(), p.dry_run),
+        };
+        let report = JobReport {
+            kind: job.envelope.kind(),
+            distribution: DistributionRef {
+                release_key: key.release_key.to_string(),
+                platform: key.platform,
+                owner_namespace: key.owner_namespace.clone(),
+                package: key.package.to_string(),
+                version: key.version.to_string(),
+            },
+            revision,
+            outcome,
+            dry_run,
+            staged: row
+                .as_ref()
+                .is_some_and(|r| r.staged_manifest_digest.is_some()),
+            promoted: row.as_ref().is_some_and(|r| r.promoted),
+            upload_date: row.as_ref().and_then(|r| r.upload_date),
+            api_url: row.as_ref().and_then(|r| r.api_url.clone()),
+            web_url: row.as_ref().and_then(|r| r.web_url.clone()),
+            platform_digest: row.as_ref().and_then(|r| r.platform_digest.clone()),
+            manifest_digest: row.as_ref().and_then(|r| r.staged_manifest_digest.clone()),
+            diff,
+        };
+        Ok(serde_json::to_string(&report).unwrap_or_default())
+    }
+
     async fn step(&self, job: &RunningJob, key: &DistributionKey) -> Result<Step, Failure> {
         match &job.envelope.job {
             Job::Stage(stage) => stage::run(self, stage, key).await,
             Job::Promote(promote) => promote::run(self, promote, key).await,
+        }
+    }
+}
+
+/// Writes an attempt's HTTP notes into its job's events, in order, until the attempt ends.
+/// A note that cannot be written is logged and dropped: the timeline is for people, and the
+/// attempt's outcome does not depend on it.
+async fn forward_notes(
+    queue: Queue,
+    job_id: String,
+    attempt: u32,
+    mut notes: tokio::sync::mpsc::UnboundedReceiver<HttpNote>,
+) {
+    while let Some(note) = notes.recv().await {
+        let note = match note {
+            HttpNote::Retry {
+                what,
+                error,
+                http_status,
+                retry_after,
+                wait,
+            } => Note {
+                kind: NoteKind::HttpRetry,
+                message: format!(
+                    "{what}: retrying in {}{}: {error}",
+                    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                    retry_after
+                        .map(|r| format!(
+                            " (Retry-After {})",
+                            humantime::format_duration(Duration::from_secs(r.as_secs()))
+                        ))
+                        .unwrap_or_default()
+                ),
+                http_status,
+                retry_after,
+                wait: Some(wait),
+            },
+            HttpNote::ReadBack { what, error, found } => Note {
+                kind: NoteKind::WriteReadBack,
+                message: format!("{what}: {error}; read back: {found}"),
+                http_status: None,
+                retry_after: None,
+                wait: None,
+            },
+        };
+        if let Err(e) = queue.note(&job_id, attempt, &note).await {
+            tracing::warn!(job = %job_id, error = %e, "recording an HTTP note in the job's events failed");
         }
     }
 }

@@ -121,6 +121,8 @@ pub async fn open_runs(
 
 pub struct RunEnd {
     pub outcome: AttemptOutcome,
+    /// What the attempt's retry budget counted (`platform/http.rs`).
+    pub http: crate::platform::http::BudgetState,
     pub error_class: Option<ErrorClass>,
     pub message: Option<String>,
     pub http_status: Option<u16>,
@@ -149,6 +151,8 @@ pub async fn finish_run(db: &DatabaseConnection, id: i64, end: RunEnd) -> Result
         message: Set(end.message),
         http_status: Set(end.http_status.map(i32::from)),
         duration_ms: Set(Some((now - end.started_at).num_milliseconds())),
+        http_requests: Set(Some(end.http.requests as i32)),
+        http_retries: Set(Some(end.http.retries as i32)),
         revision_diff: Set(diff),
         ..Default::default()
     };

@@ -4,8 +4,7 @@ use atr_dist_shared::names::RevisionKey;
 use atr_dist_shared::{AttemptOutcome, DistributionKey, StageJob};
 
 use super::{Failure, Pipeline, Step, record};
-use crate::platform::{Artifact, StageRequest};
-use crate::source::{LocalFile, SourceError};
+use crate::platform::StageRequest;
 
 pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<Step, Failure> {
     let adapter = p.adapter(key.platform)?;
@@ -23,37 +22,18 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         .manifest(&job.source, &job.release, &job.revision)
         .await?;
     let revision = RevisionKey::of(&job.release.key(), &job.revision);
-    // The files must be the revision's files, byte for byte.
+    // Each file is read once, into a private copy checked against the voted manifest;
+    // the adapter publishes that copy and nothing else.
     let mut artifacts = Vec::with_capacity(job.artifacts.len());
-    let mut _keep: Vec<LocalFile> = Vec::with_capacity(job.artifacts.len());
     for path in &job.artifacts {
-        let entry = manifest
-            .get(path)
-            .ok_or_else(|| {
-                Failure::Refused(format!("artifact {path} is not in revision {revision}"))
-            })?
-            .clone();
-        let local = p
+        let entry = manifest.get(path).ok_or_else(|| {
+            Failure::Refused(format!("artifact {path} is not in revision {revision}"))
+        })?;
+        let bytes = p
             .sources
-            .fetch(&job.source, &job.release, &job.revision, path)
+            .open(&job.source, &job.release, &job.revision, path)
             .await?;
-        let (size, sha3) = local.digest().await?;
-        if size != entry.size || sha3 != entry.sha3_256 {
-            return Err(SourceError::Mismatch {
-                path: path.to_string(),
-                detail: format!(
-                    "{size} bytes, sha3-256 {sha3}; manifest says {} bytes, {}",
-                    entry.size, entry.sha3_256
-                ),
-            }
-            .into());
-        }
-        artifacts.push(Artifact {
-            path: path.clone(),
-            local: local.path.clone(),
-            entry,
-        });
-        _keep.push(local);
+        artifacts.push(p.sealer.seal(entry, bytes).await?);
     }
     record::save_manifest(&p.db, &revision, &manifest).await?;
 

@@ -1,12 +1,33 @@
 //! The HTTP client every adapter uses: rustls, timeouts, a user agent naming atr-dist, the
-//! platform's token (never logged), retries inside one attempt for connection errors, 429
-//! and 5xx honouring Retry-After, and an allow-list of hosts: only the origins configured for
-//! the platform can be contacted, so job data can never point the worker anywhere else.
+//! platform's token (never logged), bounded retries inside one attempt, and an allow-list of
+//! hosts: only the origins configured for the platform can be contacted, so job data can
+//! never point the worker anywhere else.
+//!
+//! # Retries inside an attempt
+//!
+//! Reads (`send`) are retried after connection errors, 429 and 5xx, honouring
+//! `Retry-After`. Writes (`write`) are retried only when the platform cannot have acted on
+//! them: the connection was never made, or it answered 429. Any other failure of a write
+//! (no answer, a timeout, a 5xx from the platform or a proxy in front of it) leaves its
+//! outcome unknown, and the adapter reads the platform back before anything else
+//! (`platform/write.rs`).
+//!
+//! Every retry of every request an attempt makes draws on one [`RetryBudget`]: a number of
+//! retries and a total wait (`[worker] http_retries`, `http_retry_wait_secs`). The pipeline
+//! scopes each attempt's step in its own budget ([`RetryBudget::scope`]); past either limit
+//! the attempt ends `transient` and carries the platform's `Retry-After` into the job's
+//! persisted backoff, so `max_attempts` governs and the job is visible in `retrying`, not
+//! hidden inside a running attempt. Each retry is reported to the budget's listener, which
+//! the pipeline turns into a job event, and the budget counts the requests the attempt
+//! made for its `job_run` row. Code outside an attempt (tools, tests that drive an adapter
+//! directly) gets a fresh budget of the default size per request.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atr_dist_shared::ErrorClass;
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Request, RequestBuilder, Response, StatusCode};
 use url::Url;
@@ -20,12 +41,6 @@ pub const USER_AGENT: &str = concat!(
     " (+https://github.com/apache/tooling-trusted-releases)"
 );
 
-/// Tries per request inside one attempt; past them, the job-level backoff (persisted in
-/// Redis) takes over.
-const TRIES: usize = 3;
-/// A Retry-After longer than this is not waited out inside the attempt: the attempt fails
-/// transiently and the job is rescheduled for then instead of holding a worker.
-const MAX_IN_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
 /// The most of an error body kept for the message.
 const MAX_ERROR_BODY: usize = 2048;
 
@@ -53,7 +68,7 @@ fn origin(url: &Url) -> String {
 impl PlatformHttp {
     /// A client that may contact the origins of `bases` (scheme, host and port) only.
     pub fn new(bases: &[&Url], token: Option<Secret>) -> Result<PlatformHttp, PlatformError> {
-        let client = Client::builder()
+        let client = crate::tls::client_builder()
             .use_rustls_tls()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
@@ -66,10 +81,11 @@ impl PlatformHttp {
             client,
             allowed: bases.iter().map(|u| origin(u)).collect(),
             token,
+            // Timing only: how many retries there are is the budget's to say.
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(5))
-                .with_max_times(TRIES - 1)
+                .with_max_times(usize::MAX)
                 .with_jitter(),
         })
     }
@@ -111,42 +127,253 @@ impl PlatformHttp {
         )))
     }
 
-    /// Sends a request built by `make` (called once per try), retrying connection errors,
-    /// 429 and 5xx a few times. Returns the final response whatever its status; `error_for`
-    /// turns an unsuccessful one into a classed error.
+    /// Waits between retries, for callers that repeat a whole protocol step
+    /// (`platform/write.rs`).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        self.backoff.build()
+    }
+
+    /// Builds and checks one request.
+    fn build(
+        &self,
+        what: &str,
+        make: &impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Request, PlatformError> {
+        let req = make(&self.client)
+            .build()
+            .map_err(|e| PlatformError::permanent(format!("{what}: building the request: {e}")))?;
+        self.check(&req)?;
+        Ok(req)
+    }
+
+    /// Sends a read built by `make` (called once per try), retrying connection errors, 429
+    /// and 5xx within the attempt's budget. Returns the final response whatever its status;
+    /// `error_for` turns an unsuccessful one into a classed error.
     pub async fn send(
         &self,
         what: &str,
         make: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, PlatformError> {
-        let attempt = || async {
-            let req = make(&self.client).build().map_err(|e| {
-                PlatformError::permanent(format!("{what}: building the request: {e}"))
-            })?;
-            self.check(&req)?;
-            let resp = self
-                .client
-                .execute(req)
-                .await
-                .map_err(|e| PlatformError::transient(format!("{what}: {}", describe(&e))))?;
-            if is_retryable(resp.status()) {
-                return Err(error_for(resp, what).await);
+        let budget = RetryBudget::current();
+        let mut delays = self.backoff.build();
+        loop {
+            let req = self.build(what, &make)?;
+            budget.count_request();
+            let failed = match self.client.execute(req).await {
+                Ok(resp) if is_retryable(resp.status()) => error_for(resp, what).await,
+                Ok(resp) => return Ok(resp),
+                Err(e) => PlatformError::transient(format!("{what}: {}", describe(&e))),
+            };
+            budget.wait_or_give_up(what, failed, &mut delays).await?;
+        }
+    }
+
+    /// Sends a write built by `make` once, repeating it only where the platform cannot have
+    /// acted on it (no connection was made, or it answered 429). Anything else that is not
+    /// an answer from the platform itself is `Sent::Unknown`: the caller must read the
+    /// platform back before it decides (`platform/write.rs`).
+    pub async fn write(
+        &self,
+        what: &str,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Sent, PlatformError> {
+        let budget = RetryBudget::current();
+        let mut delays = self.backoff.build();
+        loop {
+            let req = self.build(what, &make)?;
+            budget.count_request();
+            let failed = match self.client.execute(req).await {
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    error_for(resp, what).await
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    return Ok(Sent::Unknown(error_for(resp, what).await));
+                }
+                Ok(resp) => return Ok(Sent::Answered(resp)),
+                // Nothing was sent: as safe to repeat as a read.
+                Err(e) if e.is_connect() => {
+                    PlatformError::transient(format!("{what}: {}", describe(&e)))
+                }
+                Err(e) => {
+                    return Ok(Sent::Unknown(PlatformError::transient(format!(
+                        "{what}: {}",
+                        describe(&e)
+                    ))));
+                }
+            };
+            budget.wait_or_give_up(what, failed, &mut delays).await?;
+        }
+    }
+}
+
+/// What became of a write.
+#[derive(Debug)]
+pub enum Sent {
+    /// The platform answered (any status but 429 and 5xx).
+    Answered(Response),
+    /// No answer, a timeout, or a 5xx: the write may or may not have taken effect.
+    Unknown(PlatformError),
+}
+
+/// How much retrying one attempt may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryLimits {
+    /// Retries of all the attempt's requests together.
+    pub retries: u32,
+    /// Time spent waiting between them, together.
+    pub wait: Duration,
+}
+
+impl Default for RetryLimits {
+    fn default() -> RetryLimits {
+        RetryLimits {
+            retries: 3,
+            wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Something an attempt's requests did that an operator should see in the job's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpNote {
+    /// A request failed and is being tried again after `wait`.
+    Retry {
+        what: String,
+        error: String,
+        http_status: Option<u16>,
+        retry_after: Option<Duration>,
+        wait: Duration,
+    },
+    /// A write's outcome was unknown (or it was refused), and reading the platform back
+    /// told what happened.
+    ReadBack {
+        what: String,
+        error: String,
+        found: String,
+    },
+}
+
+/// The retry budget of one attempt; see the module documentation.
+#[derive(Debug)]
+pub struct RetryBudget {
+    limits: RetryLimits,
+    state: Mutex<BudgetState>,
+    notes: Option<tokio::sync::mpsc::UnboundedSender<HttpNote>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetState {
+    /// Requests sent, first tries and retries.
+    pub requests: u32,
+    pub retries: u32,
+    pub waited: Duration,
+}
+
+tokio::task_local! {
+    static BUDGET: Arc<RetryBudget>;
+}
+
+impl RetryBudget {
+    pub fn new(
+        limits: RetryLimits,
+        notes: Option<tokio::sync::mpsc::UnboundedSender<HttpNote>>,
+    ) -> Arc<RetryBudget> {
+        Arc::new(RetryBudget {
+            limits,
+            state: Mutex::new(BudgetState::default()),
+            notes,
+        })
+    }
+
+    /// Runs `work` with this budget: every request it makes draws on it.
+    pub async fn scope<F: Future>(self: &Arc<Self>, work: F) -> F::Output {
+        BUDGET.scope(Arc::clone(self), work).await
+    }
+
+    /// The budget of the attempt this task runs, or a fresh default one.
+    fn current() -> Arc<RetryBudget> {
+        BUDGET
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| RetryBudget::new(RetryLimits::default(), None))
+    }
+
+    pub fn used(&self) -> BudgetState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_request(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests += 1;
+    }
+
+    /// Tells the listener, if any.
+    pub fn note(note: HttpNote) {
+        let budget = RetryBudget::current();
+        if let Some(tx) = &budget.notes {
+            tx.send(note).ok();
+        }
+    }
+
+    /// Takes one retry after `failed` from the budget and waits it out, or, when the budget
+    /// has no retry or not enough wait left, gives up: the error, transient, with the
+    /// platform's `Retry-After` for the job's backoff. Permanent and auth errors are never
+    /// retried.
+    async fn wait_or_give_up(
+        &self,
+        what: &str,
+        failed: PlatformError,
+        delays: &mut impl Iterator<Item = Duration>,
+    ) -> Result<(), PlatformError> {
+        if failed.class != ErrorClass::Transient {
+            return Err(failed);
+        }
+        let wait = failed
+            .retry_after
+            .unwrap_or_else(|| delays.next().unwrap_or(Duration::from_secs(5)));
+        let granted = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let fits =
+                state.retries < self.limits.retries && state.waited + wait <= self.limits.wait;
+            if fits {
+                state.retries += 1;
+                state.waited += wait;
             }
-            Ok(resp)
+            fits.then_some(*state)
         };
-        attempt
-            .retry(self.backoff)
-            .sleep(tokio::time::sleep)
-            .when(|e: &PlatformError| e.class == ErrorClass::Transient)
-            .adjust(|e: &PlatformError, planned| match e.retry_after {
-                // Wait out a short Retry-After here; leave a long one to the job backoff.
-                Some(wait) if wait > MAX_IN_ATTEMPT_WAIT => None,
-                Some(wait) => Some(wait),
-                None => planned,
+        let Some(_) = granted else {
+            let used = self.used();
+            let mut failed = failed;
+            failed.message = format!(
+                "{} (gave up inside this attempt after {} retries and {:?} of waiting; the job's backoff takes over)",
+                failed.message, used.retries, used.waited
+            );
+            return Err(failed);
+        };
+        tracing::debug!(error = %failed, ?wait, "retrying request");
+        if let Some(tx) = &self.notes {
+            tx.send(HttpNote::Retry {
+                what: what.to_owned(),
+                error: failed.message.clone(),
+                http_status: failed.http_status,
+                retry_after: failed.retry_after,
+                wait,
             })
-            .notify(
-                |e: &PlatformError, wait| tracing::debug!(error = %e, ?wait, "retrying request"),
-            )
+            .ok();
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Takes one retry of a write whose read-back found nothing, as `wait_or_give_up`.
+    pub(super) async fn retry_write(
+        what: &str,
+        failed: PlatformError,
+        delays: &mut impl Iterator<Item = Duration>,
+    ) -> Result<(), PlatformError> {
+        RetryBudget::current()
+            .wait_or_give_up(what, failed, delays)
             .await
     }
 }

@@ -1,36 +1,40 @@
 //! The seam between the pipeline and a platform: one adapter per platform, each in its own
 //! file, behind `PlatformAdapter`. An adapter knows its platform's HTTP API and nothing of
 //! queues, databases or revisions; the pipeline decides when to call it.
+//!
+//! Two rules hold for every adapter, present and future:
+//! - It publishes only [`Sealed`] artifacts: private copies the pipeline made and checked
+//!   against the voted manifest (`seal.rs`). No adapter ever sees a path into a revision,
+//!   and the digests a platform will report (npm's integrity, a blob's sha256) come from the
+//!   same sealed bytes.
+//! - A write whose outcome is unknown is followed by a read-back before anything else
+//!   (`write.rs`), and retries inside an attempt draw on the attempt's bounded budget
+//!   (`http.rs`).
 
 pub mod http;
 pub mod npm;
 pub mod oci;
+pub mod write;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::names::{ArtifactPath, DistTag, RevisionKey};
-use atr_dist_shared::{Digest, DistributionKey, ErrorClass, ManifestEntry, Platform};
+use atr_dist_shared::names::{DistTag, RevisionKey};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-/// A file of the revision, on local disk, with the manifest entry it was checked against.
-#[derive(Debug, Clone)]
-pub struct Artifact {
-    pub path: ArtifactPath,
-    pub local: PathBuf,
-    pub entry: ManifestEntry,
-}
+pub use crate::seal::Sealed;
 
 #[derive(Debug, Clone)]
 pub struct StageRequest {
     pub key: DistributionKey,
     pub revision: RevisionKey,
-    pub artifacts: Vec<Artifact>,
+    /// The job's artifacts, in the job's order, each a sealed copy of the voted bytes.
+    pub artifacts: Vec<Sealed>,
     pub staging_tag: DistTag,
 }
 

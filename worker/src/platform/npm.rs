@@ -10,17 +10,26 @@
 //!
 //! Scoped names are escaped as `@scope%2fpkg` in paths. The tarball must be the package it
 //! claims to be: its `package/package.json` must name the distribution's package and
-//! version, or nothing is sent.
+//! version, or nothing is sent. Its metadata must be unambiguous: every entry lies under
+//! `package/`, and no path appears twice (with two `package.json` entries, what the
+//! registry shows and what `npm install` unpacks could differ). Inspection reads the
+//! sealed copy (`seal.rs`), is bounded in entries and unpacked bytes, and stops when its job
+//! is cancelled; the published bytes, `dist.integrity` and `dist.shasum` are the sealed
+//! copy's.
+//!
+//! Writes follow the read-back protocol (`write.rs`): a publish whose answer is lost or
+//! refused (409) is judged by reading the packument back, and a dist-tag move whose answer
+//! is lost by reading the tag.
 //!
 //! npm makes the first version of a new package `latest`, whatever tag it is published
 //! under, and every package must keep a `latest`. When publishing moves an existing
 //! `latest`, stage moves it back; for a brand-new package it cannot, and says so.
 
+use std::collections::HashSet;
 use std::io::Read;
-use std::path::Path;
 
 use atr_dist_shared::names::DistTag;
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, Platform};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures::FutureExt;
@@ -28,28 +37,34 @@ use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
-use sha1::Sha1;
-use sha2::{Digest as _, Sha512};
 use url::Url;
 
 use super::http::{PlatformHttp, error_for};
-use super::{Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest};
+use super::write::{Found, Written, confirmed};
+use super::{
+    Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
+};
+use crate::blocking::{self, Cancel};
 
 pub const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";
 
 /// Tarballs go into the publish body as base64, so they are read whole; npm's own limit
 /// on packages is far below this.
 const MAX_TARBALL: u64 = 512 * 1024 * 1024;
+/// Inspection unpacks at most this much (a gzip bomb stops here) ...
+const MAX_UNPACKED: u64 = 2 * 1024 * 1024 * 1024;
+/// ... and reads at most this many entries.
+const MAX_ENTRIES: usize = 200_000;
 
 pub struct NpmAdapter {
     http: PlatformHttp,
     base: Url,
 }
 
-/// What the tarball is: its package.json, digests and size.
+/// What the tarball is: its package.json, sealed bytes and digests.
 struct Tarball {
     manifest: serde_json::Map<String, Value>,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     integrity: Digest,
     shasum: String,
 }
@@ -191,6 +206,8 @@ impl NpmAdapter {
         self.observe(key, &doc, version)
     }
 
+    /// Points `tag` at `version`; after a lost answer, the tag is read before it is sent
+    /// again.
     async fn put_tag(
         &self,
         key: &DistributionKey,
@@ -200,23 +217,43 @@ impl NpmAdapter {
         let url = self.dist_tag_url(key, tag);
         let what = format!("PUT {url}");
         let body = serde_json::to_vec(version).unwrap_or_default();
-        let resp = self
-            .http
-            .send(&what, |c| {
-                self.auth(
-                    c.put(url.clone())
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.clone()),
-                )
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(classify(resp, &what).await);
-        }
-        Ok(())
+        confirmed(
+            &self.http,
+            &what,
+            || {
+                self.http.write(&what, |c| {
+                    self.auth(
+                        c.put(url.clone())
+                            .header(CONTENT_TYPE, "application/json")
+                            .body(body.clone()),
+                    )
+                })
+            },
+            || async {
+                let doc = self.packument(key).await?;
+                let points = doc
+                    .as_ref()
+                    .and_then(|d| {
+                        d.pointer(&format!("/dist-tags/{}", escape_pointer(tag.as_str())))
+                    })
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Ok(match points {
+                    Some(v) if v == version => Found::Expected,
+                    Some(v) => Found::Other(format!(
+                        "dist-tag {tag} of {} points at {v}, not {version}",
+                        Self::name(key)
+                    )),
+                    None => Found::Nothing,
+                })
+            },
+            |resp| classify(resp, &what),
+        )
+        .await
+        .map(|_| ())
     }
 
-    fn tarball(req: &StageRequest) -> Result<&super::Artifact, PlatformError> {
+    fn tarball(req: &StageRequest) -> Result<&Sealed, PlatformError> {
         match req.artifacts.as_slice() {
             [one] => Ok(one),
             _ => Err(PlatformError::permanent(format!(
@@ -226,12 +263,32 @@ impl NpmAdapter {
         }
     }
 
-    async fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformError> {
-        let path = path.to_owned();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || read_tarball(&key, &path))
+    async fn read_tarball(
+        key: &DistributionKey,
+        sealed: &Sealed,
+    ) -> Result<Tarball, PlatformError> {
+        if sealed.size() > MAX_TARBALL {
+            return Err(PlatformError::permanent(format!(
+                "{} is {} bytes; npm tarballs above {MAX_TARBALL} are refused",
+                sealed.path(),
+                sealed.size()
+            )));
+        }
+        let bytes = sealed
+            .bytes()
             .await
-            .map_err(|e| PlatformError::transient(format!("reading the tarball: {e}")))?
+            .map_err(|e| PlatformError::transient(e.to_string()))?;
+        let (key, name, inspected) = (key.clone(), sealed.path().to_string(), bytes.clone());
+        let manifest =
+            blocking::run(move |cancel: &Cancel| inspect(&key, &name, &inspected, cancel))
+                .await
+                .map_err(|e| PlatformError::transient(format!("inspecting the tarball: {e}")))??;
+        Ok(Tarball {
+            manifest,
+            bytes,
+            integrity: sealed.sha512().clone(),
+            shasum: sealed.sha1_hex().to_owned(),
+        })
     }
 
     fn publish_body(&self, key: &DistributionKey, tag: &DistTag, t: &Tarball) -> Value {
@@ -272,31 +329,75 @@ fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
-fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformError> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| PlatformError::transient(format!("{}: {e}", path.display())))?
-        .len();
-    if size > MAX_TARBALL {
-        return Err(PlatformError::permanent(format!(
-            "{} is {size} bytes; npm tarballs above {MAX_TARBALL} are refused",
-            path.display()
-        )));
+/// A reader that fails once more than `left` bytes have come through it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "the tarball unpacks to more than {MAX_UNPACKED} bytes; refused"
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| PlatformError::transient(format!("{}: {e}", path.display())))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+}
+
+/// Reads the tarball's entries once, to its end: every entry under `package/`, each path
+/// once, `package/package.json` naming this distribution. Bounded in entries and unpacked
+/// bytes, and stopped between entries when the job goes away.
+fn inspect(
+    key: &DistributionKey,
+    name: &str,
+    bytes: &[u8],
+    cancel: &Cancel,
+) -> Result<serde_json::Map<String, Value>, PlatformError> {
+    let bad = |what: String| PlatformError::permanent(format!("{name}: {what}"));
+    let unpacked = Bounded {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: MAX_UNPACKED,
+    };
+    let mut archive = tar::Archive::new(unpacked);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a gzipped tar: {e}")))?;
+    let mut seen: HashSet<String> = HashSet::new();
     let mut manifest = None;
-    let entries = archive.entries().map_err(|e| {
-        PlatformError::permanent(format!("{} is not a gzipped tar: {e}", path.display()))
-    })?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| PlatformError::permanent(format!("{}: {e}", path.display())))?;
-        let is_manifest = entry
+        cancel
+            .check()
+            .map_err(|c| PlatformError::transient(format!("{name}: {c}")))?;
+        let mut entry = entry.map_err(|e| bad(format!("unreadable tar entry: {e}")))?;
+        if seen.len() >= MAX_ENTRIES {
+            return Err(bad(format!("more than {MAX_ENTRIES} entries; refused")));
+        }
+        let raw = entry
             .path()
-            .map(|p| p == Path::new("package/package.json"))
-            .unwrap_or(false);
-        if !is_manifest {
+            .map_err(|e| bad(format!("an entry's path is unreadable: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        // `package/./a` and `package//a` unpack where `package/a` does.
+        let parts: Vec<&str> = raw
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.first() != Some(&"package") || parts.contains(&"..") {
+            return Err(bad(format!(
+                "entry {raw:?} is outside package/; npm tarballs hold only package/…"
+            )));
+        }
+        let path = parts.join("/");
+        if !seen.insert(path.clone()) {
+            return Err(bad(format!(
+                "the tarball holds {path} more than once; what the registry shows and what npm unpacks could differ"
+            )));
+        }
+        if path != "package/package.json" {
             continue;
         }
         let mut text = String::new();
@@ -304,25 +405,18 @@ fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformE
             .by_ref()
             .take(1024 * 1024)
             .read_to_string(&mut text)
-            .map_err(|e| {
-                PlatformError::permanent(format!("{}: package/package.json: {e}", path.display()))
-            })?;
+            .map_err(|e| bad(format!("package/package.json: {e}")))?;
         manifest = Some(text);
-        break;
     }
     let Some(text) = manifest else {
-        return Err(PlatformError::permanent(format!(
-            "{} has no package/package.json; it is not an npm package",
-            path.display()
-        )));
+        return Err(bad(
+            "no package/package.json; it is not an npm package".into()
+        ));
     };
     let Ok(Value::Object(manifest)) = serde_json::from_str::<Value>(&text) else {
-        return Err(PlatformError::permanent(format!(
-            "{}: package/package.json is not a JSON object",
-            path.display()
-        )));
+        return Err(bad("package/package.json is not a JSON object".into()));
     };
-    let name = NpmAdapter::name(key);
+    let want = NpmAdapter::name(key);
     let (got_name, got_version) = (
         manifest.get("name").and_then(Value::as_str).unwrap_or(""),
         manifest
@@ -330,21 +424,13 @@ fn read_tarball(key: &DistributionKey, path: &Path) -> Result<Tarball, PlatformE
             .and_then(Value::as_str)
             .unwrap_or(""),
     );
-    if got_name != name || got_version != key.version.as_str() {
+    if got_name != want || got_version != key.version.as_str() {
         return Err(PlatformError::permanent(format!(
-            "the tarball is {got_name}@{got_version}, not {name}@{}: refusing to publish it under that name",
+            "the tarball is {got_name}@{got_version}, not {want}@{}: refusing to publish it under that name",
             key.version
         )));
     }
-    let integrity = Digest::from_bytes(DigestAlgorithm::Sha512, &Sha512::digest(&bytes))
-        .map_err(|e| PlatformError::permanent(e.to_string()))?;
-    let shasum = hex::encode(Sha1::digest(&bytes));
-    Ok(Tarball {
-        manifest,
-        bytes,
-        integrity,
-        shasum,
-    })
+    Ok(manifest)
 }
 
 /// npm's refusals that no retry can fix get messages saying what to do.
@@ -385,9 +471,7 @@ impl PlatformAdapter for NpmAdapter {
     ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
         async move {
             let artifact = Self::tarball(req)?;
-            Ok(Self::read_tarball(&req.key, &artifact.local)
-                .await?
-                .integrity)
+            Ok(Self::read_tarball(&req.key, artifact).await?.integrity)
         }
         .boxed()
     }
@@ -409,7 +493,7 @@ impl PlatformAdapter for NpmAdapter {
             let key = &req.key;
             let version = key.version.as_str();
             let artifact = Self::tarball(req)?;
-            let tarball = Self::read_tarball(key, &artifact.local).await?;
+            let tarball = Self::read_tarball(key, artifact).await?;
             let before = self.packument(key).await?;
             // The version is there already with our bytes (published earlier, its tag moved
             // since): only the tag needs setting. With other bytes, it is a conflict.
@@ -434,13 +518,34 @@ impl PlatformAdapter for NpmAdapter {
 
             let url = self.packument_url(key);
             let what = format!("PUT {url}");
-            let body = serde_json::to_vec(&self.publish_body(key, &req.staging_tag, &tarball)).unwrap_or_default();
-            let resp = self
-                .http
-                .send(&what, |c| self.auth(c.put(url.clone()).header(CONTENT_TYPE, "application/json").body(body.clone())))
-                .await?;
-            if !resp.status().is_success() {
-                return Err(classify(resp, &what).await);
+            let body = bytes::Bytes::from(
+                serde_json::to_vec(&self.publish_body(key, &req.staging_tag, &tarball)).unwrap_or_default(),
+            );
+            // A lost answer, or a 409 "version exists", is judged by what the registry holds.
+            let written = confirmed(
+                &self.http,
+                &what,
+                || self.http.write(&what, |c| self.auth(c.put(url.clone()).header(CONTENT_TYPE, "application/json").body(body.clone()))),
+                || async {
+                    let Some(doc) = self.packument(key).await? else {
+                        return Ok(Found::Nothing);
+                    };
+                    Ok(match self.observe(key, &doc, version)? {
+                        Some(o) if o.digest == tarball.integrity => Found::Expected,
+                        Some(o) => Found::Other(format!(
+                            "{}@{version} holds {}, not the voted {}",
+                            Self::name(key),
+                            o.digest,
+                            tarball.integrity
+                        )),
+                        None => Found::Nothing,
+                    })
+                },
+                |resp| classify(resp, &what),
+            )
+            .await?;
+            if let Written::FoundDone = written {
+                tracing::info!(package = %Self::name(key), %version, "the publish's answer was lost; the registry holds the voted tarball");
             }
 
             let after = self
@@ -457,6 +562,12 @@ impl PlatformAdapter for NpmAdapter {
                     Self::name(key),
                     tarball.shasum
                 )));
+            }
+            let tagged = after
+                .pointer(&format!("/dist-tags/{}", escape_pointer(req.staging_tag.as_str())))
+                .and_then(Value::as_str);
+            if tagged != Some(version) {
+                self.put_tag(key, &req.staging_tag, version).await?;
             }
             let latest_after = after.pointer("/dist-tags/latest").and_then(Value::as_str);
             if req.staging_tag.as_str() != "latest" && latest_after == Some(version) {
@@ -552,4 +663,106 @@ pub fn adapter_for(
         }
     };
     NpmAdapter::new(base, p.token.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use atr_dist_shared::names::{PackageName, ReleaseKey, Version};
+
+    use super::*;
+
+    fn key() -> DistributionKey {
+        DistributionKey::new(
+            ReleaseKey::new("example-1.0.0").unwrap(),
+            Platform::Npm,
+            "",
+            PackageName::new("pkg").unwrap(),
+            Version::new("1.0.0").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn tgz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            // Set the name in the header itself: `append_data` would refuse `..`.
+            header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *content).unwrap();
+        }
+        let mut gz = builder.into_inner().unwrap();
+        gz.flush().unwrap();
+        gz.finish().unwrap()
+    }
+
+    const GOOD: &[u8] = br#"{"name":"pkg","version":"1.0.0"}"#;
+    const EVIL: &[u8] = br#"{"name":"pkg","version":"1.0.0","scripts":{"install":"curl evil"}}"#;
+
+    fn check(entries: &[(&str, &[u8])]) -> Result<serde_json::Map<String, Value>, PlatformError> {
+        inspect(&key(), "pkg-1.0.0.tgz", &tgz(entries), &Cancel::never())
+    }
+
+    #[test]
+    fn a_plain_package_is_read() {
+        let m = check(&[("package/package.json", GOOD), ("package/index.js", b"x")]).unwrap();
+        assert_eq!(m["name"], "pkg");
+    }
+
+    #[test]
+    fn two_manifests_are_refused_whichever_comes_first() {
+        for entries in [
+            [
+                ("package/package.json", GOOD),
+                ("package/package.json", EVIL),
+            ],
+            [
+                ("package/package.json", EVIL),
+                ("package/./package.json", GOOD),
+            ],
+        ] {
+            let err = check(&entries).unwrap_err();
+            assert_eq!(err.class, ErrorClass::Permanent);
+            assert!(
+                err.message
+                    .contains("holds package/package.json more than once"),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn entries_outside_package_are_refused() {
+        for outside in ["other/index.js", "package/../escape.js", "index.js"] {
+            let err = check(&[("package/package.json", GOOD), (outside, b"x")]).unwrap_err();
+            assert!(
+                err.message.contains("is outside package/"),
+                "{outside}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn inspection_stops_when_its_job_is_gone() {
+        let cancel = Cancel::default();
+        cancel.raise();
+        let err = inspect(
+            &key(),
+            "pkg-1.0.0.tgz",
+            &tgz(&[("package/package.json", GOOD)]),
+            &cancel,
+        )
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(err.message.contains("no longer waits"), "{}", err.message);
+    }
 }

@@ -100,8 +100,8 @@ use futures::future::BoxFuture;
 use url::Url;
 
 use self::auth::{Scopes, TokenCache};
+use self::layout::Layout;
 pub use self::layout::{ACCEPT_ALL, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-use self::layout::{Check, Layout};
 use super::http::PlatformHttp;
 use super::{Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, StageRequest};
 use crate::config::{ConfigError, PlatformConfig};
@@ -415,12 +415,14 @@ impl OciAdapter {
         }))
     }
 
-    async fn layout(&self, req: &StageRequest, check: Check) -> Result<Layout, PlatformError> {
+    async fn layout(&self, req: &StageRequest) -> Result<Layout, PlatformError> {
         let artifacts = req.artifacts.clone();
         let version = req.key.version.to_string();
-        tokio::task::spawn_blocking(move || Layout::read(&artifacts, &version, check))
-            .await
-            .map_err(|e| PlatformError::transient(format!("reading the OCI layout: {e}")))?
+        crate::blocking::run(move |cancel: &crate::blocking::Cancel| {
+            Layout::read(&artifacts, &version, cancel)
+        })
+        .await
+        .map_err(|e| PlatformError::transient(format!("reading the OCI layout: {e}")))?
     }
 
     /// The staging repository and tag, refusing a staging tag that is the release tag of
@@ -444,13 +446,14 @@ impl OciAdapter {
     async fn stage_layout(&self, req: &StageRequest) -> Result<(), PlatformError> {
         let (staging, tag) = self.staging_place(&req.key, &req.staging_tag)?;
         let release = self.release_repo(&req.key)?;
-        let layout = self.layout(req, Check::Content).await?;
+        let layout = self.layout(req).await?;
         tracing::info!(
             layout = %layout.dir,
             %staging,
             tag = tag.as_str(),
             digest = %layout.top.digest,
             blobs = layout.blobs.len(),
+            manifests_read = layout.manifests_read,
             manifests = layout.children.len() + 1,
             "pushing the OCI layout"
         );
@@ -526,7 +529,7 @@ impl PlatformAdapter for OciAdapter {
         &'a self,
         req: &'a StageRequest,
     ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
-        async move { Ok(self.layout(req, Check::Content).await?.top.digest) }.boxed()
+        async move { Ok(self.layout(req).await?.top.digest) }.boxed()
     }
 
     fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite> {
@@ -535,7 +538,11 @@ impl PlatformAdapter for OciAdapter {
         let planned = (|| -> Result<Vec<PlannedWrite>, PlatformError> {
             let (staging, tag) = self.staging_place(&req.key, &req.staging_tag)?;
             let release = self.release_repo(&req.key)?;
-            let layout = Layout::read(&req.artifacts, req.key.version.as_str(), Check::Structure)?;
+            let layout = Layout::read(
+                &req.artifacts,
+                req.key.version.as_str(),
+                &crate::blocking::Cancel::never(),
+            )?;
             let mount_from = (staging != release).then_some(release.as_str());
             let mut writes = Vec::new();
             for blob in &layout.blobs {

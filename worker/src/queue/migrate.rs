@@ -1,5 +1,7 @@
-//! Moving a queue from wire format 1, 2, 3 or 4 to 5 (`docs/wire-format.md`, "Versions"),
-//! for `atr-dist queue migrate`.
+//! Moving a queue from wire format 1, 2, 3, 4 or 5 to 6 (`docs/wire-format.md`,
+//! "Versions"), for `atr-dist queue migrate`. Format 6 adds keys (the `results` stream and
+//! the `result` hash) and changes `ack.lua`'s arguments, and lays jobs out as format 5 does:
+//! a format 5 queue only needs its `format` key set.
 
 use atr_dist_shared::JobState;
 use redis::AsyncCommands;
@@ -10,7 +12,7 @@ use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
 /// The wire format this code speaks (docs/wire-format.md).
-pub const FORMAT: &str = "5";
+pub const FORMAT: &str = "6";
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
@@ -39,14 +41,14 @@ impl Queue {
         Ok((format, existing > 0))
     }
 
-    /// Fails unless the queue is in wire format 5 or new: the check `enqueue.lua` and
+    /// Fails unless the queue is in wire format 6 or new: the check `enqueue.lua` and
     /// `fetch.lua` make on every call, made once at start so that a worker facing an older
     /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
             Some(FORMAT) => Ok(()),
-            Some(old @ ("2" | "3" | "4")) => Err(QueueError::NotNow(format!(
+            Some(old @ ("2" | "3" | "4" | "5")) => Err(QueueError::NotNow(format!(
                 "queue {} is in wire format {old}; this atr-dist speaks format {FORMAT}: stop \
                  its workers and producers and run `atr-dist queue migrate`",
                 self.name
@@ -65,10 +67,11 @@ impl Queue {
         }
     }
 
-    /// Moves every job of a version 1 to 4 queue to the version 5 layout, then marks the
-    /// queue as version 5. Refuses while workers have a live heartbeat: an older worker would
-    /// go on writing the old layout. Safe to run again, also after an interruption; a
-    /// version 5 queue is left as it is.
+    /// Moves every job of a version 1 to 4 queue to the version 5 layout (which version 6
+    /// keeps), then marks the queue as version 6. Refuses while workers have a live
+    /// heartbeat: an older worker would go on writing the old layout, or acking without
+    /// reporting results. Safe to run again, also after an interruption; a version 6 queue is
+    /// left as it is.
     pub async fn migrate(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
         if workers > 0 {
@@ -99,6 +102,16 @@ impl Queue {
             // Versions 1 and 2 keep `done` as a sorted set, which the steps rebuild as a list.
             None | Some("2") => true,
             Some("3" | "4") => false,
+            // The same layout: only the format changes.
+            Some("5") => {
+                let _: () = self
+                    .conn
+                    .clone()
+                    .set(format!("{}format", self.prefix), FORMAT)
+                    .await?;
+                report.jobs = self.stats().await?.counts.values().sum();
+                return Ok(report);
+            }
             Some(other) => {
                 return Err(QueueError::NotNow(format!(
                     "queue {} is in wire format {other}, which this atr-dist (format \
@@ -133,7 +146,7 @@ impl Queue {
             }
         }
         // From version 1 or 2, `done` becomes the list of finished jobs, in finishing order;
-        // and the queue speaks version 5; in one step.
+        // and the queue speaks version 6; in one step.
         let done = format!("{}done", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic();

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod conn;
 pub mod lock;
 mod migrate;
+pub mod note;
 pub mod pool;
 mod scripts;
 
@@ -153,6 +154,9 @@ pub enum AckOutcome {
 pub struct Ack {
     pub lease: Lease,
     pub outcome: AckOutcome,
+    /// The worker's report of the job, JSON (docs/wire-format.md, "Results"), or empty.
+    /// Kept for jobs that end (done, dead, cancelled); ignored otherwise.
+    pub result: String,
 }
 
 /// The state a job is in after its ack, or `Stale` when this worker no longer held it.
@@ -485,14 +489,16 @@ impl Queue {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
-        // `ack.lua` takes successes first, as bare (id, lease) pairs, then the rest; its
+        // `ack.lua` takes successes first, as (id, lease, result) triples, then the rest; its
         // answers come back in that order and are put back in the caller's.
         let (done, other): (Vec<usize>, Vec<usize>) =
             (0..acks.len()).partition(|&i| acks[i].outcome == AckOutcome::Done);
         let mut inv = SCRIPTS.ack.key(&self.queued_key);
         inv.arg(&self.prefix).arg(done.len());
         for &i in &done {
-            inv.arg(&acks[i].lease.id).arg(&acks[i].lease.token);
+            inv.arg(&acks[i].lease.id)
+                .arg(&acks[i].lease.token)
+                .arg(&acks[i].result);
         }
         for &i in &other {
             let ack = &acks[i];
@@ -523,7 +529,8 @@ impl Queue {
                 .arg(outcome)
                 .arg(delay)
                 .arg(class)
-                .arg(message);
+                .arg(message)
+                .arg(&ack.result);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
         if reply.len() != acks.len() {

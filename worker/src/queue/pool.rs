@@ -76,6 +76,9 @@ pub struct RunningJob {
     /// a handler that must clean up after itself (close its records, release its locks)
     /// reads when that future is dropped.
     pub stop: StopSignal,
+    /// Where the handler leaves its report of the job (JSON, docs/wire-format.md,
+    /// "Results"); it goes to the results stream with the job's end.
+    pub result: ResultSlot,
 }
 
 /// Why the pool stopped an attempt before its handler returned.
@@ -102,6 +105,25 @@ impl StopSignal {
 
     fn set(&self, stop: Stop) {
         let _ = self.0.set(stop);
+    }
+}
+
+/// A handler's report of a job, handed to `ack.lua` with the attempt's end. Empty when the
+/// handler leaves none.
+#[derive(Debug, Clone, Default)]
+pub struct ResultSlot(Arc<Mutex<Option<String>>>);
+
+impl ResultSlot {
+    pub fn set(&self, json: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(json);
+    }
+
+    fn take(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
     }
 }
 
@@ -316,6 +338,7 @@ impl Shared {
                 outcome: AckOutcome::Release {
                     message: why.to_owned(),
                 },
+                result: String::new(),
             })
             .collect();
         if acks.is_empty() {
@@ -439,20 +462,22 @@ async fn run_job<H: JobHandler>(
     // Until its ack is handed over: what a shutdown waits for after stopping attempts.
     let _running = RunningAttempt::new(&shared);
     let started = Instant::now();
-    let outcome = match Envelope::parse(&job.envelope) {
+    let (outcome, result) = match Envelope::parse(&job.envelope) {
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
-            AckOutcome::Dead {
+            let dead = AckOutcome::Dead {
                 class: ErrorClass::Malformed,
                 message: e.to_string(),
-            }
+            };
+            (dead, String::new())
         }
         Ok(envelope) => {
             // Prometheus: queue latency, attempt duration, processed and failed counts.
             let observed = crate::http::metrics::attempt_started(job.waited, &envelope);
-            let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope).await;
+            let slot = ResultSlot::default();
+            let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope, &slot).await;
             observed.finished(&outcome);
-            outcome
+            (outcome, slot.take())
         }
     };
     let counter: fn(&Counters) -> &AtomicU64 = match &outcome {
@@ -466,6 +491,7 @@ async fn run_job<H: JobHandler>(
     let ack = Ack {
         lease: job.lease(),
         outcome,
+        result,
     };
     let pool = Arc::clone(&shared);
     shared.ack(
@@ -509,6 +535,7 @@ async fn attempt<H: JobHandler>(
     handler: &H,
     job: &Leased,
     envelope: Envelope,
+    result: &ResultSlot,
 ) -> AckOutcome {
     let (cancel, stop) = shared.stop_handles(&job.id);
     let policy = (shared.config.retry)(&envelope);
@@ -527,6 +554,7 @@ async fn attempt<H: JobHandler>(
         envelope,
         cancel: cancel.clone(),
         stop: stop.clone(),
+        result: result.clone(),
     };
     // Pinned here rather than inside the select, so that it is dropped only after the reason
     // for stopping it is set.

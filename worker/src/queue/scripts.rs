@@ -15,6 +15,7 @@ pub struct Scripts {
     pub purge: Script,
     pub lock: Script,
     pub migrate: Script,
+    pub note: Script,
 }
 
 pub const ENQUEUE_LUA: &str = include_str!("../../../lua/enqueue.lua");
@@ -29,4 +30,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     purge: Script::new(include_str!("../../../lua/purge.lua")),
     lock: Script::new(include_str!("../../../lua/lock.lua")),
     migrate: Script::new(include_str!("../../../lua/migrate.lua")),
+    note: Script::new(include_str!("../../../lua/note.lua")),
 });

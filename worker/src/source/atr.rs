@@ -3,21 +3,25 @@
 //! URLs are templates in the configuration (`revisions.atr_manifest_url`,
 //! `revisions.atr_file_url`) with `{project}`, `{version}`, `{revision}` and `{path}`, so the
 //! worker follows ATR's routes without code changes. The manifest is JSON:
-//! `{"entries": [{"path", "size", "sha3_256"}]}`. Downloads are streamed to a temporary file
-//! and hashed on the way; a file that does not match the manifest is refused.
+//! `{"entries": [{"path", "size", "sha3_256"}]}`.
+//!
+//! The manifest is read as a stream and refused as soon as it passes its size limit (a
+//! `Content-Length` above it is refused before a byte is read). A file's download is handed
+//! to the pipeline's sealer, which stops reading one byte past the manifest's size for it
+//! and compares what it read with the manifest. Redirects are followed only within ATR's
+//! own origin (same scheme, host and port), so neither a redirect to another host nor a
+//! downgrade from https to http is followed.
 
 use std::time::Duration;
 
 use atr_dist_shared::RevisionManifest;
 use atr_dist_shared::job::ReleaseRef;
-use atr_dist_shared::manifest::Sha3Hex;
 use atr_dist_shared::names::{ArtifactPath, RevisionNumber};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use sha3::{Digest as _, Sha3_256};
-use tokio::io::AsyncWriteExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::{LocalFile, RevisionSource, SourceError};
+use super::{RevisionSource, SourceError};
+use crate::seal::ByteStream;
 
 pub struct AtrSource {
     client: reqwest::Client,
@@ -27,13 +31,36 @@ pub struct AtrSource {
 
 /// The largest manifest accepted: far above any real release.
 const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+/// Redirects followed, each within the origin of the first URL.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows a redirect only to the origin the request started at.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        if attempt.url().origin() != first.origin() {
+            let to = attempt.url().origin().ascii_serialization();
+            let from = first.origin().ascii_serialization();
+            return attempt.error(format!(
+                "redirected to {to}, outside ATR's origin {from}; not followed"
+            ));
+        }
+        attempt.follow()
+    })
+}
 
 impl AtrSource {
     pub fn new(manifest_url: String, file_url: String) -> Result<AtrSource, SourceError> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .user_agent(concat!("atr-dist/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(600))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| SourceError::Invalid(format!("HTTP client: {e}")))?;
         Ok(AtrSource {
@@ -66,7 +93,7 @@ impl AtrSource {
             .get(url)
             .send()
             .await
-            .map_err(|e| SourceError::Unavailable(format!("GET {url}: {e}")))?;
+            .map_err(|e| SourceError::Unavailable(format!("GET {url}: {}", describe(&e))))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(SourceError::NotFound(format!("{what} (404 from {url})")));
@@ -79,6 +106,17 @@ impl AtrSource {
         }
         Ok(response)
     }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 fn urlencode(part: &str) -> String {
@@ -102,14 +140,26 @@ impl RevisionSource for AtrSource {
             let url = AtrSource::fill(&self.manifest_url, release, revision, None);
             let what = format!("{} {revision}", release.key());
             let response = self.get(&url, &what).await?;
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| SourceError::Unavailable(format!("GET {url}: {e}")))?;
-            if body.len() > MAX_MANIFEST_BYTES {
-                return Err(SourceError::Invalid(format!(
+            let too_big = || {
+                SourceError::Invalid(format!(
                     "manifest at {url} is over {MAX_MANIFEST_BYTES} bytes"
-                )));
+                ))
+            };
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+            {
+                return Err(too_big());
+            }
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(piece) = stream.next().await {
+                let piece =
+                    piece.map_err(|e| SourceError::Unavailable(format!("GET {url}: {e}")))?;
+                if body.len() + piece.len() > MAX_MANIFEST_BYTES {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&piece);
             }
             serde_json::from_slice(&body)
                 .map_err(|e| SourceError::Invalid(format!("manifest at {url}: {e}")))
@@ -117,41 +167,22 @@ impl RevisionSource for AtrSource {
         .boxed()
     }
 
-    fn fetch<'a>(
+    fn open<'a>(
         &'a self,
         release: &'a ReleaseRef,
         revision: &'a RevisionNumber,
         path: &'a ArtifactPath,
-    ) -> BoxFuture<'a, Result<LocalFile, SourceError>> {
+    ) -> BoxFuture<'a, Result<ByteStream, SourceError>> {
         async move {
             let url = AtrSource::fill(&self.file_url, release, revision, Some(path));
             let response = self
                 .get(&url, &format!("{} {revision} {path}", release.key()))
                 .await?;
-            let dir = tempfile::tempdir()
-                .map_err(|e| SourceError::Unavailable(format!("temporary directory: {e}")))?;
-            let local = dir.path().join("artifact");
-            let mut file = tokio::fs::File::create(&local)
-                .await
-                .map_err(|e| SourceError::Unavailable(format!("{}: {e}", local.display())))?;
-            let mut hasher = Sha3_256::new();
-            let mut size = 0u64;
-            let mut stream = response.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk =
-                    chunk.map_err(|e| SourceError::Unavailable(format!("GET {url}: {e}")))?;
-                size += chunk.len() as u64;
-                hasher.update(&chunk);
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| SourceError::Unavailable(format!("{}: {e}", local.display())))?;
-            }
-            file.flush()
-                .await
-                .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-            let digest = Sha3Hex::from_bytes(hasher.finalize().into());
-            tracing::debug!(%url, size, sha3_256 = %digest, "downloaded artifact");
-            Ok(LocalFile::downloaded(local, (size, digest), dir))
+            // The sealer bounds the read at the manifest's size and checks the bytes.
+            Ok(response
+                .bytes_stream()
+                .map_err(move |e| std::io::Error::other(format!("GET {url}: {e}")))
+                .boxed())
         }
         .boxed()
     }

@@ -1,22 +1,146 @@
 //! `dir`: a revision directory on disk, laid out as ATR lays it out:
 //! `<root>/<project_key>/<version_key>/<revision_number>/…`. Files are hashed with SHA3-256,
 //! streaming, as ATR's file manifest does.
+//!
+//! A revision directory is data a release manager (or an attacker who reached the disk)
+//! controls, so every file is reached the same careful way, for the manifest walk and for
+//! the artifacts a job names alike:
+//! - below the configured root, each path component is opened with `openat(2)` relative to
+//!   its parent and `O_NOFOLLOW`: a symbolic link anywhere (a linked directory too) is
+//!   refused, never followed out of the revision;
+//! - a file is opened with `O_NONBLOCK` and then checked with `fstat` to be a regular file
+//!   before a byte is read: a FIFO, socket or device is refused and cannot hang a thread;
+//! - reads stop one byte past the size `fstat` reported, so a file that grows while it is
+//!   read is refused rather than read without end;
+//! - the blocking work checks its job's cancel flag between pieces (`blocking.rs`), so a
+//!   timed-out job stops reading.
 
-use std::io::Read;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use atr_dist_shared::job::ReleaseRef;
 use atr_dist_shared::manifest::Sha3Hex;
 use atr_dist_shared::names::{ArtifactPath, RevisionNumber};
 use atr_dist_shared::{ManifestEntry, RevisionManifest};
-use futures::FutureExt;
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use rustix::fs::{FileType, Mode, OFlags};
 use sha3::{Digest as _, Sha3_256};
 
-use super::{LocalFile, RevisionSource, SourceError};
+use super::{RevisionSource, SourceError};
+use crate::blocking::{self, Cancel};
+use crate::seal::ByteStream;
+
+/// Pieces files are read in: a multi-gigabyte image never sits in memory whole, and the
+/// cancel flag is checked between pieces.
+const CHUNK: usize = 1024 * 1024;
 
 pub struct DirSource {
     root: PathBuf,
+}
+
+/// Why a file of a revision cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("{0} is a symbolic link; revisions hold only files and directories")]
+    Link(String),
+    #[error("{0} is not a regular file ({1}); revisions hold only regular files")]
+    Special(String, &'static str),
+    #[error("{0} does not exist")]
+    Missing(String),
+    #[error("{0}: {1}")]
+    Io(String, io::Error),
+}
+
+impl From<OpenError> for SourceError {
+    fn from(e: OpenError) -> SourceError {
+        match e {
+            OpenError::Link(_) | OpenError::Special(..) => SourceError::Invalid(e.to_string()),
+            OpenError::Missing(_) => SourceError::NotFound(e.to_string()),
+            OpenError::Io(..) => SourceError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "of an unknown kind",
+    }
+}
+
+/// Opens `name` in `dir` without following a link, as a directory or as a regular file.
+fn open_at(dir: &OwnedFd, name: &str, shown: &str, want_dir: bool) -> Result<OwnedFd, OpenError> {
+    let flags = OFlags::RDONLY
+        | OFlags::CLOEXEC
+        | OFlags::NOFOLLOW
+        | OFlags::NOCTTY
+        | if want_dir {
+            OFlags::DIRECTORY
+        } else {
+            // A FIFO opened for reading blocks until a writer comes; with NONBLOCK it opens
+            // at once, and fstat below refuses it.
+            OFlags::NONBLOCK
+        };
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // O_NOFOLLOW on a link: ELOOP; O_DIRECTORY on a link (or a file): ENOTDIR.
+        Err(rustix::io::Errno::LOOP) => return Err(OpenError::Link(shown.to_owned())),
+        Err(rustix::io::Errno::NOENT) => return Err(OpenError::Missing(shown.to_owned())),
+        Err(rustix::io::Errno::NOTDIR) => {
+            return Err(
+                match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                        OpenError::Link(shown.to_owned())
+                    }
+                    Ok(st) => OpenError::Special(
+                        shown.to_owned(),
+                        kind_name(FileType::from_raw_mode(st.st_mode)),
+                    ),
+                    Err(e) => OpenError::Io(shown.to_owned(), e.into()),
+                },
+            );
+        }
+        Err(e) => return Err(OpenError::Io(shown.to_owned(), e.into())),
+    };
+    let kind = rustix::fs::fstat(&fd)
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+        .map_err(|e| OpenError::Io(shown.to_owned(), e.into()))?;
+    match (want_dir, kind) {
+        (true, FileType::Directory) | (false, FileType::RegularFile) => Ok(fd),
+        (_, other) => Err(OpenError::Special(shown.to_owned(), kind_name(other))),
+    }
+}
+
+/// An open regular file with the size it had when opened.
+struct Opened {
+    file: File,
+    size: u64,
+    shown: String,
+}
+
+impl Opened {
+    fn new(fd: OwnedFd, shown: String) -> Result<Opened, OpenError> {
+        let size = rustix::fs::fstat(&fd)
+            .map_err(|e| OpenError::Io(shown.clone(), e.into()))?
+            .st_size as u64;
+        Ok(Opened {
+            file: File::from(fd),
+            size,
+            shown,
+        })
+    }
 }
 
 impl DirSource {
@@ -31,62 +155,203 @@ impl DirSource {
             .join(release.version_key.as_str())
             .join(revision.as_str())
     }
+
+    /// The revision directory, opened component by component below the root (the root
+    /// itself is the operator's configuration, and may be reached through links).
+    fn open_revision(
+        &self,
+        release: &ReleaseRef,
+        revision: &RevisionNumber,
+    ) -> Result<OwnedFd, OpenError> {
+        let root_shown = self.root.display().to_string();
+        let mut dir = rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT => OpenError::Missing(root_shown.clone()),
+            e => OpenError::Io(root_shown.clone(), e.into()),
+        })?;
+        let mut shown = PathBuf::from(&self.root);
+        for part in [
+            release.project_key.as_str(),
+            release.version_key.as_str(),
+            revision.as_str(),
+        ] {
+            shown.push(part);
+            dir = open_at(&dir, part, &shown.display().to_string(), true)?;
+        }
+        Ok(dir)
+    }
+
+    /// Opens one file of the revision by the rules above.
+    fn open_file(
+        &self,
+        release: &ReleaseRef,
+        revision: &RevisionNumber,
+        path: &ArtifactPath,
+    ) -> Result<Opened, OpenError> {
+        let mut dir = self.open_revision(release, revision)?;
+        let base = self.revision_dir(release, revision);
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        let (name, parents) = parts
+            .split_last()
+            .unwrap_or_else(|| unreachable!("an artifact path has at least one component"));
+        let mut shown = base;
+        for part in parents {
+            shown.push(part);
+            dir = open_at(&dir, part, &shown.display().to_string(), true)?;
+        }
+        shown.push(name);
+        let shown = shown.display().to_string();
+        let fd = open_at(&dir, name, &shown, false)?;
+        Opened::new(fd, shown)
+    }
 }
 
-/// Size and SHA3-256 of a file, read in 1 MiB pieces: a multi-gigabyte image never sits in
-/// memory whole.
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, Sha3Hex)> {
-    let mut file = std::fs::File::open(path)?;
+/// Size and SHA3-256 of an open file, read in pieces up to one byte past its size at open.
+fn hash_opened(opened: &Opened, cancel: &Cancel) -> Result<(u64, Sha3Hex), SourceError> {
     let mut hasher = Sha3_256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut size = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        cancel
+            .check()
+            .map_err(|c| SourceError::Unavailable(format!("{}: {c}", opened.shown)))?;
+        let n = opened
+            .file
+            .read_at(&mut buf, at)
+            .map_err(|e| OpenError::Io(opened.shown.clone(), e))?;
         if n == 0 {
             break;
         }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((size, Sha3Hex::from_bytes(hasher.finalize().into())))
-}
-
-fn walk(base: &Path, dir: &Path, out: &mut Vec<ManifestEntry>) -> Result<(), SourceError> {
-    let io = |e: std::io::Error| SourceError::Unavailable(format!("{}: {e}", dir.display()));
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io)?;
-        // ATR's revisions hold regular files (hard links); a symlink could point anywhere.
-        if kind.is_symlink() {
+        at += n as u64;
+        if at > opened.size {
             return Err(SourceError::Invalid(format!(
-                "{} is a symbolic link; revisions hold only files",
-                path.display()
+                "{} grew while it was read (it had {} bytes when opened); a revision must not change",
+                opened.shown, opened.size
             )));
         }
-        if kind.is_dir() {
-            walk(base, &path, out)?;
+        hasher.update(&buf[..n]);
+    }
+    Ok((at, Sha3Hex::from_bytes(hasher.finalize().into())))
+}
+
+/// Size and SHA3-256 of a file named by the operator (not a revision's file: those go
+/// through `DirSource`), for tools and tests.
+pub fn hash_file(path: &Path) -> io::Result<(u64, Sha3Hex)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let opened = Opened {
+        file,
+        size,
+        shown: path.display().to_string(),
+    };
+    hash_opened(&opened, &Cancel::never()).map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn utf8(name: &CStr, shown: &Path) -> Result<String, SourceError> {
+    name.to_str().map(str::to_owned).map_err(|_| {
+        SourceError::Invalid(format!(
+            "{}/{} is not UTF-8",
+            shown.display(),
+            name.to_string_lossy()
+        ))
+    })
+}
+
+/// The manifest walk: every entry of `dir` (opened), recursively; only directories and
+/// regular files are allowed.
+fn walk(
+    dir: OwnedFd,
+    rel: &str,
+    shown: &Path,
+    out: &mut Vec<ManifestEntry>,
+    cancel: &Cancel,
+) -> Result<(), SourceError> {
+    let io = |e: io::Error| SourceError::Unavailable(format!("{}: {e}", shown.display()));
+    let listing = rustix::fs::Dir::read_from(&dir).map_err(|e| io(e.into()))?;
+    let mut names = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| io(e.into()))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
             continue;
         }
-        let rel = path.strip_prefix(base).map_err(|_| {
-            SourceError::Invalid(format!("{} is outside the revision", path.display()))
-        })?;
-        let rel = rel
-            .to_str()
-            .ok_or_else(|| SourceError::Invalid(format!("{} is not UTF-8", path.display())))?;
-        let artifact = ArtifactPath::new(rel).map_err(|e| SourceError::Invalid(e.to_string()))?;
-        let (size, sha3_256) = hash_file(&path).map_err(io)?;
-        out.push(ManifestEntry {
-            path: artifact,
-            size,
-            sha3_256,
-        });
+        names.push(utf8(name, shown)?);
+    }
+    names.sort();
+    for name in names {
+        cancel
+            .check()
+            .map_err(|c| SourceError::Unavailable(format!("{}: {c}", shown.display())))?;
+        let child_shown = shown.join(&name);
+        let child_rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let st = rustix::fs::statat(&dir, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io(e.into()))?;
+        let shown_str = child_shown.display().to_string();
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let sub = open_at(&dir, &name, &shown_str, true)?;
+                walk(sub, &child_rel, &child_shown, out, cancel)?;
+            }
+            FileType::RegularFile => {
+                let fd = open_at(&dir, &name, &shown_str, false)?;
+                let opened = Opened::new(fd, shown_str)?;
+                let path = ArtifactPath::new(&child_rel)
+                    .map_err(|e| SourceError::Invalid(e.to_string()))?;
+                let (size, sha3_256) = hash_opened(&opened, cancel)?;
+                out.push(ManifestEntry {
+                    path,
+                    size,
+                    sha3_256,
+                });
+            }
+            FileType::Symlink => return Err(OpenError::Link(shown_str).into()),
+            other @ (FileType::Fifo
+            | FileType::Socket
+            | FileType::CharacterDevice
+            | FileType::BlockDevice
+            | FileType::Unknown) => {
+                return Err(OpenError::Special(shown_str, kind_name(other)).into());
+            }
+        }
     }
     Ok(())
+}
+
+/// An open file as a stream of pieces, read with `pread` on the blocking pool one piece at
+/// a time (each read is short and bounded), ending one byte past the size it had when
+/// opened: the sealer then sees a size that differs from the manifest's.
+fn file_stream(opened: Opened) -> ByteStream {
+    let limit = opened.size.saturating_add(1);
+    let file = std::sync::Arc::new(opened.file);
+    futures::stream::try_unfold((file, 0u64), move |(file, at)| async move {
+        if at >= limit {
+            return Ok(None);
+        }
+        let len = (limit - at).min(CHUNK as u64) as usize;
+        let reader = std::sync::Arc::clone(&file);
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            let n = reader.read_at(&mut buf, at)?;
+            buf.truncate(n);
+            Ok::<_, io::Error>(buf)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if piece.is_empty() {
+            return Ok(None);
+        }
+        let next = at + piece.len() as u64;
+        Ok(Some((Bytes::from(piece), (file, next))))
+    })
+    .boxed()
 }
 
 impl RevisionSource for DirSource {
@@ -95,46 +360,51 @@ impl RevisionSource for DirSource {
         release: &'a ReleaseRef,
         revision: &'a RevisionNumber,
     ) -> BoxFuture<'a, Result<RevisionManifest, SourceError>> {
-        let dir = self.revision_dir(release, revision);
+        let shown = self.revision_dir(release, revision);
         async move {
-            if !dir.is_dir() {
-                return Err(SourceError::NotFound(format!(
-                    "{} {revision} (no directory {})",
-                    release.key(),
-                    dir.display()
-                )));
-            }
-            // Hashing is blocking I/O: keep it off the async workers.
-            tokio::task::spawn_blocking(move || {
+            let dir = match self.open_revision(release, revision) {
+                Ok(dir) => dir,
+                Err(OpenError::Missing(_)) => {
+                    return Err(SourceError::NotFound(format!(
+                        "{} {revision} (no directory {})",
+                        release.key(),
+                        shown.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Hashing is blocking I/O: keep it off the async workers, and stop it when the
+            // job goes away.
+            blocking::run(move |cancel: &Cancel| {
                 let mut entries = Vec::new();
-                walk(&dir, &dir, &mut entries)?;
+                walk(dir, "", &shown, &mut entries, cancel)?;
                 RevisionManifest::new(entries).map_err(|e| SourceError::Invalid(e.to_string()))
             })
             .await
-            .map_err(|e| SourceError::Unavailable(format!("hashing task failed: {e}")))?
+            .map_err(|e| SourceError::Unavailable(format!("hashing the revision: {e}")))?
         }
         .boxed()
     }
 
-    fn fetch<'a>(
+    fn open<'a>(
         &'a self,
         release: &'a ReleaseRef,
         revision: &'a RevisionNumber,
         path: &'a ArtifactPath,
-    ) -> BoxFuture<'a, Result<LocalFile, SourceError>> {
-        let file = self.revision_dir(release, revision).join(path.as_str());
+    ) -> BoxFuture<'a, Result<ByteStream, SourceError>> {
         async move {
-            match tokio::fs::symlink_metadata(&file).await {
-                Ok(meta) if meta.is_file() => Ok(LocalFile::on_disk(file)),
-                Ok(_) => Err(SourceError::Invalid(format!(
-                    "{} is not a regular file",
-                    file.display()
-                ))),
-                Err(_) => Err(SourceError::NotFound(format!(
-                    "{} {revision}: no file {path}",
-                    release.key()
-                ))),
-            }
+            // A handful of openat calls, none of which can block on a FIFO.
+            let opened = match self.open_file(release, revision, path) {
+                Ok(opened) => opened,
+                Err(OpenError::Missing(_)) => {
+                    return Err(SourceError::NotFound(format!(
+                        "{} {revision}: no file {path}",
+                        release.key()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(file_stream(opened))
         }
         .boxed()
     }

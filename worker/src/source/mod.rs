@@ -1,21 +1,25 @@
 //! Revision sources: where the worker learns a revision's files (the manifest) and reads
 //! their bytes. `dir` reads ATR's revision directory, `atr` ATR's published manifest over
 //! HTTP, `inline` takes the manifest from the job (bytes, when needed, from `dir`).
+//!
+//! A source only opens files; it never decides that bytes are good. The pipeline reads
+//! each artifact once through the sealer (`seal.rs`), which keeps a private copy and
+//! compares it with the voted manifest, and adapters publish only that copy.
 
 mod atr;
 mod dir;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use atr_dist_shared::job::{ReleaseRef, RevisionSourceSpec};
-use atr_dist_shared::manifest::Sha3Hex;
 use atr_dist_shared::names::{ArtifactPath, RevisionNumber};
 use atr_dist_shared::{ErrorClass, RevisionManifest};
 use futures::future::BoxFuture;
 
 pub use atr::AtrSource;
 pub use dir::{DirSource, hash_file};
+
+use crate::seal::ByteStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -25,8 +29,6 @@ pub enum SourceError {
     Unavailable(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("{path}: the file does not match the manifest ({detail})")]
-    Mismatch { path: String, detail: String },
     #[error("the {0} source is not configured: {1}")]
     NotConfigured(&'static str, &'static str),
 }
@@ -35,50 +37,10 @@ impl SourceError {
     pub fn class(&self) -> ErrorClass {
         match self {
             SourceError::Unavailable(_) => ErrorClass::Transient,
-            SourceError::NotFound(_)
-            | SourceError::Invalid(_)
-            | SourceError::Mismatch { .. }
-            | SourceError::NotConfigured(..) => ErrorClass::Permanent,
+            SourceError::NotFound(_) | SourceError::Invalid(_) | SourceError::NotConfigured(..) => {
+                ErrorClass::Permanent
+            }
         }
-    }
-}
-
-/// A local copy of an artifact; a downloaded one is deleted when this is dropped.
-pub struct LocalFile {
-    pub path: PathBuf,
-    /// Size and SHA3-256 when already computed on the way in (downloads), so a large file
-    /// is not read twice.
-    pub hashed: Option<(u64, Sha3Hex)>,
-    _temp: Option<tempfile::TempDir>,
-}
-
-impl LocalFile {
-    pub fn on_disk(path: PathBuf) -> LocalFile {
-        LocalFile {
-            path,
-            hashed: None,
-            _temp: None,
-        }
-    }
-
-    pub fn downloaded(path: PathBuf, hashed: (u64, Sha3Hex), dir: tempfile::TempDir) -> LocalFile {
-        LocalFile {
-            path,
-            hashed: Some(hashed),
-            _temp: Some(dir),
-        }
-    }
-
-    /// Size and SHA3-256 of the file, computing them if needed.
-    pub async fn digest(&self) -> Result<(u64, Sha3Hex), SourceError> {
-        if let Some(h) = &self.hashed {
-            return Ok(h.clone());
-        }
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || hash_file(&path))
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("hashing task failed: {e}")))?
-            .map_err(|e| SourceError::Unavailable(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -89,12 +51,16 @@ pub trait RevisionSource: Send + Sync {
         revision: &'a RevisionNumber,
     ) -> BoxFuture<'a, Result<RevisionManifest, SourceError>>;
 
-    fn fetch<'a>(
+    /// Opens one file of the revision to be read once, by the pipeline's sealer
+    /// (`seal.rs`), which bounds the read at the voted size and checks what it read. Only a
+    /// regular file inside the revision may be opened: no component of the path may be a
+    /// link, and nothing else (a FIFO, a device) is opened at all.
+    fn open<'a>(
         &'a self,
         release: &'a ReleaseRef,
         revision: &'a RevisionNumber,
         path: &'a ArtifactPath,
-    ) -> BoxFuture<'a, Result<LocalFile, SourceError>>;
+    ) -> BoxFuture<'a, Result<ByteStream, SourceError>>;
 }
 
 /// The configured sources; a job names which one to use.
@@ -118,19 +84,20 @@ impl Sources {
         }
     }
 
-    pub async fn fetch(
+    pub async fn open(
         &self,
         spec: &RevisionSourceSpec,
         release: &ReleaseRef,
         revision: &RevisionNumber,
         path: &ArtifactPath,
-    ) -> Result<LocalFile, SourceError> {
+    ) -> Result<ByteStream, SourceError> {
         match spec {
-            // An inline manifest says what the files are; their bytes still come from disk.
+            // An inline manifest says what the files are; their bytes still come from disk,
+            // opened by the same rules as for a `dir` job.
             RevisionSourceSpec::Inline { .. } | RevisionSourceSpec::Dir => {
-                self.dir()?.fetch(release, revision, path).await
+                self.dir()?.open(release, revision, path).await
             }
-            RevisionSourceSpec::Atr => self.atr()?.fetch(release, revision, path).await,
+            RevisionSourceSpec::Atr => self.atr()?.open(release, revision, path).await,
         }
     }
 

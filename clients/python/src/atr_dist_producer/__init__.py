@@ -30,6 +30,8 @@ from .errors import InvalidJob, JobIdConflict
 from .producer import MAX_BATCH, Producer
 from .queues import key_prefix, validate_queue_name
 from .result import EnqueueResult
+from .results import Result, Results, distribution_fields
+from .status import JobStatus, Report, atr_task_status
 from .uuid7 import uuid7, uuid7_timestamp_ms
 from .validation import envelope_problems, validate_envelope
 
@@ -43,10 +45,16 @@ __all__ = [
     "EnqueueResult",
     "InvalidJob",
     "JobIdConflict",
+    "JobStatus",
     "Producer",
+    "Report",
+    "Result",
+    "Results",
+    "atr_task_status",
     "build_promote_envelope",
     "build_stage_envelope",
     "default_idempotency_key",
+    "distribution_fields",
     "envelope_problems",
     "key_prefix",
     "release_key",

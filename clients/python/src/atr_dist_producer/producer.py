@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,7 @@ from .errors import InvalidJob, JobIdConflict
 from .queues import key_prefix, validate_queue_name
 from .resources import script_source
 from .result import EnqueueResult
+from .status import TERMINAL_STATES, JobStatus, parse_status
 from .validation import encode_envelope
 
 MAX_BATCH = 1000
@@ -190,6 +192,48 @@ class Producer:
             idempotency_key=idempotency_key,
         )
         return self._enqueue([envelope], run_at=run_at, max_attempts=max_attempts, bulk=False)[0]
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's state, attempts, ATR task status, errors, times and, once it ended, the
+        worker's report; ``None`` for a job the queue does not hold (never enqueued, or
+        purged). One round trip."""
+        p = self._prefix
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(p + "jobs", job_id)
+        pipe.hget(p + "error_class", job_id)
+        pipe.hget(p + "last_error", job_id)
+        pipe.hget(p + "result", job_id)
+        pipe.zscore(p + "dead", job_id)
+        pipe.zscore(p + "cancelled", job_id)
+        record, cls, error, result, dead_at, cancelled_at = pipe.execute()
+        finished = dead_at if dead_at is not None else cancelled_at
+        return parse_status(job_id, record, cls, error, result, finished)
+
+    def wait(
+        self, job_ids: Iterable[str], timeout: float, poll: float = 1.0
+    ) -> dict[str, JobStatus | None]:
+        """Waits until every job has ended (done, dead or cancelled) or ``timeout`` seconds
+        pass, and returns their statuses (``None`` for a job the queue does not hold).
+
+        Waiting blocks on the queue's ``results`` stream, so it wakes as soon as a job ends,
+        and looks again at least every ``poll`` seconds. Jobs still running at the timeout
+        come back as they are: check ``JobStatus.ended``.
+        """
+        ids = list(job_ids)
+        deadline = time.monotonic() + timeout
+        results_key = self._prefix + "results"
+        while True:
+            # The stream's last entry before looking: an end after the look wakes the read.
+            last = self._redis.xrevrange(results_key, count=1)
+            since = _text(last[0][0]) if last else "0-0"
+            statuses = {job_id: self.status(job_id) for job_id in ids}
+            if all(s is None or s.state in TERMINAL_STATES for s in statuses.values()):
+                return statuses
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return statuses
+            block_ms = max(1, int(min(left, poll) * 1000))
+            self._redis.xread({results_key: since}, count=1, block=block_ms)
 
     def enqueue_many(
         self,

@@ -1,17 +1,22 @@
 //! An OCI image layout among a job's artifacts: finding it, reading its manifests and
 //! checking that every file is what the manifests say, before anything is sent.
 //!
+//! The files are the job's sealed artifacts (`seal.rs`): manifests are read from the
+//! sealed copies, and a blob's sha256 is the one computed when it was sealed, so a blob is
+//! never read here at all. Reading is linear in the layout: a manifest listed several times
+//! (in one index or several) is read once, and a blob once. It runs on the blocking pool and
+//! stops between manifests when its job goes away.
+//!
 //! See the parent module's documentation for the layout rules a job must follow.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
 
-use atr_dist_shared::{Digest, DigestAlgorithm};
+use atr_dist_shared::Digest;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
-use super::super::{Artifact, PlatformError};
+use super::super::{PlatformError, Sealed};
+use crate::blocking::Cancel;
+pub use crate::seal::sha256_of;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -28,6 +33,8 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Indexes inside indexes are legal; deeper than this is a malformed (or hostile) layout.
 const MAX_DEPTH: usize = 4;
+/// Manifests are small JSON documents; registries refuse them above 4 MiB.
+const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 
 /// What a manifest media type holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,32 +89,6 @@ pub fn parse_sha256(text: &str) -> Result<Digest, PlatformError> {
     }
     Digest::parse(text)
         .map_err(|e| PlatformError::permanent(format!("malformed digest in a manifest: {e}")))
-}
-
-pub fn sha256_of(bytes: &[u8]) -> Digest {
-    let hash = Sha256::digest(bytes);
-    Digest::from_bytes(DigestAlgorithm::Sha256, &hash)
-        .unwrap_or_else(|_| unreachable!("a SHA-256 hash is 32 bytes"))
-}
-
-/// Size and sha256 of a file, read in 1 MiB pieces so that a large layer never sits in
-/// memory whole.
-pub fn sha256_file(path: &Path) -> std::io::Result<(u64, Digest)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    let digest = Digest::from_bytes(DigestAlgorithm::Sha256, &hasher.finalize())
-        .unwrap_or_else(|_| unreachable!("a SHA-256 hash is 32 bytes"));
-    Ok((size, digest))
 }
 
 #[derive(Deserialize)]
@@ -188,21 +169,13 @@ pub struct ManifestFile {
     pub bytes: Vec<u8>,
 }
 
-/// A blob (config or layer) to upload from local disk.
+/// A blob (config or layer) to upload: its sealed copy.
 #[derive(Debug, Clone)]
 pub struct BlobFile {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
-    pub local: PathBuf,
-}
-
-/// Whether reading a layout hashes every blob (before anything is sent) or only checks
-/// the structure and sizes (for dry-run plans).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    Structure,
-    Content,
+    pub sealed: Sealed,
 }
 
 /// A layout read from the artifacts, in push order.
@@ -216,6 +189,8 @@ pub struct Layout {
     pub children: Vec<ManifestFile>,
     /// The manifest or index pushed under the tag; its digest is the distribution's.
     pub top: ManifestFile,
+    /// Manifests read, each once however often listed.
+    pub manifests_read: usize,
 }
 
 fn join(dir: &str, rest: &str) -> String {
@@ -233,7 +208,7 @@ fn blob_path(dir: &str, digest: &Digest) -> String {
 
 /// Finds the one layout among the artifacts: the directory of an `index.json` that has an
 /// `oci-layout` beside it.
-fn find_dir(files: &HashMap<&str, &Artifact>) -> Result<String, PlatformError> {
+fn find_dir(files: &HashMap<&str, &Sealed>) -> Result<String, PlatformError> {
     let mut dirs: Vec<String> = files
         .keys()
         .filter_map(|p| {
@@ -318,16 +293,17 @@ fn choose_top(descriptors: Vec<Descriptor>, version: &str) -> Result<Descriptor,
 
 struct Reader<'a> {
     dir: String,
-    files: HashMap<&'a str, &'a Artifact>,
-    check: Check,
+    files: HashMap<&'a str, &'a Sealed>,
+    cancel: &'a Cancel,
     blobs: Vec<BlobFile>,
     seen_blobs: HashSet<Digest>,
     children: Vec<ManifestFile>,
     seen_manifests: HashSet<Digest>,
+    manifests_read: usize,
 }
 
 impl Reader<'_> {
-    fn file(&self, digest: &Digest, what: &str) -> Result<&Artifact, PlatformError> {
+    fn file(&self, digest: &Digest, what: &str) -> Result<&Sealed, PlatformError> {
         let path = blob_path(&self.dir, digest);
         self.files.get(path.as_str()).copied().ok_or_else(|| {
             PlatformError::permanent(format!(
@@ -343,10 +319,22 @@ impl Reader<'_> {
                 "manifest {digest} is nested more than {MAX_DEPTH} indexes deep"
             )));
         }
+        self.cancel
+            .check()
+            .map_err(|c| PlatformError::transient(format!("reading the OCI layout: {c}")))?;
         let artifact = self.file(&digest, "manifest")?;
-        let bytes = std::fs::read(&artifact.local)
-            .map_err(|e| PlatformError::transient(format!("reading {}: {e}", artifact.path)))?;
-        let name = artifact.path.to_string();
+        let name = artifact.path().to_string();
+        if artifact.size() > MAX_MANIFEST {
+            return Err(PlatformError::permanent(format!(
+                "{name} is {} bytes; a manifest above {MAX_MANIFEST} bytes is refused",
+                artifact.size()
+            )));
+        }
+        let bytes = artifact
+            .bytes_blocking(self.cancel)
+            .map_err(|e| PlatformError::transient(e.to_string()))?
+            .to_vec();
+        self.manifests_read += 1;
         if bytes.len() as u64 != d.size {
             return Err(PlatformError::permanent(format!(
                 "{name} is {} bytes; its descriptor says {}",
@@ -368,6 +356,11 @@ impl Reader<'_> {
                             "{name} lists {} of media type {:?}, which is not an image manifest or index",
                             child.digest, child.media_type
                         )));
+                    }
+                    // Each manifest is read once, however often it is listed: without
+                    // this, an index listing one child N times costs N^depth reads.
+                    if self.seen_manifests.contains(&child.sha256()?) {
+                        continue;
                     }
                     let m = self.manifest(child, depth + 1)?;
                     if self.seen_manifests.insert(m.digest.clone()) {
@@ -396,24 +389,16 @@ impl Reader<'_> {
         if self.seen_blobs.contains(&digest) {
             return Ok(());
         }
-        let artifact = self.file(&digest, "blob")?;
-        let name = artifact.path.to_string();
-        let local = artifact.local.clone();
-        let size = match self.check {
-            Check::Content => {
-                let (size, actual) = sha256_file(&local)
-                    .map_err(|e| PlatformError::transient(format!("reading {name}: {e}")))?;
-                if actual != digest {
-                    return Err(PlatformError::permanent(format!(
-                        "{name} has sha256 {actual}, not the {digest} its name says: the layout is corrupt"
-                    )));
-                }
-                size
-            }
-            Check::Structure => std::fs::metadata(&local)
-                .map_err(|e| PlatformError::transient(format!("reading {name}: {e}")))?
-                .len(),
-        };
+        let artifact = self.file(&digest, "blob")?.clone();
+        let name = artifact.path().to_string();
+        // Hashed when it was sealed: the blob is not read again here.
+        if artifact.sha256() != &digest {
+            return Err(PlatformError::permanent(format!(
+                "{name} has sha256 {}, not the {digest} its name says: the layout is corrupt",
+                artifact.sha256()
+            )));
+        }
+        let size = artifact.size();
         if size != d.size {
             return Err(PlatformError::permanent(format!(
                 "{name} is {size} bytes; its descriptor says {}",
@@ -425,7 +410,7 @@ impl Reader<'_> {
             digest,
             size,
             media_type: d.media_type.clone(),
-            local,
+            sealed: artifact,
         });
         Ok(())
     }
@@ -436,12 +421,12 @@ impl Layout {
     /// holds but no manifest needs are not pushed. `version` picks the image when
     /// `index.json` lists several.
     pub fn read(
-        artifacts: &[Artifact],
+        artifacts: &[Sealed],
         version: &str,
-        check: Check,
+        cancel: &Cancel,
     ) -> Result<Layout, PlatformError> {
-        let files: HashMap<&str, &Artifact> =
-            artifacts.iter().map(|a| (a.path.as_str(), a)).collect();
+        let files: HashMap<&str, &Sealed> =
+            artifacts.iter().map(|a| (a.path().as_str(), a)).collect();
         let dir = find_dir(&files)?;
         let prefix = if dir.is_empty() {
             String::new()
@@ -449,14 +434,14 @@ impl Layout {
             format!("{dir}/")
         };
         if let Some(stray) = artifacts.iter().find(|a| {
-            a.path
+            a.path()
                 .as_str()
                 .strip_prefix(prefix.as_str())
                 .is_none_or(|rest| !is_layout_file(rest))
         }) {
             return Err(PlatformError::permanent(format!(
                 "artifact {} is not part of the OCI image layout in {}: list only index.json, oci-layout and blobs/<alg>/<hex> of one layout",
-                stray.path,
+                stray.path(),
                 if dir.is_empty() {
                     "the revision's root"
                 } else {
@@ -471,8 +456,16 @@ impl Layout {
                 .get(path.as_str())
                 .copied()
                 .ok_or_else(|| PlatformError::permanent(format!("the layout has no {path}")))?;
-            let bytes = std::fs::read(&artifact.local)
-                .map_err(|e| PlatformError::transient(format!("reading {path}: {e}")))?;
+            if artifact.size() > MAX_MANIFEST {
+                return Err(PlatformError::permanent(format!(
+                    "{path} is {} bytes; above {MAX_MANIFEST} it is not a layout file",
+                    artifact.size()
+                )));
+            }
+            let bytes = artifact
+                .bytes_blocking(cancel)
+                .map_err(|e| PlatformError::transient(e.to_string()))?
+                .to_vec();
             Ok((path, bytes))
         };
         let (path, bytes) = read("oci-layout")?;
@@ -506,11 +499,12 @@ impl Layout {
         let mut reader = Reader {
             dir: dir.clone(),
             files,
-            check,
+            cancel,
             blobs: Vec::new(),
             seen_blobs: HashSet::new(),
             children: Vec::new(),
             seen_manifests: HashSet::new(),
+            manifests_read: 0,
         };
         let top = reader.manifest(&top, 0)?;
         Ok(Layout {
@@ -518,6 +512,7 @@ impl Layout {
             blobs: reader.blobs,
             children: reader.children,
             top,
+            manifests_read: reader.manifests_read,
         })
     }
 }
@@ -526,30 +521,30 @@ impl Layout {
 mod tests {
     use super::*;
     use atr_dist_shared::ManifestEntry;
+    use atr_dist_shared::manifest::Sha3Hex;
     use atr_dist_shared::names::ArtifactPath;
     use serde_json::json;
+    use sha3::{Digest as _, Sha3_256};
 
-    /// Writes files into a temp dir and returns them as artifacts.
-    fn artifacts(dir: &Path, files: &[(String, Vec<u8>)]) -> Vec<Artifact> {
+    /// The files, sealed as the pipeline would seal them.
+    fn artifacts(files: &[(String, Vec<u8>)]) -> Vec<Sealed> {
         files
             .iter()
             .map(|(path, bytes)| {
-                let local = dir.join(path);
-                std::fs::create_dir_all(local.parent().unwrap()).unwrap();
-                std::fs::write(&local, bytes).unwrap();
-                let (size, sha3) = crate::source::hash_file(&local).unwrap();
-                let path = ArtifactPath::new(path.clone()).unwrap();
-                Artifact {
-                    path: path.clone(),
-                    local,
-                    entry: ManifestEntry {
-                        path,
-                        size,
-                        sha3_256: sha3,
-                    },
-                }
+                let entry = ManifestEntry {
+                    path: ArtifactPath::new(path.clone()).unwrap(),
+                    size: bytes.len() as u64,
+                    sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(bytes).into()),
+                };
+                crate::seal::Sealer::default()
+                    .seal_bytes(&entry, bytes::Bytes::from(bytes.clone()))
+                    .unwrap()
             })
             .collect()
+    }
+
+    fn read(a: &[Sealed], version: &str) -> Result<Layout, PlatformError> {
+        Layout::read(a, version, &Cancel::never())
     }
 
     fn desc(media_type: &str, bytes: &[u8]) -> serde_json::Value {
@@ -595,11 +590,10 @@ mod tests {
 
     #[test]
     fn one_image_layout_is_read_in_push_order() {
-        let tmp = tempfile::tempdir().unwrap();
         let (files, manifest) = image(b"layer one");
         let files = with_index(files, vec![desc(OCI_MANIFEST, &manifest)]);
-        let a = artifacts(tmp.path(), &files);
-        let layout = Layout::read(&a, "1.0.0", Check::Content).unwrap();
+        let a = artifacts(&files);
+        let layout = read(&a, "1.0.0").unwrap();
         assert_eq!(layout.dir, "img");
         assert_eq!(layout.top.digest, sha256_of(&manifest));
         assert_eq!(layout.top.bytes, manifest);
@@ -610,7 +604,6 @@ mod tests {
 
     #[test]
     fn an_index_pushes_its_children_first_and_is_the_top() {
-        let tmp = tempfile::tempdir().unwrap();
         let (mut files, amd) = image(b"amd64 layer");
         let (arm_files, arm) = image(b"arm64 layer");
         files.extend(arm_files);
@@ -622,8 +615,8 @@ mod tests {
         .unwrap();
         files.push(blob(&index));
         let files = with_index(files, vec![desc(OCI_INDEX, &index)]);
-        let a = artifacts(tmp.path(), &files);
-        let layout = Layout::read(&a, "1.0.0", Check::Content).unwrap();
+        let a = artifacts(&files);
+        let layout = read(&a, "1.0.0").unwrap();
         assert_eq!(layout.top.digest, sha256_of(&index));
         let children: Vec<_> = layout.children.iter().map(|c| c.digest.clone()).collect();
         assert_eq!(children, vec![sha256_of(&amd), sha256_of(&arm)]);
@@ -633,7 +626,6 @@ mod tests {
 
     #[test]
     fn several_images_are_chosen_by_ref_name_or_refused() {
-        let tmp = tempfile::tempdir().unwrap();
         let (mut files, one) = image(b"one");
         let (two_files, two) = image(b"two");
         files.extend(two_files);
@@ -643,22 +635,15 @@ mod tests {
             d
         };
         let files = with_index(files, vec![named(&one, "1.0.0"), named(&two, "latest")]);
-        let a = artifacts(tmp.path(), &files);
-        assert_eq!(
-            Layout::read(&a, "1.0.0", Check::Content)
-                .unwrap()
-                .top
-                .digest,
-            sha256_of(&one)
-        );
-        let err = Layout::read(&a, "2.0.0", Check::Content).unwrap_err();
+        let a = artifacts(&files);
+        assert_eq!(read(&a, "1.0.0").unwrap().top.digest, sha256_of(&one));
+        let err = read(&a, "2.0.0").unwrap_err();
         assert!(err.message.contains("none is named"), "{}", err.message);
         assert!(err.message.contains("1.0.0, latest"), "{}", err.message);
     }
 
     #[test]
     fn missing_corrupt_and_stray_files_are_refused() {
-        let tmp = tempfile::tempdir().unwrap();
         let (files, manifest) = image(b"layer");
         let good = with_index(files, vec![desc(OCI_MANIFEST, &manifest)]);
 
@@ -669,8 +654,7 @@ mod tests {
             .filter(|(p, _)| *p != layer_path)
             .cloned()
             .collect();
-        let err =
-            Layout::read(&artifacts(tmp.path(), &missing), "1", Check::Structure).unwrap_err();
+        let err = read(&artifacts(&missing), "1").unwrap_err();
         assert!(
             err.message
                 .contains(&format!("the layout needs {layer_path}")),
@@ -679,7 +663,6 @@ mod tests {
         );
 
         // A layer whose bytes are not its name (same size, so only hashing finds it).
-        let tmp = tempfile::tempdir().unwrap();
         let corrupt: Vec<_> = good
             .iter()
             .map(|(p, b)| {
@@ -690,9 +673,8 @@ mod tests {
                 }
             })
             .collect();
-        let a = artifacts(tmp.path(), &corrupt);
-        assert!(Layout::read(&a, "1", Check::Structure).is_ok());
-        let err = Layout::read(&a, "1", Check::Content).unwrap_err();
+        let a = artifacts(&corrupt);
+        let err = read(&a, "1").unwrap_err();
         assert!(
             err.message.contains("the layout is corrupt"),
             "{}",
@@ -700,10 +682,9 @@ mod tests {
         );
 
         // A file outside the layout.
-        let tmp = tempfile::tempdir().unwrap();
         let mut stray = good.clone();
         stray.push(("README.txt".into(), b"hi".to_vec()));
-        let err = Layout::read(&artifacts(tmp.path(), &stray), "1", Check::Structure).unwrap_err();
+        let err = read(&artifacts(&stray), "1").unwrap_err();
         assert!(
             err.message
                 .starts_with("artifact README.txt is not part of the OCI image layout in img"),
@@ -712,9 +693,8 @@ mod tests {
         );
 
         // No layout at all.
-        let tmp = tempfile::tempdir().unwrap();
         let none = vec![("x.tgz".to_owned(), b"x".to_vec())];
-        let err = Layout::read(&artifacts(tmp.path(), &none), "1", Check::Structure).unwrap_err();
+        let err = read(&artifacts(&none), "1").unwrap_err();
         assert!(
             err.message
                 .starts_with("no OCI image layout among the artifacts"),
@@ -724,12 +704,48 @@ mod tests {
     }
 
     #[test]
+    fn a_child_listed_many_times_is_read_once() {
+        // Four levels of indexes, each listing the one below 50 times: read naively, that
+        // is 50^4 reads of the image manifest.
+        let (mut files, image_manifest) = image(b"layer");
+        let mut below = (OCI_MANIFEST, image_manifest);
+        for _ in 0..3 {
+            let index = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": vec![desc(below.0, &below.1); 50],
+            }))
+            .unwrap();
+            files.push(blob(&index));
+            below = (OCI_INDEX, index);
+        }
+        let files = with_index(files, vec![desc(below.0, &below.1)]);
+        let layout = read(&artifacts(&files), "1").unwrap();
+        assert_eq!(
+            layout.manifests_read, 4,
+            "the top and three levels, each once"
+        );
+        assert_eq!(layout.children.len(), 3);
+        assert_eq!(layout.blobs.len(), 2);
+    }
+
+    #[test]
+    fn a_cancelled_read_stops() {
+        let (files, manifest) = image(b"layer");
+        let files = with_index(files, vec![desc(OCI_MANIFEST, &manifest)]);
+        let cancel = Cancel::default();
+        // Raised as if the job's timeout had fired.
+        cancel.raise();
+        let err = Layout::read(&artifacts(&files), "1", &cancel).unwrap_err();
+        assert!(err.message.contains("no longer waits"), "{}", err.message);
+    }
+
+    #[test]
     fn a_mislabelled_manifest_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
         let (files, manifest) = image(b"layer");
         // index.json calls the image manifest a Docker one.
         let files = with_index(files, vec![desc(DOCKER_MANIFEST, &manifest)]);
-        let err = Layout::read(&artifacts(tmp.path(), &files), "1", Check::Structure).unwrap_err();
+        let err = read(&artifacts(&files), "1").unwrap_err();
         assert!(
             err.message.contains("the document says mediaType"),
             "{}",

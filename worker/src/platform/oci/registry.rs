@@ -13,22 +13,27 @@ use reqwest::header::{
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use url::Url;
 
 use super::auth::{Challenge, Scopes, TokenResponse};
 use super::layout::{self, ACCEPT_ALL, BlobFile, ManifestFile, References};
 use super::{OciAdapter, origin};
 use crate::platform::PlatformError;
-use crate::platform::http::{is_retryable, retry_after};
+use crate::platform::http::{Sent, is_retryable, retry_after};
+use crate::platform::write::{Found, Written, confirmed};
 use crate::secret::Secret;
 
 /// Sends of one request (the first, then with a fresh token, then with a wider one).
 const MAX_AUTH_ROUNDS: usize = 3;
 /// The most of an error body quoted when it is not the registry's JSON.
 const MAX_QUOTED_BODY: usize = 300;
-/// Blobs are streamed from disk in pieces of this size.
-const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// Whether a request changes the registry (and so follows the read-back protocol).
+#[derive(Clone, Copy)]
+enum Mode {
+    Read,
+    Write,
+}
 
 /// What a request carries to authenticate.
 enum Auth {
@@ -138,25 +143,6 @@ async fn registry_error(resp: Response, what: &str) -> PlatformError {
     }
 }
 
-/// A file as a request body, read in pieces as it is sent.
-fn file_body(path: std::path::PathBuf) -> reqwest::Body {
-    let chunks =
-        futures::stream::try_unfold((path, None::<tokio::fs::File>), |(path, file)| async move {
-            let mut file = match file {
-                Some(f) => f,
-                None => tokio::fs::File::open(&path).await?,
-            };
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(None);
-            }
-            buf.truncate(n);
-            Ok(Some((buf, (path, Some(file)))))
-        });
-    reqwest::Body::wrap_stream(chunks)
-}
-
 fn bearer_header(token: &Secret) -> Result<HeaderValue, PlatformError> {
     let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
         PlatformError::new(
@@ -187,7 +173,7 @@ impl OciAdapter {
         }
     }
 
-    /// Sends a request, answering the registry's authentication challenges: returns the
+    /// Sends a read, answering the registry's authentication challenges: returns the
     /// first response that is not 401, or an `Auth` error when fresh credentials are
     /// refused too. Other statuses are the caller's to judge.
     async fn call(
@@ -196,14 +182,46 @@ impl OciAdapter {
         scopes: &Scopes,
         make: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, PlatformError> {
+        match self.exchange(what, scopes, make, Mode::Read).await? {
+            Sent::Answered(resp) => Ok(resp),
+            Sent::Unknown(e) => Err(e),
+        }
+    }
+
+    /// Sends a write as `call` sends a read; an outcome that is not known comes back as
+    /// `Sent::Unknown` for the read-back protocol (`platform/write.rs`). A 401 is an answer:
+    /// the registry did not act, and the write is sent again with fresh credentials.
+    async fn call_write(
+        &self,
+        what: &str,
+        scopes: &Scopes,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Sent, PlatformError> {
+        self.exchange(what, scopes, make, Mode::Write).await
+    }
+
+    async fn exchange(
+        &self,
+        what: &str,
+        scopes: &Scopes,
+        make: impl Fn(&Client) -> RequestBuilder,
+        mode: Mode,
+    ) -> Result<Sent, PlatformError> {
         let mut auth = self.initial_auth(scopes);
         // The scopes of a token fetched during this call: asked again for no more than
         // these, the registry is refusing the credentials, not a stale token.
         let mut granted: Option<Scopes> = None;
         for _ in 0..MAX_AUTH_ROUNDS {
-            let resp = self.http.send(what, |c| self.apply(make(c), &auth)).await?;
+            let make = |c: &Client| self.apply(make(c), &auth);
+            let resp = match mode {
+                Mode::Read => self.http.send(what, make).await?,
+                Mode::Write => match self.http.write(what, make).await? {
+                    Sent::Answered(resp) => resp,
+                    unknown @ Sent::Unknown(_) => return Ok(unknown),
+                },
+            };
             if resp.status() != StatusCode::UNAUTHORIZED {
-                return Ok(resp);
+                return Ok(Sent::Answered(resp));
             }
             match Challenge::from_headers(resp.headers()) {
                 Some(Challenge::Bearer {
@@ -472,7 +490,9 @@ impl OciAdapter {
     }
 
     /// Makes `blob` exist in `repo`: nothing when it is there, a mount when the other
-    /// repository has it, else an upload from disk.
+    /// repository has it, else an upload of its sealed copy. A lost answer to the upload is
+    /// judged by whether the registry has the blob; a send after that opens a fresh session,
+    /// never reusing one whose PUT may have been taken.
     pub(super) async fn push_blob(
         &self,
         repo: &str,
@@ -484,53 +504,87 @@ impl OciAdapter {
             tracing::debug!(%repo, digest = %blob.digest, "blob already in the registry");
             return Ok(());
         }
-        // A session can expire between POST and PUT (404 BLOB_UPLOAD_UNKNOWN): one fresh
-        // session is worth a try.
-        let mut fresh_session_tried = false;
-        loop {
-            let mut url = match self
-                .start_upload(repo, &blob.digest, mount_from, scopes)
-                .await?
-            {
-                Upload::Mounted => {
-                    tracing::info!(%repo, digest = %blob.digest, from = ?mount_from, "blob mounted");
-                    return Ok(());
-                }
-                Upload::Session(url) => url,
-            };
-            url.query_pairs_mut()
-                .append_pair("digest", blob.digest.as_str());
-            let what = format!("PUT blob {} ({} bytes) to {repo}", blob.digest, blob.size);
-            let resp = self
-                .call(&what, scopes, |c| {
-                    c.put(url.clone())
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header(CONTENT_LENGTH, blob.size)
-                        .body(file_body(blob.local.clone()))
-                })
-                .await?;
-            match resp.status() {
-                s if s.is_success() => {
-                    if let Some(stored) = content_digest(resp.headers())?
-                        && stored != blob.digest
-                    {
-                        return Err(PlatformError::permanent(format!(
-                            "{what}: the registry stored the blob as {stored}"
-                        )));
-                    }
-                    tracing::info!(%repo, digest = %blob.digest, size = blob.size, media_type = %blob.media_type, "blob uploaded");
-                    return Ok(());
-                }
-                StatusCode::NOT_FOUND if !fresh_session_tried => {
-                    tracing::warn!(%repo, digest = %blob.digest, "upload session gone; starting another");
-                    fresh_session_tried = true;
-                }
-                _ => return Err(registry_error(resp, &what).await),
+        let first = match self
+            .start_upload(repo, &blob.digest, mount_from, scopes)
+            .await?
+        {
+            Upload::Mounted => {
+                tracing::info!(%repo, digest = %blob.digest, from = ?mount_from, "blob mounted");
+                return Ok(());
             }
+            Upload::Session(url) => url,
+        };
+        let first = std::sync::Mutex::new(Some(first));
+        let what = format!("PUT blob {} ({} bytes) to {repo}", blob.digest, blob.size);
+        let upload = || async {
+            // A session can expire between POST and PUT (404 BLOB_UPLOAD_UNKNOWN): one
+            // fresh session is worth a try.
+            let mut fresh_session_tried = false;
+            loop {
+                let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let mut url = match taken {
+                    Some(url) => url,
+                    None => match self.start_upload(repo, &blob.digest, None, scopes).await? {
+                        Upload::Session(url) => url,
+                        Upload::Mounted => {
+                            return Err(PlatformError::permanent(format!(
+                                "{what}: the registry mounted a blob nobody asked to mount"
+                            )));
+                        }
+                    },
+                };
+                url.query_pairs_mut()
+                    .append_pair("digest", blob.digest.as_str());
+                let sent = self
+                    .call_write(&what, scopes, |c| {
+                        c.put(url.clone())
+                            .header(CONTENT_TYPE, "application/octet-stream")
+                            .header(CONTENT_LENGTH, blob.size)
+                            .body(blob.sealed.body())
+                    })
+                    .await?;
+                match &sent {
+                    Sent::Answered(resp)
+                        if resp.status() == StatusCode::NOT_FOUND && !fresh_session_tried =>
+                    {
+                        tracing::warn!(%repo, digest = %blob.digest, "upload session gone; starting another");
+                        fresh_session_tried = true;
+                    }
+                    Sent::Answered(_) | Sent::Unknown(_) => return Ok(sent),
+                }
+            }
+        };
+        let exists = || async {
+            Ok(if self.blob_exists(repo, &blob.digest, scopes).await? {
+                Found::Expected
+            } else {
+                Found::Nothing
+            })
+        };
+        match confirmed(&self.http, &what, upload, exists, |resp| {
+            registry_error(resp, &what)
+        })
+        .await?
+        {
+            Written::Answered(resp) => {
+                if let Some(stored) = content_digest(resp.headers())?
+                    && stored != blob.digest
+                {
+                    return Err(PlatformError::permanent(format!(
+                        "{what}: the registry stored the blob as {stored}"
+                    )));
+                }
+            }
+            Written::FoundDone => {}
         }
+        tracing::info!(%repo, digest = %blob.digest, size = blob.size, media_type = %blob.media_type, "blob uploaded");
+        Ok(())
     }
 
-    /// PUTs a manifest's exact bytes under `reference` (a tag or its digest).
+    /// PUTs a manifest's exact bytes under `reference` (a tag or its digest). A lost answer
+    /// is judged by what `reference` resolves to: the manifest (done), another digest
+    /// (refused: a tag that holds other bytes is never overwritten from here), or nothing
+    /// (sent again).
     pub(super) async fn put_manifest(
         &self,
         repo: &str,
@@ -540,17 +594,27 @@ impl OciAdapter {
     ) -> Result<(), PlatformError> {
         let url = self.manifest_url(repo, reference)?;
         let what = format!("PUT {url} ({} {})", m.media_type, m.digest);
-        let resp = self
-            .call(&what, scopes, |c| {
+        let body = bytes::Bytes::from(m.bytes.clone());
+        let put = || {
+            self.call_write(&what, scopes, |c| {
                 c.put(url.clone())
                     .header(CONTENT_TYPE, m.media_type.as_str())
-                    .body(m.bytes.clone())
+                    .body(body.clone())
             })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(registry_error(resp, &what).await);
-        }
-        if let Some(stored) = content_digest(resp.headers())?
+        };
+        let resolves = || async {
+            Ok(match self.head_manifest(repo, reference, scopes).await? {
+                Some(d) if d == m.digest => Found::Expected,
+                Some(d) => Found::Other(format!("{repo}:{reference} holds {d}, not {}", m.digest)),
+                None => Found::Nothing,
+            })
+        };
+        let written = confirmed(&self.http, &what, put, resolves, |resp| {
+            registry_error(resp, &what)
+        })
+        .await?;
+        if let Written::Answered(resp) = written
+            && let Some(stored) = content_digest(resp.headers())?
             && stored != m.digest
         {
             return Err(PlatformError::permanent(format!(

@@ -1,0 +1,188 @@
+//! The results stream and the `result` hash (docs/wire-format.md, "Results"): one entry per
+//! job that ends, from every script that ends one, and reports that go with the job.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use atr_dist::queue::{Ack, AckOutcome, Queue};
+use atr_dist_shared::{ErrorClass, JobState};
+use atr_dist_tests::jobs;
+use atr_dist_tests::redis_support::TestQueue;
+use redis::AsyncCommands;
+
+type Entry = HashMap<String, String>;
+
+async fn entries(q: &Queue) -> Vec<Entry> {
+    let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}results", q.prefix()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
+    reply
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+async fn kept(q: &Queue, id: &str) -> Option<String> {
+    q.connection()
+        .hget(format!("{}result", q.prefix()), id)
+        .await
+        .unwrap()
+}
+
+fn ack(lease: atr_dist::queue::Lease, outcome: AckOutcome, result: &str) -> Ack {
+    Ack {
+        lease,
+        outcome,
+        result: result.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn every_end_is_reported_once_by_the_script_that_makes_it() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    for n in 0..4 {
+        q.enqueue(&jobs::stage(n), None, 1).await.unwrap();
+    }
+    let leased = q.fetch("w1", Duration::from_secs(30), 3).await.unwrap();
+    assert_eq!(leased.len(), 3);
+    let report = r#"{"kind":"stage","outcome":"completed"}"#;
+    q.ack(&[
+        ack(leased[0].lease(), AckOutcome::Done, report),
+        ack(
+            leased[1].lease(),
+            AckOutcome::Dead {
+                class: ErrorClass::Permanent,
+                message: "refused".into(),
+            },
+            r#"{"outcome":"revision_changed"}"#,
+        ),
+        // Out of attempts (max 1): a retry becomes dead, BROKEN for ATR.
+        ack(
+            leased[2].lease(),
+            AckOutcome::Retry {
+                delay: Duration::ZERO,
+                class: ErrorClass::Transient,
+                message: "503".into(),
+            },
+            "",
+        ),
+    ])
+    .await
+    .unwrap();
+    // The fourth is cancelled while it waits.
+    let waiting = q
+        .list(&Default::default(), None, 100)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .find(|j| j.state == JobState::Queued)
+        .unwrap();
+    q.cancel(std::slice::from_ref(&waiting.id), "not wanted")
+        .await
+        .unwrap();
+
+    let got = entries(q).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    let by_id: HashMap<&str, &Entry> = got.iter().map(|e| (e["id"].as_str(), e)).collect();
+    let done = by_id[leased[0].id.as_str()];
+    assert_eq!(
+        (
+            done["state"].as_str(),
+            done["atr_status"].as_str(),
+            done["attempt"].as_str()
+        ),
+        ("done", "COMPLETED", "1")
+    );
+    assert_eq!(done["result"], report);
+    assert_eq!(done["error_class"], "");
+    let dead = by_id[leased[1].id.as_str()];
+    assert_eq!(
+        (
+            dead["state"].as_str(),
+            dead["atr_status"].as_str(),
+            dead["error_class"].as_str()
+        ),
+        ("dead", "FAILED", "permanent")
+    );
+    let broken = by_id[leased[2].id.as_str()];
+    assert_eq!(
+        (broken["state"].as_str(), broken["atr_status"].as_str()),
+        ("dead", "BROKEN")
+    );
+    assert!(broken["message"].contains("gave up after 1 attempt(s)"));
+    let cancelled = by_id[waiting.id.as_str()];
+    assert_eq!(
+        (
+            cancelled["state"].as_str(),
+            cancelled["atr_status"].as_str(),
+            cancelled["attempt"].as_str(),
+            cancelled["message"].as_str(),
+            cancelled["result"].as_str()
+        ),
+        ("cancelled", "FAILED", "0", "not wanted", "")
+    );
+    // Each entry names the batch that holds the job's envelope.
+    assert!(
+        got.iter().all(|e| e["batch"].parse::<u64>().is_ok()),
+        "{got:?}"
+    );
+
+    // Reports are kept by job; an empty one is not.
+    assert_eq!(kept(q, &leased[0].id).await.as_deref(), Some(report));
+    assert!(kept(q, &leased[1].id).await.is_some());
+    assert_eq!(kept(q, &leased[2].id).await, None);
+
+    // A retry queues the job again: its old report is no longer its result.
+    q.retry(std::slice::from_ref(&leased[1].id), "again")
+        .await
+        .unwrap();
+    assert_eq!(kept(q, &leased[1].id).await, None);
+    // A purge takes the report with the job.
+    assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(kept(q, &leased[0].id).await, None);
+    // Neither adds an entry: nothing ended.
+    assert_eq!(entries(q).await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_lease_that_runs_out_with_no_attempts_left_is_reported_broken() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.enqueue(&jobs::stage(0), None, 1).await.unwrap();
+    let leased = q.fetch("w1", Duration::from_millis(1), 1).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    // The lease has run out by Redis's clock once a later fetch sees it expired.
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        q.fetch("w2", Duration::from_secs(30), 1).await.unwrap();
+        got = entries(q).await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    let e = &got[0];
+    assert_eq!(e["id"], leased[0].id);
+    assert_eq!(
+        (
+            e["state"].as_str(),
+            e["atr_status"].as_str(),
+            e["error_class"].as_str(),
+            e["result"].as_str()
+        ),
+        ("dead", "BROKEN", "transient", "")
+    );
+    assert!(e["message"].contains("expired"), "{e:?}");
+}
