@@ -378,7 +378,8 @@ impl RetryBudget {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// The error with its chain of causes (reqwest's own Display stops at the first).
+pub fn describe(e: &reqwest::Error) -> String {
     // reqwest's Display includes the URL, which never carries a secret here.
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);

@@ -93,7 +93,7 @@ impl AtrSource {
             .get(url)
             .send()
             .await
-            .map_err(|e| SourceError::Unavailable(format!("GET {url}: {}", describe(&e))))?;
+            .map_err(|e| SourceError::Unavailable(format!("GET {url}: {}", crate::platform::http::describe(&e))))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(SourceError::NotFound(format!("{what} (404 from {url})")));
@@ -108,16 +108,6 @@ impl AtrSource {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
 
 fn urlencode(part: &str) -> String {
     part.bytes()
