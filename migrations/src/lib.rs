@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_results_schema;
 mod m20261128_000002_distribution_staging_tag;
 mod m20261206_000010_job_run_http_requests;
+mod m20261206_000011_audit_trail;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_results_schema::Migration),
             Box::new(m20261128_000002_distribution_staging_tag::Migration),
             Box::new(m20261206_000010_job_run_http_requests::Migration),
+            Box::new(m20261206_000011_audit_trail::Migration),
         ]
     }
 }

@@ -25,6 +25,16 @@ pub enum AttemptOutcome {
     Deferred,
     /// The attempt failed; `job_run.error_class` says how.
     Failed,
+    /// The attempt outlasted the job timeout (`worker.job_timeout_secs`) and was stopped; the
+    /// job is retried like after any transient failure.
+    TimedOut,
+    /// An operator cancelled the job while this attempt ran, and the attempt was stopped.
+    Cancelled,
+    /// The attempt's worker stopped before recording how it ended: it died or stalled until
+    /// its lease expired, lost its lease, shut down, or could not write the result. The row
+    /// was closed afterwards (by the job's next attempt, by the worker that stopped it, or by
+    /// a worker that found the job no longer running), and its message says which.
+    Abandoned,
 }
 
 impl AttemptOutcome {
@@ -36,6 +46,55 @@ impl AttemptOutcome {
             AttemptOutcome::RevisionChanged => "revision_changed",
             AttemptOutcome::Deferred => "deferred",
             AttemptOutcome::Failed => "failed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Abandoned => "abandoned",
+        }
+    }
+
+    pub const ALL: [AttemptOutcome; 9] = [
+        AttemptOutcome::Completed,
+        AttemptOutcome::Unchanged,
+        AttemptOutcome::DryRun,
+        AttemptOutcome::RevisionChanged,
+        AttemptOutcome::Deferred,
+        AttemptOutcome::Failed,
+        AttemptOutcome::TimedOut,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::Abandoned,
+    ];
+
+    /// The outcome named `text` (`job_run.outcome`).
+    pub fn parse(text: &str) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+
+    /// Whether the attempt ended without doing its work, for a reason an operator must look
+    /// at. A cancel is the operator's own doing, and a deferral is not an attempt at all.
+    pub fn is_failure(self) -> bool {
+        match self {
+            AttemptOutcome::RevisionChanged
+            | AttemptOutcome::Failed
+            | AttemptOutcome::TimedOut
+            | AttemptOutcome::Abandoned => true,
+            AttemptOutcome::Completed
+            | AttemptOutcome::Unchanged
+            | AttemptOutcome::DryRun
+            | AttemptOutcome::Deferred
+            | AttemptOutcome::Cancelled => false,
+        }
+    }
+
+    /// Whether the attempt did its work (or, for a dry run, described it).
+    pub fn is_success(self) -> bool {
+        match self {
+            AttemptOutcome::Completed | AttemptOutcome::Unchanged | AttemptOutcome::DryRun => true,
+            AttemptOutcome::RevisionChanged
+            | AttemptOutcome::Failed
+            | AttemptOutcome::TimedOut
+            | AttemptOutcome::Abandoned
+            | AttemptOutcome::Deferred
+            | AttemptOutcome::Cancelled => false,
         }
     }
 }
@@ -97,6 +156,15 @@ impl fmt::Display for AtrTaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_read_back_from_their_names() {
+        for o in AttemptOutcome::ALL {
+            assert_eq!(AttemptOutcome::parse(o.as_str()), Some(o));
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        assert_eq!(AttemptOutcome::parse("transient"), None);
+    }
 
     #[test]
     fn terminal_outcomes_map_to_atr() {

@@ -24,6 +24,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::cases::{RunningPool, eventually, pool_config};
 use crate::redis_support::TestQueue;
 use crate::{PgDatabase, SqliteDatabase};
@@ -38,13 +40,15 @@ pub struct PlatformState {
 }
 
 /// An adapter over an in-memory platform that records every call. `stage_delay` makes
-/// stages slow enough to overlap; `in_stage` counts stages running at once.
+/// stages slow enough to overlap; `in_stage` counts stages running at once. `stage_panics`
+/// makes every stage panic with that message.
 #[derive(Clone, Default)]
 pub struct RecordingAdapter {
     pub state: Arc<Mutex<PlatformState>>,
     pub stage_delay: Duration,
     pub in_stage: Arc<AtomicUsize>,
     pub max_in_stage: Arc<AtomicUsize>,
+    pub stage_panics: Option<&'static str>,
 }
 
 impl RecordingAdapter {
@@ -100,6 +104,9 @@ impl PlatformAdapter for RecordingAdapter {
 
     fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
         async move {
+            if let Some(message) = self.stage_panics {
+                panic!("{message}");
+            }
             let now = self.in_stage.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_stage.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.stage_delay).await;
@@ -249,6 +256,7 @@ pub fn pipeline_with(
         per_platform: HashMap::new(),
         sealer: atr_dist::seal::Sealer::default(),
         retry_limits: atr_dist::platform::http::RetryLimits::default(),
+        closing: Default::default(),
     }
 }
 
@@ -259,12 +267,14 @@ pub enum Db {
 }
 
 /// A running pipeline: a fresh database (migrated), a fresh queue, revision directories,
-/// and a worker pool running the pipeline with `adapters`.
+/// and a worker pool running the pipeline with `adapters`, with the audit pass that closes
+/// the rows of abandoned attempts running beside it, as `atr-dist run` has them.
 pub struct Harness {
     pub t: TestQueue,
     pub revs: Revisions,
     pub db: DatabaseConnection,
     pool: Option<RunningPool>,
+    audit: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     _pg: Option<PgDatabase>,
     _sqlite: Option<SqliteDatabase>,
 }
@@ -281,7 +291,7 @@ impl Harness {
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline),
     ) -> Harness {
-        Harness::custom_at(which, adapters, retry, |p, _| adjust(p)).await
+        Harness::build(which, adapters, retry, |p, _| adjust(p), |_| {}).await
     }
 
     /// As `custom`, with the root of the revision directories given to `adjust` too.
@@ -291,7 +301,21 @@ impl Harness {
         retry: RetryConfig,
         adjust: impl FnOnce(&mut Pipeline, &Path),
     ) -> Harness {
-        Harness::with_pool(which, adapters, pool_config(4, retry), adjust).await
+        Harness::build(which, adapters, retry, adjust, |_| {}).await
+    }
+
+    /// As `custom_at`, with `adjust_pool` changing the pool's configuration (e.g. its job
+    /// timeout) too.
+    pub async fn build(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        adjust: impl FnOnce(&mut Pipeline, &Path),
+        adjust_pool: impl FnOnce(&mut PoolConfig),
+    ) -> Harness {
+        let mut config = pool_config(4, retry);
+        adjust_pool(&mut config);
+        Harness::with_pool(which, adapters, config, adjust).await
     }
 
     /// As `custom_at`, with the worker pool configured by `pool` (e.g. a short
@@ -320,14 +344,34 @@ impl Harness {
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
         adjust(&mut p, revs.root());
+        let stop_audit = CancellationToken::new();
+        let audit = atr_dist::pipeline::audit::spawn(
+            db.clone(),
+            t.queue.clone(),
+            pool.lease,
+            stop_audit.clone(),
+        );
         let pool = RunningPool::start(&t.queue, p, pool);
         Harness {
             t,
             revs,
             db,
             pool: Some(pool),
+            audit: Some((stop_audit, audit)),
             _pg: pg,
             _sqlite: sqlite,
+        }
+    }
+
+    /// Stops the worker pool (as on SIGTERM) and the audit pass; the queue and the database
+    /// stay for the test to look at.
+    pub async fn stop_pool(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.stop().await;
+        }
+        if let Some((stop, audit)) = self.audit.take() {
+            stop.cancel();
+            audit.await.unwrap();
         }
     }
 
@@ -389,8 +433,14 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.stop().await;
+        self.stop_pool().await;
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.audit {
+            stop.cancel();
         }
     }
 }

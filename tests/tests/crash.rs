@@ -1,13 +1,24 @@
 //! No job is lost when worker processes are killed with SIGKILL mid-batch and replaced:
-//! every one of 10,000 jobs ends done, and expired leases were really recovered.
+//! every one of 10,000 jobs ends done, and expired leases were really recovered. And the
+//! attempts a killed worker left open in the results database are closed as abandoned.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atr_dist_shared::JobState;
-use atr_dist_tests::jobs;
+use atr_dist::platform::Adapters;
+use atr_dist::secret::Secret;
+use atr_dist_shared::entities::job_run;
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::{Envelope, JobState, Platform};
+use atr_dist_tests::SqliteDatabase;
+use atr_dist_tests::cases::{FAST_RETRY, RunningPool, eventually, pool_config};
+use atr_dist_tests::jobs::{self, Dist};
+use atr_dist_tests::pipeline_support::{RecordingAdapter, Revisions, pipeline_with};
 use atr_dist_tests::redis_support::TestQueue;
 use redis::AsyncCommands;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use tokio_util::sync::CancellationToken;
 
 const JOBS: usize = 10_000;
 
@@ -124,4 +135,135 @@ async fn no_job_lost_when_workers_are_killed() {
         extra <= recovered + 8 * 16 * 2,
         "{extra} re-runs for {recovered} recoveries"
     );
+}
+
+async fn runs_of(db: &DatabaseConnection, job: &Envelope) -> Vec<job_run::Model> {
+    job_run::Entity::find()
+        .filter(job_run::Column::JobId.eq(job.id.to_string()))
+        .order_by_asc(job_run::Column::Id)
+        .all(db)
+        .await
+        .unwrap()
+}
+
+/// A worker killed inside two attempts leaves their rows open. One job has attempts left:
+/// its next attempt, on another worker, closes the row. The other was on its last attempt,
+/// so `fetch.lua` moves it to dead when the lease expires, and no attempt follows: the audit
+/// pass of the surviving worker closes its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_a_killed_worker_are_closed_as_abandoned() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let sqlite = SqliteDatabase::create();
+    let db = atr_dist::db::connect(&Secret::new(sqlite.url.clone()), 2)
+        .await
+        .unwrap();
+    atr_dist::db::migrate_up(&db).await.unwrap();
+    let revs = Revisions::new();
+    revs.write(
+        "00001",
+        &[("retried-1.0.0.tgz", b"one"), ("last-1.0.0.tgz", b"two")],
+    );
+    let stage = |package: &str| {
+        Dist::new(Platform::Npm, "", package, "1.0.0").stage(
+            "00001",
+            &[&format!("{package}-1.0.0.tgz")],
+            RevisionSourceSpec::Dir,
+            false,
+        )
+    };
+    let retried = stage("retried");
+    let last = stage("last");
+    q.enqueue(&retried, None, 2).await.unwrap();
+    q.enqueue(&last, None, 1).await.unwrap();
+
+    let lease_ms = 1000;
+    let mut workers = Workers {
+        url: t.url.clone(),
+        queue: t.name.clone(),
+        children: vec![
+            Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+                .args([
+                    &t.url,
+                    &t.name,
+                    &sqlite.url,
+                    &revs.root().display().to_string(),
+                    &lease_ms.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start pipeline-worker"),
+        ],
+    };
+    eventually("both attempts run", Duration::from_secs(60), || async {
+        let a = runs_of(&db, &retried).await;
+        let b = runs_of(&db, &last).await;
+        a.len() == 1 && b.len() == 1 && a[0].finished_at.is_none() && b[0].finished_at.is_none()
+    })
+    .await;
+    workers.kill_one();
+
+    // Another worker, with a platform that answers.
+    let pipeline = pipeline_with(
+        db.clone(),
+        q.clone(),
+        revs.root(),
+        Adapters::default().with(Platform::Npm, Arc::new(RecordingAdapter::default())),
+    );
+    let mut config = pool_config(2, FAST_RETRY);
+    config.lease = Duration::from_millis(lease_ms);
+    let pool = RunningPool::start(q, pipeline, config);
+    eventually("the jobs settle", Duration::from_secs(60), || async {
+        let state = |id: String| async move { q.show(&id).await.unwrap().unwrap().summary.state };
+        state(retried.id.to_string()).await == JobState::Done
+            && state(last.id.to_string()).await == JobState::Dead
+    })
+    .await;
+    pool.stop().await;
+
+    // The job with an attempt left: its next attempt closed the row.
+    let runs = runs_of(&db, &retried).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("the worker running attempt 1 stopped before recording its end")
+            && message.contains("closed when attempt 2 started"),
+        "{message}"
+    );
+    assert_eq!(runs[1].outcome.as_deref(), Some("completed"), "{runs:?}");
+
+    // The job that died with its lease has no next attempt: its row is still open until
+    // the audit pass `atr-dist run` keeps beside the pool looks.
+    assert!(runs_of(&db, &last).await[0].finished_at.is_none());
+    let stop = CancellationToken::new();
+    let audit = atr_dist::pipeline::audit::spawn(
+        db.clone(),
+        q.clone(),
+        Duration::from_millis(lease_ms),
+        stop.clone(),
+    );
+    eventually(
+        "the dead job's row is closed",
+        Duration::from_secs(60),
+        || async { runs_of(&db, &last).await[0].finished_at.is_some() },
+    )
+    .await;
+    stop.cancel();
+    audit.await.unwrap();
+    let runs = runs_of(&db, &last).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("the worker running attempt 1 stopped before recording its end")
+            && message.contains("the job is dead now"),
+        "{message}"
+    );
+    assert!(
+        runs[0].duration_ms.is_none(),
+        "when it stopped is not known"
+    );
+    drop(workers);
 }

@@ -426,3 +426,103 @@ async fn a_dead_job_is_retried_from_its_button() {
     pool.stop().await;
     server.stop().await;
 }
+
+/// The texts the page shows in red (`.error-text`), in document order.
+async fn red_texts(c: &Client) -> Vec<String> {
+    let v = c
+        .execute(
+            "return [...document.querySelectorAll('.error-text')].map(e => e.textContent.trim()).filter(t => t.length > 0);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_done_after_a_failure_shows_the_failure_as_history() {
+    let server = Server::start().await;
+    let q = server.queue().clone();
+    let pool = RunningPool::start(
+        &q,
+        FnHandler(|job: RunningJob| async move {
+            if job.attempt == 1 {
+                return Err(JobError::transient("503 from the registry"));
+            }
+            Ok(Completion::Done)
+        }),
+        pool_config(2, FAST_RETRY),
+    );
+    let job = q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    eventually("the job is done", WAIT, || async {
+        q.stats().await.unwrap().counts[&JobState::Done] == 1
+    })
+    .await;
+    // The attempts as the pipeline records them.
+    let now = Utc::now();
+    for (attempt, outcome, class, message) in [
+        (1, "failed", Some("transient"), "503 from the registry"),
+        (2, "completed", None, "staged pkg-1 under rc"),
+    ] {
+        job_run::ActiveModel {
+            job_id: Set(job.id.clone()),
+            kind: Set("stage".to_owned()),
+            release_key: Set("example-1.0.0".to_owned()),
+            platform: Set(Platform::Npm),
+            owner_namespace: Set(String::new()),
+            package: Set("pkg-1".to_owned()),
+            version: Set("1.0.0".to_owned()),
+            attempt: Set(attempt),
+            started_at: Set(now),
+            finished_at: Set(Some(now)),
+            outcome: Set(Some(outcome.to_owned())),
+            error_class: Set(class.map(str::to_owned)),
+            message: Set(Some(message.to_owned())),
+            duration_ms: Set(Some(250)),
+            ..Default::default()
+        }
+        .insert(&server.db)
+        .await
+        .unwrap();
+    }
+
+    let browser = Browser::start().await;
+    let c = browser.c();
+    c.goto(&format!("{}/jobs", server.base)).await.unwrap();
+    wait_for_state(c, &row(&job.id), "done").await;
+    let listed = c
+        .find(Locator::Css(&row(&job.id)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !listed.contains("503"),
+        "the list shows history as current: {listed}"
+    );
+    assert!(red_texts(c).await.is_empty(), "{:?}", red_texts(c).await);
+
+    c.goto(&format!("{}/jobs/{}", server.base, job.id))
+        .await
+        .unwrap();
+    wait_for_state(c, ".job-head", "done").await;
+    assert!(c.find(Locator::Css("#last-error")).await.is_err());
+    wait_for_text(
+        c,
+        "#earlier-failures",
+        "1 failed attempt(s) before it succeeded",
+    )
+    .await;
+    // Red only where something failed: the failed attempt and the retry it caused.
+    let red = red_texts(c).await;
+    assert!(!red.is_empty(), "the failed attempt is shown");
+    assert!(
+        red.iter().all(|t| t.starts_with("503 from the registry")),
+        "{red:?}"
+    );
+
+    browser.close().await;
+    pool.stop().await;
+    server.stop().await;
+}

@@ -384,6 +384,10 @@ async fn a_promote_needs_a_readable_staging_record_of_atr_dist() {
         staged_manifest_digest: Set(None),
         platform_digest: Set(None),
         staging_tag: Set(None),
+        voted_revision_key: Set(None),
+        voted_manifest_digest: Set(None),
+        staged_platform_digest: Set(None),
+        promoted_digest: Set(None),
     }
     .insert(&n.h.db)
     .await

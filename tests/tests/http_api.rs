@@ -326,6 +326,11 @@ async fn insert_release_rows(db: &DatabaseConnection, release: &str) {
         staged_manifest_digest: Set(Some(format!("sha3-256:{}", "ab".repeat(32)))),
         platform_digest: Set(Some(format!("sha512-{package}-digest"))),
         staging_tag: Set(Some("rc".to_owned())),
+        // The promotion's chain, for the promoted row.
+        voted_revision_key: Set(promoted.then(|| format!("{release} 00002"))),
+        voted_manifest_digest: Set(promoted.then(|| format!("sha3-256:{}", "ab".repeat(32)))),
+        staged_platform_digest: Set(Some(format!("sha512-{package}-digest"))),
+        promoted_digest: Set(promoted.then(|| format!("sha512-{package}-digest"))),
     };
     row("example-staged", false).insert(db).await.unwrap();
     row("example-promoted", true).insert(db).await.unwrap();
@@ -1263,4 +1268,226 @@ fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// Records an attempt as the pipeline would have.
+async fn record_attempt(
+    db: &DatabaseConnection,
+    job: &str,
+    attempt: i32,
+    outcome: &str,
+    message: &str,
+    revision_diff: Option<Value>,
+) {
+    let now = Utc::now();
+    let failed = matches!(outcome, "failed" | "revision_changed");
+    job_run::ActiveModel {
+        job_id: Set(job.to_owned()),
+        kind: Set("stage".to_owned()),
+        release_key: Set("example-1.0.0".to_owned()),
+        platform: Set(Platform::Npm),
+        owner_namespace: Set(String::new()),
+        package: Set("pkg-1".to_owned()),
+        version: Set("1.0.0".to_owned()),
+        attempt: Set(attempt),
+        started_at: Set(now),
+        finished_at: Set(Some(now)),
+        outcome: Set(Some(outcome.to_owned())),
+        error_class: Set(failed.then(|| "permanent".to_owned())),
+        message: Set(Some(message.to_owned())),
+        duration_ms: Set(Some(7)),
+        revision_diff: Set(revision_diff),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+    .unwrap();
+}
+
+/// Leases the next job and acks it with `outcome`.
+async fn attempt_with(q: &Queue, outcome: AckOutcome) {
+    let leased = q
+        .fetch("test-worker", Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    q.ack(&[Ack {
+        lease: leased[0].lease(),
+        outcome,
+        result: String::new(),
+    }])
+    .await
+    .unwrap();
+}
+
+/// The `<tr>` of job `id` in a jobs table.
+fn job_row<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("data-job-id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no row for {id}:\n{page}"));
+    let end = start + page[start..].find("</tr>").unwrap();
+    &page[start..end]
+}
+
+/// Current state first, history in the attempts, only failures in red; a changed revision at
+/// the top of its job's page; each promotion's chain on the release page.
+#[tokio::test]
+async fn pages_tell_the_current_state_and_keep_history_apart() {
+    let spec = Spec::new();
+    let s = Server::start(Options::default()).await;
+    let q = s.queue().clone();
+
+    // A job that failed once, then succeeded.
+    let recovered = q.enqueue(&jobs::stage(1), None, 3).await.unwrap().id;
+    attempt_with(
+        &q,
+        AckOutcome::Retry {
+            delay: Duration::ZERO,
+            class: ErrorClass::Transient,
+            message: "503 from the registry".into(),
+        },
+    )
+    .await;
+    attempt_with(&q, AckOutcome::Done).await;
+    record_attempt(
+        &s.db,
+        &recovered,
+        1,
+        "failed",
+        "503 from the registry",
+        None,
+    )
+    .await;
+    record_attempt(
+        &s.db,
+        &recovered,
+        2,
+        "completed",
+        "staged pkg-1 under rc",
+        None,
+    )
+    .await;
+    record_attempt(
+        &s.db,
+        &recovered,
+        3,
+        "dry_run",
+        "dry run: would stage pkg-1",
+        None,
+    )
+    .await;
+
+    let (st, body) = s.get(&format!("/api/v1/jobs/{recovered}")).await;
+    spec.check("get", "/api/v1/jobs/{id}", st, &body);
+    assert_eq!(body["job"]["state"], "done");
+    assert_eq!(body["job"]["last_error"], Value::Null, "{body}");
+    assert_eq!(body["job"]["error_class"], Value::Null, "{body}");
+    assert_eq!(body["attempts"][0]["message"], "503 from the registry");
+
+    let (st, page) = s.get_text(&format!("/jobs/{recovered}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!page.contains("id=\"last-error\""), "{page}");
+    assert!(
+        page.contains("1 failed attempt(s) before it succeeded"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td class=\"error-text\">503 from the registry</td>"),
+        "{page}"
+    );
+    assert!(page.contains("<td>staged pkg-1 under rc</td>"), "{page}");
+    assert!(
+        page.contains("<td>dry run: would stage pkg-1</td>"),
+        "{page}"
+    );
+    let (_, list) = s.get_text("/partials/jobs?state=done").await;
+    let row = job_row(&list, &recovered);
+    assert!(!row.contains("503") && !row.contains("error-text"), "{row}");
+
+    // A promote refused for a changed revision.
+    let refused = q.enqueue(&jobs::stage(2), None, 3).await.unwrap().id;
+    let why = "the voted revision's files differ from the staged ones (added: NEW.txt; removed: OLD.txt); nothing was promoted";
+    attempt_with(
+        &q,
+        AckOutcome::Dead {
+            class: ErrorClass::Permanent,
+            message: why.into(),
+        },
+    )
+    .await;
+    let diff = json!({"added": ["NEW.txt"], "removed": ["OLD.txt"], "changed": []});
+    record_attempt(&s.db, &refused, 1, "revision_changed", why, Some(diff)).await;
+    let (st, body) = s.get(&format!("/api/v1/jobs/{refused}")).await;
+    spec.check("get", "/api/v1/jobs/{id}", st, &body);
+    assert_eq!(
+        body["attempts"][0]["revision_diff"]["added"],
+        json!(["NEW.txt"])
+    );
+    assert_eq!(
+        body["attempts"][0]["revision_diff"]["removed"],
+        json!(["OLD.txt"])
+    );
+    let (_, page) = s.get_text(&format!("/jobs/{refused}")).await;
+    let panel = page
+        .find("id=\"revision-changed\"")
+        .unwrap_or_else(|| panic!("no revision-changed panel:\n{page}"));
+    assert!(
+        panel < page.find("Summary").unwrap(),
+        "shown first:\n{page}"
+    );
+    assert!(
+        page.contains("<ul data-diff=\"added\"><li class=\"mono\">NEW.txt</li></ul>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<ul data-diff=\"removed\"><li class=\"mono\">OLD.txt</li></ul>"),
+        "{page}"
+    );
+    assert!(!page.contains("data-diff=\"changed\""), "{page}");
+    let (_, list) = s.get_text("/partials/jobs?state=dead").await;
+    assert!(job_row(&list, &refused).contains("class=\"error-text\""));
+
+    // The release page: each promotion's chain, and only failed attempts in red.
+    insert_release_rows(&s.db, "example-1.0.0").await;
+    let (st, body) = s.get("/api/v1/releases/example-1.0.0/distributions").await;
+    spec.check(
+        "get",
+        "/api/v1/releases/{release_key}/distributions",
+        st,
+        &body,
+    );
+    let promoted = body["distributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["package"] == "example-promoted")
+        .unwrap();
+    assert_eq!(promoted["voted_revision_key"], "example-1.0.0 00002");
+    assert_eq!(
+        promoted["promoted_digest"],
+        "sha512-example-promoted-digest"
+    );
+    let (_, page) = s.get_text("/releases/example-1.0.0").await;
+    let chain = &page[page
+        .find("id=\"promotions\"")
+        .unwrap_or_else(|| panic!("no promotions:\n{page}"))..];
+    let row = &chain[chain.find("data-package=\"example-promoted\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("example-1.0.0 00002"), "{row}");
+    assert!(
+        row.contains("title=\"sha512-example-promoted-digest\""),
+        "{row}"
+    );
+    assert!(
+        !chain.contains("data-package=\"example-staged\""),
+        "a staged distribution has no promotion"
+    );
+    assert!(
+        page.contains("<td>dry run: would stage pkg-1</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td class=\"error-text\">503 from the registry</td>"),
+        "{page}"
+    );
+    s.stop().await;
 }

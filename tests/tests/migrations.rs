@@ -48,6 +48,10 @@ async fn write_and_read(conn: &DatabaseConnection) {
         staged_manifest_digest: Set(Some(format!("sha3-256:{}", "a".repeat(64)))),
         platform_digest: Set(Some(format!("sha512-{}==", "A".repeat(86)))),
         staging_tag: Set(Some("rc".into())),
+        voted_revision_key: Set(None),
+        voted_manifest_digest: Set(None),
+        staged_platform_digest: Set(None),
+        promoted_digest: Set(None),
     };
     row.insert(conn).await.unwrap();
     // The composite primary key is ATR's: a second row for the same key is refused.

@@ -180,7 +180,16 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         per_platform: per_platform_limits(&config),
         sealer: config.worker.sealer(),
         retry_limits: config.worker.retry_limits(),
+        closing: Default::default(),
     };
+    // Rows of attempts whose worker died are closed by the job's next attempt; this closes
+    // those of jobs that have none (docs/wire-format.md, "Job lifecycle").
+    let audit = crate::pipeline::audit::spawn(
+        pipeline.db.clone(),
+        queue.clone(),
+        config.lease(),
+        shutdown.clone(),
+    );
     pool::run(
         queue,
         Arc::new(pipeline),
@@ -191,6 +200,9 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
     .await?;
     // The pool is done (on the signal, or on its own): the server follows.
     shutdown.cancel();
+    if let Err(e) = audit.await {
+        tracing::warn!(error = %e, "the audit task failed");
+    }
     if let Some(server) = http {
         match server.await {
             Ok(Ok(())) => {}

@@ -146,3 +146,237 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A queue (with its own name, deleted afterwards) on the Redis the tests use, and a SQLite
+/// results database in a temporary directory: what `jobs show` and `jobs list` read.
+struct Operated {
+    queue: atr_dist::queue::Queue,
+    redis_url: String,
+    database_url: String,
+    db: sea_orm::DatabaseConnection,
+    _dir: tempfile::TempDir,
+}
+
+impl Operated {
+    async fn new() -> Operated {
+        let redis_url = std::env::var("ATR_DIST_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let name = format!("cli_{}", uuid::Uuid::new_v4().simple());
+        let queue = atr_dist::queue::Queue::connect(&redis_url, &[], &name)
+            .await
+            .expect("Redis reachable (scripts/test starts it)");
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}/atr-dist.db", dir.path().display());
+        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(database_url.clone()), 1)
+            .await
+            .unwrap();
+        atr_dist::db::migrate_up(&db).await.unwrap();
+        Operated {
+            queue,
+            redis_url,
+            database_url,
+            db,
+            _dir: dir,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = atr_dist()
+            .args(args)
+            .env("ATR_DIST_REDIS__URL", &self.redis_url)
+            .env("ATR_DIST_REDIS__QUEUE", self.queue.name())
+            .env("ATR_DIST_DATABASE__URL", &self.database_url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), stdout)
+    }
+
+    /// Enqueues a job through the CLI; returns its id.
+    fn enqueue(&self, kind: &str, package: &str) -> String {
+        let artifact = format!("{package}-1.0.0.tgz");
+        let mut args = vec!["enqueue", kind];
+        if kind == "stage" {
+            args.extend(["--artifact", &artifact]);
+        }
+        args.extend([
+            "--project",
+            "example",
+            "--release-version",
+            "1.0.0",
+            "--platform",
+            "NPM",
+            "--package",
+            package,
+            "--version",
+            "1.0.0",
+            "--revision",
+            "00002",
+            "--asf-uid",
+            "rm",
+            "--json",
+        ]);
+        let (_, out) = self.cli(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Leases the next job and acks it with `outcome`.
+    async fn attempt(&self, outcome: atr_dist::queue::AckOutcome) {
+        let leased = self
+            .queue
+            .fetch("cli-test-worker", std::time::Duration::from_secs(30), 1)
+            .await
+            .unwrap();
+        let ack = atr_dist::queue::Ack {
+            lease: leased[0].lease(),
+            outcome,
+            result: String::new(),
+        };
+        self.queue.ack(&[ack]).await.unwrap();
+    }
+
+    async fn record(
+        &self,
+        job: &str,
+        attempt: i32,
+        outcome: &str,
+        message: &str,
+        diff: Option<serde_json::Value>,
+    ) {
+        use sea_orm::{ActiveModelTrait, Set};
+        let now = chrono::Utc::now();
+        let failed = matches!(outcome, "failed" | "revision_changed");
+        atr_dist_shared::entities::job_run::ActiveModel {
+            job_id: Set(job.to_owned()),
+            kind: Set("stage".to_owned()),
+            release_key: Set("example-1.0.0".to_owned()),
+            platform: Set(atr_dist_shared::Platform::Npm),
+            owner_namespace: Set(String::new()),
+            package: Set("example-pkg".to_owned()),
+            version: Set("1.0.0".to_owned()),
+            attempt: Set(attempt),
+            started_at: Set(now),
+            finished_at: Set(Some(now)),
+            outcome: Set(Some(outcome.to_owned())),
+            error_class: Set(failed.then(|| "permanent".to_owned())),
+            message: Set(Some(message.to_owned())),
+            duration_ms: Set(Some(5)),
+            queue: Set(Some(self.queue.name().to_owned())),
+            revision_diff: Set(diff),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+    }
+}
+
+impl Drop for Operated {
+    fn drop(&mut self) {
+        let url = self.redis_url.clone();
+        let prefix = self.queue.prefix().to_owned();
+        let _ = std::thread::spawn(move || {
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_connection().ok()?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query(&mut conn)
+                .ok()?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).ok()?;
+            }
+            Some(())
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_show_and_list_tell_the_current_state_first() {
+    use atr_dist::queue::AckOutcome;
+    use atr_dist_shared::ErrorClass;
+
+    let o = Operated::new().await;
+    // A job that failed once and then succeeded.
+    let recovered = o.enqueue("stage", "example-pkg");
+    o.attempt(AckOutcome::Retry {
+        delay: std::time::Duration::ZERO,
+        class: ErrorClass::Transient,
+        message: "503 from the registry".into(),
+    })
+    .await;
+    o.attempt(AckOutcome::Done).await;
+    o.record(&recovered, 1, "failed", "503 from the registry", None)
+        .await;
+    o.record(&recovered, 2, "completed", "staged example-pkg", None)
+        .await;
+    // A promote refused because the voted revision differs from the staged one.
+    let refused = o.enqueue("promote", "example-pkg");
+    let why = "the voted revision's files differ from the staged ones (added: NEW.txt; changed: example-pkg-1.0.0.tgz); nothing was promoted";
+    o.attempt(AckOutcome::Dead {
+        class: ErrorClass::Permanent,
+        message: why.into(),
+    })
+    .await;
+    let diff = serde_json::json!({"added": ["NEW.txt"], "removed": [], "changed": ["example-pkg-1.0.0.tgz"]});
+    o.record(&refused, 1, "revision_changed", why, Some(diff))
+        .await;
+
+    // The failure before the success is history: not in the job's fields, nor in the list.
+    let (_, shown) = o.cli(&["jobs", "show", &recovered]);
+    let (fields, rest) = shown.split_once("timeline:").unwrap();
+    assert!(!fields.contains("503"), "{shown}");
+    assert!(!fields.contains("last error"), "{shown}");
+    assert!(
+        fields.contains("1 failed attempt(s) before it succeeded"),
+        "{shown}"
+    );
+    assert!(
+        rest.contains("503 from the registry"),
+        "the attempts keep it: {shown}"
+    );
+    let (_, listed) = o.cli(&["jobs", "list"]);
+    let line = listed.lines().find(|l| l.starts_with(&recovered)).unwrap();
+    assert!(!line.contains("503"), "{listed}");
+    let (_, json) = o.cli(&["jobs", "show", &recovered, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["job"]["state"], "done");
+    assert_eq!(v["job"]["last_error"], serde_json::Value::Null);
+    assert_eq!(v["job"]["error_class"], serde_json::Value::Null);
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(v["attempts"][0]["message"], "503 from the registry");
+
+    // A changed revision comes first, path by path; and the JSON has it as data.
+    let (_, shown) = o.cli(&["jobs", "show", &refused]);
+    let mut lines = shown.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("REVISION CHANGED (attempt 1)"),
+        "{shown}"
+    );
+    assert_eq!(lines.next(), Some("  added    NEW.txt"), "{shown}");
+    assert_eq!(
+        lines.next(),
+        Some("  changed  example-pkg-1.0.0.tgz"),
+        "{shown}"
+    );
+    let (_, json) = o.cli(&["jobs", "show", &refused, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["attempts"][0]["outcome"], "revision_changed");
+    assert_eq!(
+        v["attempts"][0]["revision_diff"]["added"],
+        serde_json::json!(["NEW.txt"])
+    );
+    assert_eq!(
+        v["attempts"][0]["revision_diff"]["changed"],
+        serde_json::json!(["example-pkg-1.0.0.tgz"])
+    );
+}

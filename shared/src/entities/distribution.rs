@@ -3,7 +3,8 @@
 //! ATR's columns keep ATR's meaning (`staging`, `pending`, `retries`, `upload_date`, `api_url`,
 //! `web_url`, `created_by`) so that rows can be copied into ATR as they are. The extra columns
 //! record what was staged (revision, manifest digest, the platform's own digest) so that a
-//! promote can prove it promotes exactly that.
+//! promote can prove it promotes exactly that, and what each promotion was made of: the
+//! chain from the voted revision's manifest to the staged and the promoted digest.
 
 use sea_orm::entity::prelude::*;
 
@@ -36,6 +37,15 @@ pub struct Model {
     pub platform_digest: Option<String>,
     /// The tag the distribution was staged under (npm dist-tag, OCI tag).
     pub staging_tag: Option<String>,
+    /// The revision whose vote the promotion carried out (`"<release_key> <number>"`).
+    pub voted_revision_key: Option<String>,
+    /// `sha3-256:` digest of the voted revision's manifest; a promotion happens only when it
+    /// equals `staged_manifest_digest`.
+    pub voted_manifest_digest: Option<String>,
+    /// The platform's digest of what was staged, as read back after staging.
+    pub staged_platform_digest: Option<String>,
+    /// The platform's digest of what the promotion left in production, as read back.
+    pub promoted_digest: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,7 +19,8 @@ pub struct Model {
     pub attempt: i32,
     pub started_at: DateTimeUtc,
     pub finished_at: Option<DateTimeUtc>,
-    /// The attempt's outcome (`completed`, `revision_changed`, `transient`, ...).
+    /// The attempt's outcome, an `AttemptOutcome` (`completed`, `revision_changed`,
+    /// `timed_out`, `abandoned`, ...); null while the attempt runs.
     pub outcome: Option<String>,
     /// `transient`, `permanent` or `auth` when the attempt failed.
     pub error_class: Option<String>,
@@ -30,6 +31,11 @@ pub struct Model {
     pub http_requests: Option<i32>,
     /// How many of them were retries (bounded per attempt by `[worker] http_retries`).
     pub http_retries: Option<i32>,
+    /// The queue the job was leased from; null on rows written before it was recorded.
+    pub queue: Option<String>,
+    /// For a `revision_changed` attempt, the paths added, removed and changed between the
+    /// staged and the voted revision (a `ManifestDiff`).
+    pub revision_diff: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use atr_dist_shared::{AtrTaskStatus, ErrorClass, JobState};
+use atr_dist_shared::entities::job_run;
+use atr_dist_shared::{AtrTaskStatus, AttemptOutcome, ErrorClass, JobState};
 use clap::{Args, Subcommand};
 
 use super::output::{ago, json, table, truncate};
 use super::{CliError, EXIT_NOT_FOUND, EXIT_PARTIAL};
+use crate::http::types::{AttemptBody, JobDetailBody};
 use crate::queue::{JobFilter, Queue};
 
 #[derive(Debug, Args, Clone, Default)]
@@ -167,12 +169,45 @@ pub async fn jobs(
                 eprintln!("atr-dist: no job {id} in queue {}", queue.name());
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };
+            let attempts = read_attempts(config, &id).await;
             if as_json {
-                outln!("{}", json(&detail));
+                // The API's shape for a job in full (docs/openapi.json, `JobDetailBody`).
+                outln!("{}", json(&JobDetailBody::new(detail, attempts)));
                 return Ok(ExitCode::SUCCESS);
             }
+            let attempts: Result<Vec<AttemptBody>, String> =
+                attempts.map(|rows| rows.into_iter().map(AttemptBody::from).collect());
+            // A changed revision is what the operator has to act on: before anything else.
+            if let Ok(attempts) = &attempts
+                && let Some(changed) = attempts.iter().rev().find(|a| {
+                    a.outcome.as_deref() == Some(AttemptOutcome::RevisionChanged.as_str())
+                })
+            {
+                outln!(
+                    "REVISION CHANGED (attempt {}): the voted revision's files differ from the staged ones; nothing was promoted",
+                    changed.attempt
+                );
+                match &changed.revision_diff {
+                    Some(diff) => {
+                        for (what, paths) in [
+                            ("added", &diff.added),
+                            ("removed", &diff.removed),
+                            ("changed", &diff.changed),
+                        ] {
+                            for path in paths {
+                                outln!("  {what:<8} {path}");
+                            }
+                        }
+                    }
+                    None => outln!(
+                        "  {}",
+                        changed.message.as_deref().unwrap_or("no paths recorded")
+                    ),
+                }
+                outln!("");
+            }
             let s = &detail.summary;
-            let rows = vec![
+            let mut rows = vec![
                 vec!["id".into(), s.id.clone()],
                 vec!["state".into(), s.state.to_string()],
                 vec!["kind".into(), s.kind.clone()],
@@ -190,23 +225,36 @@ pub async fn jobs(
                     "worker".into(),
                     s.worker.clone().unwrap_or_else(|| "-".into()),
                 ],
-                vec![
+            ];
+            if s.state == JobState::Done {
+                // Failures before the success are history: counted here, listed below.
+                if let Ok(attempts) = &attempts {
+                    let failed = attempts.iter().filter(|a| failed(a)).count();
+                    if failed > 0 {
+                        rows.push(vec![
+                            "earlier failures".into(),
+                            format!("{failed} failed attempt(s) before it succeeded; see attempts"),
+                        ]);
+                    }
+                }
+            } else {
+                rows.push(vec![
                     "error class".into(),
                     s.error_class.clone().unwrap_or_else(|| "-".into()),
-                ],
-                vec![
+                ]);
+                rows.push(vec![
                     "last error".into(),
                     s.last_error.clone().unwrap_or_else(|| "-".into()),
-                ],
-                vec![
-                    "ATR task status".into(),
-                    AtrTaskStatus::of(
-                        s.state,
-                        s.error_class.as_deref().and_then(ErrorClass::parse),
-                    )
-                    .to_string(),
-                ],
-            ];
+                ]);
+            }
+            rows.push(vec![
+                "ATR task status".into(),
+                AtrTaskStatus::of(
+                    s.state,
+                    s.error_class.as_deref().and_then(ErrorClass::parse),
+                )
+                .to_string(),
+            ]);
             out!("{}", table(&["FIELD", "VALUE"], &rows));
             outln!("\ntimeline:");
             let mut timeline = vec![vec![
@@ -227,7 +275,7 @@ pub async fn jobs(
                 "{}",
                 table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
             );
-            print_attempts(config, &id).await;
+            print_attempts(&attempts);
             outln!("\npayload:\n{}", pretty(&detail.envelope));
             Ok(ExitCode::SUCCESS)
         }
@@ -375,10 +423,21 @@ fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     }
 }
 
-/// The job's attempts from the results database (`job_run`), when it can be read. The queue
-/// is what `show` is about: a missing or unreachable database is a note, not a failure,
-/// and an absent SQLite file is not created.
-async fn print_attempts(config: &crate::config::Config, id: &str) {
+/// Whether an attempt failed (by its recorded outcome).
+fn failed(a: &AttemptBody) -> bool {
+    a.outcome
+        .as_deref()
+        .and_then(AttemptOutcome::parse)
+        .is_some_and(AttemptOutcome::is_failure)
+}
+
+/// The job's attempts from the results database (`job_run`), or why they cannot be read.
+/// The queue is what `show` is about: a missing or unreachable database is a note, not a
+/// failure, and an absent SQLite file is not created.
+async fn read_attempts(
+    config: &crate::config::Config,
+    id: &str,
+) -> Result<Vec<job_run::Model>, String> {
     let url = config.database_url();
     let sqlite_file = url
         .expose()
@@ -388,8 +447,7 @@ async fn print_attempts(config: &crate::config::Config, id: &str) {
     if let Some(path) = sqlite_file
         && !std::path::Path::new(path).exists()
     {
-        outln!("\nattempts: not shown (no results database at {path})");
-        return;
+        return Err(format!("no results database at {path}"));
     }
     let read = async {
         let conn = crate::db::connect(&url, 1)
@@ -399,14 +457,17 @@ async fn print_attempts(config: &crate::config::Config, id: &str) {
             .await
             .map_err(|e| e.to_string())
     };
-    let rows = match tokio::time::timeout(Duration::from_secs(5), read).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(read) => read,
+        Err(_) => Err("the results database did not answer in 5 s".to_owned()),
+    }
+}
+
+fn print_attempts(attempts: &Result<Vec<AttemptBody>, String>) {
+    let rows = match attempts {
+        Ok(rows) => rows,
+        Err(e) => {
             outln!("\nattempts: not shown ({e})");
-            return;
-        }
-        Err(_) => {
-            outln!("\nattempts: not shown (the results database did not answer in 5 s)");
             return;
         }
     };

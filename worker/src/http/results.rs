@@ -57,24 +57,16 @@ pub async fn runs_for_release(
 }
 
 /// What an attempt outcome counts as on the overview: success, failure, or neither (a
-/// deferral is not an attempt; a run without an outcome is still going).
+/// deferral is not an attempt, a cancel is the operator's; a run without an outcome is
+/// still going).
 pub fn outcome_kind(outcome: &str) -> Option<bool> {
-    let outcome = [
-        AttemptOutcome::Completed,
-        AttemptOutcome::Unchanged,
-        AttemptOutcome::DryRun,
-        AttemptOutcome::RevisionChanged,
-        AttemptOutcome::Deferred,
-        AttemptOutcome::Failed,
-    ]
-    .into_iter()
-    .find(|o| o.as_str() == outcome)?;
-    match outcome {
-        AttemptOutcome::Completed | AttemptOutcome::Unchanged | AttemptOutcome::DryRun => {
-            Some(true)
-        }
-        AttemptOutcome::RevisionChanged | AttemptOutcome::Failed => Some(false),
-        AttemptOutcome::Deferred => None,
+    let outcome = AttemptOutcome::parse(outcome)?;
+    if outcome.is_success() {
+        Some(true)
+    } else if outcome.is_failure() {
+        Some(false)
+    } else {
+        None
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use atr_dist_shared::entities::{distribution, job_run};
-use atr_dist_shared::{AtrTaskStatus, ErrorClass, JobKind, JobState, Platform};
+use atr_dist_shared::{AtrTaskStatus, ErrorClass, JobKind, JobState, ManifestDiff, Platform};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -156,8 +156,11 @@ pub struct JobBody {
     pub finished_at: Option<DateTime<Utc>>,
     /// The lease holder while running.
     pub worker: Option<String>,
-    /// The last failure's class: transient, permanent, auth or malformed.
+    /// The class of the failure the job is in now: transient, permanent, auth or malformed.
+    /// Null for a done job: failures before it succeeded are history, in the attempts and
+    /// events.
     pub error_class: Option<String>,
+    /// The message of that failure (of the cancel, for a cancelled job); null for a done job.
     pub last_error: Option<String>,
     pub cancel_requested: bool,
     pub idempotency_key: String,
@@ -238,11 +241,15 @@ pub struct AttemptBody {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// completed, unchanged, dry_run, revision_changed, deferred or failed; null while running.
+    /// completed, unchanged, dry_run, revision_changed, deferred, failed, timed_out,
+    /// cancelled or abandoned; null while running.
     pub outcome: Option<String>,
     pub error_class: Option<String>,
     pub message: Option<String>,
     pub http_status: Option<i32>,
+    /// For a revision_changed attempt: the paths added, removed and changed between the
+    /// staged revision and the voted one.
+    pub revision_diff: Option<ManifestDiff>,
 }
 
 impl From<job_run::Model> for AttemptBody {
@@ -263,6 +270,8 @@ impl From<job_run::Model> for AttemptBody {
             error_class: r.error_class,
             message: r.message,
             http_status: r.http_status,
+            // Written by the pipeline from a `ManifestDiff`; anything else is not one.
+            revision_diff: r.revision_diff.and_then(|v| serde_json::from_value(v).ok()),
         }
     }
 }
@@ -481,6 +490,17 @@ pub struct DistributionBody {
     pub staged_manifest_digest: Option<String>,
     /// The platform's own digest of what it holds (npm integrity, OCI manifest digest).
     pub platform_digest: Option<String>,
+    /// The promotion's chain starts here: the revision whose vote the promotion carried
+    /// out. Null until atr-dist promotes (and for promotions recorded before it kept the
+    /// chain).
+    pub voted_revision_key: Option<String>,
+    /// `sha3-256:` digest of the voted revision's manifest: equal to
+    /// `staged_manifest_digest`, or nothing would have been promoted.
+    pub voted_manifest_digest: Option<String>,
+    /// The platform's digest read back after staging.
+    pub staged_platform_digest: Option<String>,
+    /// The platform's digest read back after promoting: equal to `staged_platform_digest`.
+    pub promoted_digest: Option<String>,
 }
 
 impl From<distribution::Model> for DistributionBody {
@@ -505,6 +525,10 @@ impl From<distribution::Model> for DistributionBody {
             staging_tag: d.staging_tag,
             staged_manifest_digest: d.staged_manifest_digest,
             platform_digest: d.platform_digest,
+            voted_revision_key: d.voted_revision_key,
+            voted_manifest_digest: d.voted_manifest_digest,
+            staged_platform_digest: d.staged_platform_digest,
+            promoted_digest: d.promoted_digest,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use atr_dist_shared::{JobState, Platform};
+use atr_dist_shared::{AttemptOutcome, JobState, Platform};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
@@ -171,12 +171,38 @@ fn job_row(job: &JobBody) -> Markup {
             }
             td.num { (job.attempt) "/" (job.max_attempts) }
             td { (when(job.enqueued_at)) }
-            td.error-text title=(job.last_error.clone().unwrap_or_default()) {
+            td class=[failure_state(job.state).then_some("error-text")] title=(job.last_error.clone().unwrap_or_default()) {
                 (truncate(job.last_error.as_deref().unwrap_or(""), 80))
             }
             td.actions { (action_buttons(&job.id, job.state)) }
         }
     }
+}
+
+/// Whether a job's `last_error` is a failure it is in: not for a cancelled job (the message
+/// is the cancel's); a done job has none.
+fn failure_state(state: JobState) -> bool {
+    match state {
+        JobState::Scheduled
+        | JobState::Queued
+        | JobState::Running
+        | JobState::Retrying
+        | JobState::Dead => true,
+        JobState::Done | JobState::Cancelled => false,
+    }
+}
+
+/// Whether an attempt's recorded outcome is a failure: only those are styled as errors.
+fn failed_attempt(a: &AttemptBody) -> bool {
+    a.outcome
+        .as_deref()
+        .and_then(AttemptOutcome::parse)
+        .is_some_and(AttemptOutcome::is_failure)
+}
+
+/// Events that report a failure.
+fn failure_event(event: &str) -> bool {
+    matches!(event, "retry_scheduled" | "dead" | "lease_expired")
 }
 
 fn duration_ms(ms: Option<i64>) -> Markup {
@@ -216,7 +242,7 @@ fn attempts_table(attempts: &[AttemptBody], with_job: bool) -> Markup {
                         }
                         td { (optional(a.error_class.as_deref())) }
                         td.num { @if let Some(s) = a.http_status { (s) } @else { span.muted { "–" } } }
-                        td.error-text { (optional(a.message.as_deref())) }
+                        td class=[failed_attempt(a).then_some("error-text")] { (optional(a.message.as_deref())) }
                     }
                 }
             }
@@ -228,7 +254,17 @@ fn attempts_table(attempts: &[AttemptBody], with_job: bool) -> Markup {
 pub fn job_detail(d: &JobDetailBody) -> Markup {
     let j = &d.job;
     let payload = serde_json::to_string_pretty(&d.envelope).unwrap_or_default();
+    // A changed revision is what the operator has to act on: shown first.
+    let changed = d
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome.as_deref() == Some(AttemptOutcome::RevisionChanged.as_str()));
+    let earlier_failures = d.attempts.iter().filter(|a| failed_attempt(a)).count();
     html! {
+        @if let Some(a) = changed {
+            (revision_changed(a))
+        }
         div.job-head data-job-id=(j.id) data-state=(j.state.as_str()) {
             (state_badge(j.state))
             span.badge.atr { "ATR: " (j.atr_task_status.as_str()) }
@@ -250,8 +286,20 @@ pub fn job_detail(d: &JobDetailBody) -> Markup {
                 dt { "Finished" } dd { (when(j.finished_at)) }
                 dt { "Lease until" } dd { (when(d.lease_until)) }
                 dt { "Worker" } dd.mono { (optional(j.worker.as_deref())) }
-                dt { "Error class" } dd { (optional(j.error_class.as_deref())) }
-                dt { "Last error" } dd.error-text { (optional(j.last_error.as_deref())) }
+                @if j.state == JobState::Done {
+                    @if earlier_failures > 0 {
+                        dt { "Earlier failures" }
+                        dd #earlier-failures {
+                            (earlier_failures) " failed attempt(s) before it succeeded; see Attempts"
+                        }
+                    }
+                } @else {
+                    dt { "Error class" } dd { (optional(j.error_class.as_deref())) }
+                    dt { "Last error" }
+                    dd #last-error class=[failure_state(j.state).then_some("error-text")] {
+                        (optional(j.last_error.as_deref()))
+                    }
+                }
             }
         }
         section.panel {
@@ -273,7 +321,9 @@ pub fn job_detail(d: &JobDetailBody) -> Markup {
                         (when(e.at)) " " strong { (e.event) }
                         @if let Some(a) = e.attempt { " (attempt " (a) ")" }
                         @if let Some(c) = &e.error_class { " " span.badge.note { (c) } }
-                        @if let Some(m) = &e.message { " " span.error-text { (m) } }
+                        @if let Some(m) = &e.message {
+                            " " span class=[failure_event(&e.event).then_some("error-text")] { (m) }
+                        }
                     }
                 }
                 @if j.started_at.is_some() {
@@ -290,6 +340,31 @@ pub fn job_detail(d: &JobDetailBody) -> Markup {
                 p.error { "This envelope cannot be run: " (e) }
             }
             pre.payload { (payload) }
+        }
+    }
+}
+
+/// The panel of a `revision_changed` attempt: which paths differ.
+fn revision_changed(a: &AttemptBody) -> Markup {
+    html! {
+        section.panel.revision-changed #revision-changed {
+            h2 { "Revision changed" }
+            p.error {
+                "Attempt " (a.attempt) ": the voted revision's files differ from the staged ones; nothing was promoted."
+            }
+            @match &a.revision_diff {
+                Some(diff) => {
+                    @for (what, paths) in [("Added", &diff.added), ("Removed", &diff.removed), ("Changed", &diff.changed)] {
+                        @if !paths.is_empty() {
+                            h3 { (what) }
+                            ul data-diff=(what.to_lowercase()) {
+                                @for path in paths { li.mono { (path.as_str()) } }
+                            }
+                        }
+                    }
+                }
+                None => { p { (optional(a.message.as_deref())) } }
+            }
         }
     }
 }
@@ -318,6 +393,27 @@ pub fn release(r: &ReleaseBody) -> Markup {
                         }
                     }
                     tbody { @for d in &r.distributions { (distribution_row(d)) } }
+                }
+            }
+        }
+        @if r.distributions.iter().any(|d| d.promoted) {
+            section.panel #promotions {
+                h2 { "Promotions" }
+                p.muted {
+                    "What each promotion was made of: the voted revision's manifest (which must equal the staged one), "
+                    "the platform's digest after staging, and after promoting."
+                }
+                table.promotions {
+                    thead {
+                        tr {
+                            th { "Platform" } th { "Package" } th { "Version" } th { "Voted revision" }
+                            th { "Voted manifest" } th { "" } th { "Staged digest" } th { "" }
+                            th { "Promoted digest" } th { "Promoted" }
+                        }
+                    }
+                    tbody {
+                        @for d in r.distributions.iter().filter(|d| d.promoted) { (promotion_row(d)) }
+                    }
                 }
             }
         }
@@ -354,6 +450,28 @@ fn distribution_row(d: &DistributionBody) -> Markup {
                 @if let Some(u) = d.web_url.as_deref().filter(|u| is_http(u)) { a href=(u) rel="noreferrer" { "web" } " " }
                 @if let Some(u) = d.api_url.as_deref().filter(|u| is_http(u)) { a href=(u) rel="noreferrer" { "api" } }
             }
+        }
+    }
+}
+
+fn promotion_row(d: &DistributionBody) -> Markup {
+    let package = if d.owner_namespace.is_empty() {
+        d.package.clone()
+    } else {
+        format!("{}/{}", d.owner_namespace, d.package)
+    };
+    html! {
+        tr.chain data-package=(package) {
+            td { (d.platform.member_name()) }
+            td { (package) }
+            td { (d.version) }
+            td { (optional(d.voted_revision_key.as_deref())) }
+            td { (digest(d.voted_manifest_digest.as_deref())) }
+            td { "→" }
+            td { (digest(d.staged_platform_digest.as_deref())) }
+            td { "→" }
+            td { (digest(d.promoted_digest.as_deref())) }
+            td { (when(d.promoted_at)) }
         }
     }
 }

@@ -4,12 +4,19 @@
 //! (`stage.rs`, `promote.rs`), record its outcome, release the lock. The steps read the
 //! platform before they write to it, so a repeated job, or a retry after the result write
 //! failed, finds the work done and does not act twice.
+//!
+//! The row and the lock are ended on every way out of an attempt: when the pool drops the
+//! attempt (timeout, cancel, lost lease, shutdown) or it panics, `OpenAttempt` ends them from
+//! a task of its own. Rows left open by a worker that died are closed by the job's next
+//! attempt, or by `audit.rs` when there is none.
 
+pub mod audit;
 mod promote;
 pub mod record;
 mod stage;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +24,17 @@ use atr_dist_shared::{
     AttemptOutcome, DistributionKey, DistributionRef, ErrorClass, Job, JobReport, ManifestDiff,
     Platform,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::platform::http::{HttpNote, RetryBudget};
 use crate::platform::{Adapters, PlatformAdapter, PlatformError};
+use crate::queue::lock::LockGuard;
 use crate::queue::note::{Note, NoteKind};
-use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob};
+use crate::queue::pool::{Completion, JobError, JobHandler, RunningJob, Stop, StopSignal};
 use crate::queue::{Queue, QueueError};
 use crate::seal::SealError;
 use crate::source::{SourceError, Sources};
@@ -47,6 +57,9 @@ pub struct Pipeline {
     pub sealer: crate::seal::Sealer,
     /// Retries of platform requests one attempt may make (`platform/http.rs`).
     pub retry_limits: crate::platform::http::RetryLimits,
+    /// The tasks ending the records of attempts that were dropped before they ended them
+    /// (`OpenAttempt`); the pool waits for them when it stops.
+    pub closing: TaskTracker,
 }
 
 /// What a successful step came to.
@@ -75,6 +88,8 @@ pub enum Failure {
     Refused(String),
     #[error("the distribution lock was lost to another job; stopped")]
     LockLost,
+    #[error("the attempt panicked: {0}")]
+    Panicked(String),
 }
 
 impl Failure {
@@ -92,7 +107,10 @@ impl Failure {
             ) => ErrorClass::Transient,
             // The database or Redis away: the next attempt finds them back.
             Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
-            Failure::RevisionChanged(_) | Failure::Refused(_) => ErrorClass::Permanent,
+            // A bug: running it again would panic again.
+            Failure::RevisionChanged(_) | Failure::Refused(_) | Failure::Panicked(_) => {
+                ErrorClass::Permanent
+            }
         }
     }
 
@@ -105,7 +123,23 @@ impl Failure {
             | Failure::Db(_)
             | Failure::Queue(_)
             | Failure::Refused(_)
-            | Failure::LockLost => AttemptOutcome::Failed,
+            | Failure::LockLost
+            | Failure::Panicked(_) => AttemptOutcome::Failed,
+        }
+    }
+
+    /// The paths that differ, for a changed revision.
+    fn revision_diff(&self) -> Option<&ManifestDiff> {
+        match self {
+            Failure::RevisionChanged(diff) => Some(diff),
+            Failure::Platform(_)
+            | Failure::Source(_)
+            | Failure::Seal(_)
+            | Failure::Db(_)
+            | Failure::Queue(_)
+            | Failure::Refused(_)
+            | Failure::LockLost
+            | Failure::Panicked(_) => None,
         }
     }
 
@@ -119,7 +153,129 @@ impl Failure {
             | Failure::Queue(_)
             | Failure::RevisionChanged(_)
             | Failure::Refused(_)
-            | Failure::LockLost => None,
+            | Failure::LockLost
+            | Failure::Panicked(_) => None,
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// What an attempt holds open while it runs: its `job_run` row and its distribution lock.
+/// `end` records the attempt's end and releases the lock. Dropped without that (the pool
+/// stopped the attempt, or it unwound), it ends both from a task on `closing`, with what the
+/// pool's `StopSignal` says: `timed_out`, `cancelled`, or `abandoned` (lease lost, shutdown).
+struct OpenAttempt {
+    db: DatabaseConnection,
+    run_id: i64,
+    started_at: DateTime<Utc>,
+    lock: Option<LockGuard>,
+    /// What the attempt's platform requests counted, while the step runs.
+    budget: Option<Arc<RetryBudget>>,
+    stop: StopSignal,
+    closing: TaskTracker,
+    ended: bool,
+}
+
+impl OpenAttempt {
+    async fn end(mut self, end: record::RunEnd) -> Result<(), DbErr> {
+        let recorded = record::finish_run(&self.db, self.run_id, end).await;
+        // Recorded or not, this is the attempt's own account: when the write failed, the
+        // job's next attempt closes the row, saying so.
+        self.ended = true;
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+        recorded
+    }
+
+    /// How an attempt that was dropped before it recorded its end ended.
+    fn dropped_end(&self) -> record::RunEnd {
+        let (outcome, error_class, message) = if std::thread::panicking() {
+            (
+                AttemptOutcome::Failed,
+                Some(ErrorClass::Permanent),
+                "the attempt panicked; the worker's log has the panic's message".to_owned(),
+            )
+        } else {
+            match self.stop.get() {
+                Some(Stop::TimedOut(after)) => (
+                    AttemptOutcome::TimedOut,
+                    Some(ErrorClass::Transient),
+                    format!(
+                        "the attempt ran longer than the job timeout ({}) and was stopped",
+                        humantime::format_duration(after)
+                    ),
+                ),
+                Some(Stop::Cancelled) => (
+                    AttemptOutcome::Cancelled,
+                    None,
+                    "the job was cancelled while this attempt ran; the attempt was stopped"
+                        .to_owned(),
+                ),
+                Some(Stop::LeaseLost) => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "this worker lost the job's lease (it expired and the job went back to the queue); the attempt was stopped".to_owned(),
+                ),
+                Some(Stop::Shutdown) => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "the worker shut down before the attempt ended; the job was handed back to the queue".to_owned(),
+                ),
+                None => (
+                    AttemptOutcome::Abandoned,
+                    None,
+                    "the attempt was stopped before it recorded its end".to_owned(),
+                ),
+            }
+        };
+        record::RunEnd {
+            outcome,
+            error_class,
+            message: Some(message),
+            http_status: None,
+            http: self.budget.as_ref().map(|b| b.used()).unwrap_or_default(),
+            started_at: self.started_at,
+            revision_diff: None,
+        }
+    }
+}
+
+impl Drop for OpenAttempt {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let end = self.dropped_end();
+        let (db, run_id, lock) = (self.db.clone(), self.run_id, self.lock.take());
+        let close = async move {
+            if let Err(e) = record::finish_run(&db, run_id, end).await {
+                tracing::warn!(run = run_id, error = %e, "recording the end of a stopped attempt failed; its next attempt closes the row");
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.closing.spawn_on(close, &runtime);
+            }
+            // No runtime left to run it (the process is ending): the lock expires after its
+            // time to live, and the row is closed by the job's next attempt.
+            Err(_) => {
+                tracing::warn!(
+                    run = run_id,
+                    "attempt stopped while the runtime ends; its row stays open"
+                )
+            }
         }
     }
 }
@@ -176,6 +332,7 @@ impl Pipeline {
                 key,
                 attempt: job.attempt,
                 started_at,
+                queue: self.queue.name(),
             },
         )
         .await;
@@ -186,14 +343,25 @@ impl Pipeline {
                 return Err(JobError::transient(format!("recording the attempt: {e}")));
             }
         };
-        let permit = match self.per_platform.get(&key.platform) {
-            Some(s) => Some(Arc::clone(s).acquire_owned().await),
-            None => None,
-        };
         // Every platform request of the step draws on one retry budget, and its retries and
         // read-backs go to the job's timeline as they happen.
         let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
         let budget = RetryBudget::new(self.retry_limits, Some(notes_tx));
+        let lost = lock.lost.clone();
+        let mut open = OpenAttempt {
+            db: self.db.clone(),
+            run_id,
+            started_at,
+            lock: Some(lock),
+            budget: Some(Arc::clone(&budget)),
+            stop: job.stop.clone(),
+            closing: self.closing.clone(),
+            ended: false,
+        };
+        let permit = match self.per_platform.get(&key.platform) {
+            Some(s) => Some(Arc::clone(s).acquire_owned().await),
+            None => None,
+        };
         let notes = tokio::spawn(forward_notes(
             self.queue.clone(),
             job.id.clone(),
@@ -201,11 +369,15 @@ impl Pipeline {
             notes_rx,
         ));
         let result = tokio::select! {
-            r = budget.scope(self.step(job, key)) => r,
-            () = lock.lost.cancelled() => Err(Failure::LockLost),
+            r = AssertUnwindSafe(budget.scope(self.step(job, key))).catch_unwind() => {
+                r.unwrap_or_else(|panic| Err(Failure::Panicked(panic_message(panic.as_ref()))))
+            }
+            () = lost.cancelled() => Err(Failure::LockLost),
         };
         let http = budget.used();
-        // The last notes are in the timeline before the attempt's end is.
+        // The last notes are in the timeline before the attempt's end is (the notes end when
+        // the budget, their sender, is gone).
+        open.budget = None;
         drop(budget);
         notes.await.ok();
         drop(permit);
@@ -217,6 +389,7 @@ impl Pipeline {
                 http_status: None,
                 http,
                 started_at,
+                revision_diff: None,
             },
             Err(f) => record::RunEnd {
                 outcome: f.outcome(),
@@ -225,10 +398,10 @@ impl Pipeline {
                 http_status: f.platform().and_then(|e| e.http_status),
                 http,
                 started_at,
+                revision_diff: f.revision_diff().cloned(),
             },
         };
-        let recorded = record::finish_run(&self.db, run_id, end).await;
-        lock.release().await;
+        let recorded = open.end(end).await;
         // What producers learn of the job if this attempt is its last (docs/wire-format.md,
         // "Results"): read back from the database, so it says what was recorded.
         let (outcome, diff) = match &result {
@@ -365,5 +538,10 @@ impl JobHandler for Pipeline {
             .distribution_key()
             .map_err(|e| JobError::permanent(format!("invalid distribution key: {e}")))?;
         self.attempt(&job, &key).await
+    }
+
+    async fn drain(&self) {
+        self.closing.close();
+        self.closing.wait().await;
     }
 }

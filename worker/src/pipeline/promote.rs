@@ -131,7 +131,17 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
         )));
     }
     if !(row.promoted && outcome == AttemptOutcome::Unchanged) {
-        record::save_promoted(&p.db, row, &observed, job.asf_uid.as_str()).await?;
+        record::save_promoted(
+            &p.db,
+            record::Promoted {
+                row,
+                observed: &observed,
+                created_by: job.asf_uid.as_str(),
+                voted_revision: &voted_revision,
+                voted_manifest_digest: voted.digest().to_string(),
+            },
+        )
+        .await?;
     }
     Ok(Step {
         outcome,

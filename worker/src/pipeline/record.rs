@@ -3,10 +3,15 @@
 
 use atr_dist_shared::entities::{distribution, job_run, revision_manifest};
 use atr_dist_shared::names::RevisionKey;
-use atr_dist_shared::{AttemptOutcome, DistributionKey, ErrorClass, JobKind, RevisionManifest};
+use atr_dist_shared::{
+    AttemptOutcome, DistributionKey, ErrorClass, JobKind, ManifestDiff, RevisionManifest,
+};
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DbErr, EntityTrait, Set};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 
 use crate::platform::Observed;
 
@@ -33,9 +38,27 @@ pub struct RunStart<'a> {
     pub key: &'a DistributionKey,
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
+    /// The queue the job was leased from.
+    pub queue: &'a str,
 }
 
+/// Records the start of an attempt. Rows of earlier attempts of the job that are still open
+/// are closed first, as `abandoned`: their worker died, stalled past its lease, or could not
+/// write their end, and a new attempt means they will never record it themselves.
 pub async fn start_run(db: &DatabaseConnection, run: RunStart<'_>) -> Result<i64, DbErr> {
+    let open = job_run::Entity::find()
+        .filter(job_run::Column::JobId.eq(run.job_id))
+        .filter(job_run::Column::FinishedAt.is_null())
+        .all(db)
+        .await?;
+    for row in open {
+        let why = format!(
+            "{}; closed when attempt {} started",
+            abandoned_reason(row.attempt),
+            run.attempt
+        );
+        abandon_run(db, row.id, &why).await?;
+    }
     let row = job_run::ActiveModel {
         job_id: Set(run.job_id.to_owned()),
         kind: Set(run.kind.as_str().to_owned()),
@@ -46,9 +69,54 @@ pub async fn start_run(db: &DatabaseConnection, run: RunStart<'_>) -> Result<i64
         version: Set(run.key.version.to_string()),
         attempt: Set(run.attempt as i32),
         started_at: Set(run.started_at),
+        queue: Set(Some(run.queue.to_owned())),
         ..Default::default()
     };
     Ok(row.insert(db).await?.id)
+}
+
+/// Why an attempt's row was left open, as far as anyone can tell afterwards.
+pub fn abandoned_reason(attempt: i32) -> String {
+    format!(
+        "the worker running attempt {attempt} stopped before recording its end (lease expired or result write failed)"
+    )
+}
+
+/// Closes the row `id` as `abandoned` with `message`, if it is still open: an attempt that
+/// recorded its end (or was closed by someone else meanwhile) keeps what it has. Returns
+/// whether the row was closed here. The finish time is when the row was closed; the
+/// duration is left empty, since when the attempt really stopped is not known.
+pub async fn abandon_run(db: &DatabaseConnection, id: i64, message: &str) -> Result<bool, DbErr> {
+    let done = job_run::Entity::update_many()
+        .col_expr(
+            job_run::Column::Outcome,
+            Expr::value(AttemptOutcome::Abandoned.as_str()),
+        )
+        .col_expr(job_run::Column::FinishedAt, Expr::value(Utc::now()))
+        .col_expr(job_run::Column::Message, Expr::value(message))
+        .filter(job_run::Column::Id.eq(id))
+        .filter(job_run::Column::FinishedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Open rows of attempts of jobs from `queue` with an id above `after`, oldest first, at
+/// most `limit`.
+pub async fn open_runs(
+    db: &DatabaseConnection,
+    queue: &str,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<job_run::Model>, DbErr> {
+    job_run::Entity::find()
+        .filter(job_run::Column::Queue.eq(queue))
+        .filter(job_run::Column::FinishedAt.is_null())
+        .filter(job_run::Column::Id.gt(after))
+        .order_by_asc(job_run::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
 }
 
 pub struct RunEnd {
@@ -59,10 +127,22 @@ pub struct RunEnd {
     pub message: Option<String>,
     pub http_status: Option<u16>,
     pub started_at: DateTime<Utc>,
+    /// What differed, for a `revision_changed` attempt.
+    pub revision_diff: Option<ManifestDiff>,
 }
 
+/// Records how an attempt ended. This is the attempt's own account, and it replaces an
+/// `abandoned` that someone else wrote meanwhile (a stalled worker that finishes after all
+/// knows best how its attempt ended).
 pub async fn finish_run(db: &DatabaseConnection, id: i64, end: RunEnd) -> Result<(), DbErr> {
     let now = Utc::now();
+    let diff = match &end.revision_diff {
+        Some(diff) => Some(
+            serde_json::to_value(diff)
+                .map_err(|e| DbErr::Custom(format!("the revision diff is not JSON: {e}")))?,
+        ),
+        None => None,
+    };
     let row = job_run::ActiveModel {
         id: Set(id),
         finished_at: Set(Some(now)),
@@ -73,6 +153,7 @@ pub async fn finish_run(db: &DatabaseConnection, id: i64, end: RunEnd) -> Result
         duration_ms: Set(Some((now - end.started_at).num_milliseconds())),
         http_requests: Set(Some(end.http.requests as i32)),
         http_retries: Set(Some(end.http.retries as i32)),
+        revision_diff: Set(diff),
         ..Default::default()
     };
     row.update(db).await.map(|_| ())
@@ -152,6 +233,10 @@ pub async fn save_staged(db: &DatabaseConnection, s: Staged<'_>) -> Result<(), D
         staged_manifest_digest: Set(Some(s.manifest_digest)),
         platform_digest: Set(Some(s.observed.digest.to_string())),
         staging_tag: Set(Some(s.staging_tag)),
+        voted_revision_key: Set(None),
+        voted_manifest_digest: Set(None),
+        staged_platform_digest: Set(Some(s.observed.digest.to_string())),
+        promoted_digest: Set(None),
     };
     use distribution::Column as C;
     distribution::Entity::insert(row)
@@ -176,6 +261,7 @@ pub async fn save_staged(db: &DatabaseConnection, s: Staged<'_>) -> Result<(), D
                 C::StagedManifestDigest,
                 C::PlatformDigest,
                 C::StagingTag,
+                C::StagedPlatformDigest,
             ])
             .to_owned(),
         )
@@ -184,23 +270,41 @@ pub async fn save_staged(db: &DatabaseConnection, s: Staged<'_>) -> Result<(), D
         .map(|_| ())
 }
 
+pub struct Promoted<'a> {
+    /// The row as staged.
+    pub row: distribution::Model,
+    /// What the platform holds in production now.
+    pub observed: &'a Observed,
+    pub created_by: &'a str,
+    /// The revision whose vote is carried out, and its manifest's digest.
+    pub voted_revision: &'a RevisionKey,
+    pub voted_manifest_digest: String,
+}
+
 /// Flips the row to the production distribution in place, as ATR's
-/// `__upgrade_staging_to_final` does, and records the promotion.
-pub async fn save_promoted(
-    db: &DatabaseConnection,
-    row: distribution::Model,
-    observed: &Observed,
-    created_by: &str,
-) -> Result<(), DbErr> {
-    let mut active: distribution::ActiveModel = row.into();
+/// `__upgrade_staging_to_final` does, and records the promotion with its chain: voted
+/// revision and manifest digest, staged platform digest, promoted digest.
+pub async fn save_promoted(db: &DatabaseConnection, p: Promoted<'_>) -> Result<(), DbErr> {
+    // Rows staged before the chain was recorded have the staged digest only in
+    // `platform_digest`, which the promotion is about to overwrite.
+    let staged_platform_digest = p
+        .row
+        .staged_platform_digest
+        .clone()
+        .or_else(|| p.row.platform_digest.clone());
+    let mut active: distribution::ActiveModel = p.row.into();
     active.staging = Set(false);
     active.pending = Set(false);
     active.promoted = Set(true);
     active.promoted_at = Set(Some(Utc::now()));
-    active.upload_date = Set(observed.upload_date.or(Some(Utc::now())));
-    active.api_url = Set(observed.api_url.clone());
-    active.web_url = Set(observed.web_url.clone());
-    active.created_by = Set(Some(created_by.to_owned()));
-    active.platform_digest = Set(Some(observed.digest.to_string()));
+    active.upload_date = Set(p.observed.upload_date.or(Some(Utc::now())));
+    active.api_url = Set(p.observed.api_url.clone());
+    active.web_url = Set(p.observed.web_url.clone());
+    active.created_by = Set(Some(p.created_by.to_owned()));
+    active.platform_digest = Set(Some(p.observed.digest.to_string()));
+    active.voted_revision_key = Set(Some(p.voted_revision.to_string()));
+    active.voted_manifest_digest = Set(Some(p.voted_manifest_digest));
+    active.staged_platform_digest = Set(staged_platform_digest);
+    active.promoted_digest = Set(Some(p.observed.digest.to_string()));
     active.update(db).await.map(|_| ())
 }

@@ -38,6 +38,8 @@ pub struct JobSummary {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
+    /// The class and message of the failure the job is in: its last failure, or for a
+    /// cancelled job the cancel. None for a done job, whose earlier failures are history.
     pub error_class: Option<String>,
     pub last_error: Option<String>,
     pub cancel_requested: bool,
@@ -359,6 +361,29 @@ impl Queue {
         }))
     }
 
+    /// Where each job of `ids` stands: its state and its attempt number (the attempt running,
+    /// or the last one started); `None` for a job this queue does not hold.
+    pub async fn positions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<(JobState, u32)>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key("jobs"))
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let record = JobRecord::parse(&record?);
+                Some((record.state?, record.attempt))
+            })
+            .collect())
+    }
+
     /// Queues dead or cancelled jobs again. Returns, per id, the state it is now in or the
     /// reason it was not retried.
     pub async fn retry(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
@@ -618,6 +643,17 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         JobState::Queued | JobState::Running => (None, None),
     };
     let indexed = Indexed::read(get(ENVELOPE).as_deref());
+    // The error hashes keep a job's last failure after it succeeds; for a done job that is
+    // history (its attempts and events have it), not its error.
+    let (error_class, last_error) = match state {
+        JobState::Done => (None, None),
+        JobState::Scheduled
+        | JobState::Queued
+        | JobState::Running
+        | JobState::Retrying
+        | JobState::Dead
+        | JobState::Cancelled => (get(1).filter(|s| !s.is_empty()), get(2)),
+    };
     Some(JobSummary {
         id: id.to_owned(),
         state,
@@ -636,8 +672,8 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         started_at: ms_to_time(record.started_at),
         finished_at: ms_to_time(finished_at),
         worker: record.worker,
-        error_class: get(1).filter(|s| !s.is_empty()),
-        last_error: get(2),
+        error_class,
+        last_error,
         cancel_requested: get(3).as_deref() == Some("1"),
     })
 }

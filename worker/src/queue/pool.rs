@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::WorkerBuilderExt;
@@ -72,9 +72,40 @@ pub struct RunningJob {
     pub envelope: Envelope,
     /// Fires when an operator cancels the job or this worker loses its lease.
     pub cancel: CancellationToken,
+    /// Why the pool stopped the attempt, set just before it drops the handler's future: what
+    /// a handler that must clean up after itself (close its records, release its locks)
+    /// reads when that future is dropped.
+    pub stop: StopSignal,
     /// Where the handler leaves its report of the job (JSON, docs/wire-format.md,
     /// "Results"); it goes to the results stream with the job's end.
     pub result: ResultSlot,
+}
+
+/// Why the pool stopped an attempt before its handler returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It ran longer than the job timeout.
+    TimedOut(Duration),
+    /// An operator cancelled the job.
+    Cancelled,
+    /// This worker no longer holds the job's lease (it expired and the job went elsewhere).
+    LeaseLost,
+    /// The worker is shutting down; the job is handed back and runs again.
+    Shutdown,
+}
+
+/// Where the pool leaves the `Stop` of an attempt; the first reason given is kept.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<OnceLock<Stop>>);
+
+impl StopSignal {
+    pub fn get(&self) -> Option<Stop> {
+        self.0.get().copied()
+    }
+
+    fn set(&self, stop: Stop) {
+        let _ = self.0.set(stop);
+    }
 }
 
 /// A handler's report of a job, handed to `ack.lua` with the attempt's end. Empty when the
@@ -100,6 +131,14 @@ impl ResultSlot {
 /// tests. `Ok(Completion::Done)` marks the job done.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: RunningJob) -> impl Future<Output = Result<Completion, JobError>> + Send;
+
+    /// Called once when the pool stops, after every attempt has ended or been stopped:
+    /// resolves when the work the handler left running in the background (such as ending
+    /// the records of stopped attempts) is done. The pool waits for it up to its shutdown
+    /// timeout.
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 #[derive(Clone)]
@@ -136,6 +175,7 @@ impl PoolConfig {
 struct Held {
     token: String,
     cancel: CancellationToken,
+    stop: StopSignal,
 }
 
 /// What to do with Redis's answer to an ack (or the error that kept it from being recorded).
@@ -155,6 +195,9 @@ pub struct Shared {
     held: Mutex<HashMap<String, Held>>,
     acks: mpsc::UnboundedSender<AckRequest>,
     pub(super) counters: Counters,
+    /// Attempts whose handler is running now; `attempts_ended` is notified as each ends.
+    running_attempts: std::sync::atomic::AtomicUsize,
+    attempts_ended: tokio::sync::Notify,
 }
 
 /// What this pool did since it started.
@@ -186,18 +229,58 @@ impl Shared {
                     Held {
                         token: job.token.clone(),
                         cancel: CancellationToken::new(),
+                        stop: StopSignal::default(),
                     },
                 );
             }
         }
     }
 
-    fn cancel_token(&self, id: &str) -> CancellationToken {
+    /// The job's cancel token and stop signal.
+    fn stop_handles(&self, id: &str) -> (CancellationToken, StopSignal) {
         self.held
             .lock()
             .ok()
-            .and_then(|h| h.get(id).map(|held| held.cancel.clone()))
+            .and_then(|h| {
+                h.get(id)
+                    .map(|held| (held.cancel.clone(), held.stop.clone()))
+            })
             .unwrap_or_default()
+    }
+
+    /// Stops the running attempt of job `id`, if any, for `why`.
+    fn stop_job(&self, id: &str, why: Stop) {
+        let (cancel, stop) = self.stop_handles(id);
+        stop.set(why);
+        cancel.cancel();
+    }
+
+    /// Stops every attempt still running, for `why`, and waits (at most `within`) until
+    /// their handlers' futures are dropped and their acks handed to the acker.
+    async fn stop_running(&self, why: Stop, within: Duration) {
+        let ids: Vec<String> = self
+            .held
+            .lock()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            self.stop_job(id, why);
+        }
+        let all_ended = async {
+            loop {
+                let ended = self.attempts_ended.notified();
+                if self.running_attempts.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        if tokio::time::timeout(within, all_ended).await.is_err() {
+            tracing::warn!(
+                running = self.running_attempts.load(Ordering::SeqCst),
+                "attempts still running after being stopped"
+            );
+        }
     }
 
     fn held_leases(&self) -> Vec<Lease> {
@@ -353,8 +436,11 @@ async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .await
         {
             Ok(reply) => {
-                for id in reply.lost.iter().chain(reply.cancel.iter()) {
-                    shared.cancel_token(id).cancel();
+                for id in &reply.lost {
+                    shared.stop_job(id, Stop::LeaseLost);
+                }
+                for id in &reply.cancel {
+                    shared.stop_job(id, Stop::Cancelled);
                 }
                 for id in &reply.lost {
                     tracing::warn!(job = %id, "lease lost; stopping work on the job");
@@ -373,6 +459,8 @@ async fn run_job<H: JobHandler>(
     handler: Data<Arc<H>>,
 ) -> Result<(), std::convert::Infallible> {
     let shared = shared.0;
+    // Until its ack is handed over: what a shutdown waits for after stopping attempts.
+    let _running = RunningAttempt::new(&shared);
     let started = Instant::now();
     let (outcome, result) = match Envelope::parse(&job.envelope) {
         Err(e) => {
@@ -425,6 +513,23 @@ async fn run_job<H: JobHandler>(
     Ok(())
 }
 
+/// Counts an attempt as running while it lives.
+struct RunningAttempt<'a>(&'a Shared);
+
+impl<'a> RunningAttempt<'a> {
+    fn new(shared: &'a Shared) -> RunningAttempt<'a> {
+        shared.running_attempts.fetch_add(1, Ordering::SeqCst);
+        RunningAttempt(shared)
+    }
+}
+
+impl Drop for RunningAttempt<'_> {
+    fn drop(&mut self) {
+        self.0.running_attempts.fetch_sub(1, Ordering::SeqCst);
+        self.0.attempts_ended.notify_waiters();
+    }
+}
+
 async fn attempt<H: JobHandler>(
     shared: &Shared,
     handler: &H,
@@ -432,7 +537,7 @@ async fn attempt<H: JobHandler>(
     envelope: Envelope,
     result: &ResultSlot,
 ) -> AckOutcome {
-    let cancel = shared.cancel_token(&job.id);
+    let (cancel, stop) = shared.stop_handles(&job.id);
     let policy = (shared.config.retry)(&envelope);
     let span = tracing::info_span!(
         "job",
@@ -448,17 +553,23 @@ async fn attempt<H: JobHandler>(
         max_attempts: job.max_attempts,
         envelope,
         cancel: cancel.clone(),
+        stop: stop.clone(),
         result: result.clone(),
     };
-    let work = AssertUnwindSafe(tracing::Instrument::instrument(
-        handler.handle(running),
-        span,
-    ))
-    .catch_unwind();
+    // Pinned here rather than inside the select, so that it is dropped only after the reason
+    // for stopping it is set.
+    let work = std::pin::pin!(
+        AssertUnwindSafe(tracing::Instrument::instrument(
+            handler.handle(running),
+            span,
+        ))
+        .catch_unwind()
+    );
+    let timeout = shared.config.job_timeout;
     let result = tokio::select! {
-        r = tokio::time::timeout(shared.config.job_timeout, work) => match r {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => {
+        r = work => match r {
+            Ok(result) => result,
+            Err(panic) => {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -466,10 +577,21 @@ async fn attempt<H: JobHandler>(
                     .unwrap_or_else(|| "unknown panic".to_owned());
                 Err(JobError::permanent(format!("the job handler panicked: {msg}")))
             }
-            Err(_) => Err(JobError::transient(format!("attempt timed out after {:?}", shared.config.job_timeout))),
         },
+        () = tokio::time::sleep(timeout) => {
+            stop.set(Stop::TimedOut(timeout));
+            Err(JobError::transient(format!("attempt timed out after {timeout:?}")))
+        }
         () = cancel.cancelled() => {
-            return AckOutcome::Cancelled { message: "cancelled while running".to_owned() };
+            // The heartbeat or the shutdown set the reason before cancelling.
+            return match stop.get() {
+                Some(Stop::Shutdown) => AckOutcome::Release {
+                    message: "worker shut down before the job finished".to_owned(),
+                },
+                Some(Stop::Cancelled | Stop::LeaseLost | Stop::TimedOut(_)) | None => {
+                    AckOutcome::Cancelled { message: "cancelled while running".to_owned() }
+                }
+            };
         }
     };
     match result {
@@ -524,6 +646,8 @@ pub async fn run<H: JobHandler>(
         held: Mutex::new(HashMap::new()),
         acks: ack_tx,
         counters: Counters::default(),
+        running_attempts: std::sync::atomic::AtomicUsize::new(0),
+        attempts_ended: tokio::sync::Notify::new(),
     });
     queue.check_format().await?;
     // Register with a first heartbeat so operators see the worker at once.
@@ -539,6 +663,7 @@ pub async fn run<H: JobHandler>(
 
     let monitor_shared = Arc::clone(&shared);
     let concurrency = config.concurrency;
+    let drained = Arc::clone(&handler);
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(format!("atr-dist-{}", monitor_shared.worker_id))
@@ -560,6 +685,12 @@ pub async fn run<H: JobHandler>(
     if let Err(e) = result {
         tracing::warn!(error = %e, "worker pool stopped with an error");
     }
+    // Attempts that outlasted the shutdown timeout are stopped now, rather than left to run
+    // on after their jobs are handed back: their handlers see `Stop::Shutdown` (and end
+    // their records), and they ack `release`.
+    shared
+        .stop_running(Stop::Shutdown, config.shutdown_timeout)
+        .await;
     // Acks of finished jobs first, so that only jobs still running are released.
     shared.flush_acks().await;
     // Whatever is still held did not finish in time: hand it back before leaving, so it does
@@ -567,6 +698,12 @@ pub async fn run<H: JobHandler>(
     shared
         .release_all("worker shut down before the job finished")
         .await;
+    if tokio::time::timeout(config.shutdown_timeout, drained.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the job handler's background work did not finish in time");
+    }
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     drop(shared);

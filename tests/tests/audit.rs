@@ -1,0 +1,385 @@
+//! The audit trail tells the truth: every attempt's `job_run` row is closed and its
+//! distribution lock released on every way out of the attempt (timeout, cancel, shutdown,
+//! panic, a failed result write), a changed revision is recorded with its paths, and a
+//! promotion with its chain of digests. Real Redis, SQLite and PostgreSQL; a recording
+//! adapter in place of a platform. (A worker killed with SIGKILL is in `crash.rs`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atr_dist::config::RetryConfig;
+use atr_dist::platform::Adapters;
+use atr_dist::queue::pool::PoolConfig;
+use atr_dist_shared::entities::{job_run, revision_manifest};
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::{Envelope, JobState, ManifestDiff, Platform};
+use atr_dist_tests::cases::eventually;
+use atr_dist_tests::jobs::Dist;
+use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
+use redis::AsyncCommands;
+use sea_orm::{ConnectionTrait, EntityTrait};
+
+const TGZ: &str = "example-pkg-1.0.0.tgz";
+const VOTED: &[(&str, &[u8])] = &[(TGZ, b"tarball bytes v1"), ("README.txt", b"read me")];
+const WAIT: Duration = Duration::from_secs(30);
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 20,
+    cap_ms: 100,
+    max_attempts: 5,
+};
+
+const SLOW_RETRY: RetryConfig = RetryConfig {
+    base_ms: 300,
+    cap_ms: 600,
+    max_attempts: 10,
+};
+
+fn dist() -> Dist {
+    Dist::new(Platform::Npm, "", "example-pkg", "1.0.0")
+}
+
+fn stage(rev: &str, dry_run: bool) -> Envelope {
+    dist().stage(rev, &[TGZ], RevisionSourceSpec::Dir, dry_run)
+}
+
+fn promote(rev: &str) -> Envelope {
+    dist().promote(rev, RevisionSourceSpec::Dir, "pmc-chair")
+}
+
+/// A stage that never ends by itself.
+fn blocking() -> RecordingAdapter {
+    RecordingAdapter {
+        stage_delay: Duration::from_secs(3600),
+        ..Default::default()
+    }
+}
+
+async fn harness(
+    which: Db,
+    adapter: &RecordingAdapter,
+    retry: RetryConfig,
+    adjust_pool: impl FnOnce(&mut PoolConfig),
+) -> Harness {
+    let adapters = Adapters::default().with(Platform::Npm, Arc::new(adapter.clone()));
+    // A lock outliving any test: a lock left behind would hold the distribution all along.
+    Harness::build(
+        which,
+        adapters,
+        retry,
+        |p, _| p.lock_ttl = Duration::from_secs(600),
+        adjust_pool,
+    )
+    .await
+}
+
+async fn lock_held(h: &Harness) -> bool {
+    let key = format!("{}lock:{}", h.t.queue.prefix(), dist().key().lock_id());
+    let exists: bool = h.t.queue.connection().exists(key).await.unwrap();
+    exists
+}
+
+async fn enqueue(h: &Harness, job: &Envelope, max_attempts: u32) -> String {
+    h.t.queue.enqueue(job, None, max_attempts).await.unwrap().id
+}
+
+async fn state(h: &Harness, id: &str) -> JobState {
+    h.t.queue.show(id).await.unwrap().unwrap().summary.state
+}
+
+/// Waits until the job's only attempt has a row that is still open (the attempt is running).
+async fn wait_until_running(h: &Harness, job: &Envelope) {
+    eventually("the attempt is running", WAIT, || async {
+        let runs = h.runs(job).await;
+        runs.len() == 1 && runs[0].finished_at.is_none()
+    })
+    .await;
+}
+
+/// Waits until the job's attempts are closed, and returns them.
+async fn closed_runs(h: &Harness, job: &Envelope) -> Vec<job_run::Model> {
+    eventually("every attempt's row is closed", WAIT, || async {
+        let runs = h.runs(job).await;
+        !runs.is_empty() && runs.iter().all(|r| r.finished_at.is_some())
+    })
+    .await;
+    h.runs(job).await
+}
+
+async fn wait_for_lock_release(h: &Harness) {
+    eventually("the distribution lock is released", WAIT, || async {
+        !lock_held(h).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let h = harness(Db::Sqlite, &adapter, FAST, |c| {
+        c.job_timeout = Duration::from_secs(1)
+    })
+    .await;
+    h.revs.write("00001", VOTED);
+    let slow = stage("00001", false);
+    assert_eq!(h.run(&slow, 1).await, JobState::Dead);
+    let runs = closed_runs(&h, &slow).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("timed_out"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("transient"));
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("longer than the job timeout (1s)"),
+        "{message}"
+    );
+    wait_for_lock_release(&h).await;
+
+    // The next job for the distribution runs at once, not after the lock's ten minutes.
+    let next = stage("00001", true);
+    assert_eq!(h.run(&next, 1).await, JobState::Done);
+    let events =
+        h.t.queue
+            .show(&next.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .events;
+    assert!(
+        events.iter().all(|e| e.event != "deferred"),
+        "the second job waited for a lock: {events:?}"
+    );
+    assert_eq!(h.runs(&next).await[0].outcome.as_deref(), Some("dry_run"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_attempt_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let h = harness(Db::Sqlite, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    let id = enqueue(&h, &job, 3).await;
+    wait_until_running(&h, &job).await;
+    assert!(lock_held(&h).await);
+    assert_eq!(
+        h.t.queue
+            .cancel(std::slice::from_ref(&id), "cancelled by the test")
+            .await
+            .unwrap(),
+        vec!["cancel_requested"]
+    );
+    eventually("the job is cancelled", WAIT, || async {
+        state(&h, &id).await == JobState::Cancelled
+    })
+    .await;
+    let runs = closed_runs(&h, &job).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("cancelled"), "{runs:?}");
+    assert_eq!(runs[0].error_class, None);
+    wait_for_lock_release(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_stopped_by_shutdown_is_closed_and_frees_its_lock() {
+    let adapter = blocking();
+    let mut h = harness(Db::Sqlite, &adapter, FAST, |c| {
+        c.shutdown_timeout = Duration::from_millis(500)
+    })
+    .await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    let id = enqueue(&h, &job, 3).await;
+    wait_until_running(&h, &job).await;
+    // Stopping the pool waits for the stopped attempt's records: nothing to wait for after.
+    h.stop_pool().await;
+    assert_eq!(state(&h, &id).await, JobState::Queued, "handed back");
+    let runs = h.runs(&job).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(message.contains("worker shut down"), "{message}");
+    assert!(!lock_held(&h).await, "the lock was released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_attempt_is_recorded_and_frees_its_lock() {
+    let adapter = RecordingAdapter {
+        stage_panics: Some("adapter bug (test)"),
+        ..Default::default()
+    };
+    let h = harness(Db::Sqlite, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    let job = stage("00001", false);
+    assert_eq!(
+        h.run(&job, 3).await,
+        JobState::Dead,
+        "a panic is not retried"
+    );
+    let runs = closed_runs(&h, &job).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("panicked: adapter bug (test)"),
+        "{message}"
+    );
+    wait_for_lock_release(&h).await;
+    h.stop().await;
+}
+
+/// An attempt whose end could not be written leaves its row open; the job's next attempt
+/// closes it as abandoned, saying why. (Which attempt that is depends on the backoff's
+/// jitter: one started while the database still refuses fails to start, and is retried.)
+async fn an_unrecorded_end_is_closed_by_the_next_attempt(which: Db) {
+    let adapter = RecordingAdapter::default();
+    // A lease of a minute: the harness's audit pass (once per lease, and once at the start)
+    // would otherwise race the next attempt to close the row.
+    let h = harness(which, &adapter, SLOW_RETRY, |c| {
+        c.lease = Duration::from_secs(60)
+    })
+    .await;
+    h.revs.write("00001", VOTED);
+    let (create, drop): (&[&str], &str) = match which {
+        Db::Sqlite => (
+            &[
+                "CREATE TRIGGER test_down BEFORE UPDATE ON job_run BEGIN SELECT RAISE(ABORT, 'database down (test)'); END",
+            ],
+            "DROP TRIGGER test_down",
+        ),
+        Db::Postgres => (
+            &[
+                "CREATE FUNCTION test_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'database down (test)'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER test_down BEFORE UPDATE ON job_run FOR EACH ROW EXECUTE FUNCTION test_down()",
+            ],
+            "DROP TRIGGER test_down ON job_run",
+        ),
+    };
+    for sql in create {
+        h.db.execute_unprepared(sql).await.unwrap();
+    }
+    let job = stage("00001", false);
+    let id = enqueue(&h, &job, 10).await;
+    eventually(
+        "the first attempt fails to record its end",
+        WAIT,
+        || async { state(&h, &id).await == JobState::Retrying },
+    )
+    .await;
+    let runs = h.runs(&job).await;
+    assert!(runs[0].finished_at.is_none(), "{runs:?}");
+    h.db.execute_unprepared(drop).await.unwrap();
+    eventually("the job is done", WAIT, || async {
+        state(&h, &id).await == JobState::Done
+    })
+    .await;
+    let runs = h.runs(&job).await;
+    assert_eq!(runs[0].attempt, 1);
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    assert!(runs[0].finished_at.is_some());
+    let message = runs[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("the worker running attempt 1 stopped before recording its end")
+            && message.contains("; closed when attempt ")
+            && message.ends_with(" started"),
+        "{message}"
+    );
+    let last = runs.last().unwrap();
+    assert_eq!(last.outcome.as_deref(), Some("unchanged"), "{runs:?}");
+    assert!(runs.iter().all(|r| r.finished_at.is_some()), "{runs:?}");
+    h.stop().await;
+}
+
+/// A promote refused for a changed revision records the paths as data, not only as text.
+async fn a_changed_revision_is_recorded_with_its_paths(which: Db) {
+    let adapter = RecordingAdapter::default();
+    let h = harness(which, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    h.revs.write(
+        "00002",
+        &[(TGZ, b"tarball bytes CHANGED"), ("NEW.txt", b"new")],
+    );
+    let p = promote("00002");
+    assert_eq!(h.run(&p, 3).await, JobState::Dead);
+    let runs = h.runs(&p).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));
+    let diff: ManifestDiff =
+        serde_json::from_value(runs[0].revision_diff.clone().expect("a diff is recorded")).unwrap();
+    let names = |paths: &[atr_dist_shared::names::ArtifactPath]| {
+        paths
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&diff.added), vec!["NEW.txt"]);
+    assert_eq!(names(&diff.removed), vec!["README.txt"]);
+    assert_eq!(names(&diff.changed), vec![TGZ]);
+    h.stop().await;
+}
+
+/// The promotion records its chain: voted revision and manifest, staged digest, promoted
+/// digest.
+async fn a_promotion_records_its_chain(which: Db) {
+    let adapter = RecordingAdapter::default();
+    let h = harness(which, &adapter, FAST, |_| {}).await;
+    h.revs.write("00001", VOTED);
+    assert_eq!(h.run(&stage("00001", false), 3).await, JobState::Done);
+    let staged = h.row().await.unwrap();
+    let staged_digest = staged.platform_digest.clone().unwrap();
+    assert_eq!(
+        staged.staged_platform_digest.as_deref(),
+        Some(staged_digest.as_str())
+    );
+    assert_eq!(staged.promoted_digest, None);
+    // The vote makes revision 00002 with the same files.
+    h.revs.write("00002", VOTED);
+    assert_eq!(h.run(&promote("00002"), 3).await, JobState::Done);
+    let row = h.row().await.unwrap();
+    let voted = revision_manifest::Entity::find_by_id("example-1.0.0 00002".to_owned())
+        .one(&h.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.promoted);
+    assert_eq!(
+        row.voted_revision_key.as_deref(),
+        Some("example-1.0.0 00002")
+    );
+    assert_eq!(
+        row.voted_manifest_digest.as_deref(),
+        Some(voted.digest.as_str())
+    );
+    assert_eq!(row.voted_manifest_digest, row.staged_manifest_digest);
+    assert_eq!(
+        row.staging_revision_key.as_deref(),
+        Some("example-1.0.0 00001")
+    );
+    assert_eq!(
+        row.staged_platform_digest.as_deref(),
+        Some(staged_digest.as_str())
+    );
+    assert_eq!(row.promoted_digest.as_deref(), Some(staged_digest.as_str()));
+    h.stop().await;
+}
+
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await;
+            }
+        }
+    };
+}
+
+on_both!(an_unrecorded_end_is_closed_by_the_next_attempt);
+on_both!(a_changed_revision_is_recorded_with_its_paths);
+on_both!(a_promotion_records_its_chain);
