@@ -8,6 +8,7 @@ mod m20261128_000001_results_schema;
 mod m20261128_000002_distribution_staging_tag;
 mod m20261206_000010_job_run_http_requests;
 mod m20261206_000011_audit_trail;
+mod m20261206_000020_distribution_staged_artifacts;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_distribution_staging_tag::Migration),
             Box::new(m20261206_000010_job_run_http_requests::Migration),
             Box::new(m20261206_000011_audit_trail::Migration),
+            Box::new(m20261206_000020_distribution_staged_artifacts::Migration),
         ]
     }
 }

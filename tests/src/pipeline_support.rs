@@ -173,6 +173,10 @@ impl PlatformAdapter for RecordingAdapter {
     fn default_tags(&self, _key: &DistributionKey) -> (DistTag, DistTag) {
         (DistTag::new("rc").unwrap(), DistTag::latest())
     }
+
+    fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
+        atr_dist_shared::PromotionMechanism::DistTag
+    }
 }
 
 /// `bytes` sealed as the pipeline seals a voted file at `path`, for calling an adapter

@@ -388,6 +388,7 @@ async fn a_promote_needs_a_readable_staging_record_of_atr_dist() {
         voted_manifest_digest: Set(None),
         staged_platform_digest: Set(None),
         promoted_digest: Set(None),
+        staged_artifacts: Set(None),
     }
     .insert(&n.h.db)
     .await

@@ -331,6 +331,7 @@ async fn insert_release_rows(db: &DatabaseConnection, release: &str) {
         voted_manifest_digest: Set(promoted.then(|| format!("sha3-256:{}", "ab".repeat(32)))),
         staged_platform_digest: Set(Some(format!("sha512-{package}-digest"))),
         promoted_digest: Set(promoted.then(|| format!("sha512-{package}-digest"))),
+        staged_artifacts: Set(None),
     };
     row("example-staged", false).insert(db).await.unwrap();
     row("example-promoted", true).insert(db).await.unwrap();

@@ -52,6 +52,7 @@ async fn write_and_read(conn: &DatabaseConnection) {
         voted_manifest_digest: Set(None),
         staged_platform_digest: Set(None),
         promoted_digest: Set(None),
+        staged_artifacts: Set(None),
     };
     row.insert(conn).await.unwrap();
     // The composite primary key is ATR's: a second row for the same key is refused.

@@ -289,6 +289,7 @@ async fn wrong_tarball_unknown_package_and_bad_token() {
             .unwrap(),
         staging_tag: DistTag::new("rc").unwrap(),
         release_tag: DistTag::latest(),
+        artifacts: Vec::new(),
     };
     let err = a.promote(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
@@ -482,6 +483,7 @@ async fn promote_refuses_a_version_that_is_not_the_staged_bytes() {
         staged_digest: atr_dist_shared::Digest::parse(staged_elsewhere.clone()).unwrap(),
         staging_tag: DistTag::new("rc").unwrap(),
         release_tag: DistTag::latest(),
+        artifacts: Vec::new(),
     };
     let err = a.promote(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);

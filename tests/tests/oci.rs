@@ -55,6 +55,7 @@ fn promote_request(package: &str, image: &OciImage) -> PromoteRequest {
         staged_digest: digest(&image.digest),
         staging_tag: tag(STAGING_TAG),
         release_tag: version_tag(),
+        artifacts: Vec::new(),
     }
 }
 

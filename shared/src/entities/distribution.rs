@@ -46,6 +46,9 @@ pub struct Model {
     pub staged_platform_digest: Option<String>,
     /// The platform's digest of what the promotion left in production, as read back.
     pub promoted_digest: Option<String>,
+    /// The artifact paths the stage published (a JSON array of strings, in the job's
+    /// order). Promotion by re-upload (PyPI) publishes these again from the voted revision.
+    pub staged_artifacts: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,11 +1,18 @@
 //! The promote step: only if the voted revision has exactly the staged files, and the
 //! platform still holds exactly the staged bytes, make them the production distribution.
+//!
+//! Where the platform has no staging that becomes production (`PromotionMechanism::Reupload`,
+//! PyPI), "the staged bytes" are the voted revision's files, sealed again here exactly as
+//! stage seals them and checked to give the staged platform digest, then uploaded to
+//! production by the adapter (see `platform/mod.rs`).
 
-use atr_dist_shared::names::RevisionKey;
-use atr_dist_shared::{AttemptOutcome, Digest, DistributionKey, ManifestDiff, PromoteJob};
+use atr_dist_shared::names::{ArtifactPath, RevisionKey};
+use atr_dist_shared::{
+    AttemptOutcome, Digest, DistributionKey, ManifestDiff, PromoteJob, PromotionMechanism,
+};
 
 use super::{Failure, Pipeline, Step, record};
-use crate::platform::{PlatformError, PromoteRequest};
+use crate::platform::{PlatformError, PromoteRequest, Sealed, StageRequest};
 
 pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Result<Step, Failure> {
     let adapter = p.adapter(key.platform)?;
@@ -52,12 +59,6 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
         None => default_staging,
     };
     let release_tag = job.release_tag.clone().unwrap_or(default_release);
-    let req = PromoteRequest {
-        key: key.clone(),
-        staged_digest: staged_digest.clone(),
-        staging_tag: staging_tag.clone(),
-        release_tag: release_tag.clone(),
-    };
 
     let in_production = adapter.read_promoted(key, &release_tag).await?;
     let already = matches!(&in_production, Some(o) if o.digest == staged_digest);
@@ -70,23 +71,75 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
         )));
     }
 
-    // The staged bytes must still be what was staged: a tag moved since is caught here.
+    // The one place where the two ways of promoting part. In place: the staged bytes must
+    // still be what was staged (a tag moved since is caught here). Re-upload: the bytes to
+    // send are the voted revision's, sealed now, and must be what was staged.
+    let mut artifacts: Vec<Sealed> = Vec::new();
     if !already {
-        match adapter.read_staged(key, &staging_tag).await? {
-            None => {
-                return Err(Failure::Refused(format!(
-                    "{key}: the staged {staging_tag} is gone from the platform; nothing promoted"
-                )));
+        match adapter.promotion() {
+            PromotionMechanism::DistTag
+            | PromotionMechanism::Retag
+            | PromotionMechanism::ApiPatch
+            | PromotionMechanism::NexusRelease
+            | PromotionMechanism::None => match adapter.read_staged(key, &staging_tag).await? {
+                None => {
+                    return Err(Failure::Refused(format!(
+                        "{key}: the staged {staging_tag} is gone from the platform; nothing promoted"
+                    )));
+                }
+                Some(o) if o.digest != staged_digest => {
+                    return Err(Failure::Refused(format!(
+                        "{key}: {staging_tag} was overwritten since staging (the platform holds {}, {staged_digest} was staged); nothing promoted",
+                        o.digest
+                    )));
+                }
+                Some(_) => {}
+            },
+            PromotionMechanism::Reupload => {
+                let paths = record::staged_artifacts(&row).ok_or_else(|| {
+                    Failure::Refused(format!(
+                        "{key} was staged without a record of its files, and promoting it uploads them again; stage it again"
+                    ))
+                })?;
+                let paths = paths
+                    .iter()
+                    .map(ArtifactPath::new)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        Failure::Refused(format!("{key}: a recorded staged file is unusable: {e}"))
+                    })?;
+                artifacts = super::stage::seal_artifacts(
+                    p,
+                    &job.source,
+                    &job.release,
+                    &job.revision,
+                    &voted,
+                    &paths,
+                )
+                .await?;
+                let sending = adapter
+                    .expected_digest(&StageRequest {
+                        key: key.clone(),
+                        revision: voted_revision.clone(),
+                        artifacts: artifacts.clone(),
+                        staging_tag: staging_tag.clone(),
+                    })
+                    .await?;
+                if sending != staged_digest {
+                    return Err(Failure::Refused(format!(
+                        "{key}: the voted files come to {sending} on the platform, but {staged_digest} was staged; nothing promoted"
+                    )));
+                }
             }
-            Some(o) if o.digest != staged_digest => {
-                return Err(Failure::Refused(format!(
-                    "{key}: {staging_tag} was overwritten since staging (the platform holds {}, {staged_digest} was staged); nothing promoted",
-                    o.digest
-                )));
-            }
-            Some(_) => {}
         }
     }
+    let req = PromoteRequest {
+        key: key.clone(),
+        staged_digest: staged_digest.clone(),
+        staging_tag: staging_tag.clone(),
+        release_tag: release_tag.clone(),
+        artifacts,
+    };
 
     if job.dry_run {
         let plan: Vec<String> = adapter

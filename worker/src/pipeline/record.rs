@@ -208,6 +208,8 @@ pub struct Staged<'a> {
     pub staging_tag: String,
     pub observed: &'a Observed,
     pub created_by: &'a str,
+    /// The artifact paths staged, in the job's order.
+    pub artifacts: Vec<String>,
 }
 
 /// Inserts or updates the row as staged (`staging = true`), as ATR records a staging
@@ -237,6 +239,7 @@ pub async fn save_staged(db: &DatabaseConnection, s: Staged<'_>) -> Result<(), D
         voted_manifest_digest: Set(None),
         staged_platform_digest: Set(Some(s.observed.digest.to_string())),
         promoted_digest: Set(None),
+        staged_artifacts: Set(Some(serde_json::Value::from(s.artifacts))),
     };
     use distribution::Column as C;
     distribution::Entity::insert(row)
@@ -262,12 +265,23 @@ pub async fn save_staged(db: &DatabaseConnection, s: Staged<'_>) -> Result<(), D
                 C::PlatformDigest,
                 C::StagingTag,
                 C::StagedPlatformDigest,
+                C::StagedArtifacts,
             ])
             .to_owned(),
         )
         .exec(db)
         .await
         .map(|_| ())
+}
+
+/// The artifact paths recorded by the stage, or None for a row staged before they were
+/// recorded (or not by this worker).
+pub fn staged_artifacts(row: &distribution::Model) -> Option<Vec<String>> {
+    let paths = row.staged_artifacts.as_ref()?.as_array()?;
+    paths
+        .iter()
+        .map(|p| p.as_str().map(str::to_owned))
+        .collect()
 }
 
 pub struct Promoted<'a> {

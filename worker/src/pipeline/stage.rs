@@ -1,10 +1,36 @@
 //! The stage step: put the voted files on the platform's staging place and record it.
 
-use atr_dist_shared::names::RevisionKey;
-use atr_dist_shared::{AttemptOutcome, DistributionKey, StageJob};
+use atr_dist_shared::job::{ReleaseRef, RevisionSourceSpec};
+use atr_dist_shared::names::{ArtifactPath, RevisionKey, RevisionNumber};
+use atr_dist_shared::{AttemptOutcome, DistributionKey, RevisionManifest, StageJob};
 
 use super::{Failure, Pipeline, Step, record};
-use crate::platform::StageRequest;
+use crate::platform::{Sealed, StageRequest};
+
+/// Reads each of `paths` from the revision once, into a private copy checked against the
+/// revision's `manifest`; adapters publish those copies and nothing else. Used by stage, and
+/// by promote on platforms where promotion is a second upload.
+pub(super) async fn seal_artifacts(
+    p: &Pipeline,
+    source: &RevisionSourceSpec,
+    release: &ReleaseRef,
+    revision: &RevisionNumber,
+    manifest: &RevisionManifest,
+    paths: &[ArtifactPath],
+) -> Result<Vec<Sealed>, Failure> {
+    let mut artifacts = Vec::with_capacity(paths.len());
+    for path in paths {
+        let entry = manifest.get(path).ok_or_else(|| {
+            Failure::Refused(format!(
+                "artifact {path} is not in revision {}",
+                RevisionKey::of(&release.key(), revision)
+            ))
+        })?;
+        let bytes = p.sources.open(source, release, revision, path).await?;
+        artifacts.push(p.sealer.seal(entry, bytes).await?);
+    }
+    Ok(artifacts)
+}
 
 pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<Step, Failure> {
     let adapter = p.adapter(key.platform)?;
@@ -24,17 +50,15 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
     let revision = RevisionKey::of(&job.release.key(), &job.revision);
     // Each file is read once, into a private copy checked against the voted manifest;
     // the adapter publishes that copy and nothing else.
-    let mut artifacts = Vec::with_capacity(job.artifacts.len());
-    for path in &job.artifacts {
-        let entry = manifest.get(path).ok_or_else(|| {
-            Failure::Refused(format!("artifact {path} is not in revision {revision}"))
-        })?;
-        let bytes = p
-            .sources
-            .open(&job.source, &job.release, &job.revision, path)
-            .await?;
-        artifacts.push(p.sealer.seal(entry, bytes).await?);
-    }
+    let artifacts = seal_artifacts(
+        p,
+        &job.source,
+        &job.release,
+        &job.revision,
+        &manifest,
+        &job.artifacts,
+    )
+    .await?;
     record::save_manifest(&p.db, &revision, &manifest).await?;
 
     let staging_tag = match &job.staging_tag {
@@ -107,6 +131,7 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
             staging_tag: staging_tag.to_string(),
             observed: &observed,
             created_by: job.asf_uid.as_str(),
+            artifacts: job.artifacts.iter().map(ToString::to_string).collect(),
         },
     )
     .await?;

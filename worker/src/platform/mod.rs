@@ -10,6 +10,21 @@
 //! - A write whose outcome is unknown is followed by a read-back before anything else
 //!   (`write.rs`), and retries inside an attempt draw on the attempt's bounded budget
 //!   (`http.rs`).
+//!
+//! Two ways of promoting sit side by side ([`PlatformAdapter::promotion`], decided in one
+//! place, `pipeline/promote.rs`):
+//! - **in place** (npm dist-tags, OCI retag, ...): the platform turns the staged object into
+//!   the production one; [`PromoteRequest::artifacts`] is empty and the adapter checks that
+//!   the staged object still carries the staged digest.
+//! - **re-upload** (PyPI: Test PyPI is another registry, and nothing there becomes
+//!   production): promote uploads the voted bytes again. The pipeline reads them from the
+//!   **voted** revision, only after it has found the voted files equal to the staged ones
+//!   (`revision_changed` otherwise), and seals them exactly as stage does; the adapter gets
+//!   them in [`PromoteRequest::artifacts`]. Which files: the paths the stage published,
+//!   recorded in `distribution.staged_artifacts`. Not "every file of the voted manifest the
+//!   adapter accepts": a revision also holds signatures, checksums and files meant for other
+//!   platforms, and the vote approved publishing what was staged, no more. A row staged
+//!   before the paths were recorded cannot be promoted by re-upload; stage it again.
 
 pub mod http;
 pub mod npm;
@@ -22,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atr_dist_shared::names::{DistTag, RevisionKey};
-use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform, PromotionMechanism};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -45,6 +60,11 @@ pub struct PromoteRequest {
     pub staged_digest: Digest,
     pub staging_tag: DistTag,
     pub release_tag: DistTag,
+    /// For [`PromotionMechanism::Reupload`] adapters: the staged files read again from the
+    /// voted revision, each a sealed copy checked against the voted manifest, in the order
+    /// they were staged. Empty for every other mechanism, which promotes the staged object
+    /// in place and sends no file.
+    pub artifacts: Vec<Sealed>,
 }
 
 /// What the platform holds, read back from it.
@@ -145,6 +165,12 @@ pub trait PlatformAdapter: Send + Sync {
 
     /// The tags used when a job names none.
     fn default_tags(&self, key: &DistributionKey) -> (DistTag, DistTag);
+
+    /// How this adapter promotes: in place, or by uploading the voted files again
+    /// ([`PromotionMechanism::Reupload`], which makes the pipeline fill
+    /// [`PromoteRequest::artifacts`]). Equal to the platform's `promotion_mechanism` in
+    /// `shared/src/platform.rs`.
+    fn promotion(&self) -> PromotionMechanism;
 }
 
 /// The adapters this worker has, by platform.

@@ -647,6 +647,10 @@ impl PlatformAdapter for NpmAdapter {
             DistTag::latest(),
         )
     }
+
+    fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
+        atr_dist_shared::PromotionMechanism::DistTag
+    }
 }
 
 /// The npm adapter for both NPM and NPM_SCOPED, from `[platforms.npm]` and

@@ -665,6 +665,10 @@ impl PlatformAdapter for OciAdapter {
             .unwrap_or_else(|e| unreachable!("\"version\" is a valid dist-tag: {e}"));
         (default_staging_tag(key.version.as_str()), release)
     }
+
+    fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
+        atr_dist_shared::PromotionMechanism::Retag
+    }
 }
 
 #[cfg(test)]
