@@ -38,6 +38,19 @@ ensure_docker_registry() {
   apt_install docker-registry openssl
 }
 
+# pypiserver 2.4.2 (a real Python package index) and passlib (its htpasswd file) for the PyPI
+# adapter's tests (tests/src/pypi_support.rs), from PyPI into a virtualenv at
+# ${ATR_DIST_PYPISERVER:-~/.cache/atr-dist/pypiserver}; each test runs its own on 127.0.0.1.
+ensure_pypiserver() {
+  local dir="${ATR_DIST_PYPISERVER:-$HOME/.cache/atr-dist/pypiserver}"
+  if [ -x "$dir/bin/pypi-server" ] && "$dir/bin/python" -c 'import passlib' 2>/dev/null; then return 0; fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+  log "installing pypiserver 2.4.2 into $dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check pypiserver==2.4.2 passlib==1.7.4
+}
+
 ensure_chromium
 ensure_verdaccio
 ensure_docker_registry
+ensure_pypiserver

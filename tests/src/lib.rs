@@ -125,6 +125,7 @@ mod http_server;
 pub mod npm_support;
 pub mod oci_support;
 pub mod pipeline_support;
+pub mod pypi_support;
 
 pub mod jobs {
     //! Jobs for the tests: one builder for every distribution the tests stage and promote.

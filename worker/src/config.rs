@@ -372,10 +372,22 @@ pub struct PlatformConfig {
     /// Staging API base URL, where the platform has a separate one.
     #[serde(serialize_with = "ser::opt_url")]
     pub staging_base_url: Option<Url>,
+    /// Where production is read back, when that is not `base_url` (PyPI uploads to
+    /// upload.pypi.org and is read at pypi.org).
+    #[serde(serialize_with = "ser::opt_url")]
+    pub read_url: Option<Url>,
+    /// Where staging is read back, when that is not `staging_base_url`.
+    #[serde(serialize_with = "ser::opt_url")]
+    pub staging_read_url: Option<Url>,
     pub username: Option<String>,
     #[serde(skip_serializing)]
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
+    /// The staging place's own credential, where staging is another service with its own
+    /// accounts (Test PyPI).
+    #[serde(skip_serializing)]
+    pub staging_token: Option<Secret>,
+    pub staging_token_file: Option<PathBuf>,
     /// Jobs for this platform run at once in this process (at most `worker.concurrency`).
     pub concurrency: Option<usize>,
     /// The staging dist-tag or image tag when a job names none.
@@ -410,11 +422,14 @@ impl Config {
     }
 
     pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
-        let secret_keys = SECRET_KEYS.iter().map(|k| (*k).to_owned()).chain(
-            Platform::ALL
+        let secret_keys =
+            SECRET_KEYS
                 .iter()
-                .map(|p| format!("platforms.{}.token", section_name(*p))),
-        );
+                .map(|k| (*k).to_owned())
+                .chain(Platform::ALL.iter().flat_map(|p| {
+                    ["token", "staging_token"]
+                        .map(|key| format!("platforms.{}.{key}", section_name(*p)))
+                }));
         for key in secret_keys {
             if let Some(meta) = figment.find_metadata(&key)
                 && let Some(figment::Source::File(file)) = &meta.source
@@ -485,6 +500,12 @@ impl Config {
                 &format!("platforms.{}.token", section_name(platform)),
                 &file,
                 &mut p.token,
+            )?;
+            let file = p.staging_token_file.clone();
+            read(
+                &format!("platforms.{}.staging_token", section_name(platform)),
+                &file,
+                &mut p.staging_token,
             )?;
         }
         Ok(())
@@ -639,6 +660,8 @@ impl Config {
             for (key, url) in [
                 ("base_url", &p.base_url),
                 ("staging_base_url", &p.staging_base_url),
+                ("read_url", &p.read_url),
+                ("staging_read_url", &p.staging_read_url),
             ] {
                 let Some(url) = url else { continue };
                 if !matches!(url.scheme(), "https" | "http") {

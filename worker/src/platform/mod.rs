@@ -29,6 +29,7 @@
 pub mod http;
 pub mod npm;
 pub mod oci;
+pub mod pypi;
 pub mod write;
 
 use std::collections::HashMap;
@@ -212,6 +213,11 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
     // Docker Hub (or any OCI registry at base_url) when [platforms.docker_hub] is configured.
     if let Some(oci) = oci::OciAdapter::from_config(&config.platforms.docker_hub)? {
         adapters = adapters.with(Platform::DockerHub, Arc::new(oci));
+    }
+    // PyPI (Test PyPI to stage, PyPI to promote, or other indexes) when [platforms.pypi] is
+    // configured.
+    if let Some(pypi) = pypi::PypiAdapter::from_config(&config.platforms.pypi)? {
+        adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
     }
     Ok(adapters)
 }

@@ -1,0 +1,391 @@
+//! The PyPI adapter against real pypiserver indexes on loopback (one for staging, one for
+//! production), through the real pipeline on SQLite and PostgreSQL.
+
+use std::sync::Arc;
+
+use atr_dist::config::RetryConfig;
+use atr_dist::platform::pypi::{IndexSettings, PypiAdapter};
+use atr_dist::platform::{Adapters, PlatformAdapter, StageRequest};
+use atr_dist::secret::Secret;
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::names::{DistTag, RevisionKey, RevisionNumber};
+use atr_dist_shared::{DistributionKey, Envelope, ErrorClass, JobState, Platform};
+use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
+use atr_dist_tests::jobs::Dist;
+use atr_dist_tests::pipeline_support::{Db, Harness, sealed};
+use atr_dist_tests::pypi_support::{
+    PypiServer, TOKEN, metadata, sdist, sdist_name, sha256_hex, wheel, wheel_name, wheel_with,
+};
+use url::Url;
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 50,
+    cap_ms: 200,
+    max_attempts: 3,
+};
+
+fn settings(url: &str, token: &str) -> IndexSettings {
+    IndexSettings {
+        upload: Url::parse(url).unwrap(),
+        read: Url::parse(url).unwrap(),
+        username: "__token__".into(),
+        token: Some(Secret::new(token)),
+    }
+}
+
+fn adapter(staging: &str, production: &str) -> PypiAdapter {
+    PypiAdapter::new(settings(staging, TOKEN), settings(production, TOKEN)).unwrap()
+}
+
+fn adapters(staging: &str, production: &str) -> Adapters {
+    Adapters::default().with(Platform::Pypi, Arc::new(adapter(staging, production)))
+}
+
+/// A Python release: an sdist and a wheel of `name` `version`, plus a signature that is in
+/// the revision but not published.
+struct Pkg {
+    name: &'static str,
+    version: &'static str,
+}
+
+impl Pkg {
+    fn files(&self) -> [String; 2] {
+        [
+            sdist_name(self.name, self.version),
+            wheel_name(self.name, self.version),
+        ]
+    }
+
+    fn write(&self, h: &Harness, rev: &str, body: &str) {
+        let [s, w] = self.files();
+        let sd = sdist(self.name, self.version, body);
+        let wh = wheel(self.name, self.version, body);
+        h.revs.write_release(
+            "example",
+            self.version,
+            rev,
+            &[
+                (&s, &sd),
+                (&w, &wh),
+                (&format!("{s}.asc"), b"a detached signature"),
+            ],
+        );
+    }
+
+    fn dist(&self) -> Dist {
+        Dist::new(Platform::Pypi, "", self.name, self.version)
+    }
+
+    fn stage(&self, rev: &str) -> Envelope {
+        let [s, w] = self.files();
+        self.dist()
+            .stage(rev, &[&s, &w], RevisionSourceSpec::Dir, false)
+    }
+
+    fn promote(&self, rev: &str) -> Envelope {
+        self.dist().promote(rev, RevisionSourceSpec::Dir, "rm")
+    }
+
+    fn key(&self) -> DistributionKey {
+        self.dist().key()
+    }
+}
+
+async fn stage_then_promote(db: Db) {
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    // Production behind a proxy that counts what reaches it.
+    let proxy = FaultProxy::start(&Url::parse(&production.url()).unwrap()).await;
+    let h = Harness::new(db, adapters(&staging.url(), proxy.url.as_str()), FAST).await;
+    let pkg = Pkg {
+        name: "example-lib",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "voted = True\n");
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    let mut want = pkg.files().to_vec();
+    want.sort();
+    assert_eq!(staging.files(), want, "both files staged, nothing else");
+    assert!(
+        production.files().is_empty(),
+        "staging sends nothing to production"
+    );
+    let row = h.row().await.unwrap();
+    assert!(row.staging && !row.promoted);
+    let staged_digest = row.platform_digest.clone().unwrap();
+    assert!(staged_digest.starts_with("sha256:"), "{staged_digest}");
+    assert!(
+        row.api_url
+            .as_deref()
+            .unwrap()
+            .ends_with("/simple/example-lib/"),
+        "{:?}",
+        row.api_url
+    );
+
+    // The vote makes revision 00002 with the same files; promote uploads them again.
+    pkg.write(&h, "00002", "voted = True\n");
+    let promote = pkg.promote("00002");
+    h.run_to_done(&promote, 3).await;
+    assert_eq!(production.files(), want);
+    for f in &want {
+        assert_eq!(production.read(f), staging.read(f), "{f}: the same bytes");
+    }
+    assert_eq!(proxy.forwarded("POST", "/"), 2, "{:?}", proxy.seen());
+    let row = h.row().await.unwrap();
+    assert!(row.promoted && !row.staging);
+    assert_eq!(row.promoted_digest.as_deref(), Some(staged_digest.as_str()));
+    assert_eq!(row.platform_digest.as_deref(), Some(staged_digest.as_str()));
+
+    // Promote again: nothing written, recorded as unchanged.
+    let again = pkg.promote("00002");
+    assert_eq!(h.run(&again, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    assert_eq!(
+        proxy.forwarded("POST", "/"),
+        2,
+        "no upload: {:?}",
+        proxy.seen()
+    );
+
+    // A file swapped on the production index afterwards is seen by our read-back (the
+    // index itself never checks), and the promotion is not taken for done.
+    let [s, _] = pkg.files();
+    production.replace(&s, b"not the voted sdist");
+    let swapped = pkg.promote("00002");
+    assert_eq!(h.run(&swapped, 3).await, JobState::Dead);
+    let err = h.last_error(&swapped).await;
+    assert!(
+        err.contains("is recorded as promoted, but latest on the platform holds sha256:"),
+        "{err}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_and_promotes_by_reupload_on_sqlite() {
+    stage_then_promote(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_and_promotes_by_reupload_on_postgres() {
+    stage_then_promote(Db::Postgres).await;
+}
+
+async fn changed_revision_is_refused(db: Db) {
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    let h = Harness::new(db, adapters(&staging.url(), &production.url()), FAST).await;
+    let pkg = Pkg {
+        name: "changing",
+        version: "2.0.0",
+    };
+    pkg.write(&h, "00001", "staged = True\n");
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    // The voted revision has other bytes in both files.
+    pkg.write(&h, "00002", "changed = True\n");
+    let promote = pkg.promote("00002");
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let runs = h.runs(&promote).await;
+    assert_eq!(runs.len(), 1, "permanent: no retry");
+    assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));
+    assert!(production.files().is_empty(), "nothing uploaded");
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_revision_is_not_promoted_on_sqlite() {
+    changed_revision_is_refused(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_revision_is_not_promoted_on_postgres() {
+    changed_revision_is_refused(Db::Postgres).await;
+}
+
+/// The index holds our file name with other bytes (swapped in its package directory):
+/// staging again is refused before anything is sent, naming both digests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_bytes_under_a_voted_file_name_are_refused() {
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let h = Harness::new(
+        Db::Sqlite,
+        adapters(proxy.url.as_str(), &production.url()),
+        FAST,
+    )
+    .await;
+    let pkg = Pkg {
+        name: "swapped",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "x = 1\n");
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    let [_, w] = pkg.files();
+    let voted = staging.read(&w);
+    let other = wheel("swapped", "1.0.0", "x = 2\n");
+    staging.replace(&w, &other);
+    let posts = proxy.forwarded("POST", "/");
+
+    let again = pkg.stage("00001");
+    assert_eq!(h.run(&again, 3).await, JobState::Dead);
+    let err = h.last_error(&again).await;
+    assert!(
+        err.contains(&format!(
+            "the staging index holds {w} with sha256 {}, not the voted {}",
+            sha256_hex(&other),
+            sha256_hex(&voted)
+        )),
+        "{err}"
+    );
+    assert_eq!(proxy.forwarded("POST", "/"), posts, "nothing uploaded");
+    h.stop().await;
+}
+
+/// pypiserver takes any bytes whatever `sha256_digest` says; an index that then lists
+/// another sha256 for the uploaded file is caught by the read-back after the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_back_after_uploading_catches_a_wrong_file() {
+    let staging = PypiServer::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), proxy.url.as_str());
+    let pkg = Pkg {
+        name: "lying",
+        version: "1.0.0",
+    };
+    let bytes = wheel("lying", "1.0.0", "y = 1\n");
+    let file = wheel_name("lying", "1.0.0");
+    let wrong = "ab".repeat(32);
+    let lie = format!(
+        "<html><body><a href=\"../../packages/{file}#sha256={wrong}\">{file}</a></body></html>"
+    );
+    // The listing before the upload is the server's own (nothing there); the one after it
+    // reports other bytes, as an index that stored another file would.
+    proxy.inject(
+        Fault::new(200)
+            .method("GET")
+            .path_contains("/simple/lying/")
+            .skip(1)
+            .times(10)
+            .body("text/html", &lie),
+    );
+    let err = a
+        .stage(&request(&pkg.key(), &[(&file, &bytes)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "after uploading, the staging index reports sha256 {wrong} for {file}, not the voted {}",
+            sha256_hex(&bytes)
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(staging.files(), vec![file]);
+}
+
+/// A file whose metadata names another project, or whose name disagrees with it, is never
+/// sent; nor is a file that is not a wheel or an sdist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_are_not_the_distribution_are_refused() {
+    let staging = PypiServer::start().await;
+    let a = adapter(&staging.url(), &staging.url());
+    let key = Pkg {
+        name: "honest",
+        version: "1.0.0",
+    }
+    .key();
+    let cases: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            wheel_name("honest", "1.0.0"),
+            wheel_with("honest", "1.0.0", &metadata("impostor", "1.0.0"), "x"),
+            "is impostor 1.0.0, not honest 1.0.0",
+        ),
+        (
+            wheel_name("honest", "1.0.0"),
+            wheel_with("honest", "1.0.0", &metadata("honest", "1.0.1"), "x"),
+            "is honest 1.0.1, not honest 1.0.0",
+        ),
+        (
+            sdist_name("honest", "1.0.0"),
+            wheel("honest", "1.0.0", "x"),
+            "not a gzipped tar",
+        ),
+        (
+            "honest-1.0.0.zip".to_owned(),
+            wheel("honest", "1.0.0", "x"),
+            "not a wheel (.whl) or an sdist (.tar.gz)",
+        ),
+    ];
+    for (file, bytes, want) in cases {
+        let err = a
+            .stage(&request(&key, &[(&file, &bytes)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+        assert!(err.message.contains(want), "{file}: {}", err.message);
+    }
+    assert!(staging.files().is_empty(), "nothing was uploaded");
+
+    // A wrong token is an auth error.
+    let a = PypiAdapter::new(
+        settings(&staging.url(), "wrong"),
+        settings(&staging.url(), "wrong"),
+    )
+    .unwrap();
+    let file = wheel_name("honest", "1.0.0");
+    let bytes = wheel("honest", "1.0.0", "x");
+    let err = a
+        .stage(&request(&key, &[(&file, &bytes)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+}
+
+/// An upload whose answer is lost is settled by reading back, and not sent again; a
+/// second upload of the same file (pypiserver: 409) is done when the bytes are ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_and_a_conflict_are_settled_by_reading_back() {
+    let staging = PypiServer::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), proxy.url.as_str());
+    let key = Pkg {
+        name: "lost",
+        version: "1.0.0",
+    }
+    .key();
+    let file = wheel_name("lost", "1.0.0");
+    let bytes = wheel("lost", "1.0.0", "z = 1\n");
+    proxy.inject(Fault::new(502).method("POST").after_forwarding());
+    a.stage(&request(&key, &[(&file, &bytes)])).await.unwrap();
+    assert_eq!(proxy.forwarded("POST", "/"), 1, "{:?}", proxy.seen());
+    assert_eq!(staging.files(), vec![file.clone()]);
+
+    // The listing before uploading misses the file (a replica behind): the upload is sent,
+    // refused as existing, and the read-back finds the voted bytes.
+    proxy.inject(Fault::new(404).method("GET").path_contains("/simple/lost/"));
+    a.stage(&request(&key, &[(&file, &bytes)])).await.unwrap();
+    let refused: Vec<u16> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && !s.injected)
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(refused, vec![200, 409], "{:?}", proxy.seen());
+}
+
+/// A stage request for files of `key`, sealed as the pipeline seals them.
+fn request(key: &DistributionKey, files: &[(&str, &[u8])]) -> StageRequest {
+    StageRequest {
+        key: key.clone(),
+        revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
+        artifacts: files.iter().map(|(f, b)| sealed(f, b)).collect(),
+        staging_tag: DistTag::new("staging").unwrap(),
+    }
+}

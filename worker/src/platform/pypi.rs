@@ -1,0 +1,1225 @@
+//! PyPI: stage = upload every voted file (sdist and wheels) to the staging index (Test PyPI
+//! by default); promote = upload the same voted bytes to the production index
+//! (`PromotionMechanism::Reupload`: nothing on Test PyPI ever becomes production, so the
+//! pipeline seals the voted revision's files again and hands them over, see `mod.rs`).
+//!
+//! Requests:
+//! - upload: the legacy upload API, `POST <upload URL>` (`https://upload.pypi.org/legacy/`,
+//!   `https://test.pypi.org/legacy/`, `/` on pypiserver), `multipart/form-data` with
+//!   `:action=file_upload`, `protocol_version=1`, `filetype`, `pyversion`, `sha256_digest`,
+//!   the file as `content`, and the core metadata as form fields. Basic auth,
+//!   `__token__` and the API token (`username` in the configuration for an index that wants
+//!   another user name).
+//! - read back: the JSON API, `GET <read URL>pypi/<name>/<version>/json`,
+//!   `urls[].{filename, digests.sha256, upload_time_iso_8601}`; where the index has none
+//!   (pypiserver, devpi: 404), the simple API, `GET <read URL>simple/<name>/` in its PEP 691
+//!   JSON form (`files[].hashes.sha256`) or its PEP 503 HTML form (`#sha256=` fragments),
+//!   keeping the files of this version.
+//!
+//! The metadata is never invented: it is read from the file itself, `<dir>/PKG-INFO` in an
+//! sdist (`.tar.gz`), `<name>-<version>.dist-info/METADATA` in a wheel, and its `Name`
+//! (compared PEP 503-normalised) and `Version` must be the distribution's, and the file
+//! name's, or nothing is sent. Inspection reads the sealed copy, is bounded in entries and
+//! unpacked bytes, refuses archives that hold the metadata file twice, and stops when its job
+//! is cancelled.
+//!
+//! The platform digest of a version is one sha256 over its files: the lines
+//! `<filename> <sha256 hex>\n`, sorted by file name, hashed together. The same bytes under the
+//! same names give the same digest on staging and production, so the pipeline's "staged ==
+//! promoted" checks hold for PyPI as for the other platforms; an index holding another file
+//! for the version, or a file under our name with other bytes, gives another digest.
+//!
+//! Indexes never check `sha256_digest` reliably (pypiserver and devpi ignore it), so every
+//! upload is followed by our own read-back of the file's sha256. A file that is there
+//! already with the sealed sha256 counts as uploaded; with another sha256 the stage (or
+//! promote) is refused before anything is sent (PyPI never accepts a file name twice). An
+//! upload whose answer is lost, or refused ("File already exists", 400 on PyPI, 409 on
+//! pypiserver), is settled by reading back (`write.rs`). Tags mean nothing on PyPI: the
+//! staging tag names the index and is only recorded.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Cursor, Read};
+
+use atr_dist_shared::names::DistTag;
+use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, PromotionMechanism};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use super::http::{PlatformHttp, error_for};
+use super::write::{Found, Written, confirmed};
+use super::{
+    Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
+};
+use crate::blocking::{self, Cancel};
+use crate::config::{ConfigError, PlatformConfig};
+use crate::secret::Secret;
+
+pub const DEFAULT_UPLOAD_URL: &str = "https://upload.pypi.org/legacy/";
+pub const DEFAULT_READ_URL: &str = "https://pypi.org/";
+pub const DEFAULT_STAGING_UPLOAD_URL: &str = "https://test.pypi.org/legacy/";
+pub const DEFAULT_STAGING_READ_URL: &str = "https://test.pypi.org/";
+const SECTION: &str = "platforms.pypi";
+
+/// PyPI's own limit on a file is 100 MB unless raised for a project; 1 GiB is far above
+/// any raised one, and files are read whole for inspection.
+const MAX_FILE: u64 = 1024 * 1024 * 1024;
+/// Inspection unpacks at most this much (a gzip bomb stops here) ...
+const MAX_UNPACKED: u64 = 4 * 1024 * 1024 * 1024;
+/// ... reads at most this many entries ...
+const MAX_ENTRIES: usize = 200_000;
+/// ... and a metadata file of at most this size.
+const MAX_METADATA: u64 = 4 * 1024 * 1024;
+/// The multipart boundary: no line of the text fields contains it, and the file part is
+/// sent with its length, so its bytes cannot end it early.
+const BOUNDARY: &str = "atr-dist-pypi-upload-b0undary-4b1d2f6e9c";
+
+/// Which of the two indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Staging,
+    Production,
+}
+
+impl Which {
+    fn as_str(self) -> &'static str {
+        match self {
+            Which::Staging => "the staging index",
+            Which::Production => "the production index",
+        }
+    }
+}
+
+/// One package index: where files are uploaded, where they are read back, and the
+/// credentials for uploading.
+pub struct Index {
+    http: PlatformHttp,
+    upload: Url,
+    read: Url,
+    /// `Basic` credentials, marked sensitive.
+    auth: Option<HeaderValue>,
+    /// The public PyPI or Test PyPI, whose web pages are linked.
+    web: Option<&'static str>,
+}
+
+/// An index's settings.
+#[derive(Debug, Clone)]
+pub struct IndexSettings {
+    pub upload: Url,
+    pub read: Url,
+    pub username: String,
+    pub token: Option<Secret>,
+}
+
+fn with_slash(url: Url) -> Url {
+    if url.path().ends_with('/') {
+        return url;
+    }
+    let mut url = url;
+    let path = format!("{}/", url.path());
+    url.set_path(&path);
+    url
+}
+
+impl Index {
+    pub fn new(s: IndexSettings) -> Result<Index, PlatformError> {
+        let read = with_slash(s.read);
+        let http = PlatformHttp::new(&[&s.upload, &read], None)?;
+        let auth = match &s.token {
+            Some(token) => {
+                let raw = STANDARD.encode(format!("{}:{}", s.username, token.expose()));
+                let mut v = HeaderValue::from_str(&format!("Basic {raw}")).map_err(|_| {
+                    PlatformError::permanent("the PyPI token is not usable in an HTTP header")
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let web = match read.as_str() {
+            DEFAULT_READ_URL => Some("https://pypi.org/project"),
+            DEFAULT_STAGING_READ_URL => Some("https://test.pypi.org/project"),
+            _ => None,
+        };
+        Ok(Index {
+            http,
+            upload: s.upload,
+            read,
+            auth,
+            web,
+        })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // The base ends in '/', and paths here are built from validated names only.
+        self.read.join(path).unwrap_or_else(|_| self.read.clone())
+    }
+}
+
+pub struct PypiAdapter {
+    staging: Index,
+    production: Index,
+}
+
+/// A file the index lists for the version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    filename: String,
+    sha256: String,
+    uploaded: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The files of one version on one index, as read back.
+struct Listing {
+    files: Vec<Listed>,
+    api_url: String,
+}
+
+/// A voted file, inspected, ready to upload.
+struct Upload {
+    sealed: Sealed,
+    filename: String,
+    sha256_hex: String,
+    filetype: &'static str,
+    pyversion: String,
+    /// The core metadata as form fields, in the file's order.
+    fields: Vec<(String, String)>,
+}
+
+/// PEP 503: lower case, runs of `-`, `_` and `.` as one `-`.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+            continue;
+        }
+        if sep && !out.is_empty() {
+            out.push('-');
+        }
+        sep = false;
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// What kind of file a name is, with the project and version its name gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileKind {
+    Sdist {
+        name: String,
+        version: String,
+    },
+    Wheel {
+        name: String,
+        version: String,
+        python: String,
+    },
+}
+
+fn file_kind(filename: &str) -> Option<FileKind> {
+    if let Some(stem) = filename.strip_suffix(".tar.gz") {
+        let (name, version) = stem.rsplit_once('-')?;
+        return Some(FileKind::Sdist {
+            name: name.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    let stem = filename.strip_suffix(".whl")?;
+    // name-version(-build)?-python-abi-platform
+    let parts: Vec<&str> = stem.split('-').collect();
+    if !(5..=6).contains(&parts.len()) {
+        return None;
+    }
+    Some(FileKind::Wheel {
+        name: parts[0].to_owned(),
+        version: parts[1].to_owned(),
+        python: parts[parts.len() - 3].to_owned(),
+    })
+}
+
+/// Whether an index's file belongs to this version.
+fn of_version(filename: &str, key: &DistributionKey) -> bool {
+    match file_kind(filename) {
+        Some(FileKind::Sdist { name, version } | FileKind::Wheel { name, version, .. }) => {
+            normalize(&name) == normalize(key.package.as_str()) && version == key.version.as_str()
+        }
+        None => false,
+    }
+}
+
+/// The digest of a version: one sha256 over `<filename> <sha256>\n`, sorted by file name.
+fn digest_of<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
+    let sorted: BTreeMap<&str, &str> = files.collect();
+    let mut h = Sha256::new();
+    for (name, sha) in sorted {
+        h.update(name.as_bytes());
+        h.update(b" ");
+        h.update(sha.as_bytes());
+        h.update(b"\n");
+    }
+    Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize())
+        .unwrap_or_else(|_| unreachable!("a sha256 is a sha256 digest"))
+}
+
+fn hex_of(d: &Digest) -> String {
+    hex::encode(d.bytes())
+}
+
+/// The file name an artifact is uploaded under: its last path component.
+fn filename_of(sealed: &Sealed) -> String {
+    let path = sealed.path().as_str();
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+/// A reader that fails once more than `left` bytes have come through it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "the archive unpacks to more than {MAX_UNPACKED} bytes; refused"
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn read_metadata(
+    mut r: impl Read,
+    bad: &impl Fn(String) -> PlatformError,
+) -> Result<String, PlatformError> {
+    let mut text = String::new();
+    r.by_ref()
+        .take(MAX_METADATA + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(format!("the metadata file is unreadable: {e}")))?;
+    if text.len() as u64 > MAX_METADATA {
+        return Err(bad(format!(
+            "the metadata file is larger than {MAX_METADATA} bytes; refused"
+        )));
+    }
+    Ok(text)
+}
+
+/// `<dir>/PKG-INFO` of an sdist, read once through the whole archive: each path once, none
+/// outside the archive's directory.
+fn sdist_metadata(name: &str, bytes: &[u8], cancel: &Cancel) -> Result<String, PlatformError> {
+    let bad = |what: String| PlatformError::permanent(format!("{name}: {what}"));
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(bad("not a gzipped tar (no gzip header)".into()));
+    }
+    let unpacked = Bounded {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: MAX_UNPACKED,
+    };
+    let mut archive = tar::Archive::new(unpacked);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a gzipped tar: {e}")))?;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut found: Option<(String, String)> = None;
+    for entry in entries {
+        cancel
+            .check()
+            .map_err(|c| PlatformError::transient(format!("{name}: {c}")))?;
+        let mut entry = entry.map_err(|e| bad(format!("unreadable tar entry: {e}")))?;
+        if seen.len() >= MAX_ENTRIES {
+            return Err(bad(format!("more than {MAX_ENTRIES} entries; refused")));
+        }
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("an entry's path is unreadable: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let parts: Vec<&str> = raw
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.contains(&"..") || raw.starts_with('/') {
+            return Err(bad(format!("entry {raw:?} points outside the archive")));
+        }
+        let path = parts.join("/");
+        if !seen.insert(path.clone()) {
+            return Err(bad(format!(
+                "the archive holds {path} more than once; what the index shows and what installers unpack could differ"
+            )));
+        }
+        if parts.len() != 2 || parts[1] != "PKG-INFO" {
+            continue;
+        }
+        if let Some((first, _)) = &found {
+            return Err(bad(format!(
+                "two PKG-INFO files ({first} and {path}); which one the index reads is not clear"
+            )));
+        }
+        found = Some((path, read_metadata(&mut entry, &bad)?));
+    }
+    found
+        .map(|(_, text)| text)
+        .ok_or_else(|| bad("no <name>-<version>/PKG-INFO; it is not an sdist".into()))
+}
+
+/// `<name>-<version>.dist-info/METADATA` of a wheel; every entry name once.
+fn wheel_metadata(name: &str, bytes: &[u8], cancel: &Cancel) -> Result<String, PlatformError> {
+    let bad = |what: String| PlatformError::permanent(format!("{name}: {what}"));
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(bad(format!("more than {MAX_ENTRIES} entries; refused")));
+    }
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut found: Option<usize> = None;
+    for i in 0..archive.len() {
+        cancel
+            .check()
+            .map_err(|c| PlatformError::transient(format!("{name}: {c}")))?;
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("unreadable zip entry: {e}")))?;
+        let path = entry
+            .name()
+            .map_err(|e| bad(format!("an entry's name is unreadable: {e}")))?
+            .into_owned();
+        if !seen.insert(path.clone()) {
+            return Err(bad(format!(
+                "the wheel holds {path} more than once; what the index shows and what installers unpack could differ"
+            )));
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() == 2 && parts[0].ends_with(".dist-info") && parts[1] == "METADATA" {
+            if found.is_some() {
+                return Err(bad(
+                    "two .dist-info/METADATA files; which one the index reads is not clear".into(),
+                ));
+            }
+            found = Some(i);
+        }
+    }
+    let Some(i) = found else {
+        return Err(bad(
+            "no <name>-<version>.dist-info/METADATA; it is not a wheel".into(),
+        ));
+    };
+    let entry = archive
+        .by_index(i)
+        .map_err(|e| bad(format!("METADATA is unreadable: {e}")))?;
+    read_metadata(entry, &bad)
+}
+
+/// Core metadata (RFC 822 headers, then the description as the body): every header in the
+/// file's order, the body as `Description` when there is one.
+fn parse_metadata(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut lines = text.split('\n');
+    let mut body = None;
+    for line in lines.by_ref() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            body = Some(());
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            let Some((_, value)) = headers.last_mut() else {
+                return Err("a continuation line before any header".into());
+            };
+            value.push('\n');
+            value.push_str(line.trim_start());
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("{line:?} is not a header"));
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!("{name:?} is not a header name"));
+        }
+        headers.push((name.to_owned(), value.trim().to_owned()));
+    }
+    if body.is_some() {
+        let rest: Vec<&str> = lines.collect();
+        let description = rest.join("\n");
+        if !description.trim().is_empty() {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("Description"));
+            headers.push(("Description".into(), description));
+        }
+    }
+    Ok(headers)
+}
+
+/// The legacy upload form's name for a core metadata field.
+fn form_name(header: &str) -> String {
+    match header.to_ascii_lowercase().as_str() {
+        "classifier" => "classifiers".into(),
+        "project-url" => "project_urls".into(),
+        "license-file" => "license_files".into(),
+        other => other.replace('-', "_"),
+    }
+}
+
+/// Inspects one voted file: its kind, its metadata, and that both name this distribution.
+fn inspect(
+    key: &DistributionKey,
+    filename: &str,
+    bytes: &[u8],
+    cancel: &Cancel,
+) -> Result<(FileKind, Vec<(String, String)>), PlatformError> {
+    let bad = |what: String| PlatformError::permanent(format!("{filename}: {what}"));
+    let Some(kind) = file_kind(filename) else {
+        return Err(bad(
+            "not a wheel (.whl) or an sdist (.tar.gz); PyPI takes no other files".into(),
+        ));
+    };
+    let text = match &kind {
+        FileKind::Sdist { .. } => sdist_metadata(filename, bytes, cancel)?,
+        FileKind::Wheel { .. } => wheel_metadata(filename, bytes, cancel)?,
+    };
+    let headers = parse_metadata(&text).map_err(|e| bad(format!("unreadable metadata: {e}")))?;
+    let field = |want: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(want))
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(_), Some(name), Some(version)) =
+        (field("Metadata-Version"), field("Name"), field("Version"))
+    else {
+        return Err(bad(
+            "the metadata lacks Metadata-Version, Name or Version".into()
+        ));
+    };
+    let want = key.package.as_str();
+    if normalize(name) != normalize(want) || version != key.version.as_str() {
+        return Err(PlatformError::permanent(format!(
+            "{filename} is {name} {version}, not {want} {}: refusing to upload it under that name",
+            key.version
+        )));
+    }
+    let (FileKind::Sdist {
+        name: file_name,
+        version: file_version,
+    }
+    | FileKind::Wheel {
+        name: file_name,
+        version: file_version,
+        ..
+    }) = &kind;
+    if normalize(file_name) != normalize(want) || file_version != version {
+        return Err(bad(format!(
+            "the file name says {file_name} {file_version}, the metadata {name} {version}"
+        )));
+    }
+    Ok((kind, headers))
+}
+
+/// The multipart body's text fields and the head of the file part.
+fn form_head(u: &Upload) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut field = |name: &str, value: &str| {
+        out.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    };
+    field(":action", "file_upload");
+    field("protocol_version", "1");
+    field("filetype", u.filetype);
+    field("pyversion", &u.pyversion);
+    field("sha256_digest", &u.sha256_hex);
+    for (name, value) in &u.fields {
+        field(&form_name(name), value);
+    }
+    out.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            u.filename
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+fn form_tail() -> Vec<u8> {
+    format!("\r\n--{BOUNDARY}--\r\n").into_bytes()
+}
+
+impl PypiAdapter {
+    pub fn new(
+        staging: IndexSettings,
+        production: IndexSettings,
+    ) -> Result<PypiAdapter, PlatformError> {
+        Ok(PypiAdapter {
+            staging: Index::new(staging)?,
+            production: Index::new(production)?,
+        })
+    }
+
+    fn index(&self, which: Which) -> &Index {
+        match which {
+            Which::Staging => &self.staging,
+            Which::Production => &self.production,
+        }
+    }
+
+    /// Sends a read, following one redirect on the same origin (PyPI sends a project's
+    /// JSON to its canonical name).
+    async fn get(
+        &self,
+        index: &Index,
+        url: &Url,
+        accept: &'static str,
+    ) -> Result<(reqwest::Response, Url), PlatformError> {
+        let mut url = url.clone();
+        for _ in 0..2 {
+            let what = format!("GET {url}");
+            let resp = index
+                .http
+                .send(&what, |c| c.get(url.clone()).header(ACCEPT, accept))
+                .await?;
+            if !resp.status().is_redirection() {
+                return Ok((resp, url));
+            }
+            let next = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| {
+                    PlatformError::transient(format!(
+                        "{what}: a redirect without a usable Location"
+                    ))
+                })?;
+            url = next;
+        }
+        Err(PlatformError::transient(format!(
+            "GET {url}: redirected more than once"
+        )))
+    }
+
+    /// The files the index lists for this version, or None when it lists none.
+    async fn listing(
+        &self,
+        which: Which,
+        key: &DistributionKey,
+    ) -> Result<Option<Listing>, PlatformError> {
+        let index = self.index(which);
+        let name = normalize(key.package.as_str());
+        let json_url = index.url(&format!("pypi/{name}/{}/json", key.version));
+        let (resp, at) = self.get(index, &json_url, "application/json").await?;
+        if resp.status().is_success() {
+            let what = format!("GET {at}");
+            let doc: Value = resp
+                .json()
+                .await
+                .map_err(|e| PlatformError::transient(format!("{what}: unreadable JSON: {e}")))?;
+            let files = json_api_files(&doc, key).map_err(|e| {
+                PlatformError::permanent(format!("{what}: {e}; cannot verify the files"))
+            })?;
+            return Ok((!files.is_empty()).then(|| Listing {
+                files,
+                api_url: json_url.to_string(),
+            }));
+        }
+        // 404: no such version, or no JSON API (pypiserver, devpi answer 404 or 415).
+        if !matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
+                | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return Err(error_for(resp, &format!("GET {at}")).await);
+        }
+        let simple_url = index.url(&format!("simple/{name}/"));
+        let (resp, at) = self
+            .get(
+                index,
+                &simple_url,
+                "application/vnd.pypi.simple.v1+json, text/html;q=0.5",
+            )
+            .await?;
+        let what = format!("GET {at}");
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(error_for(resp, &what).await);
+        }
+        let json = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| PlatformError::transient(format!("{what}: unreadable answer: {e}")))?;
+        let files = if json {
+            let doc: Value = serde_json::from_str(&text)
+                .map_err(|e| PlatformError::transient(format!("{what}: unreadable JSON: {e}")))?;
+            simple_json_files(&doc)
+        } else {
+            simple_html_files(&text)
+        }
+        .map_err(|e| PlatformError::permanent(format!("{what}: {e}; cannot verify the files")))?;
+        let files: Vec<Listed> = files
+            .into_iter()
+            .filter(|f| of_version(&f.filename, key))
+            .collect();
+        Ok((!files.is_empty()).then(|| Listing {
+            files,
+            api_url: simple_url.to_string(),
+        }))
+    }
+
+    fn observe(&self, which: Which, key: &DistributionKey, listing: &Listing) -> Observed {
+        let digest = digest_of(
+            listing
+                .files
+                .iter()
+                .map(|f| (f.filename.as_str(), f.sha256.as_str())),
+        );
+        let web_url = self.index(which).web.map(|base| {
+            format!(
+                "{base}/{}/{}/",
+                normalize(key.package.as_str()),
+                key.version
+            )
+        });
+        Observed {
+            digest,
+            api_url: Some(listing.api_url.clone()),
+            web_url,
+            upload_date: listing.files.iter().filter_map(|f| f.uploaded).max(),
+        }
+    }
+
+    async fn read(
+        &self,
+        which: Which,
+        key: &DistributionKey,
+    ) -> Result<Option<Observed>, PlatformError> {
+        Ok(self
+            .listing(which, key)
+            .await?
+            .map(|l| self.observe(which, key, &l)))
+    }
+
+    /// Reads and inspects the voted files (on the blocking pool, cancellable).
+    async fn uploads(
+        key: &DistributionKey,
+        artifacts: &[Sealed],
+    ) -> Result<Vec<Upload>, PlatformError> {
+        if artifacts.is_empty() {
+            return Err(PlatformError::permanent(
+                "no files to upload; a PyPI release needs at least one sdist or wheel",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(artifacts.len());
+        for sealed in artifacts {
+            let filename = filename_of(sealed);
+            if !names.insert(filename.clone()) {
+                return Err(PlatformError::permanent(format!(
+                    "two files are named {filename}; PyPI keys files by name"
+                )));
+            }
+            if sealed.size() > MAX_FILE {
+                return Err(PlatformError::permanent(format!(
+                    "{} is {} bytes; files above {MAX_FILE} are refused",
+                    sealed.path(),
+                    sealed.size()
+                )));
+            }
+            let bytes = sealed
+                .bytes()
+                .await
+                .map_err(|e| PlatformError::transient(e.to_string()))?;
+            let (k, f, b) = (key.clone(), filename.clone(), bytes.clone());
+            let (kind, fields) = blocking::run(move |cancel: &Cancel| inspect(&k, &f, &b, cancel))
+                .await
+                .map_err(|e| PlatformError::transient(format!("inspecting {filename}: {e}")))??;
+            let (filetype, pyversion) = match kind {
+                FileKind::Sdist { .. } => ("sdist", "source".to_owned()),
+                FileKind::Wheel { python, .. } => ("bdist_wheel", python),
+            };
+            out.push(Upload {
+                sealed: sealed.clone(),
+                filename,
+                sha256_hex: hex_of(sealed.sha256()),
+                filetype,
+                pyversion,
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Uploads every file the index does not hold yet, after checking that it holds no
+    /// other bytes under our names and no other files for the version, then reads every
+    /// file back.
+    async fn publish(
+        &self,
+        which: Which,
+        key: &DistributionKey,
+        artifacts: &[Sealed],
+    ) -> Result<(), PlatformError> {
+        let uploads = Self::uploads(key, artifacts).await?;
+        let before = self.listing(which, key).await?;
+        let held = before.map(|l| l.files).unwrap_or_default();
+        let ours: HashSet<&str> = uploads.iter().map(|u| u.filename.as_str()).collect();
+        let foreign: Vec<&str> = held
+            .iter()
+            .filter(|f| !ours.contains(f.filename.as_str()))
+            .map(|f| f.filename.as_str())
+            .collect();
+        if !foreign.is_empty() {
+            return Err(PlatformError::permanent(format!(
+                "{} holds files for {} {} that were not voted ({}); nothing uploaded",
+                which.as_str(),
+                key.package,
+                key.version,
+                foreign.join(", ")
+            )));
+        }
+        for u in &uploads {
+            if let Some(f) = held.iter().find(|f| f.filename == u.filename)
+                && f.sha256 != u.sha256_hex
+            {
+                return Err(PlatformError::permanent(format!(
+                    "{} holds {} with sha256 {}, not the voted {}; PyPI never replaces a file; nothing uploaded",
+                    which.as_str(),
+                    u.filename,
+                    f.sha256,
+                    u.sha256_hex
+                )));
+            }
+        }
+        for u in &uploads {
+            if held.iter().any(|f| f.filename == u.filename) {
+                continue;
+            }
+            self.upload(which, key, u).await?;
+        }
+        let after = self.listing(which, key).await?.ok_or_else(|| {
+            PlatformError::transient(format!(
+                "{} lists no files for {} {} after uploading",
+                which.as_str(),
+                key.package,
+                key.version
+            ))
+        })?;
+        for u in &uploads {
+            match after.files.iter().find(|f| f.filename == u.filename) {
+                Some(f) if f.sha256 == u.sha256_hex => {}
+                Some(f) => {
+                    return Err(PlatformError::permanent(format!(
+                        "after uploading, {} reports sha256 {} for {}, not the voted {}",
+                        which.as_str(),
+                        f.sha256,
+                        u.filename,
+                        u.sha256_hex
+                    )));
+                }
+                None => {
+                    return Err(PlatformError::transient(format!(
+                        "{} does not list {} yet after uploading it",
+                        which.as_str(),
+                        u.filename
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One upload, through the read-back protocol.
+    async fn upload(
+        &self,
+        which: Which,
+        key: &DistributionKey,
+        u: &Upload,
+    ) -> Result<(), PlatformError> {
+        let index = self.index(which);
+        let what = format!("POST {} ({})", index.upload, u.filename);
+        let head = Bytes::from(form_head(u));
+        let tail = Bytes::from(form_tail());
+        let length = head.len() as u64 + u.sealed.size() + tail.len() as u64;
+        let written = confirmed(
+            &index.http,
+            &what,
+            || {
+                index.http.write(&what, |c| {
+                    let body = futures::stream::iter([Ok::<Bytes, std::io::Error>(head.clone())])
+                        .chain(u.sealed.stream())
+                        .chain(futures::stream::iter([Ok(tail.clone())]));
+                    let req = c
+                        .post(index.upload.clone())
+                        .header(
+                            CONTENT_TYPE,
+                            format!("multipart/form-data; boundary={BOUNDARY}"),
+                        )
+                        .header(CONTENT_LENGTH, length)
+                        .body(reqwest::Body::wrap_stream(body));
+                    match &index.auth {
+                        Some(auth) => req.header(AUTHORIZATION, auth.clone()),
+                        None => req,
+                    }
+                })
+            },
+            || async {
+                let listing = self.listing(which, key).await?;
+                let found = listing
+                    .as_ref()
+                    .and_then(|l| l.files.iter().find(|f| f.filename == u.filename));
+                Ok(match found {
+                    Some(f) if f.sha256 == u.sha256_hex => Found::Expected,
+                    Some(f) => Found::Other(format!(
+                        "{} holds {} with sha256 {}, not the voted {}",
+                        which.as_str(),
+                        u.filename,
+                        f.sha256,
+                        u.sha256_hex
+                    )),
+                    None => Found::Nothing,
+                })
+            },
+            |resp| classify(resp, &what),
+        )
+        .await?;
+        if let Written::FoundDone = written {
+            tracing::info!(file = %u.filename, "the upload's answer was lost or refused; the index holds the voted file");
+        }
+        Ok(())
+    }
+
+    fn plan(&self, which: Which, artifacts: &[Sealed]) -> Vec<PlannedWrite> {
+        let index = self.index(which);
+        artifacts
+            .iter()
+            .map(|a| PlannedWrite {
+                method: "POST",
+                url: index.upload.to_string(),
+                what: format!(
+                    "upload {} (sha256 {}) to {}",
+                    filename_of(a),
+                    hex_of(a.sha256()),
+                    which.as_str()
+                ),
+            })
+            .collect()
+    }
+
+    /// The adapter from `[platforms.pypi]`, or None when the section sets nothing.
+    pub fn from_config(config: &PlatformConfig) -> Result<Option<PypiAdapter>, ConfigError> {
+        let configured = config.base_url.is_some()
+            || config.staging_base_url.is_some()
+            || config.read_url.is_some()
+            || config.staging_read_url.is_some()
+            || config.token.is_some()
+            || config.staging_token.is_some();
+        if !configured {
+            return Ok(None);
+        }
+        let parse = |s: &str| Url::parse(s).unwrap_or_else(|e| unreachable!("{s}: {e}"));
+        let username = config
+            .username
+            .clone()
+            .unwrap_or_else(|| "__token__".to_owned());
+        // An index at another address serves reads where it takes uploads (pypiserver),
+        // unless told otherwise; the public ones read at pypi.org and test.pypi.org.
+        let index = |upload: &Option<Url>,
+                     read: &Option<Url>,
+                     default_upload: &str,
+                     default_read: &str,
+                     token: &Option<Secret>| {
+            let up = upload.clone().unwrap_or_else(|| parse(default_upload));
+            let rd = match (read, upload) {
+                (Some(r), _) => r.clone(),
+                (None, Some(u)) => u.clone(),
+                (None, None) => parse(default_read),
+            };
+            IndexSettings {
+                upload: up,
+                read: rd,
+                username: username.clone(),
+                token: token.clone(),
+            }
+        };
+        let production = index(
+            &config.base_url,
+            &config.read_url,
+            DEFAULT_UPLOAD_URL,
+            DEFAULT_READ_URL,
+            &config.token,
+        );
+        let staging = index(
+            &config.staging_base_url,
+            &config.staging_read_url,
+            DEFAULT_STAGING_UPLOAD_URL,
+            DEFAULT_STAGING_READ_URL,
+            &config.staging_token,
+        );
+        PypiAdapter::new(staging, production)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: SECTION.to_owned(),
+                reason: e.message,
+            })
+    }
+}
+
+/// `urls[]` of the JSON API's version document.
+fn json_api_files(doc: &Value, key: &DistributionKey) -> Result<Vec<Listed>, String> {
+    let Some(urls) = doc.get("urls").and_then(Value::as_array) else {
+        return Err("no urls[] in the version's JSON".into());
+    };
+    urls.iter()
+        .map(|u| {
+            let filename = u
+                .get("filename")
+                .and_then(Value::as_str)
+                .ok_or("a file without a filename")?;
+            let sha256 = u
+                .pointer("/digests/sha256")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{filename} has no digests.sha256"))?;
+            let uploaded = u
+                .get("upload_time_iso_8601")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            Ok(Listed {
+                filename: filename.to_owned(),
+                sha256: sha256.to_ascii_lowercase(),
+                uploaded,
+            })
+        })
+        .filter(|f: &Result<Listed, String>| match f {
+            // The version document lists this version's files only; keep the check anyway.
+            Ok(f) => of_version(&f.filename, key),
+            Err(_) => true,
+        })
+        .collect()
+}
+
+/// PEP 691: `files[].{filename, hashes.sha256, upload-time}`.
+fn simple_json_files(doc: &Value) -> Result<Vec<Listed>, String> {
+    let Some(files) = doc.get("files").and_then(Value::as_array) else {
+        return Err("no files[] in the simple API's JSON".into());
+    };
+    files
+        .iter()
+        .map(|f| {
+            let filename = f
+                .get("filename")
+                .and_then(Value::as_str)
+                .ok_or("a file without a filename")?;
+            let sha256 = f
+                .pointer("/hashes/sha256")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{filename} has no hashes.sha256"))?;
+            let uploaded = f
+                .get("upload-time")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            Ok(Listed {
+                filename: filename.to_owned(),
+                sha256: sha256.to_ascii_lowercase(),
+                uploaded,
+            })
+        })
+        .collect()
+}
+
+/// PEP 503: `<a href="…#sha256=<hex>">filename</a>`.
+fn simple_html_files(html: &str) -> Result<Vec<Listed>, String> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(start) = find_ci(rest, "<a ") {
+        rest = &rest[start + 3..];
+        let Some(close) = rest.find('>') else { break };
+        let attrs = &rest[..close];
+        let after = &rest[close + 1..];
+        let Some(end) = find_ci(after, "</a>") else {
+            return Err("an anchor without </a>".into());
+        };
+        let text = unescape(after[..end].trim());
+        rest = &after[end..];
+        let Some(href) = attribute(attrs, "href") else {
+            continue;
+        };
+        let href = unescape(&href);
+        let Some((_, fragment)) = href.split_once('#') else {
+            return Err(format!("{text} is listed without a #sha256= fragment"));
+        };
+        let Some(sha256) = fragment.strip_prefix("sha256=") else {
+            return Err(format!("{text} is listed with #{fragment}, not a sha256"));
+        };
+        out.push(Listed {
+            filename: text,
+            sha256: sha256.to_ascii_lowercase(),
+            uploaded: None,
+        });
+    }
+    Ok(out)
+}
+
+fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
+    haystack.to_ascii_lowercase().find(needle)
+}
+
+/// The value of `name="…"` (or `'…'`) in an anchor's attributes.
+fn attribute(attrs: &str, name: &str) -> Option<String> {
+    let lower = attrs.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(name) {
+        let i = from + at;
+        from = i + name.len();
+        let before_ok = i == 0 || lower.as_bytes()[i - 1].is_ascii_whitespace();
+        let tail = attrs[i + name.len()..].trim_start();
+        if !before_ok || !tail.starts_with('=') {
+            continue;
+        }
+        let value = tail[1..].trim_start();
+        let quote = value.chars().next()?;
+        if quote == '"' || quote == '\'' {
+            let inner = &value[1..];
+            return inner.find(quote).map(|end| inner[..end].to_owned());
+        }
+        return Some(
+            value
+                .split(|c: char| c.is_ascii_whitespace())
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The index's refusals, with what to do about them.
+async fn classify(resp: reqwest::Response, what: &str) -> PlatformError {
+    let status = resp.status();
+    let mut err = error_for(resp, what).await;
+    if status == StatusCode::CONFLICT
+        || (status == StatusCode::BAD_REQUEST && err.message.contains("already exists"))
+    {
+        err.class = ErrorClass::Permanent;
+        err.message = format!(
+            "{what}: the file exists already and PyPI never replaces a file ({})",
+            err.message
+        );
+    } else if status == StatusCode::FORBIDDEN && err.message.to_ascii_lowercase().contains("token")
+    {
+        err.message = format!(
+            "{what}: the index refused the token; use an API token that may upload to this project ({})",
+            err.message
+        );
+    }
+    err
+}
+
+impl PlatformAdapter for PypiAdapter {
+    fn expected_digest<'a>(
+        &'a self,
+        req: &'a StageRequest,
+    ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
+        async move {
+            let uploads = Self::uploads(&req.key, &req.artifacts).await?;
+            Ok(digest_of(
+                uploads
+                    .iter()
+                    .map(|u| (u.filename.as_str(), u.sha256_hex.as_str())),
+            ))
+        }
+        .boxed()
+    }
+
+    fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite> {
+        self.plan(Which::Staging, &req.artifacts)
+    }
+
+    fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        self.publish(Which::Staging, &req.key, &req.artifacts)
+            .boxed()
+    }
+
+    fn read_staged<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        _staging_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        self.read(Which::Staging, key).boxed()
+    }
+
+    fn plan_promote(&self, req: &PromoteRequest) -> Vec<PlannedWrite> {
+        self.plan(Which::Production, &req.artifacts)
+    }
+
+    fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        async move {
+            // The pipeline checked these against the staged digest; an adapter called on its
+            // own checks again, so that only what was staged reaches production.
+            let sending = digest_of(
+                req.artifacts
+                    .iter()
+                    .map(|a| (filename_of(a), hex_of(a.sha256())))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|(n, s)| (n.as_str(), s.as_str())),
+            );
+            if sending != req.staged_digest {
+                return Err(PlatformError::permanent(format!(
+                    "{} {}: the files to upload come to {sending}, not the staged {}; nothing promoted",
+                    req.key.package, req.key.version, req.staged_digest
+                )));
+            }
+            self.publish(Which::Production, &req.key, &req.artifacts)
+                .await
+        }
+        .boxed()
+    }
+
+    fn read_promoted<'a>(
+        &'a self,
+        key: &'a DistributionKey,
+        _release_tag: &'a DistTag,
+    ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        self.read(Which::Production, key).boxed()
+    }
+
+    fn default_tags(&self, _key: &DistributionKey) -> (DistTag, DistTag) {
+        (
+            DistTag::new("staging").unwrap_or_else(|_| DistTag::latest()),
+            DistTag::latest(),
+        )
+    }
+
+    fn promotion(&self) -> PromotionMechanism {
+        PromotionMechanism::Reupload
+    }
+}
