@@ -240,5 +240,24 @@ mod tests {
             from_config(&config).unwrap().platforms(),
             vec![Platform::DockerHub, Platform::Npm, Platform::NpmScoped]
         );
+        config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
+        let adapters = from_config(&config).unwrap();
+        assert_eq!(
+            adapters.platforms(),
+            vec![
+                Platform::DockerHub,
+                Platform::Npm,
+                Platform::NpmScoped,
+                Platform::Pypi
+            ]
+        );
+        // Each adapter promotes the way the platform table says.
+        for platform in adapters.platforms() {
+            assert_eq!(
+                adapters.get(platform).unwrap().promotion(),
+                platform.value().promotion_mechanism,
+                "{platform}"
+            );
+        }
     }
 }

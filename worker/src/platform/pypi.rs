@@ -1223,3 +1223,265 @@ impl PlatformAdapter for PypiAdapter {
         PromotionMechanism::Reupload
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use atr_dist_shared::Platform;
+    use atr_dist_shared::names::{PackageName, ReleaseKey, Version};
+
+    use super::*;
+
+    fn key(name: &str, version: &str) -> DistributionKey {
+        DistributionKey::new(
+            ReleaseKey::new(format!("example-{version}")).unwrap(),
+            Platform::Pypi,
+            "",
+            PackageName::new(name).unwrap(),
+            Version::new(version).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn tgz(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, content.as_bytes()).unwrap();
+        }
+        let mut gz = builder.into_inner().unwrap();
+        gz.flush().unwrap();
+        gz.finish().unwrap()
+    }
+
+    const PKG_INFO: &str = "Metadata-Version: 2.1\nName: Example_Lib\nVersion: 1.0.0\nClassifier: A\nClassifier: B\nProject-URL: Home, https://example.org\nDescription-Content-Type: text/plain\n\nLine one.\n\nLine two.\n";
+
+    #[test]
+    fn names_are_compared_pep_503_normalised() {
+        assert_eq!(normalize("Example_Lib"), "example-lib");
+        assert_eq!(normalize("a.-_b"), "a-b");
+        assert_eq!(normalize("apache-airflow"), "apache-airflow");
+    }
+
+    #[test]
+    fn file_names_give_kind_project_and_version() {
+        assert_eq!(
+            file_kind("example-lib-1.0.0.tar.gz"),
+            Some(FileKind::Sdist {
+                name: "example-lib".into(),
+                version: "1.0.0".into()
+            })
+        );
+        assert_eq!(
+            file_kind("example_lib-1.0.0-1-cp311-cp311-manylinux_2_17_x86_64.whl"),
+            Some(FileKind::Wheel {
+                name: "example_lib".into(),
+                version: "1.0.0".into(),
+                python: "cp311".into()
+            })
+        );
+        assert_eq!(file_kind("example-1.0.0.zip"), None);
+        assert_eq!(file_kind("example-1.0.0-py3.whl"), None);
+        let k = key("example-lib", "1.0.0");
+        assert!(of_version("example_lib-1.0.0-py3-none-any.whl", &k));
+        assert!(!of_version("example_lib-1.0.1-py3-none-any.whl", &k));
+        assert!(!of_version("other-1.0.0.tar.gz", &k));
+    }
+
+    #[test]
+    fn core_metadata_keeps_every_field_and_the_description_body() {
+        let h = parse_metadata(PKG_INFO).unwrap();
+        let classifiers: Vec<&str> = h
+            .iter()
+            .filter(|(n, _)| n == "Classifier")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(classifiers, ["A", "B"]);
+        assert_eq!(
+            h.last().unwrap(),
+            &(
+                "Description".to_owned(),
+                "Line one.\n\nLine two.\n".to_owned()
+            )
+        );
+        assert_eq!(form_name("Classifier"), "classifiers");
+        assert_eq!(form_name("Project-URL"), "project_urls");
+        assert_eq!(
+            form_name("Description-Content-Type"),
+            "description_content_type"
+        );
+        assert!(parse_metadata("Name example\n").is_err());
+        let folded = parse_metadata("Name: x\nLicense: one\n        two\n").unwrap();
+        assert_eq!(folded[1].1, "one\ntwo");
+    }
+
+    #[test]
+    fn an_sdist_is_read_from_its_pkg_info_and_must_be_the_distribution() {
+        let k = key("example-lib", "1.0.0");
+        let good = tgz(&[
+            ("Example_Lib-1.0.0/PKG-INFO", PKG_INFO),
+            ("Example_Lib-1.0.0/setup.py", "x"),
+        ]);
+        let (kind, fields) =
+            inspect(&k, "example_lib-1.0.0.tar.gz", &good, &Cancel::never()).unwrap();
+        assert!(matches!(kind, FileKind::Sdist { .. }));
+        assert!(
+            fields
+                .iter()
+                .any(|(n, v)| n == "Name" && v == "Example_Lib")
+        );
+
+        let err = inspect(
+            &key("other", "1.0.0"),
+            "other-1.0.0.tar.gz",
+            &good,
+            &Cancel::never(),
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("is Example_Lib 1.0.0, not other 1.0.0"),
+            "{}",
+            err.message
+        );
+        // A second PKG-INFO (another directory, or the same path twice) is refused.
+        for entries in [
+            vec![
+                ("a-1.0.0/PKG-INFO", PKG_INFO),
+                ("b-1.0.0/PKG-INFO", PKG_INFO),
+            ],
+            vec![
+                ("a-1.0.0/PKG-INFO", PKG_INFO),
+                ("a-1.0.0/./PKG-INFO", PKG_INFO),
+            ],
+        ] {
+            let err = inspect(
+                &k,
+                "example_lib-1.0.0.tar.gz",
+                &tgz(&entries),
+                &Cancel::never(),
+            )
+            .unwrap_err();
+            assert_eq!(err.class, ErrorClass::Permanent);
+            assert!(
+                err.message.contains("two PKG-INFO") || err.message.contains("more than once"),
+                "{}",
+                err.message
+            );
+        }
+        let err = inspect(
+            &k,
+            "example_lib-1.0.0.tar.gz",
+            &tgz(&[("a-1.0.0/../PKG-INFO", PKG_INFO)]),
+            &Cancel::never(),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("outside the archive"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn inspection_stops_when_its_job_is_gone() {
+        let cancel = Cancel::default();
+        cancel.raise();
+        let err = inspect(
+            &key("example-lib", "1.0.0"),
+            "example_lib-1.0.0.tar.gz",
+            &tgz(&[("Example_Lib-1.0.0/PKG-INFO", PKG_INFO)]),
+            &cancel,
+        )
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(err.message.contains("no longer waits"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_version_digest_is_over_sorted_names_and_sha256s() {
+        let a = digest_of([("b.whl", "22"), ("a.tar.gz", "11")].into_iter());
+        let b = digest_of([("a.tar.gz", "11"), ("b.whl", "22")].into_iter());
+        assert_eq!(a, b);
+        let want = Digest::from_bytes(
+            DigestAlgorithm::Sha256,
+            &Sha256::digest(b"a.tar.gz 11\nb.whl 22\n"),
+        )
+        .unwrap();
+        assert_eq!(a, want);
+        assert_ne!(a, digest_of([("a.tar.gz", "11")].into_iter()));
+        assert_ne!(
+            a,
+            digest_of([("a.tar.gz", "11"), ("b.whl", "23")].into_iter())
+        );
+    }
+
+    #[test]
+    fn the_simple_api_is_read_in_both_forms() {
+        let html = r#"<!DOCTYPE html><html><body>
+            <a href="../../packages/x-1.0.tar.gz#sha256=AB12" data-requires-python="&gt;=3.8">x-1.0.tar.gz</a><br>
+            <A HREF='/files/x-1.0-py3-none-any.whl#sha256=cd34'>x-1.0-py3-none-any.whl</A>
+            </body></html>"#;
+        let files = simple_html_files(html).unwrap();
+        let got: Vec<(&str, &str)> = files
+            .iter()
+            .map(|f| (f.filename.as_str(), f.sha256.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("x-1.0.tar.gz", "ab12"), ("x-1.0-py3-none-any.whl", "cd34")]
+        );
+        let err =
+            simple_html_files(r#"<a href="x-1.0.tar.gz#md5=00">x-1.0.tar.gz</a>"#).unwrap_err();
+        assert!(err.contains("not a sha256"), "{err}");
+
+        let json = serde_json::json!({"meta": {"api-version": "1.1"}, "name": "x", "files": [
+            {"filename": "x-1.0.tar.gz", "url": "…", "hashes": {"sha256": "ab12"}, "upload-time": "2026-12-01T10:00:00.000000Z"}
+        ]});
+        let files = simple_json_files(&json).unwrap();
+        assert_eq!(files[0].sha256, "ab12");
+        assert!(files[0].uploaded.is_some());
+        let json = serde_json::json!({"files": [{"filename": "x-1.0.tar.gz", "hashes": {}}]});
+        assert!(simple_json_files(&json).is_err(), "a file without sha256");
+    }
+
+    #[test]
+    fn the_json_api_lists_the_versions_files_with_their_sha256() {
+        let doc = serde_json::json!({"info": {"name": "x"}, "urls": [
+            {"filename": "x-1.0.tar.gz", "digests": {"sha256": "ab12", "md5": "00"}, "upload_time_iso_8601": "2026-12-01T10:00:00.123456Z"},
+            {"filename": "x-1.0-py3-none-any.whl", "digests": {"sha256": "cd34"}}
+        ]});
+        let files = json_api_files(&doc, &key("x", "1.0")).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[1].sha256, "cd34");
+        let doc = serde_json::json!({"urls": [{"filename": "x-1.0.tar.gz", "digests": {}}]});
+        let err = json_api_files(&doc, &key("x", "1.0")).unwrap_err();
+        assert!(err.contains("has no digests.sha256"), "{err}");
+    }
+
+    #[test]
+    fn the_configured_section_chooses_the_indexes() {
+        let mut c = PlatformConfig::default();
+        assert!(PypiAdapter::from_config(&c).unwrap().is_none());
+        c.staging_token = Some(Secret::new("pypi-staging"));
+        let a = PypiAdapter::from_config(&c).unwrap().unwrap();
+        assert_eq!(a.staging.upload.as_str(), DEFAULT_STAGING_UPLOAD_URL);
+        assert_eq!(a.staging.read.as_str(), DEFAULT_STAGING_READ_URL);
+        assert_eq!(a.production.upload.as_str(), DEFAULT_UPLOAD_URL);
+        assert_eq!(a.production.read.as_str(), DEFAULT_READ_URL);
+        assert!(a.production.auth.is_none() && a.staging.auth.is_some());
+        // An index elsewhere (pypiserver) is read where it takes uploads.
+        c.staging_base_url = Some(Url::parse("http://127.0.0.1:8080").unwrap());
+        let a = PypiAdapter::from_config(&c).unwrap().unwrap();
+        assert_eq!(a.staging.read.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(a.promotion(), PromotionMechanism::Reupload);
+    }
+}
