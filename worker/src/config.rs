@@ -864,6 +864,25 @@ mod tests {
                 !err.contains("npm_secret"),
                 "the message leaks the secret: {err}"
             );
+            let err = load_in(jail, "[platforms.pypi]\nstaging_token = \"pypi-secret\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("config key `platforms.pypi.staging_token`")
+                    && err.contains("ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN")
+                    && !err.contains("pypi-secret"),
+                "{err}"
+            );
+            jail.create_file("staging-token", "pypi-from-file")?;
+            let c = load_in(
+                jail,
+                "[platforms.pypi]\nstaging_token_file = \"staging-token\"\n",
+            )
+            .unwrap();
+            assert_eq!(
+                c.platforms.pypi.staging_token.as_ref().unwrap().expose(),
+                "pypi-from-file"
+            );
             let err = load_in(jail, "[database]\nurl = \"postgres://u:pw@db/x\"\n")
                 .unwrap_err()
                 .to_string();
