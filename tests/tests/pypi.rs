@@ -389,3 +389,132 @@ fn request(key: &DistributionKey, files: &[(&str, &[u8])]) -> StageRequest {
         staging_tag: DistTag::new("staging").unwrap(),
     }
 }
+
+/// PyPI itself (warehouse), from its documentation: uploads at `/legacy/`, the JSON API
+/// with `urls[].digests.sha256`, a redirect to the project's canonical name, and a 400
+/// "File already exists" for a file uploaded before. A contract mock, since warehouse
+/// cannot run here; it also shows the form the index receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypi_json_api_and_upload_form_contract() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    let base = format!("{}/", server.uri());
+    let file = wheel_name("json-pkg", "1.0.0");
+    let bytes = wheel("json-pkg", "1.0.0", "j = 1\n");
+    let sha = sha256_hex(&bytes);
+    Mock::given(method("GET"))
+        .and(path("/pypi/json-pkg/1.0.0/json"))
+        .respond_with(
+            ResponseTemplate::new(301).insert_header("Location", "/pypi/Json-Pkg/1.0.0/json"),
+        )
+        .mount(&server)
+        .await;
+    // Not there before the upload; there (uploaded by an earlier attempt) afterwards.
+    Mock::given(method("GET"))
+        .and(path("/pypi/Json-Pkg/1.0.0/json"))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/pypi/Json-Pkg/1.0.0/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "info": {"name": "Json-Pkg", "version": "1.0.0"},
+            "urls": [{
+                "filename": file,
+                "packagetype": "bdist_wheel",
+                "digests": {"sha256": sha, "md5": "00"},
+                "upload_time_iso_8601": "2026-12-06T09:00:00.000000Z"
+            }]
+        })))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/simple/json-pkg/"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/legacy/"))
+        .respond_with(ResponseTemplate::new(400).set_body_string(format!(
+            "400 File already exists ('{file}', with blake2_256 hash 'x'). See https://pypi.org/help/#file-name-reuse for more information."
+        )))
+        .mount(&server)
+        .await;
+
+    let index = IndexSettings {
+        upload: Url::parse(&format!("{base}legacy/")).unwrap(),
+        read: Url::parse(&base).unwrap(),
+        username: "__token__".into(),
+        token: Some(Secret::new("pypi-contract-token")),
+    };
+    let a = PypiAdapter::new(index.clone(), index).unwrap();
+    let key = Pkg {
+        name: "json-pkg",
+        version: "1.0.0",
+    }
+    .key();
+    a.stage(&request(&key, &[(&file, &bytes)])).await.unwrap();
+    let seen = a
+        .read_staged(&key, &DistTag::new("staging").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.digest.as_str().starts_with("sha256:"));
+    assert_eq!(
+        seen.api_url.as_deref(),
+        Some(format!("{base}pypi/json-pkg/1.0.0/json").as_str())
+    );
+    assert!(seen.upload_date.is_some());
+
+    let requests = server.received_requests().await.unwrap();
+    let posts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1, "sent once, then settled by reading back");
+    let post = posts[0];
+    let auth = post.headers.get("authorization").unwrap().to_str().unwrap();
+    use base64::Engine as _;
+    assert_eq!(
+        auth,
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("__token__:pypi-contract-token")
+        )
+    );
+    let content_type = post.headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(content_type.starts_with("multipart/form-data; boundary="));
+    let body = String::from_utf8_lossy(&post.body);
+    for (name, value) in [
+        (":action", "file_upload"),
+        ("protocol_version", "1"),
+        ("filetype", "bdist_wheel"),
+        ("pyversion", "py3"),
+        ("sha256_digest", sha.as_str()),
+        ("metadata_version", "2.1"),
+        ("name", "json-pkg"),
+        ("version", "1.0.0"),
+        ("classifiers", "Programming Language :: Python :: 3"),
+        (
+            "classifiers",
+            "License :: OSI Approved :: Apache Software License",
+        ),
+        ("requires_python", ">=3.8"),
+    ] {
+        let field = format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n");
+        assert!(body.contains(&field), "{field:?} missing from the form");
+    }
+    assert!(body.contains(&format!(
+        "Content-Disposition: form-data; name=\"content\"; filename=\"{file}\""
+    )));
+    let at = post
+        .body
+        .windows(bytes.len())
+        .position(|w| w == bytes.as_slice());
+    assert!(at.is_some(), "the wheel's bytes are in the form, unchanged");
+}
