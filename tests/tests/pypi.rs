@@ -518,3 +518,56 @@ async fn pypi_json_api_and_upload_form_contract() {
         .position(|w| w == bytes.as_slice());
     assert!(at.is_some(), "the wheel's bytes are in the form, unchanged");
 }
+
+/// A dry-run promote seals the voted files and lists the uploads it would make, sending
+/// nothing; a row staged without a record of its files cannot be promoted by re-upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_lists_the_uploads_and_an_unrecorded_stage_is_refused() {
+    use atr_dist_shared::entities::distribution;
+    use atr_dist_shared::job::Job;
+    use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    let h = Harness::new(
+        Db::Sqlite,
+        adapters(&staging.url(), &production.url()),
+        FAST,
+    )
+    .await;
+    let pkg = Pkg {
+        name: "planned",
+        version: "3.1.0",
+    };
+    pkg.write(&h, "00001", "p = 1\n");
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    let mut promote = pkg.promote("00001");
+    if let Job::Promote(job) = &mut promote.job {
+        job.dry_run = true;
+    }
+    assert_eq!(h.run(&promote, 3).await, JobState::Done);
+    let run = &h.runs(&promote).await[0];
+    assert_eq!(run.outcome.as_deref(), Some("dry_run"));
+    let message = run.message.clone().unwrap_or_default();
+    for file in pkg.files() {
+        assert!(
+            message.contains(&format!("upload {file} (sha256 ")),
+            "{message}"
+        );
+    }
+    assert!(production.files().is_empty(), "a dry run sends nothing");
+
+    // A row staged before the files were recorded.
+    let mut row = h.row().await.unwrap().into_active_model();
+    row.staged_artifacts = Set(None);
+    let _: distribution::Model = row.update(&h.db).await.unwrap();
+    let promote = pkg.promote("00001");
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let err = h.last_error(&promote).await;
+    assert!(
+        err.contains("was staged without a record of its files"),
+        "{err}"
+    );
+    assert!(production.files().is_empty());
+    h.stop().await;
+}
