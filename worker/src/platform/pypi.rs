@@ -77,9 +77,6 @@ const MAX_UNPACKED: u64 = 4 * 1024 * 1024 * 1024;
 const MAX_ENTRIES: usize = 200_000;
 /// ... and a metadata file of at most this size.
 const MAX_METADATA: u64 = 4 * 1024 * 1024;
-/// The multipart boundary: no line of the text fields contains it, and the file part is
-/// sent with its length, so its bytes cannot end it early.
-const BOUNDARY: &str = "atr-dist-pypi-upload-b0undary-4b1d2f6e9c";
 
 /// Which of the two indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,13 +522,29 @@ fn inspect(
     Ok((kind, headers))
 }
 
+/// The multipart boundary of a file's upload: `atr-dist-` and the file's own sha256. A
+/// multipart part has no length, so a boundary inside the file or one of its metadata
+/// values would end the part there, and what follows would be read as other fields. A file
+/// cannot hold its own sha256 (nor can the metadata unpacked from it), so this one is
+/// never inside the form's content; `form_head` checks the metadata values anyway.
+fn boundary(u: &Upload) -> String {
+    format!("atr-dist-{}", u.sha256_hex)
+}
+
 /// The multipart body's text fields and the head of the file part.
-fn form_head(u: &Upload) -> Vec<u8> {
+fn form_head(u: &Upload) -> Result<Vec<u8>, PlatformError> {
+    let boundary = boundary(u);
+    if let Some((name, _)) = u.fields.iter().find(|(_, v)| v.contains(&boundary)) {
+        return Err(PlatformError::permanent(format!(
+            "{}: its metadata field {name} contains the file's own sha256; refused",
+            u.filename
+        )));
+    }
     let mut out = Vec::new();
     let mut field = |name: &str, value: &str| {
         out.extend_from_slice(
             format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
             )
             .as_bytes(),
         );
@@ -546,16 +559,16 @@ fn form_head(u: &Upload) -> Vec<u8> {
     }
     out.extend_from_slice(
         format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
             u.filename
         )
         .as_bytes(),
     );
-    out
+    Ok(out)
 }
 
-fn form_tail() -> Vec<u8> {
-    format!("\r\n--{BOUNDARY}--\r\n").into_bytes()
+fn form_tail(u: &Upload) -> Vec<u8> {
+    format!("\r\n--{}--\r\n", boundary(u)).into_bytes()
 }
 
 impl PypiAdapter {
@@ -733,6 +746,16 @@ impl PypiAdapter {
         let mut out = Vec::with_capacity(artifacts.len());
         for sealed in artifacts {
             let filename = filename_of(sealed);
+            // PyPI's file names are project name, version and tags: nothing that needs
+            // quoting in a form's header.
+            if !filename
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-+!".contains(c))
+            {
+                return Err(PlatformError::permanent(format!(
+                    "{filename:?} is not a PyPI file name (letters, digits and ._-+! only)"
+                )));
+            }
             if !names.insert(filename.clone()) {
                 return Err(PlatformError::permanent(format!(
                     "two files are named {filename}; PyPI keys files by name"
@@ -856,8 +879,9 @@ impl PypiAdapter {
     ) -> Result<(), PlatformError> {
         let index = self.index(which);
         let what = format!("POST {} ({})", index.upload, u.filename);
-        let head = Bytes::from(form_head(u));
-        let tail = Bytes::from(form_tail());
+        let head = Bytes::from(form_head(u)?);
+        let tail = Bytes::from(form_tail(u));
+        let content_type = format!("multipart/form-data; boundary={}", boundary(u));
         let length = head.len() as u64 + u.sealed.size() + tail.len() as u64;
         let written = confirmed(
             &index.http,
@@ -869,10 +893,7 @@ impl PypiAdapter {
                         .chain(futures::stream::iter([Ok(tail.clone())]));
                     let req = c
                         .post(index.upload.clone())
-                        .header(
-                            CONTENT_TYPE,
-                            format!("multipart/form-data; boundary={BOUNDARY}"),
-                        )
+                        .header(CONTENT_TYPE, content_type.clone())
                         .header(CONTENT_LENGTH, length)
                         .body(reqwest::Body::wrap_stream(body));
                     match &index.auth {
@@ -1047,20 +1068,24 @@ fn simple_json_files(doc: &Value) -> Result<Vec<Listed>, String> {
         .collect()
 }
 
-/// PEP 503: `<a href="…#sha256=<hex>">filename</a>`.
+/// PEP 503: `<a href="…#sha256=<hex>">filename</a>`. Tags are found in an ASCII
+/// lower-case copy, whose byte offsets are the original's.
 fn simple_html_files(html: &str) -> Result<Vec<Listed>, String> {
+    let lower = html.to_ascii_lowercase();
     let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(start) = find_ci(rest, "<a ") {
-        rest = &rest[start + 3..];
-        let Some(close) = rest.find('>') else { break };
-        let attrs = &rest[..close];
-        let after = &rest[close + 1..];
-        let Some(end) = find_ci(after, "</a>") else {
+    let mut at = 0;
+    while let Some(start) = lower[at..].find("<a ") {
+        let attrs_start = at + start + 3;
+        let Some(close) = lower[attrs_start..].find('>') else {
+            break;
+        };
+        let attrs = &html[attrs_start..attrs_start + close];
+        let text_start = attrs_start + close + 1;
+        let Some(end) = lower[text_start..].find("</a>") else {
             return Err("an anchor without </a>".into());
         };
-        let text = unescape(after[..end].trim());
-        rest = &after[end..];
+        let text = unescape(html[text_start..text_start + end].trim());
+        at = text_start + end + 4;
         let Some(href) = attribute(attrs, "href") else {
             continue;
         };
@@ -1078,10 +1103,6 @@ fn simple_html_files(html: &str) -> Result<Vec<Listed>, String> {
         });
     }
     Ok(out)
-}
-
-fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
-    haystack.to_ascii_lowercase().find(needle)
 }
 
 /// The value of `name="…"` (or `'…'`) in an anchor's attributes.
@@ -1465,6 +1486,55 @@ mod tests {
         let doc = serde_json::json!({"urls": [{"filename": "x-1.0.tar.gz", "digests": {}}]});
         let err = json_api_files(&doc, &key("x", "1.0")).unwrap_err();
         assert!(err.contains("has no digests.sha256"), "{err}");
+    }
+
+    #[test]
+    fn the_form_boundary_is_the_files_own_sha256_and_never_in_a_value() {
+        use atr_dist_shared::ManifestEntry;
+        use atr_dist_shared::manifest::Sha3Hex;
+        use atr_dist_shared::names::ArtifactPath;
+        use sha3::Sha3_256;
+        let bytes = b"the file".to_vec();
+        let entry = ManifestEntry {
+            path: ArtifactPath::new("x-1.0.tar.gz").unwrap(),
+            size: bytes.len() as u64,
+            sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
+        };
+        let sealed = crate::seal::Sealer::default()
+            .seal_bytes(&entry, Bytes::from(bytes))
+            .unwrap();
+        let mut u = Upload {
+            sha256_hex: hex_of(sealed.sha256()),
+            sealed,
+            filename: "x-1.0.tar.gz".into(),
+            filetype: "sdist",
+            pyversion: "source".into(),
+            fields: vec![
+                ("Name".into(), "x".into()),
+                ("Version".into(), "1.0".into()),
+            ],
+        };
+        let head = String::from_utf8(form_head(&u).unwrap()).unwrap();
+        let b = boundary(&u);
+        assert!(b.ends_with(&u.sha256_hex));
+        assert!(head.starts_with(&format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\":action\"\r\n\r\nfile_upload\r\n"
+        )));
+        assert!(head.contains("name=\"name\"\r\n\r\nx\r\n"));
+        assert!(head.ends_with(
+            "filename=\"x-1.0.tar.gz\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ));
+        u.fields.push((
+            "Summary".into(),
+            format!("text\r\n--{b}\r\nContent-Disposition: form-data; name=\"sha256_digest\""),
+        ));
+        let err = form_head(&u).unwrap_err();
+        assert!(
+            err.message
+                .contains("field Summary contains the file's own sha256"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
