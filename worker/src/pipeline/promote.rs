@@ -73,7 +73,9 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
 
     // The one place where the two ways of promoting part. In place: the staged bytes must
     // still be what was staged (a tag moved since is caught here). Re-upload: the bytes to
-    // send are the voted revision's, sealed now, and must be what was staged.
+    // send are the voted revision's, sealed now, and must come to what was staged; the
+    // staging place is not read, since nothing is taken from it (and Test PyPI prunes its
+    // files now and then).
     let mut artifacts: Vec<Sealed> = Vec::new();
     if !already {
         match adapter.promotion() {
