@@ -457,13 +457,61 @@ fn parse_metadata(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(headers)
 }
 
-/// The legacy upload form's name for a core metadata field.
-fn form_name(header: &str) -> String {
-    match header.to_ascii_lowercase().as_str() {
-        "classifier" => "classifiers".into(),
-        "project-url" => "project_urls".into(),
-        "license-file" => "license_files".into(),
-        other => other.replace('-', "_"),
+/// The legacy upload form's name for a core metadata field, as twine (the reference
+/// client for PyPI) sends it, or None for a field the form does not take. Fields not in
+/// the core metadata specification are not sent (twine refuses such files; PyPI could
+/// reject the upload), and `License-File` only from Metadata-Version 2.4 on (setuptools
+/// wrote it into 2.1 metadata, where it is not defined).
+fn form_name(header: &str, metadata_version: (u32, u32)) -> Option<&'static str> {
+    Some(match header.to_ascii_lowercase().as_str() {
+        "metadata-version" => "metadata_version",
+        "name" => "name",
+        "version" => "version",
+        "platform" => "platform",
+        "summary" => "summary",
+        "description" => "description",
+        "keywords" => "keywords",
+        "home-page" => "home_page",
+        "author" => "author",
+        "author-email" => "author_email",
+        "license" => "license",
+        "supported-platform" => "supported_platform",
+        "download-url" => "download_url",
+        "classifier" => "classifiers",
+        "requires" => "requires",
+        "provides" => "provides",
+        "obsoletes" => "obsoletes",
+        "maintainer" => "maintainer",
+        "maintainer-email" => "maintainer_email",
+        "requires-dist" => "requires_dist",
+        "provides-dist" => "provides_dist",
+        "obsoletes-dist" => "obsoletes_dist",
+        "requires-python" => "requires_python",
+        "requires-external" => "requires_external",
+        "project-url" => "project_urls",
+        "description-content-type" => "description_content_type",
+        "provides-extra" => "provides_extra",
+        "dynamic" => "dynamic",
+        "license-expression" => "license_expression",
+        "license-file" if metadata_version >= (2, 4) => "license_file",
+        _ => return None,
+    })
+}
+
+/// `Metadata-Version` as (major, minor); (0, 0) when unreadable, which sends no field that
+/// needs a later version.
+fn metadata_version(fields: &[(String, String)]) -> (u32, u32) {
+    let Some((_, v)) = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Metadata-Version"))
+    else {
+        return (0, 0);
+    };
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        (Some(major), None) => (major, 0),
+        _ => (0, 0),
     }
 }
 
@@ -549,13 +597,16 @@ fn form_head(u: &Upload) -> Result<Vec<u8>, PlatformError> {
             .as_bytes(),
         );
     };
+    let version = metadata_version(&u.fields);
     field(":action", "file_upload");
     field("protocol_version", "1");
     field("filetype", u.filetype);
     field("pyversion", &u.pyversion);
     field("sha256_digest", &u.sha256_hex);
     for (name, value) in &u.fields {
-        field(&form_name(name), value);
+        if let Some(form) = form_name(name, version) {
+            field(form, value);
+        }
     }
     out.extend_from_slice(
         format!(
@@ -1333,12 +1384,17 @@ mod tests {
                 "Line one.\n\nLine two.\n".to_owned()
             )
         );
-        assert_eq!(form_name("Classifier"), "classifiers");
-        assert_eq!(form_name("Project-URL"), "project_urls");
+        let v21 = metadata_version(&h);
+        assert_eq!(v21, (2, 1));
+        assert_eq!(form_name("Classifier", v21), Some("classifiers"));
+        assert_eq!(form_name("Project-URL", v21), Some("project_urls"));
         assert_eq!(
-            form_name("Description-Content-Type"),
-            "description_content_type"
+            form_name("Description-Content-Type", v21),
+            Some("description_content_type")
         );
+        assert_eq!(form_name("License-File", v21), None);
+        assert_eq!(form_name("License-File", (2, 4)), Some("license_file"));
+        assert_eq!(form_name("X-Custom", v21), None);
         assert!(parse_metadata("Name example\n").is_err());
         let folded = parse_metadata("Name: x\nLicense: one\n        two\n").unwrap();
         assert_eq!(folded[1].1, "one\ntwo");
