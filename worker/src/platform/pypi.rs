@@ -996,7 +996,7 @@ impl PypiAdapter {
             .collect()
     }
 
-    /// The adapter from `[platforms.pypi]`, or None when the section sets nothing.
+    /// The adapter from `[platforms.pypi]`, or None when the section sets no URL and no token.
     pub fn from_config(config: &PlatformConfig) -> Result<Option<PypiAdapter>, ConfigError> {
         let configured = config.base_url.is_some()
             || config.staging_base_url.is_some()
