@@ -125,7 +125,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let config_for_adapters = config.clone();
     match cli.command {
         Command::Run => {
-            crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
+            let adapters = crate::platform::from_config(&config_for_adapters)?;
+            for e in crate::platform::enablement(&config_for_adapters) {
+                if e.enabled {
+                    tracing::info!(platform = %e.platform, reason = %e.reason, "platform enabled");
+                }
+            }
+            if adapters.platforms().is_empty() {
+                tracing::warn!(
+                    "no platform is configured, so every job will be refused; `atr-dist config` says what to set"
+                );
+            }
+            crate::run::run(config, adapters)
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
             Ok(ExitCode::SUCCESS)
@@ -143,8 +154,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             migrate(&config, &args).await
         }
         Command::Config => {
+            // Building the adapters checks what only they check (an OCI username without
+            // a token, a base_url with a path).
+            crate::platform::from_config(&config)?;
             let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
             outln!("{text}");
+            outln!("# Platforms `atr-dist run` publishes to, and why:");
+            for e in crate::platform::enablement(&config) {
+                outln!(
+                    "#   {:<12} {}: {}",
+                    e.platform.to_string(),
+                    if e.enabled { "enabled" } else { "disabled" },
+                    e.reason
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
