@@ -333,6 +333,56 @@ fn enqueue_lists_a_layout_and_says_when_the_key_names_a_job() {
         "{ended}"
     );
 
+    // A delay counts from Redis's clock: the job is scheduled an hour after its enqueue.
+    let delayed = run_ok(
+        atr_dist()
+            .current_dir(dir.path())
+            .env("ATR_DIST_REDIS__QUEUE", &queue.name)
+            .args([
+                "enqueue",
+                "promote",
+                "--project",
+                "example",
+                "--release-version",
+                "1.0.0",
+                "--platform",
+                "DOCKER_HUB",
+                "--owner-namespace",
+                "apache",
+                "--package",
+                "example",
+                "--version",
+                "1.0.0",
+                "--revision",
+                "00002",
+                "--asf-uid",
+                "rm",
+                "--delay",
+                "1h",
+                "--json",
+            ]),
+    );
+    let delayed: serde_json::Value = serde_json::from_str(&delayed).unwrap();
+    let delayed_id = delayed[0]["id"].as_str().unwrap();
+    let shown = run_ok(
+        atr_dist()
+            .current_dir(dir.path())
+            .env("ATR_DIST_REDIS__QUEUE", &queue.name)
+            .args(["jobs", "show", delayed_id, "--json"]),
+    );
+    let detail: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(detail["state"], "scheduled", "{detail}");
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(detail[field].as_str().unwrap())
+            .unwrap()
+            .timestamp()
+    };
+    let wait = at("run_at") - at("enqueued_at");
+    assert!(
+        (3599..=3601).contains(&wait),
+        "run_at - enqueued_at = {wait} s"
+    );
+
     // Not a layout: said before anything reaches the queue.
     let out = atr_dist()
         .current_dir(dir.path())

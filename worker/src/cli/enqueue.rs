@@ -233,9 +233,20 @@ pub async fn enqueue(
             (read_envelopes(&path)?, timing, json)
         }
     };
-    let run_at = timing.delay.map(|d| {
-        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero())
-    });
+    // A delay counts from Redis's clock, which the scripts compare run_at with, not this
+    // machine's (docs/wire-format.md, "Scripts").
+    let run_at = match timing.delay {
+        None => None,
+        Some(d) => {
+            let (secs, micros): (i64, i64) = redis::cmd("TIME")
+                .query_async(&mut queue.connection())
+                .await
+                .map_err(anyhow::Error::from)?;
+            let now = chrono::DateTime::from_timestamp_micros(secs * 1_000_000 + micros)
+                .unwrap_or_else(chrono::Utc::now);
+            Some(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
+        }
+    };
     let mut results = Vec::new();
     for env in &envelopes {
         let attempts = timing

@@ -374,12 +374,12 @@ async fn run_job<H: JobHandler>(
 ) -> Result<(), std::convert::Infallible> {
     let shared = shared.0;
     let started = Instant::now();
-    let (outcome, result) = match Envelope::parse(&job.envelope) {
+    let (outcome, result) = match job.parse_envelope() {
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
             let dead = AckOutcome::Dead {
                 class: ErrorClass::Malformed,
-                message: e.to_string(),
+                message: e,
             };
             (dead, String::new())
         }
