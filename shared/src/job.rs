@@ -280,6 +280,17 @@ impl Envelope {
         }
         // serde's message for a bad time names neither the field nor the rule ("premature
         // end of input"): check it first, the way serde reads it.
+        if let Some(id) = map.get("id")
+            && id.as_str().and_then(|t| Uuid::parse_str(t).ok()).is_none()
+        {
+            return Err(EnvelopeError::InvalidField {
+                field: "id",
+                reason: format!(
+                    "must be a UUID (preferably v7), e.g. \"01936f0e-8a7b-7c3d-9e4f-0a1b2c3d4e5f\"; found {}",
+                    shorten(&id.to_string())
+                ),
+            });
+        }
         if let Some(at) = map.get("enqueued_at") {
             let valid = at
                 .as_str()

@@ -502,7 +502,8 @@ fn validate_artifact_path(v: &str) -> Result<(), NameError> {
 string_newtype!(
     ArtifactPath,
     doc = "A file's path relative to a revision's root, `/`-separated, never leaving the root.",
-    pattern = r"^[^/\\]+(/[^/\\]+)*$",
+    // Segments separated by `/`, none empty, `.` or `..`, without backslashes.
+    pattern = r"^(?:[^/\\.][^/\\]*|\.[^/\\.][^/\\]*|\.\.[^/\\]+)(/(?:[^/\\.][^/\\]*|\.[^/\\.][^/\\]*|\.\.[^/\\]+))*$",
     max = 4096,
     validate_artifact_path
 );
