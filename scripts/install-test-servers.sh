@@ -3,7 +3,9 @@
 # starts. Idempotent: what is installed already is left alone. Installs Debian's packages
 # when missing (as root); otherwise says in one line what to run.
 #
-# One function per program; add yours below and call it at the end.
+# With arguments, installs only those programs: `scripts/install-test-servers.sh verdaccio`.
+#
+# One function per program; add yours below and list it at the end.
 set -euo pipefail
 
 LOG_PREFIX=install-test-servers
@@ -38,6 +40,13 @@ ensure_docker_registry() {
   apt_install docker-registry openssl
 }
 
-ensure_chromium
-ensure_verdaccio
-ensure_docker_registry
+if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry; fi
+for program in "$@"; do
+  case "$program" in
+    chromium | verdaccio | docker_registry) "ensure_$program" ;;
+    *)
+      log "unknown program $program; known: chromium verdaccio docker_registry"
+      exit 2
+      ;;
+  esac
+done
