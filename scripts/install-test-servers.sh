@@ -3,7 +3,9 @@
 # starts. Idempotent: what is installed already is left alone. Installs Debian's packages
 # when missing (as root); otherwise says in one line what to run.
 #
-# One function per program; add yours below and call it at the end.
+# With arguments, installs only those programs: `scripts/install-test-servers.sh verdaccio`.
+#
+# One function per program; add yours below and list it at the end.
 set -euo pipefail
 
 LOG_PREFIX=install-test-servers
@@ -50,7 +52,13 @@ ensure_pypiserver() {
   "$dir/bin/pip" install --quiet --disable-pip-version-check pypiserver==2.4.2 passlib==1.7.4
 }
 
-ensure_chromium
-ensure_verdaccio
-ensure_docker_registry
-ensure_pypiserver
+if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver; fi
+for program in "$@"; do
+  case "$program" in
+    chromium | verdaccio | docker_registry | pypiserver) "ensure_$program" ;;
+    *)
+      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver"
+      exit 2
+      ;;
+  esac
+done

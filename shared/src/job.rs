@@ -197,6 +197,8 @@ pub enum EnvelopeError {
     UnknownKind(String),
     #[error("envelope has unknown field {0:?}")]
     UnknownField(String),
+    #[error("envelope field {field:?} {reason}")]
+    InvalidField { field: &'static str, reason: String },
     #[error("invalid {kind} job: {error}")]
     InvalidPayload {
         kind: &'static str,
@@ -204,6 +206,17 @@ pub enum EnvelopeError {
     },
     #[error("invalid {kind} job: {error}")]
     InvalidKey { kind: &'static str, error: KeyError },
+}
+
+/// A value quoted in a message, cut to a readable length.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 80;
+    if text.chars().count() <= MAX {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 const ENVELOPE_FIELDS: [&str; 6] = [
@@ -263,6 +276,33 @@ impl Envelope {
         for field in ENVELOPE_FIELDS {
             if !map.contains_key(field) {
                 return Err(EnvelopeError::MissingField(field));
+            }
+        }
+        // serde's message for a bad time names neither the field nor the rule ("premature
+        // end of input"): check it first, the way serde reads it.
+        if let Some(id) = map.get("id")
+            && id.as_str().and_then(|t| Uuid::parse_str(t).ok()).is_none()
+        {
+            return Err(EnvelopeError::InvalidField {
+                field: "id",
+                reason: format!(
+                    "must be a UUID (preferably v7), e.g. \"01936f0e-8a7b-7c3d-9e4f-0a1b2c3d4e5f\"; found {}",
+                    shorten(&id.to_string())
+                ),
+            });
+        }
+        if let Some(at) = map.get("enqueued_at") {
+            let valid = at
+                .as_str()
+                .map(|text| text.parse::<DateTime<Utc>>().map(|_| ()));
+            if let Some(Err(_)) | None = valid {
+                return Err(EnvelopeError::InvalidField {
+                    field: "enqueued_at",
+                    reason: format!(
+                        "must be an RFC 3339 date-time with a UTC offset, e.g. \"2026-01-01T12:00:00Z\" or \"2026-01-01T14:00:00+02:00\"; found {}",
+                        shorten(&at.to_string())
+                    ),
+                });
             }
         }
         let envelope: Envelope =
@@ -364,7 +404,27 @@ impl Envelope {
 
 /// The JSON Schema of the envelope, as published in `docs/job-envelope.schema.json`.
 pub fn envelope_schema() -> String {
-    let schema = schemars::schema_for!(Envelope);
+    let mut schema = schemars::schema_for!(Envelope);
+    // The worker refuses unknown top-level fields (`Envelope::parse`), so the schema must
+    // too. `kind` and `payload` are declared in the `oneOf` branches (serde's adjacent
+    // tagging), which `additionalProperties` does not look into: they are listed here as
+    // well, so a validator without `unevaluatedProperties` gives the same answer.
+    if let Some(top) = schema.as_object_mut() {
+        if let Some(serde_json::Value::Object(properties)) = top.get_mut("properties") {
+            properties.insert(
+                "kind".to_owned(),
+                serde_json::json!({"description": "The job's kind; `payload` is its job.", "enum": ["stage", "promote"]}),
+            );
+            properties.insert(
+                "payload".to_owned(),
+                serde_json::json!({"description": "The job: a StageJob or a PromoteJob, as `kind` says.", "type": "object"}),
+            );
+        }
+        top.insert(
+            "additionalProperties".to_owned(),
+            serde_json::Value::Bool(false),
+        );
+    }
     let mut text = serde_json::to_string_pretty(&schema)
         .unwrap_or_else(|e| unreachable!("schema serialises: {e}"));
     text.push('\n');
@@ -483,6 +543,20 @@ mod tests {
             (
                 vec![b' '; MAX_ENVELOPE_BYTES + 1],
                 "envelope is 1048577 bytes; the limit is 1048576",
+            ),
+            (
+                with(base.clone(), |v| {
+                    v["enqueued_at"] = "2026-01-01T12:00:00".into()
+                }),
+                "envelope field \"enqueued_at\" must be an RFC 3339 date-time with a UTC offset",
+            ),
+            (
+                with(base.clone(), |v| v["enqueued_at"] = 1767225600.into()),
+                "envelope field \"enqueued_at\" must be an RFC 3339 date-time with a UTC offset, e.g. \"2026-01-01T12:00:00Z\" or \"2026-01-01T14:00:00+02:00\"; found 1767225600",
+            ),
+            (
+                with(base.clone(), |v| v["payload"]["revision"] = "00000".into()),
+                "revision sequences start at 1",
             ),
         ];
         for (bytes, expected) in cases {

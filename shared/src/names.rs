@@ -302,7 +302,7 @@ fn validate_revision_number(v: &str) -> Result<(), NameError> {
 string_newtype!(
     RevisionNumber,
     doc = "ATR's `Revision.number`: `str(seq).zfill(5)`, e.g. `00002`.",
-    pattern = r"^(?:[0-9]{5}|[1-9][0-9]{5,18})$",
+    pattern = r"^(?:0000[1-9]|000[1-9][0-9]|00[1-9][0-9]{2}|0[1-9][0-9]{3}|[1-9][0-9]{4,18})$",
     max = 19,
     validate_revision_number
 );
@@ -502,7 +502,8 @@ fn validate_artifact_path(v: &str) -> Result<(), NameError> {
 string_newtype!(
     ArtifactPath,
     doc = "A file's path relative to a revision's root, `/`-separated, never leaving the root.",
-    pattern = r"^[^/\\]+(/[^/\\]+)*$",
+    // Segments separated by `/`, none empty, `.` or `..`, without backslashes.
+    pattern = r"^(?:[^/\\.][^/\\]*|\.[^/\\.][^/\\]*|\.\.[^/\\]+)(/(?:[^/\\.][^/\\]*|\.[^/\\.][^/\\]*|\.\.[^/\\]+))*$",
     max = 4096,
     validate_artifact_path
 );

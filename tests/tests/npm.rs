@@ -244,6 +244,59 @@ async fn first_publish_is_latest_and_promote_finds_it_done() {
     h.stop().await;
 }
 
+/// The README's first run: a dry-run stage sends and records nothing, so a dry-run promote
+/// after it is refused with a message that says what to do; after a real stage, the
+/// dry-run promote plans and the real promote publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_promote_needs_a_real_stage_first() {
+    let registry = Verdaccio::start().await;
+    let h = Harness::new(Db::Sqlite, adapters(&registry.url(), &registry.token), FAST).await;
+    let pkg = Pkg {
+        platform: Platform::Npm,
+        scope: "",
+        name: "first-run",
+        version: "1.0.0",
+    };
+    pkg.write(&h, "00001", "x");
+    pkg.write(&h, "00002", "x");
+    let dry_promote = || {
+        let mut env = pkg.promote("00002");
+        if let atr_dist_shared::Job::Promote(job) = &mut env.job {
+            job.dry_run = true;
+        }
+        env
+    };
+
+    let dry_stage = pkg
+        .dist()
+        .stage("00001", &[&pkg.file()], RevisionSourceSpec::Dir, true);
+    assert_eq!(h.run(&dry_stage, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&dry_stage).await[0].outcome.as_deref(),
+        Some("dry_run")
+    );
+    let refused = dry_promote();
+    assert_eq!(h.run(&refused, 3).await, JobState::Dead);
+    let err = h.last_error(&refused).await;
+    assert!(
+        err.contains("dry-run stages record nothing; stage for real first"),
+        "{err}"
+    );
+    assert_eq!(h.runs(&refused).await.len(), 1, "permanent: no retry");
+
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    let planned = dry_promote();
+    assert_eq!(h.run(&planned, 3).await, JobState::Done);
+    assert_eq!(
+        h.runs(&planned).await[0].outcome.as_deref(),
+        Some("dry_run")
+    );
+    assert_eq!(registry.dist_tags(&pkg.full()).await["rc"], "1.0.0");
+    h.run_to_done(&pkg.promote("00002"), 3).await;
+    assert_eq!(registry.dist_tags(&pkg.full()).await["latest"], "1.0.0");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tarball_unknown_package_and_bad_token() {
     let registry = Verdaccio::start().await;

@@ -786,3 +786,56 @@ async fn enqueue_refuses_envelopes_that_do_not_match_and_survives_lost_scripts()
     let exists: bool = conn.exists(format!("{p}incoming")).await.unwrap();
     assert!(!exists);
 }
+
+/// An envelope must be its job's: a job whose envelope names another id, or another
+/// idempotency key than the one it was enqueued with, is refused at fetch, naming both.
+#[tokio::test]
+async fn envelopes_that_name_another_job_or_key_are_refused() {
+    use atr_dist::queue::RawJob;
+    use atr_dist_tests::jobs;
+
+    let t = TestQueue::new().await;
+    let envs: Vec<_> = (1..4).map(jobs::stage).collect();
+    let raw = |n: usize, id: Option<&str>, key: Option<&str>| {
+        let env = &envs[n - 1];
+        RawJob {
+            id: id.map_or_else(|| env.id.to_string(), str::to_owned),
+            idempotency_key: key.map_or_else(|| env.idempotency_key.to_string(), str::to_owned),
+            envelope: env.to_json(),
+            run_at: None,
+            max_attempts: 1,
+        }
+    };
+    let other_id = uuid::Uuid::now_v7().to_string();
+    let enqueued = t
+        .queue
+        .enqueue_raw(&[
+            raw(1, None, None),
+            raw(2, Some(&other_id), None),
+            raw(3, None, Some("another-key")),
+        ])
+        .await
+        .unwrap();
+    assert!(enqueued.iter().all(|e| e.created), "{enqueued:?}");
+    let leased = t
+        .queue
+        .fetch("w1", std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    let by_id = |id: &str| leased.iter().find(|l| l.id == id).unwrap();
+    assert!(by_id(&enqueued[0].id).parse_envelope().is_ok());
+    let err = by_id(&other_id).parse_envelope().unwrap_err();
+    let own = envs[1].id.to_string();
+    assert!(
+        err.starts_with(&format!(
+            "envelope id {own:?} is not the id {other_id:?} the job was enqueued under"
+        )),
+        "{err}"
+    );
+    let err = by_id(&enqueued[2].id).parse_envelope().unwrap_err();
+    assert!(
+        err.starts_with("envelope idempotency_key \"stage:pkg-3\" is not the key job"),
+        "{err}"
+    );
+}

@@ -24,8 +24,13 @@ pub enum EnqueueCommand {
         #[command(flatten)]
         common: CommonArgs,
         /// A file to publish, relative to the revision root; repeat for several.
-        #[arg(long = "artifact", required = true)]
+        #[arg(long = "artifact", required_unless_present = "artifact_dir")]
         artifacts: Vec<String>,
+        /// An OCI image layout directory in the revision (`.` for the revision root): its
+        /// index.json, oci-layout and blobs become the artifacts. Reads the revision
+        /// directory, so it needs --source dir.
+        #[arg(long, value_name = "DIR", conflicts_with = "artifacts")]
+        artifact_dir: Option<String>,
         /// Staging dist-tag or image tag (default: the platform's configured one).
         #[arg(long)]
         staging_tag: Option<String>,
@@ -40,9 +45,11 @@ pub enum EnqueueCommand {
     },
     /// Enqueue envelopes from a JSON file (one envelope, or an array), or `-` for stdin.
     File {
+        /// The JSON file, or `-` for standard input.
         path: PathBuf,
         #[command(flatten)]
         timing: TimingArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -77,8 +84,11 @@ pub struct CommonArgs {
     /// ARTIFACT_HUB, DOCKER_HUB, MAVEN, NPM, NPM_SCOPED, PYPI, GITHUB or HEX.
     #[arg(long)]
     pub platform: Platform,
+    /// The platform's owner or namespace (the npm scope without `@`, the OCI repository's
+    /// namespace); empty for none.
     #[arg(long, default_value = "")]
     pub owner_namespace: String,
+    /// The package (npm name without scope, OCI repository name).
     #[arg(long)]
     pub package: String,
     /// The version on the platform.
@@ -87,6 +97,7 @@ pub struct CommonArgs {
     /// Revision number, e.g. 00002.
     #[arg(long)]
     pub revision: String,
+    /// Where the worker reads the revision from.
     #[arg(long, value_enum, default_value = "dir")]
     pub source: SourceArg,
     /// Who asks (ASF user id); recorded as created_by.
@@ -100,8 +111,13 @@ pub struct CommonArgs {
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub timing: TimingArgs,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Wait until the job ends (a worker must be running) and print how; exit 1 unless it
+    /// is done.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 fn usage<E: std::fmt::Display>(e: E) -> CliError {
@@ -155,13 +171,20 @@ pub async fn enqueue(
     config: &crate::config::Config,
     command: EnqueueCommand,
 ) -> Result<ExitCode, CliError> {
+    let mut from_file = false;
+    let mut wait = false;
     let (envelopes, timing, as_json) = match command {
         EnqueueCommand::Stage {
             common,
             artifacts,
+            artifact_dir,
             staging_tag,
         } => {
             let (release, distribution, revision, source, asf_uid) = common.parts()?;
+            let artifacts = match &artifact_dir {
+                Some(dir) => layout_files(config, &common, dir)?,
+                None => artifacts,
+            };
             let artifacts = artifacts
                 .iter()
                 .map(ArtifactPath::new)
@@ -177,6 +200,7 @@ pub async fn enqueue(
                 dry_run: common.dry_run,
                 asf_uid,
             });
+            wait = common.wait;
             (
                 vec![build(job, &common.idempotency_key)?],
                 common.timing,
@@ -197,17 +221,32 @@ pub async fn enqueue(
                 dry_run: common.dry_run,
                 asf_uid,
             });
+            wait = common.wait;
             (
                 vec![build(job, &common.idempotency_key)?],
                 common.timing,
                 common.json,
             )
         }
-        EnqueueCommand::File { path, timing, json } => (read_envelopes(&path)?, timing, json),
+        EnqueueCommand::File { path, timing, json } => {
+            from_file = true;
+            (read_envelopes(&path)?, timing, json)
+        }
     };
-    let run_at = timing.delay.map(|d| {
-        chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero())
-    });
+    // A delay counts from Redis's clock, which the scripts compare run_at with, not this
+    // machine's (docs/wire-format.md, "Scripts").
+    let run_at = match timing.delay {
+        None => None,
+        Some(d) => {
+            let (secs, micros): (i64, i64) = redis::cmd("TIME")
+                .query_async(&mut queue.connection())
+                .await
+                .map_err(anyhow::Error::from)?;
+            let now = chrono::DateTime::from_timestamp_micros(secs * 1_000_000 + micros)
+                .unwrap_or_else(chrono::Utc::now);
+            Some(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
+        }
+    };
     let mut results = Vec::new();
     for env in &envelopes {
         let attempts = timing
@@ -217,27 +256,179 @@ pub async fn enqueue(
             .enqueue(env, run_at, attempts)
             .await
             .map_err(anyhow::Error::from)?;
-        results.push(serde_json::json!({"id": e.id, "created": e.created, "kind": env.kind(), "distribution": env.distribution_key().map(|k| k.to_string()).unwrap_or_default()}));
+        let distribution = env
+            .distribution_key()
+            .map(|k| k.to_string())
+            .unwrap_or_default();
+        // The same idempotency key returns the job it already names, however long ago that
+        // job ended: say so, or a second run of the same command looks like a new job.
+        let existing = if e.created {
+            None
+        } else {
+            queue
+                .show(&e.id)
+                .await
+                .map_err(anyhow::Error::from)?
+                .map(|d| d.summary)
+        };
+        let mut result = serde_json::json!({"id": e.id, "created": e.created, "kind": env.kind(), "distribution": distribution});
+        if let Some(job) = &existing {
+            result["state"] = serde_json::json!(job.state);
+        }
+        results.push(result);
         if !as_json {
-            let what = if e.created {
-                "enqueued"
-            } else {
-                "already enqueued (same idempotency key)"
+            let what = match (&existing, e.created) {
+                (_, true) => "enqueued".to_owned(),
+                (Some(job), false) => already(job, from_file, chrono::Utc::now()),
+                (None, false) => "already enqueued with this idempotency key".to_owned(),
             };
-            outln!(
-                "{}  {what}: {} {}",
-                e.id,
-                env.kind(),
-                env.distribution_key()
-                    .map(|k| k.to_string())
-                    .unwrap_or_default()
-            );
+            outln!("{}  {what}: {} {distribution}", e.id, env.kind());
         }
     }
     if as_json {
         outln!("{}", json(&results));
     }
-    Ok(ExitCode::SUCCESS)
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all_done = true;
+    for result in &results {
+        let id = result["id"].as_str().unwrap_or_default();
+        let job = wait_for_end(queue, id).await?;
+        all_done &= job.state == atr_dist_shared::JobState::Done;
+        let error = job
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        outln!("{id}  {}{error}", job.state);
+    }
+    Ok(if all_done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Polls the job until it is done, dead or cancelled. A human is waiting: a short poll
+/// costs Redis one small read, and Ctrl-C ends the wait, not the job.
+async fn wait_for_end(queue: &Queue, id: &str) -> Result<crate::queue::JobSummary, CliError> {
+    loop {
+        let Some(detail) = queue.show(id).await.map_err(anyhow::Error::from)? else {
+            return Err(CliError::Failed(anyhow::anyhow!(
+                "job {id} is gone from the queue (purged?) while waiting for it"
+            )));
+        };
+        if detail.summary.state.is_terminal() {
+            return Ok(detail.summary);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What `enqueue` says when the idempotency key already named `job`.
+fn already(
+    job: &crate::queue::JobSummary,
+    from_file: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let since = job
+        .finished_at
+        .filter(|_| job.state.is_terminal())
+        .or(job.enqueued_at);
+    let when = since
+        .map(|t| format!(" {} ago", ago(now - t)))
+        .unwrap_or_default();
+    let again = if from_file {
+        "give the envelope another idempotency_key to run again"
+    } else {
+        "pass --idempotency-key to run again"
+    };
+    if job.state.is_terminal() {
+        format!(
+            "already enqueued as {}, {}{when}; {again}",
+            job.id, job.state
+        )
+    } else {
+        format!(
+            "already enqueued as {}, {} (enqueued{when}); nothing new enqueued",
+            job.id, job.state
+        )
+    }
+}
+
+/// A duration as people say it: `40 s`, `12 min`, `3 h`, `5 d`.
+fn ago(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86400),
+    }
+}
+
+/// The files of the OCI image layout `dir` in the revision (`.` = its root): `index.json`,
+/// `oci-layout` and every `blobs/<alg>/<hex>`, as artifact paths. The worker checks them
+/// against the manifest and the layout again; this only saves naming every blob by hand.
+fn layout_files(
+    config: &crate::config::Config,
+    common: &CommonArgs,
+    dir: &str,
+) -> Result<Vec<String>, CliError> {
+    if !matches!(common.source, SourceArg::Dir) {
+        return Err(usage(
+            "--artifact-dir reads the revision directory, so it needs --source dir; with --source atr name each file with --artifact",
+        ));
+    }
+    let prefix = match dir.trim_end_matches('/') {
+        "" | "." => String::new(),
+        d => {
+            ArtifactPath::new(d).map_err(|e| usage(format!("--artifact-dir: {e}")))?;
+            format!("{d}/")
+        }
+    };
+    let root = config
+        .revisions
+        .root
+        .join(&common.project)
+        .join(&common.release_version)
+        .join(&common.revision)
+        .join(&prefix);
+    for required in ["index.json", "oci-layout"] {
+        if !root.join(required).is_file() {
+            return Err(usage(format!(
+                "--artifact-dir {dir}: {} has no {required}, so it is not an OCI image layout",
+                root.display()
+            )));
+        }
+    }
+    let mut files = vec![format!("{prefix}index.json"), format!("{prefix}oci-layout")];
+    let blobs = root.join("blobs");
+    let read = |path: &std::path::Path| {
+        std::fs::read_dir(path).map_err(|e| usage(format!("reading {}: {e}", path.display())))
+    };
+    if blobs.is_dir() {
+        for alg in read(&blobs)? {
+            let alg = alg.map_err(|e| usage(format!("reading {}: {e}", blobs.display())))?;
+            if !alg.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let alg_name = alg.file_name().to_string_lossy().into_owned();
+            for blob in read(&alg.path())? {
+                let blob = blob.map_err(|e| usage(format!("reading {alg_name}: {e}")))?;
+                // Regular files only: the worker refuses a symbolic link in a revision.
+                if blob.file_type().is_ok_and(|t| t.is_file()) {
+                    files.push(format!(
+                        "{prefix}blobs/{alg_name}/{}",
+                        blob.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    files[2..].sort();
+    Ok(files)
 }
 
 fn build(job: Job, key: &Option<String>) -> Result<Envelope, CliError> {

@@ -53,24 +53,30 @@ pub enum JobsCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// Jobs per page.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Continue from a previous page.
         #[arg(long)]
         cursor: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one job: payload, attempts, errors and timeline.
     Show {
+        /// The job's id (a UUID, as `jobs list` and `enqueue` print it).
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Queue dead (or cancelled) jobs again: the given ids, or with --all-dead every dead job
     /// matching the filters.
     Retry {
+        /// Ids of dead or cancelled jobs.
         ids: Vec<String>,
+        /// Every dead job matching the filters below, instead of ids.
         #[arg(long, conflicts_with = "ids")]
         all_dead: bool,
         #[command(flatten)]
@@ -78,6 +84,7 @@ pub enum JobsCommand {
     },
     /// Cancel jobs: waiting ones at once, running ones as soon as their worker hears.
     Cancel {
+        /// Ids of the jobs to cancel.
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -86,6 +93,7 @@ pub enum JobsCommand {
         /// done, dead or cancelled.
         #[arg(long, default_value = "done")]
         state: JobState,
+        /// Only jobs that finished at least this long ago (e.g. 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Duration,
     },
@@ -95,6 +103,7 @@ pub enum JobsCommand {
 pub enum QueueCommand {
     /// Counts per state, oldest queued age, throughput over the last hour.
     Stats {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -102,7 +111,7 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
-    /// Move a queue written in wire format 1, 2, 3 or 4 to format 5 (docs/wire-format.md, "Versions").
+    /// Move a queue written in wire format 1 to 5 to format 6 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
 }

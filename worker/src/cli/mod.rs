@@ -31,6 +31,15 @@ mod enqueue;
 mod jobs;
 pub mod output;
 
+/// The exit codes, as `--help` lists them (and README.md, "Exit codes").
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  the operation failed (Redis or the database unreachable, a worker error); for
+     `migrate --status`, migrations are pending
+  2  bad usage, input or configuration (the message names the flag, field or config key)
+  3  the job asked for does not exist
+  4  some of the given jobs could not be acted on (retry, cancel)";
+
 /// Some of the given jobs could not be acted on (retry, cancel).
 pub const EXIT_PARTIAL: u8 = 4;
 /// The job asked for does not exist.
@@ -40,7 +49,8 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 #[command(
     name = "atr-dist",
     version,
-    about = "Puts voted Apache releases onto third-party platforms, safely"
+    about = "Puts voted Apache releases onto third-party platforms, safely",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     /// TOML config file (see deploy/atr-dist.example.toml); ATR_DIST_* variables override it.
@@ -129,7 +139,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             raise_file_limit();
             // Before any client is built: platform adapters and sources trust what it loads.
             crate::tls::init(&config)?;
-            crate::run::run(config, crate::platform::from_config(&config_for_adapters)?)
+            let adapters = crate::platform::from_config(&config_for_adapters)?;
+            for e in crate::platform::enablement(&config_for_adapters) {
+                if e.enabled {
+                    tracing::info!(platform = %e.platform, reason = %e.reason, "platform enabled");
+                }
+            }
+            if adapters.platforms().is_empty() {
+                tracing::warn!(
+                    "no platform is configured, so every job will be refused; `atr-dist config` says what to set"
+                );
+            }
+            crate::run::run(config, adapters)
                 .await
                 .map_err(|e| CliError::Failed(anyhow::Error::from(e)))?;
             Ok(ExitCode::SUCCESS)
@@ -150,8 +171,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Config => {
             // Checks tls.ca_file as `run` would.
             crate::tls::init(&config)?;
+            // Building the adapters checks what only they check (an OCI username without
+            // a token, a base_url with a path).
+            crate::platform::from_config(&config)?;
             let text = toml::to_string_pretty(&config).map_err(anyhow::Error::from)?;
             outln!("{text}");
+            outln!("# Platforms `atr-dist run` publishes to, and why:");
+            for e in crate::platform::enablement(&config) {
+                outln!(
+                    "#   {:<12} {}: {}",
+                    e.platform.to_string(),
+                    if e.enabled { "enabled" } else { "disabled" },
+                    e.reason
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
@@ -207,4 +240,38 @@ async fn migrate(config: &Config, args: &MigrateArgs) -> Result<ExitCode, CliErr
     let applied = db::migrate_up(&conn).await.map_err(anyhow::Error::from)?;
     outln!("{shown}: applied {applied} migration(s); schema is current");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every subcommand, flag and argument, as `atr-dist <path> --<flag>`, that has no help.
+    fn without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(path.clone());
+            }
+            without_help(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn every_command_flag_and_argument_has_help() {
+        let mut missing = Vec::new();
+        without_help(&Cli::command(), "atr-dist", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }

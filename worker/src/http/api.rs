@@ -281,6 +281,7 @@ fn envelope_error(e: EnvelopeError) -> ApiError {
         | EnvelopeError::UnsupportedVersion { .. }
         | EnvelopeError::UnknownKind(_)
         | EnvelopeError::UnknownField(_)
+        | EnvelopeError::InvalidField { .. }
         | EnvelopeError::InvalidPayload { .. }
         | EnvelopeError::InvalidKey { .. } => StatusCode::BAD_REQUEST,
     };

@@ -17,6 +17,13 @@ use crate::platform::{PlatformError, PromoteRequest, Sealed, StageRequest};
 pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Result<Step, Failure> {
     let adapter = p.adapter(key.platform)?;
     let Some(row) = record::load_distribution(&p.db, key).await? else {
+        // A dry-run stage sends nothing and so records nothing: there is no staged state
+        // a dry-run promote could check the platform and the voted files against.
+        if job.dry_run {
+            return Err(Failure::Refused(format!(
+                "{key} was never staged: dry-run stages record nothing; stage for real first, then a dry-run promote shows what promoting would send"
+            )));
+        }
         return Err(Failure::Refused(format!(
             "{key} was never staged by atr-dist; stage it before promoting"
         )));

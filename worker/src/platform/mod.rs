@@ -197,27 +197,109 @@ impl Adapters {
     }
 }
 
-/// The adapters for every platform this build supports, configured from `[platforms.*]`.
+/// Whether `atr-dist run` gives a platform an adapter, and why; `atr-dist config` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enablement {
+    pub platform: Platform,
+    pub enabled: bool,
+    pub reason: String,
+}
+
+/// Which platforms get an adapter. The rule: only platforms the operator configured. A
+/// platform's public default (`https://registry.npmjs.org/`, Docker Hub) is used only once
+/// its `[platforms.<name>]` section says something that makes it a target: a `base_url`, a
+/// token (or `token_file`), or for OCI a `username`. A worker left on defaults publishes
+/// nowhere, so a test or first run can never reach a public registry by accident.
+pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
+    Platform::ALL
+        .iter()
+        .map(|&platform| {
+            let section = crate::config::section_name(platform);
+            let p = config.platforms.get(platform);
+            let env = format!("ATR_DIST_PLATFORMS__{}__TOKEN", section.to_ascii_uppercase());
+            let (enabled, reason) = match platform {
+                Platform::Npm | Platform::NpmScoped | Platform::DockerHub => {
+                    let default = match platform {
+                        Platform::DockerHub => oci::DEFAULT_REGISTRY,
+                        Platform::Npm | Platform::NpmScoped => npm::DEFAULT_REGISTRY,
+                        Platform::ArtifactHub
+                        | Platform::Maven
+                        | Platform::Pypi
+                        | Platform::Github
+                        | Platform::Hex => unreachable!("matched above"),
+                    };
+                    let username = p.username.is_some() && platform == Platform::DockerHub;
+                    match (&p.base_url, p.token.is_some() || username) {
+                        (Some(url), _) => (true, format!("base_url = {url}")),
+                        (None, true) => (
+                            true,
+                            format!("credentials set; base_url defaults to {default}"),
+                        ),
+                        (None, false) => (
+                            false,
+                            format!(
+                                "not configured: set [platforms.{section}] base_url (ATR_DIST_PLATFORMS__{}__BASE_URL) or {env}",
+                                section.to_ascii_uppercase()
+                            ),
+                        ),
+                    }
+                }
+                // Test PyPI and PyPI once an index URL or a token is set.
+                Platform::Pypi => match pypi::configured(p) {
+                    Some((staging, production)) => (
+                        true,
+                        format!("stages to {staging}, promotes to {production}"),
+                    ),
+                    None => (
+                        false,
+                        "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN".to_owned(),
+                    ),
+                },
+                Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {
+                    (false, "no adapter in this version of atr-dist".to_owned())
+                }
+            };
+            Enablement {
+                platform,
+                enabled,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The adapters of the configured platforms (see [`enablement`] for the rule).
 pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::config::ConfigError> {
     let mut adapters = Adapters::default();
-    // npm needs no configuration to be useful: the public registry is the default.
-    for platform in [Platform::Npm, Platform::NpmScoped] {
-        let npm = npm::adapter_for(platform, config).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                key: format!("platforms.{}", crate::config::section_name(platform)),
-                reason: e.message,
+    for Enablement {
+        platform, enabled, ..
+    } in enablement(config)
+    {
+        if !enabled {
+            continue;
+        }
+        match platform {
+            Platform::Npm | Platform::NpmScoped => {
+                let npm = npm::adapter_for(platform, config).map_err(|e| {
+                    crate::config::ConfigError::Invalid {
+                        key: format!("platforms.{}", crate::config::section_name(platform)),
+                        reason: e.message,
+                    }
+                })?;
+                adapters = adapters.with(platform, Arc::new(npm));
             }
-        })?;
-        adapters = adapters.with(platform, Arc::new(npm));
-    }
-    // Docker Hub (or any OCI registry at base_url) when [platforms.docker_hub] is configured.
-    if let Some(oci) = oci::OciAdapter::from_config(&config.platforms.docker_hub)? {
-        adapters = adapters.with(Platform::DockerHub, Arc::new(oci));
-    }
-    // PyPI (Test PyPI to stage, PyPI to promote, or other indexes) when [platforms.pypi] is
-    // configured.
-    if let Some(pypi) = pypi::PypiAdapter::from_config(&config.platforms.pypi)? {
-        adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
+            Platform::DockerHub => {
+                if let Some(oci) = oci::OciAdapter::from_config(&config.platforms.docker_hub)? {
+                    adapters = adapters.with(Platform::DockerHub, Arc::new(oci));
+                }
+            }
+            Platform::Pypi => {
+                if let Some(pypi) = pypi::PypiAdapter::from_config(&config.platforms.pypi)? {
+                    adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
+                }
+            }
+            Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {}
+        }
     }
     Ok(adapters)
 }
@@ -227,20 +309,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_configuration_serves_npm_and_only_configured_registries() {
+    fn only_configured_platforms_get_adapters() {
         let config = crate::config::Config::default();
-        assert_eq!(
-            from_config(&config).unwrap().platforms(),
-            vec![Platform::Npm, Platform::NpmScoped]
+        assert_eq!(from_config(&config).unwrap().platforms(), vec![]);
+        let why = enablement(&config);
+        let npm = why.iter().find(|e| e.platform == Platform::Npm).unwrap();
+        assert!(!npm.enabled);
+        assert!(
+            npm.reason
+                .contains("set [platforms.npm] base_url (ATR_DIST_PLATFORMS__NPM__BASE_URL) or ATR_DIST_PLATFORMS__NPM__TOKEN"),
+            "{}",
+            npm.reason
         );
+
+        // A token alone means the public registry; a base_url alone, that registry.
         let mut config = crate::config::Config::default();
+        config.platforms.npm.token = Some(crate::secret::Secret::new("npm_x"));
+        config.platforms.npm_scoped.base_url = Some("http://127.0.0.1:4873/".parse().unwrap());
         config.platforms.docker_hub.username = Some("apache".into());
         config.platforms.docker_hub.token = Some(crate::secret::Secret::new("dckr_pat_x"));
         assert_eq!(
             from_config(&config).unwrap().platforms(),
             vec![Platform::DockerHub, Platform::Npm, Platform::NpmScoped]
         );
+        let why = enablement(&config);
+        let reason = |p: Platform| why.iter().find(|e| e.platform == p).unwrap().reason.clone();
+        assert_eq!(
+            reason(Platform::Npm),
+            "credentials set; base_url defaults to https://registry.npmjs.org/"
+        );
+        assert_eq!(
+            reason(Platform::NpmScoped),
+            "base_url = http://127.0.0.1:4873/"
+        );
+        assert_eq!(
+            reason(Platform::Pypi),
+            "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN"
+        );
+        assert_eq!(
+            reason(Platform::Hex),
+            "no adapter in this version of atr-dist"
+        );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
+        let why = enablement(&config);
+        let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
+        assert_eq!(
+            pypi.reason,
+            "stages to https://test.pypi.org/legacy/, promotes to https://upload.pypi.org/legacy/"
+        );
         let adapters = from_config(&config).unwrap();
         assert_eq!(
             adapters.platforms(),

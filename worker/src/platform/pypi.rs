@@ -12,7 +12,7 @@
 //!   another user name).
 //! - read back: the JSON API, `GET <read URL>pypi/<name>/<version>/json`,
 //!   `urls[].{filename, digests.sha256, upload_time_iso_8601}`; where the index has none
-//!   (pypiserver, devpi: 404), the simple API, `GET <read URL>simple/<name>/` in its PEP 691
+//!   (pypiserver: 404), the simple API, `GET <read URL>simple/<name>/` in its PEP 691
 //!   JSON form (`files[].hashes.sha256`) or its PEP 503 HTML form (`#sha256=` fragments),
 //!   keeping the files of this version.
 //!
@@ -996,15 +996,10 @@ impl PypiAdapter {
             .collect()
     }
 
-    /// The adapter from `[platforms.pypi]`, or None when the section sets no URL and no token.
+    /// The adapter from `[platforms.pypi]`, or None when the section sets no URL and no token
+    /// ([`configured`]).
     pub fn from_config(config: &PlatformConfig) -> Result<Option<PypiAdapter>, ConfigError> {
-        let configured = config.base_url.is_some()
-            || config.staging_base_url.is_some()
-            || config.read_url.is_some()
-            || config.staging_read_url.is_some()
-            || config.token.is_some()
-            || config.staging_token.is_some();
-        if !configured {
+        if configured(config).is_none() {
             return Ok(None);
         }
         let parse = |s: &str| Url::parse(s).unwrap_or_else(|e| unreachable!("{s}: {e}"));
@@ -1053,6 +1048,30 @@ impl PypiAdapter {
                 reason: e.message,
             })
     }
+}
+
+/// The staging and production upload URLs when `[platforms.pypi]` sets an index URL or a
+/// token (the rule of `platform::enablement`: a worker left on defaults publishes nowhere),
+/// else None.
+pub fn configured(config: &PlatformConfig) -> Option<(String, String)> {
+    let set = config.base_url.is_some()
+        || config.staging_base_url.is_some()
+        || config.read_url.is_some()
+        || config.staging_read_url.is_some()
+        || config.token.is_some()
+        || config.staging_token.is_some();
+    if !set {
+        return None;
+    }
+    let url = |u: &Option<Url>, default: &str| {
+        u.as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| default.to_owned())
+    };
+    Some((
+        url(&config.staging_base_url, DEFAULT_STAGING_UPLOAD_URL),
+        url(&config.base_url, DEFAULT_UPLOAD_URL),
+    ))
 }
 
 /// `urls[]` of the JSON API's version document.

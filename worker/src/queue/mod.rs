@@ -104,6 +104,9 @@ pub struct Leased {
     pub envelope: Vec<u8>,
     /// How long the job waited between becoming queued and this lease (Redis's clock).
     pub waited: Duration,
+    /// Why the envelope does not belong to this job, found at fetch: its `id` is not the
+    /// job's, or its `idempotency_key` is not the key the job was enqueued under.
+    pub mismatch: Option<String>,
 }
 
 impl Leased {
@@ -113,6 +116,48 @@ impl Leased {
             token: self.token.clone(),
         }
     }
+
+    /// The job's envelope, parsed and checked; the message of an error is what the job is
+    /// dead-lettered with (error class `malformed`).
+    pub fn parse_envelope(&self) -> Result<Envelope, String> {
+        // What is wrong with the envelope itself first, then whether it is this job's.
+        let envelope = Envelope::parse(&self.envelope).map_err(|e| e.to_string())?;
+        match &self.mismatch {
+            Some(mismatch) => Err(mismatch.clone()),
+            None => Ok(envelope),
+        }
+    }
+}
+
+/// The two top-level fields of an envelope that tie it to its job; the rest is left to
+/// `Envelope::parse`.
+#[derive(serde::Deserialize)]
+struct EnvelopeIdentity {
+    id: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// What is wrong with `envelope` as the envelope of job `id` whose idempotency key names
+/// `holder` (`None`: the key names no job), or `None` if nothing is.
+fn identity_mismatch(
+    id: &str,
+    envelope: &EnvelopeIdentity,
+    holder: Option<&str>,
+) -> Option<String> {
+    if let Some(own) = &envelope.id
+        && own != id
+    {
+        return Some(format!(
+            "envelope id {own:?} is not the id {id:?} the job was enqueued under: enqueue.lua's id for a job must be its envelope's id"
+        ));
+    }
+    let key = envelope.idempotency_key.as_deref()?;
+    if holder != Some(id) {
+        return Some(format!(
+            "envelope idempotency_key {key:?} is not the key job {id} was enqueued with: enqueue.lua's idempotency_key for a job must be its envelope's idempotency_key"
+        ));
+    }
+    None
 }
 
 /// One job's lease as a worker holds it: what `heartbeat.lua` renews and `ack.lua` checks.
@@ -394,6 +439,7 @@ impl Queue {
                 max_attempts,
                 envelope: Vec::new(),
                 waited: Duration::from_millis((now - since).max(0) as u64),
+                mismatch: None,
             });
         }
         // The envelopes, read outside the script (see fetch.lua), from each job's batch. A
@@ -410,7 +456,50 @@ impl Queue {
             // dead-lettered as malformed.
             job.envelope = envelope.unwrap_or_default();
         }
+        self.check_identities(&mut out).await?;
         Ok(out)
+    }
+
+    /// Marks the leased jobs whose envelope names another job id, or another idempotency
+    /// key than the one the job was enqueued with (docs/wire-format.md, "Rules every client
+    /// keeps"). `enqueue.lua` cannot check this without reading every envelope into Lua,
+    /// which the queue's cost targets rule out; here it costs one HMGET of `idempotency`
+    /// per fetch. Envelopes that are not JSON objects are left to `Envelope::parse`.
+    async fn check_identities(&self, jobs: &mut [Leased]) -> Result<(), QueueError> {
+        let identities: Vec<Option<EnvelopeIdentity>> = jobs
+            .iter()
+            .map(|job| serde_json::from_slice(&job.envelope).ok())
+            .collect();
+        let keys: Vec<&str> = identities
+            .iter()
+            .flatten()
+            .filter_map(|i| i.idempotency_key.as_deref())
+            .collect();
+        let mut holders = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let reply: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(format!("{}idempotency", self.prefix))
+                .arg(&keys)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            if reply.len() != keys.len() {
+                return Err(protocol("HMGET idempotency", "reply of the wrong length"));
+            }
+            reply
+        }
+        .into_iter();
+        for (job, identity) in jobs.iter_mut().zip(&identities) {
+            let Some(identity) = identity else {
+                continue;
+            };
+            let holder = match identity.idempotency_key {
+                Some(_) => holders.next().flatten(),
+                None => None,
+            };
+            job.mismatch = identity_mismatch(&job.id, identity, holder.as_deref());
+        }
+        Ok(())
     }
 
     /// The envelopes of jobs given as `(batch, id)`, each read from its batch's hash: one

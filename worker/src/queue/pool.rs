@@ -462,12 +462,12 @@ async fn run_job<H: JobHandler>(
     // Until its ack is handed over: what a shutdown waits for after stopping attempts.
     let _running = RunningAttempt::new(&shared);
     let started = Instant::now();
-    let (outcome, result) = match Envelope::parse(&job.envelope) {
+    let (outcome, result) = match job.parse_envelope() {
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "malformed job moved to the dead set");
             let dead = AckOutcome::Dead {
                 class: ErrorClass::Malformed,
-                message: e.to_string(),
+                message: e,
             };
             (dead, String::new())
         }

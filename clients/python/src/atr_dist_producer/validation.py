@@ -287,8 +287,12 @@ def envelope_problems(envelope: Any) -> list[str]:
         given = "missing" if "kind" not in envelope else f"{kind!r} is not a job kind"
         problems.append(("$.kind", f"{given}; use 'stage' or 'promote'"))
     else:
-        problems.extend(_schema_problems(envelope))
-        problems.extend(_rule_problems(envelope))
+        rules = _rule_problems(envelope)
+        # A rule's message ("has a '..' component") says more than the schema's pattern
+        # that refuses the same value: one message per value.
+        ruled = {path for path, _ in rules}
+        problems.extend(p for p in _schema_problems(envelope) if p[0] not in ruled)
+        problems.extend(rules)
     unique = dict.fromkeys(f"{path}: {message}" for path, message in sorted(problems))
     return list(unique)
 
