@@ -531,8 +531,8 @@ fn enqueue_lists_a_layout_and_says_when_the_key_names_a_job() {
             .args(["jobs", "show", &id, "--json"]),
     );
     let detail: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    let envelope: serde_json::Value =
-        serde_json::from_str(detail["envelope"].as_str().unwrap()).unwrap();
+    // `jobs show --json` prints the API's job detail: the envelope as JSON.
+    let envelope = &detail["envelope"];
     assert_eq!(
         envelope["payload"]["artifacts"],
         serde_json::json!([
@@ -605,9 +605,10 @@ fn enqueue_lists_a_layout_and_says_when_the_key_names_a_job() {
             .args(["jobs", "show", delayed_id, "--json"]),
     );
     let detail: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(detail["state"], "scheduled", "{detail}");
+    let job = &detail["job"];
+    assert_eq!(job["state"], "scheduled", "{detail}");
     let at = |field: &str| {
-        chrono::DateTime::parse_from_rfc3339(detail[field].as_str().unwrap())
+        chrono::DateTime::parse_from_rfc3339(job[field].as_str().unwrap())
             .unwrap()
             .timestamp()
     };
