@@ -234,6 +234,10 @@ mod tests {
         let old = LockHolder::parse("0190-job");
         assert_eq!((old.attempt, old.worker.as_deref()), (None, None));
         assert_eq!(old.to_string(), "0190-job");
+        // Whatever follows the id without an attempt number (written by hand) names none.
+        let odd = LockHolder::parse("0190-job by hand");
+        assert_eq!((odd.attempt, odd.worker.as_deref()), (None, None));
+        assert_eq!(odd.to_string(), "0190-job");
     }
 
     #[test]
