@@ -123,14 +123,58 @@ async fn leased(q: &Queue, n: usize, max_attempts: u32) -> Leased {
 }
 
 async fn ack(q: &Queue, job: &Leased, outcome: AckOutcome) -> AckResult {
+    ack_with(q, job, outcome, "").await
+}
+
+/// An ack that sends the worker's report `result` with it.
+async fn ack_with(q: &Queue, job: &Leased, outcome: AckOutcome, result: &str) -> AckResult {
     q.ack(&[Ack {
         lease: job.lease(),
         outcome,
+        result: result.to_owned(),
     }])
     .await
     .unwrap()
     .remove(0)
 }
+
+type Entry = std::collections::HashMap<String, String>;
+
+/// The entries of the `results` stream, oldest first.
+async fn results(q: &Queue) -> Vec<Entry> {
+    let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}results", q.prefix()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
+    reply
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The one results entry, as `(id, state, atr_status, attempt, result)`.
+async fn the_result(q: &Queue) -> (String, String, String, String, String) {
+    let got = results(q).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let e = &got[0];
+    (
+        e["id"].clone(),
+        e["state"].clone(),
+        e["atr_status"].clone(),
+        e["attempt"].clone(),
+        e["result"].clone(),
+    )
+}
+
+const REPORT: &str = r#"{"kind":"stage","outcome":"completed"}"#;
 
 fn retry_in(delay: Duration) -> AckOutcome {
     AckOutcome::Retry {
@@ -148,7 +192,7 @@ async fn dead_job(q: &Queue, n: usize) -> Leased {
         message: "404".into(),
     };
     assert_eq!(
-        ack(q, &job, outcome).await,
+        ack_with(q, &job, outcome, REPORT).await,
         AckResult::Applied(JobState::Dead)
     );
     job
@@ -172,12 +216,12 @@ async fn fetch_refuses_a_queue_in_another_wire_format() {
     let q = &t.queue;
     let _: () = q
         .connection()
-        .set(format!("{}format", q.prefix()), "6")
+        .set(format!("{}format", q.prefix()), "7")
         .await
         .unwrap();
     let err = q.fetch("w1", LEASE, 10).await.unwrap_err().to_string();
     assert!(
-        err.contains("wire format 6") && err.contains("speaks format 5"),
+        err.contains("wire format 7") && err.contains("speaks format 6"),
         "{err}"
     );
 }
@@ -293,6 +337,7 @@ async fn fetch_requeues_an_expired_lease_with_attempts_left_at_the_front() {
         "lease of worker w1 expired (worker died or stalled)"
     );
     assert_eq!(events(q, &first.id).await, ["lease_expired"]);
+    assert!(results(q).await.is_empty(), "nothing ended");
     assert_eq!(total(q, "recovered").await, 1);
     assert_eq!(total(q, "dead").await, 0);
 }
@@ -317,6 +362,17 @@ async fn fetch_moves_an_expired_lease_with_no_attempts_left_to_dead() {
     assert!(list(q, "queued").await.is_empty());
     assert_eq!(total(q, "dead").await, 1);
     assert_eq!(total(q, "recovered").await, 0);
+    // No worker is left to report on it: an entry without a result.
+    assert_eq!(
+        the_result(q).await,
+        (
+            e.id.clone(),
+            "dead".into(),
+            "BROKEN".into(),
+            "1".into(),
+            String::new()
+        )
+    );
 }
 
 #[tokio::test]
@@ -457,8 +513,8 @@ async fn ack_refuses_arguments_not_in_groups() {
     let q = &t.queue;
     for args in [
         vec!["x"],
-        vec!["1"],
-        vec!["0", "id", "lease", "retry", "0", "transient"],
+        vec!["1", "id", "lease"],
+        vec!["0", "id", "lease", "retry", "0", "transient", "message"],
     ] {
         let err = call::<Value>(q, "ack", &strings(&args)).await.unwrap_err();
         assert!(err.contains("expected n_done"), "{args:?}: {err}");
@@ -475,12 +531,14 @@ async fn ack_refuses_an_unknown_outcome_and_changes_nothing() {
         "1".to_owned(),
         job.id.clone(),
         job.token.clone(),
+        String::new(),
         other.id.clone(),
         other.token.clone(),
         "publish".to_owned(),
         "0".to_owned(),
         String::new(),
         "?".to_owned(),
+        String::new(),
     ];
     let err = call::<Value>(q, "ack", &args).await.unwrap_err();
     assert!(err.contains("unknown outcome publish"), "{err}");
@@ -496,6 +554,7 @@ async fn ack_refuses_more_than_1000_jobs() {
     for i in 0..1001 {
         args.push(format!("id-{i}"));
         args.push("lease".to_owned());
+        args.push(String::new());
     }
     let err = call::<Value>(q, "ack", &args).await.unwrap_err();
     assert!(err.contains("at most 1000 jobs"), "{err}");
@@ -531,6 +590,7 @@ async fn ack_is_stale_for_a_lease_the_job_no_longer_has() {
                         token: token.clone(),
                     },
                     outcome,
+                    result: String::new(),
                 }])
                 .await
                 .unwrap();
@@ -566,9 +626,60 @@ async fn ack_done_records_the_finish_and_appends_to_done() {
     assert!((before..=after).contains(&finished), "{rec}");
     assert_eq!(list(q, "done").await, [job.id.as_str()]);
     assert_eq!(score(q, "running", &job.id).await, None);
+    assert_eq!(
+        the_result(q).await,
+        (
+            job.id.clone(),
+            "done".into(),
+            "COMPLETED".into(),
+            "1".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        hget(q, "result", &job.id).await,
+        None,
+        "no report, none kept"
+    );
     let stats = q.stats().await.unwrap();
     assert_eq!(stats.totals.get("done"), Some(&1));
     assert_eq!(stats.last_hour.iter().map(|m| m.done).sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn ack_done_keeps_the_report_it_was_sent() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = leased(q, 1, 3).await;
+    let other = leased(q, 2, 3).await;
+    let out = q
+        .ack(&[
+            Ack {
+                lease: job.lease(),
+                outcome: AckOutcome::Done,
+                result: REPORT.to_owned(),
+            },
+            Ack {
+                lease: other.lease(),
+                outcome: AckOutcome::Done,
+                result: String::new(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out, [AckResult::Applied(JobState::Done); 2]);
+    assert_eq!(hget(q, "result", &job.id).await.as_deref(), Some(REPORT));
+    assert_eq!(hget(q, "result", &other.id).await, None);
+    let got = results(q).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (got[0]["id"].as_str(), got[0]["result"].as_str()),
+        (job.id.as_str(), REPORT)
+    );
+    assert_eq!(
+        (got[1]["id"].as_str(), got[1]["result"].as_str()),
+        (other.id.as_str(), "")
+    );
 }
 
 #[tokio::test]
@@ -609,6 +720,7 @@ async fn ack_retry_with_attempts_left_schedules_the_next_attempt() {
         (1, 1)
     );
     assert_eq!(total(q, "dead").await, 0);
+    assert!(results(q).await.is_empty(), "nothing ended");
 }
 
 #[tokio::test]
@@ -631,6 +743,17 @@ async fn ack_retry_with_no_attempts_left_goes_to_dead() {
     assert_eq!(events(q, &job.id).await, ["dead"]);
     assert_eq!((total(q, "dead").await, total(q, "failed").await), (1, 1));
     assert_eq!(total(q, "retried").await, 0);
+    // Out of attempts after transient failures: BROKEN for ATR.
+    assert_eq!(
+        the_result(q).await,
+        (
+            job.id.clone(),
+            "dead".into(),
+            "BROKEN".into(),
+            "1".into(),
+            String::new()
+        )
+    );
 }
 
 #[tokio::test]
@@ -643,9 +766,20 @@ async fn ack_dead_goes_to_dead_with_attempts_left() {
         message: "401 bad token".into(),
     };
     assert_eq!(
-        ack(q, &job, outcome).await,
+        ack_with(q, &job, outcome, REPORT).await,
         AckResult::Applied(JobState::Dead)
     );
+    assert_eq!(
+        the_result(q).await,
+        (
+            job.id.clone(),
+            "dead".into(),
+            "FAILED".into(),
+            "1".into(),
+            REPORT.into()
+        )
+    );
+    assert_eq!(hget(q, "result", &job.id).await.as_deref(), Some(REPORT));
     assert_eq!(
         record(q, &job.id).await,
         Some(format!("dead {}", job.token))
@@ -667,9 +801,20 @@ async fn ack_cancelled_records_the_cancellation() {
         message: "stopped by the operator".into(),
     };
     assert_eq!(
-        ack(q, &job, outcome).await,
+        ack_with(q, &job, outcome, REPORT).await,
         AckResult::Applied(JobState::Cancelled)
     );
+    assert_eq!(
+        the_result(q).await,
+        (
+            job.id.clone(),
+            "cancelled".into(),
+            "FAILED".into(),
+            "1".into(),
+            REPORT.into()
+        )
+    );
+    assert_eq!(hget(q, "result", &job.id).await.as_deref(), Some(REPORT));
     assert_eq!(
         record(q, &job.id).await,
         Some(format!("cancelled {}", job.token))
@@ -714,6 +859,7 @@ async fn ack_defer_waits_without_spending_an_attempt() {
         ))
     );
     assert_eq!(events(q, &second.id).await, ["retry_scheduled", "deferred"]);
+    assert!(results(q).await.is_empty(), "nothing ended");
     assert_eq!(
         (total(q, "failed").await, total(q, "retried").await),
         (1, 1)
@@ -761,6 +907,7 @@ async fn ack_release_hands_the_job_back_to_the_front_uncounted() {
     assert!(hget(q, "queued_at", &job.id).await.is_some());
     assert_eq!(score(q, "running", &job.id).await, None);
     assert_eq!(events(q, &job.id).await, ["released"]);
+    assert!(results(q).await.is_empty(), "nothing ended");
     assert_eq!(total(q, "failed").await, 0);
 }
 
@@ -797,14 +944,17 @@ async fn ack_answers_in_argument_order_with_successes_sent_first() {
             Ack {
                 lease: a.lease(),
                 outcome: retry_in(Duration::from_secs(3600)),
+                result: String::new(),
             },
             Ack {
                 lease: stale,
                 outcome: AckOutcome::Done,
+                result: String::new(),
             },
             Ack {
                 lease: b.lease(),
                 outcome: AckOutcome::Done,
+                result: REPORT.to_owned(),
             },
         ])
         .await
@@ -998,7 +1148,7 @@ async fn enqueue_sets_the_format_of_a_new_queue() {
         .get(format!("{}format", q.prefix()))
         .await
         .unwrap();
-    assert_eq!(format, "5");
+    assert_eq!(format, "6");
 }
 
 #[tokio::test]
@@ -1229,6 +1379,12 @@ async fn retry_queues_a_dead_job_with_fresh_attempts() {
         Some("404"),
         "the last error stays on view"
     );
+    assert_eq!(
+        hget(q, "result", &job.id).await,
+        None,
+        "its earlier end is no longer its result"
+    );
+    assert_eq!(results(q).await.len(), 1, "a retry ends nothing");
     let s = q.show(&job.id).await.unwrap().unwrap();
     assert_eq!(s.events.last().unwrap().event, "retried");
     assert_eq!(
@@ -1324,6 +1480,7 @@ async fn cancel_of_a_running_job_asks_its_worker() {
     assert_eq!(hb.cancel, [job.id.as_str()]);
     assert_eq!(events(q, &job.id).await, ["cancel_requested"]);
     assert_eq!(total(q, "cancelled").await, 0);
+    assert!(results(q).await.is_empty(), "it ends when its worker acks");
 }
 
 #[tokio::test]
@@ -1358,6 +1515,16 @@ async fn cancel_of_a_queued_job_takes_it_out_of_the_list() {
     );
     assert_eq!(events(q, &a.id).await, ["cancelled"]);
     assert_eq!(total(q, "cancelled").await, 1);
+    assert_eq!(
+        the_result(q).await,
+        (
+            a.id.clone(),
+            "cancelled".into(),
+            "FAILED".into(),
+            "0".into(),
+            String::new()
+        )
+    );
 }
 
 #[tokio::test]
@@ -1393,6 +1560,16 @@ async fn cancel_of_a_retrying_job_takes_it_out_of_retrying() {
         record(q, &job.id).await,
         Some(format!("cancelled {}", job.token))
     );
+    assert_eq!(
+        the_result(q).await,
+        (
+            job.id.clone(),
+            "cancelled".into(),
+            "FAILED".into(),
+            "1".into(),
+            String::new()
+        )
+    );
     assert!(q.fetch("w1", LEASE, 10).await.unwrap().is_empty());
 }
 
@@ -1407,6 +1584,7 @@ async fn cancel_of_a_finished_job_says_its_state_and_changes_nothing() {
         .await
         .unwrap();
     let ids = [done.id.clone(), dead.id.clone(), cancelled.id.clone()];
+    let reported = results(q).await.len();
     let mut before = Vec::new();
     for id in &ids {
         before.push((record(q, id).await, events(q, id).await));
@@ -1423,6 +1601,7 @@ async fn cancel_of_a_finished_job_says_its_state_and_changes_nothing() {
         Some("stop")
     );
     assert_eq!(total(q, "cancelled").await, 1);
+    assert_eq!(results(q).await.len(), reported, "no end reported twice");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1575,7 +1754,8 @@ async fn purge_deletes_every_trace_of_a_job_and_frees_its_key() {
         class: ErrorClass::Permanent,
         message: "gone".into(),
     };
-    ack(q, &again, outcome).await;
+    ack_with(q, &again, outcome, REPORT).await;
+    assert!(exists(q, "result").await);
     // A cancel request left behind (acks clear theirs).
     let _: () = q
         .connection()
@@ -1588,7 +1768,7 @@ async fn purge_deletes_every_trace_of_a_job_and_frees_its_key() {
         .await
         .into_iter()
         .filter(|k| {
-            !["format", "batches", "stats", "running"]
+            !["format", "batches", "stats", "running", "results"]
                 .iter()
                 .any(|s| k.ends_with(&format!(":{s}")))
                 && !k.contains(":tp:")
