@@ -754,6 +754,11 @@ async fn ack_retry_with_no_attempts_left_goes_to_dead() {
             String::new()
         )
     );
+    assert_eq!(
+        hget(q, "result", &job.id).await,
+        None,
+        "no report, none kept"
+    );
 }
 
 #[tokio::test]
