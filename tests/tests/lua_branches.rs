@@ -1983,6 +1983,43 @@ async fn lock_renew_fails_once_another_attempt_holds_it() {
         .expect("the renewal found the lock gone to another");
 }
 
+/// Renewed every third of its time to live, a held lock outlives that time many times over.
+/// (A renewal more than a second late would let it expire: this guards the renewal's
+/// period, not a machine's punctuality.)
+#[tokio::test]
+async fn lock_renewal_keeps_a_held_lock_past_its_time_to_live() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let a = attempt("job-a", 1, "w1");
+    let ttl = Duration::from_millis(1500);
+    let guard = q.try_lock(LOCK, &a, ttl).await.unwrap().expect("free");
+    let until = redis_now(q).await + 2 * ttl.as_millis() as i64;
+    while redis_now(q).await <= until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    guard.check().await.expect("still held, by its renewals");
+    assert!(!guard.lost.is_cancelled());
+    guard.release().await;
+}
+
+/// A guard dropped without `release` (its attempt stopped) stops renewing: the lock expires
+/// after its time to live instead of staying held for good.
+#[tokio::test]
+async fn lock_renewal_stops_when_the_guard_is_dropped() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let a = attempt("job-a", 1, "w1");
+    let ttl = Duration::from_millis(300);
+    let guard = q.try_lock(LOCK, &a, ttl).await.unwrap().expect("free");
+    drop(guard);
+    // Long past its time to live by Redis's clock, the lock is gone.
+    let until = redis_now(q).await + 4 * ttl.as_millis() as i64;
+    while redis_now(q).await <= until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lock_value(q).await, None);
+}
+
 #[tokio::test]
 async fn lock_renew_fails_once_the_lock_expired() {
     let t = TestQueue::new().await;
