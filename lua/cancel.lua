@@ -13,6 +13,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local jobs = prefix .. 'jobs'
 local out = {}
 local cancelled = 0
+local function event(id, name)
+  local key = prefix .. 'events:' .. id
+  redis.call('RPUSH', key, cjson.encode({at = now, event = name, message = message}))
+  redis.call('LTRIM', key, -50, -1)
+end
 for i = 3, #ARGV do
   local id = ARGV[i]
   local record = redis.call('HGET', jobs, id)
@@ -22,6 +27,7 @@ for i = 3, #ARGV do
     result = 'not_found'
   elseif state == 'running' then
     redis.call('HSET', prefix .. 'cancel_requested', id, '1')
+    event(id, 'cancel_requested')
     result = 'cancel_requested'
   elseif state == 'queued' or state == 'scheduled' or state == 'retrying' then
     if state == 'queued' then
@@ -39,15 +45,13 @@ for i = 3, #ARGV do
       'id', id, 'state', 'cancelled', 'atr_status', 'FAILED', 'attempt',
       (attempt ~= '' and attempt) or '0', 'error_class', '', 'message', message,
       'batch', batch or '', 'result', '')
+    event(id, 'cancelled')
     cancelled = cancelled + 1
     result = 'cancelled'
   else
+    -- Already finished (done, dead, or cancelled before): nothing to do, and no event, so
+    -- that a repeated cancel leaves the job as it was.
     result = state
-  end
-  if result == 'cancelled' or result == 'cancel_requested' then
-    local key = prefix .. 'events:' .. id
-    redis.call('RPUSH', key, cjson.encode({at = now, event = result, message = message}))
-    redis.call('LTRIM', key, -50, -1)
   end
   out[#out + 1] = result
 end

@@ -1,9 +1,14 @@
--- atr-dist wire format v2: distribution locks (docs/wire-format.md, "Distribution locks").
+-- atr-dist wire format v6: distribution locks (docs/wire-format.md, "Distribution locks").
 -- KEYS[1] = <prefix>queued
--- ARGV = prefix, op (acquire | renew | release), name, owner, ttl_ms
--- acquire: takes lock:<name> for owner (or extends it if owner holds it already).
+-- ARGV = prefix, op (acquire | renew | release | check), name, owner, ttl_ms
+-- The owner is one attempt of one job, `<job_id> <lease token>`: a later attempt of the same
+-- job is another owner, and is refused while an earlier one holds the lock.
+-- acquire: takes lock:<name> for owner (or extends it if owner holds it already: an acquire
+--          repeated because its reply was lost).
 -- renew:   extends it if owner holds it.   release: deletes it if owner holds it.
--- Returns {1, owner} on success, {0, holder} when someone else holds it.
+-- check:   only says whether owner holds it; extends nothing (ttl_ms is not read).
+-- Returns {1, owner} on success, {0, holder} when another holds it ({0, ''} when nobody does,
+-- except for acquire, which then succeeds).
 local prefix = ARGV[1]
 local op = ARGV[2]
 local key = prefix .. 'lock:' .. ARGV[3]
@@ -29,6 +34,11 @@ elseif op == 'renew' then
 elseif op == 'release' then
   if holder == owner then
     redis.call('DEL', key)
+    return {1, owner}
+  end
+  return {0, holder or ''}
+elseif op == 'check' then
+  if holder == owner then
     return {1, owner}
   end
   return {0, holder or ''}

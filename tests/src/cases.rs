@@ -10,7 +10,6 @@ use atr_dist::config::RetryConfig;
 use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
 use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Lease, Leased, Queue, RawJob};
 use atr_dist_shared::{ErrorClass, JobState};
-use chrono::Utc;
 use tokio::sync::oneshot;
 
 use crate::jobs;
@@ -118,6 +117,58 @@ pub async fn state_of(queue: &Queue, id: &str) -> JobState {
         .state
 }
 
+/// Redis's clock, in ms: the only clock the scripts read.
+pub async fn redis_now(q: &Queue) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
+    secs * 1000 + micros / 1000
+}
+
+/// A job's score in one of the queue's sorted sets (`running`: its lease expiry;
+/// `retrying`: its next attempt), in ms.
+pub async fn score_in(q: &Queue, set: &str, id: &str) -> i64 {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{}{set}", q.prefix()))
+        .arg(id)
+        .query_async(&mut q.connection())
+        .await
+        .unwrap();
+    score.unwrap_or_else(|| panic!("{id} is not in {set}")) as i64
+}
+
+/// Fetches as `worker` until a job comes, and checks every answer against Redis's clock:
+/// no job may come from a fetch that ran before `due` (ms, Redis's clock), and a fetch that
+/// ran wholly after it must bring one. A loaded machine only makes the wait longer; it
+/// cannot make the outcome differ.
+pub async fn fetch_when_due(q: &Queue, worker: &str, lease: Duration, due: i64) -> Vec<Leased> {
+    let start = Instant::now();
+    loop {
+        let before = redis_now(q).await;
+        let got = q.fetch(worker, lease, 10).await.unwrap();
+        let after = redis_now(q).await;
+        if !got.is_empty() {
+            assert!(
+                after >= due,
+                "a job came {} ms before its time",
+                due - after
+            );
+            return got;
+        }
+        assert!(
+            before < due,
+            "nothing came from a fetch made {} ms after the job was due",
+            before - due
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no job came within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ack(job: &Leased, outcome: AckOutcome) -> Vec<Ack> {
     vec![Ack {
         lease: job.lease(),
@@ -129,13 +180,13 @@ fn ack(job: &Leased, outcome: AckOutcome) -> Vec<Ack> {
 /// `job`'s lease as another worker, or another attempt, would present it: same job, same
 /// start time, different holder.
 fn forged(job: &Leased, attempt: u32, worker: &str) -> Vec<Ack> {
-    // `<max_attempts> <enqueued_ms> <attempt> <started_ms> <worker_id>`
+    // `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`
     let parts: Vec<&str> = job.token.split(' ').collect();
-    let (max, enqueued, started) = (parts[0], parts[1], parts[3]);
+    let (max, enqueued, batch, started) = (parts[0], parts[1], parts[2], parts[4]);
     vec![Ack {
         lease: Lease {
             id: job.id.clone(),
-            token: format!("{max} {enqueued} {attempt} {started} {worker}"),
+            token: format!("{max} {enqueued} {batch} {attempt} {started} {worker}"),
         },
         outcome: AckOutcome::Done,
         result: String::new(),
@@ -244,17 +295,18 @@ pub async fn batch_of(q: &Queue, id: &str) -> u64 {
 
 pub async fn delayed_jobs_wait_for_their_time(q: &Queue) {
     let env = jobs::stage(2);
-    let run_at = Utc::now() + chrono::Duration::milliseconds(400);
+    // A second ahead of Redis's clock, which decides when it is due.
+    let due = redis_now(q).await + 1000;
+    let run_at = chrono::DateTime::from_timestamp_millis(due).unwrap();
     let e = q.enqueue(&env, Some(run_at), 3).await.unwrap();
-    assert_eq!(state_of(q, &e.id).await, JobState::Scheduled);
+    let enqueued = redis_now(q).await;
+    let state = state_of(q, &e.id).await;
+    // Scheduled, unless this machine took the whole second to enqueue it.
     assert!(
-        q.fetch("w1", Duration::from_secs(5), 10)
-            .await
-            .unwrap()
-            .is_empty()
+        state == JobState::Scheduled || (state == JobState::Queued && enqueued >= due),
+        "{state} at {enqueued}, due at {due}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = q.fetch("w1", Duration::from_secs(5), 10).await.unwrap();
+    let got = fetch_when_due(q, "w1", Duration::from_secs(5), due).await;
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].id.as_str(), got[0].attempt), (e.id.as_str(), 1));
 }
@@ -288,11 +340,12 @@ pub async fn leases_fence_acks_and_expire(q: &Queue) {
         .await
         .unwrap();
     assert_eq!(hb.lost, vec![e.id.clone()]);
-    // A heartbeat keeps it; without one, it expires and any worker gets it back.
+    // A heartbeat keeps it; without one, it expires and any worker gets it back, but not
+    // before.
     let hb = q.heartbeat("w1", lease, &[got[0].lease()]).await.unwrap();
     assert!(hb.lost.is_empty());
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let again = q.fetch("w2", lease, 10).await.unwrap();
+    let expiry = score_in(q, "running", &e.id).await;
+    let again = fetch_when_due(q, "w2", lease, expiry).await;
     assert_eq!(again.len(), 1, "expired lease recovered");
     assert_eq!(again[0].attempt, 2);
     let hb = q.heartbeat("w1", lease, &[got[0].lease()]).await.unwrap();
@@ -330,24 +383,23 @@ pub async fn retries_persist_then_dead(q: &Queue) {
         ack(
             job,
             AckOutcome::Retry {
-                delay: Duration::from_millis(150),
+                delay: Duration::from_millis(500),
                 class: ErrorClass::Transient,
                 message: format!("503 on attempt {}", job.attempt),
             },
         )
     };
+    let mut got = q.fetch("w1", lease, 10).await.unwrap();
     for attempt in 1..=2 {
-        let got = q.fetch("w1", lease, 10).await.unwrap();
         assert_eq!(got[0].attempt, attempt);
         assert_eq!(
             q.ack(&transient(&got[0])).await.unwrap(),
             vec![AckResult::Applied(JobState::Retrying)]
         );
         // The backoff is kept in Redis: nothing to fetch until it has passed.
-        assert!(q.fetch("w1", lease, 10).await.unwrap().is_empty());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let due = score_in(q, "retrying", &e.id).await;
+        got = fetch_when_due(q, "w1", lease, due).await;
     }
-    let got = q.fetch("w1", lease, 10).await.unwrap();
     assert_eq!(got[0].attempt, 3);
     assert_eq!(
         q.ack(&transient(&got[0])).await.unwrap(),
@@ -734,26 +786,40 @@ pub async fn running_jobs_see_cancellation(q: &Queue) {
 /// A job that runs for several lease periods keeps its lease through the pool's heartbeats:
 /// it finishes at its first attempt, and no other fetch gets it meanwhile.
 pub async fn heartbeats_keep_a_long_job(q: &Queue) {
-    let handler = FnHandler(|_job: RunningJob| async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Ok(Completion::Done)
+    // The job runs until the test lets it finish.
+    let (finish, finished) = tokio::sync::watch::channel(false);
+    let handler = FnHandler(move |_job: RunningJob| {
+        let mut finished = finished.clone();
+        async move {
+            let _ = finished.wait_for(|done| *done).await;
+            Ok(Completion::Done)
+        }
     });
     let mut config = pool_config(1, FAST_RETRY);
-    config.lease = Duration::from_millis(450);
+    // Heartbeats every third of it: a heartbeat would have to be more than a second late
+    // for the lease to run out.
+    let lease = Duration::from_millis(1500);
+    config.lease = lease;
     let e = q.enqueue(&jobs::stage(60), None, 3).await.unwrap();
     let running = RunningPool::start(q, handler, config);
     eventually("job leased", Duration::from_secs(10), || async {
         count(q, JobState::Running).await == 1
     })
     .await;
-    // Past the first lease, and the second: a fetch finds nothing expired to recover.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        q.fetch("thief", Duration::from_secs(5), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // Past the end of the first lease, and of a second one after it, by Redis's clock: a
+    // fetch finds nothing expired to recover all along.
+    let until = score_in(q, "running", &e.id).await + lease.as_millis() as i64;
+    while redis_now(q).await <= until {
+        assert!(
+            q.fetch("thief", Duration::from_secs(5), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the job was taken from a live worker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    finish.send(true).unwrap();
     eventually("job done", Duration::from_secs(10), || async {
         count(q, JobState::Done).await == 1
     })

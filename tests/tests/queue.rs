@@ -706,14 +706,19 @@ async fn versions_3_and_4_are_refused_until_migrated() {
 /// A call whose envelopes in `incoming` do not match its jobs (a client that skipped the
 /// HSET, or sent two jobs with one id) is refused, creates nothing and leaves nothing behind;
 /// and an enqueue after Redis lost its scripts loads the script and runs its transaction
-/// again, with nothing left over from the failed one.
+/// again, with nothing left over from the failed one. On a Redis of its own: `SCRIPT FLUSH`
+/// on the shared one would pull the scripts from under every other test running.
 #[tokio::test]
 async fn enqueue_refuses_envelopes_that_do_not_match_and_survives_lost_scripts() {
     use atr_dist::queue::ENQUEUE_LUA;
     use atr_dist_shared::JobState;
     use redis::AsyncCommands;
 
-    let t = TestQueue::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = atr_dist_tests::free_port();
+    let _redis = atr_dist::embedded::start(port, &dir.path().join("redis"))
+        .expect("redis-server installed (scripts/services.sh)");
+    let t = TestQueue::on(&format!("redis://127.0.0.1:{port}"), &[]).await;
     let q = &t.queue;
     let p = q.prefix().to_owned();
     let mut conn = q.connection();

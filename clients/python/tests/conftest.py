@@ -4,6 +4,10 @@ queue per test, whose keys are deleted afterwards."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +40,44 @@ def redis_client() -> Iterator[redis.Redis]:
         )
     yield client
     client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A redis-server of the test's own, on a free loopback port, stopped afterwards: for a
+    test that changes what is server-wide (SCRIPT FLUSH), which on the shared Redis would
+    pull the scripts from under every other test running against it."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail(
+            "redis-server is not installed; scripts/services.sh installs it", pytrace=False
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"redis-server did not start on 127.0.0.1:{port}", pytrace=False)
+            time.sleep(0.02)
+    try:
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture

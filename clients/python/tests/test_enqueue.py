@@ -419,15 +419,16 @@ def test_queue_in_another_wire_format_is_refused(
 
 
 def test_lost_scripts_are_loaded_again(
-    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+    private_redis: redis.Redis, queue: str, stage_args: dict[str, Any]
 ) -> None:
     # As after a Redis restart: the script is gone, and a transaction whose EVALSHA failed
-    # left envelopes in `incoming`.
+    # left envelopes in `incoming`. (On a Redis of its own: SCRIPT FLUSH is server-wide.)
+    producer = Producer(private_redis, queue=queue)
     producer.enqueue_stage(**{**stage_args, "version": "0.0.9"})
-    redis_client.script_flush()
-    redis_client.hset(f"atr-dist:{{{queue}}}:incoming", "left-over", b"{}")
+    private_redis.script_flush()
+    private_redis.hset(f"atr-dist:{{{queue}}}:incoming", "left-over", b"{}")
     result = producer.enqueue_stage(**stage_args)
     assert result.created
-    batch = batch_of(redis_client, queue, result.id)
-    assert redis_client.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
-    assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")
+    batch = batch_of(private_redis, queue, result.id)
+    assert private_redis.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
+    assert not private_redis.exists(f"atr-dist:{{{queue}}}:incoming")

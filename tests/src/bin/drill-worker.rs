@@ -1,6 +1,7 @@
 //! A worker process for crash drills (`tests/crash.rs`): runs the real pool on a queue with
 //! a handler that records each execution in Redis and takes a few milliseconds, so that a
-//! SIGKILL lands while jobs are in flight.
+//! SIGKILL lands while jobs are in flight. Prints its worker id on the first line of its
+//! standard output once it runs.
 //!
 //! Usage: drill-worker <redis-url> <queue> <concurrency> <lease-ms>
 
@@ -49,7 +50,10 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    pool::run(queue, Arc::new(handler), config, shutdown, |_| {})
-        .await
-        .expect("pool");
+    // The drill kills workers that hold leases: it finds them by this id in the job records.
+    pool::run(queue, Arc::new(handler), config, shutdown, |pool| {
+        println!("{}", pool.worker_id)
+    })
+    .await
+    .expect("pool");
 }

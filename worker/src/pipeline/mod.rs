@@ -307,7 +307,7 @@ impl Pipeline {
     ) -> Result<Completion, JobError> {
         let lock = match self
             .queue
-            .try_lock(&key.lock_id(), &job.id, self.lock_ttl)
+            .try_lock(&key.lock_id(), &job.lease(), self.lock_ttl)
             .await
         {
             Ok(Ok(lock)) => lock,

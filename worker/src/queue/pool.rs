@@ -67,6 +67,9 @@ pub enum Completion {
 #[derive(Debug, Clone)]
 pub struct RunningJob {
     pub id: String,
+    /// The attempt's lease token (docs/wire-format.md, "lease token"): what tells this
+    /// attempt from an earlier or later one of the same job.
+    pub token: String,
     pub attempt: u32,
     pub max_attempts: u32,
     pub envelope: Envelope,
@@ -124,6 +127,16 @@ impl ResultSlot {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default()
+    }
+}
+
+impl RunningJob {
+    /// This attempt's lease: what owns the distribution lock (`Queue::try_lock`).
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id.clone(),
+            token: self.token.clone(),
+        }
     }
 }
 
@@ -549,6 +562,7 @@ async fn attempt<H: JobHandler>(
     );
     let running = RunningJob {
         id: job.id.clone(),
+        token: job.token.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
         envelope,
