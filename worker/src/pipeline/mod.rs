@@ -346,7 +346,12 @@ impl Pipeline {
         // Every platform request of the step draws on one retry budget, and its retries and
         // read-backs go to the job's timeline as they happen.
         let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let budget = RetryBudget::new(self.retry_limits, Some(notes_tx));
+        let checker = lock.checker();
+        let fence: crate::platform::http::WriteFence = Arc::new(move || {
+            let checker = checker.clone();
+            Box::pin(async move { checker.check().await.map_err(|e| e.to_string()) })
+        });
+        let budget = RetryBudget::fenced(self.retry_limits, Some(notes_tx), fence);
         let lost = lock.lost.clone();
         let mut open = OpenAttempt {
             db: self.db.clone(),

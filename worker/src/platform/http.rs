@@ -181,6 +181,13 @@ impl PlatformHttp {
         let mut delays = self.backoff.build();
         loop {
             let req = self.build(what, &make)?;
+            // Only the attempt that holds the distribution's lock writes: checked right
+            // before every send, so an attempt that stalled past its lease writes nothing.
+            if let Some(fence) = &budget.fence {
+                fence()
+                    .await
+                    .map_err(|why| PlatformError::transient(format!("{what}: not sent: {why}")))?;
+            }
             budget.count_request();
             let failed = match self.client.execute(req).await {
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
@@ -253,12 +260,28 @@ pub enum HttpNote {
     },
 }
 
-/// The retry budget of one attempt; see the module documentation.
-#[derive(Debug)]
+/// What an attempt checks before each platform write: that it still holds its distribution
+/// lock (`queue/lock.rs`). `Err` says why not; the write is then not sent.
+pub type WriteFence =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The retry budget of one attempt; see the module documentation. It also carries the
+/// attempt's write fence: every `write` is preceded by it.
 pub struct RetryBudget {
     limits: RetryLimits,
     state: Mutex<BudgetState>,
     notes: Option<tokio::sync::mpsc::UnboundedSender<HttpNote>>,
+    fence: Option<WriteFence>,
+}
+
+impl std::fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("limits", &self.limits)
+            .field("state", &self.state)
+            .field("fenced", &self.fence.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +305,21 @@ impl RetryBudget {
             limits,
             state: Mutex::new(BudgetState::default()),
             notes,
+            fence: None,
+        })
+    }
+
+    /// A budget whose writes are each preceded by `fence`.
+    pub fn fenced(
+        limits: RetryLimits,
+        notes: Option<tokio::sync::mpsc::UnboundedSender<HttpNote>>,
+        fence: WriteFence,
+    ) -> Arc<RetryBudget> {
+        Arc::new(RetryBudget {
+            limits,
+            state: Mutex::new(BudgetState::default()),
+            notes,
+            fence: Some(fence),
         })
     }
 
@@ -472,6 +510,39 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_is_not_sent_when_the_fence_says_the_lock_is_gone() {
+        // A server that records whether anything reached it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::clone(&reached);
+        let server = tokio::spawn(async move {
+            if listener.accept().await.is_ok() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let http = PlatformHttp::new(&[&base], None).unwrap();
+        let fence: WriteFence =
+            Arc::new(|| Box::pin(async { Err("the distribution lock is held by job x".into()) }));
+        let budget = RetryBudget::fenced(RetryLimits::default(), None, fence);
+        let err = budget
+            .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(
+            err.message
+                .contains("PUT x: not sent: the distribution lock is held by job x"),
+            "{}",
+            err.message
+        );
+        assert_eq!(budget.used().requests, 0);
+        server.abort();
+        assert!(!reached.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]

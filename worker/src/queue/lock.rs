@@ -26,6 +26,37 @@ pub struct LockGuard {
     pub lost: CancellationToken,
 }
 
+/// Confirms that an attempt still holds its lock (see `LockGuard::check`).
+#[derive(Clone)]
+pub struct LockChecker {
+    queue: Queue,
+    name: String,
+    owner: String,
+}
+
+impl LockChecker {
+    pub async fn check(&self) -> Result<(), LockLost> {
+        check_held(&self.queue, &self.name, &self.owner).await
+    }
+}
+
+async fn check_held(queue: &Queue, name: &str, owner: &str) -> Result<(), LockLost> {
+    match queue.lock_op("check", name, owner, Duration::ZERO).await {
+        Ok((true, _)) => Ok(()),
+        Ok((false, holder)) if holder.is_empty() => Err(LockLost::Expired {
+            lock: name.to_owned(),
+        }),
+        Ok((false, holder)) => Err(LockLost::Taken {
+            lock: name.to_owned(),
+            holder: LockHolder::parse(&holder),
+        }),
+        Err(error) => Err(LockLost::Unconfirmed {
+            lock: name.to_owned(),
+            error,
+        }),
+    }
+}
+
 /// Who holds a lock that an attempt could not take, or no longer has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockHolder {
@@ -165,30 +196,23 @@ impl LockGuard {
         });
     }
 
+    /// A handle that confirms the lock as `check` does, for code that does not own the
+    /// guard (the platform write path, `platform/http.rs`).
+    pub fn checker(&self) -> LockChecker {
+        LockChecker {
+            queue: self.queue.clone(),
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+
     /// Confirms, with one round trip, that this attempt still holds the lock: call it right
     /// before each write to a platform, and write only on `Ok`. Extends nothing (renewal is
     /// the background task's business), so it never keeps alive a lock that is running out.
     /// What it cannot rule out is a pause between its answer and the write; the time to live
     /// of a lock is a whole lease, far longer than that round trip.
     pub async fn check(&self) -> Result<(), LockLost> {
-        match self
-            .queue
-            .lock_op("check", &self.name, &self.owner, Duration::ZERO)
-            .await
-        {
-            Ok((true, _)) => Ok(()),
-            Ok((false, holder)) if holder.is_empty() => Err(LockLost::Expired {
-                lock: self.name.clone(),
-            }),
-            Ok((false, holder)) => Err(LockLost::Taken {
-                lock: self.name.clone(),
-                holder: LockHolder::parse(&holder),
-            }),
-            Err(error) => Err(LockLost::Unconfirmed {
-                lock: self.name.clone(),
-                error,
-            }),
-        }
+        check_held(&self.queue, &self.name, &self.owner).await
     }
 
     /// Releases the lock now. A guard dropped without this stops renewing, and the lock
