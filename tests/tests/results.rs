@@ -186,3 +186,70 @@ async fn a_lease_that_runs_out_with_no_attempts_left_is_reported_broken() {
     );
     assert!(e["message"].contains("expired"), "{e:?}");
 }
+
+/// Notes from a running attempt (`note.lua`): written while the job runs that attempt, with
+/// their numbers, and dropped once it does not.
+#[tokio::test]
+async fn notes_are_written_only_for_the_attempt_that_runs() {
+    use atr_dist::queue::note::{Note, NoteKind};
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.enqueue(&jobs::stage(0), None, 3).await.unwrap();
+    let leased = q.fetch("w1", Duration::from_secs(30), 1).await.unwrap();
+    let job = &leased[0];
+    let note = Note {
+        kind: NoteKind::HttpRetry,
+        message: "PUT x: retrying".into(),
+        http_status: Some(503),
+        retry_after: Some(Duration::from_secs(2)),
+        wait: Some(Duration::from_millis(1500)),
+    };
+    assert!(q.note(&job.id, job.attempt, &note).await.unwrap());
+    // Another attempt's note is dropped.
+    assert!(!q.note(&job.id, job.attempt + 1, &note).await.unwrap());
+    let events: Vec<String> = q
+        .connection()
+        .lrange(format!("{}events:{}", q.prefix(), job.id), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(event["event"], "http_retry");
+    assert_eq!(event["http_status"], 503);
+    assert_eq!(event["retry_after_ms"], 2000);
+    assert_eq!(event["wait_ms"], 1500);
+    // Once the job ended, nothing more is written.
+    q.ack(&[ack(job.lease(), AckOutcome::Done, "")])
+        .await
+        .unwrap();
+    assert!(!q.note(&job.id, job.attempt, &note).await.unwrap());
+}
+
+/// The lock checker the platform write path uses says whether the attempt still holds it.
+#[tokio::test]
+async fn the_lock_checker_sees_a_lock_expire_or_pass_to_another() {
+    use atr_dist::queue::lock::LockLost;
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.enqueue(&jobs::stage(0), None, 3).await.unwrap();
+    let leased = q.fetch("w1", Duration::from_secs(30), 1).await.unwrap();
+    let guard = q
+        .try_lock("dist-x", &leased[0].lease(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let checker = guard.checker();
+    assert!(checker.check().await.is_ok());
+    let key = format!("{}lock:dist-x", q.prefix());
+    let _: () = q.connection().del(&key).await.unwrap();
+    assert!(
+        matches!(checker.check().await, Err(LockLost::Expired { .. })),
+        "a lock that is gone"
+    );
+    let _: () = q.connection().set(&key, "someone-else").await.unwrap();
+    assert!(
+        matches!(checker.check().await, Err(LockLost::Taken { .. })),
+        "a lock another attempt holds"
+    );
+    let _: () = q.connection().del(&key).await.unwrap();
+}
