@@ -253,3 +253,29 @@ async fn the_lock_checker_sees_a_lock_expire_or_pass_to_another() {
     );
     let _: () = q.connection().del(&key).await.unwrap();
 }
+
+/// A report the handler leaves in its job's result slot reaches the `result` hash and the
+/// stream through the pool's ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_hands_the_handlers_report_to_the_ack() {
+    use atr_dist::queue::pool::{Completion, RunningJob};
+    use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let e = q.enqueue(&jobs::stage(0), None, 3).await.unwrap();
+    let handler = FnHandler(|job: RunningJob| async move {
+        job.result.set(r#"{"outcome":"completed"}"#.to_owned());
+        Ok(Completion::Done)
+    });
+    let pool = RunningPool::start(q, handler, pool_config(2, FAST_RETRY));
+    eventually("the job is done", Duration::from_secs(20), || async {
+        q.stats().await.unwrap().counts[&JobState::Done] == 1
+    })
+    .await;
+    pool.stop().await;
+    assert_eq!(
+        kept(q, &e.id).await.as_deref(),
+        Some(r#"{"outcome":"completed"}"#)
+    );
+    assert_eq!(entries(q).await[0]["result"], r#"{"outcome":"completed"}"#);
+}
