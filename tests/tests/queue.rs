@@ -844,3 +844,69 @@ async fn envelopes_that_name_another_job_or_key_are_refused() {
         "{err}"
     );
 }
+
+/// What a handler leaves in its job's result slot goes to Redis with the job's end: in the
+/// `results` stream's entry and the `result` hash. A job that ends without one has neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_report_goes_with_the_jobs_end() {
+    use atr_dist::queue::pool::{Completion, RunningJob};
+    use atr_dist_shared::JobState;
+    use cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+    use redis::AsyncCommands;
+    use std::time::Duration;
+
+    const REPORT: &str = r#"{"kind":"stage","outcome":"completed"}"#;
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let reported = q
+        .enqueue(&atr_dist_tests::jobs::stage(1), None, 3)
+        .await
+        .unwrap();
+    let silent = q
+        .enqueue(&atr_dist_tests::jobs::stage(2), None, 3)
+        .await
+        .unwrap();
+    let handler = FnHandler(|job: RunningJob| async move {
+        if job.envelope.distribution().package.as_str() == "pkg-1" {
+            job.result.set(REPORT.to_owned());
+        }
+        Ok(Completion::Done)
+    });
+    let pool = RunningPool::start(q, handler, pool_config(2, FAST_RETRY));
+    eventually("both jobs done", Duration::from_secs(30), || async {
+        cases::count(q, JobState::Done).await == 2
+    })
+    .await;
+    pool.stop().await;
+    let mut conn = q.connection();
+    let kept: Option<String> = conn
+        .hget(format!("{}result", q.prefix()), &reported.id)
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some(REPORT));
+    let none: Option<String> = conn
+        .hget(format!("{}result", q.prefix()), &silent.id)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}results", q.prefix()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let result_of = |id: &str| {
+        entries
+            .iter()
+            .map(|(_, fields)| fields)
+            .find(|f| f.chunks(2).any(|kv| kv[0] == "id" && kv[1] == id))
+            .and_then(|f| {
+                f.chunks(2)
+                    .find(|kv| kv[0] == "result")
+                    .map(|kv| kv[1].clone())
+            })
+    };
+    assert_eq!(result_of(&reported.id).as_deref(), Some(REPORT));
+    assert_eq!(result_of(&silent.id).as_deref(), Some(""));
+}
