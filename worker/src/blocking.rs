@@ -96,6 +96,41 @@ where
     }
 }
 
+/// A reader that fails once more than `limit` bytes have come through it: what an archive
+/// unpacks to is bounded however small its compressed form (a gzip bomb stops here).
+pub struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+    /// What is read, for the message: "the tarball", "the archive".
+    what: &'static str,
+}
+
+impl<R> Bounded<R> {
+    pub fn new(inner: R, limit: u64, what: &'static str) -> Bounded<R> {
+        Bounded {
+            inner,
+            left: limit,
+            limit,
+            what,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "{} unpacks to more than {} bytes; refused",
+                self.what, self.limit
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -44,7 +44,7 @@ use super::write::{Found, Written, confirmed};
 use super::{
     Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
 };
-use crate::blocking::{self, Cancel};
+use crate::blocking::{self, Bounded, Cancel};
 
 pub const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";
 
@@ -329,25 +329,6 @@ fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
-/// A reader that fails once more than `left` bytes have come through it.
-struct Bounded<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(std::io::Error::other(format!(
-                "the tarball unpacks to more than {MAX_UNPACKED} bytes; refused"
-            )));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
 /// Reads the tarball's entries once, to its end: every entry under `package/`, each path
 /// once, `package/package.json` naming this distribution. Bounded in entries and unpacked
 /// bytes, and stopped between entries when the job goes away.
@@ -358,10 +339,11 @@ fn inspect(
     cancel: &Cancel,
 ) -> Result<serde_json::Map<String, Value>, PlatformError> {
     let bad = |what: String| PlatformError::permanent(format!("{name}: {what}"));
-    let unpacked = Bounded {
-        inner: flate2::read::GzDecoder::new(bytes),
-        left: MAX_UNPACKED,
-    };
+    let unpacked = Bounded::new(
+        flate2::read::GzDecoder::new(bytes),
+        MAX_UNPACKED,
+        "the tarball",
+    );
     let mut archive = tar::Archive::new(unpacked);
     let entries = archive
         .entries()

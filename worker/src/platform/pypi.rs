@@ -58,7 +58,7 @@ use super::write::{Found, Written, confirmed};
 use super::{
     Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
 };
-use crate::blocking::{self, Cancel};
+use crate::blocking::{self, Bounded, Cancel};
 use crate::config::{ConfigError, PlatformConfig};
 use crate::secret::Secret;
 
@@ -277,25 +277,6 @@ fn filename_of(sealed: &Sealed) -> String {
     path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
-/// A reader that fails once more than `left` bytes have come through it.
-struct Bounded<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(std::io::Error::other(format!(
-                "the archive unpacks to more than {MAX_UNPACKED} bytes; refused"
-            )));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
 fn read_metadata(
     mut r: impl Read,
     bad: &impl Fn(String) -> PlatformError,
@@ -320,10 +301,11 @@ fn sdist_metadata(name: &str, bytes: &[u8], cancel: &Cancel) -> Result<String, P
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Err(bad("not a gzipped tar (no gzip header)".into()));
     }
-    let unpacked = Bounded {
-        inner: flate2::read::GzDecoder::new(bytes),
-        left: MAX_UNPACKED,
-    };
+    let unpacked = Bounded::new(
+        flate2::read::GzDecoder::new(bytes),
+        MAX_UNPACKED,
+        "the archive",
+    );
     let mut archive = tar::Archive::new(unpacked);
     let entries = archive
         .entries()
