@@ -23,6 +23,10 @@ pub enum AttemptOutcome {
     RevisionChanged,
     /// Not this job's turn (the distribution was locked by another job).
     Deferred,
+    /// The platform is not there yet (a rate limit until its reset, a version still being
+    /// indexed, a repository still being released): the job runs again later without
+    /// spending an attempt, until the platform's wait deadline.
+    Waiting,
     /// The attempt failed; `job_run.error_class` says how.
     Failed,
     /// The attempt outlasted the job timeout (`worker.job_timeout_secs`) and was stopped; the
@@ -45,6 +49,7 @@ impl AttemptOutcome {
             AttemptOutcome::DryRun => "dry_run",
             AttemptOutcome::RevisionChanged => "revision_changed",
             AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Waiting => "waiting",
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::TimedOut => "timed_out",
             AttemptOutcome::Cancelled => "cancelled",
@@ -52,12 +57,13 @@ impl AttemptOutcome {
         }
     }
 
-    pub const ALL: [AttemptOutcome; 9] = [
+    pub const ALL: [AttemptOutcome; 10] = [
         AttemptOutcome::Completed,
         AttemptOutcome::Unchanged,
         AttemptOutcome::DryRun,
         AttemptOutcome::RevisionChanged,
         AttemptOutcome::Deferred,
+        AttemptOutcome::Waiting,
         AttemptOutcome::Failed,
         AttemptOutcome::TimedOut,
         AttemptOutcome::Cancelled,
@@ -81,6 +87,7 @@ impl AttemptOutcome {
             | AttemptOutcome::Unchanged
             | AttemptOutcome::DryRun
             | AttemptOutcome::Deferred
+            | AttemptOutcome::Waiting
             | AttemptOutcome::Cancelled => false,
         }
     }
@@ -94,6 +101,7 @@ impl AttemptOutcome {
             | AttemptOutcome::TimedOut
             | AttemptOutcome::Abandoned
             | AttemptOutcome::Deferred
+            | AttemptOutcome::Waiting
             | AttemptOutcome::Cancelled => false,
         }
     }

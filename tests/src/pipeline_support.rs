@@ -11,7 +11,7 @@ use atr_dist::config::RetryConfig;
 use atr_dist::pipeline::Pipeline;
 use atr_dist::platform::{
     Adapters, Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed,
-    StageRequest,
+    StageRequest, Staging,
 };
 use atr_dist::queue::Queue;
 use atr_dist::queue::pool::PoolConfig;
@@ -49,6 +49,13 @@ pub struct RecordingAdapter {
     pub in_stage: Arc<AtomicUsize>,
     pub max_in_stage: Arc<AtomicUsize>,
     pub stage_panics: Option<&'static str>,
+    /// Promotes answer "not yet" this many more times (a platform still indexing).
+    pub promote_not_yet: Arc<AtomicUsize>,
+    /// The platform has no staging place ([`Staging::Local`]): stage checks and sends
+    /// nothing.
+    pub local_staging: bool,
+    /// Calls of `read_staged`.
+    pub staged_reads: Arc<AtomicUsize>,
 }
 
 impl RecordingAdapter {
@@ -111,6 +118,15 @@ impl PlatformAdapter for RecordingAdapter {
             self.max_in_stage.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.stage_delay).await;
             let digest = self.expected_digest(req).await?;
+            if self.local_staging {
+                self.state
+                    .lock()
+                    .unwrap()
+                    .writes
+                    .push(format!("check {}", req.key));
+                self.in_stage.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
             {
                 let mut s = self.state.lock().unwrap();
                 s.writes
@@ -128,6 +144,7 @@ impl PlatformAdapter for RecordingAdapter {
         key: &'a DistributionKey,
         tag: &'a DistTag,
     ) -> BoxFuture<'a, Result<Option<Observed>, PlatformError>> {
+        self.staged_reads.fetch_add(1, Ordering::SeqCst);
         let found = self
             .state
             .lock()
@@ -147,6 +164,19 @@ impl PlatformAdapter for RecordingAdapter {
     }
 
     fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        let not_yet = self
+            .promote_not_yet
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if not_yet {
+            return async move {
+                Err(PlatformError::not_yet(
+                    format!("{} is not indexed yet", req.key),
+                    Duration::from_millis(10),
+                ))
+            }
+            .boxed();
+        }
         let mut s = self.state.lock().unwrap();
         s.writes
             .push(format!("promote {} {}", req.key, req.release_tag));
@@ -172,6 +202,14 @@ impl PlatformAdapter for RecordingAdapter {
 
     fn default_tags(&self, _key: &DistributionKey) -> (DistTag, DistTag) {
         (DistTag::new("rc").unwrap(), DistTag::latest())
+    }
+
+    fn staging(&self) -> Staging {
+        if self.local_staging {
+            Staging::Local
+        } else {
+            Staging::Platform
+        }
     }
 
     fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
@@ -258,6 +296,8 @@ pub fn pipeline_with(
         lock_ttl: Duration::from_secs(5),
         staging_tags: HashMap::new(),
         per_platform: HashMap::new(),
+        wait_deadlines: HashMap::new(),
+        waits: atr_dist::pipeline::wait::Schedule::default(),
         sealer: atr_dist::seal::Sealer::default(),
         retry_limits: atr_dist::platform::http::RetryLimits::default(),
         closing: Default::default(),

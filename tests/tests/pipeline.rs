@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atr_dist::config::RetryConfig;
+use atr_dist::pipeline::wait::Schedule;
 use atr_dist::platform::Adapters;
 use atr_dist_shared::entities::revision_manifest;
 use atr_dist_shared::job::RevisionSourceSpec;
@@ -403,6 +404,140 @@ async fn dry_runs_describe_and_record_without_writing(which: Db) {
     h.stop().await;
 }
 
+/// A harness whose waits on the platform are short.
+async fn waiting(which: Db, adapter: RecordingAdapter, deadline: Option<Duration>) -> Rec {
+    let adapters = Adapters::default().with(Platform::Npm, Arc::new(adapter.clone()));
+    let h = Harness::custom(which, adapters, FAST, |p| {
+        p.waits = Schedule {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(80),
+        };
+        if let Some(deadline) = deadline {
+            p.wait_deadlines.insert(Platform::Npm, deadline);
+        }
+    })
+    .await;
+    Rec { h, adapter }
+}
+
+/// A platform that is not there yet makes the job wait in Redis, spending no attempt: a
+/// promote allowed one attempt survives three waits, each recorded as `waiting`.
+async fn waits_spend_no_attempt(which: Db) {
+    let adapter = RecordingAdapter::default();
+    adapter
+        .promote_not_yet
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let h = waiting(which, adapter, None).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    let runs = h.runs(&p).await;
+    let outcomes: Vec<_> = runs.iter().map(|r| r.outcome.clone().unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        ["waiting", "waiting", "waiting", "completed"],
+        "{runs:?}"
+    );
+    assert!(runs.iter().all(|r| r.attempt == 1), "{runs:?}");
+    assert!(runs[0].error_class.is_none(), "a wait is not a failure");
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.contains("no attempt spent") && msg.contains("is not indexed yet"),
+        "{msg}"
+    );
+    let shown = h.t.queue.show(&p.id.to_string()).await.unwrap().unwrap();
+    assert_eq!(shown.summary.attempt, 1);
+    let deferred = shown
+        .events
+        .iter()
+        .filter(|e| e.event == "deferred")
+        .count();
+    assert_eq!(deferred, 3, "{:?}", shown.events);
+    assert!(h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+/// Waits end at the platform's deadline, counted from the first: the job ends dead at once
+/// (no further attempts), `transient`, which ATR shows as BROKEN, saying how long it waited.
+async fn waits_end_at_the_deadline(which: Db) {
+    let adapter = RecordingAdapter::default();
+    adapter
+        .promote_not_yet
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let h = waiting(which, adapter, Some(Duration::from_millis(400))).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    let p = promote("00001");
+    assert_eq!(h.run(&p, 5).await, JobState::Dead);
+    let s =
+        h.t.queue
+            .show(&p.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .summary;
+    assert_eq!(s.attempt, 1, "giving up spends no more attempts");
+    let class = s.error_class.as_deref().and_then(ErrorClass::parse);
+    assert_eq!(class, Some(ErrorClass::Transient));
+    assert_eq!(AtrTaskStatus::of(s.state, class), AtrTaskStatus::Broken);
+    let msg = s.last_error.unwrap();
+    assert!(
+        msg.contains("is not indexed yet; gave up after waiting")
+            && msg.contains("wait_deadline_secs is 400ms"),
+        "{msg}"
+    );
+    let runs = h.runs(&p).await;
+    let last = runs.last().unwrap();
+    assert_eq!(last.outcome.as_deref(), Some("failed"));
+    assert!(runs.len() >= 3, "it waited before giving up: {runs:?}");
+    assert!(
+        runs[..runs.len() - 1]
+            .iter()
+            .all(|r| r.outcome.as_deref() == Some("waiting")),
+        "{runs:?}"
+    );
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+/// A platform with no staging place: stage checks the sealed files and sends nothing, never
+/// reads a staging place, and records the expected digest; a second stage of the same bytes
+/// is `unchanged`.
+async fn local_staging_checks_without_a_staging_place(which: Db) {
+    let adapter = RecordingAdapter {
+        local_staging: true,
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let first = stage("00001", false);
+    h.run_to_done(&first, 1).await;
+    let again = stage("00001", false);
+    h.run_to_done(&again, 1).await;
+    assert_eq!(
+        h.adapter
+            .staged_reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        h.adapter.writes(),
+        [format!("check {}", key()), format!("check {}", key())]
+    );
+    assert_eq!(
+        h.runs(&first).await[0].outcome.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    let row = h.row().await.unwrap();
+    assert!(row.staging && row.platform_digest.is_some(), "{row:?}");
+    h.stop().await;
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -429,6 +564,9 @@ on_both!(failed_result_write_is_retried_without_a_second_stage);
 on_both!(failed_promote_result_write_is_retried_without_a_second_tag_move);
 on_both!(jobs_for_one_key_never_overlap);
 on_both!(dry_runs_describe_and_record_without_writing);
+on_both!(waits_spend_no_attempt);
+on_both!(waits_end_at_the_deadline);
+on_both!(local_staging_checks_without_a_staging_place);
 
 /// Another job takes the distribution lock while a slow stage runs (this attempt's lock
 /// expired in a pause, say): the attempt stops when its renewal finds the lock gone, sends

@@ -393,6 +393,10 @@ pub struct PlatformConfig {
     /// The staging dist-tag or image tag when a job names none.
     pub staging_tag: Option<String>,
     pub retry: Option<RetryConfig>,
+    /// How long a job may wait on this platform when it is not there yet (a rate limit's
+    /// reset, a version being indexed, a release in progress), from the job's first wait;
+    /// past it the job ends dead as `transient` (ATR's `BROKEN`). Default 21600 (6 hours).
+    pub wait_deadline_secs: Option<u64>,
 }
 
 /// Where a secret's value may come from; checked against figment's record of each value's
@@ -655,6 +659,12 @@ impl Config {
                 return Err(invalid(
                     format!("platforms.{name}.concurrency"),
                     "must be at least 1",
+                ));
+            }
+            if p.wait_deadline_secs == Some(0) {
+                return Err(invalid(
+                    format!("platforms.{name}.wait_deadline_secs"),
+                    "must be at least 1 (a platform that must never be waited on has no waits to bound)",
                 ));
             }
             for (key, url) in [

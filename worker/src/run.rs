@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use atr_dist_shared::Platform;
 use atr_dist_shared::names::DistTag;
@@ -73,6 +74,17 @@ pub fn staging_tags(config: &Config) -> HashMap<Platform, DistTag> {
         .filter_map(|p| {
             let tag = config.platforms.get(p).staging_tag.as_deref()?;
             DistTag::new(tag).ok().map(|t| (p, t))
+        })
+        .collect()
+}
+
+/// The platforms whose `wait_deadline_secs` is set.
+pub fn wait_deadlines(config: &Config) -> HashMap<Platform, Duration> {
+    Platform::ALL
+        .into_iter()
+        .filter_map(|p| {
+            let secs = config.platforms.get(p).wait_deadline_secs?;
+            Some((p, Duration::from_secs(secs)))
         })
         .collect()
 }
@@ -178,6 +190,8 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         lock_ttl: config.lease(),
         staging_tags: staging_tags(&config),
         per_platform: per_platform_limits(&config),
+        wait_deadlines: wait_deadlines(&config),
+        waits: crate::pipeline::wait::Schedule::default(),
         sealer: config.worker.sealer(),
         retry_limits: config.worker.retry_limits(),
         closing: Default::default(),

@@ -241,7 +241,7 @@ pub struct AttemptBody {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// completed, unchanged, dry_run, revision_changed, deferred, failed, timed_out,
+    /// completed, unchanged, dry_run, revision_changed, deferred, waiting, failed, timed_out,
     /// cancelled or abandoned; null while running.
     pub outcome: Option<String>,
     pub error_class: Option<String>,

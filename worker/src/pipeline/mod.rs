@@ -14,6 +14,7 @@ pub mod audit;
 mod promote;
 pub mod record;
 mod stage;
+pub mod wait;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -57,6 +58,11 @@ pub struct Pipeline {
     pub sealer: crate::seal::Sealer,
     /// Retries of platform requests one attempt may make (`platform/http.rs`).
     pub retry_limits: crate::platform::http::RetryLimits,
+    /// How long a job may wait on each platform (`[platforms.<name>] wait_deadline_secs`),
+    /// over [`wait::DEFAULT_DEADLINE`].
+    pub wait_deadlines: HashMap<Platform, Duration>,
+    /// How the waits of one job grow.
+    pub waits: wait::Schedule,
     /// The tasks ending the records of attempts that were dropped before they ended them
     /// (`OpenAttempt`); the pool waits for them when it stops.
     pub closing: TaskTracker,
@@ -90,6 +96,12 @@ pub enum Failure {
     LockLost,
     #[error("the attempt panicked: {0}")]
     Panicked(String),
+    #[error("{reason}; gave up after waiting {} (the platform's wait_deadline_secs is {})", humantime::format_duration(*.waited), humantime::format_duration(*.deadline))]
+    GaveUp {
+        reason: String,
+        waited: Duration,
+        deadline: Duration,
+    },
 }
 
 impl Failure {
@@ -105,8 +117,11 @@ impl Failure {
                 | SealError::Corrupt { .. }
                 | SealError::Blocking { .. },
             ) => ErrorClass::Transient,
-            // The database or Redis away: the next attempt finds them back.
-            Failure::Db(_) | Failure::Queue(_) | Failure::LockLost => ErrorClass::Transient,
+            // The database or Redis away: the next attempt finds them back. A wait that
+            // outlasted its deadline might still end well later: ATR shows it `BROKEN`.
+            Failure::Db(_) | Failure::Queue(_) | Failure::LockLost | Failure::GaveUp { .. } => {
+                ErrorClass::Transient
+            }
             // A bug: running it again would panic again.
             Failure::RevisionChanged(_) | Failure::Refused(_) | Failure::Panicked(_) => {
                 ErrorClass::Permanent
@@ -124,7 +139,8 @@ impl Failure {
             | Failure::Queue(_)
             | Failure::Refused(_)
             | Failure::LockLost
-            | Failure::Panicked(_) => AttemptOutcome::Failed,
+            | Failure::Panicked(_)
+            | Failure::GaveUp { .. } => AttemptOutcome::Failed,
         }
     }
 
@@ -139,7 +155,8 @@ impl Failure {
             | Failure::Queue(_)
             | Failure::Refused(_)
             | Failure::LockLost
-            | Failure::Panicked(_) => None,
+            | Failure::Panicked(_)
+            | Failure::GaveUp { .. } => None,
         }
     }
 
@@ -154,7 +171,8 @@ impl Failure {
             | Failure::RevisionChanged(_)
             | Failure::Refused(_)
             | Failure::LockLost
-            | Failure::Panicked(_) => None,
+            | Failure::Panicked(_)
+            | Failure::GaveUp { .. } => None,
         }
     }
 }
@@ -379,6 +397,46 @@ impl Pipeline {
             }
             () = lost.cancelled() => Err(Failure::LockLost),
         };
+        // A platform that is not there yet: the job waits in Redis without spending an
+        // attempt, or gives up once its waits outlast the platform's deadline (`wait.rs`).
+        let mut waiting: Option<(Duration, String)> = None;
+        let result = match result {
+            Err(Failure::Platform(e)) if e.not_yet => {
+                let deadline = self
+                    .wait_deadlines
+                    .get(&key.platform)
+                    .copied()
+                    .unwrap_or(wait::DEFAULT_DEADLINE);
+                match wait::waited(&self.db, &job.id).await {
+                    Err(db) => Err(Failure::Db(db)),
+                    Ok(earlier) => match self.waits.decide(
+                        earlier,
+                        Utc::now(),
+                        deadline,
+                        e.retry_after.unwrap_or_default(),
+                    ) {
+                        wait::Decision::Wait { delay } => {
+                            let message = format!(
+                                "waiting {} (no attempt spent): {}",
+                                humantime::format_duration(Duration::from_secs(delay.as_secs())),
+                                e.message
+                            );
+                            waiting = Some((delay, message.clone()));
+                            Ok(Step {
+                                outcome: AttemptOutcome::Waiting,
+                                message,
+                            })
+                        }
+                        wait::Decision::GiveUp { waited } => Err(Failure::GaveUp {
+                            reason: e.message,
+                            waited: Duration::from_secs(waited.as_secs()),
+                            deadline,
+                        }),
+                    },
+                }
+            }
+            other => other,
+        };
         let http = budget.used();
         // The last notes are in the timeline before the attempt's end is (the notes end when
         // the budget, their sender, is gone).
@@ -425,7 +483,10 @@ impl Pipeline {
         match (result, recorded) {
             (Ok(step), Ok(())) => {
                 tracing::info!(job = %job.id, outcome = %step.outcome, "{}", step.message);
-                Ok(Completion::Done)
+                match waiting {
+                    Some((delay, reason)) => Ok(Completion::Deferred { delay, reason }),
+                    None => Ok(Completion::Done),
+                }
             }
             // The work is done but not recorded as done: a retry finds it done on the
             // platform and only writes the record.
@@ -436,6 +497,7 @@ impl Pipeline {
                     class: f.class(),
                     message: f.to_string(),
                     retry_after: f.platform().and_then(|e| e.retry_after),
+                    last: matches!(f, Failure::GaveUp { .. }),
                 })
             }
         }

@@ -5,7 +5,7 @@ use atr_dist_shared::names::{ArtifactPath, RevisionKey, RevisionNumber};
 use atr_dist_shared::{AttemptOutcome, DistributionKey, RevisionManifest, StageJob};
 
 use super::{Failure, Pipeline, Step, record};
-use crate::platform::{Sealed, StageRequest};
+use crate::platform::{Observed, Sealed, StageRequest, Staging};
 
 /// Reads each of `paths` from the revision once, into a private copy checked against the
 /// revision's `manifest`; adapters publish those copies and nothing else. Used by stage, and
@@ -76,7 +76,12 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         staging_tag: staging_tag.clone(),
     };
     let expected = adapter.expected_digest(&req).await?;
-    let current = adapter.read_staged(key, &staging_tag).await?;
+    let staging = adapter.staging();
+    let current = match staging {
+        Staging::Platform => adapter.read_staged(key, &staging_tag).await?,
+        // Nothing on the platform to find: the check is redone every time.
+        Staging::Local => None,
+    };
 
     if job.dry_run {
         let plan: Vec<String> = adapter
@@ -89,7 +94,13 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
                 "already staged with these bytes: nothing would be sent".to_owned()
             }
             Some(o) => format!("the platform holds {} under {staging_tag}", o.digest),
-            None => "nothing staged yet".to_owned(),
+            None => match staging {
+                Staging::Platform => "nothing staged yet".to_owned(),
+                Staging::Local => {
+                    "the platform has no staging place: stage checks the files and sends nothing"
+                        .to_owned()
+                }
+            },
         };
         return Ok(Step {
             outcome: AttemptOutcome::DryRun,
@@ -101,21 +112,42 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         });
     }
 
-    let outcome = match &current {
-        Some(o) if o.digest == expected => AttemptOutcome::Unchanged,
-        Some(_) | None => {
+    let outcome = match staging {
+        Staging::Platform => match &current {
+            Some(o) if o.digest == expected => AttemptOutcome::Unchanged,
+            Some(_) | None => {
+                adapter.stage(&req).await?;
+                AttemptOutcome::Completed
+            }
+        },
+        // The check is cheap and sends nothing: it runs every time, and the stage is
+        // unchanged when it passed before for the same bytes.
+        Staging::Local => {
             adapter.stage(&req).await?;
-            AttemptOutcome::Completed
+            let recorded = existing.as_ref().and_then(|r| r.platform_digest.as_deref());
+            if recorded == Some(expected.as_str()) {
+                AttemptOutcome::Unchanged
+            } else {
+                AttemptOutcome::Completed
+            }
         }
     };
-    let observed = adapter
-        .read_staged(key, &staging_tag)
-        .await?
-        .ok_or_else(|| {
-            Failure::Platform(crate::platform::PlatformError::transient(format!(
-                "{key} is not visible under {staging_tag} yet after staging"
-            )))
-        })?;
+    let observed = match staging {
+        Staging::Platform => adapter
+            .read_staged(key, &staging_tag)
+            .await?
+            .ok_or_else(|| {
+                Failure::Platform(crate::platform::PlatformError::transient(format!(
+                    "{key} is not visible under {staging_tag} yet after staging"
+                )))
+            })?,
+        Staging::Local => Observed {
+            digest: expected.clone(),
+            api_url: None,
+            web_url: None,
+            upload_date: None,
+        },
+    };
     if observed.digest != expected {
         return Err(Failure::Refused(format!(
             "after staging, the platform reports {} for {key}, not the voted {expected}",

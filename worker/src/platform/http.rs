@@ -468,6 +468,7 @@ pub async fn error_for(resp: Response, what: &str) -> PlatformError {
         message,
         http_status: Some(status.as_u16()),
         retry_after: wait,
+        not_yet: false,
     }
 }
 

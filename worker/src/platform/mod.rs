@@ -25,6 +25,11 @@
 //!   adapter accepts": a revision also holds signatures, checksums and files meant for other
 //!   platforms, and the vote approved publishing what was staged, no more. A row staged
 //!   before the paths were recorded cannot be promoted by re-upload; stage it again.
+//!
+//! Adapters whose platform is not ready yet (a rate limit until its reset, a version still
+//! being indexed, a repository still being released) return [`PlatformError::not_yet`]: the
+//! job waits in Redis without spending an attempt, up to the platform's deadline, instead
+//! of sleeping inside an attempt.
 
 pub mod http;
 pub mod npm;
@@ -99,6 +104,9 @@ pub struct PlatformError {
     pub message: String,
     pub http_status: Option<u16>,
     pub retry_after: Option<Duration>,
+    /// The platform has not got there yet, and time is the whole remedy (see
+    /// [`PlatformError::not_yet`]).
+    pub not_yet: bool,
 }
 
 impl PlatformError {
@@ -108,6 +116,25 @@ impl PlatformError {
             message: message.into(),
             http_status: None,
             retry_after: None,
+            not_yet: false,
+        }
+    }
+
+    /// The platform is not there yet, and asking again later is the whole remedy: a rate
+    /// limit until its reset, a version Artifact Hub has not indexed yet, a staging
+    /// repository Nexus is still releasing. Not a failure: the attempt ends `waiting`, and
+    /// the job runs again after at least `after` **without spending an attempt**; the wait is
+    /// a deferral in Redis, so a worker restart does not lose it. Waits grow with each one
+    /// (`pipeline/wait.rs`) and are bounded by the platform's `wait_deadline_secs`, counted
+    /// from the job's first wait: past it, the job ends dead as `transient` (ATR's `BROKEN`),
+    /// with this message and how long it waited.
+    pub fn not_yet(message: impl Into<String>, after: Duration) -> PlatformError {
+        PlatformError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            http_status: None,
+            retry_after: Some(after),
+            not_yet: true,
         }
     }
 
@@ -123,6 +150,23 @@ impl PlatformError {
         self.http_status = Some(status);
         self
     }
+}
+
+/// Where a stage leaves the distribution, which decides how the pipeline checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// On the platform. The pipeline reads the staging place (`read_staged`) before
+    /// calling `stage` and again after it, and records what it read back. Most adapters
+    /// write there (npm, OCI, PyPI, GitHub). Verify-only platforms, whose staging place
+    /// someone else fills (Maven's Nexus staging repository, Artifact Hub's index), write
+    /// nothing: their `stage` explains, as a refusal, why what `read_staged` found is not
+    /// the vote, and their `plan_stage` is empty.
+    Platform,
+    /// Nowhere: the platform has no staging place (Hex publishes straight to production).
+    /// `stage` checks the sealed artifacts themselves and sends nothing; `read_staged` is
+    /// not called, and the staged digest recorded is `expected_digest`, which promote then
+    /// requires of the voted bytes it uploads.
+    Local,
 }
 
 /// A platform's stage, promote and read-back operations.
@@ -166,6 +210,10 @@ pub trait PlatformAdapter: Send + Sync {
 
     /// The tags used when a job names none.
     fn default_tags(&self, key: &DistributionKey) -> (DistTag, DistTag);
+
+    /// Whether stage leaves the distribution on the platform, and so how the pipeline
+    /// checks it (see [`Staging`]).
+    fn staging(&self) -> Staging;
 
     /// How this adapter promotes: in place, or by uploading the voted files again
     /// ([`PromotionMechanism::Reupload`], which makes the pipeline fill

@@ -630,6 +630,10 @@ impl PlatformAdapter for NpmAdapter {
         )
     }
 
+    fn staging(&self) -> crate::platform::Staging {
+        crate::platform::Staging::Platform
+    }
+
     fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
         atr_dist_shared::PromotionMechanism::DistTag
     }

@@ -666,6 +666,10 @@ impl PlatformAdapter for OciAdapter {
         (default_staging_tag(key.version.as_str()), release)
     }
 
+    fn staging(&self) -> crate::platform::Staging {
+        crate::platform::Staging::Platform
+    }
+
     fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
         atr_dist_shared::PromotionMechanism::Retag
     }

@@ -1292,6 +1292,10 @@ impl PlatformAdapter for PypiAdapter {
         )
     }
 
+    fn staging(&self) -> crate::platform::Staging {
+        crate::platform::Staging::Platform
+    }
+
     fn promotion(&self) -> PromotionMechanism {
         PromotionMechanism::Reupload
     }

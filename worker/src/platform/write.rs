@@ -100,6 +100,7 @@ where
                     message: format!("{} (read back: {holds})", failed.message),
                     http_status: failed.http_status,
                     retry_after: None,
+                    not_yet: false,
                 });
             }
             Found::Nothing if refused => return Err(failed),

@@ -34,6 +34,9 @@ pub struct JobError {
     pub message: String,
     /// A platform's Retry-After, honoured within the backoff cap.
     pub retry_after: Option<Duration>,
+    /// No attempt is left to try, whatever the class: the job ends dead now (a wait on the
+    /// platform that outlasted its deadline ends `BROKEN`, not after more attempts).
+    pub last: bool,
 }
 
 impl JobError {
@@ -42,6 +45,7 @@ impl JobError {
             class: ErrorClass::Transient,
             message: message.into(),
             retry_after: None,
+            last: false,
         }
     }
 
@@ -50,6 +54,7 @@ impl JobError {
             class: ErrorClass::Permanent,
             message: message.into(),
             retry_after: None,
+            last: false,
         }
     }
 }
@@ -614,7 +619,7 @@ async fn attempt<H: JobHandler>(
             delay,
             message: reason,
         },
-        Err(e) if e.class.is_retryable() => AckOutcome::Retry {
+        Err(e) if e.class.is_retryable() && !e.last => AckOutcome::Retry {
             delay: backoff::delay(&policy, job.attempt, e.retry_after),
             class: e.class,
             message: e.message,

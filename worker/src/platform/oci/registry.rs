@@ -140,6 +140,7 @@ async fn registry_error(resp: Response, what: &str) -> PlatformError {
         message,
         http_status: Some(status.as_u16()),
         retry_after: wait,
+        not_yet: false,
     }
 }
 
