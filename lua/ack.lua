@@ -1,13 +1,14 @@
--- atr-dist wire format v6: ack (docs/wire-format.md, "ack").
+-- atr-dist wire format v7: ack (docs/wire-format.md, "ack").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, n_done, then
 --   n_done triples for attempts that succeeded: id, lease, result
 --   then 7 values per other job: id, lease, outcome, delay_ms, error_class, message, result
 --   where outcome is retry | dead | cancelled | release | defer, and result is the worker's
 --   JSON report of the job (docs/wire-format.md, "Results") or ''
--- A job that ends here (done, dead, cancelled) gets one entry in the `results` stream, and
--- its result, when the worker sent one, in the `result` hash: written by this script, in
--- the same step as the transition, so no end goes unreported.
+-- Jobs that end here (done, dead, cancelled) are named in the `results` stream, one entry
+-- per state and ATR status of this call, and their result, when the worker sent one, is
+-- kept in the `result` hash: written by this script, in the same step as the transitions,
+-- so no end goes unreported.
 -- `lease` is the token fetch.lua handed out with the job. Only the holder of that very lease
 -- may ack: a job whose record is not `running <lease>` is 'stale' and nothing changes (the
 -- lease expired and the job went to another worker, or this ack was applied already).
@@ -64,21 +65,20 @@ local function event(id, name, attempt, class, message)
   redis.call('LTRIM', key, -50, -1)
 end
 
--- The end of a job, for producers (docs/wire-format.md, "Results"). `attempt` and
--- `batch` come from its lease; ATR's task status from its state and error class.
-local RESULTS_MAXLEN = 100000
-local function report(id, state, lease, class, message, result)
-  local batch, attempt = string.match(lease, '^%d+ %d+ (%d+) (%d+)')
-  local atr = 'COMPLETED'
-  if state == 'dead' then
-    atr = (class == 'transient') and 'BROKEN' or 'FAILED'
+-- The ends of this call's jobs, for producers (docs/wire-format.md, "Results"): ids by
+-- state and ATR status, one stream entry each at the end. An entry per job cost more Redis
+-- time than the rest of the ack; a consumer reads what it needs of each job from its keys.
+local ended = {done = {}, BROKEN = {}, FAILED = {}, cancelled = {}}
+local function report(id, state, class)
+  if state == 'done' then
+    ended.done[#ended.done + 1] = id
   elseif state == 'cancelled' then
-    atr = 'FAILED'
+    ended.cancelled[#ended.cancelled + 1] = id
+  elseif class == 'transient' then
+    ended.BROKEN[#ended.BROKEN + 1] = id
+  else
+    ended.FAILED[#ended.FAILED + 1] = id
   end
-  redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', RESULTS_MAXLEN, '*',
-    'id', id, 'state', state, 'atr_status', atr, 'attempt', attempt or '0',
-    'error_class', class or '', 'message', message or '', 'batch', batch or '',
-    'result', result)
 end
 
 local function failure(id, class, message)
@@ -98,7 +98,7 @@ local function to_dead(id, lease, attempt, class, message, result)
   redis.call('ZADD', prefix .. 'dead', now, id)
   event(id, 'dead', attempt, class, message)
   keep_result(id, result)
-  report(id, 'dead', lease, class, message, result)
+  report(id, 'dead', class)
   counts.dead = counts.dead + 1
   counts.failed = counts.failed + 1
   return 'dead'
@@ -136,7 +136,6 @@ for k = 1, m do
       done_results[2 * nr - 1] = id
       done_results[2 * nr] = results[k]
     end
-    report(id, 'done', lease, nil, nil, results[k])
     result = 'done'
   else
     local i = 3 + 3 * n_done + 7 * (k - n_done - 1)
@@ -173,7 +172,7 @@ for k = 1, m do
       redis.call('ZADD', prefix .. 'cancelled', now, id)
       event(id, 'cancelled', attempt, class, message)
       keep_result(id, results[k])
-      report(id, 'cancelled', lease, class, message, results[k])
+      report(id, 'cancelled', class)
       counts.cancelled = counts.cancelled + 1
       result = 'cancelled'
     elseif outcome == 'defer' then
@@ -208,6 +207,16 @@ if nd > 0 then
     redis.call('HDEL', prefix .. 'cancel_requested', unpack(done_ids))
   end
   counts.done = nd
+  ended.done = done_ids
+end
+
+local RESULTS_MAXLEN = 100000
+for _, group in ipairs({{'done', 'COMPLETED', ended.done}, {'dead', 'BROKEN', ended.BROKEN},
+    {'dead', 'FAILED', ended.FAILED}, {'cancelled', 'FAILED', ended.cancelled}}) do
+  if #group[3] > 0 then
+    redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', RESULTS_MAXLEN, '*',
+      'state', group[1], 'atr_status', group[2], 'ids', table.concat(group[3], ' '))
+  end
 end
 
 local stats = prefix .. 'stats'

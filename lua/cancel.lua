@@ -1,9 +1,9 @@
--- atr-dist wire format v6: cancel (docs/wire-format.md, "cancel").
+-- atr-dist wire format v7: cancel (docs/wire-format.md, "cancel").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- scheduled, queued and retrying jobs become cancelled at once; for a running job the
--- request is recorded and the worker sees it on its next heartbeat. A job cancelled here gets
--- its `results` entry here (without a result: no worker reported on it).
+-- request is recorded and the worker sees it on its next heartbeat. The jobs cancelled here
+-- are named in one `results` entry (without a result: no worker reported on them).
 -- Returns, per id: 'cancelled', 'cancel_requested', 'not_found', or the terminal state the
 -- job is already in (done, dead, cancelled), which cannot be cancelled.
 local prefix = ARGV[1]
@@ -13,6 +13,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local jobs = prefix .. 'jobs'
 local out = {}
 local cancelled = 0
+local cancelled_ids = {}
 local function event(id, name)
   local key = prefix .. 'events:' .. id
   redis.call('RPUSH', key, cjson.encode({at = now, event = name, message = message}))
@@ -40,13 +41,9 @@ for i = 3, #ARGV do
     redis.call('HSET', jobs, id, 'cancelled' .. string.match(record, '^%a+(.*)$'))
     redis.call('HSET', prefix .. 'last_error', id, message)
     redis.call('ZADD', prefix .. 'cancelled', now, id)
-    local batch, attempt = string.match(record, '^%a+ %d+ %d+ (%d+) ?(%d*)')
-    redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
-      'id', id, 'state', 'cancelled', 'atr_status', 'FAILED', 'attempt',
-      (attempt ~= '' and attempt) or '0', 'error_class', '', 'message', message,
-      'batch', batch or '', 'result', '')
     event(id, 'cancelled')
     cancelled = cancelled + 1
+    cancelled_ids[cancelled] = id
     result = 'cancelled'
   else
     -- Already finished (done, dead, or cancelled before): nothing to do, and no event, so
@@ -57,5 +54,7 @@ for i = 3, #ARGV do
 end
 if cancelled > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'cancelled', cancelled)
+  redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
+    'state', 'cancelled', 'atr_status', 'FAILED', 'ids', table.concat(cancelled_ids, ' '))
 end
 return out

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: enqueue (docs/wire-format.md, "enqueue").
+-- atr-dist wire format v7: enqueue (docs/wire-format.md, "enqueue").
 -- KEYS[1] = <prefix>queued    (routes the call to the queue's cluster slot)
 -- ARGV = prefix (e.g. "atr-dist:{default}:"), run_at_ms (0 = now), max_attempts,
 -- then 2 values per job, at most 1000 jobs per call: id, idempotency_key
@@ -18,7 +18,7 @@
 -- command call from Lua is several times its cost per element, so nothing here calls Redis
 -- per job.
 local prefix = ARGV[1]
-local FORMAT = '6'
+local FORMAT = '7'
 local incoming = prefix .. 'incoming'
 
 -- Every refusal also drops the envelopes the producer sent, so nothing is left behind.

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: fetch (docs/wire-format.md, "fetch").
+-- atr-dist wire format v7: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, max_jobs
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
@@ -28,9 +28,9 @@ local queued_at_key = prefix .. 'queued_at'
 local RUNNING_KEEPER = '~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)'
 
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '6' then
+if fmt and fmt ~= '7' then
   return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
-    '; this worker speaks format 6; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    '; this worker speaks format 7; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in enqueue.lua: a script cannot load another.)
@@ -40,7 +40,7 @@ local function holds_jobs()
     prefix .. 'running', prefix .. 'done', prefix .. 'dead', prefix .. 'cancelled') > 0
 end
 if not fmt then
-  -- Nothing was ever enqueued in format 6: either there is nothing to do, or the jobs are
+  -- Nothing was ever enqueued in format 7: either there is nothing to do, or the jobs are
   -- in format 1 and must be moved first.
   if holds_jobs() then
     return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
@@ -94,6 +94,7 @@ end
 -- kills its worker cannot loop forever. Rare, so one job at a time.
 local expired = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, 100)
 local recovered, died = 0, 0
+local dead_ids = {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', running, id)
   local record = redis.call('HGET', jobs, id)
@@ -109,13 +110,9 @@ for _, id in ipairs(expired) do
       redis.call('HSET', prefix .. 'last_error', id, message)
       redis.call('ZADD', prefix .. 'dead', now, id)
       event(id, 'dead', attempt, message)
-      -- No worker is left to report on it: the results entry carries no result, and its
-      -- batch tells a consumer where the envelope is (docs/wire-format.md, "Results").
-      local batch = string.match(record, '^%a+ %d+ %d+ (%d+)')
-      redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
-        'id', id, 'state', 'dead', 'atr_status', 'BROKEN', 'attempt', attempt,
-        'error_class', 'transient', 'message', message, 'batch', batch or '', 'result', '')
+      -- No worker is left to report on it: it has no result (docs/wire-format.md, "Results").
       died = died + 1
+      dead_ids[died] = id
     else
       redis.call('HSET', jobs, id, with_state(record, 'queued'))
       redis.call('HSET', queued_at_key, id, now)
@@ -131,6 +128,8 @@ if recovered > 0 then
 end
 if died > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'dead', died)
+  redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
+    'state', 'dead', 'atr_status', 'BROKEN', 'ids', table.concat(dead_ids, ' '))
 end
 
 local ids = redis.call('LPOP', queued, math.min(max_jobs, 1000))

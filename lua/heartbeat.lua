@@ -1,4 +1,4 @@
--- atr-dist wire format v6: heartbeat (docs/wire-format.md, "heartbeat").
+-- atr-dist wire format v7: heartbeat (docs/wire-format.md, "heartbeat").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, worker_id, lease_ms, then pairs: id, lease (the token fetch.lua handed out)
 -- Extends the lease of every listed job the worker still holds under that token (its

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: distribution locks (docs/wire-format.md, "Distribution locks").
+-- atr-dist wire format v7: distribution locks (docs/wire-format.md, "Distribution locks").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, op (acquire | renew | release | check), name, owner, ttl_ms
 -- The owner is one attempt of one job, `<job_id> <lease token>`: a later attempt of the same

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: moving a version 1, 2, 3 or 4 queue to version 5
+-- atr-dist wire format v7: moving a version 1, 2, 3 or 4 queue to version 5
 -- (docs/wire-format.md, "Versions").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state, offset, limit

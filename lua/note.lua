@@ -1,4 +1,4 @@
--- atr-dist wire format v6: a note from a running attempt in its job's timeline
+-- atr-dist wire format v7: a note from a running attempt in its job's timeline
 -- (docs/wire-format.md, "note").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, id, attempt, event, message, http_status, retry_after_ms, wait_ms

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: purge (docs/wire-format.md, "purge").
+-- atr-dist wire format v7: purge (docs/wire-format.md, "purge").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, state (done | dead | cancelled), older_than_ms, limit (at most 1000)
 -- Deletes up to `limit` jobs that entered `state` more than older_than_ms ago, with their

@@ -1,4 +1,4 @@
--- atr-dist wire format v6: retry (docs/wire-format.md, "retry").
+-- atr-dist wire format v7: retry (docs/wire-format.md, "retry").
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- A dead or cancelled job is queued again with a fresh set of attempts.

@@ -249,6 +249,76 @@ pub mod redis_support {
     use atr_dist::queue::Queue;
     use redis::AsyncCommands;
 
+    /// One job's end as a results consumer sees it: what its `results` entry says
+    /// (`stream_id`, `state`, `atr_status`) and what the job's keys say (`id`, `attempt` and
+    /// `batch` from its record, `error_class` and `message` unless it is done, `result`).
+    pub type Ended = std::collections::HashMap<String, String>;
+
+    /// Every job named in the queue's `results` stream, oldest entry first, read as
+    /// docs/wire-format.md ("Results") tells a consumer to.
+    pub async fn ended(q: &Queue) -> Vec<Ended> {
+        ended_since(q, "-").await
+    }
+
+    /// As [`ended`], from stream id `start` on (exclusive ids are written `(id`), skipping
+    /// entries of wire format 6 (one job each, with an `id` field).
+    pub async fn ended_since(q: &Queue, start: &str) -> Vec<Ended> {
+        let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("{}results", q.prefix()))
+            .arg(start)
+            .arg("+")
+            .query_async(&mut q.connection())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for (stream_id, fields) in reply {
+            let entry: std::collections::HashMap<String, String> = fields
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect();
+            let Some(ids) = entry.get("ids") else {
+                continue;
+            };
+            for id in ids.split(' ') {
+                let hget = |key: &str| {
+                    let mut conn = q.connection();
+                    let key = format!("{}{key}", q.prefix());
+                    let id = id.to_owned();
+                    async move {
+                        let v: Option<String> = conn.hget(key, id).await.unwrap();
+                        v.unwrap_or_default()
+                    }
+                };
+                let record = hget("jobs").await;
+                let words: Vec<&str> = record.split(' ').collect();
+                let state = entry["state"].clone();
+                let (class, message) = if state == "done" {
+                    (String::new(), String::new())
+                } else {
+                    (hget("error_class").await, hget("last_error").await)
+                };
+                out.push(Ended::from([
+                    ("stream_id".to_owned(), stream_id.clone()),
+                    ("id".to_owned(), id.to_owned()),
+                    ("state".to_owned(), state),
+                    ("atr_status".to_owned(), entry["atr_status"].clone()),
+                    (
+                        "attempt".to_owned(),
+                        words.get(4).copied().unwrap_or("0").to_owned(),
+                    ),
+                    (
+                        "batch".to_owned(),
+                        words.get(3).copied().unwrap_or("").to_owned(),
+                    ),
+                    ("error_class".to_owned(), class),
+                    ("message".to_owned(), message),
+                    ("result".to_owned(), hget("result").await),
+                ]));
+            }
+        }
+        out
+    }
+
     pub struct TestQueue {
         pub queue: Queue,
         pub name: String,

@@ -160,17 +160,23 @@ async fn results(q: &Queue) -> Vec<Entry> {
         .collect()
 }
 
-/// The one results entry, as `(id, state, atr_status, attempt, result)`.
+/// The one results entry, naming one job, as a consumer sees it: `(id, state,
+/// atr_status)` from the entry, the attempt from the job's record and the report from the
+/// `result` hash, as `(id, state, atr_status, attempt, result)`.
 async fn the_result(q: &Queue) -> (String, String, String, String, String) {
     let got = results(q).await;
     assert_eq!(got.len(), 1, "{got:?}");
     let e = &got[0];
+    let id = e["ids"].clone();
+    assert!(!id.contains(' '), "one job: {id}");
+    let record = record(q, &id).await.unwrap_or_default();
+    let attempt = record.split(' ').nth(4).unwrap_or("0").to_owned();
     (
-        e["id"].clone(),
+        id.clone(),
         e["state"].clone(),
         e["atr_status"].clone(),
-        e["attempt"].clone(),
-        e["result"].clone(),
+        attempt,
+        hget(q, "result", &id).await.unwrap_or_default(),
     )
 }
 
@@ -216,12 +222,12 @@ async fn fetch_refuses_a_queue_in_another_wire_format() {
     let q = &t.queue;
     let _: () = q
         .connection()
-        .set(format!("{}format", q.prefix()), "7")
+        .set(format!("{}format", q.prefix()), "8")
         .await
         .unwrap();
     let err = q.fetch("w1", LEASE, 10).await.unwrap_err().to_string();
     assert!(
-        err.contains("wire format 7") && err.contains("speaks format 6"),
+        err.contains("wire format 8") && err.contains("speaks format 7"),
         "{err}"
     );
 }
@@ -670,16 +676,15 @@ async fn ack_done_keeps_the_report_it_was_sent() {
     assert_eq!(out, [AckResult::Applied(JobState::Done); 2]);
     assert_eq!(hget(q, "result", &job.id).await.as_deref(), Some(REPORT));
     assert_eq!(hget(q, "result", &other.id).await, None);
+    // One entry names both: the jobs one ack ended in one state.
     let got = results(q).await;
-    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["ids"], format!("{} {}", job.id, other.id));
     assert_eq!(
-        (got[0]["id"].as_str(), got[0]["result"].as_str()),
-        (job.id.as_str(), REPORT)
+        (got[0]["state"].as_str(), got[0]["atr_status"].as_str()),
+        ("done", "COMPLETED")
     );
-    assert_eq!(
-        (got[1]["id"].as_str(), got[1]["result"].as_str()),
-        (other.id.as_str(), "")
-    );
+    assert_eq!(got[0].len(), 3, "{got:?}");
 }
 
 #[tokio::test]
@@ -1153,7 +1158,7 @@ async fn enqueue_sets_the_format_of_a_new_queue() {
         .get(format!("{}format", q.prefix()))
         .await
         .unwrap();
-    assert_eq!(format, "6");
+    assert_eq!(format, "7");
 }
 
 #[tokio::test]

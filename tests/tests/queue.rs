@@ -889,26 +889,22 @@ async fn a_handlers_report_goes_with_the_jobs_end() {
         .await
         .unwrap();
     assert_eq!(none, None);
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(format!("{}results", q.prefix()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // Both are named in the results stream, and a consumer finds the report by the id.
+    let ended = atr_dist_tests::redis_support::ended(q).await;
     let result_of = |id: &str| {
-        entries
+        ended
             .iter()
-            .map(|(_, fields)| fields)
-            .find(|f| f.chunks(2).any(|kv| kv[0] == "id" && kv[1] == id))
-            .and_then(|f| {
-                f.chunks(2)
-                    .find(|kv| kv[0] == "result")
-                    .map(|kv| kv[1].clone())
-            })
+            .find(|e| e["id"] == id)
+            .map(|e| (e["state"].clone(), e["result"].clone()))
     };
-    assert_eq!(result_of(&reported.id).as_deref(), Some(REPORT));
-    assert_eq!(result_of(&silent.id).as_deref(), Some(""));
+    assert_eq!(
+        result_of(&reported.id),
+        Some(("done".to_owned(), REPORT.to_owned()))
+    );
+    assert_eq!(
+        result_of(&silent.id),
+        Some(("done".to_owned(), String::new()))
+    );
 }
 
 /// A pool leases one round of its capacity ahead and no more: with 3 slots, all busy, it
@@ -1041,4 +1037,63 @@ async fn shutdown_waits_for_stopped_attempts_to_be_dropped() {
             "an attempt stopped by a shutdown does not count"
         );
     }
+}
+
+/// A version 6 queue has the version 7 layout: the worker refuses it until `queue migrate`,
+/// which only sets `format`, keeps the stream's version 6 entries, and leaves the jobs to run.
+#[tokio::test]
+async fn a_version_6_queue_is_refused_until_migrated_and_keeps_its_jobs() {
+    use atr_dist::queue::MigrationReport;
+    use atr_dist::queue::{Ack, AckOutcome};
+    use redis::AsyncCommands;
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let p = q.prefix().to_owned();
+    let mut conn = q.connection();
+    q.enqueue(&atr_dist_tests::jobs::stage(1), None, 3)
+        .await
+        .unwrap();
+    // As a version 6 queue looks: its format, and a results entry of that version.
+    let _: () = conn.set(format!("{p}format"), "6").await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{p}results"))
+        .arg("*")
+        .arg(&["id", "old", "state", "done", "atr_status", "COMPLETED"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
+    assert!(
+        err.contains("wire format 6") && err.contains("queue migrate"),
+        "{err}"
+    );
+    let err = q.check_format().await.unwrap_err().to_string();
+    assert!(err.contains("atr-dist queue migrate"), "{err}");
+
+    assert_eq!(
+        q.migrate().await.unwrap(),
+        MigrationReport { jobs: 1, moved: 0 }
+    );
+    q.check_format().await.unwrap();
+    let leased = q.fetch("w1", lease, 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    q.ack(&[Ack {
+        lease: leased[0].lease(),
+        outcome: AckOutcome::Done,
+        result: String::new(),
+    }])
+    .await
+    .unwrap();
+    let len: usize = redis::cmd("XLEN")
+        .arg(format!("{p}results"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2, "the version 6 entry stays, the new end is added");
+    let ended = atr_dist_tests::redis_support::ended_since(q, "0-1").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["id"], leased[0].id);
 }

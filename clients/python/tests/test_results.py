@@ -138,3 +138,48 @@ def test_wait_returns_when_the_job_ends_not_at_the_timeout(
     # A job still waiting comes back as it is at the timeout.
     other = producer.enqueue_stage(**{**stage_args, "version": "0.2.0"})
     assert producer.wait([other.id], timeout=0.2)[other.id].state == "queued"
+
+
+def test_one_entry_names_the_jobs_one_ack_ended_and_is_acked_with_the_last(
+    producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
+) -> None:
+    first = producer.enqueue_stage(**stage_args)
+    second = producer.enqueue_stage(**{**stage_args, "version": "0.2.0"})
+    prefix = f"atr-dist:{{{queue}}}:"
+    reply = redis_client.eval(script_source("fetch"), 1, prefix + "queued", prefix, "w1", 60000, 2)
+    (a, lease_a), (b, lease_b) = (reply[1].decode(), reply[2].decode()), (
+        reply[4].decode(), reply[5].decode())
+    # Both succeed in one ack; only the first has a report.
+    redis_client.eval(script_source("ack"), 1, prefix + "queued", prefix, 2,
+                      a, lease_a, json.dumps(REPORT), b, lease_b, "")
+    assert redis_client.xlen(prefix + "results") == 1
+    results = Results(redis_client, queue=queue, group="atr", consumer="c1")
+    got = list(results.read())
+    assert [(r.id, r.state, r.atr_status, r.attempt) for r in got] == [
+        (a, "done", "COMPLETED", 1), (b, "done", "COMPLETED", 1)]
+    assert {a, b} == {first.id, second.id}
+    assert got[0].report is not None and got[0].report.outcome == "completed"
+    assert got[1].report is None and got[1].envelope is not None
+    assert got[0].stream_id == got[1].stream_id
+    # The entry stays pending until both are applied.
+    results.ack(got[0])
+    assert redis_client.xpending(prefix + "results", "atr")["pending"] == 1
+    results.ack(got[1])
+    assert redis_client.xpending(prefix + "results", "atr")["pending"] == 0
+
+
+def test_an_entry_written_in_wire_format_6_is_read(
+    redis_client: redis.Redis, queue: str
+) -> None:
+    prefix = f"atr-dist:{{{queue}}}:"
+    redis_client.xadd(prefix + "results", {
+        "id": "old-job", "state": "dead", "atr_status": "BROKEN", "attempt": "3",
+        "error_class": "transient", "message": "503", "batch": "", "result": json.dumps(REPORT),
+    })
+    results = Results(redis_client, queue=queue, group="atr", consumer="c1")
+    got = list(results.read())
+    assert [(r.id, r.state, r.atr_status, r.attempt, r.error_class, r.message) for r in got] == [
+        ("old-job", "dead", "BROKEN", 3, "transient", "503")]
+    assert got[0].report is not None
+    results.ack(got[0])
+    assert redis_client.xpending(prefix + "results", "atr")["pending"] == 0

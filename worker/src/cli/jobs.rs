@@ -111,7 +111,7 @@ pub enum QueueCommand {
     Pause,
     /// Hand out jobs again.
     Resume,
-    /// Move a queue written in wire format 1 to 5 to format 6 (docs/wire-format.md, "Versions").
+    /// Move a queue written in wire format 1 to 6 to format 7 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
 }

@@ -1,7 +1,8 @@
-//! Moving a queue from wire format 1, 2, 3, 4 or 5 to 6 (`docs/wire-format.md`,
-//! "Versions"), for `atr-dist queue migrate`. Format 6 adds keys (the `results` stream and
-//! the `result` hash) and changes `ack.lua`'s arguments, and lays jobs out as format 5 does:
-//! a format 5 queue only needs its `format` key set.
+//! Moving a queue from wire format 1 to 6 to 7 (`docs/wire-format.md`, "Versions"), for
+//! `atr-dist queue migrate`. Format 6 added keys (the `results` stream and the `result`
+//! hash) and changed `ack.lua`'s arguments; format 7 names the jobs that ended in one stream
+//! entry per script call. Both lay jobs out as format 5 does: a format 5 or 6 queue only
+//! needs its `format` key set.
 
 use atr_dist_shared::JobState;
 use redis::AsyncCommands;
@@ -12,7 +13,7 @@ use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
 /// The wire format this code speaks (docs/wire-format.md).
-pub const FORMAT: &str = "6";
+pub const FORMAT: &str = "7";
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
@@ -41,14 +42,14 @@ impl Queue {
         Ok((format, existing > 0))
     }
 
-    /// Fails unless the queue is in wire format 6 or new: the check `enqueue.lua` and
+    /// Fails unless the queue is in wire format 7 or new: the check `enqueue.lua` and
     /// `fetch.lua` make on every call, made once at start so that a worker facing an older
     /// queue stops with the fix instead of logging the error on every fetch.
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
             Some(FORMAT) => Ok(()),
-            Some(old @ ("2" | "3" | "4" | "5")) => Err(QueueError::NotNow(format!(
+            Some(old @ ("2" | "3" | "4" | "5" | "6")) => Err(QueueError::NotNow(format!(
                 "queue {} is in wire format {old}; this atr-dist speaks format {FORMAT}: stop \
                  its workers and producers and run `atr-dist queue migrate`",
                 self.name
@@ -67,10 +68,10 @@ impl Queue {
         }
     }
 
-    /// Moves every job of a version 1 to 4 queue to the version 5 layout (which version 6
-    /// keeps), then marks the queue as version 6. Refuses while workers have a live
+    /// Moves every job of a version 1 to 4 queue to the version 5 layout (which versions 6
+    /// and 7 keep), then marks the queue as version 7. Refuses while workers have a live
     /// heartbeat: an older worker would go on writing the old layout, or acking without
-    /// reporting results. Safe to run again, also after an interruption; a version 6 queue is
+    /// reporting results. Safe to run again, also after an interruption; a version 7 queue is
     /// left as it is.
     pub async fn migrate(&self) -> Result<MigrationReport, QueueError> {
         let workers = self.live_workers().await?;
@@ -103,7 +104,7 @@ impl Queue {
             None | Some("2") => true,
             Some("3" | "4") => false,
             // The same layout: only the format changes.
-            Some("5") => {
+            Some("5" | "6") => {
                 let _: () = self
                     .conn
                     .clone()
@@ -146,7 +147,7 @@ impl Queue {
             }
         }
         // From version 1 or 2, `done` becomes the list of finished jobs, in finishing order;
-        // and the queue speaks version 6; in one step.
+        // and the queue speaks version 7; in one step.
         let done = format!("{}done", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic();

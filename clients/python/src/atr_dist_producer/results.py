@@ -11,6 +11,11 @@ pending, and ``read`` first claims entries a crashed consumer left pending longe
 ``claim_after_ms`` (``XAUTOCLAIM``), so no result is lost when a consumer dies between
 reading and acking. Apply a result idempotently (keyed by the job id): a claimed entry may
 have been applied already by the consumer that died.
+
+An entry names every job one script call ended in one state (wire format 7), so one entry
+gives several results; the entry is acked once every one of them is. What each result says
+beyond the entry (attempt, error, report) is read from the job's keys when the entry is
+read. Entries written in wire format 6, one job each with its fields, are read too.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Result:
-    """One job's end, as the stream entry says it.
+    """One job's end: its state and ATR status from the stream entry, the rest from the
+    job's keys.
 
     ``report`` is the worker's report (kind, distribution, outcome, digests, URLs, upload
     date, staged and promoted flags, the voted manifest digest, and for
@@ -129,6 +135,7 @@ class Results:
         self._consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
         self._claim_after_ms = claim_after_ms
         self._claim_cursor = "0-0"
+        self._unacked = {}
         try:
             redis.xgroup_create(self._stream, group, id="0", mkstream=True)
         except ResponseError as e:
@@ -138,6 +145,9 @@ class Results:
     @property
     def consumer(self) -> str:
         return self._consumer
+
+    # Results handed out and not acked yet, by entry: an entry is acked with its last one.
+    _unacked: dict[str, set[str]]
 
     def read(self, count: int = 100, block_ms: int | None = None) -> Iterator[Result]:
         """Results not yet acked by this group: first those a crashed consumer left pending
@@ -155,35 +165,92 @@ class Results:
         self._claim_cursor = _text(claimed[0])
         for stream_id, fields in claimed[1]:
             if fields:
-                yield self._result(stream_id, fields)
+                yield from self._results(stream_id, fields)
         reply = self._redis.xreadgroup(
             self._group, self._consumer, {self._stream: ">"}, count=count, block=block_ms
         )
         for _stream, entries in reply or []:
             for stream_id, fields in entries:
-                yield self._result(stream_id, fields)
+                yield from self._results(stream_id, fields)
 
     def ack(self, result: Result) -> None:
-        """Marks ``result`` applied: it is not handed out again."""
+        """Marks ``result`` applied. Its entry is acked, and not handed out again, once every
+        result of the entry is."""
+        left = self._unacked.get(result.stream_id)
+        if left is not None:
+            left.discard(result.id)
+            if left:
+                return
+            del self._unacked[result.stream_id]
         self._redis.xack(self._stream, self._group, result.stream_id)
 
-    def _result(self, stream_id: Any, raw: dict[Any, Any]) -> Result:
+    def _results(self, stream_id: Any, raw: dict[Any, Any]) -> list[Result]:
         fields = {_text(k): _text(v) for k, v in raw.items()}
+        stream_id = _text(stream_id)
+        if "ids" not in fields:
+            return [self._v6_result(stream_id, fields)]
+        ids = [i for i in fields["ids"].split(" ") if i]
+        state = fields.get("state", "")
+        p = self._prefix
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(p + "jobs", job_id)
+            pipe.hget(p + "error_class", job_id)
+            pipe.hget(p + "last_error", job_id)
+            pipe.hget(p + "result", job_id)
+        values = pipe.execute()
+        results = []
+        for k, job_id in enumerate(ids):
+            record, cls, error, text = values[4 * k : 4 * k + 4]
+            words = (_text(record) if record is not None else "").split(" ")
+            report = Report.from_json(text)
+            envelope = None
+            if report is None and len(words) > 3:
+                envelope = self._envelope(words[3], job_id)
+            try:
+                attempt = int(words[4]) if len(words) > 4 else 0
+            except ValueError:
+                attempt = 0
+            # A done job's error entries keep an earlier attempt's failure: not its end.
+            failed = state != "done"
+            results.append(
+                Result(
+                    stream_id=stream_id,
+                    id=job_id,
+                    state=state,
+                    atr_status=fields.get("atr_status", ""),
+                    attempt=attempt,
+                    error_class=(_text(cls) or None) if failed and cls is not None else None,
+                    message=(_text(error) or None) if failed and error is not None else None,
+                    report=report,
+                    envelope=envelope,
+                )
+            )
+        self._unacked[stream_id] = {r.id for r in results}
+        return results
+
+    def _envelope(self, batch: str, job_id: str) -> dict[str, Any] | None:
+        text = self._redis.hget(self._prefix + "env:" + batch, job_id)
+        if not text:
+            return None
+        try:
+            doc = json.loads(_text(text))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _v6_result(self, stream_id: str, fields: dict[str, str]) -> Result:
+        """An entry written in wire format 6: one job, its fields in the entry."""
         report = Report.from_json(fields.get("result"))
         envelope = None
         if report is None and fields.get("batch"):
-            text = self._redis.hget(self._prefix + "env:" + fields["batch"], fields.get("id", ""))
-            if text:
-                try:
-                    envelope = json.loads(_text(text))
-                except ValueError:
-                    envelope = None
+            envelope = self._envelope(fields["batch"], fields.get("id", ""))
         try:
             attempt = int(fields.get("attempt") or 0)
         except ValueError:
             attempt = 0
         return Result(
-            stream_id=_text(stream_id),
+            stream_id=stream_id,
             id=fields.get("id", ""),
             state=fields.get("state", ""),
             atr_status=fields.get("atr_status", ""),
