@@ -150,6 +150,10 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
         artifacts,
     };
 
+    // A verify-only platform (`PromotionMechanism::None`, see `platform/mod.rs`) is never
+    // written to: `promote` waits until production lists what was staged, and the
+    // promotion is done when `read_promoted` finds it there.
+    let verify_only = adapter.promotion() == PromotionMechanism::None;
     if job.dry_run {
         let plan: Vec<String> = adapter
             .plan_promote(&req)
@@ -162,6 +166,10 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
                 "dry run: revision {voted_revision} has the staged files ({staged_manifest}); {}",
                 if already {
                     format!("{release_tag} already holds {staged_digest}: nothing would be sent")
+                } else if verify_only {
+                    format!(
+                        "would wait until the platform lists {staged_digest} in production and record it; nothing is ever sent to this platform"
+                    )
                 } else {
                     format!(
                         "would promote {staged_digest} to {release_tag}; writes: {}",
@@ -173,7 +181,13 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
     }
 
     let outcome = if already {
-        AttemptOutcome::Unchanged
+        // Nothing to write. For a verify-only platform this is the promotion itself, found
+        // done: news unless recorded already.
+        if verify_only && !row.promoted {
+            AttemptOutcome::Completed
+        } else {
+            AttemptOutcome::Unchanged
+        }
     } else {
         adapter.promote(&req).await?;
         AttemptOutcome::Completed
@@ -207,8 +221,12 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
     }
     Ok(Step {
         outcome,
-        message: if already {
+        message: if outcome == AttemptOutcome::Unchanged {
             format!("{key} was already promoted to {release_tag} as {staged_digest}")
+        } else if verify_only {
+            format!(
+                "{key} is listed in production as {staged_digest}; recorded as promoted to {release_tag} (voted revision {voted_revision})"
+            )
         } else {
             format!(
                 "promoted {key} to {release_tag} as {staged_digest} (voted revision {voted_revision})"

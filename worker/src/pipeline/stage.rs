@@ -2,7 +2,9 @@
 
 use atr_dist_shared::job::{ReleaseRef, RevisionSourceSpec};
 use atr_dist_shared::names::{ArtifactPath, RevisionKey, RevisionNumber};
-use atr_dist_shared::{AttemptOutcome, DistributionKey, RevisionManifest, StageJob};
+use atr_dist_shared::{
+    AttemptOutcome, DistributionKey, PromotionMechanism, RevisionManifest, StageJob,
+};
 
 use super::{Failure, Pipeline, Step, record};
 use crate::platform::{Observed, Sealed, StageRequest, Staging};
@@ -83,6 +85,11 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         Staging::Local => None,
     };
 
+    // A verify-only platform (`PromotionMechanism::None`, see `platform/mod.rs`) is never
+    // written to: its stage is done when `read_staged` finds what the vote wants.
+    let verify_only = adapter.promotion() == PromotionMechanism::None;
+    let recorded =
+        existing.as_ref().and_then(|r| r.platform_digest.as_deref()) == Some(expected.as_str());
     if job.dry_run {
         let plan: Vec<String> = adapter
             .plan_stage(&req)
@@ -91,10 +98,13 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
             .collect();
         let now = match &current {
             Some(o) if o.digest == expected => {
-                "already staged with these bytes: nothing would be sent".to_owned()
+                format!("already staged as {expected}: nothing would be sent")
             }
             Some(o) => format!("the platform holds {} under {staging_tag}", o.digest),
             None => match staging {
+                Staging::Platform if verify_only => {
+                    "the platform does not show it, and it is only verified, never written to: the stage would be refused".to_owned()
+                }
                 Staging::Platform => "nothing staged yet".to_owned(),
                 Staging::Local => {
                     "the platform has no staging place: stage checks the files and sends nothing"
@@ -107,14 +117,26 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
             message: format!(
                 "dry run: would stage {key} from {revision} (manifest {}) as {expected}; {now}; writes: {}",
                 manifest.digest(),
-                plan.join("; ")
+                if plan.is_empty() {
+                    "none".to_owned()
+                } else {
+                    plan.join("; ")
+                }
             ),
         });
     }
 
     let outcome = match staging {
         Staging::Platform => match &current {
-            Some(o) if o.digest == expected => AttemptOutcome::Unchanged,
+            // Found as the vote wants it: nothing to write. A verify-only stage has then done
+            // its work, which is news when the record does not say so yet.
+            Some(o) if o.digest == expected => {
+                if verify_only && !recorded {
+                    AttemptOutcome::Completed
+                } else {
+                    AttemptOutcome::Unchanged
+                }
+            }
             Some(_) | None => {
                 adapter.stage(&req).await?;
                 AttemptOutcome::Completed
@@ -124,8 +146,7 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         // unchanged when it passed before for the same bytes.
         Staging::Local => {
             adapter.stage(&req).await?;
-            let recorded = existing.as_ref().and_then(|r| r.platform_digest.as_deref());
-            if recorded == Some(expected.as_str()) {
+            if recorded {
                 AttemptOutcome::Unchanged
             } else {
                 AttemptOutcome::Completed

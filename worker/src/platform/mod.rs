@@ -26,11 +26,24 @@
 //!   platforms, and the vote approved publishing what was staged, no more. A row staged
 //!   before the paths were recorded cannot be promoted by re-upload; stage it again.
 //!
+//! A third kind, **verify only** ([`PromotionMechanism::None`], Artifact Hub), is never
+//! written to: someone else puts the distribution there (Artifact Hub indexes the chart
+//! repository), and the adapter only reads. It goes through the same path as the others,
+//! with `plan_stage` and `plan_promote` empty: `read_staged` finds the distribution as the
+//! vote wants it or not (then `stage` says why, as a refusal, and writes nothing);
+//! `read_promoted` finds it in production or not (then `promote` waits with
+//! [`PlatformError::not_yet`], or refuses when it can never appear). What the pipeline does
+//! differently for it is only what it reports (`pipeline/stage.rs`, `pipeline/promote.rs`):
+//! since nothing is ever written, a step that finds the platform as wanted is `completed`
+//! when the record did not say so yet and `unchanged` after, and dry runs say that nothing
+//! is ever sent rather than listing writes.
+//!
 //! Adapters whose platform is not ready yet (a rate limit until its reset, a version still
 //! being indexed, a repository still being released) return [`PlatformError::not_yet`]: the
 //! job waits in Redis without spending an attempt, up to the platform's deadline, instead
 //! of sleeping inside an attempt.
 
+pub mod artifact_hub;
 pub mod http;
 pub mod npm;
 pub mod oci;
@@ -303,7 +316,18 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN".to_owned(),
                     ),
                 },
-                Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {
+                // Only read, and with no credentials: enabled once an instance is named.
+                Platform::ArtifactHub => match artifact_hub::configured(p) {
+                    Some((staging, production)) => (
+                        true,
+                        format!("stage checks {staging}, promote waits for {production}"),
+                    ),
+                    None => (
+                        false,
+                        "not configured: set [platforms.artifact_hub] base_url or staging_base_url (ATR_DIST_PLATFORMS__ARTIFACT_HUB__BASE_URL, ATR_DIST_PLATFORMS__ARTIFACT_HUB__STAGING_BASE_URL)".to_owned(),
+                    ),
+                },
+                Platform::Maven | Platform::Github | Platform::Hex => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -346,7 +370,14 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
                 }
             }
-            Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {}
+            Platform::ArtifactHub => {
+                if let Some(hub) =
+                    artifact_hub::ArtifactHubAdapter::from_config(&config.platforms.artifact_hub)?
+                {
+                    adapters = adapters.with(Platform::ArtifactHub, Arc::new(hub));
+                }
+            }
+            Platform::Maven | Platform::Github | Platform::Hex => {}
         }
     }
     Ok(adapters)
@@ -399,7 +430,18 @@ mod tests {
             "no adapter in this version of atr-dist"
         );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
+        // Artifact Hub takes no credentials: an instance's URL enables it.
+        config.platforms.artifact_hub.staging_base_url =
+            Some("https://staging.artifacthub.io".parse().unwrap());
         let why = enablement(&config);
+        let hub = why
+            .iter()
+            .find(|e| e.platform == Platform::ArtifactHub)
+            .unwrap();
+        assert_eq!(
+            hub.reason,
+            "stage checks https://staging.artifacthub.io/, promote waits for https://artifacthub.io/"
+        );
         let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
         assert_eq!(
             pypi.reason,
@@ -409,6 +451,7 @@ mod tests {
         assert_eq!(
             adapters.platforms(),
             vec![
+                Platform::ArtifactHub,
                 Platform::DockerHub,
                 Platform::Npm,
                 Platform::NpmScoped,
