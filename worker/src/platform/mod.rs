@@ -31,6 +31,7 @@
 //! job waits in Redis without spending an attempt, up to the platform's deadline, instead
 //! of sleeping inside an attempt.
 
+pub mod github;
 pub mod http;
 pub mod npm;
 pub mod oci;
@@ -303,7 +304,18 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN".to_owned(),
                     ),
                 },
-                Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {
+                // The API and the uploads host once a URL or a token is set.
+                Platform::Github => match github::configured(p) {
+                    Some((api, uploads)) => (
+                        true,
+                        format!("releases at {api}, assets uploaded to {uploads}"),
+                    ),
+                    None => (
+                        false,
+                        "not configured: set [platforms.github] base_url (ATR_DIST_PLATFORMS__GITHUB__BASE_URL) or ATR_DIST_PLATFORMS__GITHUB__TOKEN".to_owned(),
+                    ),
+                },
+                Platform::ArtifactHub | Platform::Maven | Platform::Hex => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -346,7 +358,13 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
                 }
             }
-            Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {}
+            Platform::Github => {
+                if let Some(github) = github::GithubAdapter::from_config(&config.platforms.github)?
+                {
+                    adapters = adapters.with(Platform::Github, Arc::new(github));
+                }
+            }
+            Platform::ArtifactHub | Platform::Maven | Platform::Hex => {}
         }
     }
     Ok(adapters)
@@ -415,6 +433,16 @@ mod tests {
                 Platform::Pypi
             ]
         );
+        // GitHub: a token alone means github.com, with its separate uploads host.
+        config.platforms.github.token = Some(crate::secret::Secret::new("ghp_x"));
+        let why = enablement(&config);
+        let github = why.iter().find(|e| e.platform == Platform::Github).unwrap();
+        assert_eq!(
+            github.reason,
+            "releases at https://api.github.com/, assets uploaded to https://uploads.github.com/"
+        );
+        let adapters = from_config(&config).unwrap();
+        assert!(adapters.get(Platform::Github).is_some());
         // Each adapter promotes the way the platform table says.
         for platform in adapters.platforms() {
             assert_eq!(
