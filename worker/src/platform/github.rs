@@ -1287,6 +1287,62 @@ mod tests {
     }
 
     #[test]
+    fn plans_name_the_writes_a_stage_and_a_promote_would_make() {
+        use atr_dist_shared::ManifestEntry;
+        use atr_dist_shared::manifest::Sha3Hex;
+        use atr_dist_shared::names::{ArtifactPath, RevisionKey, RevisionNumber};
+        use sha3::Sha3_256;
+        let a = adapter("http://127.0.0.1:9/api/v3", "http://127.0.0.1:9");
+        let k = key("apache", "example", "1.0.0");
+        let bytes = b"x".to_vec();
+        let entry = ManifestEntry {
+            path: ArtifactPath::new("example-1.0.0.tar.gz").unwrap(),
+            size: 1,
+            sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
+        };
+        let sealed = crate::seal::Sealer::default()
+            .seal_bytes(&entry, bytes::Bytes::from(bytes))
+            .unwrap();
+        let req = StageRequest {
+            revision: RevisionKey::of(&k.release_key, &RevisionNumber::new("00001").unwrap()),
+            artifacts: vec![sealed],
+            staging_tag: DistTag::new(TAG_VERSION).unwrap(),
+            key: k.clone(),
+        };
+        let plan: Vec<String> = a.plan_stage(&req).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            plan,
+            [
+                "POST http://127.0.0.1:9/api/v3/repos/apache/example/releases (create a draft pre-release for v1.0.0 (unless there is one))".to_owned(),
+                format!("POST http://127.0.0.1:9/repos/apache/example/releases/{{id}}/assets (upload example-1.0.0.tar.gz (sha256 {}) unless the release holds it)", &sha256_of(b"x")),
+                "PATCH http://127.0.0.1:9/api/v3/repos/apache/example/releases/{id} (publish the draft as a pre-release, not latest)".to_owned(),
+            ]
+        );
+        let promote = PromoteRequest {
+            key: k,
+            staged_digest: digest_of(std::iter::empty()),
+            staging_tag: DistTag::new(TAG_VERSION).unwrap(),
+            release_tag: DistTag::new(TAG_VERSION).unwrap(),
+            artifacts: Vec::new(),
+        };
+        let plan: Vec<String> = a
+            .plan_promote(&promote)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            plan,
+            [
+                "PATCH http://127.0.0.1:9/api/v3/repos/apache/example/releases/{id} (make the pre-release for v1.0.0 a full release, latest)"
+            ]
+        );
+    }
+
+    fn sha256_of(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
     fn the_section_chooses_api_and_uploads_host() {
         let mut c = PlatformConfig::default();
         assert!(configured(&c).is_none());
