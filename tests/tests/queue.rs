@@ -910,3 +910,135 @@ async fn a_handlers_report_goes_with_the_jobs_end() {
     assert_eq!(result_of(&reported.id).as_deref(), Some(REPORT));
     assert_eq!(result_of(&silent.id).as_deref(), Some(""));
 }
+
+/// A pool leases one round of its capacity ahead and no more: with 3 slots, all busy, it
+/// holds 6 leases however many jobs wait, so the rest stay free for other workers, and
+/// never more as jobs end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_leases_two_rounds_of_its_capacity_and_no_more() {
+    use atr_dist::queue::pool::{Completion, RunningJob};
+    use atr_dist_shared::JobState;
+    use std::time::Duration;
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.enqueue_bulk(
+        &(0..30).map(atr_dist_tests::jobs::stage).collect::<Vec<_>>(),
+        None,
+        3,
+    )
+    .await
+    .unwrap();
+    // Each job runs until the test hands it a permit.
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let permits = std::sync::Arc::clone(&permits);
+        cases::FnHandler(move |job: RunningJob| {
+            let permits = std::sync::Arc::clone(&permits);
+            async move {
+                tokio::select! {
+                    p = permits.acquire() => p.expect("open").forget(),
+                    () = job.cancel.cancelled() => {}
+                }
+                Ok(Completion::Done)
+            }
+        })
+    };
+    let mut config = cases::pool_config(3, cases::FAST_RETRY);
+    config.shutdown_timeout = Duration::from_millis(200);
+    let pool = cases::RunningPool::start(q, handler, config);
+    cases::eventually("the pool is busy", Duration::from_secs(10), || async {
+        cases::count(q, JobState::Running).await >= 3
+    })
+    .await;
+    // Idle polls go on every 20 ms: give the pool many chances to lease more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(cases::count(q, JobState::Running).await, 6);
+    assert_eq!(cases::count(q, JobState::Queued).await, 24);
+    // Four end: the pool takes the next ones from what it holds, then leases only what
+    // brings it back to two rounds, counting the leases it still holds.
+    permits.add_permits(4);
+    cases::eventually("four done", Duration::from_secs(10), || async {
+        cases::count(q, JobState::Done).await == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Between one round (a lease per slot, when the next fetch came while finished jobs
+    // were not acked yet) and two.
+    let running = cases::count(q, JobState::Running).await;
+    assert!((3..=6).contains(&running), "{running} leased");
+    assert_eq!(cases::count(q, JobState::Queued).await, 26 - running);
+    pool.stop().await;
+}
+
+/// An attempt that outlasts the shutdown timeout is stopped, and the pool returns only once
+/// its handler's future has been dropped (where a handler ends its records), even when
+/// that drop is slow.
+// Four threads: the two slow drops block two of them, and the pool must run on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_waits_for_stopped_attempts_to_be_dropped() {
+    use atr_dist::queue::pool::{Completion, RunningJob, Stop};
+    use atr_dist_shared::JobState;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Records, when dropped (slowly), why the attempt was stopped.
+    struct SlowDrop {
+        job: RunningJob,
+        seen: Arc<Mutex<Vec<Option<Stop>>>>,
+    }
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            std::thread::sleep(Duration::from_millis(150));
+            self.seen.lock().unwrap().push(self.job.stop.get());
+        }
+    }
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let ids = q
+        .enqueue_bulk(
+            &(0..2).map(atr_dist_tests::jobs::stage).collect::<Vec<_>>(),
+            None,
+            3,
+        )
+        .await
+        .unwrap();
+    let seen: Arc<Mutex<Vec<Option<Stop>>>> = Arc::default();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        cases::FnHandler(move |job: RunningJob| {
+            let guard = SlowDrop {
+                job,
+                seen: Arc::clone(&seen),
+            };
+            async move {
+                let _guard = guard;
+                // Ignores its cancel token: only dropping it stops it.
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                Ok(Completion::Done)
+            }
+        })
+    };
+    let mut config = cases::pool_config(2, cases::FAST_RETRY);
+    config.shutdown_timeout = Duration::from_millis(500);
+    let pool = cases::RunningPool::start(q, handler, config);
+    cases::eventually("both run", Duration::from_secs(10), || async {
+        cases::count(q, JobState::Running).await == 2
+    })
+    .await;
+    pool.stop().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![Some(Stop::Shutdown), Some(Stop::Shutdown)],
+        "both attempts were dropped, for the shutdown, before the pool returned"
+    );
+    for e in ids {
+        let s = q.show(&e.id).await.unwrap().unwrap().summary;
+        assert_eq!(s.state, JobState::Queued);
+        assert_eq!(
+            s.attempt, 0,
+            "an attempt stopped by a shutdown does not count"
+        );
+    }
+}
