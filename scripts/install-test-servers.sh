@@ -52,12 +52,28 @@ ensure_pypiserver() {
   "$dir/bin/pip" install --quiet --disable-pip-version-check pypiserver==2.4.2 passlib==1.7.4
 }
 
-if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver; fi
+# Prism 5.14.2 (Stoplight's OpenAPI validator; 5.16 needs Node >= 24) and @octokit/openapi 23.0.2
+# (GitHub's published REST description) for the GitHub adapter's tests (tests/tests/github.rs),
+# which replay every request the adapter sent to their mock against Prism, so that a wrong field
+# name or type fails. From the npm registry into ${ATR_DIST_PRISM:-~/.cache/atr-dist/prism}.
+ensure_prism() {
+  local dir="${ATR_DIST_PRISM:-$HOME/.cache/atr-dist/prism}"
+  if [ -x "$dir/node_modules/.bin/prism" ] && [ -f "$dir/node_modules/@octokit/openapi/generated/api.github.com.json" ]; then return 0; fi
+  if ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  mkdir -p "$dir"
+  cat >"$dir/package.json" <<'EOF'
+{ "name": "atr-dist-prism", "private": true, "version": "0.0.0", "dependencies": { "@stoplight/prism-cli": "5.14.2", "@octokit/openapi": "23.0.2" } }
+EOF
+  log "installing prism 5.14.2 and @octokit/openapi 23.0.2 into $dir"
+  (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+}
+
+if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver prism; fi
 for program in "$@"; do
   case "$program" in
-    chromium | verdaccio | docker_registry | pypiserver) "ensure_$program" ;;
+    chromium | verdaccio | docker_registry | pypiserver | prism) "ensure_$program" ;;
     *)
-      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver"
+      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver prism"
       exit 2
       ;;
   esac

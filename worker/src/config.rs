@@ -379,6 +379,11 @@ pub struct PlatformConfig {
     /// Where staging is read back, when that is not `staging_base_url`.
     #[serde(serialize_with = "ser::opt_url")]
     pub staging_read_url: Option<Url>,
+    /// Where files are uploaded, when that is another origin than `base_url`'s: GitHub's
+    /// release assets (`https://uploads.github.com` for github.com). Requests go only to
+    /// configured origins, so an upload URL the platform names elsewhere is refused.
+    #[serde(serialize_with = "ser::opt_url")]
+    pub upload_url: Option<Url>,
     pub username: Option<String>,
     #[serde(skip_serializing)]
     pub token: Option<Secret>,
@@ -672,6 +677,7 @@ impl Config {
                 ("staging_base_url", &p.staging_base_url),
                 ("read_url", &p.read_url),
                 ("staging_read_url", &p.staging_read_url),
+                ("upload_url", &p.upload_url),
             ] {
                 let Some(url) = url else { continue };
                 if !matches!(url.scheme(), "https" | "http") {

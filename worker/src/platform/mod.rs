@@ -44,6 +44,7 @@
 //! of sleeping inside an attempt.
 
 pub mod artifact_hub;
+pub mod github;
 pub mod http;
 pub mod npm;
 pub mod oci;
@@ -327,7 +328,18 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.artifact_hub] base_url or staging_base_url (ATR_DIST_PLATFORMS__ARTIFACT_HUB__BASE_URL, ATR_DIST_PLATFORMS__ARTIFACT_HUB__STAGING_BASE_URL)".to_owned(),
                     ),
                 },
-                Platform::Maven | Platform::Github | Platform::Hex => {
+                // The API and the uploads host once a URL or a token is set.
+                Platform::Github => match github::configured(p) {
+                    Some((api, uploads)) => (
+                        true,
+                        format!("releases at {api}, assets uploaded to {uploads}"),
+                    ),
+                    None => (
+                        false,
+                        "not configured: set [platforms.github] base_url (ATR_DIST_PLATFORMS__GITHUB__BASE_URL) or ATR_DIST_PLATFORMS__GITHUB__TOKEN".to_owned(),
+                    ),
+                },
+                Platform::Maven | Platform::Hex => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -377,7 +389,13 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::ArtifactHub, Arc::new(hub));
                 }
             }
-            Platform::Maven | Platform::Github | Platform::Hex => {}
+            Platform::Github => {
+                if let Some(github) = github::GithubAdapter::from_config(&config.platforms.github)?
+                {
+                    adapters = adapters.with(Platform::Github, Arc::new(github));
+                }
+            }
+            Platform::Maven | Platform::Hex => {}
         }
     }
     Ok(adapters)
@@ -458,6 +476,16 @@ mod tests {
                 Platform::Pypi
             ]
         );
+        // GitHub: a token alone means github.com, with its separate uploads host.
+        config.platforms.github.token = Some(crate::secret::Secret::new("ghp_x"));
+        let why = enablement(&config);
+        let github = why.iter().find(|e| e.platform == Platform::Github).unwrap();
+        assert_eq!(
+            github.reason,
+            "releases at https://api.github.com/, assets uploaded to https://uploads.github.com/"
+        );
+        let adapters = from_config(&config).unwrap();
+        assert!(adapters.get(Platform::Github).is_some());
         // Each adapter promotes the way the platform table says.
         for platform in adapters.platforms() {
             assert_eq!(
