@@ -17,7 +17,7 @@
 //!   the production one; [`PromoteRequest::artifacts`] is empty and the adapter checks that
 //!   the staged object still carries the staged digest.
 //! - **re-upload** (PyPI: Test PyPI is another registry, and nothing there becomes
-//!   production): promote uploads the voted bytes again. The pipeline reads them from the
+//!   production; Hex: nothing is staged at all): promote uploads the voted bytes again. The pipeline reads them from the
 //!   **voted** revision, only after it has found the voted files equal to the staged ones
 //!   (`revision_changed` otherwise), and seals them exactly as stage does; the adapter gets
 //!   them in [`PromoteRequest::artifacts`]. Which files: the paths the stage published,
@@ -31,6 +31,7 @@
 //! job waits in Redis without spending an attempt, up to the platform's deadline, instead
 //! of sleeping inside an attempt.
 
+pub mod hex;
 pub mod http;
 pub mod npm;
 pub mod oci;
@@ -266,15 +267,15 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
             let p = config.platforms.get(platform);
             let env = format!("ATR_DIST_PLATFORMS__{}__TOKEN", section.to_ascii_uppercase());
             let (enabled, reason) = match platform {
-                Platform::Npm | Platform::NpmScoped | Platform::DockerHub => {
+                Platform::Npm | Platform::NpmScoped | Platform::DockerHub | Platform::Hex => {
                     let default = match platform {
                         Platform::DockerHub => oci::DEFAULT_REGISTRY,
                         Platform::Npm | Platform::NpmScoped => npm::DEFAULT_REGISTRY,
+                        Platform::Hex => hex::DEFAULT_API,
                         Platform::ArtifactHub
                         | Platform::Maven
                         | Platform::Pypi
-                        | Platform::Github
-                        | Platform::Hex => unreachable!("matched above"),
+                        | Platform::Github => unreachable!("matched above"),
                     };
                     let username = p.username.is_some() && platform == Platform::DockerHub;
                     match (&p.base_url, p.token.is_some() || username) {
@@ -303,7 +304,7 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN".to_owned(),
                     ),
                 },
-                Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {
+                Platform::ArtifactHub | Platform::Maven | Platform::Github => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -346,7 +347,11 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
                 }
             }
-            Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {}
+            Platform::Hex => {
+                let hex = hex::HexAdapter::from_config(&config.platforms.hex)?;
+                adapters = adapters.with(Platform::Hex, Arc::new(hex));
+            }
+            Platform::ArtifactHub | Platform::Maven | Platform::Github => {}
         }
     }
     Ok(adapters)
@@ -396,10 +401,22 @@ mod tests {
         );
         assert_eq!(
             reason(Platform::Hex),
+            "not configured: set [platforms.hex] base_url (ATR_DIST_PLATFORMS__HEX__BASE_URL) or ATR_DIST_PLATFORMS__HEX__TOKEN"
+        );
+        assert_eq!(
+            reason(Platform::Github),
             "no adapter in this version of atr-dist"
         );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
+        config.platforms.hex.token = Some(crate::secret::Secret::new("hex-key"));
         let why = enablement(&config);
+        assert_eq!(
+            why.iter()
+                .find(|e| e.platform == Platform::Hex)
+                .unwrap()
+                .reason,
+            "credentials set; base_url defaults to https://hex.pm/api"
+        );
         let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
         assert_eq!(
             pypi.reason,
@@ -412,7 +429,8 @@ mod tests {
                 Platform::DockerHub,
                 Platform::Npm,
                 Platform::NpmScoped,
-                Platform::Pypi
+                Platform::Pypi,
+                Platform::Hex
             ]
         );
         // Each adapter promotes the way the platform table says.
