@@ -122,6 +122,7 @@ impl SqliteDatabase {
 pub mod cases;
 pub mod fault_proxy;
 pub mod fence_support;
+pub mod hex_support;
 mod http_server;
 pub mod npm_support;
 pub mod oci_support;
