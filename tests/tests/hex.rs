@@ -83,6 +83,7 @@ impl Pkg {
             revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
             key,
             artifacts: vec![sealed(&self.file(), bytes)],
+            companions: Vec::new(),
             staging_tag: DistTag::new("staging").unwrap(),
         }
     }
@@ -94,6 +95,7 @@ impl Pkg {
             staging_tag: DistTag::new("staging").unwrap(),
             release_tag: DistTag::latest(),
             artifacts: vec![sealed(&self.file(), bytes)],
+            companions: Vec::new(),
         }
     }
 }

@@ -43,7 +43,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::names::{DistTag, RevisionKey};
+use atr_dist_shared::names::{ArtifactPath, DistTag, RevisionKey};
 use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform, PromotionMechanism};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -57,6 +57,9 @@ pub struct StageRequest {
     pub revision: RevisionKey,
     /// The job's artifacts, in the job's order, each a sealed copy of the voted bytes.
     pub artifacts: Vec<Sealed>,
+    /// The companion files of the artifacts that the revision holds
+    /// ([`PlatformAdapter::companions`]), sealed as the artifacts are.
+    pub companions: Vec<Sealed>,
     pub staging_tag: DistTag,
 }
 
@@ -72,6 +75,9 @@ pub struct PromoteRequest {
     /// they were staged. Empty for every other mechanism, which promotes the staged object
     /// in place and sends no file.
     pub artifacts: Vec<Sealed>,
+    /// With `artifacts`: their companion files the voted revision holds
+    /// ([`PlatformAdapter::companions`]), sealed as they are. Empty otherwise.
+    pub companions: Vec<Sealed>,
 }
 
 /// What the platform holds, read back from it.
@@ -215,6 +221,15 @@ pub trait PlatformAdapter: Send + Sync {
     /// Whether stage leaves the distribution on the platform, and so how the pipeline
     /// checks it (see [`Staging`]).
     fn staging(&self) -> Staging;
+
+    /// Files that go with `artifact` when it is published, if the revision holds them beside
+    /// it (PyPI: a PEP 740 attestation, `<file>.publish.attestation`). The pipeline seals
+    /// each one the voted manifest lists, exactly as it seals the artifacts, and hands them
+    /// over in [`StageRequest::companions`] and [`PromoteRequest::companions`]: an adapter
+    /// reads a companion from there, never from a path. None by default.
+    fn companions(&self, _artifact: &ArtifactPath) -> Vec<ArtifactPath> {
+        Vec::new()
+    }
 
     /// How this adapter promotes: in place, or by uploading the voted files again
     /// ([`PromotionMechanism::Reupload`], which makes the pipeline fill
