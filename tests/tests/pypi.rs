@@ -613,7 +613,10 @@ async fn attestations_are_passed_through(db: Db) {
     assert_eq!(production.files().len(), 2);
 
     let want = form_field("attestations", &format!("[{ATTESTATION}]"));
-    for (index, proxy) in [("staging", &staging_proxy), ("production", &production_proxy)] {
+    for (index, proxy) in [
+        ("staging", &staging_proxy),
+        ("production", &production_proxy),
+    ] {
         let posts: Vec<String> = proxy
             .seen()
             .iter()
@@ -629,7 +632,10 @@ async fn attestations_are_passed_through(db: Db) {
             .iter()
             .find(|b| b.contains(&format!("filename=\"{s}\"")))
             .unwrap();
-        assert!(wheel.contains(&want), "{index}: the wheel's upload carries its attestation");
+        assert!(
+            wheel.contains(&want),
+            "{index}: the wheel's upload carries its attestation"
+        );
         assert!(
             !sdist.contains("name=\"attestations\""),
             "{index}: the sdist has none"
@@ -667,8 +673,12 @@ async fn a_malformed_or_changed_attestation_is_refused() {
     let [_, w] = pkg.files();
     let attestation = format!("{w}.publish.attestation");
     pkg.write(&h, "00001", "b = 1\n");
-    h.revs
-        .write_release("example", pkg.version, "00001", &[(&attestation, b"[1, 2]")]);
+    h.revs.write_release(
+        "example",
+        pkg.version,
+        "00001",
+        &[(&attestation, b"[1, 2]")],
+    );
     let stage = pkg.stage("00001");
     assert_eq!(h.run(&stage, 3).await, JobState::Dead);
     let err = h.last_error(&stage).await;
@@ -693,7 +703,10 @@ async fn a_malformed_or_changed_attestation_is_refused() {
         "example",
         pkg.version,
         "00003",
-        &[(&attestation, ATTESTATION.replace("MEUCIQDv", "MEUCIQDw").as_bytes())],
+        &[(
+            &attestation,
+            ATTESTATION.replace("MEUCIQDv", "MEUCIQDw").as_bytes(),
+        )],
     );
     let promote = pkg.promote("00003");
     assert_eq!(h.run(&promote, 3).await, JobState::Dead);
@@ -703,4 +716,64 @@ async fn a_malformed_or_changed_attestation_is_refused() {
     );
     assert!(production.files().is_empty());
     h.stop().await;
+}
+
+/// The same stage → promote against a real devpi-server: uploads to `atr/staging`, then to
+/// `atr/release`, each read back through devpi's simple API under `+simple/` (the read URL
+/// names it; devpi has no PyPI JSON API). On SQLite and PostgreSQL, one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_and_promotes_on_devpi() {
+    use atr_dist_tests::pypi_support::{DEVPI_PASSWORD, DEVPI_USER, DevpiServer};
+
+    let devpi = DevpiServer::start().await;
+    let index = |name: &str| IndexSettings {
+        upload: Url::parse(&devpi.upload_url(name)).unwrap(),
+        read: Url::parse(&devpi.simple_url(name)).unwrap(),
+        username: DEVPI_USER.into(),
+        token: Some(Secret::new(DEVPI_PASSWORD)),
+    };
+    for (db, name) in [(Db::Sqlite, "devpi-lite"), (Db::Postgres, "devpi-pg")] {
+        let a = PypiAdapter::new(index("staging"), index("release")).unwrap();
+        let h = Harness::new(
+            db,
+            Adapters::default().with(Platform::Pypi, Arc::new(a)),
+            FAST,
+        )
+        .await;
+        let pkg = Pkg {
+            name,
+            version: "1.0.0",
+        };
+        pkg.write(&h, "00001", "d = 1\n");
+        h.run_to_done(&pkg.stage("00001"), 3).await;
+        let row = h.row().await.unwrap();
+        let staged = row.platform_digest.clone().unwrap();
+        assert_eq!(
+            row.api_url.as_deref(),
+            Some(format!("{}{name}/", devpi.simple_url("staging")).as_str())
+        );
+
+        pkg.write(&h, "00002", "d = 1\n");
+        h.run_to_done(&pkg.promote("00002"), 3).await;
+        let row = h.row().await.unwrap();
+        assert!(row.promoted);
+        assert_eq!(row.promoted_digest.as_deref(), Some(staged.as_str()));
+        let release = reqwest::get(format!("{}{name}/", devpi.simple_url("release")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for f in pkg.files() {
+            assert!(release.contains(&f), "{f} on atr/release: {release}");
+        }
+
+        let again = pkg.promote("00002");
+        h.run_to_done(&again, 3).await;
+        assert_eq!(
+            h.runs(&again).await[0].outcome.as_deref(),
+            Some("unchanged")
+        );
+        h.stop().await;
+    }
 }

@@ -14,7 +14,10 @@
 //!   `urls[].{filename, digests.sha256, upload_time_iso_8601}`; where the index has none
 //!   (pypiserver: 404), the simple API, `GET <read URL>simple/<name>/` in its PEP 691
 //!   JSON form (`files[].hashes.sha256`) or its PEP 503 HTML form (`#sha256=` fragments),
-//!   keeping the files of this version.
+//!   keeping the files of this version. A read URL that is itself a simple API's root (its
+//!   path ends in `/simple/` or `/+simple/`, as devpi's `/<user>/<index>/+simple/`) is read
+//!   there only, `GET <read URL><name>/`: devpi has no JSON API of PyPI's form, and its
+//!   simple API is not at `simple/`.
 //!
 //! Attestations (PEP 740): a voted file's attestation, `<file>.publish.attestation` beside
 //! it in the revision (the name `pypa/gh-action-pypi-publish` and `pypi-attestations` write,
@@ -119,6 +122,9 @@ pub struct Index {
     auth: Option<HeaderValue>,
     /// The public PyPI or Test PyPI, whose web pages are linked.
     web: Option<&'static str>,
+    /// `read` is the root of a simple API (`…/simple/`, devpi's `…/+simple/`): files are
+    /// listed at `<read><name>/`, and there is no JSON API to ask first.
+    simple_root: bool,
 }
 
 /// An index's settings.
@@ -155,6 +161,7 @@ impl Index {
             }
             None => None,
         };
+        let simple_root = read.path().ends_with("/simple/") || read.path().ends_with("/+simple/");
         let web = match read.as_str() {
             DEFAULT_READ_URL => Some("https://pypi.org/project"),
             DEFAULT_STAGING_READ_URL => Some("https://test.pypi.org/project"),
@@ -166,6 +173,7 @@ impl Index {
             read,
             auth,
             web,
+            simple_root,
         })
     }
 
@@ -621,7 +629,10 @@ fn form_head(u: &Upload) -> Result<Vec<u8>, PlatformError> {
             u.filename
         )));
     }
-    if u.attestations.as_ref().is_some_and(|a| a.contains(&boundary)) {
+    if u.attestations
+        .as_ref()
+        .is_some_and(|a| a.contains(&boundary))
+    {
         return Err(PlatformError::permanent(format!(
             "{}: its attestation contains the file's own sha256 after the form's boundary prefix; refused",
             u.filename
@@ -725,6 +736,11 @@ impl PypiAdapter {
     ) -> Result<Option<Listing>, PlatformError> {
         let index = self.index(which);
         let name = normalize(key.package.as_str());
+        if index.simple_root {
+            return self
+                .simple_listing(index, key, index.url(&format!("{name}/")))
+                .await;
+        }
         let json_url = index.url(&format!("pypi/{name}/{}/json", key.version));
         let (resp, at) = self.get(index, &json_url, "application/json").await?;
         if resp.status().is_success() {
@@ -750,7 +766,17 @@ impl PypiAdapter {
         ) {
             return Err(error_for(resp, &format!("GET {at}")).await);
         }
-        let simple_url = index.url(&format!("simple/{name}/"));
+        self.simple_listing(index, key, index.url(&format!("simple/{name}/")))
+            .await
+    }
+
+    /// The files of this version a simple API page (`<root><name>/`) lists.
+    async fn simple_listing(
+        &self,
+        index: &Index,
+        key: &DistributionKey,
+        simple_url: Url,
+    ) -> Result<Option<Listing>, PlatformError> {
         let (resp, at) = self
             .get(
                 index,
@@ -1694,6 +1720,15 @@ mod tests {
         c.staging_base_url = Some(Url::parse("http://127.0.0.1:8080").unwrap());
         let a = PypiAdapter::from_config(&c).unwrap().unwrap();
         assert_eq!(a.staging.read.as_str(), "http://127.0.0.1:8080/");
+        assert!(!a.staging.simple_root && !a.production.simple_root);
+        // devpi: the read URL names the index's simple API.
+        c.staging_read_url = Some(Url::parse("http://127.0.0.1:3141/atr/staging/+simple").unwrap());
+        let a = PypiAdapter::from_config(&c).unwrap().unwrap();
+        assert_eq!(
+            a.staging.read.as_str(),
+            "http://127.0.0.1:3141/atr/staging/+simple/"
+        );
+        assert!(a.staging.simple_root);
         assert_eq!(a.promotion(), PromotionMechanism::Reupload);
     }
 }
