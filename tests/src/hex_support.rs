@@ -92,7 +92,13 @@ fn name_and_version(tarball: &[u8]) -> Option<(String, String)> {
     None
 }
 
-fn release_json(base: &str, name: &str, version: &str, checksum: &str, at: &str) -> serde_json::Value {
+fn release_json(
+    base: &str,
+    name: &str,
+    version: &str,
+    checksum: &str,
+    at: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "version": version,
         "checksum": checksum,
@@ -289,11 +295,7 @@ pub fn tarball_with(meta: &str, body: &str, checksum: Option<&str>) -> Vec<u8> {
     h.update(b"3");
     h.update(meta.as_bytes());
     h.update(&contents);
-    let right: String = h
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect();
+    let right: String = h.finalize().iter().map(|b| format!("{b:02X}")).collect();
     let sum = checksum.map(str::to_owned).unwrap_or(right);
     let mut outer = tar::Builder::new(Vec::new());
     for (path, data) in [

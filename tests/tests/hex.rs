@@ -50,7 +50,10 @@ impl Pkg {
             "example",
             self.version,
             rev,
-            &[(&file, bytes), (&format!("{file}.asc"), b"a detached signature")],
+            &[
+                (&file, bytes),
+                (&format!("{file}.asc"), b"a detached signature"),
+            ],
         );
     }
 
@@ -118,7 +121,10 @@ async fn stage_then_promote(db: Db) {
     // Staging again checks again, sends nothing, and is unchanged.
     let again = pkg.stage("00001");
     h.run_to_done(&again, 3).await;
-    assert_eq!(h.runs(&again).await[0].outcome.as_deref(), Some("unchanged"));
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
 
     // The vote makes revision 00002 with the same files; promote publishes the tarball.
     pkg.write(&h, "00002", "defmodule Example do end\n");
@@ -254,10 +260,7 @@ async fn publish_request_and_read_back_contract() {
         version: "0.4.1",
     };
     let bytes = tarball(pkg.name, pkg.version, "c\n");
-    let expected = a
-        .expected_digest(&pkg.stage_request(&bytes))
-        .await
-        .unwrap();
+    let expected = a.expected_digest(&pkg.stage_request(&bytes)).await.unwrap();
     a.stage(&pkg.stage_request(&bytes)).await.unwrap();
     assert!(a.plan_stage(&pkg.stage_request(&bytes)).is_empty());
     assert!(
@@ -329,7 +332,11 @@ async fn another_release_under_the_version_is_refused() {
     let mut wrong = pkg.promote_request(&ours);
     wrong.staged_digest = Digest::parse(format!("sha256:{}", "00".repeat(32))).unwrap();
     let err = a.promote(&wrong).await.unwrap_err();
-    assert!(err.message.contains("not the staged sha256:0000"), "{}", err.message);
+    assert!(
+        err.message.contains("not the staged sha256:0000"),
+        "{}",
+        err.message
+    );
     assert_eq!(hex.publishes().await, 1);
 }
 
@@ -365,7 +372,11 @@ async fn two_factor_and_wrong_keys_are_auth_failures() {
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Auth);
-    assert!(err.message.contains("refused the API key"), "{}", err.message);
+    assert!(
+        err.message.contains("refused the API key"),
+        "{}",
+        err.message
+    );
     assert!(hex.checksum(pkg.name, pkg.version).is_none());
 }
 
@@ -390,7 +401,9 @@ async fn validation_errors_are_permanent_and_name_the_fields() {
     assert_eq!(err.class, ErrorClass::Permanent);
     assert_eq!(err.http_status, Some(422));
     assert!(
-        err.message.contains("hex.pm refused the package: Validation error(s); errors: {\"requirements\":{\"plug\":"),
+        err.message.contains(
+            "hex.pm refused the package: Validation error(s); errors: {\"requirements\":{\"plug\":"
+        ),
         "{}",
         err.message
     );
@@ -456,15 +469,27 @@ async fn rate_limits_wait_until_the_reset() {
         after <= Duration::from_secs(40) && after >= Duration::from_secs(38),
         "{after:?}"
     );
-    assert!(err.message.contains("X-RateLimit-Remaining: 0"), "{}", err.message);
+    assert!(
+        err.message.contains("X-RateLimit-Remaining: 0"),
+        "{}",
+        err.message
+    );
     assert_eq!(hex.publishes().await, 0);
 
     // The window is used up: the read itself is a 429.
     let err = a.promote(&pkg.promote_request(&bytes)).await.unwrap_err();
     assert!(err.not_yet, "{err:?}");
     assert_eq!(err.http_status, Some(429));
-    assert!(err.message.contains("rate limit is used up"), "{}", err.message);
-    assert_eq!(hex.requests().await.len(), 2, "no retries inside the attempt");
+    assert!(
+        err.message.contains("rate limit is used up"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        hex.requests().await.len(),
+        2,
+        "no retries inside the attempt"
+    );
 }
 
 /// Through the pipeline: a rate-limited promote waits in Redis and publishes after the
@@ -506,8 +531,14 @@ async fn a_rate_limited_promote_waits_and_then_publishes() {
         .into_iter()
         .map(|r| r.outcome)
         .collect();
-    assert_eq!(outcomes.first().cloned().flatten().as_deref(), Some("waiting"));
-    assert_eq!(outcomes.last().cloned().flatten().as_deref(), Some("completed"));
+    assert_eq!(
+        outcomes.first().cloned().flatten().as_deref(),
+        Some("waiting")
+    );
+    assert_eq!(
+        outcomes.last().cloned().flatten().as_deref(),
+        Some("completed")
+    );
     assert_eq!(hex.publishes().await, 1);
     h.stop().await;
 }

@@ -42,7 +42,9 @@ use atr_dist_shared::names::DistTag;
 use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, PromotionMechanism};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -181,7 +183,8 @@ pub fn inspect(bytes: &[u8], cancel: &Cancel) -> Result<Package, String> {
     let mut files: [Option<Vec<u8>>; 4] = [None, None, None, None];
     for entry in entries {
         cancel.check().map_err(|c| c.to_string())?;
-        let mut entry = entry.map_err(|e| format!("not a package tarball: unreadable entry: {e}"))?;
+        let mut entry =
+            entry.map_err(|e| format!("not a package tarball: unreadable entry: {e}"))?;
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
             // pax global settings, not a file.
@@ -220,17 +223,20 @@ pub fn inspect(bytes: &[u8], cancel: &Cancel) -> Result<Package, String> {
             .map_err(|e| format!("{path} is unreadable: {e}"))?;
         files[slot] = Some(content);
     }
-    let [Some(version), Some(metadata), Some(contents), Some(checksum)] = files else {
+    let [
+        Some(version),
+        Some(metadata),
+        Some(contents),
+        Some(checksum),
+    ] = files
+    else {
         let missing: Vec<&str> = [VERSION, METADATA, CONTENTS, CHECKSUM]
             .iter()
             .zip(&files)
             .filter(|(_, f)| f.is_none())
             .map(|(name, _)| *name)
             .collect();
-        return Err(format!(
-            "not a package tarball: no {}",
-            missing.join(", ")
-        ));
+        return Err(format!("not a package tarball: no {}", missing.join(", ")));
     };
     if version != b"3" {
         return Err(format!(
@@ -263,8 +269,8 @@ pub fn inspect(bytes: &[u8], cancel: &Cancel) -> Result<Package, String> {
     if !contents.starts_with(&[0x1f, 0x8b]) {
         return Err("contents.tar.gz is not gzipped (no gzip header)".into());
     }
-    let text = std::str::from_utf8(&metadata)
-        .map_err(|e| format!("metadata.config is not UTF-8: {e}"))?;
+    let text =
+        std::str::from_utf8(&metadata).map_err(|e| format!("metadata.config is not UTF-8: {e}"))?;
     let terms = erl::consult(text).map_err(|e| format!("metadata.config: {e}"))?;
     let field = |want: &str| -> Result<String, String> {
         let mut found: Option<String> = None;
@@ -287,9 +293,11 @@ pub fn inspect(bytes: &[u8], cancel: &Cancel) -> Result<Package, String> {
                     "metadata.config names {want} twice; which one hex.pm reads is not clear"
                 ));
             }
-            found = Some(value.text().ok_or_else(|| {
-                format!("metadata.config: {want} is {value}, not a string")
-            })?);
+            found = Some(
+                value
+                    .text()
+                    .ok_or_else(|| format!("metadata.config: {want} is {value}, not a string"))?,
+            );
         }
         found.ok_or_else(|| format!("metadata.config has no {want}"))
     };
@@ -401,7 +409,10 @@ impl HexAdapter {
             .to_ascii_lowercase();
         let release = Release {
             checksum,
-            html_url: doc.get("html_url").and_then(Value::as_str).map(str::to_owned),
+            html_url: doc
+                .get("html_url")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             inserted_at: doc
                 .get("inserted_at")
                 .and_then(Value::as_str)
@@ -517,7 +528,9 @@ async fn classify(resp: Response, what: &str) -> PlatformError {
                 .unwrap_or_else(|| "none given".into());
             err(
                 ErrorClass::Permanent,
-                format!("{what}: {status}: hex.pm refused the package: {message}; errors: {errors}"),
+                format!(
+                    "{what}: {status}: hex.pm refused the package: {message}; errors: {errors}"
+                ),
             )
         }
         _ if status.is_server_error() => err(
@@ -730,11 +743,9 @@ pub mod erl {
             match self {
                 Term::Binary(b) => String::from_utf8(b.clone()).ok(),
                 Term::Chars(s) => Some(s.clone()),
-                Term::Atom(_)
-                | Term::Number(_)
-                | Term::Tuple(_)
-                | Term::List(_)
-                | Term::Map(_) => None,
+                Term::Atom(_) | Term::Number(_) | Term::Tuple(_) | Term::List(_) | Term::Map(_) => {
+                    None
+                }
             }
         }
     }
@@ -1017,8 +1028,8 @@ pub mod erl {
                                     .map_err(|_| self.err(&format!("{n} is not a byte")))?
                             }
                         };
-                        let b = u8::try_from(n)
-                            .map_err(|_| self.err(&format!("{n} is not a byte")))?;
+                        let b =
+                            u8::try_from(n).map_err(|_| self.err(&format!("{n} is not a byte")))?;
                         out.push(b);
                     }
                     _ => return Err(self.err("expected a string or a byte in a binary")),
@@ -1178,7 +1189,8 @@ pub mod erl {
                 if !digits(self) {
                     return Err(self.err("a radix without digits"));
                 }
-            } else if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit())
+            } else if self.peek() == Some('.')
+                && self.peek_at(1).is_some_and(|c| c.is_ascii_digit())
             {
                 self.i += 1;
                 digits(self);
@@ -1259,10 +1271,7 @@ mod tests {
             "{x,quoted atom,\"chars\",1.5e-3,16#ff,97,#{k => [1,2]}}"
         );
         // Latin-1 binaries take bytes only.
-        assert_eq!(
-            consult("<<\"é\">>.").unwrap()[0],
-            Term::Binary(vec![0xe9])
-        );
+        assert_eq!(consult("<<\"é\">>.").unwrap()[0], Term::Binary(vec![0xe9]));
         assert!(consult("<<\"€\">>.").is_err());
         for bad in [
             "{a, b}",
@@ -1321,7 +1330,11 @@ mod tests {
                 "names name twice",
             ),
             (
-                tarball("{<<\"name\">>,plug}.\n{<<\"version\">>,<<\"1\">>}.\n", None, &[]),
+                tarball(
+                    "{<<\"name\">>,plug}.\n{<<\"version\">>,<<\"1\">>}.\n",
+                    None,
+                    &[],
+                ),
                 "name is plug, not a string",
             ),
             (tarball("not erlang", None, &[]), "metadata.config:"),
