@@ -68,12 +68,25 @@ EOF
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
-if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver prism; fi
+# devpi-server 6.20.3 (another real Python package index, whose indexes live at
+# /<user>/<index>/ with the simple API under +simple/) for the PyPI adapter's tests, into a
+# virtualenv at ${ATR_DIST_DEVPI:-~/.cache/atr-dist/devpi}; each test initialises and runs
+# its own on 127.0.0.1, offline.
+ensure_devpi() {
+  local dir="${ATR_DIST_DEVPI:-$HOME/.cache/atr-dist/devpi}"
+  if [ -x "$dir/bin/devpi-server" ] && [ -x "$dir/bin/devpi-init" ]; then return 0; fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+  log "installing devpi-server 6.20.3 into $dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check devpi-server==6.20.3
+}
+
+if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver devpi prism; fi
 for program in "$@"; do
   case "$program" in
-    chromium | verdaccio | docker_registry | pypiserver | prism) "ensure_$program" ;;
+    chromium | verdaccio | docker_registry | pypiserver | devpi | prism) "ensure_$program" ;;
     *)
-      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver prism"
+      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver devpi prism"
       exit 2
       ;;
   esac

@@ -116,6 +116,8 @@ pub struct Seen {
     pub status: u16,
     /// Answered by a fault, never reaching the server.
     pub injected: bool,
+    /// The request's body.
+    pub body: Bytes,
 }
 
 struct ProxyState {
@@ -187,6 +189,7 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    let sent = req.body().clone();
     let fault = {
         let mut faults = s.faults.lock().unwrap();
         let mut chosen = None;
@@ -207,6 +210,7 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
             path,
             status: f.status,
             injected: true,
+            body: sent,
         });
         let headers: Vec<(&str, &str)> = f
             .headers
@@ -263,6 +267,7 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         path,
         status,
         injected: false,
+        body: sent,
     });
     // The server acted; its answer is lost on the way back.
     if let Some(f) = fault {

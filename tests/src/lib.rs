@@ -123,6 +123,7 @@ pub mod cases;
 pub mod fault_proxy;
 pub mod fence_support;
 pub mod github_support;
+pub mod hex_support;
 mod http_server;
 pub mod npm_support;
 pub mod oci_support;

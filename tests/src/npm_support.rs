@@ -150,6 +150,7 @@ pub fn stage_request(
             &RevisionNumber::new("00001").expect("revision"),
         ),
         artifacts: vec![crate::pipeline_support::sealed(&file, tarball)],
+        companions: Vec::new(),
         staging_tag: DistTag::new(staging_tag).expect("tag"),
     }
 }

@@ -517,6 +517,7 @@ pub fn stage_request(key: &DistributionKey, image: &OciImage, staging_tag: &str)
             &RevisionNumber::new("00001").expect("revision"),
         ),
         artifacts,
+        companions: Vec::new(),
         staging_tag: DistTag::new(staging_tag).expect("tag"),
     }
 }

@@ -189,3 +189,126 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = sha2::Sha256::digest(bytes);
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Where scripts/install-test-servers.sh installed devpi-server 6.20.3 (a virtualenv).
+pub fn devpi_venv() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ATR_DIST_DEVPI") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/atr-dist/devpi")
+}
+
+/// The user owning the test indexes, and its password (sent as Basic auth on uploads).
+pub const DEVPI_USER: &str = "atr";
+pub const DEVPI_PASSWORD: &str = "atrpw";
+
+/// A real devpi-server, offline, with two non-volatile indexes of [`DEVPI_USER`]:
+/// `atr/staging` and `atr/release` (no bases, so nothing comes from pypi.org).
+pub struct DevpiServer {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DevpiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DevpiServer {
+    pub async fn start() -> DevpiServer {
+        let venv = devpi_venv();
+        let bin = venv.join("bin/devpi-server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/install-test-servers.sh devpi",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let made = Command::new(venv.join("bin/devpi-init"))
+            .arg("--serverdir")
+            .arg(&data)
+            .args(["--no-root-pypi", "--root-passwd", "rootpw"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run devpi-init");
+        assert!(made.success(), "devpi-init failed");
+        let port = crate::free_port();
+        let child = Command::new(&bin)
+            .arg("--serverdir")
+            .arg(&data)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--offline-mode",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start devpi-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server = DevpiServer {
+            addr,
+            child,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client.get(format!("http://{addr}/+api")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "devpi-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let json = |c: reqwest::RequestBuilder, body: serde_json::Value| {
+            c.header("accept", "application/json")
+                .header("content-type", "application/json")
+                .body(body.to_string())
+        };
+        let made = json(
+            client.put(format!("http://{addr}/{DEVPI_USER}")),
+            serde_json::json!({"password": DEVPI_PASSWORD}),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert!(made.status().is_success(), "creating the user: {made:?}");
+        for index in ["staging", "release"] {
+            let made = json(
+                client
+                    .put(format!("http://{addr}/{DEVPI_USER}/{index}"))
+                    .basic_auth(DEVPI_USER, Some(DEVPI_PASSWORD)),
+                serde_json::json!({"bases": [], "volatile": false}),
+            )
+            .send()
+            .await
+            .unwrap();
+            assert!(made.status().is_success(), "creating {index}: {made:?}");
+        }
+        server
+    }
+
+    /// The upload URL of index `atr/<index>`.
+    pub fn upload_url(&self, index: &str) -> String {
+        format!("http://{}/{DEVPI_USER}/{index}/", self.addr)
+    }
+
+    /// The simple API root of index `atr/<index>`.
+    pub fn simple_url(&self, index: &str) -> String {
+        format!("http://{}/{DEVPI_USER}/{index}/+simple/", self.addr)
+    }
+}

@@ -592,6 +592,7 @@ async fn only_the_charts_own_files_may_be_named() {
             &RevisionNumber::new("00001").unwrap(),
         ),
         artifacts: files.iter().map(|f| sealed(f, b"bytes")).collect(),
+        companions: Vec::new(),
         staging_tag: DistTag::new("staging").unwrap(),
     };
     let want = identity_digest(&key);

@@ -74,6 +74,7 @@ fn stage_request(files: &[(&str, Vec<u8>)]) -> StageRequest {
     StageRequest {
         revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
         artifacts: files.iter().map(|(f, b)| sealed(f, b)).collect(),
+        companions: Vec::new(),
         staging_tag: version_tag(),
         key,
     }
@@ -86,6 +87,7 @@ fn promote_request(staged: &Digest) -> PromoteRequest {
         staging_tag: version_tag(),
         release_tag: version_tag(),
         artifacts: Vec::new(),
+        companions: Vec::new(),
     }
 }
 

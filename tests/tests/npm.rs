@@ -343,6 +343,7 @@ async fn wrong_tarball_unknown_package_and_bad_token() {
         staging_tag: DistTag::new("rc").unwrap(),
         release_tag: DistTag::latest(),
         artifacts: Vec::new(),
+        companions: Vec::new(),
     };
     let err = a.promote(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
@@ -537,6 +538,7 @@ async fn promote_refuses_a_version_that_is_not_the_staged_bytes() {
         staging_tag: DistTag::new("rc").unwrap(),
         release_tag: DistTag::latest(),
         artifacts: Vec::new(),
+        companions: Vec::new(),
     };
     let err = a.promote(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);

@@ -56,6 +56,7 @@ fn promote_request(package: &str, image: &OciImage) -> PromoteRequest {
         staging_tag: tag(STAGING_TAG),
         release_tag: version_tag(),
         artifacts: Vec::new(),
+        companions: Vec::new(),
     }
 }
 

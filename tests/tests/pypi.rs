@@ -386,6 +386,7 @@ fn request(key: &DistributionKey, files: &[(&str, &[u8])]) -> StageRequest {
         key: key.clone(),
         revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
         artifacts: files.iter().map(|(f, b)| sealed(f, b)).collect(),
+        companions: Vec::new(),
         staging_tag: DistTag::new("staging").unwrap(),
     }
 }
@@ -570,4 +571,209 @@ async fn dry_run_lists_the_uploads_and_an_unrecorded_stage_is_refused() {
     );
     assert!(production.files().is_empty());
     h.stop().await;
+}
+
+/// A PEP 740 attestation object as `pypi-attestations` writes it (the contents are opaque
+/// here: pypiserver does not verify them, and PyPI would).
+const ATTESTATION: &str = r#"{"version":1,"verification_material":{"certificate":"MIIC1zCCAl2gAwIBAgIU","transparency_entries":[{"logIndex":"148545543"}]},"envelope":{"statement":"eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEifQ==","signature":"MEUCIQDv"}}"#;
+
+/// The multipart field `name` with `value`, as the upload form carries it.
+fn form_field(name: &str, value: &str) -> String {
+    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+}
+
+async fn attestations_are_passed_through(db: Db) {
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    let staging_proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let production_proxy = FaultProxy::start(&Url::parse(&production.url()).unwrap()).await;
+    let h = Harness::new(
+        db,
+        adapters(staging_proxy.url.as_str(), production_proxy.url.as_str()),
+        FAST,
+    )
+    .await;
+    let pkg = Pkg {
+        name: "attested",
+        version: "1.0.0",
+    };
+    let [s, w] = pkg.files();
+    for rev in ["00001", "00002"] {
+        pkg.write(&h, rev, "a = 1\n");
+        // Only the wheel is attested.
+        h.revs.write_release(
+            "example",
+            pkg.version,
+            rev,
+            &[(&format!("{w}.publish.attestation"), ATTESTATION.as_bytes())],
+        );
+    }
+    h.run_to_done(&pkg.stage("00001"), 3).await;
+    h.run_to_done(&pkg.promote("00002"), 3).await;
+    assert_eq!(production.files().len(), 2);
+
+    let want = form_field("attestations", &format!("[{ATTESTATION}]"));
+    for (index, proxy) in [
+        ("staging", &staging_proxy),
+        ("production", &production_proxy),
+    ] {
+        let posts: Vec<String> = proxy
+            .seen()
+            .iter()
+            .filter(|r| r.method == "POST" && !r.injected)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect();
+        assert_eq!(posts.len(), 2, "{index}");
+        let wheel = posts
+            .iter()
+            .find(|b| b.contains(&format!("filename=\"{w}\"")))
+            .unwrap();
+        let sdist = posts
+            .iter()
+            .find(|b| b.contains(&format!("filename=\"{s}\"")))
+            .unwrap();
+        assert!(
+            wheel.contains(&want),
+            "{index}: the wheel's upload carries its attestation"
+        );
+        assert!(
+            !sdist.contains("name=\"attestations\""),
+            "{index}: the sdist has none"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_beside_the_files_are_uploaded_with_them_on_sqlite() {
+    attestations_are_passed_through(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_beside_the_files_are_uploaded_with_them_on_postgres() {
+    attestations_are_passed_through(Db::Postgres).await;
+}
+
+/// An attestation that is not a JSON object is refused before anything is sent; one the
+/// revision changes after the vote is a changed revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_changed_attestation_is_refused() {
+    let staging = PypiServer::start().await;
+    let production = PypiServer::start().await;
+    let h = Harness::new(
+        Db::Sqlite,
+        adapters(&staging.url(), &production.url()),
+        FAST,
+    )
+    .await;
+    let pkg = Pkg {
+        name: "badly-attested",
+        version: "1.0.0",
+    };
+    let [_, w] = pkg.files();
+    let attestation = format!("{w}.publish.attestation");
+    pkg.write(&h, "00001", "b = 1\n");
+    h.revs.write_release(
+        "example",
+        pkg.version,
+        "00001",
+        &[(&attestation, b"[1, 2]")],
+    );
+    let stage = pkg.stage("00001");
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    let err = h.last_error(&stage).await;
+    assert!(
+        err.contains(&format!(
+            "{attestation} is not a PEP 740 attestation: not a JSON object"
+        )),
+        "{err}"
+    );
+    assert!(staging.files().is_empty(), "nothing uploaded");
+
+    pkg.write(&h, "00002", "b = 1\n");
+    h.revs.write_release(
+        "example",
+        pkg.version,
+        "00002",
+        &[(&attestation, ATTESTATION.as_bytes())],
+    );
+    h.run_to_done(&pkg.stage("00002"), 3).await;
+    pkg.write(&h, "00003", "b = 1\n");
+    h.revs.write_release(
+        "example",
+        pkg.version,
+        "00003",
+        &[(
+            &attestation,
+            ATTESTATION.replace("MEUCIQDv", "MEUCIQDw").as_bytes(),
+        )],
+    );
+    let promote = pkg.promote("00003");
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    assert_eq!(
+        h.runs(&promote).await[0].outcome.as_deref(),
+        Some("revision_changed")
+    );
+    assert!(production.files().is_empty());
+    h.stop().await;
+}
+
+/// The same stage → promote against a real devpi-server: uploads to `atr/staging`, then to
+/// `atr/release`, each read back through devpi's simple API under `+simple/` (the read URL
+/// names it; devpi has no PyPI JSON API). On SQLite and PostgreSQL, one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_and_promotes_on_devpi() {
+    use atr_dist_tests::pypi_support::{DEVPI_PASSWORD, DEVPI_USER, DevpiServer};
+
+    let devpi = DevpiServer::start().await;
+    let index = |name: &str| IndexSettings {
+        upload: Url::parse(&devpi.upload_url(name)).unwrap(),
+        read: Url::parse(&devpi.simple_url(name)).unwrap(),
+        username: DEVPI_USER.into(),
+        token: Some(Secret::new(DEVPI_PASSWORD)),
+    };
+    for (db, name) in [(Db::Sqlite, "devpi-lite"), (Db::Postgres, "devpi-pg")] {
+        let a = PypiAdapter::new(index("staging"), index("release")).unwrap();
+        let h = Harness::new(
+            db,
+            Adapters::default().with(Platform::Pypi, Arc::new(a)),
+            FAST,
+        )
+        .await;
+        let pkg = Pkg {
+            name,
+            version: "1.0.0",
+        };
+        pkg.write(&h, "00001", "d = 1\n");
+        h.run_to_done(&pkg.stage("00001"), 3).await;
+        let row = h.row().await.unwrap();
+        let staged = row.platform_digest.clone().unwrap();
+        assert_eq!(
+            row.api_url.as_deref(),
+            Some(format!("{}{name}/", devpi.simple_url("staging")).as_str())
+        );
+
+        pkg.write(&h, "00002", "d = 1\n");
+        h.run_to_done(&pkg.promote("00002"), 3).await;
+        let row = h.row().await.unwrap();
+        assert!(row.promoted);
+        assert_eq!(row.promoted_digest.as_deref(), Some(staged.as_str()));
+        let release = reqwest::get(format!("{}{name}/", devpi.simple_url("release")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for f in pkg.files() {
+            assert!(release.contains(&f), "{f} on atr/release: {release}");
+        }
+
+        let again = pkg.promote("00002");
+        h.run_to_done(&again, 3).await;
+        assert_eq!(
+            h.runs(&again).await[0].outcome.as_deref(),
+            Some("unchanged")
+        );
+        h.stop().await;
+    }
 }

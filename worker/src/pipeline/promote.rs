@@ -84,6 +84,7 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
     // staging place is not read, since nothing is taken from it (and Test PyPI prunes its
     // files now and then).
     let mut artifacts: Vec<Sealed> = Vec::new();
+    let mut companions: Vec<Sealed> = Vec::new();
     if !already {
         match adapter.promotion() {
             PromotionMechanism::DistTag
@@ -126,11 +127,22 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
                     &paths,
                 )
                 .await?;
+                companions = super::stage::seal_companions(
+                    p,
+                    adapter.as_ref(),
+                    &job.source,
+                    &job.release,
+                    &job.revision,
+                    &voted,
+                    &paths,
+                )
+                .await?;
                 let sending = adapter
                     .expected_digest(&StageRequest {
                         key: key.clone(),
                         revision: voted_revision.clone(),
                         artifacts: artifacts.clone(),
+                        companions: companions.clone(),
                         staging_tag: staging_tag.clone(),
                     })
                     .await?;
@@ -148,6 +160,7 @@ pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Resul
         staging_tag: staging_tag.clone(),
         release_tag: release_tag.clone(),
         artifacts,
+        companions,
     };
 
     // A verify-only platform (`PromotionMechanism::None`, see `platform/mod.rs`) is never

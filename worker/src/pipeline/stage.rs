@@ -7,7 +7,7 @@ use atr_dist_shared::{
 };
 
 use super::{Failure, Pipeline, Step, record};
-use crate::platform::{Observed, Sealed, StageRequest, Staging};
+use crate::platform::{Observed, PlatformAdapter, Sealed, StageRequest, Staging};
 
 /// Reads each of `paths` from the revision once, into a private copy checked against the
 /// revision's `manifest`; adapters publish those copies and nothing else. Used by stage, and
@@ -32,6 +32,27 @@ pub(super) async fn seal_artifacts(
         artifacts.push(p.sealer.seal(entry, bytes).await?);
     }
     Ok(artifacts)
+}
+
+/// The companion files of `paths` (`PlatformAdapter::companions`) that `manifest` lists,
+/// sealed as `seal_artifacts` seals the artifacts: the one place companions are chosen and
+/// read, for stage and for a re-upload promote alike. A companion the revision does not hold
+/// is simply not there; the adapter decides whether that matters.
+pub(super) async fn seal_companions(
+    p: &Pipeline,
+    adapter: &dyn PlatformAdapter,
+    source: &RevisionSourceSpec,
+    release: &ReleaseRef,
+    revision: &RevisionNumber,
+    manifest: &RevisionManifest,
+    paths: &[ArtifactPath],
+) -> Result<Vec<Sealed>, Failure> {
+    let present: Vec<ArtifactPath> = paths
+        .iter()
+        .flat_map(|path| adapter.companions(path))
+        .filter(|c| manifest.get(c).is_some() && !paths.contains(c))
+        .collect();
+    seal_artifacts(p, source, release, revision, manifest, &present).await
 }
 
 pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<Step, Failure> {
@@ -61,6 +82,16 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         &job.artifacts,
     )
     .await?;
+    let companions = seal_companions(
+        p,
+        adapter.as_ref(),
+        &job.source,
+        &job.release,
+        &job.revision,
+        &manifest,
+        &job.artifacts,
+    )
+    .await?;
     record::save_manifest(&p.db, &revision, &manifest).await?;
 
     let staging_tag = match &job.staging_tag {
@@ -75,6 +106,7 @@ pub async fn run(p: &Pipeline, job: &StageJob, key: &DistributionKey) -> Result<
         key: key.clone(),
         revision: revision.clone(),
         artifacts,
+        companions,
         staging_tag: staging_tag.clone(),
     };
     let expected = adapter.expected_digest(&req).await?;

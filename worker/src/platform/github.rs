@@ -1306,6 +1306,7 @@ mod tests {
         let req = StageRequest {
             revision: RevisionKey::of(&k.release_key, &RevisionNumber::new("00001").unwrap()),
             artifacts: vec![sealed],
+            companions: Vec::new(),
             staging_tag: DistTag::new(TAG_VERSION).unwrap(),
             key: k.clone(),
         };
@@ -1324,6 +1325,7 @@ mod tests {
             staging_tag: DistTag::new(TAG_VERSION).unwrap(),
             release_tag: DistTag::new(TAG_VERSION).unwrap(),
             artifacts: Vec::new(),
+            companions: Vec::new(),
         };
         let plan: Vec<String> = a
             .plan_promote(&promote)

@@ -44,12 +44,18 @@ pub const USER_AGENT: &str = concat!(
 /// The most of an error body kept for the message.
 const MAX_ERROR_BODY: usize = 2048;
 
+/// How a platform says "not now, and not before this long" (a rate limit used up): given an
+/// answer, the wait until the platform takes requests again, or None for an answer that is
+/// not that. See [`PlatformHttp::holding`].
+pub type HoldRule = fn(&Response) -> Option<Duration>;
+
 #[derive(Clone)]
 pub struct PlatformHttp {
     client: Client,
     allowed: Vec<String>,
     token: Option<Secret>,
     backoff: ExponentialBuilder,
+    hold: Option<HoldRule>,
 }
 
 impl std::fmt::Debug for PlatformHttp {
@@ -87,7 +93,32 @@ impl PlatformHttp {
                 .with_max_delay(Duration::from_secs(5))
                 .with_max_times(usize::MAX)
                 .with_jitter(),
+            hold: None,
         })
+    }
+
+    /// Answers matching `rule` end the request at once as [`PlatformError::not_yet`] instead
+    /// of being retried inside the attempt: for a platform whose rate limit says when it
+    /// resets (Hex's `X-RateLimit-Reset`), asking again within seconds only spends the
+    /// attempt's budget on refusals, and the job's wait in Redis is the remedy.
+    pub fn holding(mut self, rule: HoldRule) -> PlatformHttp {
+        self.hold = Some(rule);
+        self
+    }
+
+    /// The `not_yet` error for an answer the hold rule matched, if it did.
+    fn held(&self, what: &str, resp: &Response) -> Option<PlatformError> {
+        let after = (self.hold?)(resp)?;
+        let mut err = PlatformError::not_yet(
+            format!(
+                "{what}: {}: the platform's rate limit is used up; asking again in {}s, when it resets",
+                resp.status(),
+                after.as_secs()
+            ),
+            after,
+        );
+        err.http_status = Some(resp.status().as_u16());
+        Some(err)
     }
 
     /// Allows one more origin (an OCI token realm named by the registry, checked against
@@ -159,7 +190,13 @@ impl PlatformHttp {
         loop {
             let req = self.build(what, &make)?;
             budget.count_request();
-            let failed = match self.client.execute(req).await {
+            let sent = self.client.execute(req).await;
+            if let Ok(resp) = &sent
+                && let Some(held) = self.held(what, resp)
+            {
+                return Err(held);
+            }
+            let failed = match sent {
                 Ok(resp) if is_retryable(resp.status()) => error_for(resp, what).await,
                 Ok(resp) => return Ok(resp),
                 Err(e) => PlatformError::transient(format!("{what}: {}", describe(&e))),
@@ -189,7 +226,14 @@ impl PlatformHttp {
                     .map_err(|why| PlatformError::transient(format!("{what}: not sent: {why}")))?;
             }
             budget.count_request();
-            let failed = match self.client.execute(req).await {
+            let sent = self.client.execute(req).await;
+            // A refusal: the platform did not act on the write.
+            if let Ok(resp) = &sent
+                && let Some(held) = self.held(what, resp)
+            {
+                return Err(held);
+            }
+            let failed = match sent {
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                     error_for(resp, what).await
                 }

@@ -17,7 +17,7 @@
 //!   the production one; [`PromoteRequest::artifacts`] is empty and the adapter checks that
 //!   the staged object still carries the staged digest.
 //! - **re-upload** (PyPI: Test PyPI is another registry, and nothing there becomes
-//!   production): promote uploads the voted bytes again. The pipeline reads them from the
+//!   production; Hex: nothing is staged at all): promote uploads the voted bytes again. The pipeline reads them from the
 //!   **voted** revision, only after it has found the voted files equal to the staged ones
 //!   (`revision_changed` otherwise), and seals them exactly as stage does; the adapter gets
 //!   them in [`PromoteRequest::artifacts`]. Which files: the paths the stage published,
@@ -45,6 +45,7 @@
 
 pub mod artifact_hub;
 pub mod github;
+pub mod hex;
 pub mod http;
 pub mod npm;
 pub mod oci;
@@ -56,7 +57,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::names::{DistTag, RevisionKey};
+use atr_dist_shared::names::{ArtifactPath, DistTag, RevisionKey};
 use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform, PromotionMechanism};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -70,6 +71,9 @@ pub struct StageRequest {
     pub revision: RevisionKey,
     /// The job's artifacts, in the job's order, each a sealed copy of the voted bytes.
     pub artifacts: Vec<Sealed>,
+    /// The companion files of the artifacts that the revision holds
+    /// ([`PlatformAdapter::companions`]), sealed as the artifacts are.
+    pub companions: Vec<Sealed>,
     pub staging_tag: DistTag,
 }
 
@@ -85,6 +89,9 @@ pub struct PromoteRequest {
     /// they were staged. Empty for every other mechanism, which promotes the staged object
     /// in place and sends no file.
     pub artifacts: Vec<Sealed>,
+    /// With `artifacts`: their companion files the voted revision holds
+    /// ([`PlatformAdapter::companions`]), sealed as they are. Empty otherwise.
+    pub companions: Vec<Sealed>,
 }
 
 /// What the platform holds, read back from it.
@@ -229,6 +236,15 @@ pub trait PlatformAdapter: Send + Sync {
     /// checks it (see [`Staging`]).
     fn staging(&self) -> Staging;
 
+    /// Files that go with `artifact` when it is published, if the revision holds them beside
+    /// it (PyPI: a PEP 740 attestation, `<file>.publish.attestation`). The pipeline seals
+    /// each one the voted manifest lists, exactly as it seals the artifacts, and hands them
+    /// over in [`StageRequest::companions`] and [`PromoteRequest::companions`]: an adapter
+    /// reads a companion from there, never from a path. None by default.
+    fn companions(&self, _artifact: &ArtifactPath) -> Vec<ArtifactPath> {
+        Vec::new()
+    }
+
     /// How this adapter promotes: in place, or by uploading the voted files again
     /// ([`PromotionMechanism::Reupload`], which makes the pipeline fill
     /// [`PromoteRequest::artifacts`]). Equal to the platform's `promotion_mechanism` in
@@ -280,15 +296,15 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
             let p = config.platforms.get(platform);
             let env = format!("ATR_DIST_PLATFORMS__{}__TOKEN", section.to_ascii_uppercase());
             let (enabled, reason) = match platform {
-                Platform::Npm | Platform::NpmScoped | Platform::DockerHub => {
+                Platform::Npm | Platform::NpmScoped | Platform::DockerHub | Platform::Hex => {
                     let default = match platform {
                         Platform::DockerHub => oci::DEFAULT_REGISTRY,
                         Platform::Npm | Platform::NpmScoped => npm::DEFAULT_REGISTRY,
+                        Platform::Hex => hex::DEFAULT_API,
                         Platform::ArtifactHub
                         | Platform::Maven
                         | Platform::Pypi
-                        | Platform::Github
-                        | Platform::Hex => unreachable!("matched above"),
+                        | Platform::Github => unreachable!("matched above"),
                     };
                     let username = p.username.is_some() && platform == Platform::DockerHub;
                     match (&p.base_url, p.token.is_some() || username) {
@@ -339,7 +355,7 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.github] base_url (ATR_DIST_PLATFORMS__GITHUB__BASE_URL) or ATR_DIST_PLATFORMS__GITHUB__TOKEN".to_owned(),
                     ),
                 },
-                Platform::Maven | Platform::Hex => {
+                Platform::Maven => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -395,7 +411,11 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::Github, Arc::new(github));
                 }
             }
-            Platform::Maven | Platform::Hex => {}
+            Platform::Hex => {
+                let hex = hex::HexAdapter::from_config(&config.platforms.hex)?;
+                adapters = adapters.with(Platform::Hex, Arc::new(hex));
+            }
+            Platform::Maven => {}
         }
     }
     Ok(adapters)
@@ -445,6 +465,10 @@ mod tests {
         );
         assert_eq!(
             reason(Platform::Hex),
+            "not configured: set [platforms.hex] base_url (ATR_DIST_PLATFORMS__HEX__BASE_URL) or ATR_DIST_PLATFORMS__HEX__TOKEN"
+        );
+        assert_eq!(
+            reason(Platform::Maven),
             "no adapter in this version of atr-dist"
         );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
@@ -460,6 +484,15 @@ mod tests {
             hub.reason,
             "stage checks https://staging.artifacthub.io/, promote waits for https://artifacthub.io/"
         );
+        config.platforms.hex.token = Some(crate::secret::Secret::new("hex-key"));
+        let why = enablement(&config);
+        assert_eq!(
+            why.iter()
+                .find(|e| e.platform == Platform::Hex)
+                .unwrap()
+                .reason,
+            "credentials set; base_url defaults to https://hex.pm/api"
+        );
         let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
         assert_eq!(
             pypi.reason,
@@ -473,7 +506,8 @@ mod tests {
                 Platform::DockerHub,
                 Platform::Npm,
                 Platform::NpmScoped,
-                Platform::Pypi
+                Platform::Pypi,
+                Platform::Hex
             ]
         );
         // GitHub: a token alone means github.com, with its separate uploads host.

@@ -14,7 +14,20 @@
 //!   `urls[].{filename, digests.sha256, upload_time_iso_8601}`; where the index has none
 //!   (pypiserver: 404), the simple API, `GET <read URL>simple/<name>/` in its PEP 691
 //!   JSON form (`files[].hashes.sha256`) or its PEP 503 HTML form (`#sha256=` fragments),
-//!   keeping the files of this version.
+//!   keeping the files of this version. A read URL that is itself a simple API's root (its
+//!   path ends in `/simple/` or `/+simple/`, as devpi's `/<user>/<index>/+simple/`) is read
+//!   there only, `GET <read URL><name>/`: devpi has no JSON API of PyPI's form, and its
+//!   simple API is not at `simple/`.
+//!
+//! Attestations (PEP 740): a voted file's attestation, `<file>.publish.attestation` beside
+//! it in the revision (the name `pypa/gh-action-pypi-publish` and `pypi-attestations` write,
+//! one attestation object as JSON), is passed through with the upload as the `attestations`
+//! form field, a JSON array holding it (PyPI's upload API; an index that does not verify
+//! attestations ignores the field). The pipeline seals it like any voted file
+//! ([`PlatformAdapter::companions`]); it is checked to be a JSON object of at most
+//! [`MAX_ATTESTATION`] bytes and sent unchanged. It does not enter the platform digest
+//! (indexes report the files' sha256 only), but it is part of the voted manifest, so a
+//! changed attestation is a changed revision.
 //!
 //! The metadata is never invented: it is read from the file itself, `<dir>/PKG-INFO` in an
 //! sdist (`.tar.gz`), `<name>-<version>.dist-info/METADATA` in a wheel, and its `Name`
@@ -40,7 +53,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Cursor, Read};
 
-use atr_dist_shared::names::DistTag;
+use atr_dist_shared::names::{ArtifactPath, DistTag};
 use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, PromotionMechanism};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -77,6 +90,11 @@ const MAX_UNPACKED: u64 = 4 * 1024 * 1024 * 1024;
 const MAX_ENTRIES: usize = 200_000;
 /// ... and a metadata file of at most this size.
 const MAX_METADATA: u64 = 4 * 1024 * 1024;
+/// An attestation (a Sigstore certificate, a transparency log entry and a signed statement)
+/// is a few kilobytes.
+pub const MAX_ATTESTATION: u64 = 1024 * 1024;
+/// What a file's PEP 740 attestation is named beside it.
+pub const ATTESTATION_SUFFIX: &str = ".publish.attestation";
 
 /// Which of the two indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +122,9 @@ pub struct Index {
     auth: Option<HeaderValue>,
     /// The public PyPI or Test PyPI, whose web pages are linked.
     web: Option<&'static str>,
+    /// `read` is the root of a simple API (`…/simple/`, devpi's `…/+simple/`): files are
+    /// listed at `<read><name>/`, and there is no JSON API to ask first.
+    simple_root: bool,
 }
 
 /// An index's settings.
@@ -140,6 +161,7 @@ impl Index {
             }
             None => None,
         };
+        let simple_root = read.path().ends_with("/simple/") || read.path().ends_with("/+simple/");
         let web = match read.as_str() {
             DEFAULT_READ_URL => Some("https://pypi.org/project"),
             DEFAULT_STAGING_READ_URL => Some("https://test.pypi.org/project"),
@@ -151,6 +173,7 @@ impl Index {
             read,
             auth,
             web,
+            simple_root,
         })
     }
 
@@ -188,6 +211,42 @@ struct Upload {
     pyversion: String,
     /// The core metadata as form fields, in the file's order.
     fields: Vec<(String, String)>,
+    /// The `attestations` form field: a JSON array of the file's attestation, when the
+    /// revision holds one.
+    attestations: Option<String>,
+}
+
+/// The `attestations` form field for `file`: its `<path>.publish.attestation` among the
+/// sealed companions, as a JSON array, or None when the revision holds none.
+async fn attestation_for(
+    file: &Sealed,
+    companions: &[Sealed],
+) -> Result<Option<String>, PlatformError> {
+    let want = format!("{}{ATTESTATION_SUFFIX}", file.path());
+    let Some(companion) = companions.iter().find(|c| c.path().as_str() == want) else {
+        return Ok(None);
+    };
+    if companion.size() > MAX_ATTESTATION {
+        return Err(PlatformError::permanent(format!(
+            "{want} is {} bytes; attestations above {MAX_ATTESTATION} bytes are refused",
+            companion.size()
+        )));
+    }
+    let bytes = companion
+        .bytes()
+        .await
+        .map_err(|e| PlatformError::transient(e.to_string()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| PlatformError::permanent(format!("{want} is not UTF-8: {e}")))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => Ok(Some(format!("[{}]", text.trim()))),
+        Ok(_) => Err(PlatformError::permanent(format!(
+            "{want} is not a PEP 740 attestation: not a JSON object"
+        ))),
+        Err(e) => Err(PlatformError::permanent(format!(
+            "{want} is not a PEP 740 attestation: {e}"
+        ))),
+    }
 }
 
 /// PEP 503: lower case, runs of `-`, `_` and `.` as one `-`.
@@ -570,6 +629,15 @@ fn form_head(u: &Upload) -> Result<Vec<u8>, PlatformError> {
             u.filename
         )));
     }
+    if u.attestations
+        .as_ref()
+        .is_some_and(|a| a.contains(&boundary))
+    {
+        return Err(PlatformError::permanent(format!(
+            "{}: its attestation contains the file's own sha256 after the form's boundary prefix; refused",
+            u.filename
+        )));
+    }
     let mut out = Vec::new();
     let mut field = |name: &str, value: &str| {
         out.extend_from_slice(
@@ -589,6 +657,9 @@ fn form_head(u: &Upload) -> Result<Vec<u8>, PlatformError> {
         if let Some(form) = form_name(name, version) {
             field(form, value);
         }
+    }
+    if let Some(attestations) = &u.attestations {
+        field("attestations", attestations);
     }
     out.extend_from_slice(
         format!(
@@ -665,6 +736,11 @@ impl PypiAdapter {
     ) -> Result<Option<Listing>, PlatformError> {
         let index = self.index(which);
         let name = normalize(key.package.as_str());
+        if index.simple_root {
+            return self
+                .simple_listing(index, key, index.url(&format!("{name}/")))
+                .await;
+        }
         let json_url = index.url(&format!("pypi/{name}/{}/json", key.version));
         let (resp, at) = self.get(index, &json_url, "application/json").await?;
         if resp.status().is_success() {
@@ -690,7 +766,17 @@ impl PypiAdapter {
         ) {
             return Err(error_for(resp, &format!("GET {at}")).await);
         }
-        let simple_url = index.url(&format!("simple/{name}/"));
+        self.simple_listing(index, key, index.url(&format!("simple/{name}/")))
+            .await
+    }
+
+    /// The files of this version a simple API page (`<root><name>/`) lists.
+    async fn simple_listing(
+        &self,
+        index: &Index,
+        key: &DistributionKey,
+        simple_url: Url,
+    ) -> Result<Option<Listing>, PlatformError> {
         let (resp, at) = self
             .get(
                 index,
@@ -765,10 +851,12 @@ impl PypiAdapter {
             .map(|l| self.observe(which, key, &l)))
     }
 
-    /// Reads and inspects the voted files (on the blocking pool, cancellable).
+    /// Reads and inspects the voted files (on the blocking pool, cancellable), each with its
+    /// attestation among `companions` if the revision holds one.
     async fn uploads(
         key: &DistributionKey,
         artifacts: &[Sealed],
+        companions: &[Sealed],
     ) -> Result<Vec<Upload>, PlatformError> {
         if artifacts.is_empty() {
             return Err(PlatformError::permanent(
@@ -820,6 +908,7 @@ impl PypiAdapter {
                 filetype,
                 pyversion,
                 fields,
+                attestations: attestation_for(sealed, companions).await?,
             });
         }
         Ok(out)
@@ -833,8 +922,9 @@ impl PypiAdapter {
         which: Which,
         key: &DistributionKey,
         artifacts: &[Sealed],
+        companions: &[Sealed],
     ) -> Result<(), PlatformError> {
-        let uploads = Self::uploads(key, artifacts).await?;
+        let uploads = Self::uploads(key, artifacts, companions).await?;
         let before = self.listing(which, key).await?;
         let held = before.map(|l| l.files).unwrap_or_default();
         let ours: HashSet<&str> = uploads.iter().map(|u| u.filename.as_str()).collect();
@@ -961,19 +1051,27 @@ impl PypiAdapter {
         Ok(())
     }
 
-    fn plan(&self, which: Which, artifacts: &[Sealed]) -> Vec<PlannedWrite> {
+    fn plan(&self, which: Which, artifacts: &[Sealed], companions: &[Sealed]) -> Vec<PlannedWrite> {
         let index = self.index(which);
         artifacts
             .iter()
-            .map(|a| PlannedWrite {
-                method: "POST",
-                url: index.upload.to_string(),
-                what: format!(
-                    "upload {} (sha256 {}) to {}",
-                    filename_of(a),
-                    hex_of(a.sha256()),
-                    which.as_str()
-                ),
+            .map(|a| {
+                let attested = format!("{}{ATTESTATION_SUFFIX}", a.path());
+                let with = if companions.iter().any(|c| c.path().as_str() == attested) {
+                    " with its attestation"
+                } else {
+                    ""
+                };
+                PlannedWrite {
+                    method: "POST",
+                    url: index.upload.to_string(),
+                    what: format!(
+                        "upload {} (sha256 {}){with} to {}",
+                        filename_of(a),
+                        hex_of(a.sha256()),
+                        which.as_str()
+                    ),
+                }
             })
             .collect()
     }
@@ -1222,7 +1320,7 @@ impl PlatformAdapter for PypiAdapter {
         req: &'a StageRequest,
     ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
         async move {
-            let uploads = Self::uploads(&req.key, &req.artifacts).await?;
+            let uploads = Self::uploads(&req.key, &req.artifacts, &req.companions).await?;
             Ok(digest_of(
                 uploads
                     .iter()
@@ -1233,11 +1331,11 @@ impl PlatformAdapter for PypiAdapter {
     }
 
     fn plan_stage(&self, req: &StageRequest) -> Vec<PlannedWrite> {
-        self.plan(Which::Staging, &req.artifacts)
+        self.plan(Which::Staging, &req.artifacts, &req.companions)
     }
 
     fn stage<'a>(&'a self, req: &'a StageRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
-        self.publish(Which::Staging, &req.key, &req.artifacts)
+        self.publish(Which::Staging, &req.key, &req.artifacts, &req.companions)
             .boxed()
     }
 
@@ -1250,7 +1348,7 @@ impl PlatformAdapter for PypiAdapter {
     }
 
     fn plan_promote(&self, req: &PromoteRequest) -> Vec<PlannedWrite> {
-        self.plan(Which::Production, &req.artifacts)
+        self.plan(Which::Production, &req.artifacts, &req.companions)
     }
 
     fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
@@ -1271,7 +1369,7 @@ impl PlatformAdapter for PypiAdapter {
                     req.key.package, req.key.version, req.staged_digest
                 )));
             }
-            self.publish(Which::Production, &req.key, &req.artifacts)
+            self.publish(Which::Production, &req.key, &req.artifacts, &req.companions)
                 .await
         }
         .boxed()
@@ -1290,6 +1388,13 @@ impl PlatformAdapter for PypiAdapter {
             DistTag::new("staging").unwrap_or_else(|_| DistTag::latest()),
             DistTag::latest(),
         )
+    }
+
+    /// A file's PEP 740 attestation, `<file>.publish.attestation`.
+    fn companions(&self, artifact: &ArtifactPath) -> Vec<ArtifactPath> {
+        ArtifactPath::new(format!("{artifact}{ATTESTATION_SUFFIX}"))
+            .into_iter()
+            .collect()
     }
 
     fn staging(&self) -> crate::platform::Staging {
@@ -1574,6 +1679,7 @@ mod tests {
                 ("Name".into(), "x".into()),
                 ("Version".into(), "1.0".into()),
             ],
+            attestations: Some("[{\"version\":1}]".into()),
         };
         let head = String::from_utf8(form_head(&u).unwrap()).unwrap();
         let b = boundary(&u);
@@ -1582,6 +1688,7 @@ mod tests {
             "--{b}\r\nContent-Disposition: form-data; name=\":action\"\r\n\r\nfile_upload\r\n"
         )));
         assert!(head.contains("name=\"name\"\r\n\r\nx\r\n"));
+        assert!(head.contains("name=\"attestations\"\r\n\r\n[{\"version\":1}]\r\n"));
         assert!(head.ends_with(
             "filename=\"x-1.0.tar.gz\"\r\nContent-Type: application/octet-stream\r\n\r\n"
         ));
@@ -1613,6 +1720,15 @@ mod tests {
         c.staging_base_url = Some(Url::parse("http://127.0.0.1:8080").unwrap());
         let a = PypiAdapter::from_config(&c).unwrap().unwrap();
         assert_eq!(a.staging.read.as_str(), "http://127.0.0.1:8080/");
+        assert!(!a.staging.simple_root && !a.production.simple_root);
+        // devpi: the read URL names the index's simple API.
+        c.staging_read_url = Some(Url::parse("http://127.0.0.1:3141/atr/staging/+simple").unwrap());
+        let a = PypiAdapter::from_config(&c).unwrap().unwrap();
+        assert_eq!(
+            a.staging.read.as_str(),
+            "http://127.0.0.1:3141/atr/staging/+simple/"
+        );
+        assert!(a.staging.simple_root);
         assert_eq!(a.promotion(), PromotionMechanism::Reupload);
     }
 }
