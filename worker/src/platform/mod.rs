@@ -42,7 +42,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::names::{DistTag, RevisionKey};
+use atr_dist_shared::names::{DistTag, ProjectKey, RevisionKey};
 use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform, PromotionMechanism};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -220,6 +220,16 @@ pub trait PlatformAdapter: Send + Sync {
     /// [`PromoteRequest::artifacts`]). Equal to the platform's `promotion_mechanism` in
     /// `shared/src/platform.rs`.
     fn promotion(&self) -> PromotionMechanism;
+
+    /// Whether this worker may promote the distributions of `project` on this platform;
+    /// `Err` says why not, for the operator. A refusal is policy, not a failure: the promote
+    /// job ends `disabled_by_policy`, having read and sent nothing (`pipeline/promote.rs`).
+    /// Allowed unless an adapter says otherwise (Maven promotes only the projects its
+    /// configuration lists).
+    fn promotion_allowed(&self, project: &ProjectKey) -> Result<(), String> {
+        let _ = project;
+        Ok(())
+    }
 }
 
 /// The adapters this worker has, by platform.
