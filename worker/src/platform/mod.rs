@@ -32,6 +32,7 @@
 //! of sleeping inside an attempt.
 
 pub mod http;
+pub mod maven;
 pub mod npm;
 pub mod oci;
 pub mod pypi;
@@ -313,7 +314,16 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.pypi] staging_base_url and base_url (ATR_DIST_PLATFORMS__PYPI__STAGING_BASE_URL, ATR_DIST_PLATFORMS__PYPI__BASE_URL) or ATR_DIST_PLATFORMS__PYPI__STAGING_TOKEN and ATR_DIST_PLATFORMS__PYPI__TOKEN".to_owned(),
                     ),
                 },
-                Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {
+                // Verification reads Nexus and Maven Central; still only once configured.
+                Platform::Maven => match maven::MavenAdapter::from_config(p) {
+                    Ok(Some(a)) => (true, a.describe()),
+                    Ok(None) => (
+                        false,
+                        "not configured: set [platforms.maven] staging_base_url (ATR_DIST_PLATFORMS__MAVEN__STAGING_BASE_URL, Nexus 2's REST base, e.g. https://repository.apache.org/service/local/) or ATR_DIST_PLATFORMS__MAVEN__STAGING_TOKEN".to_owned(),
+                    ),
+                    Err(e) => (false, format!("misconfigured: {e}")),
+                },
+                Platform::ArtifactHub | Platform::Github | Platform::Hex => {
                     (false, "no adapter in this version of atr-dist".to_owned())
                 }
             };
@@ -356,7 +366,12 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                     adapters = adapters.with(Platform::Pypi, Arc::new(pypi));
                 }
             }
-            Platform::ArtifactHub | Platform::Maven | Platform::Github | Platform::Hex => {}
+            Platform::Maven => {
+                if let Some(maven) = maven::MavenAdapter::from_config(&config.platforms.maven)? {
+                    adapters = adapters.with(Platform::Maven, Arc::new(maven));
+                }
+            }
+            Platform::ArtifactHub | Platform::Github | Platform::Hex => {}
         }
     }
     Ok(adapters)
@@ -408,8 +423,25 @@ mod tests {
             reason(Platform::Hex),
             "no adapter in this version of atr-dist"
         );
+        let maven = why.iter().find(|e| e.platform == Platform::Maven).unwrap();
+        assert!(!maven.enabled);
+        assert!(
+            maven
+                .reason
+                .starts_with("not configured: set [platforms.maven] staging_base_url"),
+            "{}",
+            maven.reason
+        );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
+        config.platforms.maven.staging_base_url =
+            Some("http://127.0.0.1:8081/service/local/".parse().unwrap());
         let why = enablement(&config);
+        let maven = why.iter().find(|e| e.platform == Platform::Maven).unwrap();
+        assert!(maven.enabled);
+        assert_eq!(
+            maven.reason,
+            "verifies staging at http://127.0.0.1:8081/service/local/ (https://repository.apache.org/content/groups/staging/); promotion disabled by policy for every project"
+        );
         let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
         assert_eq!(
             pypi.reason,
@@ -420,6 +452,7 @@ mod tests {
             adapters.platforms(),
             vec![
                 Platform::DockerHub,
+                Platform::Maven,
                 Platform::Npm,
                 Platform::NpmScoped,
                 Platform::Pypi
