@@ -19,6 +19,11 @@ pub enum AttemptOutcome {
     Unchanged,
     /// A dry run: the writes were described, not made.
     DryRun,
+    /// Policy does not let this worker promote the distribution (Maven, unless the operator
+    /// lists the project in `[platforms.maven] promote_projects`): nothing was read or sent,
+    /// and the job ends `done`. Not a failure, nobody is paged; not a success either, as
+    /// nothing was promoted (the report says `promoted: false`).
+    DisabledByPolicy,
     /// The voted revision's files differ from the staged ones: nothing was promoted.
     RevisionChanged,
     /// Not this job's turn (the distribution was locked by another job).
@@ -47,6 +52,7 @@ impl AttemptOutcome {
             AttemptOutcome::Completed => "completed",
             AttemptOutcome::Unchanged => "unchanged",
             AttemptOutcome::DryRun => "dry_run",
+            AttemptOutcome::DisabledByPolicy => "disabled_by_policy",
             AttemptOutcome::RevisionChanged => "revision_changed",
             AttemptOutcome::Deferred => "deferred",
             AttemptOutcome::Waiting => "waiting",
@@ -57,10 +63,11 @@ impl AttemptOutcome {
         }
     }
 
-    pub const ALL: [AttemptOutcome; 10] = [
+    pub const ALL: [AttemptOutcome; 11] = [
         AttemptOutcome::Completed,
         AttemptOutcome::Unchanged,
         AttemptOutcome::DryRun,
+        AttemptOutcome::DisabledByPolicy,
         AttemptOutcome::RevisionChanged,
         AttemptOutcome::Deferred,
         AttemptOutcome::Waiting,
@@ -86,6 +93,7 @@ impl AttemptOutcome {
             AttemptOutcome::Completed
             | AttemptOutcome::Unchanged
             | AttemptOutcome::DryRun
+            | AttemptOutcome::DisabledByPolicy
             | AttemptOutcome::Deferred
             | AttemptOutcome::Waiting
             | AttemptOutcome::Cancelled => false,
@@ -100,6 +108,7 @@ impl AttemptOutcome {
             | AttemptOutcome::Failed
             | AttemptOutcome::TimedOut
             | AttemptOutcome::Abandoned
+            | AttemptOutcome::DisabledByPolicy
             | AttemptOutcome::Deferred
             | AttemptOutcome::Waiting
             | AttemptOutcome::Cancelled => false,

@@ -402,6 +402,25 @@ pub struct PlatformConfig {
     /// reset, a version being indexed, a release in progress), from the job's first wait;
     /// past it the job ends dead as `transient` (ATR's `BROKEN`). Default 21600 (6 hours).
     pub wait_deadline_secs: Option<u64>,
+    /// Maven only: the ATR projects (project keys, e.g. `example`) whose distributions this
+    /// worker may promote to Maven Central. Empty, the default, promotes none: a promote job
+    /// then ends `disabled_by_policy` (not a failure), because ATR has decided not to release
+    /// Maven artifacts itself. Stage (verifying the staging repository) is always allowed.
+    pub promote_projects: Vec<String>,
+    /// Maven only: how promotion reaches Maven Central, `portal` (the Central Publisher
+    /// Portal: publish a validated deployment; the default) or `nexus2` (release the Nexus 2
+    /// staging repository with `bulk/promote`). See the README's Maven section.
+    pub promote_backend: Option<PromoteBackend>,
+}
+
+/// How the Maven adapter promotes (`[platforms.maven] promote_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteBackend {
+    /// Publish a validated Central Publisher Portal deployment.
+    Portal,
+    /// Release the Nexus 2 staging repository (`bulk/promote`).
+    Nexus2,
 }
 
 /// Where a secret's value may come from; checked against figment's record of each value's
@@ -672,6 +691,24 @@ impl Config {
                     "must be at least 1 (a platform that must never be waited on has no waits to bound)",
                 ));
             }
+            // Promotion policy and backend exist for Maven only; anywhere else they would be
+            // read by nobody, and an operator would believe a switch works that does not.
+            if platform != Platform::Maven
+                && (!p.promote_projects.is_empty() || p.promote_backend.is_some())
+            {
+                return Err(invalid(
+                    format!("platforms.{name}"),
+                    "promote_projects and promote_backend are read for [platforms.maven] only",
+                ));
+            }
+            for project in &p.promote_projects {
+                if let Err(e) = atr_dist_shared::names::ProjectKey::new(project) {
+                    return Err(invalid(
+                        format!("platforms.{name}.promote_projects"),
+                        e.to_string(),
+                    ));
+                }
+            }
             for (key, url) in [
                 ("base_url", &p.base_url),
                 ("staging_base_url", &p.staging_base_url),
@@ -850,6 +887,38 @@ mod tests {
             assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
             assert_eq!(c.redis.url, DEFAULT_REDIS_URL);
             assert_eq!(c.worker.concurrency, 8);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn maven_promotion_is_configured_in_its_own_section_only() {
+        Jail::expect_with(|jail| {
+            let c = load_in(
+                jail,
+                "[platforms.maven]\npromote_projects = [\"example\"]\npromote_backend = \"nexus2\"\n",
+            )
+            .unwrap();
+            assert_eq!(c.platforms.maven.promote_projects, ["example"]);
+            assert_eq!(
+                c.platforms.maven.promote_backend,
+                Some(PromoteBackend::Nexus2)
+            );
+            let err = load_in(jail, "[platforms.npm]\npromote_projects = [\"example\"]\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("read for [platforms.maven] only"), "{err}");
+            let err = load_in(
+                jail,
+                "[platforms.maven]\npromote_projects = [\"Not A Key\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("platforms.maven.promote_projects"), "{err}");
+            let err = load_in(jail, "[platforms.maven]\npromote_backend = \"nexus3\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nexus3"), "{err}");
             Ok(())
         });
     }

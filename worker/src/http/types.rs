@@ -241,8 +241,8 @@ pub struct AttemptBody {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// completed, unchanged, dry_run, revision_changed, deferred, waiting, failed, timed_out,
-    /// cancelled or abandoned; null while running.
+    /// completed, unchanged, dry_run, disabled_by_policy, revision_changed, deferred, waiting,
+    /// failed, timed_out, cancelled or abandoned; null while running.
     pub outcome: Option<String>,
     pub error_class: Option<String>,
     pub message: Option<String>,

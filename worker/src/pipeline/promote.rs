@@ -16,6 +16,14 @@ use crate::platform::{PlatformError, PromoteRequest, Sealed, StageRequest};
 
 pub async fn run(p: &Pipeline, job: &PromoteJob, key: &DistributionKey) -> Result<Step, Failure> {
     let adapter = p.adapter(key.platform)?;
+    // Policy first: a promotion this worker may not make reads and sends nothing, and the
+    // job ends done with the reason (a dry run says the same), not as a failure.
+    if let Err(why) = adapter.promotion_allowed(&job.release.project_key) {
+        return Ok(Step {
+            outcome: AttemptOutcome::DisabledByPolicy,
+            message: why,
+        });
+    }
     let Some(row) = record::load_distribution(&p.db, key).await? else {
         // A dry-run stage sends nothing and so records nothing: there is no staged state
         // a dry-run promote could check the platform and the voted files against.

@@ -47,6 +47,7 @@ pub mod artifact_hub;
 pub mod github;
 pub mod hex;
 pub mod http;
+pub mod maven;
 pub mod npm;
 pub mod oci;
 pub mod pypi;
@@ -57,7 +58,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atr_dist_shared::names::{ArtifactPath, DistTag, RevisionKey};
+use atr_dist_shared::names::{ArtifactPath, DistTag, ProjectKey, RevisionKey};
 use atr_dist_shared::{Digest, DistributionKey, ErrorClass, Platform, PromotionMechanism};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -250,6 +251,16 @@ pub trait PlatformAdapter: Send + Sync {
     /// [`PromoteRequest::artifacts`]). Equal to the platform's `promotion_mechanism` in
     /// `shared/src/platform.rs`.
     fn promotion(&self) -> PromotionMechanism;
+
+    /// Whether this worker may promote the distributions of `project` on this platform;
+    /// `Err` says why not, for the operator. A refusal is policy, not a failure: the promote
+    /// job ends `disabled_by_policy`, having read and sent nothing (`pipeline/promote.rs`).
+    /// Allowed unless an adapter says otherwise (Maven promotes only the projects its
+    /// configuration lists).
+    fn promotion_allowed(&self, project: &ProjectKey) -> Result<(), String> {
+        let _ = project;
+        Ok(())
+    }
 }
 
 /// The adapters this worker has, by platform.
@@ -355,9 +366,15 @@ pub fn enablement(config: &crate::config::Config) -> Vec<Enablement> {
                         "not configured: set [platforms.github] base_url (ATR_DIST_PLATFORMS__GITHUB__BASE_URL) or ATR_DIST_PLATFORMS__GITHUB__TOKEN".to_owned(),
                     ),
                 },
-                Platform::Maven => {
-                    (false, "no adapter in this version of atr-dist".to_owned())
-                }
+                // Verification reads Nexus and Maven Central; still only once configured.
+                Platform::Maven => match maven::MavenAdapter::from_config(p) {
+                    Ok(Some(a)) => (true, a.describe()),
+                    Ok(None) => (
+                        false,
+                        "not configured: set [platforms.maven] staging_base_url (ATR_DIST_PLATFORMS__MAVEN__STAGING_BASE_URL, Nexus 2's REST base, e.g. https://repository.apache.org/service/local/) or ATR_DIST_PLATFORMS__MAVEN__STAGING_TOKEN".to_owned(),
+                    ),
+                    Err(e) => (false, format!("misconfigured: {e}")),
+                },
             };
             Enablement {
                 platform,
@@ -415,7 +432,11 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
                 let hex = hex::HexAdapter::from_config(&config.platforms.hex)?;
                 adapters = adapters.with(Platform::Hex, Arc::new(hex));
             }
-            Platform::Maven => {}
+            Platform::Maven => {
+                if let Some(maven) = maven::MavenAdapter::from_config(&config.platforms.maven)? {
+                    adapters = adapters.with(Platform::Maven, Arc::new(maven));
+                }
+            }
         }
     }
     Ok(adapters)
@@ -468,8 +489,17 @@ mod tests {
             "not configured: set [platforms.hex] base_url (ATR_DIST_PLATFORMS__HEX__BASE_URL) or ATR_DIST_PLATFORMS__HEX__TOKEN"
         );
         assert_eq!(
-            reason(Platform::Maven),
-            "no adapter in this version of atr-dist"
+            reason(Platform::Github),
+            "not configured: set [platforms.github] base_url (ATR_DIST_PLATFORMS__GITHUB__BASE_URL) or ATR_DIST_PLATFORMS__GITHUB__TOKEN"
+        );
+        let maven = why.iter().find(|e| e.platform == Platform::Maven).unwrap();
+        assert!(!maven.enabled);
+        assert!(
+            maven
+                .reason
+                .starts_with("not configured: set [platforms.maven] staging_base_url"),
+            "{}",
+            maven.reason
         );
         config.platforms.pypi.token = Some(crate::secret::Secret::new("pypi-x"));
         // Artifact Hub takes no credentials: an instance's URL enables it.
@@ -493,6 +523,15 @@ mod tests {
                 .reason,
             "credentials set; base_url defaults to https://hex.pm/api"
         );
+        config.platforms.maven.staging_base_url =
+            Some("http://127.0.0.1:8081/service/local/".parse().unwrap());
+        let why = enablement(&config);
+        let maven = why.iter().find(|e| e.platform == Platform::Maven).unwrap();
+        assert!(maven.enabled);
+        assert_eq!(
+            maven.reason,
+            "verifies staging at http://127.0.0.1:8081/service/local/ (https://repository.apache.org/content/groups/staging/); promotion disabled by policy for every project"
+        );
         let pypi = why.iter().find(|e| e.platform == Platform::Pypi).unwrap();
         assert_eq!(
             pypi.reason,
@@ -504,6 +543,7 @@ mod tests {
             vec![
                 Platform::ArtifactHub,
                 Platform::DockerHub,
+                Platform::Maven,
                 Platform::Npm,
                 Platform::NpmScoped,
                 Platform::Pypi,

@@ -1,0 +1,956 @@
+//! The Maven adapter against a stateful contract mock of Apache's Nexus 2 staging API, its
+//! staging content, Maven Central and the Central Publisher Portal (the requests and answers
+//! of `shared/reference/platforms.md` and the Nexus/Portal documentation), through the real
+//! pipeline on SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atr_dist::config::{PromoteBackend, RetryConfig};
+use atr_dist::pipeline::wait::Schedule;
+use atr_dist::platform::Adapters;
+use atr_dist::platform::maven::{MavenAdapter, MavenSettings};
+use atr_dist::secret::Secret;
+use atr_dist_shared::job::{Job, RevisionSourceSpec};
+use atr_dist_shared::names::{DistTag, ProjectKey};
+use atr_dist_shared::{Envelope, JobState, Platform};
+use atr_dist_tests::jobs::Dist;
+use atr_dist_tests::pipeline_support::{Db, Harness};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256, Sha512};
+use url::Url;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+
+const FAST: RetryConfig = RetryConfig {
+    base_ms: 20,
+    cap_ms: 100,
+    max_attempts: 3,
+};
+
+const VDIR: &str = "org/apache/example/example-lib/1.0.0";
+const ADIR: &str = "org/apache/example/example-lib";
+const REPO: &str = "orgapache-1001";
+const DEPLOYMENT: &str = "b3c1f2de-0000-4000-8000-000000000001";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The voted files: name and bytes (a checksum file among them).
+fn voted() -> Vec<(String, Vec<u8>)> {
+    let jar = b"PK\x03\x04 the voted classes".to_vec();
+    let jar_sha512 = format!("{}  example-lib-1.0.0.jar\n", hex(&Sha512::digest(&jar)));
+    vec![
+        ("example-lib-1.0.0.jar".into(), jar),
+        (
+            "example-lib-1.0.0.pom".into(),
+            b"<project>voted</project>".to_vec(),
+        ),
+        (
+            "example-lib-1.0.0.jar.asc".into(),
+            b"-----BEGIN PGP SIGNATURE----- jar".to_vec(),
+        ),
+        (
+            "example-lib-1.0.0.pom.asc".into(),
+            b"-----BEGIN PGP SIGNATURE----- pom".to_vec(),
+        ),
+        (
+            "example-lib-1.0.0.jar.sha512".into(),
+            jar_sha512.into_bytes(),
+        ),
+    ]
+}
+
+/// What a repository serves for the files: each, plus the `.sha256` files Nexus and Central
+/// generate beside them.
+fn with_checksums(files: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for (name, bytes) in files {
+        out.insert(name.clone(), bytes.clone());
+        if !name.ends_with(".sha512") {
+            out.insert(format!("{name}.sha256"), sha256(bytes).into_bytes());
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Released on the next look at the activity; Central then has the files.
+    Succeeds,
+    /// The release activity reports a rule failure.
+    RuleFails,
+    /// Never finishes.
+    Hangs,
+}
+
+struct Repo {
+    id: String,
+    kind: String,
+    files: BTreeMap<String, Vec<u8>>,
+    activity: Vec<Value>,
+}
+
+struct Deployment {
+    state: String,
+    files: BTreeMap<String, Vec<u8>>,
+    /// The state a publish leads to, after one status read in PUBLISHING.
+    then: &'static str,
+}
+
+struct State {
+    repos: Vec<Repo>,
+    central: BTreeMap<String, Vec<u8>>,
+    release: Release,
+    deployment: Option<Deployment>,
+    /// Every write (POST) received, as "METHOD path".
+    writes: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Platform2(Arc<Mutex<State>>);
+
+fn metadata(versions: &[&str]) -> String {
+    let v: String = versions
+        .iter()
+        .map(|v| format!("<version>{v}</version>"))
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><metadata><groupId>org.apache.example</groupId><artifactId>example-lib</artifactId><versioning><latest>1.0.0</latest><release>1.0.0</release><versions>{v}</versions><lastUpdated>20261201100000</lastUpdated></versioning></metadata>"
+    )
+}
+
+fn listing(files: &BTreeMap<String, Vec<u8>>, repo: &str) -> Value {
+    let data: Vec<Value> = files
+        .iter()
+        .map(|(name, bytes)| {
+            json!({
+                "resourceURI": format!("http://nexus/service/local/repositories/{repo}/content/{VDIR}/{name}"),
+                "relativePath": format!("/{VDIR}/{name}"),
+                "text": name,
+                "leaf": true,
+                "lastModified": "2026-12-01 10:00:00.0 UTC",
+                "sizeOnDisk": bytes.len(),
+            })
+        })
+        .collect();
+    json!({ "data": data })
+}
+
+impl Respond for Platform2 {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let mut s = self.0.lock().unwrap();
+        let path = req.url.path().to_owned();
+        let method = req.method.as_str().to_owned();
+        if method == "POST" {
+            s.writes.push(format!("POST {path}"));
+        }
+        let not_found = ResponseTemplate::new(404);
+        // Nexus 2 staging REST API.
+        if let Some(rest) = path.strip_prefix("/service/local/") {
+            if method == "GET" && rest == "staging/profile_repositories" {
+                let data: Vec<Value> = s
+                    .repos
+                    .iter()
+                    .map(|r| json!({"profileId": "1a2b", "profileName": "org.apache.example", "repositoryId": r.id, "type": r.kind, "transitioning": false, "description": "example 1.0.0 RC1"}))
+                    .collect();
+                return ResponseTemplate::new(200).set_body_json(json!({ "data": data }));
+            }
+            if method == "POST" && rest == "staging/bulk/promote" {
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                let ids = body["data"]["stagedRepositoryIds"].clone();
+                let Some(id) = ids.get(0).and_then(Value::as_str).map(str::to_owned) else {
+                    return ResponseTemplate::new(400).set_body_string("no stagedRepositoryIds");
+                };
+                assert_eq!(body["data"]["autoDropAfterRelease"], false, "{body}");
+                let release = s.release;
+                let Some(repo) = s.repos.iter_mut().find(|r| r.id == id) else {
+                    return ResponseTemplate::new(400).set_body_string("no such repository");
+                };
+                repo.activity.push(match release {
+                    Release::RuleFails => json!({"name": "release", "started": "2026-12-01T10:00:00.000Z", "stopped": "2026-12-01T10:00:05.000Z", "events": [
+                        {"timestamp": "2026-12-01T10:00:01.000Z", "name": "ruleEvaluate", "severity": 0, "properties": [{"name": "id", "value": id}]},
+                        {"timestamp": "2026-12-01T10:00:02.000Z", "name": "ruleFailed", "severity": 1, "properties": [{"name": "typeId", "value": "javadoc-staging"}, {"name": "failureMessage", "value": "Missing: no javadoc jar found"}]}
+                    ]}),
+                    Release::Succeeds | Release::Hangs => json!({"name": "release", "started": "2026-12-01T10:00:00.000Z", "events": [
+                        {"timestamp": "2026-12-01T10:00:01.000Z", "name": "ruleEvaluate", "severity": 0, "properties": [{"name": "id", "value": id}]}
+                    ]}),
+                });
+                return ResponseTemplate::new(201);
+            }
+            if let Some(id) = rest
+                .strip_prefix("staging/repository/")
+                .and_then(|r| r.strip_suffix("/activity"))
+            {
+                let release = s.release;
+                let Some(i) = s.repos.iter().position(|r| r.id == id) else {
+                    return not_found;
+                };
+                // A release in progress finishes on the next look, when it is to succeed.
+                let in_progress = s.repos[i]
+                    .activity
+                    .iter()
+                    .any(|a| a["name"] == "release" && a.get("stopped").is_none());
+                if in_progress && release == Release::Succeeds {
+                    let repo = &mut s.repos[i];
+                    for a in repo.activity.iter_mut() {
+                        if a["name"] == "release" {
+                            a["stopped"] = json!("2026-12-01T10:01:00.000Z");
+                            a["events"].as_array_mut().unwrap().push(json!({"timestamp": "2026-12-01T10:01:00.000Z", "name": "repositoryReleased", "severity": 0, "properties": [{"name": "id", "value": id}]}));
+                        }
+                    }
+                    repo.kind = "released".into();
+                    let files = repo.files.clone();
+                    s.central = files;
+                }
+                let activity = s.repos[i].activity.clone();
+                return ResponseTemplate::new(200).set_body_json(Value::Array(activity));
+            }
+            if let Some(rest) = rest.strip_prefix("repositories/") {
+                let (id, rest) = rest.split_once("/content/").unwrap_or((rest, ""));
+                let Some(repo) = s.repos.iter().find(|r| r.id == id) else {
+                    return not_found;
+                };
+                if rest == format!("{VDIR}/") {
+                    if repo.files.is_empty() {
+                        return not_found;
+                    }
+                    return ResponseTemplate::new(200).set_body_json(listing(&repo.files, id));
+                }
+                if let Some(name) = rest.strip_prefix(&format!("{VDIR}/")) {
+                    return match repo.files.get(name) {
+                        Some(b) => ResponseTemplate::new(200).set_body_bytes(b.clone()),
+                        None => not_found,
+                    };
+                }
+                return not_found;
+            }
+            return not_found;
+        }
+        // The staging group (ATR's staging URL template): closed repositories only.
+        if path == format!("/content/groups/staging/{ADIR}/maven-metadata.xml") {
+            let staged = s
+                .repos
+                .iter()
+                .any(|r| r.kind == "closed" && !r.files.is_empty());
+            if !staged {
+                return not_found;
+            }
+            return ResponseTemplate::new(200).set_body_string(metadata(&["0.9.0", "1.0.0"]));
+        }
+        // Maven Central.
+        if let Some(rest) = path.strip_prefix("/maven2/") {
+            if s.central.is_empty() {
+                return not_found;
+            }
+            if rest == format!("{ADIR}/maven-metadata.xml") {
+                return ResponseTemplate::new(200).set_body_string(metadata(&["0.9.0", "1.0.0"]));
+            }
+            if rest == format!("{VDIR}/") {
+                let links: String = s
+                    .central
+                    .keys()
+                    .map(|n| {
+                        format!("<a href=\"{n}\" title=\"{n}\">{n}</a>  2026-12-01 10:00  42\n")
+                    })
+                    .collect();
+                return ResponseTemplate::new(200).set_body_string(format!(
+                    "<html><head><title>Central Repository: {VDIR}</title></head><body><pre id=\"contents\"><a href=\"../\">../</a>\n{links}</pre></body></html>"
+                ));
+            }
+            if let Some(name) = rest.strip_prefix(&format!("{VDIR}/")) {
+                return match s.central.get(name) {
+                    Some(b) => ResponseTemplate::new(200).set_body_bytes(b.clone()),
+                    None => not_found,
+                };
+            }
+            return not_found;
+        }
+        // The Central Publisher Portal.
+        if let Some(rest) = path.strip_prefix("/api/v1/publisher/") {
+            let auth = req
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            // base64("token:secret")
+            if auth != "Bearer dG9rZW46c2VjcmV0" {
+                return ResponseTemplate::new(401).set_body_string("Unauthorized");
+            }
+            let Some(d) = s.deployment.as_mut() else {
+                return not_found;
+            };
+            if method == "POST" && rest == "status" {
+                let id = req
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "id")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                if id != DEPLOYMENT {
+                    return not_found;
+                }
+                let answer = json!({
+                    "deploymentId": DEPLOYMENT,
+                    "deploymentName": "example-lib-1.0.0",
+                    "deploymentState": d.state,
+                    "purls": ["pkg:maven/org.apache.example/example-lib@1.0.0"],
+                    "errors": if d.state == "FAILED" { json!({"pkg:maven/org.apache.example/example-lib@1.0.0": ["Publishing failed: component already exists"]}) } else { Value::Null },
+                });
+                if d.state == "PUBLISHING" {
+                    d.state = d.then.to_owned();
+                    if d.then == "PUBLISHED" {
+                        let files = d.files.clone();
+                        s.central = files;
+                    }
+                }
+                return ResponseTemplate::new(200).set_body_json(answer);
+            }
+            if method == "POST" && rest == format!("deployment/{DEPLOYMENT}") {
+                if d.state != "VALIDATED" {
+                    return ResponseTemplate::new(400)
+                        .set_body_string("deployment is not VALIDATED");
+                }
+                d.state = "PUBLISHING".into();
+                return ResponseTemplate::new(204);
+            }
+            if let Some(name) =
+                rest.strip_prefix(&format!("deployment/{DEPLOYMENT}/download/{VDIR}/"))
+            {
+                return match d.files.get(name) {
+                    Some(b) => ResponseTemplate::new(200).set_body_bytes(b.clone()),
+                    None => not_found,
+                };
+            }
+            return not_found;
+        }
+        not_found
+    }
+}
+
+struct Fixture {
+    server: MockServer,
+    state: Arc<Mutex<State>>,
+}
+
+impl Fixture {
+    /// A closed staging repository holding `files`.
+    async fn start(files: BTreeMap<String, Vec<u8>>) -> Fixture {
+        let state = Arc::new(Mutex::new(State {
+            repos: vec![Repo {
+                id: REPO.into(),
+                kind: "closed".into(),
+                files,
+                activity: vec![
+                    json!({"name": "close", "started": "2026-11-30T10:00:00.000Z", "stopped": "2026-11-30T10:00:09.000Z", "events": [
+                        {"timestamp": "2026-11-30T10:00:01.000Z", "name": "ruleEvaluate", "severity": 0, "properties": [{"name": "typeId", "value": "signature-staging"}]},
+                        {"timestamp": "2026-11-30T10:00:09.000Z", "name": "repositoryClosed", "severity": 0, "properties": [{"name": "id", "value": REPO}]}
+                    ]}),
+                ],
+            }],
+            central: BTreeMap::new(),
+            release: Release::Succeeds,
+            deployment: None,
+            writes: Vec::new(),
+        }));
+        let server = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(Platform2(Arc::clone(&state)))
+            .mount(&server)
+            .await;
+        Fixture { server, state }
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    fn adapters(&self, backend: PromoteBackend, projects: &[&str]) -> Adapters {
+        let base = Url::parse(&self.server.uri()).unwrap();
+        let settings = MavenSettings {
+            nexus: base.join("service/local/").unwrap(),
+            staging_content: base.join("content/groups/staging/").unwrap(),
+            central: base.join("maven2/").unwrap(),
+            portal: base.join("api/v1/publisher/").unwrap(),
+            nexus_username: Some("rm".into()),
+            nexus_password: Some(Secret::new("nexus-password")),
+            portal_token: Some(Secret::new("token:secret")),
+            backend,
+            promote_projects: projects
+                .iter()
+                .map(|p| ProjectKey::new(*p).unwrap())
+                .collect(),
+        };
+        Adapters::default().with(
+            Platform::Maven,
+            Arc::new(MavenAdapter::new(settings).unwrap()),
+        )
+    }
+}
+
+fn dist() -> Dist {
+    Dist::new(
+        Platform::Maven,
+        "org.apache.example",
+        "example-lib",
+        "1.0.0",
+    )
+}
+
+/// The voted files as revision `rev`, in Maven's directory layout.
+fn write_revision(h: &Harness, rev: &str) {
+    let files: Vec<(String, Vec<u8>)> = voted()
+        .into_iter()
+        .map(|(n, b)| (format!("maven/{VDIR}/{n}"), b))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    h.revs.write_release("example", "1.0.0", rev, &refs);
+}
+
+fn stage_job(tag: Option<&str>) -> Envelope {
+    let paths: Vec<String> = voted()
+        .into_iter()
+        .map(|(n, _)| format!("maven/{VDIR}/{n}"))
+        .collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut env = dist().stage("00001", &refs, RevisionSourceSpec::Dir, false);
+    if let (Job::Stage(s), Some(tag)) = (&mut env.job, tag) {
+        s.staging_tag = Some(DistTag::new(tag).unwrap());
+    }
+    env
+}
+
+fn promote_job() -> Envelope {
+    dist().promote("00002", RevisionSourceSpec::Dir, "rm")
+}
+
+async fn harness(db: Db, adapters: Adapters, deadline: Duration) -> Harness {
+    let h = Harness::custom(db, adapters, FAST, |p| {
+        p.waits = Schedule {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        };
+        p.wait_deadlines.insert(Platform::Maven, deadline);
+    })
+    .await;
+    write_revision(&h, "00001");
+    write_revision(&h, "00002");
+    h
+}
+
+async fn outcomes(h: &Harness, job: &Envelope) -> Vec<String> {
+    h.runs(job)
+        .await
+        .iter()
+        .map(|r| r.outcome.clone().unwrap_or_default())
+        .collect()
+}
+
+async fn staging_is_verified_and_promoted_through_nexus(db: Db) {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let stage = stage_job(None);
+    h.run_to_done(&stage, 3).await;
+    // Verify-only: the staging repository already held the vote, and nothing was sent.
+    assert_eq!(outcomes(&h, &stage).await, ["unchanged"]);
+    assert!(f.writes().is_empty(), "{:?}", f.writes());
+    let row = h.row().await.unwrap();
+    assert!(row.staging && !row.promoted);
+    let staged = row.platform_digest.clone().unwrap();
+    assert!(staged.starts_with("sha256:"), "{staged}");
+    assert_eq!(
+        row.api_url.as_deref(),
+        Some(
+            format!(
+                "{}/content/groups/staging/{ADIR}/maven-metadata.xml",
+                f.server.uri()
+            )
+            .as_str()
+        )
+    );
+    assert!(
+        row.web_url
+            .as_deref()
+            .unwrap()
+            .contains(&format!("/repositories/{REPO}/content/{VDIR}/")),
+        "{:?}",
+        row.web_url
+    );
+    // The digest is over the voted files without their checksum files.
+    let mut lines: Vec<String> = voted()
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".sha512"))
+        .map(|(n, b)| format!("{n} {}\n", sha256(b)))
+        .collect();
+    lines.sort();
+    assert_eq!(
+        staged,
+        format!("sha256:{}", sha256(lines.concat().as_bytes()))
+    );
+
+    let promote = promote_job();
+    h.run_to_done(&promote, 3).await;
+    assert_eq!(
+        f.writes(),
+        ["POST /service/local/staging/bulk/promote"],
+        "one release request"
+    );
+    let runs = outcomes(&h, &promote).await;
+    assert!(runs.starts_with(&["waiting".to_owned()]), "{runs:?}");
+    assert!(
+        runs.last().unwrap() == "unchanged" || runs.last().unwrap() == "completed",
+        "{runs:?}"
+    );
+    let row = h.row().await.unwrap();
+    assert!(row.promoted);
+    assert_eq!(row.promoted_digest.as_deref(), Some(staged.as_str()));
+    assert!(
+        row.api_url.as_deref().unwrap().contains("/maven2/"),
+        "{:?}",
+        row.api_url
+    );
+
+    // Promote again: Central holds it; nothing is written.
+    let again = promote_job();
+    h.run_to_done(&again, 3).await;
+    assert_eq!(outcomes(&h, &again).await, ["unchanged"]);
+    assert_eq!(f.writes().len(), 1, "{:?}", f.writes());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn staging_is_verified_and_promoted_through_nexus_sqlite() {
+    staging_is_verified_and_promoted_through_nexus(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn staging_is_verified_and_promoted_through_nexus_postgres() {
+    staging_is_verified_and_promoted_through_nexus(Db::Postgres).await;
+}
+
+/// Stages with `files` in the staging repository and returns the job's last error.
+async fn refused_stage(db: Db, files: BTreeMap<String, Vec<u8>>) -> String {
+    let f = Fixture::start(files).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let stage = stage_job(None);
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    assert_eq!(
+        outcomes(&h, &stage).await,
+        ["failed"],
+        "refused at once, not retried"
+    );
+    assert!(f.writes().is_empty());
+    assert!(h.row().await.is_none(), "nothing recorded as staged");
+    let err = h.last_error(&stage).await;
+    h.stop().await;
+    err
+}
+
+async fn a_changed_jar_is_refused(db: Db) {
+    // Other classes, with checksum files that agree with them: only the vote tells.
+    let mut files = voted();
+    files[0].1 = b"PK\x03\x04 other classes".to_vec();
+    files[4].1 = format!(
+        "{}  example-lib-1.0.0.jar\n",
+        hex(&Sha512::digest(&files[0].1))
+    )
+    .into_bytes();
+    let err = refused_stage(db, with_checksums(&files)).await;
+    assert!(
+        err.contains(&format!(
+            "staging repository {REPO} does not hold exactly the voted files"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("example-lib-1.0.0.jar is staged with other bytes"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_jar_is_refused_sqlite() {
+    a_changed_jar_is_refused(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_changed_jar_is_refused_postgres() {
+    a_changed_jar_is_refused(Db::Postgres).await;
+}
+
+async fn an_unvoted_file_is_refused(db: Db) {
+    let mut files = voted();
+    files.push((
+        "example-lib-1.0.0-extra.jar".into(),
+        b"unvoted classes".to_vec(),
+    ));
+    let err = refused_stage(db, with_checksums(&files)).await;
+    assert!(
+        err.contains(
+            "staged but not voted: example-lib-1.0.0-extra.jar (nothing unvoted may be released)"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unvoted_file_is_refused_sqlite() {
+    an_unvoted_file_is_refused(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_unvoted_file_is_refused_postgres() {
+    an_unvoted_file_is_refused(Db::Postgres).await;
+}
+
+async fn a_wrong_checksum_file_is_refused(db: Db) {
+    let mut files = with_checksums(&voted());
+    files.insert(
+        "example-lib-1.0.0.pom.sha256".into(),
+        sha256(b"other").into_bytes(),
+    );
+    let err = refused_stage(db, files).await;
+    assert!(err.contains("example-lib-1.0.0.pom.sha256 states"), "{err}");
+    assert!(
+        err.contains("but example-lib-1.0.0.pom has sha256"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_checksum_file_is_refused_sqlite() {
+    a_wrong_checksum_file_is_refused(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_wrong_checksum_file_is_refused_postgres() {
+    a_wrong_checksum_file_is_refused(Db::Postgres).await;
+}
+
+async fn a_failed_close_is_reported_with_its_rules(db: Db) {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    {
+        let mut s = f.state.lock().unwrap();
+        // Nexus leaves a repository whose close failed open.
+        s.repos[0].kind = "open".into();
+        s.repos[0].activity = vec![
+            json!({"name": "close", "started": "x", "stopped": "y", "events": [
+                {"name": "ruleFailed", "severity": 1, "properties": [{"name": "typeId", "value": "signature-staging"}, {"name": "failureMessage", "value": "No public key: Key with id: (1234abcd) was not able to be located"}]},
+                {"name": "repositoryCloseFailed", "severity": 1, "properties": [{"name": "id", "value": REPO}]}
+            ]}),
+        ];
+    }
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &[]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let stage = stage_job(Some(REPO));
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    let err = h.last_error(&stage).await;
+    assert!(
+        err.contains(&format!(
+            "closing staging repository {REPO} holding org.apache.example:example-lib:1.0.0 failed"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("ruleFailed (typeId=signature-staging, failureMessage=No public key"),
+        "{err}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_close_is_reported_with_its_rules_sqlite() {
+    a_failed_close_is_reported_with_its_rules(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_failed_close_is_reported_with_its_rules_postgres() {
+    a_failed_close_is_reported_with_its_rules(Db::Postgres).await;
+}
+
+async fn a_rule_failure_on_release_refuses(db: Db) {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    f.state.lock().unwrap().release = Release::RuleFails;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    h.run_to_done(&stage_job(None), 3).await;
+    let promote = promote_job();
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let err = h.last_error(&promote).await;
+    assert!(
+        err.contains(&format!(
+            "Nexus refused to release staging repository {REPO}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "ruleFailed (typeId=javadoc-staging, failureMessage=Missing: no javadoc jar found)"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        f.writes().len(),
+        1,
+        "released once, never again: {:?}",
+        f.writes()
+    );
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_rule_failure_on_release_refuses_sqlite() {
+    a_rule_failure_on_release_refuses(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_rule_failure_on_release_refuses_postgres() {
+    a_rule_failure_on_release_refuses(Db::Postgres).await;
+}
+
+async fn a_release_that_never_ends_outlasts_the_deadline(db: Db) {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    f.state.lock().unwrap().release = Release::Hangs;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &["example"]),
+        Duration::from_millis(600),
+    )
+    .await;
+    h.run_to_done(&stage_job(None), 3).await;
+    let promote = promote_job();
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let err = h.last_error(&promote).await;
+    assert!(err.contains("release of staging repository"), "{err}");
+    assert!(err.contains("gave up after waiting"), "{err}");
+    let runs = outcomes(&h, &promote).await;
+    assert!(
+        runs.iter().filter(|o| *o == "waiting").count() >= 2,
+        "{runs:?}"
+    );
+    assert_eq!(runs.last().map(String::as_str), Some("failed"), "{runs:?}");
+    assert_eq!(
+        f.writes().len(),
+        1,
+        "asked once, then only looked: {:?}",
+        f.writes()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_release_that_never_ends_outlasts_the_deadline_sqlite() {
+    a_release_that_never_ends_outlasts_the_deadline(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_release_that_never_ends_outlasts_the_deadline_postgres() {
+    a_release_that_never_ends_outlasts_the_deadline(Db::Postgres).await;
+}
+
+async fn promotion_is_disabled_by_policy(db: Db) {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Nexus2, &[]),
+        Duration::from_secs(30),
+    )
+    .await;
+    // Verification is always allowed.
+    h.run_to_done(&stage_job(None), 3).await;
+    let promote = promote_job();
+    h.run_to_done(&promote, 3).await;
+    assert_eq!(outcomes(&h, &promote).await, ["disabled_by_policy"]);
+    let run = &h.runs(&promote).await[0];
+    assert!(run.error_class.is_none());
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("disabled by policy for project example"),
+        "{:?}",
+        run.message
+    );
+    assert!(f.writes().is_empty(), "{:?}", f.writes());
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn promotion_is_disabled_by_policy_sqlite() {
+    promotion_is_disabled_by_policy(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn promotion_is_disabled_by_policy_postgres() {
+    promotion_is_disabled_by_policy(Db::Postgres).await;
+}
+
+/// A staged repository plus a validated Portal deployment of the same files.
+async fn portal_fixture(
+    then: &'static str,
+    deployment_files: BTreeMap<String, Vec<u8>>,
+) -> Fixture {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    f.state.lock().unwrap().deployment = Some(Deployment {
+        state: "VALIDATED".into(),
+        files: deployment_files,
+        then,
+    });
+    f
+}
+
+async fn a_portal_deployment_is_published(db: Db) {
+    let f = portal_fixture("PUBLISHED", with_checksums(&voted())).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Portal, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let tag = format!("portal-{DEPLOYMENT}");
+    h.run_to_done(&stage_job(Some(&tag)), 3).await;
+    assert_eq!(
+        h.row().await.unwrap().staging_tag.as_deref(),
+        Some(tag.as_str())
+    );
+    let promote = promote_job();
+    h.run_to_done(&promote, 3).await;
+    assert_eq!(
+        f.writes()
+            .iter()
+            .filter(|w| w.contains("/deployment/"))
+            .count(),
+        1,
+        "{:?}",
+        f.writes()
+    );
+    let runs = outcomes(&h, &promote).await;
+    assert_eq!(
+        runs.last().map(String::as_str),
+        Some("completed"),
+        "{runs:?}"
+    );
+    assert!(h.row().await.unwrap().promoted);
+    let again = promote_job();
+    h.run_to_done(&again, 3).await;
+    assert_eq!(outcomes(&h, &again).await, ["unchanged"]);
+    assert_eq!(
+        f.writes()
+            .iter()
+            .filter(|w| w.contains("/deployment/"))
+            .count(),
+        1,
+        "{:?}",
+        f.writes()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_portal_deployment_is_published_sqlite() {
+    a_portal_deployment_is_published(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_portal_deployment_is_published_postgres() {
+    a_portal_deployment_is_published(Db::Postgres).await;
+}
+
+async fn a_failed_portal_deployment_refuses(db: Db) {
+    let f = portal_fixture("FAILED", with_checksums(&voted())).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Portal, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    h.run_to_done(&stage_job(Some(&format!("portal-{DEPLOYMENT}"))), 3)
+        .await;
+    let promote = promote_job();
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let err = h.last_error(&promote).await;
+    assert!(
+        err.contains(&format!("Portal deployment {DEPLOYMENT} FAILED")),
+        "{err}"
+    );
+    assert!(err.contains("component already exists"), "{err}");
+    assert!(!h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_portal_deployment_refuses_sqlite() {
+    a_failed_portal_deployment_refuses(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_failed_portal_deployment_refuses_postgres() {
+    a_failed_portal_deployment_refuses(Db::Postgres).await;
+}
+
+async fn a_portal_deployment_with_other_bytes_is_refused(db: Db) {
+    let mut files = voted();
+    files[1].1 = b"<project>not voted</project>".to_vec();
+    let f = portal_fixture("PUBLISHED", with_checksums(&files)).await;
+    let h = harness(
+        db,
+        f.adapters(PromoteBackend::Portal, &["example"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let stage = stage_job(Some(&format!("portal-{DEPLOYMENT}")));
+    assert_eq!(h.run(&stage, 3).await, JobState::Dead);
+    let err = h.last_error(&stage).await;
+    assert!(
+        err.contains(&format!(
+            "Portal deployment {DEPLOYMENT} has example-lib-1.0.0.pom with sha256"
+        )),
+        "{err}"
+    );
+    assert!(
+        f.writes().iter().all(|w| !w.contains("/deployment/")),
+        "{:?}",
+        f.writes()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_portal_deployment_with_other_bytes_is_refused_sqlite() {
+    a_portal_deployment_with_other_bytes_is_refused(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_portal_deployment_with_other_bytes_is_refused_postgres() {
+    a_portal_deployment_with_other_bytes_is_refused(Db::Postgres).await;
+}
