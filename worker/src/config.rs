@@ -228,7 +228,9 @@ pub struct WorkerConfig {
     pub lease_secs: u64,
     /// On SIGTERM: how long in-flight jobs get to finish before their leases are released.
     pub shutdown_timeout_secs: u64,
-    /// Jobs taken from Redis in one round trip.
+    /// Most jobs taken from Redis in one round trip; each fetch also takes no more than the
+    /// pool has room for (twice `concurrency`, less the jobs it holds), so the default lets
+    /// the batch follow the concurrency.
     pub fetch_batch: usize,
     /// Longest one attempt may run before it counts as a transient failure.
     pub job_timeout_secs: u64,
@@ -251,7 +253,7 @@ impl Default for WorkerConfig {
             concurrency: 8,
             lease_secs: 60,
             shutdown_timeout_secs: 30,
-            fetch_batch: 16,
+            fetch_batch: 256,
             job_timeout_secs: 3600,
             http_retries: 3,
             http_retry_wait_secs: 30,
@@ -594,8 +596,8 @@ impl Config {
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
-        if self.worker.fetch_batch == 0 {
-            return Err(invalid("worker.fetch_batch", "must be at least 1"));
+        if self.worker.fetch_batch == 0 || self.worker.fetch_batch > 1000 {
+            return Err(invalid("worker.fetch_batch", "must be 1 to 1000"));
         }
         for (key, url) in [
             (
