@@ -36,6 +36,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local running = prefix .. 'running'
 local jobs = prefix .. 'jobs'
 local counts = {done = 0, failed = 0, retried = 0, dead = 0, cancelled = 0}
+-- A job handed back to `queued`, or put in `retrying` (which may fall due before an idle
+-- worker's wait ends): the waiting workers are woken at the end. Successes never are.
+local readied = false
+
+-- Wakes the workers waiting for work (registered in `idle` by fetch.lua): one token each on
+-- `wake`, which they block on (docs/wire-format.md, "Waking idle workers"). Costs one EXISTS
+-- when no worker waits, as under load. The same function is in every script that makes
+-- work ready (a script cannot load another).
+local function wake(now)
+  local idle = prefix .. 'idle'
+  if redis.call('EXISTS', idle) == 0 then
+    return
+  end
+  local n = math.min(redis.call('ZCOUNT', idle, now, '+inf'), 1000)
+  redis.call('DEL', idle)
+  if n > 0 then
+    local tokens = {}
+    for k = 1, n do
+      tokens[k] = '1'
+    end
+    redis.call('RPUSH', prefix .. 'wake', unpack(tokens))
+  end
+end
 
 -- Every job's id and presented lease; the records read in one variadic call.
 local ids, presented, results = {}, {}, {}
@@ -159,6 +182,7 @@ for k = 1, m do
         redis.call('HSET', jobs, id, 'retrying ' .. lease)
         failure(id, class, message)
         redis.call('ZADD', prefix .. 'retrying', run_at, id)
+        readied = true
         event(id, 'retry_scheduled', attempt, class, message .. ' (next attempt in ' .. delay .. ' ms)')
         counts.retried = counts.retried + 1
         counts.failed = counts.failed + 1
@@ -180,6 +204,7 @@ for k = 1, m do
       -- again without spending an attempt.
       redis.call('HSET', jobs, id, uncounted('retrying', lease))
       redis.call('ZADD', prefix .. 'retrying', now + delay, id)
+      readied = true
       event(id, 'deferred', attempt, class, message)
       result = 'retrying'
     else -- 'release' (outcomes were checked above)
@@ -187,6 +212,7 @@ for k = 1, m do
       redis.call('HSET', jobs, id, uncounted('queued', lease))
       redis.call('HSET', prefix .. 'queued_at', id, now)
       redis.call('LPUSH', prefix .. 'queued', id)
+      readied = true
       event(id, 'released', attempt, class, message)
       result = 'queued'
     end
@@ -231,5 +257,8 @@ for name, n in pairs(counts) do
 end
 if touched then
   redis.call('EXPIRE', tp, 7200)
+end
+if readied then
+  wake(now)
 end
 return out

@@ -21,6 +21,26 @@ local prefix = ARGV[1]
 local FORMAT = '7'
 local incoming = prefix .. 'incoming'
 
+-- Wakes the workers waiting for work (registered in `idle` by fetch.lua): one token each on
+-- `wake`, which they block on (docs/wire-format.md, "Waking idle workers"). Costs one EXISTS
+-- when no worker waits, as under load. The same function is in every script that makes
+-- work ready (a script cannot load another).
+local function wake(now)
+  local idle = prefix .. 'idle'
+  if redis.call('EXISTS', idle) == 0 then
+    return
+  end
+  local n = math.min(redis.call('ZCOUNT', idle, now, '+inf'), 1000)
+  redis.call('DEL', idle)
+  if n > 0 then
+    local tokens = {}
+    for k = 1, n do
+      tokens[k] = '1'
+    end
+    redis.call('RPUSH', prefix .. 'wake', unpack(tokens))
+  end
+end
+
 -- Every refusal also drops the envelopes the producer sent, so nothing is left behind.
 local function refuse(message)
   redis.call('DEL', incoming)
@@ -179,4 +199,6 @@ redis.call('HINCRBY', prefix .. 'stats', 'enqueued', created)
 local tp = prefix .. 'tp:' .. math.floor(now / 60000)
 redis.call('HINCRBY', tp, 'enqueued', created)
 redis.call('EXPIRE', tp, 7200)
+-- A delayed job wakes them too: it may fall due before their wait ends.
+wake(now)
 return out

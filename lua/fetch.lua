@@ -1,10 +1,15 @@
 -- atr-dist wire format v7: fetch (docs/wire-format.md, "fetch").
 -- KEYS[1] = <prefix>queued
--- ARGV = prefix, worker_id, lease_ms, max_jobs
+-- ARGV = prefix, worker_id, lease_ms, max_jobs, wait_ms (optional, 0 = do not wait)
 -- Moves due scheduled and retrying jobs to queued, recovers expired leases, then leases up
 -- to max_jobs queued jobs to worker_id.
--- Returns now_ms (Redis's clock), then per leased job 3 values:
+-- Returns now_ms (Redis's clock), wait_ms, then per leased job 3 values:
 --   id, lease, queued_at (or '')
+-- wait_ms is 0 unless the worker asked to wait and there was nothing to lease: then it is how
+-- long the worker may block on `wake` (BLPOP) before it fetches again: at most the wait_ms
+-- asked for, and no later than the next scheduled job, retry or lease falls due. The worker
+-- is registered in `idle` until then, so that the scripts that make work ready push a token
+-- onto `wake` for it (docs/wire-format.md, "Waking idle workers").
 -- where lease is the token
 -- `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`
 -- that its ack and heartbeat must present: the job record after its state word.
@@ -19,6 +24,7 @@ local prefix = ARGV[1]
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
 local max_jobs = tonumber(ARGV[4])
+local wait_ms = tonumber(ARGV[5]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = prefix .. 'queued'
@@ -26,6 +32,52 @@ local running = prefix .. 'running'
 local jobs = prefix .. 'jobs'
 local queued_at_key = prefix .. 'queued_at'
 local RUNNING_KEEPER = '~keeper: a permanent member that keeps this set out of the listpack encoding (docs/wire-format.md)'
+
+local idle = prefix .. 'idle'
+
+-- Nothing to lease: how long this worker may wait for a wake-up, registering it in `idle`
+-- until then. Its wait ends when the next scheduled job, retry or lease falls due (`running`'s
+-- lowest score; the keeper's is +inf), unless `only_asked` (a paused queue, where nothing
+-- falls due: `queue resume` wakes it).
+local function wait_for_work(only_asked)
+  if wait_ms <= 0 then
+    return 0
+  end
+  local until_ms = now + wait_ms
+  if not only_asked then
+    for _, set in ipairs({'scheduled', 'retrying', 'running'}) do
+      local first = redis.call('ZRANGE', prefix .. set, 0, 0, 'WITHSCORES')
+      local at = tonumber(first[2])
+      if at and at < until_ms then
+        until_ms = at
+      end
+    end
+  end
+  if until_ms <= now then
+    return 0
+  end
+  -- Registrations whose wait is over go first, so `idle` holds only waiting workers.
+  redis.call('ZREMRANGEBYSCORE', idle, '-inf', now)
+  redis.call('ZADD', idle, until_ms, worker)
+  return until_ms - now
+end
+
+-- Wakes the workers waiting in `idle`: one token each on `wake`. The same function is in
+-- every script that makes work ready (a script cannot load another).
+local function wake()
+  if redis.call('EXISTS', idle) == 0 then
+    return
+  end
+  local n = math.min(redis.call('ZCOUNT', idle, now, '+inf'), 1000)
+  redis.call('DEL', idle)
+  if n > 0 then
+    local tokens = {}
+    for k = 1, n do
+      tokens[k] = '1'
+    end
+    redis.call('RPUSH', prefix .. 'wake', unpack(tokens))
+  end
+end
 
 local fmt = redis.call('GET', prefix .. 'format')
 if fmt and fmt ~= '7' then
@@ -46,10 +98,10 @@ if not fmt then
     return redis.error_reply('ERR atr-dist fetch: this queue holds jobs but has no format key, ' ..
       'so it is in wire format 1; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
   end
-  return {now}
+  return {now, wait_for_work(true)}
 end
 if redis.call('EXISTS', prefix .. 'paused') == 1 then
-  return {now}
+  return {now, wait_for_work(true)}
 end
 
 local function event(id, name, attempt, message)
@@ -62,6 +114,10 @@ end
 local function with_state(record, state)
   return state .. string.match(record, '^%a+(.*)$')
 end
+
+-- Jobs this call made ready (due, or recovered from an expired lease): more than this worker
+-- may take, so the workers waiting for work are woken if any is left.
+local readied = 0
 
 -- Due delayed jobs and due retries become queued, in due order.
 for _, set in ipairs({'scheduled', 'retrying'}) do
@@ -85,6 +141,7 @@ for _, set in ipairs({'scheduled', 'retrying'}) do
       redis.call('HSET', jobs, unpack(new_records))
       redis.call('HSET', queued_at_key, unpack(queued_at))
       redis.call('RPUSH', queued, unpack(ready))
+      readied = readied + #ready
     end
   end
 end
@@ -125,6 +182,7 @@ for _, id in ipairs(expired) do
 end
 if recovered > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'recovered', recovered)
+  readied = readied + recovered
 end
 if died > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'dead', died)
@@ -133,8 +191,11 @@ if died > 0 then
 end
 
 local ids = redis.call('LPOP', queued, math.min(max_jobs, 1000))
+if readied > 0 and redis.call('EXISTS', queued) == 1 then
+  wake()
+end
 if not ids then
-  return {now}
+  return {now, wait_for_work(false)}
 end
 local records = redis.call('HMGET', jobs, unpack(ids))
 -- `queued_at` holds only queued jobs that were re-queued, and most batches have none: look
@@ -150,8 +211,8 @@ end
 local tail = ' ' .. tostring(now) .. ' ' .. worker
 local expiry = tostring(now + lease_ms)
 local new_records, running_scores = {}, {}
-local out = {now}
-local n, o = 0, 1
+local out = {now, 0}
+local n, o = 0, 2
 for k = 1, #ids do
   -- A list entry whose job is no longer queued (purged, or cancelled and re-queued by an
   -- operator in between) is stale: drop it.

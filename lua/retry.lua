@@ -9,6 +9,27 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local jobs = prefix .. 'jobs'
 local out = {}
+local readied = false
+
+-- Wakes the workers waiting for work (registered in `idle` by fetch.lua): one token each on
+-- `wake`, which they block on (docs/wire-format.md, "Waking idle workers"). Costs one EXISTS
+-- when no worker waits, as under load. The same function is in every script that makes
+-- work ready (a script cannot load another).
+local function wake(now)
+  local idle = prefix .. 'idle'
+  if redis.call('EXISTS', idle) == 0 then
+    return
+  end
+  local n = math.min(redis.call('ZCOUNT', idle, now, '+inf'), 1000)
+  redis.call('DEL', idle)
+  if n > 0 then
+    local tokens = {}
+    for k = 1, n do
+      tokens[k] = '1'
+    end
+    redis.call('RPUSH', prefix .. 'wake', unpack(tokens))
+  end
+end
 for i = 3, #ARGV do
   local id = ARGV[i]
   local record = redis.call('HGET', jobs, id)
@@ -30,9 +51,13 @@ for i = 3, #ARGV do
     redis.call('RPUSH', key, cjson.encode({at = now, event = 'retried', message = message}))
     redis.call('LTRIM', key, -50, -1)
     result = 'queued'
+    readied = true
   else
     result = state
   end
   out[#out + 1] = result
+end
+if readied then
+  wake(now)
 end
 return out

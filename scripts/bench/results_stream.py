@@ -65,7 +65,7 @@ def run(r: redis.Redis, lua: str, ack_dir: str, label: str, jobs: int, batch: in
     done = 0
     while done < jobs:
         reply = r.evalsha(fetch, 1, queued, prefix, "bench-worker", 60000, batch)
-        leased = reply[1:]
+        leased = reply[2:]  # after now_ms and wait_ms
         if not leased:
             break
         args = [prefix, len(leased) // 3]

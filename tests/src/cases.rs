@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use atr_dist::config::RetryConfig;
+use atr_dist::config::{RetentionConfig, RetryConfig};
 use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
 use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Lease, Leased, Queue, RawJob};
 use atr_dist_shared::{ErrorClass, JobState};
@@ -32,10 +32,12 @@ pub fn pool_config(concurrency: usize, retry: RetryConfig) -> PoolConfig {
         concurrency,
         lease: Duration::from_secs(5),
         fetch_batch: 64,
-        idle_poll: Duration::from_millis(20),
+        idle_wait: Duration::from_millis(500),
+        wake_ups: true,
         job_timeout: Duration::from_secs(30),
         shutdown_timeout: Duration::from_secs(5),
         retry: Arc::new(move |_| retry),
+        retention: RetentionConfig::default(),
     }
 }
 

@@ -2156,3 +2156,463 @@ async fn lock_refuses_an_unknown_op() {
         .unwrap_err();
     assert!(err.contains("unknown op steal"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Waking idle workers (docs/wire-format.md, "Waking idle workers")
+
+/// How long fetch.lua lets `worker` wait, when it finds nothing to lease.
+async fn wait_of(q: &Queue, worker: &str, asked: Duration) -> Duration {
+    let fetched = q.fetch_or_wait(worker, LEASE, 10, asked).await.unwrap();
+    assert!(fetched.jobs.is_empty(), "nothing to lease");
+    fetched.wait
+}
+
+async fn idle_members(q: &Queue) -> Vec<(String, f64)> {
+    q.connection()
+        .zrange_withscores(format!("{}idle", q.prefix()), 0, -1)
+        .await
+        .unwrap()
+}
+
+async fn tokens(q: &Queue) -> usize {
+    list(q, "wake").await.len()
+}
+
+/// A queue with its format key, and nothing to lease.
+async fn empty_queue(q: &Queue) {
+    let done = leased(q, 1000, 3).await;
+    assert_eq!(
+        ack(q, &done, AckOutcome::Done).await,
+        AckResult::Applied(JobState::Done)
+    );
+}
+
+#[tokio::test]
+async fn fetch_without_a_wait_registers_nobody() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    assert_eq!(wait_of(q, "w1", Duration::ZERO).await, Duration::ZERO);
+    assert!(!exists(q, "idle").await);
+}
+
+#[tokio::test]
+async fn fetch_with_nothing_due_registers_the_worker_for_its_whole_wait() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    let before = redis_now(q).await;
+    assert_eq!(
+        wait_of(q, "w1", Duration::from_secs(5)).await,
+        Duration::from_secs(5)
+    );
+    let idle = idle_members(q).await;
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    assert_eq!(idle[0].0, "w1");
+    assert!(idle[0].1 >= (before + 5000) as f64, "{idle:?}");
+}
+
+#[tokio::test]
+async fn fetch_ends_the_wait_when_the_next_job_falls_due() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    for (n, due_in) in [(1, 3000), (2, 1500)] {
+        let at = chrono::DateTime::from_timestamp_millis(redis_now(q).await + due_in).unwrap();
+        q.enqueue(&jobs::stage(n), Some(at), 3).await.unwrap();
+    }
+    let wait = wait_of(q, "w1", Duration::from_secs(60)).await;
+    assert!(
+        wait <= Duration::from_millis(1500) && wait > Duration::from_millis(1000),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
+async fn fetch_ends_the_wait_when_a_retry_or_a_lease_falls_due() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let retrying = leased(q, 1, 3).await;
+    ack(q, &retrying, retry_in(Duration::from_secs(2))).await;
+    let wait = wait_of(q, "w1", Duration::from_secs(60)).await;
+    assert!(
+        wait <= Duration::from_secs(2) && wait > Duration::from_secs(1),
+        "{wait:?}"
+    );
+    // A lease that runs out in 1 s (another worker's): its job is recovered then.
+    q.enqueue(&jobs::stage(2), None, 3).await.unwrap();
+    assert_eq!(
+        q.fetch("w2", Duration::from_secs(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let wait = wait_of(q, "w1", Duration::from_secs(60)).await;
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+}
+
+#[tokio::test]
+async fn fetch_of_a_paused_queue_registers_for_the_whole_wait() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let retrying = leased(q, 1, 3).await;
+    ack(q, &retrying, retry_in(Duration::from_secs(1))).await;
+    q.pause().await.unwrap();
+    assert_eq!(
+        wait_of(q, "w1", Duration::from_secs(5)).await,
+        Duration::from_secs(5)
+    );
+    assert_eq!(idle_members(q).await.len(), 1);
+}
+
+#[tokio::test]
+async fn fetch_of_a_new_queue_registers_the_worker() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    assert_eq!(
+        wait_of(q, "w1", Duration::from_secs(5)).await,
+        Duration::from_secs(5)
+    );
+    q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    assert_eq!(tokens(q).await, 1, "the first enqueue wakes the worker");
+}
+
+#[tokio::test]
+async fn fetch_drops_registrations_whose_wait_ended() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    let _: () = q
+        .connection()
+        .zadd(
+            format!("{}idle", q.prefix()),
+            "gone",
+            redis_now(q).await - 1,
+        )
+        .await
+        .unwrap();
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    let names: Vec<String> = idle_members(q).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(names, ["w1"]);
+}
+
+#[tokio::test]
+async fn enqueue_wakes_every_waiting_worker_once() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    wait_of(q, "w2", Duration::from_secs(5)).await;
+    // A registration whose wait ended gets no token.
+    let _: () = q
+        .connection()
+        .zadd(
+            format!("{}idle", q.prefix()),
+            "gone",
+            redis_now(q).await - 1,
+        )
+        .await
+        .unwrap();
+    q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    assert_eq!(tokens(q).await, 2);
+    assert!(!exists(q, "idle").await, "woken workers register again");
+    q.enqueue(&jobs::stage(2), None, 3).await.unwrap();
+    assert_eq!(tokens(q).await, 2, "nobody waits any more");
+}
+
+#[tokio::test]
+async fn enqueue_of_a_delayed_job_wakes_waiting_workers_too() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    let at = chrono::DateTime::from_timestamp_millis(redis_now(q).await + 1000).unwrap();
+    q.enqueue(&jobs::stage(1), Some(at), 3).await.unwrap();
+    assert_eq!(
+        tokens(q).await,
+        1,
+        "its wait may end later than the job falls due"
+    );
+}
+
+#[tokio::test]
+async fn enqueue_that_creates_nothing_wakes_nobody() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    empty_queue(q).await;
+    let job = jobs::stage(1);
+    q.enqueue(&job, None, 3).await.unwrap();
+    q.fetch("w9", LEASE, 10).await.unwrap();
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    assert!(!q.enqueue(&job, None, 3).await.unwrap().created);
+    assert_eq!(tokens(q).await, 0);
+}
+
+#[tokio::test]
+async fn ack_of_successes_wakes_nobody() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = leased(q, 1, 3).await;
+    wait_of(q, "w2", Duration::from_secs(5)).await;
+    ack(q, &job, AckOutcome::Done).await;
+    assert_eq!(tokens(q).await, 0);
+    assert_eq!(idle_members(q).await.len(), 1);
+}
+
+#[tokio::test]
+async fn ack_wakes_waiting_workers_for_release_retry_and_defer() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let outcomes = [
+        AckOutcome::Release {
+            message: "shutdown".into(),
+        },
+        retry_in(Duration::from_secs(60)),
+        AckOutcome::Defer {
+            delay: Duration::from_secs(60),
+            message: "locked".into(),
+        },
+    ];
+    for (n, outcome) in outcomes.into_iter().enumerate() {
+        let job = leased(q, n, 3).await;
+        wait_of(q, "w2", Duration::from_secs(5)).await;
+        let before = tokens(q).await;
+        ack(q, &job, outcome.clone()).await;
+        assert_eq!(tokens(q).await, before + 1, "{outcome:?}");
+        if matches!(outcome, AckOutcome::Release { .. }) {
+            // The released job is queued again: lease it, so the next fetch finds nothing.
+            assert_eq!(q.fetch("w9", LEASE, 10).await.unwrap().len(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_wakes_waiting_workers() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = dead_job(q, 1).await;
+    wait_of(q, "w2", Duration::from_secs(5)).await;
+    assert_eq!(
+        q.retry(std::slice::from_ref(&job.id), "again")
+            .await
+            .unwrap(),
+        ["queued"]
+    );
+    assert_eq!(tokens(q).await, 1);
+}
+
+#[tokio::test]
+async fn wake_on_resume_wakes_the_workers_a_pause_kept_waiting() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    q.pause().await.unwrap();
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    q.resume().await.unwrap();
+    assert_eq!(tokens(q).await, 1);
+    assert_eq!(
+        call::<u64>(q, "wake", &[]).await.unwrap(),
+        0,
+        "nobody waits now"
+    );
+}
+
+#[tokio::test]
+async fn fetch_wakes_others_when_it_queues_more_due_jobs_than_it_takes() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let at = chrono::DateTime::from_timestamp_millis(redis_now(q).await + 100).unwrap();
+    let due: Vec<_> = (1..=3).map(jobs::stage).collect();
+    q.enqueue_bulk(&due, Some(at), 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another worker waits (registered by hand: a fetch would take the due jobs).
+    let waiting = async || {
+        let _: () = q
+            .connection()
+            .zadd(
+                format!("{}idle", q.prefix()),
+                "w2",
+                redis_now(q).await + 5000,
+            )
+            .await
+            .unwrap();
+    };
+    waiting().await;
+    assert_eq!(q.fetch("w1", LEASE, 1).await.unwrap().len(), 1);
+    assert_eq!(tokens(q).await, 1, "two due jobs are left for others");
+    // Taking what is queued, with no job falling due, wakes nobody.
+    waiting().await;
+    assert_eq!(q.fetch("w1", LEASE, 10).await.unwrap().len(), 2);
+    assert_eq!(tokens(q).await, 1);
+}
+
+#[tokio::test]
+async fn wait_for_wake_returns_on_a_token_and_times_out_without() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let mut blocking = q.connection().dedicated().await.unwrap();
+    let start = std::time::Instant::now();
+    assert!(
+        !q.wait_for_wake(&mut blocking, Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    assert!(start.elapsed() >= Duration::from_millis(150));
+    empty_queue(q).await;
+    wait_of(q, "w1", Duration::from_secs(5)).await;
+    q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    assert!(
+        q.wait_for_wake(&mut blocking, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// purge.lua with `keep` (docs/wire-format.md, "Retention")
+
+#[tokio::test]
+async fn purge_keeps_the_newest_done_jobs() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let mut done = Vec::new();
+    for n in 0..5 {
+        done.push(done_job(q, n).await.id);
+    }
+    let keep_two = atr_dist::queue::Retention {
+        max_age_secs: None,
+        max_jobs: Some(2),
+    };
+    assert_eq!(
+        q.retention_step(JobState::Done, keep_two, 100)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(list(q, "done").await, done[3..]);
+    assert_eq!(record(q, &done[0]).await, None);
+    assert_eq!(
+        q.retention_step(JobState::Done, keep_two, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(total(q, "purged").await, 3);
+}
+
+#[tokio::test]
+async fn purge_takes_done_jobs_beyond_keep_in_steps_of_limit() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    for n in 0..5 {
+        done_job(q, n).await;
+    }
+    let keep_one = atr_dist::queue::Retention {
+        max_age_secs: None,
+        max_jobs: Some(1),
+    };
+    assert_eq!(
+        q.retention_step(JobState::Done, keep_one, 3).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        q.retention_step(JobState::Done, keep_one, 3).await.unwrap(),
+        1
+    );
+    assert_eq!(list(q, "done").await.len(), 1);
+}
+
+#[tokio::test]
+async fn purge_keeps_the_newest_dead_and_cancelled_jobs() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let mut dead = Vec::new();
+    for n in 0..4 {
+        dead.push(dead_job(q, n).await.id);
+        // Distinct scores: each later than the one before.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let keep = |n| atr_dist::queue::Retention {
+        max_age_secs: None,
+        max_jobs: Some(n),
+    };
+    assert_eq!(
+        q.retention_step(JobState::Dead, keep(3), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(score(q, "dead", &dead[0]).await, None);
+    assert!(score(q, "dead", &dead[1]).await.is_some());
+    // More than `limit` beyond: `limit` of them.
+    assert_eq!(
+        q.retention_step(JobState::Dead, keep(0), 2).await.unwrap(),
+        2
+    );
+    assert!(score(q, "dead", &dead[3]).await.is_some());
+    let job = q.enqueue(&jobs::stage(9), None, 3).await.unwrap();
+    q.cancel(std::slice::from_ref(&job.id), "no").await.unwrap();
+    assert_eq!(
+        q.retention_step(JobState::Cancelled, keep(1), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        q.retention_step(JobState::Cancelled, keep(0), 100)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn purge_by_age_takes_more_than_keep_would() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    for n in 0..3 {
+        dead_job(q, n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rule = atr_dist::queue::Retention {
+        max_age_secs: Some(0),
+        max_jobs: Some(2),
+    };
+    assert_eq!(
+        q.retention_step(JobState::Dead, rule, 100).await.unwrap(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn purge_refuses_a_keep_that_is_not_a_count() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let err = call::<u64>(q, "purge", &strings(&["done", "0", "10", "-1"]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("keep must be"), "{err}");
+}
+
+#[tokio::test]
+async fn stats_show_the_announced_retention() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    assert!(q.stats().await.unwrap().retention.is_empty());
+    let rules = atr_dist::queue::pool::retention_rules(&Default::default());
+    q.announce_retention(&rules).await.unwrap();
+    let shown = q.stats().await.unwrap().retention;
+    assert_eq!(shown.len(), 3);
+    assert_eq!(
+        shown[&JobState::Done],
+        atr_dist::queue::Retention {
+            max_age_secs: Some(7 * 86_400),
+            max_jobs: Some(100_000),
+        }
+    );
+    assert_eq!(
+        shown[&JobState::Dead].describe(),
+        "90 day(s) or the newest 10000, whichever is fewer"
+    );
+}

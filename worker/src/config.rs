@@ -52,6 +52,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub worker: WorkerConfig,
     pub retry: RetryConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
     pub revisions: RevisionsConfig,
     pub platforms: PlatformsConfig,
@@ -276,6 +277,56 @@ impl WorkerConfig {
             scratch: self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
             memory_limit: self.seal_memory_bytes,
         }
+    }
+}
+
+/// How long finished jobs stay in Redis (docs/wire-format.md, "Retention"): workers delete,
+/// in small steps, the jobs of each finished state that are older than its age limit or
+/// beyond its newest `max_jobs`, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub done: KeepConfig,
+    pub dead: KeepConfig,
+    pub cancelled: KeepConfig,
+}
+
+/// One finished state's limits; 0 = no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepConfig {
+    /// Days a job is kept after it entered the state.
+    pub max_age_days: u64,
+    /// The newest jobs of the state kept; older ones go.
+    pub max_jobs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            done: KeepConfig {
+                max_age_days: 7,
+                max_jobs: 100_000,
+            },
+            dead: KeepConfig {
+                max_age_days: 90,
+                max_jobs: 10_000,
+            },
+            cancelled: KeepConfig {
+                max_age_days: 90,
+                max_jobs: 10_000,
+            },
+        }
+    }
+}
+
+impl KeepConfig {
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.max_age_days > 0).then(|| Duration::from_secs(self.max_age_days * 86_400))
+    }
+
+    pub fn max_jobs(&self) -> Option<u64> {
+        (self.max_jobs > 0).then_some(self.max_jobs)
     }
 }
 

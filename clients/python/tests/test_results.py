@@ -25,7 +25,8 @@ def lease(client: redis.Redis, queue: str) -> tuple[str, str]:
     """Leases the next job as a worker would: (id, lease token)."""
     prefix = f"atr-dist:{{{queue}}}:"
     reply = client.eval(script_source("fetch"), 1, prefix + "queued", prefix, "w1", 60000, 1)
-    return reply[1].decode(), reply[2].decode()
+    # now_ms and wait_ms come first.
+    return reply[2].decode(), reply[3].decode()
 
 
 def ack_done(client: redis.Redis, queue: str, job_id: str, token: str, report: dict[str, Any]):
@@ -147,8 +148,8 @@ def test_one_entry_names_the_jobs_one_ack_ended_and_is_acked_with_the_last(
     second = producer.enqueue_stage(**{**stage_args, "version": "0.2.0"})
     prefix = f"atr-dist:{{{queue}}}:"
     reply = redis_client.eval(script_source("fetch"), 1, prefix + "queued", prefix, "w1", 60000, 2)
-    (a, lease_a), (b, lease_b) = (reply[1].decode(), reply[2].decode()), (
-        reply[4].decode(), reply[5].decode())
+    (a, lease_a), (b, lease_b) = (reply[2].decode(), reply[3].decode()), (
+        reply[5].decode(), reply[6].decode())
     # Both succeed in one ack; only the first has a report.
     redis_client.eval(script_source("ack"), 1, prefix + "queued", prefix, 2,
                       a, lease_a, json.dumps(REPORT), b, lease_b, "")

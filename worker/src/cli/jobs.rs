@@ -381,6 +381,16 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
                 hour(|m| m.dead),
                 stats.workers
             );
+            if stats.retention.is_empty() {
+                outln!("retention: not announced yet (no worker has started on this queue)");
+            }
+            for (state, rule) in &stats.retention {
+                outln!("retention of {state} jobs: {}", rule.describe());
+            }
+            outln!(
+                "purged since the queue was created: {}",
+                stats.totals.get("purged").copied().unwrap_or(0)
+            );
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Pause => {

@@ -24,6 +24,9 @@ const ENVELOPE: usize = SUMMARY_HASHES.len();
 /// (A done job's finishing time is in its record.)
 const SCORED_SETS: [&str; 4] = ["scheduled", "retrying", "dead", "cancelled"];
 
+/// An age in ms that no job reaches (2^53: exact in Lua's numbers, about 285,000 years).
+const NO_AGE_LIMIT_MS: u64 = 1 << 53;
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobSummary {
     pub id: String,
@@ -134,6 +137,57 @@ pub struct QueueStats {
     pub last_hour: Vec<MinuteStats>,
     /// Workers with a live heartbeat.
     pub workers: u64,
+    /// The retention the workers apply to each finished state, as the last worker to start
+    /// announced it (docs/wire-format.md, "Retention"); empty before any did. How many jobs
+    /// it deleted is the `purged` total.
+    pub retention: BTreeMap<JobState, Retention>,
+}
+
+/// How long the jobs of one finished state are kept: those older than `max_age_secs` or
+/// beyond the newest `max_jobs` go, whichever comes first. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_secs: Option<u64>,
+    pub max_jobs: Option<u64>,
+}
+
+impl Retention {
+    /// As kept in the `retention` hash: `<max_age_ms> <max_jobs>`, 0 for no limit.
+    fn to_field(self) -> String {
+        format!(
+            "{} {}",
+            self.max_age_secs.map_or(0, |s| s.saturating_mul(1000)),
+            self.max_jobs.unwrap_or(0)
+        )
+    }
+
+    fn from_field(text: &str) -> Option<Retention> {
+        let (age, jobs) = text.split_once(' ')?;
+        let age: u64 = age.parse().ok()?;
+        let jobs: u64 = jobs.parse().ok()?;
+        Some(Retention {
+            max_age_secs: (age > 0).then_some(age / 1000),
+            max_jobs: (jobs > 0).then_some(jobs),
+        })
+    }
+
+    /// In words, for `queue stats`.
+    pub fn describe(&self) -> String {
+        let age = self.max_age_secs.map(|s| {
+            let days = s / 86_400;
+            if days > 0 && s % 86_400 == 0 {
+                format!("{days} day(s)")
+            } else {
+                format!("{s} s")
+            }
+        });
+        match (age, self.max_jobs) {
+            (Some(age), Some(n)) => format!("{age} or the newest {n}, whichever is fewer"),
+            (Some(age), None) => age,
+            (None, Some(n)) => format!("the newest {n}"),
+            (None, None) => "kept until purged".to_owned(),
+        }
+    }
 }
 
 fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -480,6 +534,14 @@ impl Queue {
 
     pub async fn resume(&self) -> Result<(), QueueError> {
         let _: () = self.conn.clone().del(self.key("paused")).await?;
+        // Workers that found the queue paused wait for a wake-up: no script that makes work
+        // ready runs while nothing is queued, so resuming wakes them itself.
+        let _: u64 = SCRIPTS
+            .wake
+            .key(self.key("queued"))
+            .arg(&self.prefix)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 
@@ -555,6 +617,12 @@ impl Queue {
             None => None,
         };
         let workers = self.live_workers().await?;
+        let announced: BTreeMap<String, String> =
+            self.conn.clone().hgetall(self.key("retention")).await?;
+        let retention = announced
+            .iter()
+            .filter_map(|(state, rule)| Some((state.parse().ok()?, Retention::from_field(rule)?)))
+            .collect();
         Ok(QueueStats {
             queue: self.name.clone(),
             paused,
@@ -563,7 +631,56 @@ impl Queue {
             totals,
             last_hour,
             workers,
+            retention,
         })
+    }
+
+    /// Records the retention this worker applies, for `queue stats`.
+    pub async fn announce_retention(
+        &self,
+        rules: &[(JobState, Retention)],
+    ) -> Result<(), QueueError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.key("retention"));
+        for (state, rule) in rules {
+            cmd.arg(state.as_str()).arg(rule.to_field());
+        }
+        let _: () = cmd.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// One bounded step of retention: deletes at most `limit` (1 to 1000) jobs of the
+    /// terminal `state` that are older than the rule's age or beyond its newest jobs, oldest
+    /// first. Returns how many it deleted; fewer than `limit` means none is left to delete.
+    pub async fn retention_step(
+        &self,
+        state: JobState,
+        rule: Retention,
+        limit: u64,
+    ) -> Result<u64, QueueError> {
+        if !state.is_terminal() {
+            return Err(QueueError::NotNow(format!(
+                "only done, dead or cancelled jobs are kept for a time, not {state}"
+            )));
+        }
+        // No age limit: an age no job reaches.
+        let older_than_ms = rule.max_age_secs.map_or(NO_AGE_LIMIT_MS, |s| {
+            s.saturating_mul(1000).min(NO_AGE_LIMIT_MS)
+        });
+        let keep = rule.max_jobs.map(|n| n.to_string()).unwrap_or_default();
+        Ok(SCRIPTS
+            .purge
+            .key(self.key("queued"))
+            .arg(&self.prefix)
+            .arg(state.as_str())
+            .arg(older_than_ms)
+            .arg(limit.clamp(1, 1000))
+            .arg(keep)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
     }
 
     /// Workers whose heartbeat has not run out.

@@ -19,7 +19,9 @@ use atr_dist_shared::{Envelope, ErrorClass};
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
+pub use admin::{
+    JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats, Retention,
+};
 pub use conn::RedisConn;
 pub use migrate::{FORMAT, MigrationReport};
 pub use scripts::ENQUEUE_LUA;
@@ -79,6 +81,15 @@ pub struct RawJob {
     pub envelope: String,
     pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: u32,
+}
+
+/// What one `fetch.lua` call gave a worker: jobs, or how long it may wait for a wake-up.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub jobs: Vec<Leased>,
+    /// How long the worker may block in `Queue::wait_for_wake` before it fetches again:
+    /// zero when jobs were leased or no wait was asked for.
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,6 +409,22 @@ impl Queue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Leased>, QueueError> {
+        Ok(self
+            .fetch_or_wait(worker, lease, max, Duration::ZERO)
+            .await?
+            .jobs)
+    }
+
+    /// Leases up to `max` jobs to `worker` for `lease`; when there is none, registers the
+    /// worker as waiting for work for at most `wait` (`ZERO`: not at all), and says how long
+    /// it may block in `wait_for_wake` (docs/wire-format.md, "Waking idle workers").
+    pub async fn fetch_or_wait(
+        &self,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Fetched, QueueError> {
         let reply: Vec<Value> = SCRIPTS
             .fetch
             .key(&self.queued_key)
@@ -405,12 +432,14 @@ impl Queue {
             .arg(worker)
             .arg(lease.as_millis() as u64)
             .arg(max.clamp(1, 1000))
+            .arg(wait.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let Some((now, jobs)) = reply.split_first() else {
-            return Err(protocol("fetch.lua", "empty reply"));
+        let [now, wait, jobs @ ..] = reply.as_slice() else {
+            return Err(protocol("fetch.lua", "reply without now_ms and wait_ms"));
         };
         let now: i64 = redis::from_redis_value_ref(now)?;
+        let wait: u64 = redis::from_redis_value_ref(wait)?;
         let mut out = Vec::with_capacity(jobs.len() / 3);
         // Each job's envelope batch, in `out`'s order.
         let mut batches = Vec::with_capacity(jobs.len() / 3);
@@ -457,7 +486,29 @@ impl Queue {
             job.envelope = envelope.unwrap_or_default();
         }
         self.check_identities(&mut out).await?;
-        Ok(out)
+        Ok(Fetched {
+            jobs: out,
+            wait: Duration::from_millis(wait),
+        })
+    }
+
+    /// Blocks on `conn`, a connection of its own (`RedisConn::dedicated`), until a script
+    /// that made work ready wakes this worker, or `wait` (at most `conn::LONGEST_BLOCK`)
+    /// has passed. True when woken.
+    pub async fn wait_for_wake(
+        &self,
+        conn: &mut RedisConn,
+        wait: Duration,
+    ) -> Result<bool, QueueError> {
+        let wait = wait.min(conn::LONGEST_BLOCK);
+        // BLPOP's timeout is in seconds, with decimals; 0 would mean forever.
+        let secs = (wait.as_millis().max(1) as f64) / 1000.0;
+        let token: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(format!("{}wake", self.prefix))
+            .arg(secs)
+            .query_async(conn)
+            .await?;
+        Ok(token.is_some())
     }
 
     /// Marks the leased jobs whose envelope names another job id, or another idempotency

@@ -18,14 +18,14 @@ use apalis_core::monitor::Monitor;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
-use atr_dist_shared::{Envelope, ErrorClass};
+use atr_dist_shared::{Envelope, ErrorClass, JobState};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::RedisBackend;
-use super::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, QueueError, backoff};
-use crate::config::RetryConfig;
+use super::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, QueueError, Retention, backoff};
+use crate::config::{RetentionConfig, RetryConfig};
 
 /// Why an attempt failed, and so what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,20 +159,33 @@ pub trait JobHandler: Send + Sync + 'static {
     }
 }
 
+/// The longest an idle worker waits between fetches (`PoolConfig::idle_wait`).
+pub const IDLE_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct PoolConfig {
     /// Jobs run at once in this process.
     pub concurrency: usize,
     pub lease: Duration,
+    /// Most jobs leased per fetch; each fetch is also capped by the pool's free room (twice
+    /// its concurrency, less what it holds), so a large value adapts to the pool.
     pub fetch_batch: usize,
-    /// Longest sleep between fetches while the queue is empty.
-    pub idle_poll: Duration,
+    /// Longest wait between fetches while there is nothing to run. Idle workers are woken
+    /// when work arrives and when the next scheduled job, retry or lease falls due; this
+    /// bounds the wait should a wake-up be lost (a Redis restart).
+    pub idle_wait: Duration,
+    /// Wait for wake-ups (`BLPOP` on a connection of its own) rather than poll: polling
+    /// starts at 5 ms and backs off to `idle_wait`. Off only for a Redis that does not serve
+    /// blocking commands, and to measure what the wake-ups change.
+    pub wake_ups: bool,
     /// Longest one attempt may run before it counts as a transient failure.
     pub job_timeout: Duration,
     /// On shutdown, how long running jobs get before they are released.
     pub shutdown_timeout: Duration,
     /// Backoff policy per job.
     pub retry: Arc<dyn Fn(&Envelope) -> RetryConfig + Send + Sync>,
+    /// How long finished jobs are kept; the pool deletes older ones in small steps.
+    pub retention: RetentionConfig,
 }
 
 impl PoolConfig {
@@ -182,9 +195,11 @@ impl PoolConfig {
             concurrency: config.worker.concurrency,
             lease: config.lease(),
             fetch_batch: config.worker.fetch_batch,
-            idle_poll: Duration::from_millis(250),
+            idle_wait: IDLE_WAIT,
+            wake_ups: true,
             job_timeout: Duration::from_secs(config.worker.job_timeout_secs),
             shutdown_timeout: Duration::from_secs(config.worker.shutdown_timeout_secs),
+            retention: config.retention,
             retry: Arc::new(move |env: &Envelope| config.retry_for(env.distribution().platform)),
         }
     }
@@ -470,6 +485,73 @@ async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// How often a pool applies the retention; each round deletes until nothing is left to.
+const RETENTION_PERIOD: Duration = Duration::from_secs(10);
+/// Jobs deleted per `purge.lua` call: a call of this size takes Redis well under a
+/// millisecond, so retention never holds up fetches and acks for long.
+const RETENTION_STEP: u64 = 100;
+
+/// The retention rules of `config`, per finished state.
+pub fn retention_rules(config: &RetentionConfig) -> [(JobState, Retention); 3] {
+    let rule = |keep: &crate::config::KeepConfig| Retention {
+        max_age_secs: keep.max_age().map(|d| d.as_secs()),
+        max_jobs: keep.max_jobs(),
+    };
+    [
+        (JobState::Done, rule(&config.done)),
+        (JobState::Dead, rule(&config.dead)),
+        (JobState::Cancelled, rule(&config.cancelled)),
+    ]
+}
+
+/// Deletes finished jobs past the retention, every `RETENTION_PERIOD` (the first round soon
+/// after the start, spread so that workers started together do not run theirs at once), in
+/// steps of `RETENTION_STEP` jobs. Several workers may trim one queue at once: each step is
+/// one script call, and a job deleted by one is not found by the other.
+async fn run_retention(shared: Arc<Shared>, stop: CancellationToken) {
+    let rules = retention_rules(&shared.config.retention);
+    let mut pause = Duration::from_millis(fastrand::u64(0..=1000));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = RETENTION_PERIOD;
+        for (state, rule) in rules {
+            if rule == Retention::default() {
+                continue;
+            }
+            let mut deleted = 0;
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match shared
+                    .queue
+                    .retention_step(state, rule, RETENTION_STEP)
+                    .await
+                {
+                    Ok(n) => {
+                        deleted += n;
+                        if n < RETENTION_STEP {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %state, "deleting finished jobs past their retention failed; trying again in {RETENTION_PERIOD:?}");
+                        break;
+                    }
+                }
+                // Let fetches and acks in between.
+                tokio::task::yield_now().await;
+            }
+            if deleted > 0 {
+                tracing::debug!(%state, deleted, "deleted finished jobs past their retention");
+            }
+        }
+    }
+}
+
 /// Runs one attempt and acks it. Always returns Ok to apalis: the outcome is in Redis.
 async fn run_job<H: JobHandler>(
     job: Leased,
@@ -671,9 +753,13 @@ pub async fn run<H: JobHandler>(
     queue.check_format().await?;
     // Register with a first heartbeat so operators see the worker at once.
     queue.heartbeat(&worker_id, config.lease, &[]).await?;
+    queue
+        .announce_retention(&retention_rules(&config.retention))
+        .await?;
     let acker = tokio::spawn(run_acker(Arc::downgrade(&shared), ack_rx));
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(run_heartbeat(Arc::clone(&shared), stop_heartbeat.clone()));
+    let retention = tokio::spawn(run_retention(Arc::clone(&shared), stop_heartbeat.clone()));
     on_start(PoolHandle {
         worker_id: worker_id.clone(),
         shared: Arc::clone(&shared),
@@ -681,12 +767,21 @@ pub async fn run<H: JobHandler>(
     tracing::info!(worker = %worker_id, queue = queue.name(), concurrency = config.concurrency, "worker pool started");
 
     let monitor_shared = Arc::clone(&shared);
+    // Idle waits block on a connection of their own.
+    let blocking = if config.wake_ups {
+        Some(queue.connection().dedicated().await?)
+    } else {
+        None
+    };
     let concurrency = config.concurrency;
     let drained = Arc::clone(&handler);
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(format!("atr-dist-{}", monitor_shared.worker_id))
-                .backend(RedisBackend::new(Arc::clone(&monitor_shared)))
+                .backend(RedisBackend::new(
+                    Arc::clone(&monitor_shared),
+                    blocking.clone(),
+                ))
                 .data(Arc::clone(&monitor_shared))
                 .data(Arc::clone(&handler))
                 .concurrency(concurrency)
@@ -725,6 +820,7 @@ pub async fn run<H: JobHandler>(
     }
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    let _ = retention.await;
     drop(shared);
     acker.abort();
     tracing::info!(worker = %worker_id, "worker pool stopped");

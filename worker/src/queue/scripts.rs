@@ -16,6 +16,7 @@ pub struct Scripts {
     pub lock: Script,
     pub migrate: Script,
     pub note: Script,
+    pub wake: Script,
 }
 
 pub const ENQUEUE_LUA: &str = include_str!("../../../lua/enqueue.lua");
@@ -31,4 +32,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     lock: Script::new(include_str!("../../../lua/lock.lua")),
     migrate: Script::new(include_str!("../../../lua/migrate.lua")),
     note: Script::new(include_str!("../../../lua/note.lua")),
+    wake: Script::new(include_str!("../../../lua/wake.lua")),
 });
