@@ -176,7 +176,8 @@ def test_lifecycle_walks_read_as_documented(
                                   max_attempts=walk["max_attempts"])
         elif "fetch" in step:
             reply = _call(redis_client, prefix, "fetch", "conformance", 60000, step["fetch"])
-            leased = [(_text(reply[k]), _text(reply[k + 1])) for k in range(1, len(reply), 3)]
+            # now_ms and wait_ms, then 3 values per leased job.
+            leased = [(_text(reply[k]), _text(reply[k + 1])) for k in range(2, len(reply), 3)]
             assert [_name(i) for i, _ in leased] == step["leased"], at
             leases.update({_name(i): token for i, token in leased})
         elif "ack" in step:
