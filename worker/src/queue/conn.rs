@@ -14,7 +14,8 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager, redis::Client),
-    Cluster(ClusterConnection, ClusterClient),
+    /// The client is kept to open dedicated connections; boxed, as it is large.
+    Cluster(ClusterConnection, Box<ClusterClient>),
 }
 
 /// Longest a blocking command may wait on a connection of `RedisConn`: below the response
@@ -31,7 +32,7 @@ impl RedisConn {
                 .build()?;
             return Ok(RedisConn::Cluster(
                 client.get_async_connection().await?,
-                client,
+                Box::new(client),
             ));
         }
         let client = redis::Client::open(url)?;
