@@ -74,7 +74,7 @@ async fn harness(
 }
 
 async fn lock_held(h: &Harness) -> bool {
-    let key = format!("{}lock:{}", h.t.queue.prefix(), dist().key().lock_id());
+    let key = h.t.queue.lock_key(&dist().key().lock_id());
     let exists: bool = h.t.queue.connection().exists(key).await.unwrap();
     exists
 }

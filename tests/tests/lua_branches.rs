@@ -1878,32 +1878,29 @@ fn owner(lease: &Lease) -> String {
 }
 
 async fn lock_value(q: &Queue) -> Option<String> {
-    q.connection()
-        .get(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap()
+    q.connection().get(q.lock_key(LOCK)).await.unwrap()
 }
 
 async fn lock_pttl(q: &Queue) -> i64 {
-    q.connection()
-        .pttl(format!("{}lock:{LOCK}", q.prefix()))
+    q.connection().pttl(q.lock_key(LOCK)).await.unwrap()
+}
+
+/// lock.lua as docs/wire-format.md gives it: the lock's own key, then op, owner, ttl_ms.
+async fn lock_call<T: redis::FromRedisValue>(q: &Queue, args: &[String]) -> Result<T, String> {
+    let s = script("lock");
+    let mut inv = s.key(q.lock_key(LOCK));
+    for a in args {
+        inv.arg(a);
+    }
+    inv.invoke_async(&mut q.connection())
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())
 }
 
 async fn lock_op(q: &Queue, op: &str, lease: &Lease, ttl_ms: u64) -> (i64, String) {
-    call(
-        q,
-        "lock",
-        &[
-            op.to_owned(),
-            LOCK.to_owned(),
-            owner(lease),
-            ttl_ms.to_string(),
-        ],
-    )
-    .await
-    .unwrap()
+    lock_call(q, &[op.to_owned(), owner(lease), ttl_ms.to_string()])
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -1968,11 +1965,7 @@ async fn lock_renew_fails_once_another_attempt_holds_it() {
 
     // The guard's renewal sees it, and says so through `lost`.
     let c = attempt("job-c", 1, "w3");
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     let guard = q
         .try_lock(LOCK, &c, Duration::from_millis(300))
         .await
@@ -1980,7 +1973,7 @@ async fn lock_renew_fails_once_another_attempt_holds_it() {
         .expect("free");
     let _: () = q
         .connection()
-        .set(format!("{}lock:{LOCK}", q.prefix()), owner(&a))
+        .set(q.lock_key(LOCK), owner(&a))
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), guard.lost.cancelled())
@@ -2064,11 +2057,7 @@ async fn lock_release_leaves_another_attempts_lock_alone() {
     lock_op(q, "acquire", &b, 60_000).await;
     assert_eq!(lock_op(q, "release", &a, 60_000).await, (0, owner(&b)));
     assert_eq!(lock_value(q).await, Some(owner(&b)));
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     assert_eq!(lock_op(q, "release", &a, 60_000).await, (0, String::new()));
 }
 
@@ -2083,7 +2072,7 @@ async fn lock_check_confirms_the_holder_and_extends_nothing() {
         .unwrap()
         .expect("free");
     let _: () = redis::cmd("PEXPIRE")
-        .arg(format!("{}lock:{LOCK}", q.prefix()))
+        .arg(q.lock_key(LOCK))
         .arg(50_000)
         .query_async(&mut q.connection())
         .await
@@ -2108,7 +2097,7 @@ async fn lock_check_fails_once_another_attempt_holds_it() {
         .expect("free");
     let _: () = q
         .connection()
-        .set(format!("{}lock:{LOCK}", q.prefix()), owner(&b))
+        .set(q.lock_key(LOCK), owner(&b))
         .await
         .unwrap();
     match guard.check().await {
@@ -2138,11 +2127,7 @@ async fn lock_check_fails_once_the_lock_expired() {
         .await
         .unwrap()
         .expect("free");
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     assert!(matches!(guard.check().await, Err(LockLost::Expired { .. })));
     assert_eq!(lock_value(q).await, None, "check takes nothing");
 }
@@ -2151,7 +2136,7 @@ async fn lock_check_fails_once_the_lock_expired() {
 async fn lock_refuses_an_unknown_op() {
     let t = TestQueue::new().await;
     let q = &t.queue;
-    let err = call::<Value>(q, "lock", &strings(&["steal", LOCK, "job-a 1", "1000"]))
+    let err = lock_call::<Value>(q, &strings(&["steal", "job-a 1", "1000"]))
         .await
         .unwrap_err();
     assert!(err.contains("unknown op steal"), "{err}");
