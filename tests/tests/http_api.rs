@@ -951,12 +951,26 @@ async fn metrics_follow_the_jobs_that_run() {
     }
     let done = format!("atr_dist_jobs{{queue=\"{name}\",state=\"done\"}}");
     assert_eq!(sample(&before, &done), Some(0.0));
-    let processed = "atr_dist_jobs_processed_total{kind=\"stage\",platform=\"NPM\"}";
+    // This process's series are there from the first scrape, every platform and kind of
+    // them, whether or not anything ran yet.
+    for series in [
+        "atr_dist_jobs_enqueued_total{kind=\"promote\",platform=\"HEX\"}",
+        "atr_dist_attempts_total{kind=\"promote\",platform=\"MAVEN\"}",
+        "atr_dist_attempts_failed_total{error_class=\"auth\",kind=\"stage\",platform=\"GITHUB\"}",
+        "atr_dist_attempt_duration_seconds_count{kind=\"promote\",platform=\"PYPI\"}",
+        "atr_dist_queue_latency_seconds_count{kind=\"promote\",platform=\"DOCKER_HUB\"}",
+    ] {
+        assert!(
+            sample(&before, series).is_some(),
+            "{series} missing:\n{before}"
+        );
+    }
+    let processed = "atr_dist_attempts_total{kind=\"stage\",platform=\"NPM\"}";
     let enqueued = "atr_dist_jobs_enqueued_total{kind=\"stage\",platform=\"NPM\"}";
     let duration = "atr_dist_attempt_duration_seconds_count{kind=\"stage\",platform=\"NPM\"}";
     let latency = "atr_dist_queue_latency_seconds_count{kind=\"stage\",platform=\"NPM\"}";
     let failed =
-        "atr_dist_jobs_failed_total{error_class=\"permanent\",kind=\"stage\",platform=\"NPM\"}";
+        "atr_dist_attempts_failed_total{error_class=\"permanent\",kind=\"stage\",platform=\"NPM\"}";
     // Other tests in this process run jobs too: compare before and after, not absolute values.
     let at = |text: &str, series: &str| sample(text, series).unwrap_or(0.0);
 

@@ -133,6 +133,10 @@ async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mut config = Config::load(cli.config.as_deref())?;
     crate::telemetry::init(&config.log);
+    if matches!(cli.command, Command::Run | Command::Serve) {
+        // Every metric series from the first scrape on.
+        crate::metrics::init();
+    }
     let config_for_adapters = config.clone();
     match cli.command {
         Command::Run => {

@@ -279,10 +279,7 @@ impl Queue {
         let out = self.enqueue_raw(&jobs).await?;
         for (e, result) in envelopes.iter().zip(&out) {
             if result.created {
-                crate::http::metrics::job_enqueued(
-                    e.kind().as_str(),
-                    e.distribution().platform.member_name(),
-                );
+                crate::metrics::job_enqueued(e.kind(), e.distribution().platform);
             }
         }
         Ok(out)
