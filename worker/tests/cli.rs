@@ -405,6 +405,44 @@ fn help_lists_the_exit_codes() {
     );
 }
 
+/// The README's two commands, `cargo run -- run` and `scripts/test`, build into one target
+/// directory with one profile, so that a newcomer compiles the dependencies once; `.ci/run`'s
+/// `CARGO_TARGET_DIR` still decides for both when it is set.
+#[test]
+fn the_readme_commands_share_one_build() {
+    let crate_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(crate_dir.join("..").join(path)).unwrap();
+    let readme = read("README.md");
+    let sh_blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    let runs: Vec<&str> = sh_blocks
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter(|l| l.starts_with("cargo run"))
+        .collect();
+    assert!(!runs.is_empty());
+    for line in runs {
+        assert!(
+            line.starts_with("cargo run -- "),
+            "a README command builds another profile: {line}"
+        );
+    }
+    assert!(sh_blocks.iter().any(|b| b.contains("scripts/test")));
+    assert!(
+        readme.contains("the first build takes about"),
+        "the README says how long the first build takes"
+    );
+    let test_script = read("scripts/test");
+    assert!(
+        !test_script.contains("CARGO_TARGET_DIR="),
+        "scripts/test must build where `cargo run` does, unless CARGO_TARGET_DIR is set"
+    );
+    assert!(read(".ci/run").contains("CARGO_TARGET_DIR=\"${CARGO_TARGET_DIR:-"));
+}
+
 #[test]
 fn config_lists_the_enabled_platforms_and_why() {
     let out = atr_dist().arg("config").output().unwrap();
