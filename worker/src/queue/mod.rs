@@ -19,7 +19,10 @@ use atr_dist_shared::{Envelope, ErrorClass};
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
+pub use admin::{
+    AdminAction, AdminReply, IdLookup, JobDetail, JobEvent, JobFilter, JobPage, JobSummary,
+    MinuteStats, PageLimit, QueueStats, SHORT_ID_LEN, ambiguous_id, short_id,
+};
 pub use conn::RedisConn;
 pub use migrate::{FORMAT, MigrationReport};
 pub use scripts::ENQUEUE_LUA;
