@@ -132,6 +132,18 @@ impl AdminReply {
     }
 }
 
+/// The reply as the scripts write it, which `parse` reads.
+impl std::fmt::Display for AdminReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminReply::Changed(state) => write!(f, "changed {state}"),
+            AdminReply::Unchanged(state) => write!(f, "unchanged {state}"),
+            AdminReply::Refused(state) => write!(f, "refused {state}"),
+            AdminReply::NotFound => f.write_str("not_found"),
+        }
+    }
+}
+
 /// The operator's actions on one job, for the words of their replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminAction {
@@ -931,6 +943,14 @@ mod tests {
             Some(AdminReply::Refused(JobState::Done))
         );
         assert_eq!(AdminReply::parse("not_found"), Some(AdminReply::NotFound));
+        for reply in [
+            AdminReply::Changed(JobState::Cancelled),
+            AdminReply::Unchanged(JobState::Scheduled),
+            AdminReply::Refused(JobState::Dead),
+            AdminReply::NotFound,
+        ] {
+            assert_eq!(AdminReply::parse(&reply.to_string()), Some(reply));
+        }
         for bad in ["queued", "changed", "changed lost", "moved queued", ""] {
             assert_eq!(AdminReply::parse(bad), None, "{bad:?}");
         }
