@@ -75,7 +75,7 @@ async fn every_end_is_reported_once_by_the_script_that_makes_it() {
     .unwrap();
     // The fourth is cancelled while it waits.
     let waiting = q
-        .list(&Default::default(), None, 100)
+        .list(&Default::default(), None, atr_dist_tests::cases::limit(100))
         .await
         .unwrap()
         .jobs

@@ -19,7 +19,10 @@ use atr_dist_shared::{Envelope, ErrorClass};
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-pub use admin::{JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats};
+pub use admin::{
+    AdminAction, AdminReply, IdLookup, JobDetail, JobEvent, JobFilter, JobPage, JobSummary,
+    MinuteStats, PageLimit, QueueStats, SHORT_ID_LEN, ambiguous_id, short_id,
+};
 pub use conn::RedisConn;
 pub use migrate::{FORMAT, MigrationReport};
 pub use scripts::ENQUEUE_LUA;
@@ -297,10 +300,7 @@ impl Queue {
         let out = self.enqueue_raw(&jobs).await?;
         for (e, result) in envelopes.iter().zip(&out) {
             if result.created {
-                crate::http::metrics::job_enqueued(
-                    e.kind().as_str(),
-                    e.distribution().platform.member_name(),
-                );
+                crate::metrics::job_enqueued(e.kind(), e.distribution().platform);
             }
         }
         Ok(out)
