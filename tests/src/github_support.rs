@@ -220,6 +220,11 @@ impl FakeGithub {
         self.state.lock().unwrap().faults.push(fault);
     }
 
+    /// Drops the faults not used up yet.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
     }

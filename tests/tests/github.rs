@@ -495,15 +495,32 @@ async fn rate_limits_are_waits() {
     assert_wait(&err, 60, 60, "secondary rate limit");
     assert!(gh.release("v1.0.0").is_none());
 
-    // A 429 with retry-after longer than the attempt's retry budget ends the attempt.
+    // A 429 is a wait at once, never retried inside the attempt: with retry-after, that
+    // long; with the limit used up, until its reset; without either, a minute.
+    let injected = || gh.seen().iter().filter(|s| s.injected).count();
+    let before = injected();
     gh.inject(
         Fault::answer("GET", "/releases/tags/", 429)
             .header("retry-after", "90")
-            .json(secondary.clone()),
+            .json(secondary.clone())
+            .times(10),
     );
     let err = a.read_staged(&key(), &version_tag()).await.unwrap_err();
     assert_wait(&err, 90, 90, "rate limit");
-    // A 429 without a time: retried inside the attempt, then a wait of a minute.
+    assert_eq!(injected(), before + 1, "asked once");
+    gh.clear_faults();
+    let reset = chrono::Utc::now().timestamp() + 300;
+    gh.inject(
+        Fault::answer("GET", "/releases/tags/", 429)
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset", &reset.to_string())
+            .json(json!({"message": "API rate limit exceeded"}))
+            .times(10),
+    );
+    let err = a.read_staged(&key(), &version_tag()).await.unwrap_err();
+    assert_wait(&err, 295, 302, "rate limit");
+    assert_eq!(injected(), before + 2, "asked once");
+    gh.clear_faults();
     gh.inject(
         Fault::answer("GET", "/releases/tags/", 429)
             .json(secondary)
@@ -511,6 +528,8 @@ async fn rate_limits_are_waits() {
     );
     let err = a.read_staged(&key(), &version_tag()).await.unwrap_err();
     assert_wait(&err, 60, 60, "rate limit");
+    assert_eq!(injected(), before + 3, "asked once");
+    gh.clear_faults();
 }
 
 /// Through the pipeline: an exhausted limit makes the job wait, spending no attempt, and

@@ -70,9 +70,9 @@
 //! release back (`write.rs`). GitHub's limits are waits, not failures
 //! ([`PlatformError::not_yet`]): a 403 or 429 with `x-ratelimit-remaining: 0` waits until
 //! `x-ratelimit-reset`; a secondary limit (403 or 429 saying so, or with `retry-after`)
-//! waits `retry-after`, or 60 s when GitHub names no time. A 429 is first retried inside
-//! the attempt by the HTTP client within its budget (`http.rs`), which sees no reset header;
-//! past the budget it waits `retry-after` or 60 s. Any other 403 means the token may not
+//! waits `retry-after`, or 60 s when GitHub names no time. A 429 is never retried inside
+//! the attempt (the hold rule [`rate_limited`] given to `PlatformHttp::holding`): asking
+//! again within seconds only spends the budget on refusals. Any other 403 means the token may not
 //! do this: an `auth` failure naming the permission GitHub asks for
 //! (`x-accepted-github-permissions`, `contents=write` for every write here). GitHub answers
 //! 404 instead of 403 where the token cannot see a private repository; creating the
@@ -316,6 +316,27 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().map(str::trim)
 }
 
+/// The hold rule (`PlatformHttp::holding`): a 429 waits until `x-ratelimit-reset` when the
+/// limit is used up, else `retry-after`, else [`SECONDARY_WAIT`]; never a retry inside the
+/// attempt. (A 403 is not retried anyway: `classify` tells a limit from a permission.)
+fn rate_limited(resp: &Response) -> Option<Duration> {
+    if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let headers = resp.headers();
+    if header_str(headers, "x-ratelimit-remaining") == Some("0") {
+        let reset = header_str(headers, "x-ratelimit-reset").and_then(|r| r.parse::<i64>().ok());
+        return Some(
+            reset
+                .map(|at| at - chrono::Utc::now().timestamp())
+                .filter(|secs| *secs > 0)
+                .map(|secs| Duration::from_secs(secs as u64 + 1))
+                .unwrap_or(Duration::from_secs(1)),
+        );
+    }
+    Some(retry_after(headers).unwrap_or(SECONDARY_WAIT))
+}
+
 /// GitHub's refusals, classed: rate limits are waits, a missing permission is `auth`
 /// naming it, the rest as `error_for` classes them. `create` marks the request that
 /// creates the release, where a 404 means the token cannot see or write the repository.
@@ -420,7 +441,7 @@ fn origin(url: &Url) -> String {
 impl GithubAdapter {
     pub fn new(s: GithubSettings) -> Result<GithubAdapter, PlatformError> {
         let api = with_slash(s.api);
-        let http = PlatformHttp::new(&[&api, &s.uploads], s.token)?;
+        let http = PlatformHttp::new(&[&api, &s.uploads], s.token)?.holding(rate_limited);
         Ok(GithubAdapter {
             http,
             api,

@@ -296,9 +296,17 @@ impl Queue {
         let when = |job: &RawJob| {
             (
                 job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0),
-                job.max_attempts.max(1),
+                job.max_attempts,
             )
         };
+        // The script refuses it too, but only for its own call: refused here, nothing of a
+        // bulk enqueue is sent.
+        if let Some(job) = jobs.iter().find(|job| job.max_attempts == 0) {
+            return Err(QueueError::Refused {
+                id: job.id.clone(),
+                reason: "max_attempts must be a whole number >= 1, not 0".into(),
+            });
+        }
         // `enqueue.lua` takes one run_at and max_attempts per call: one call per run of jobs
         // that share them, of at most ENQUEUE_CHUNK jobs.
         let calls: Vec<&[RawJob]> = jobs
