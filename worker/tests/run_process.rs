@@ -2,64 +2,14 @@
 //! stopped with SIGTERM (systemd, Kubernetes, `docker compose stop`) or killed, and a second
 //! one refused on one SQLite file.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod support;
+
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Commands;
 use rustix::process::{Pid, Signal, kill_process};
-use sea_orm::{ConnectionTrait, Database};
-
-/// The shared test Redis and PostgreSQL (scripts/services.sh), as tests/src/lib.rs reads them.
-fn redis_url() -> String {
-    std::env::var("ATR_DIST_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-fn pg_server_url() -> String {
-    std::env::var("ATR_DIST_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-/// A fresh PostgreSQL database, dropped at the end.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> PgDatabase {
-        let name = unique("atr_dist_runproc");
-        let admin = Database::connect(format!("{}/postgres", pg_server_url()))
-            .await
-            .expect("PostgreSQL reachable (scripts/services.sh starts it)");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        admin.close().await.ok();
-        let url = format!("{}/{name}", pg_server_url());
-        PgDatabase { name, url }
-    }
-
-    async fn drop_now(self) {
-        if let Ok(admin) = Database::connect(format!("{}/postgres", pg_server_url())).await {
-            let _ = admin
-                .execute_unprepared(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.name
-                ))
-                .await;
-            admin.close().await.ok();
-        }
-    }
-}
+use support::{PgDatabase, atr_dist, redis_url, unique};
 
 /// One `atr-dist run` on a queue of its own, no HTTP surface (ports stay free for parallel
 /// tests), killed if the test ends early.
@@ -69,13 +19,7 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &std::path::Path, database_url: &str, queue: &str) -> Worker {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atr-dist"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("ATR_DIST_") || key == "RUST_LOG" {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
+        let child = atr_dist()
             .arg("run")
             .current_dir(dir)
             .env("ATR_DIST_DATABASE__URL", database_url)
