@@ -141,3 +141,40 @@ async fn postgres_up_down_up() {
     let db = PgDatabase::create().await;
     up_down_up(&db.url).await;
 }
+
+/// Workers of a rollout start together against a fresh PostgreSQL database: each migrates,
+/// one after the other under the advisory lock, and together they apply every migration
+/// once. Five at once, on three fresh databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_starting_together_migrate_one_database_once() {
+    for _ in 0..3 {
+        let pg = PgDatabase::create().await;
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let url = pg.url.clone();
+            starts.push(tokio::spawn(async move {
+                let conn = db::connect(&Secret::new(url), 2).await.unwrap();
+                let applied = db::migrate_up(&conn).await;
+                conn.close().await.unwrap();
+                applied
+            }));
+        }
+        let mut applied = 0;
+        for start in starts {
+            applied += start
+                .await
+                .unwrap()
+                .expect("every worker's migration succeeds");
+        }
+        let conn = db::connect(&Secret::new(pg.url.clone()), 1).await.unwrap();
+        assert!(db::pending_migrations(&conn).await.unwrap().is_empty());
+        let all = atr_dist_migrations_count();
+        assert_eq!(applied, all, "each migration ran once");
+        conn.close().await.unwrap();
+    }
+}
+
+fn atr_dist_migrations_count() -> usize {
+    use atr_dist_migrations::MigratorTrait;
+    atr_dist_migrations::Migrator::migrations().len()
+}

@@ -525,7 +525,7 @@ async fn running_leases_stay_out_of_the_listpack_encoding() {
                 ..Default::default()
             },
             None,
-            100,
+            atr_dist_tests::cases::limit(100),
         )
         .await
         .unwrap();

@@ -20,7 +20,6 @@ use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::pool::Shared;
 use super::{Leased, QueueError};
 
 /// Idle polling: start fast, back off to this when the queue stays empty.
@@ -28,8 +27,25 @@ const IDLE_MIN: Duration = Duration::from_millis(5);
 /// After an error talking to Redis, wait this long before the next fetch.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// What the backend needs of the pool it feeds. The pool's state (`pool::Shared`) implements
+/// it; the backend knows nothing else of the pool, and the pool owns that state.
+pub trait Feed: Send + Sync + 'static {
+    /// Attempts the pool runs at once.
+    fn capacity(&self) -> usize;
+    /// Jobs the pool holds a lease on: running, or leased and waiting to start.
+    fn held_count(&self) -> usize;
+    /// The most jobs one fetch leases (`worker.fetch_batch`).
+    fn fetch_batch(&self) -> usize;
+    /// The longest sleep between fetches while the queue is empty.
+    fn idle_poll(&self) -> Duration;
+    /// Leases up to `n` jobs with `fetch.lua`, held by the pool from then on.
+    fn lease(self: Arc<Self>, n: usize) -> BoxFuture<'static, Result<Vec<Leased>, QueueError>>;
+    /// Hands leased jobs that never started back to the queue.
+    fn release(self: Arc<Self>, jobs: Vec<Leased>, why: &'static str) -> BoxFuture<'static, ()>;
+}
+
 pub struct RedisBackend {
-    shared: Arc<Shared>,
+    shared: Arc<dyn Feed>,
     buffer: VecDeque<Leased>,
     fetching: Option<BoxFuture<'static, Result<Vec<Leased>, QueueError>>>,
     sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -38,7 +54,7 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    pub fn new(shared: Arc<Shared>) -> RedisBackend {
+    pub fn new(shared: Arc<dyn Feed>) -> RedisBackend {
         RedisBackend {
             shared,
             buffer: VecDeque::new(),
@@ -58,18 +74,8 @@ impl RedisBackend {
         let room = (2 * shared.capacity())
             .saturating_sub(shared.held_count())
             .max(1);
-        let n = room.min(shared.config.fetch_batch);
-        self.fetching = Some(
-            async move {
-                let jobs = shared
-                    .queue
-                    .fetch(&shared.worker_id, shared.config.lease, n)
-                    .await?;
-                shared.hold(&jobs);
-                Ok(jobs)
-            }
-            .boxed(),
-        );
+        let n = room.min(shared.fetch_batch());
+        self.fetching = Some(shared.lease(n));
     }
 }
 
@@ -103,7 +109,7 @@ impl Backend for RedisBackend {
                 match result {
                     Ok(jobs) if jobs.is_empty() => {
                         self.sleeping = Some(Box::pin(tokio::time::sleep(self.idle)));
-                        self.idle = (self.idle * 2).min(self.shared.config.idle_poll);
+                        self.idle = (self.idle * 2).min(self.shared.idle_poll());
                     }
                     Ok(jobs) => {
                         self.idle = IDLE_MIN;
@@ -147,7 +153,7 @@ impl Backend for RedisBackend {
                         jobs.extend(more);
                     }
                     shared
-                        .release(&jobs, "worker shutting down before the job started")
+                        .release(jobs, "worker shutting down before the job started")
                         .await;
                 }
                 .boxed(),

@@ -20,12 +20,26 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use atr_dist_shared::{Envelope, ErrorClass};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::RedisBackend;
+use super::backend::{Feed, RedisBackend};
 use super::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, QueueError, backoff};
 use crate::config::RetryConfig;
+use crate::metrics::AttemptEnd;
+
+/// How an attempt's outcome counts in the metrics.
+fn metrics_end(outcome: &AckOutcome) -> AttemptEnd {
+    match outcome {
+        AckOutcome::Done | AckOutcome::Cancelled { .. } => AttemptEnd::Ended { failed: None },
+        AckOutcome::Retry { class, .. } | AckOutcome::Dead { class, .. } => AttemptEnd::Ended {
+            failed: Some(*class),
+        },
+        // Handed back or deferred: the attempt did not count.
+        AckOutcome::Release { .. } | AckOutcome::Defer { .. } => AttemptEnd::NotCounted,
+    }
+}
 
 /// Why an attempt failed, and so what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,17 +219,56 @@ enum AckRequest {
     Flush(oneshot::Sender<()>),
 }
 
-/// State shared by the backend, the job futures, the heartbeat and the acker.
-pub struct Shared {
-    pub(super) queue: Queue,
-    pub(super) worker_id: String,
-    pub(super) config: PoolConfig,
+/// State shared by the job futures, the heartbeat and the acker, and (as its `Feed`) the
+/// backend. The pool owns it; the backend sees only the `Feed`.
+pub(super) struct Shared {
+    queue: Queue,
+    worker_id: String,
+    config: PoolConfig,
     held: Mutex<HashMap<String, Held>>,
     acks: mpsc::UnboundedSender<AckRequest>,
-    pub(super) counters: Counters,
+    counters: Counters,
     /// Attempts whose handler is running now; `attempts_ended` is notified as each ends.
     running_attempts: std::sync::atomic::AtomicUsize,
     attempts_ended: tokio::sync::Notify,
+}
+
+impl Feed for Shared {
+    fn capacity(&self) -> usize {
+        self.config.concurrency
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    fn fetch_batch(&self) -> usize {
+        self.config.fetch_batch
+    }
+
+    fn idle_poll(&self) -> Duration {
+        self.config.idle_poll
+    }
+
+    fn lease(self: Arc<Self>, n: usize) -> BoxFuture<'static, Result<Vec<Leased>, QueueError>> {
+        async move {
+            let jobs = self
+                .queue
+                .fetch(&self.worker_id, self.config.lease, n)
+                .await?;
+            self.hold(&jobs);
+            Ok(jobs)
+        }
+        .boxed()
+    }
+
+    fn release(self: Arc<Self>, jobs: Vec<Leased>, why: &'static str) -> BoxFuture<'static, ()> {
+        async move {
+            self.release_leases(jobs.iter().map(Leased::lease), why)
+                .await
+        }
+        .boxed()
+    }
 }
 
 /// What this pool did since it started.
@@ -231,15 +284,7 @@ pub struct Counters {
 }
 
 impl Shared {
-    pub(super) fn capacity(&self) -> usize {
-        self.config.concurrency
-    }
-
-    pub(super) fn held_count(&self) -> usize {
-        self.held.lock().map(|h| h.len()).unwrap_or(0)
-    }
-
-    pub(super) fn hold(&self, jobs: &[Leased]) {
+    fn hold(&self, jobs: &[Leased]) {
         if let Ok(mut held) = self.held.lock() {
             for job in jobs {
                 held.insert(
@@ -343,11 +388,6 @@ impl Shared {
     }
 
     /// Hands jobs back unfinished; their attempts do not count.
-    pub(super) async fn release(&self, jobs: &[Leased], why: &str) {
-        self.release_leases(jobs.iter().map(Leased::lease), why)
-            .await;
-    }
-
     async fn release_leases(&self, leases: impl IntoIterator<Item = Lease>, why: &str) {
         let acks: Vec<Ack> = leases
             .into_iter()
@@ -491,10 +531,14 @@ async fn run_job<H: JobHandler>(
         }
         Ok(envelope) => {
             // Prometheus: queue latency, attempt duration, processed and failed counts.
-            let observed = crate::http::metrics::attempt_started(job.waited, &envelope);
+            let observed = crate::metrics::attempt_started(
+                job.waited,
+                envelope.distribution().platform,
+                envelope.kind(),
+            );
             let slot = ResultSlot::default();
             let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope, &slot).await;
-            observed.finished(&outcome);
+            observed.finished(metrics_end(&outcome));
             (outcome, slot.take())
         }
     };
@@ -686,7 +730,9 @@ pub async fn run<H: JobHandler>(
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(format!("atr-dist-{}", monitor_shared.worker_id))
-                .backend(RedisBackend::new(Arc::clone(&monitor_shared)))
+                .backend(RedisBackend::new(
+                    Arc::clone(&monitor_shared) as Arc<dyn Feed>
+                ))
                 .data(Arc::clone(&monitor_shared))
                 .data(Arc::clone(&handler))
                 .concurrency(concurrency)
