@@ -1,8 +1,8 @@
 """Cross-checks of deploy/ that no single tool makes (run by scripts/check-deploy, in the
 kubernetes-validate virtualenv for PyYAML and jsonschema).
 
-- The Grafana dashboard and the Prometheus rules name only series that
-  worker/src/http/metrics.rs exports (a renamed metric would leave a panel empty and an
+- The Grafana dashboard and the Prometheus rules name only series that /metrics exports
+  (worker/src/metrics.rs, worker/src/http/metrics.rs) (a renamed metric would leave a panel empty and an
   alert silent, and neither tool notices).
 - The drain: every deployment gives a stopping worker [worker] shutdown_timeout_secs plus
   30 s before it is killed (compose stop_grace_period, systemd TimeoutStopSec, Kubernetes
@@ -34,10 +34,14 @@ def problem(where: str, what: str) -> None:
     problems.append(f"{where}: {what}")
 
 
+METRICS_SOURCES = ("worker/src/metrics.rs", "worker/src/http/metrics.rs")
+
+
 def exported_series() -> set[str]:
     """Every series name /metrics can carry: counters, gauges, and each histogram's
-    _bucket, _sum and _count."""
-    source = (ROOT / "worker/src/http/metrics.rs").read_text()
+    _bucket, _sum and _count. The process's own are defined in worker/src/metrics.rs, the
+    queue's in worker/src/http/metrics.rs."""
+    source = "".join((ROOT / path).read_text() for path in METRICS_SOURCES if (ROOT / path).exists())
     names = set(re.findall(r'"(atr_dist_[a-z_]+)"', source))
     histograms = set(re.findall(r'histogram\(\s*"(atr_dist_[a-z_]+)"', source))
     for h in histograms:
@@ -48,7 +52,7 @@ def exported_series() -> set[str]:
 def check_metric_names() -> None:
     known = exported_series()
     if len(known) < 10:
-        problem("worker/src/http/metrics.rs", f"found only {sorted(known)}: has the file changed shape?")
+        problem(" and ".join(METRICS_SOURCES), f"found only {sorted(known)}: have the files changed shape?")
     exprs: list[tuple[str, str]] = []
     dashboard = json.loads((DEPLOY / "grafana/atr-dist.json").read_text())
     ids = [p["id"] for p in dashboard["panels"]]
@@ -72,7 +76,7 @@ def check_metric_names() -> None:
     for where, expr in exprs:
         for name in set(re.findall(r"\batr_dist_[a-z_]+", expr)):
             if name not in known:
-                problem(where, f"{name} is not exported by worker/src/http/metrics.rs")
+                problem(where, f"{name} is not exported (worker/src/metrics.rs, worker/src/http/metrics.rs)")
 
 
 def seconds(value: str | int) -> int:
