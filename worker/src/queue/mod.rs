@@ -591,6 +591,20 @@ impl Queue {
         Ok(HeartbeatReply { lost, cancel })
     }
 
+    /// Takes the worker out of `workers` when it stops cleanly, so that `queue stats`, the
+    /// `atr_dist_workers` gauge and `queue migrate` stop counting it at once instead of
+    /// when its heartbeat runs out (`lease_secs` later). A plain `ZREM`: it removes only
+    /// this worker's own member, and a worker that dies without it still ages out in
+    /// `heartbeat.lua`.
+    pub async fn deregister(&self, worker: &str) -> Result<(), QueueError> {
+        let _removed: i64 = redis::cmd("ZREM")
+            .arg(format!("{}workers", self.prefix))
+            .arg(worker)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Records how attempts ended, one round trip per `ACK_CHUNK` acks.
     pub async fn ack(&self, acks: &[Ack]) -> Result<Vec<AckResult>, QueueError> {
         let mut out = Vec::with_capacity(acks.len());

@@ -771,6 +771,10 @@ pub async fn run<H: JobHandler>(
     }
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    // No heartbeat follows: leave the live workers now, not a lease later.
+    if let Err(e) = queue.deregister(&worker_id).await {
+        tracing::warn!(error = %e, "could not leave the queue's live workers; the entry expires with its heartbeat");
+    }
     drop(shared);
     acker.abort();
     tracing::info!(worker = %worker_id, "worker pool stopped");
