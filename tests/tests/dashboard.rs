@@ -641,7 +641,7 @@ async fn a_job_done_after_a_failure_shows_the_failure_as_history() {
         .await
         .unwrap();
     assert!(
-        !listed.contains("503"),
+        !listed.contains("503 from the registry"),
         "the list shows history as current: {listed}"
     );
     assert!(red_texts(c).await.is_empty(), "{:?}", red_texts(c).await);
