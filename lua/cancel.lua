@@ -4,8 +4,14 @@
 -- scheduled, queued and retrying jobs become cancelled at once; for a running job the
 -- request is recorded and the worker sees it on its next heartbeat. The jobs cancelled here
 -- are named in one `results` entry (without a result: no worker reported on them).
--- Returns, per id: 'cancelled', 'cancel_requested', 'not_found', or the terminal state the
--- job is already in (done, dead, cancelled), which cannot be cancelled.
+-- Returns, per id, what the call did (docs/wire-format.md, "Admin replies"):
+--   'changed cancelled'    cancelled now (it was scheduled, queued or retrying);
+--   'changed running'      its cancel requested now (it runs);
+--   'unchanged cancelled'  nothing to do: cancelled already;
+--   'unchanged running'    nothing to do: its cancel was requested already;
+--   'refused <state>'      not allowed: it is done or dead, finished;
+--   'not_found'.
+-- Only a change writes anything, events included, so a repeated cancel leaves the job as it was.
 local prefix = ARGV[1]
 local message = ARGV[2]
 local t = redis.call('TIME')
@@ -27,9 +33,12 @@ for i = 3, #ARGV do
   if not state then
     result = 'not_found'
   elseif state == 'running' then
-    redis.call('HSET', prefix .. 'cancel_requested', id, '1')
-    event(id, 'cancel_requested')
-    result = 'cancel_requested'
+    if redis.call('HSETNX', prefix .. 'cancel_requested', id, '1') == 1 then
+      event(id, 'cancel_requested')
+      result = 'changed running'
+    else
+      result = 'unchanged running'
+    end
   elseif state == 'queued' or state == 'scheduled' or state == 'retrying' then
     if state == 'queued' then
       -- O(queue length), like any removal from the middle of a list; cancels are rare.
@@ -44,11 +53,12 @@ for i = 3, #ARGV do
     event(id, 'cancelled')
     cancelled = cancelled + 1
     cancelled_ids[cancelled] = id
-    result = 'cancelled'
+    result = 'changed cancelled'
+  elseif state == 'cancelled' then
+    result = 'unchanged cancelled'
   else
-    -- Already finished (done, dead, or cancelled before): nothing to do, and no event, so
-    -- that a repeated cancel leaves the job as it was.
-    result = state
+    -- Done or dead: finished, and a cancel cannot change how.
+    result = 'refused ' .. state
   end
   out[#out + 1] = result
 end

@@ -1,19 +1,20 @@
 -- atr-dist wire format v7: distribution locks (docs/wire-format.md, "Distribution locks").
--- KEYS[1] = <prefix>queued
--- ARGV = prefix, op (acquire | renew | release | check), name, owner, ttl_ms
+-- KEYS[1] = the lock: atr-dist:lock:{<distribution>}, outside every queue, so that one
+--           distribution has one lock whichever queue its jobs come from (Redis Cluster
+--           routes it by its own hash tag; this script touches no other key)
+-- ARGV = op (acquire | renew | release | check), owner, ttl_ms
 -- The owner is one attempt of one job, `<job_id> <lease token>`: a later attempt of the same
 -- job is another owner, and is refused while an earlier one holds the lock.
--- acquire: takes lock:<name> for owner (or extends it if owner holds it already: an acquire
+-- acquire: takes the lock for owner (or extends it if owner holds it already: an acquire
 --          repeated because its reply was lost).
 -- renew:   extends it if owner holds it.   release: deletes it if owner holds it.
 -- check:   only says whether owner holds it; extends nothing (ttl_ms is not read).
 -- Returns {1, owner} on success, {0, holder} when another holds it ({0, ''} when nobody does,
 -- except for acquire, which then succeeds).
-local prefix = ARGV[1]
-local op = ARGV[2]
-local key = prefix .. 'lock:' .. ARGV[3]
-local owner = ARGV[4]
-local ttl = tonumber(ARGV[5])
+local key = KEYS[1]
+local op = ARGV[1]
+local owner = ARGV[2]
+local ttl = tonumber(ARGV[3])
 local holder = redis.call('GET', key)
 if op == 'acquire' then
   if not holder then

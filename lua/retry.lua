@@ -2,7 +2,12 @@
 -- KEYS[1] = <prefix>queued
 -- ARGV = prefix, message, id...
 -- A dead or cancelled job is queued again with a fresh set of attempts.
--- Returns, per id: 'queued', 'not_found', or the state that cannot be retried.
+-- Returns, per id, what the call did (docs/wire-format.md, "Admin replies"):
+--   'changed queued'     retried now;
+--   'unchanged <state>'  nothing to do: it is scheduled, queued, retrying or running already;
+--   'refused done'       not allowed: a done job is finished (enqueue it again instead);
+--   'not_found'.
+-- Only a change writes anything, its `retried` event included.
 local prefix = ARGV[1]
 local message = ARGV[2]
 local t = redis.call('TIME')
@@ -50,10 +55,12 @@ for i = 3, #ARGV do
     local key = prefix .. 'events:' .. id
     redis.call('RPUSH', key, cjson.encode({at = now, event = 'retried', message = message}))
     redis.call('LTRIM', key, -50, -1)
-    result = 'queued'
+    result = 'changed queued'
     readied = true
+  elseif state == 'done' then
+    result = 'refused done'
   else
-    result = state
+    result = 'unchanged ' .. state
   end
   out[#out + 1] = result
 end

@@ -81,12 +81,40 @@ ensure_devpi() {
   "$dir/bin/pip" install --quiet --disable-pip-version-check devpi-server==6.20.3
 }
 
+# The checkers of deploy/ (scripts/check-deploy), installed only when it asks for them:
+# Debian's prometheus (promtool: `check rules`, `test rules`; the package's own server is not
+# started where policy-rc.d forbids it, and is not used) and docker-compose 1.29 (`config`
+# parses and checks a compose file without a container engine).
+ensure_promtool() {
+  if command -v promtool >/dev/null; then return 0; fi
+  apt_install prometheus
+}
+
+ensure_docker_compose() {
+  if command -v docker-compose >/dev/null; then return 0; fi
+  apt_install docker-compose
+}
+
+# kubernetes-validate 1.37.0 (Kubernetes 1.37's OpenAPI schemas, shipped in the package, used
+# offline) into a virtualenv at ${ATR_DIST_KUBERNETES_VALIDATE:-~/.cache/atr-dist/kubernetes-validate};
+# its PyYAML and jsonschema also run scripts/check-deploy.py.
+ensure_kubernetes_validate() {
+  local dir="${ATR_DIST_KUBERNETES_VALIDATE:-$HOME/.cache/atr-dist/kubernetes-validate}"
+  if [ -x "$dir/bin/kubernetes-validate" ] && [ "$("$dir/bin/kubernetes-validate" --version 2>/dev/null)" = "1.37.0" ]; then return 0; fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+  log "installing kubernetes-validate 1.37.0 into $dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+}
+
 if [ "$#" -eq 0 ]; then set -- chromium verdaccio docker_registry pypiserver devpi prism; fi
+known="chromium verdaccio docker_registry pypiserver devpi prism promtool docker_compose kubernetes_validate"
 for program in "$@"; do
   case "$program" in
     chromium | verdaccio | docker_registry | pypiserver | devpi | prism) "ensure_$program" ;;
+    promtool | docker_compose | kubernetes_validate) "ensure_$program" ;;
     *)
-      log "unknown program $program; known: chromium verdaccio docker_registry pypiserver devpi prism"
+      log "unknown program $program; known: $known"
       exit 2
       ;;
   esac

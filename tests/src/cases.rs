@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use atr_dist::config::{RetentionConfig, RetryConfig};
 use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
-use atr_dist::queue::{Ack, AckOutcome, AckResult, JobFilter, Lease, Leased, Queue, RawJob};
+use atr_dist::queue::{
+    Ack, AckOutcome, AckResult, AdminReply, JobFilter, Lease, Leased, PageLimit, Queue, RawJob,
+};
 use atr_dist_shared::{ErrorClass, JobState};
 use tokio::sync::oneshot;
 
@@ -107,6 +109,11 @@ where
 
 pub async fn count(queue: &Queue, state: JobState) -> u64 {
     queue.stats().await.unwrap().counts[&state]
+}
+
+/// A page limit for `Queue::list`.
+pub fn limit(n: usize) -> PageLimit {
+    PageLimit::new(n).unwrap()
 }
 
 pub async fn state_of(queue: &Queue, id: &str) -> JobState {
@@ -592,7 +599,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
                 ..Default::default()
             },
             None,
-            3,
+            limit(3),
         )
         .await
         .unwrap();
@@ -604,13 +611,16 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
                 ..Default::default()
             },
             page1.next_cursor.as_deref(),
-            3,
+            limit(3),
         )
         .await
         .unwrap();
     assert_eq!(page2.jobs.len(), 1);
     assert!(page2.next_cursor.is_none());
-    let all = q.list(&JobFilter::default(), None, 100).await.unwrap();
+    let all = q
+        .list(&JobFilter::default(), None, limit(100))
+        .await
+        .unwrap();
     assert_eq!(all.jobs.len(), 10);
     let none = q
         .list(
@@ -619,7 +629,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
                 ..Default::default()
             },
             None,
-            100,
+            limit(100),
         )
         .await
         .unwrap();
@@ -631,7 +641,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
                 ..Default::default()
             },
             None,
-            100,
+            limit(100),
         )
         .await
         .unwrap();
@@ -643,7 +653,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
         q.retry(std::slice::from_ref(&dead_id), "operator retry")
             .await
             .unwrap(),
-        vec!["queued"]
+        vec![AdminReply::Changed(JobState::Queued)]
     );
     let d = q.show(&dead_id).await.unwrap().unwrap();
     assert_eq!((d.summary.state, d.summary.attempt), (JobState::Queued, 0));
@@ -664,7 +674,7 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
         q.retry(std::slice::from_ref(&running_id), "x")
             .await
             .unwrap(),
-        vec!["running"]
+        vec![AdminReply::Unchanged(JobState::Running)]
     );
 
     // Cancel: queued at once, running by request, unknown ids said so.
@@ -680,7 +690,14 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
         )
         .await
         .unwrap();
-    assert_eq!(out, vec!["cancelled", "cancel_requested", "not_found"]);
+    assert_eq!(
+        out,
+        vec![
+            AdminReply::Changed(JobState::Cancelled),
+            AdminReply::Changed(JobState::Running),
+            AdminReply::NotFound
+        ]
+    );
     assert_eq!(state_of(q, &queued_id).await, JobState::Cancelled);
     let hb = q
         .heartbeat("w1", lease, &[leased[4].lease()])
@@ -723,7 +740,10 @@ pub async fn operators_list_show_retry_cancel_purge(q: &Queue) {
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = q.list(&done_filter, cursor.as_deref(), 3).await.unwrap();
+        let page = q
+            .list(&done_filter, cursor.as_deref(), limit(3))
+            .await
+            .unwrap();
         assert!(page.jobs.len() <= 3);
         listed.extend(page.jobs.into_iter().map(|j| j.id));
         match page.next_cursor {
@@ -776,7 +796,7 @@ pub async fn running_jobs_see_cancellation(q: &Queue) {
         q.cancel(std::slice::from_ref(&e.id), "operator")
             .await
             .unwrap(),
-        vec!["cancel_requested"]
+        vec![AdminReply::Changed(JobState::Running)]
     );
     eventually("job cancelled", Duration::from_secs(10), || async {
         state_of(q, &e.id).await == JobState::Cancelled

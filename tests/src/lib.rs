@@ -335,9 +335,12 @@ pub mod redis_support {
 
         pub async fn on(url: &str, cluster_nodes: &[String]) -> TestQueue {
             let name = crate::unique_name("t");
+            // Locks live outside queues: each test queue gets a lock namespace of its own,
+            // deleted with it (`sharing_locks_with` puts two in one).
             let queue = Queue::connect(url, cluster_nodes, &name)
                 .await
-                .expect("Redis reachable (run scripts/test, which starts it)");
+                .expect("Redis reachable (run scripts/test, which starts it)")
+                .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
             TestQueue {
                 queue,
                 name,
@@ -347,6 +350,16 @@ pub mod redis_support {
         }
 
         /// Every key of this queue (via SCAN on a single server).
+        /// This queue with its distribution locks where `other`'s are, as two queues of
+        /// one deployment have them.
+        pub fn sharing_locks_with(mut self, other: &TestQueue) -> TestQueue {
+            self.queue = self
+                .queue
+                .clone()
+                .with_lock_namespace(&format!("atr-dist:lock:{}:", other.name));
+            self
+        }
+
         pub async fn keys(&self) -> Vec<String> {
             let client = redis::Client::open(self.url.as_str()).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -368,7 +381,10 @@ pub mod redis_support {
 
     impl Drop for TestQueue {
         fn drop(&mut self) {
-            let prefix = self.queue.prefix().to_owned();
+            let prefixes = [
+                self.queue.prefix().to_owned(),
+                format!("atr-dist:lock:{}:", self.name),
+            ];
             let url = self.url.clone();
             let cluster = self.cluster_nodes.clone();
             let _ = std::thread::spawn(move || {
@@ -376,11 +392,13 @@ pub mod redis_support {
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
-                    if cluster.is_empty() {
-                        delete_prefix(&url, &prefix).await;
-                    } else {
-                        for node in cluster {
-                            delete_prefix(&node, &prefix).await;
+                    for prefix in &prefixes {
+                        if cluster.is_empty() {
+                            delete_prefix(&url, prefix).await;
+                        } else {
+                            for node in &cluster {
+                                delete_prefix(node, prefix).await;
+                            }
                         }
                     }
                 });

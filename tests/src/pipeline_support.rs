@@ -338,6 +338,25 @@ impl Harness {
         Harness::build(which, adapters, retry, |p, _| adjust(p), |_| {}).await
     }
 
+    /// As `new`, on a queue of its own whose distribution locks are `other`'s: a second
+    /// queue of the same deployment.
+    pub async fn sharing_locks_with(
+        which: Db,
+        adapters: Adapters,
+        retry: RetryConfig,
+        other: &Harness,
+    ) -> Harness {
+        let namespace = other.t.name.clone();
+        Harness::build_on(
+            which,
+            adapters,
+            pool_config(4, retry),
+            |_, _| {},
+            Some(namespace),
+        )
+        .await
+    }
+
     /// As `custom`, with the root of the revision directories given to `adjust` too.
     pub async fn custom_at(
         which: Db,
@@ -370,6 +389,16 @@ impl Harness {
         pool: PoolConfig,
         adjust: impl FnOnce(&mut Pipeline, &Path),
     ) -> Harness {
+        Harness::build_on(which, adapters, pool, adjust, None).await
+    }
+
+    async fn build_on(
+        which: Db,
+        adapters: Adapters,
+        pool: PoolConfig,
+        adjust: impl FnOnce(&mut Pipeline, &Path),
+        locks_of: Option<String>,
+    ) -> Harness {
         let (url, pg, sqlite) = match which {
             Db::Sqlite => {
                 let s = SqliteDatabase::create();
@@ -384,7 +413,13 @@ impl Harness {
             .await
             .unwrap();
         atr_dist::db::migrate_up(&db).await.unwrap();
-        let t = TestQueue::new().await;
+        let mut t = TestQueue::new().await;
+        if let Some(name) = locks_of {
+            t.queue = t
+                .queue
+                .clone()
+                .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
+        }
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);
         adjust(&mut p, revs.root());

@@ -74,7 +74,7 @@ async fn harness(
 }
 
 async fn lock_held(h: &Harness) -> bool {
-    let key = format!("{}lock:{}", h.t.queue.prefix(), dist().key().lock_id());
+    let key = h.t.queue.lock_key(&dist().key().lock_id());
     let exists: bool = h.t.queue.connection().exists(key).await.unwrap();
     exists
 }
@@ -166,7 +166,7 @@ async fn a_cancelled_attempt_is_closed_and_frees_its_lock() {
             .cancel(std::slice::from_ref(&id), "cancelled by the test")
             .await
             .unwrap(),
-        vec!["cancel_requested"]
+        vec![atr_dist::queue::AdminReply::Changed(JobState::Running)]
     );
     eventually("the job is cancelled", WAIT, || async {
         state(&h, &id).await == JobState::Cancelled

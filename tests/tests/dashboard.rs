@@ -320,6 +320,23 @@ async fn a_job_moves_from_queued_to_done_live() {
             .is_ok(),
         "the chart shows the jobs done"
     );
+    // Attempts are labelled as attempts, not to be read as jobs beside the job counts.
+    let headers = c
+        .execute(
+            "return [...document.querySelectorAll('th')].map(th => th.textContent.trim());",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let headers: Vec<String> = serde_json::from_value(headers).unwrap();
+    assert!(
+        headers.iter().any(|h| h == "Failed attempts"),
+        "{headers:?}"
+    );
+    assert!(
+        !headers.iter().any(|h| h == "Failed" || h == "Succeeded"),
+        "{headers:?}"
+    );
     let png = c.screenshot().await.unwrap();
     let dir = artifacts_dir();
     std::fs::create_dir_all(&dir).unwrap();
@@ -405,22 +422,140 @@ async fn a_dead_job_is_retried_from_its_button() {
     q.resume().await.unwrap();
     wait_for_state(c, &row(&job.id), "done").await;
 
-    // The job's page tells the story.
+    // The attempts as the pipeline records them, at the times the queue saw: the first
+    // run's one attempt failed, the retry's first attempt succeeded.
+    let shown = q.show(&job.id).await.unwrap().unwrap();
+    let at = |name: &str| {
+        shown
+            .events
+            .iter()
+            .find(|e| e.event == name)
+            .and_then(|e| e.at)
+            .unwrap()
+    };
+    let ms = chrono::Duration::milliseconds;
+    for (started, finished, outcome, message) in [
+        (
+            (at("dead") - ms(2)).max(shown.summary.enqueued_at.unwrap()),
+            at("dead") - ms(1),
+            "failed",
+            "404 no such package",
+        ),
+        (
+            shown.summary.started_at.unwrap(),
+            shown.summary.finished_at.unwrap(),
+            "completed",
+            "staged pkg-1",
+        ),
+    ] {
+        job_run::ActiveModel {
+            job_id: Set(job.id.clone()),
+            kind: Set("stage".to_owned()),
+            release_key: Set("example-1.0.0".to_owned()),
+            platform: Set(Platform::Npm),
+            owner_namespace: Set(String::new()),
+            package: Set("pkg-1".to_owned()),
+            version: Set("1.0.0".to_owned()),
+            attempt: Set(1),
+            started_at: Set(started),
+            finished_at: Set(Some(finished)),
+            outcome: Set(Some(outcome.to_owned())),
+            message: Set(Some(message.to_owned())),
+            duration_ms: Set(Some(1)),
+            ..Default::default()
+        }
+        .insert(&server.db)
+        .await
+        .unwrap();
+    }
+
+    // The job's page tells the story: one timeline, in the order things happened, and the
+    // retry's attempt told from the first run's.
     c.goto(&format!("{}/jobs/{}", server.base, job.id))
         .await
         .unwrap();
     wait_for_state(c, ".job-head", "done").await;
-    let timeline = c
-        .find(Locator::Css("ol.timeline"))
+    let v = c
+        .execute(
+            "return [...document.querySelectorAll('ol.timeline > li')].map(li => [li.dataset.event, li.querySelector('time') ? li.querySelector('time').getAttribute('datetime') : '', li.textContent]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let timeline: Vec<(String, String, String)> = serde_json::from_value(v).unwrap();
+    let events: Vec<&str> = timeline.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "enqueued",
+            "attempt_started",
+            "failed",
+            "dead",
+            "retried",
+            "attempt_started",
+            "completed",
+            "done"
+        ],
+        "{timeline:#?}"
+    );
+    let times: Vec<chrono::DateTime<Utc>> = timeline
+        .iter()
+        .map(|(_, t, _)| t.parse().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{timeline:#?}");
+    assert!(
+        timeline[2].2.contains("(run 1, attempt 1)"),
+        "{timeline:#?}"
+    );
+    assert!(
+        timeline[6].2.contains("(run 2, attempt 1)"),
+        "{timeline:#?}"
+    );
+    let runs = c
+        .execute(
+            "return [...document.querySelectorAll('table tbody tr')].map(tr => [...tr.cells].slice(0, 2).map(td => td.textContent.trim()));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(runs, json!([["1", "1"], ["2", "1"]]), "run and attempt");
+
+    // The header's search finds the job by its short id, as the tables show it.
+    let other = q.enqueue(&jobs::stage(2), None, 3).await.unwrap();
+    let short = atr_dist::queue::short_id(&job.id);
+    c.goto(&format!("{}/jobs", server.base)).await.unwrap();
+    let shown = c
+        .find(Locator::Css(&format!("{} a.mono", row(&job.id))))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(
-        timeline.contains("dead") && timeline.contains("retried"),
-        "{timeline}"
-    );
+    assert_eq!(shown, short);
+    let find = c.find(Locator::Css("#find-id")).await.unwrap();
+    find.send_keys(&format!("{short}\u{E007}")).await.unwrap();
+    wait_for_state(c, ".job-head", "done").await;
+    let found = c
+        .find(Locator::Css(".job-head"))
+        .await
+        .unwrap()
+        .attr("data-job-id")
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), Some(job.id.as_str()));
+    // A start both ids share asks which one.
+    c.goto(&format!("{}/find?id={}", server.base, &other.id[..6]))
+        .await
+        .unwrap();
+    wait_for_text(c, "#ambiguous", "more than one job's id").await;
+    for id in [&job.id, &other.id] {
+        assert!(
+            c.find(Locator::Css(&format!("a[href=\"/jobs/{id}\"]")))
+                .await
+                .is_ok(),
+            "{id} is offered"
+        );
+    }
 
     browser.close().await;
     pool.stop().await;
@@ -460,12 +595,20 @@ async fn a_job_done_after_a_failure_shows_the_failure_as_history() {
     .await;
     // The attempts as the pipeline records them.
     let now = Utc::now();
-    for (attempt, outcome, class, message) in [
-        (1, "failed", Some("transient"), "503 from the registry"),
-        (2, "completed", None, "staged pkg-1 under rc"),
+    let dry_run = "0190f5d2-0000-7000-8000-0000000000d7".to_owned();
+    for (job_id, attempt, outcome, class, message) in [
+        (
+            &job.id,
+            1,
+            "failed",
+            Some("transient"),
+            "503 from the registry",
+        ),
+        (&job.id, 2, "completed", None, "staged pkg-1 under rc"),
+        (&dry_run, 1, "dry_run", None, "would upload pkg-2"),
     ] {
         job_run::ActiveModel {
-            job_id: Set(job.id.clone()),
+            job_id: Set(job_id.clone()),
             kind: Set("stage".to_owned()),
             release_key: Set("example-1.0.0".to_owned()),
             platform: Set(Platform::Npm),
@@ -498,7 +641,7 @@ async fn a_job_done_after_a_failure_shows_the_failure_as_history() {
         .await
         .unwrap();
     assert!(
-        !listed.contains("503"),
+        !listed.contains("503 from the registry"),
         "the list shows history as current: {listed}"
     );
     assert!(red_texts(c).await.is_empty(), "{:?}", red_texts(c).await);
@@ -521,6 +664,13 @@ async fn a_job_done_after_a_failure_shows_the_failure_as_history() {
         red.iter().all(|t| t.starts_with("503 from the registry")),
         "{red:?}"
     );
+
+    // The release page: a dry run and a success are not errors; the failure is.
+    c.goto(&format!("{}/releases/example-1.0.0", server.base))
+        .await
+        .unwrap();
+    wait_for_text(c, "main", "would upload pkg-2").await;
+    assert_eq!(red_texts(c).await, ["503 from the registry"]);
 
     browser.close().await;
     pool.stop().await;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use atr_dist::queue::lock::LockLost;
-use atr_dist::queue::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, RawJob};
+use atr_dist::queue::{Ack, AckOutcome, AckResult, AdminReply, Lease, Leased, Queue, RawJob};
 use atr_dist_shared::{ErrorClass, JobState};
 use atr_dist_tests::cases::{count, state_of};
 use atr_dist_tests::redis_support::TestQueue;
@@ -930,7 +930,10 @@ async fn ack_clears_a_pending_cancel_request() {
     let ids = [done.id.clone(), failed.id.clone()];
     assert_eq!(
         q.cancel(&ids, "stop").await.unwrap(),
-        ["cancel_requested", "cancel_requested"]
+        [
+            AdminReply::Changed(JobState::Running),
+            AdminReply::Changed(JobState::Running)
+        ]
     );
     ack(q, &done, AckOutcome::Done).await;
     ack(q, &failed, retry_in(Duration::from_secs(3600))).await;
@@ -1359,7 +1362,7 @@ async fn retry_of_an_unknown_job_is_not_found() {
     let q = &t.queue;
     assert_eq!(
         q.retry(&["nope".to_owned()], "again").await.unwrap(),
-        ["not_found"]
+        [AdminReply::NotFound]
     );
     assert!(t.keys().await.is_empty());
 }
@@ -1374,7 +1377,7 @@ async fn retry_queues_a_dead_job_with_fresh_attempts() {
         q.retry(std::slice::from_ref(&job.id), "operator retry")
             .await
             .unwrap(),
-        ["queued"]
+        [AdminReply::Changed(JobState::Queued)]
     );
     let words: Vec<&str> = job.token.split(' ').collect();
     assert_eq!(
@@ -1422,7 +1425,7 @@ async fn retry_queues_a_cancelled_job_and_drops_its_cancel_request() {
         .unwrap();
     assert_eq!(
         q.retry(std::slice::from_ref(&e.id), "now").await.unwrap(),
-        ["queued"]
+        [AdminReply::Changed(JobState::Queued)]
     );
     assert_eq!(score(q, "cancelled", &e.id).await, None);
     assert_eq!(hget(q, "cancel_requested", &e.id).await, None);
@@ -1438,20 +1441,22 @@ async fn retry_leaves_jobs_that_are_not_finished_or_are_done_alone() {
     let running = leased(q, 2, 3).await;
     let queued = q.enqueue(&jobs::stage(3), None, 3).await.unwrap();
     let ids = [done.id.clone(), running.id.clone(), queued.id.clone()];
-    let before = [
-        record(q, &ids[0]).await,
-        record(q, &ids[1]).await,
-        record(q, &ids[2]).await,
-    ];
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push((record(q, id).await, events(q, id).await));
+    }
     assert_eq!(
         q.retry(&ids, "again").await.unwrap(),
-        ["done", "running", "queued"]
+        [
+            AdminReply::Refused(JobState::Done),
+            AdminReply::Unchanged(JobState::Running),
+            AdminReply::Unchanged(JobState::Queued)
+        ]
     );
-    let after = [
-        record(q, &ids[0]).await,
-        record(q, &ids[1]).await,
-        record(q, &ids[2]).await,
-    ];
+    let mut after = Vec::new();
+    for id in &ids {
+        after.push((record(q, id).await, events(q, id).await));
+    }
     assert_eq!(after, before);
     assert_eq!(list(q, "queued").await, [queued.id.as_str()]);
 }
@@ -1465,7 +1470,7 @@ async fn cancel_of_an_unknown_job_is_not_found() {
     let q = &t.queue;
     assert_eq!(
         q.cancel(&["nope".to_owned()], "stop").await.unwrap(),
-        ["not_found"]
+        [AdminReply::NotFound]
     );
     assert!(t.keys().await.is_empty());
 }
@@ -1479,7 +1484,7 @@ async fn cancel_of_a_running_job_asks_its_worker() {
         q.cancel(std::slice::from_ref(&job.id), "stop")
             .await
             .unwrap(),
-        ["cancel_requested"]
+        [AdminReply::Changed(JobState::Running)]
     );
     assert_eq!(state_of(q, &job.id).await, JobState::Running);
     assert_eq!(
@@ -1491,6 +1496,14 @@ async fn cancel_of_a_running_job_asks_its_worker() {
     assert_eq!(events(q, &job.id).await, ["cancel_requested"]);
     assert_eq!(total(q, "cancelled").await, 0);
     assert!(results(q).await.is_empty(), "it ends when its worker acks");
+    // Asked again while the request is pending: nothing to do, and no second event.
+    assert_eq!(
+        q.cancel(std::slice::from_ref(&job.id), "stop, really")
+            .await
+            .unwrap(),
+        [AdminReply::Unchanged(JobState::Running)]
+    );
+    assert_eq!(events(q, &job.id).await, ["cancel_requested"]);
 }
 
 #[tokio::test]
@@ -1510,7 +1523,7 @@ async fn cancel_of_a_queued_job_takes_it_out_of_the_list() {
         q.cancel(std::slice::from_ref(&a.id), "not needed")
             .await
             .unwrap(),
-        ["cancelled"]
+        [AdminReply::Changed(JobState::Cancelled)]
     );
     assert_eq!(list(q, "queued").await, [b.id.as_str()]);
     assert_eq!(hget(q, "queued_at", &a.id).await, None);
@@ -1545,7 +1558,7 @@ async fn cancel_of_a_scheduled_job_takes_it_out_of_scheduled() {
     let e = q.enqueue(&jobs::stage(1), Some(later), 3).await.unwrap();
     assert_eq!(
         q.cancel(std::slice::from_ref(&e.id), "stop").await.unwrap(),
-        ["cancelled"]
+        [AdminReply::Changed(JobState::Cancelled)]
     );
     assert_eq!(score(q, "scheduled", &e.id).await, None);
     assert!(score(q, "cancelled", &e.id).await.is_some());
@@ -1563,7 +1576,7 @@ async fn cancel_of_a_retrying_job_takes_it_out_of_retrying() {
         q.cancel(std::slice::from_ref(&job.id), "stop")
             .await
             .unwrap(),
-        ["cancelled"]
+        [AdminReply::Changed(JobState::Cancelled)]
     );
     assert_eq!(score(q, "retrying", &job.id).await, None);
     assert_eq!(
@@ -1601,7 +1614,11 @@ async fn cancel_of_a_finished_job_says_its_state_and_changes_nothing() {
     }
     assert_eq!(
         q.cancel(&ids, "stop again").await.unwrap(),
-        ["done", "dead", "cancelled"]
+        [
+            AdminReply::Refused(JobState::Done),
+            AdminReply::Refused(JobState::Dead),
+            AdminReply::Unchanged(JobState::Cancelled)
+        ]
     );
     for (id, was) in ids.iter().zip(before) {
         assert_eq!((record(q, id).await, events(q, id).await), was, "{id}");
@@ -1878,32 +1895,29 @@ fn owner(lease: &Lease) -> String {
 }
 
 async fn lock_value(q: &Queue) -> Option<String> {
-    q.connection()
-        .get(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap()
+    q.connection().get(q.lock_key(LOCK)).await.unwrap()
 }
 
 async fn lock_pttl(q: &Queue) -> i64 {
-    q.connection()
-        .pttl(format!("{}lock:{LOCK}", q.prefix()))
+    q.connection().pttl(q.lock_key(LOCK)).await.unwrap()
+}
+
+/// lock.lua as docs/wire-format.md gives it: the lock's own key, then op, owner, ttl_ms.
+async fn lock_call<T: redis::FromRedisValue>(q: &Queue, args: &[String]) -> Result<T, String> {
+    let s = script("lock");
+    let mut inv = s.key(q.lock_key(LOCK));
+    for a in args {
+        inv.arg(a);
+    }
+    inv.invoke_async(&mut q.connection())
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())
 }
 
 async fn lock_op(q: &Queue, op: &str, lease: &Lease, ttl_ms: u64) -> (i64, String) {
-    call(
-        q,
-        "lock",
-        &[
-            op.to_owned(),
-            LOCK.to_owned(),
-            owner(lease),
-            ttl_ms.to_string(),
-        ],
-    )
-    .await
-    .unwrap()
+    lock_call(q, &[op.to_owned(), owner(lease), ttl_ms.to_string()])
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -1968,11 +1982,7 @@ async fn lock_renew_fails_once_another_attempt_holds_it() {
 
     // The guard's renewal sees it, and says so through `lost`.
     let c = attempt("job-c", 1, "w3");
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     let guard = q
         .try_lock(LOCK, &c, Duration::from_millis(300))
         .await
@@ -1980,7 +1990,7 @@ async fn lock_renew_fails_once_another_attempt_holds_it() {
         .expect("free");
     let _: () = q
         .connection()
-        .set(format!("{}lock:{LOCK}", q.prefix()), owner(&a))
+        .set(q.lock_key(LOCK), owner(&a))
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), guard.lost.cancelled())
@@ -2064,11 +2074,7 @@ async fn lock_release_leaves_another_attempts_lock_alone() {
     lock_op(q, "acquire", &b, 60_000).await;
     assert_eq!(lock_op(q, "release", &a, 60_000).await, (0, owner(&b)));
     assert_eq!(lock_value(q).await, Some(owner(&b)));
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     assert_eq!(lock_op(q, "release", &a, 60_000).await, (0, String::new()));
 }
 
@@ -2083,7 +2089,7 @@ async fn lock_check_confirms_the_holder_and_extends_nothing() {
         .unwrap()
         .expect("free");
     let _: () = redis::cmd("PEXPIRE")
-        .arg(format!("{}lock:{LOCK}", q.prefix()))
+        .arg(q.lock_key(LOCK))
         .arg(50_000)
         .query_async(&mut q.connection())
         .await
@@ -2108,7 +2114,7 @@ async fn lock_check_fails_once_another_attempt_holds_it() {
         .expect("free");
     let _: () = q
         .connection()
-        .set(format!("{}lock:{LOCK}", q.prefix()), owner(&b))
+        .set(q.lock_key(LOCK), owner(&b))
         .await
         .unwrap();
     match guard.check().await {
@@ -2138,11 +2144,7 @@ async fn lock_check_fails_once_the_lock_expired() {
         .await
         .unwrap()
         .expect("free");
-    let _: () = q
-        .connection()
-        .del(format!("{}lock:{LOCK}", q.prefix()))
-        .await
-        .unwrap();
+    let _: () = q.connection().del(q.lock_key(LOCK)).await.unwrap();
     assert!(matches!(guard.check().await, Err(LockLost::Expired { .. })));
     assert_eq!(lock_value(q).await, None, "check takes nothing");
 }
@@ -2151,7 +2153,7 @@ async fn lock_check_fails_once_the_lock_expired() {
 async fn lock_refuses_an_unknown_op() {
     let t = TestQueue::new().await;
     let q = &t.queue;
-    let err = call::<Value>(q, "lock", &strings(&["steal", LOCK, "job-a 1", "1000"]))
+    let err = lock_call::<Value>(q, &strings(&["steal", "job-a 1", "1000"]))
         .await
         .unwrap_err();
     assert!(err.contains("unknown op steal"), "{err}");
@@ -2397,7 +2399,7 @@ async fn retry_wakes_waiting_workers() {
         q.retry(std::slice::from_ref(&job.id), "again")
             .await
             .unwrap(),
-        ["queued"]
+        [AdminReply::Changed(JobState::Queued)]
     );
     assert_eq!(tokens(q).await, 1);
 }

@@ -380,6 +380,43 @@ async fn jobs_for_one_key_never_overlap(which: Db) {
     h.stop().await;
 }
 
+/// One distribution has one lock whichever queue its jobs come from: the same stage on two
+/// queues (two pools, one deployment) never runs twice at once, and the second finds the
+/// work done.
+async fn one_distribution_on_two_queues_is_staged_once(which: Db) {
+    let adapter = RecordingAdapter {
+        stage_delay: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let adapters = || Adapters::default().with(Platform::Npm, Arc::new(adapter.clone()));
+    let first = Harness::new(which, adapters(), FAST).await;
+    let second = Harness::sharing_locks_with(which, adapters(), FAST, &first).await;
+    first.revs.write("00001", VOTED);
+    second.revs.write("00001", VOTED);
+    let (a, b) = (stage("00001", false), stage("00001", false));
+    let (sa, sb) = tokio::join!(first.run(&a, 3), second.run(&b, 3));
+    assert_eq!((sa, sb), (JobState::Done, JobState::Done));
+    assert_eq!(
+        adapter
+            .max_in_stage
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never two stages at once"
+    );
+    assert_eq!(adapter.writes().len(), 1, "the second found the work done");
+    let deferred = [(&first, &a), (&second, &b)].iter().any(|(h, j)| {
+        futures::executor::block_on(h.t.queue.show(&j.id.to_string()))
+            .unwrap()
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| e.event == "deferred")
+    });
+    assert!(deferred, "one job waited for the other's lock");
+    first.stop().await;
+    second.stop().await;
+}
+
 async fn dry_runs_describe_and_record_without_writing(which: Db) {
     let h = recording(which, RecordingAdapter::default(), FAST).await;
     h.revs.write("00001", VOTED);
@@ -564,6 +601,7 @@ on_both!(failed_result_write_is_retried_without_a_second_stage);
 on_both!(failed_promote_result_write_is_retried_without_a_second_tag_move);
 on_both!(jobs_for_one_key_never_overlap);
 on_both!(dry_runs_describe_and_record_without_writing);
+on_both!(one_distribution_on_two_queues_is_staged_once);
 on_both!(waits_spend_no_attempt);
 on_both!(waits_end_at_the_deadline);
 on_both!(local_staging_checks_without_a_staging_place);
@@ -589,7 +627,7 @@ async fn an_attempt_that_loses_its_lock_stops_without_recording_success() {
         || async { in_stage.load(std::sync::atomic::Ordering::SeqCst) == 1 },
     )
     .await;
-    let lock = format!("{}lock:{}", h.t.queue.prefix(), key().lock_id());
+    let lock = h.t.queue.lock_key(&key().lock_id());
     let mut redis = redis::Client::open(h.t.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()

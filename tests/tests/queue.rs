@@ -525,7 +525,7 @@ async fn running_leases_stay_out_of_the_listpack_encoding() {
                 ..Default::default()
             },
             None,
-            100,
+            atr_dist_tests::cases::limit(100),
         )
         .await
         .unwrap();
@@ -1096,4 +1096,31 @@ async fn a_version_6_queue_is_refused_until_migrated_and_keeps_its_jobs() {
     let ended = atr_dist_tests::redis_support::ended_since(q, "0-1").await;
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0]["id"], leased[0].id);
+}
+
+/// A pool that stops cleanly leaves the live workers at once (docs/wire-format.md,
+/// `workers`): `queue stats` and `atr_dist_workers` stop counting it, and `queue migrate`
+/// does not wait a lease for a worker that is gone. Another pool's entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_stops_leaves_the_live_workers() {
+    use std::time::Duration;
+
+    use atr_dist::queue::pool::Completion;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let idle = || cases::FnHandler(|_| async { Ok(Completion::Done) });
+    // A lease far longer than the test: an entry can only go by being removed.
+    let mut config = cases::pool_config(1, cases::FAST_RETRY);
+    config.lease = Duration::from_secs(600);
+    let first = cases::RunningPool::start(q, idle(), config.clone());
+    let second = cases::RunningPool::start(q, idle(), config);
+    cases::eventually("both pools registered", Duration::from_secs(10), || async {
+        q.live_workers().await.unwrap() == 2
+    })
+    .await;
+    first.stop().await;
+    assert_eq!(q.live_workers().await.unwrap(), 1, "the stopped pool left");
+    second.stop().await;
+    assert_eq!(q.live_workers().await.unwrap(), 0);
 }

@@ -75,7 +75,7 @@ async fn every_end_is_reported_once_by_the_script_that_makes_it() {
     .unwrap();
     // The fourth is cancelled while it waits.
     let waiting = q
-        .list(&Default::default(), None, 100)
+        .list(&Default::default(), None, atr_dist_tests::cases::limit(100))
         .await
         .unwrap()
         .jobs
@@ -237,7 +237,7 @@ async fn the_lock_checker_sees_a_lock_expire_or_pass_to_another() {
         .unwrap();
     let checker = guard.checker();
     assert!(checker.check().await.is_ok());
-    let key = format!("{}lock:dist-x", q.prefix());
+    let key = q.lock_key("dist-x");
     let _: () = q.connection().del(&key).await.unwrap();
     assert!(
         matches!(checker.check().await, Err(LockLost::Expired { .. })),

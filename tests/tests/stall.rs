@@ -68,7 +68,7 @@ async fn a_later_attempt_of_the_same_job_is_refused_while_an_earlier_one_holds_t
     held.check().await.expect("refusing changed nothing");
 
     // The first attempt's lock runs out: its worker stopped renewing it.
-    let key = format!("{}lock:{LOCK}", q.prefix());
+    let key = q.lock_key(LOCK);
     let _: () = q.connection().del(&key).await.unwrap();
     match held.check().await {
         Err(LockLost::Expired { lock }) => assert_eq!(lock, LOCK),

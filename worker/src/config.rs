@@ -528,6 +528,7 @@ impl Config {
         let mut config: Config = figment.extract().map_err(Box::new)?;
         config.resolve_secret_files()?;
         config.validate()?;
+        config.register_secrets();
         Ok(config)
     }
 
@@ -788,6 +789,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Hands every secret to `secret::scrub`, which takes them out of what platforms answer
+    /// before it is logged or recorded. HTTP Basic sends `<user>:<secret>` in base64: the
+    /// user is the section's `username`, or `__token__` (PyPI's default).
+    fn register_secrets(&self) {
+        for secret in [
+            &self.database.password,
+            &self.redis.password,
+            &self.http.admin_token,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            crate::secret::register(secret, &[]);
+        }
+        for platform in Platform::ALL {
+            let p = self.platforms.get(platform);
+            let mut users = vec!["__token__"];
+            users.extend(p.username.as_deref());
+            for secret in [&p.token, &p.staging_token].into_iter().flatten() {
+                crate::secret::register(secret, &users);
+            }
+        }
     }
 
     /// The database URL with the password (from the environment or a file) filled in.

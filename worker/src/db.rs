@@ -13,6 +13,20 @@ pub enum DbError {
     Connect { url: String, source: DbErr },
     #[error("migration failed: {0}")]
     Migrate(DbErr),
+    #[error(
+        "another `atr-dist run` ({holder}) already works on the SQLite database {path}: SQLite is \
+         for one worker process (several wait on its single write lock and fail with \"database \
+         is locked\"). Raise [worker] concurrency in that one process, or give every worker the \
+         same PostgreSQL database (database.url = \"postgres://...\")"
+    )]
+    SqliteInUse { path: String, holder: String },
+    #[error(
+        "cannot lock {path}, which keeps a second `atr-dist run` off the SQLite database: {source}"
+    )]
+    SqliteLock {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A URL fit for logs: the password, if any, replaced.
@@ -115,4 +129,119 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
         .await
         .map_err(DbError::Migrate)?;
     Ok(pending.iter().map(|m| m.name().to_owned()).collect())
+}
+
+/// Held by `atr-dist run` for as long as it works on a SQLite file: an exclusive `flock` on
+/// `<database>-run.lock` beside it. The kernel drops it when the process ends however it
+/// ends (a SIGKILL included), so a crashed worker never blocks its successor.
+#[derive(Debug)]
+pub struct SqliteRunLock {
+    _file: std::fs::File,
+}
+
+/// The file a `sqlite:` URL names, as sqlx reads it (`sqlite://PATH`, `sqlite:PATH`, query
+/// after `?`); `None` for an in-memory database and for other schemes.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory =
+        path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    if in_memory {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// Refuses a second `atr-dist run` on one SQLite file, naming the process that has it.
+/// SQLite serialises writers on one lock: several worker processes on a file spend their
+/// time waiting for it, and attempts fail with "database is locked" once a wait outlasts
+/// the busy timeout. One process with more `[worker] concurrency` shares its connection
+/// pool instead; several processes need PostgreSQL. Readers (`atr-dist jobs`, `serve`)
+/// take no lock. `Ok(None)` for PostgreSQL and in-memory SQLite.
+pub fn lock_sqlite_for_run(url: &Secret) -> Result<Option<SqliteRunLock>, DbError> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::io::{Read, Seek, Write};
+
+    let Some(db) = sqlite_file(url.expose()) else {
+        return Ok(None);
+    };
+    let mut name = db.clone().into_os_string();
+    name.push("-run.lock");
+    let path = std::path::PathBuf::from(name);
+    let shown = path.display().to_string();
+    let lock_err = |source: std::io::Error| DbError::SqliteLock {
+        path: shown.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "a process that has not written its pid yet".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(DbError::SqliteInUse {
+                path: db.display().to_string(),
+                holder,
+            });
+        }
+        Err(e) => return Err(lock_err(e.into())),
+    }
+    // Who holds it, for the message a second process gives.
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(Some(SqliteRunLock { _file: file }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        let file = |u: &str| sqlite_file(u).map(|p| p.display().to_string());
+        assert_eq!(
+            file("sqlite://./atr-dist.db").as_deref(),
+            Some("./atr-dist.db")
+        );
+        assert_eq!(
+            file("sqlite:///var/lib/a.db?mode=rwc").as_deref(),
+            Some("/var/lib/a.db")
+        );
+        assert_eq!(file("sqlite:a.db").as_deref(), Some("a.db"));
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("sqlite://x.db?mode=memory&cache=shared"), None);
+        assert_eq!(file("postgres://atr@db/atr"), None);
+    }
+
+    #[test]
+    fn a_second_lock_on_one_file_is_refused_and_the_first_release_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Secret::new(format!("sqlite://{}/r.db", dir.path().display()));
+        let first = lock_sqlite_for_run(&url).unwrap().expect("a file database");
+        // flock locks belong to the open file description: a second open in this process
+        // conflicts as a second process would.
+        let err = lock_sqlite_for_run(&url).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "names the holder: {err}"
+        );
+        assert!(err.contains("PostgreSQL"), "says what to do: {err}");
+        drop(first);
+        assert!(lock_sqlite_for_run(&url).unwrap().is_some());
+        let memory = Secret::new("sqlite::memory:".to_owned());
+        assert!(lock_sqlite_for_run(&memory).unwrap().is_none());
+    }
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod embedded;
 pub mod fd_limit;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod platform;
 pub mod queue;

@@ -142,6 +142,9 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         url: db::redacted(redis_url.expose()),
         source,
     })?;
+    // Before connecting: a second worker process on one SQLite file is refused, not left to
+    // fail its attempts with "database is locked".
+    let _sqlite_lock = db::lock_sqlite_for_run(&config.database_url())?;
     let conn = db::connect(&config.database_url(), config.database.max_connections).await?;
     if config.database.auto_migrate {
         let applied = db::migrate_up(&conn).await?;

@@ -29,6 +29,58 @@ impl Secret {
     }
 }
 
+/// Every secret this process was configured with, and the forms it is sent in, so that text
+/// from outside (a platform's error body, which a careless platform may fill with the
+/// request's own `Authorization` header) can be scrubbed before it is logged or recorded.
+static KNOWN: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shorter values are not scrubbed: replacing every "1234" in a message would mangle it and
+/// hide nothing (config validation asks 16 characters of the admin token; platform tokens
+/// are longer still).
+const MIN_SCRUBBED_LEN: usize = 6;
+
+/// Remembers `secret` for [`scrub`], with the encodings it travels in: as is (Bearer,
+/// `Authorization: <key>`) and base64 (Maven's Bearer), and base64 of `<user>:<secret>` for
+/// each of `basic_users` (HTTP Basic).
+pub fn register(secret: &Secret, basic_users: &[&str]) {
+    use base64::Engine as _;
+    let value = secret.expose();
+    if value.len() < MIN_SCRUBBED_LEN {
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forms = vec![value.to_owned(), b64.encode(value)];
+    forms.extend(
+        basic_users
+            .iter()
+            .map(|user| b64.encode(format!("{user}:{value}"))),
+    );
+    let Ok(mut known) = KNOWN.write() else {
+        return;
+    };
+    for form in forms {
+        if !known.contains(&form) {
+            known.push(form);
+        }
+    }
+    // Longest first, so that a secret containing another is replaced whole.
+    known.sort_by_key(|f| std::cmp::Reverse(f.len()));
+}
+
+/// `text` with every registered secret replaced by `[redacted]`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(known) = KNOWN.read() else {
+        return std::borrow::Cow::Borrowed(text);
+    };
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "[redacted]"));
+        }
+    }
+    out
+}
+
 /// The values of `secrets`, for an API that takes plain strings (the Redis Cluster client's
 /// seed nodes).
 pub fn exposed(secrets: &[Secret]) -> Vec<String> {
@@ -76,6 +128,29 @@ impl<'de> Deserialize<'de> for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_secrets_are_scrubbed_in_every_form_they_travel_in() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let token = "npm_scrub_test_4d1c9e";
+        register(&Secret::new(token), &["__token__"]);
+        register(&Secret::new("abc"), &[]);
+        let echoed = format!(
+            "401: bad credentials Bearer {token}, Basic {}, base64 {}; abc stays",
+            b64.encode(format!("__token__:{token}")),
+            b64.encode(token)
+        );
+        let scrubbed = scrub(&echoed);
+        assert_eq!(
+            scrubbed,
+            "401: bad credentials Bearer [redacted], Basic [redacted], base64 [redacted]; abc stays"
+        );
+        assert!(matches!(
+            scrub("nothing secret"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn never_prints_its_value() {

@@ -18,7 +18,7 @@ pub fn init(config: &LogConfig) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests, embedded use) keeps the first subscriber.
     let _ = match config.format {
@@ -31,6 +31,24 @@ pub fn init(config: &LogConfig) {
                 .finish(),
         ),
     };
+}
+
+/// Standard error with every configured secret taken out (`secret::scrub`). Platform
+/// answers are scrubbed where they are read; this is the net under every other way a secret
+/// could reach a log line. The fmt layer formats an event whole and writes it in one call, so
+/// a secret is never split between two writes.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(crate::secret::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn install<S>(subscriber: S) -> Result<(), TryInitError>

@@ -181,6 +181,13 @@ impl Operated {
     }
 
     fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let (code, stdout, stderr) = self.cli_exit(args);
+        assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
+        (code, stdout)
+    }
+
+    /// Runs the CLI on this queue and database: its exit code, stdout and stderr.
+    fn cli_exit(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let out = atr_dist()
             .args(args)
             .env("ATR_DIST_REDIS__URL", &self.redis_url)
@@ -188,13 +195,11 @@ impl Operated {
             .env("ATR_DIST_DATABASE__URL", &self.database_url)
             .output()
             .unwrap();
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), stdout)
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Enqueues a job through the CLI; returns its id.
@@ -342,7 +347,8 @@ async fn jobs_show_and_list_tell_the_current_state_first() {
         "the attempts keep it: {shown}"
     );
     let (_, listed) = o.cli(&["jobs", "list"]);
-    let line = listed.lines().find(|l| l.starts_with(&recovered)).unwrap();
+    let short = atr_dist::queue::short_id(&recovered);
+    let line = listed.lines().find(|l| l.starts_with(short)).unwrap();
     assert!(!line.contains("503"), "{listed}");
     let (_, json) = o.cli(&["jobs", "show", &recovered, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -381,6 +387,70 @@ async fn jobs_show_and_list_tell_the_current_state_first() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_cancel_exit_codes_tell_done_from_nothing_to_do_and_not_allowed() {
+    use atr_dist::queue::AckOutcome;
+
+    let o = Operated::new().await;
+    let done = o.enqueue("stage", "done-pkg");
+    o.attempt(AckOutcome::Done).await;
+    let waiting = o.enqueue("stage", "waiting-pkg");
+    let events = |id: String| {
+        let q = o.queue.clone();
+        async move { q.show(&id).await.unwrap().unwrap().events.len() }
+    };
+
+    // A queued job will run: retrying it has nothing to do, and writes nothing.
+    let (code, out, _) = o.cli_exit(&["jobs", "retry", &waiting]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("nothing to do: it is queued already"), "{out}");
+    assert_eq!(events(waiting.clone()).await, 0);
+    // Cancelled now; then again, with nothing to do and no second "cancelled" event.
+    let (code, out, _) = o.cli_exit(&["jobs", "cancel", &waiting]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("{waiting}  cancelled").as_str())
+    );
+    assert_eq!(events(waiting.clone()).await, 1);
+    let (code, out, _) = o.cli_exit(&["jobs", "cancel", &waiting]);
+    assert_eq!(code, Some(5), "{out}");
+    assert_eq!(events(waiting.clone()).await, 1);
+    // A done job can be neither retried nor cancelled: 4, also beside jobs that changed.
+    let (code, out, _) = o.cli_exit(&["jobs", "cancel", &done]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("not allowed: it is done"), "{out}");
+    let (code, out, _) = o.cli_exit(&["jobs", "retry", &waiting, &done]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains(&format!("{waiting}  queued again")), "{out}");
+    // The API's page limits, refused the same way (`PageLimit`).
+    for limit in ["0", "5000", "many"] {
+        let (code, _, err) = o.cli_exit(&["jobs", "list", "--limit", limit]);
+        assert_eq!(code, Some(2), "--limit {limit}: {err}");
+        assert!(err.contains("is not a number from 1 to 1000"), "{err}");
+    }
+    let (_, listed) = o.cli(&["jobs", "list", "--limit", "1"]);
+    assert!(listed.contains("more: --cursor"), "{listed}");
+    // Short ids (as `jobs list` shows them) and starts of ids name jobs; a start that more
+    // than one id shares is bad input, and nothing is done.
+    let short = atr_dist::queue::short_id(&done);
+    let (code, out, _) = o.cli_exit(&["jobs", "show", short]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&done), "{out}");
+    let (code, out, _) = o.cli_exit(&["jobs", "cancel", short]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.starts_with(&done), "the full id is shown: {out}");
+    let (code, _, err) = o.cli_exit(&["jobs", "retry", &waiting[..6], &done[..6]]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("more than one job's id"), "{err}");
+    assert!(err.contains(&done) && err.contains(&waiting), "{err}");
+    let (code, _, _) = o.cli_exit(&["jobs", "show", "ffffeeee"]);
+    assert_eq!(code, Some(3));
+    // An unknown job is 3, whatever else the command did.
+    let nope = "0190f5d2-0000-7000-8000-0000000000ff";
+    let (code, out, _) = o.cli_exit(&["jobs", "cancel", &waiting, nope]);
+    assert_eq!(code, Some(3), "{out}");
+}
+
 #[test]
 fn help_lists_the_exit_codes() {
     let out = atr_dist().arg("--help").output().unwrap();
@@ -390,7 +460,8 @@ fn help_lists_the_exit_codes() {
         "0  success",
         "2  bad usage, input or configuration",
         "3  the job asked for does not exist",
-        "4  some of the given jobs could not be acted on",
+        "4  retry, cancel: some given job is in a state that does not allow it",
+        "5  retry, cancel: nothing to do for some given job",
     ] {
         assert!(text.contains(line), "--help lacks {line:?}:\n{text}");
     }
@@ -403,6 +474,44 @@ fn help_lists_the_exit_codes() {
         readme.contains(atr_dist::cli::EXIT_CODES),
         "README.md lacks the exit codes of --help"
     );
+}
+
+/// The README's two commands, `cargo run -- run` and `scripts/test`, build into one target
+/// directory with one profile, so that a newcomer compiles the dependencies once; `.ci/run`'s
+/// `CARGO_TARGET_DIR` still decides for both when it is set.
+#[test]
+fn the_readme_commands_share_one_build() {
+    let crate_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(crate_dir.join("..").join(path)).unwrap();
+    let readme = read("README.md");
+    let sh_blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    let runs: Vec<&str> = sh_blocks
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter(|l| l.starts_with("cargo run"))
+        .collect();
+    assert!(!runs.is_empty());
+    for line in runs {
+        assert!(
+            line.starts_with("cargo run -- "),
+            "a README command builds another profile: {line}"
+        );
+    }
+    assert!(sh_blocks.iter().any(|b| b.contains("scripts/test")));
+    assert!(
+        readme.contains("the first build takes about"),
+        "the README says how long the first build takes"
+    );
+    let test_script = read("scripts/test");
+    assert!(
+        !test_script.contains("CARGO_TARGET_DIR="),
+        "scripts/test must build where `cargo run` does, unless CARGO_TARGET_DIR is set"
+    );
+    assert!(read(".ci/run").contains("CARGO_TARGET_DIR=\"${CARGO_TARGET_DIR:-"));
 }
 
 #[test]

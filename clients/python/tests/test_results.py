@@ -81,7 +81,7 @@ def test_a_cancelled_job_is_reported_with_its_envelope(
     producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
 ) -> None:
     job = producer.enqueue_stage(**stage_args)
-    assert cancel(redis_client, queue, job.id) == "cancelled"
+    assert cancel(redis_client, queue, job.id) == "changed cancelled"
     results = Results(redis_client, queue=queue, group="atr", consumer="c1")
     got = list(results.read())
     assert len(got) == 1

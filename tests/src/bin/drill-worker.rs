@@ -37,9 +37,11 @@ async fn main() {
         eprintln!("usage: drill-worker <redis-url> <queue> <concurrency> <lease-ms>");
         std::process::exit(2);
     };
+    // The lock namespace its test queue has (`TestQueue`), deleted with it.
     let queue = Queue::connect(url, &[], name)
         .await
-        .expect("Redis reachable");
+        .expect("Redis reachable")
+        .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
     let handler = Recorder {
         conn: queue.connection(),
         runs_key: format!("{}drill:runs", queue.prefix()),

@@ -26,9 +26,11 @@ async fn main() {
         );
         std::process::exit(2);
     };
+    // The lock namespace its test queue has (`TestQueue`), deleted with it.
     let queue = Queue::connect(redis_url, &[], name)
         .await
-        .expect("Redis reachable");
+        .expect("Redis reachable")
+        .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
     let db = atr_dist::db::connect(&Secret::new(database_url.clone()), 2)
         .await
         .expect("database reachable");

@@ -19,9 +19,11 @@ async fn main() {
         eprintln!("usage: stall-worker <redis-url> <queue> <lease-ms>");
         std::process::exit(2);
     };
+    // The lock namespace its test queue has (`TestQueue`), deleted with it.
     let queue = Queue::connect(url, &[], name)
         .await
-        .expect("Redis reachable");
+        .expect("Redis reachable")
+        .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
     let mut config = pool_config(1, FAST_RETRY);
     config.lease = Duration::from_millis(lease_ms.parse().expect("lease-ms"));
     let handler = GatedWriter {

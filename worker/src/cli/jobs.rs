@@ -4,13 +4,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use atr_dist_shared::entities::job_run;
-use atr_dist_shared::{AtrTaskStatus, AttemptOutcome, ErrorClass, JobState};
+use atr_dist_shared::{AttemptOutcome, JobState};
 use clap::{Args, Subcommand};
 
-use super::output::{ago, json, table, truncate};
-use super::{CliError, EXIT_NOT_FOUND, EXIT_PARTIAL};
+use super::output::{ago, attempt_label, json, table, truncate};
+use super::{CliError, EXIT_NOT_FOUND, EXIT_NOTHING_TO_DO, EXIT_REFUSED};
 use crate::http::types::{AttemptBody, JobDetailBody};
-use crate::queue::{JobFilter, Queue};
+use crate::queue::{
+    AdminAction, AdminReply, IdLookup, JobFilter, PageLimit, Queue, ambiguous_id, short_id,
+};
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
@@ -53,9 +55,9 @@ pub enum JobsCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Jobs per page.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// Jobs per page, from 1 to 1000 (the API's `limit` takes the same).
+        #[arg(long, default_value = "50", value_parser = PageLimit::parse)]
+        limit: PageLimit,
         /// Continue from a previous page.
         #[arg(long)]
         cursor: Option<String>,
@@ -65,7 +67,8 @@ pub enum JobsCommand {
     },
     /// Show one job: payload, attempts, errors and timeline.
     Show {
-        /// The job's id (a UUID, as `jobs list` and `enqueue` print it).
+        /// The job's id: in full, as `enqueue` prints it, or any part of it (4 characters or
+        /// more) that it starts or ends with, such as the short id `jobs list` shows.
         id: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -74,7 +77,7 @@ pub enum JobsCommand {
     /// Queue dead (or cancelled) jobs again: the given ids, or with --all-dead every dead job
     /// matching the filters.
     Retry {
-        /// Ids of dead or cancelled jobs.
+        /// Ids of dead or cancelled jobs (in full, or short, as for `show`).
         ids: Vec<String>,
         /// Every dead job matching the filters below, instead of ids.
         #[arg(long, conflicts_with = "ids")]
@@ -84,7 +87,7 @@ pub enum JobsCommand {
     },
     /// Cancel jobs: waiting ones at once, running ones as soon as their worker hears.
     Cancel {
-        /// Ids of the jobs to cancel.
+        /// Ids of the jobs to cancel (in full, or short, as for `show`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -141,7 +144,7 @@ pub async fn jobs(
                 .iter()
                 .map(|j| {
                     vec![
-                        j.id.clone(),
+                        short_id(&j.id).to_owned(),
                         j.state.to_string(),
                         j.kind.clone(),
                         j.platform.clone(),
@@ -174,118 +177,22 @@ pub async fn jobs(
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Show { id, json: as_json } => {
+            let Some(id) = resolve(queue, &id).await? else {
+                eprintln!("atr-dist: no job {id} in queue {}", queue.name());
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            };
             let Some(detail) = queue.show(&id).await.map_err(anyhow::Error::from)? else {
                 eprintln!("atr-dist: no job {id} in queue {}", queue.name());
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };
             let attempts = read_attempts(config, &id).await;
+            let d = JobDetailBody::new(detail, attempts);
             if as_json {
                 // The API's shape for a job in full (docs/openapi.json, `JobDetailBody`).
-                outln!("{}", json(&JobDetailBody::new(detail, attempts)));
+                outln!("{}", json(&d));
                 return Ok(ExitCode::SUCCESS);
             }
-            let attempts: Result<Vec<AttemptBody>, String> =
-                attempts.map(|rows| rows.into_iter().map(AttemptBody::from).collect());
-            // A changed revision is what the operator has to act on: before anything else.
-            if let Ok(attempts) = &attempts
-                && let Some(changed) = attempts.iter().rev().find(|a| {
-                    a.outcome.as_deref() == Some(AttemptOutcome::RevisionChanged.as_str())
-                })
-            {
-                outln!(
-                    "REVISION CHANGED (attempt {}): the voted revision's files differ from the staged ones; nothing was promoted",
-                    changed.attempt
-                );
-                match &changed.revision_diff {
-                    Some(diff) => {
-                        for (what, paths) in [
-                            ("added", &diff.added),
-                            ("removed", &diff.removed),
-                            ("changed", &diff.changed),
-                        ] {
-                            for path in paths {
-                                outln!("  {what:<8} {path}");
-                            }
-                        }
-                    }
-                    None => outln!(
-                        "  {}",
-                        changed.message.as_deref().unwrap_or("no paths recorded")
-                    ),
-                }
-                outln!("");
-            }
-            let s = &detail.summary;
-            let mut rows = vec![
-                vec!["id".into(), s.id.clone()],
-                vec!["state".into(), s.state.to_string()],
-                vec!["kind".into(), s.kind.clone()],
-                vec!["release".into(), s.release.clone()],
-                vec!["platform".into(), s.platform.clone()],
-                vec![
-                    "attempt".into(),
-                    format!("{} of {}", s.attempt, s.max_attempts),
-                ],
-                vec!["idempotency key".into(), s.idempotency_key.clone()],
-                vec!["enqueued".into(), fmt_time(s.enqueued_at)],
-                vec!["started".into(), fmt_time(s.started_at)],
-                vec!["finished".into(), fmt_time(s.finished_at)],
-                vec![
-                    "worker".into(),
-                    s.worker.clone().unwrap_or_else(|| "-".into()),
-                ],
-            ];
-            if s.state == JobState::Done {
-                // Failures before the success are history: counted here, listed below.
-                if let Ok(attempts) = &attempts {
-                    let failed = attempts.iter().filter(|a| failed(a)).count();
-                    if failed > 0 {
-                        rows.push(vec![
-                            "earlier failures".into(),
-                            format!("{failed} failed attempt(s) before it succeeded; see attempts"),
-                        ]);
-                    }
-                }
-            } else {
-                rows.push(vec![
-                    "error class".into(),
-                    s.error_class.clone().unwrap_or_else(|| "-".into()),
-                ]);
-                rows.push(vec![
-                    "last error".into(),
-                    s.last_error.clone().unwrap_or_else(|| "-".into()),
-                ]);
-            }
-            rows.push(vec![
-                "ATR task status".into(),
-                AtrTaskStatus::of(
-                    s.state,
-                    s.error_class.as_deref().and_then(ErrorClass::parse),
-                )
-                .to_string(),
-            ]);
-            out!("{}", table(&["FIELD", "VALUE"], &rows));
-            outln!("\ntimeline:");
-            let mut timeline = vec![vec![
-                fmt_time(s.enqueued_at),
-                "enqueued".into(),
-                String::new(),
-                String::new(),
-            ]];
-            for e in &detail.events {
-                timeline.push(vec![
-                    fmt_time(e.at),
-                    e.event.clone(),
-                    e.attempt.map(|a| a.to_string()).unwrap_or_default(),
-                    e.message.clone().unwrap_or_default(),
-                ]);
-            }
-            out!(
-                "{}",
-                table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
-            );
-            print_attempts(&attempts);
-            outln!("\npayload:\n{}", pretty(&detail.envelope));
+            print_detail(&d);
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Retry {
@@ -304,30 +211,9 @@ pub async fn jobs(
             if ids.is_empty() {
                 return Err(CliError::Usage("give job ids, or --all-dead".into()));
             }
-            let results = queue
-                .retry(&ids, "retried from the CLI")
-                .await
-                .map_err(anyhow::Error::from)?;
-            report(&ids, &results, "queued")
+            act(queue, &ids, AdminAction::Retry).await
         }
-        JobsCommand::Cancel { ids } => {
-            let results = queue
-                .cancel(&ids, "cancelled from the CLI")
-                .await
-                .map_err(anyhow::Error::from)?;
-            let ok: Vec<bool> = results
-                .iter()
-                .map(|r| r == "cancelled" || r == "cancel_requested")
-                .collect();
-            for ((id, r), _) in ids.iter().zip(&results).zip(&ok) {
-                outln!("{id}  {r}");
-            }
-            Ok(if ok.iter().all(|b| *b) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_PARTIAL)
-            })
-        }
+        JobsCommand::Cancel { ids } => act(queue, &ids, AdminAction::Cancel).await,
         JobsCommand::Purge { state, older_than } => {
             if !state.is_terminal() {
                 return Err(CliError::Usage(format!(
@@ -420,15 +306,178 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
     }
 }
 
-fn report(ids: &[String], results: &[String], success: &str) -> Result<ExitCode, CliError> {
-    for (id, r) in ids.iter().zip(results) {
-        outln!("{id}  {r}");
+/// The job `given` names, in full (`None` when none does). A part of more than one job's id
+/// is a usage error that lists them.
+async fn resolve(queue: &Queue, given: &str) -> Result<Option<String>, CliError> {
+    match queue.resolve_id(given).await.map_err(anyhow::Error::from)? {
+        IdLookup::Found(id) => Ok(Some(id)),
+        IdLookup::NotFound => Ok(None),
+        IdLookup::Ambiguous(ids) => Err(CliError::Usage(ambiguous_id(given, &ids))),
     }
-    Ok(if results.iter().all(|r| r == success) {
-        ExitCode::SUCCESS
+}
+
+/// Retries or cancels the jobs `given` names, and reports on each.
+async fn act(queue: &Queue, given: &[String], action: AdminAction) -> Result<ExitCode, CliError> {
+    // Every id is looked up before anything is done: an ambiguous one changes nothing.
+    let mut ids = Vec::with_capacity(given.len());
+    for g in given {
+        ids.push(resolve(queue, g).await?);
+    }
+    let known: Vec<String> = ids.iter().flatten().cloned().collect();
+    let message = match action {
+        AdminAction::Retry => "retried from the CLI",
+        AdminAction::Cancel => "cancelled from the CLI",
+    };
+    let done = match action {
+        AdminAction::Retry => queue.retry(&known, message).await,
+        AdminAction::Cancel => queue.cancel(&known, message).await,
+    }
+    .map_err(anyhow::Error::from)?;
+    let mut done = done.into_iter();
+    let mut shown = Vec::with_capacity(given.len());
+    let mut replies = Vec::with_capacity(given.len());
+    for (g, id) in given.iter().zip(ids) {
+        let reply = match &id {
+            Some(_) => done.next().unwrap_or(AdminReply::NotFound),
+            None => AdminReply::NotFound,
+        };
+        shown.push(id.unwrap_or_else(|| g.clone()));
+        replies.push(reply);
+    }
+    Ok(report(&shown, &replies, action))
+}
+
+/// Prints what a retry or cancel did to each job, and gives the exit code `EXIT_CODES`
+/// describes.
+fn report(ids: &[String], replies: &[AdminReply], action: AdminAction) -> ExitCode {
+    for (id, reply) in ids.iter().zip(replies) {
+        outln!("{id}  {}", reply.describe(action));
+    }
+    ExitCode::from(exit_code(replies))
+}
+
+/// A retry's or cancel's exit code: the most serious of its replies.
+pub fn exit_code(replies: &[AdminReply]) -> u8 {
+    let any = |f: fn(&AdminReply) -> bool| replies.iter().any(f);
+    if any(|r| matches!(r, AdminReply::Refused(_))) {
+        EXIT_REFUSED
+    } else if any(|r| matches!(r, AdminReply::NotFound)) {
+        EXIT_NOT_FOUND
+    } else if any(|r| matches!(r, AdminReply::Unchanged(_))) {
+        EXIT_NOTHING_TO_DO
     } else {
-        ExitCode::from(EXIT_PARTIAL)
-    })
+        0
+    }
+}
+
+/// A job in full, for people: a changed revision first, then the job's fields, its timeline,
+/// its attempts and its payload.
+fn print_detail(d: &JobDetailBody) {
+    // A changed revision is what the operator has to act on: before anything else.
+    if let Some(changed) = d
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome.as_deref() == Some(AttemptOutcome::RevisionChanged.as_str()))
+    {
+        outln!(
+            "REVISION CHANGED (attempt {}): the voted revision's files differ from the staged ones; nothing was promoted",
+            changed.attempt
+        );
+        match &changed.revision_diff {
+            Some(diff) => {
+                for (what, paths) in [
+                    ("added", &diff.added),
+                    ("removed", &diff.removed),
+                    ("changed", &diff.changed),
+                ] {
+                    for path in paths {
+                        outln!("  {what:<8} {path}");
+                    }
+                }
+            }
+            None => outln!(
+                "  {}",
+                changed.message.as_deref().unwrap_or("no paths recorded")
+            ),
+        }
+        outln!("");
+    }
+    let s = &d.job;
+    let mut rows = vec![
+        vec!["id".into(), s.id.clone()],
+        vec!["state".into(), s.state.to_string()],
+        vec!["kind".into(), s.kind.clone()],
+        vec!["release".into(), s.release.clone()],
+        vec!["platform".into(), s.platform.clone()],
+        vec![
+            "attempt".into(),
+            format!("{} of {}", s.attempt, s.max_attempts),
+        ],
+        vec!["idempotency key".into(), s.idempotency_key.clone()],
+        vec!["enqueued".into(), fmt_time(s.enqueued_at)],
+        vec!["started".into(), fmt_time(s.started_at)],
+        vec!["finished".into(), fmt_time(s.finished_at)],
+        vec![
+            "worker".into(),
+            s.worker.clone().unwrap_or_else(|| "-".into()),
+        ],
+    ];
+    if s.state == JobState::Done {
+        // Failures before the success are history: counted here, listed below.
+        let failed = d.attempts.iter().filter(|a| failed(a)).count();
+        if failed > 0 {
+            rows.push(vec![
+                "earlier failures".into(),
+                format!("{failed} failed attempt(s) before it succeeded; see attempts"),
+            ]);
+        }
+    } else {
+        rows.push(vec![
+            "error class".into(),
+            s.error_class.clone().unwrap_or_else(|| "-".into()),
+        ]);
+        rows.push(vec![
+            "last error".into(),
+            s.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    rows.push(vec![
+        "ATR task status".into(),
+        s.atr_task_status.to_string(),
+    ]);
+    out!("{}", table(&["FIELD", "VALUE"], &rows));
+    outln!("\ntimeline:");
+    let runs = d.timeline.iter().map(|e| e.run).max().unwrap_or(1);
+    let timeline: Vec<Vec<String>> = d
+        .timeline
+        .iter()
+        .map(|e| {
+            vec![
+                fmt_time(e.at),
+                e.event.clone(),
+                e.attempt
+                    .map(|a| attempt_label(runs, e.run, a))
+                    .unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        table(&["AT", "EVENT", "ATTEMPT", "MESSAGE"], &timeline)
+    );
+    match &d.attempts_error {
+        Some(e) => outln!("\nattempts: not shown ({e})"),
+        None => print_attempts(&d.attempts),
+    }
+    // Stored text that is not JSON is shown as it is.
+    let envelope = if let serde_json::Value::String(text) = &d.envelope {
+        text.clone()
+    } else {
+        serde_json::to_string_pretty(&d.envelope).unwrap_or_default()
+    };
+    outln!("\npayload:\n{envelope}");
 }
 
 fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -482,14 +531,7 @@ async fn read_attempts(
     }
 }
 
-fn print_attempts(attempts: &Result<Vec<AttemptBody>, String>) {
-    let rows = match attempts {
-        Ok(rows) => rows,
-        Err(e) => {
-            outln!("\nattempts: not shown ({e})");
-            return;
-        }
-    };
+fn print_attempts(rows: &[AttemptBody]) {
     if rows.is_empty() {
         outln!("\nattempts: none recorded in the results database");
         return;
@@ -499,6 +541,7 @@ fn print_attempts(attempts: &Result<Vec<AttemptBody>, String>) {
         .iter()
         .map(|r| {
             vec![
+                r.run.to_string(),
                 r.attempt.to_string(),
                 fmt_time(Some(r.started_at)),
                 r.duration_ms
@@ -515,16 +558,9 @@ fn print_attempts(attempts: &Result<Vec<AttemptBody>, String>) {
         "{}",
         table(
             &[
-                "ATTEMPT", "STARTED", "DURATION", "OUTCOME", "CLASS", "HTTP", "MESSAGE"
+                "RUN", "ATTEMPT", "STARTED", "DURATION", "OUTCOME", "CLASS", "HTTP", "MESSAGE"
             ],
             &rows
         )
     );
-}
-
-fn pretty(envelope: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(envelope)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| envelope.to_owned())
 }

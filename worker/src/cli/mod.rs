@@ -1,6 +1,7 @@
-//! The `atr-dist` command line. Exit codes: 0 success; 1 the operation failed (e.g. Redis or
-//! the database unreachable); 2 bad usage, input or configuration (clap's own usage errors too);
-//! 3 the job asked for does not exist; 4 some of the given jobs could not be acted on.
+//! The `atr-dist` command line. Exit codes (`EXIT_CODES`): 0 success; 1 the operation failed
+//! (e.g. Redis or the database unreachable); 2 bad usage, input or configuration (clap's own
+//! usage errors too); 3 the job asked for does not exist; 4 a retry or cancel not allowed in a
+//! job's state; 5 a retry or cancel with nothing to do.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,17 +34,24 @@ pub mod output;
 
 /// The exit codes, as `--help` lists them (and README.md, "Exit codes").
 pub const EXIT_CODES: &str = "Exit codes:
-  0  success
+  0  success (retry, cancel: every given job was changed)
   1  the operation failed (Redis or the database unreachable, a worker error); for
      `migrate --status`, migrations are pending
-  2  bad usage, input or configuration (the message names the flag, field or config key)
-  3  the job asked for does not exist
-  4  some of the given jobs could not be acted on (retry, cancel)";
+  2  bad usage, input or configuration (the message names the flag, field or config
+     key); a short job id that more than one job's id starts or ends with
+  3  the job asked for does not exist (retry, cancel: some given job)
+  4  retry, cancel: some given job is in a state that does not allow it (a done job
+     retried, a done or dead one cancelled)
+  5  retry, cancel: nothing to do for some given job (already queued or running, already
+     cancelled), the others were changed; nothing was written for it
+When the jobs of one retry or cancel fare differently, 4 goes before 3, and 3 before 5.";
 
-/// Some of the given jobs could not be acted on (retry, cancel).
-pub const EXIT_PARTIAL: u8 = 4;
+/// Some of the given jobs are in a state that does not allow the action (retry, cancel).
+pub const EXIT_REFUSED: u8 = 4;
 /// The job asked for does not exist.
 pub const EXIT_NOT_FOUND: u8 = 3;
+/// Nothing to do for some of the given jobs (retry, cancel); the others were changed.
+pub const EXIT_NOTHING_TO_DO: u8 = 5;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,6 +141,10 @@ async fn connect_queue(config: &Config) -> Result<Queue, CliError> {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mut config = Config::load(cli.config.as_deref())?;
     crate::telemetry::init(&config.log);
+    if matches!(cli.command, Command::Run | Command::Serve) {
+        // Every metric series from the first scrape on.
+        crate::metrics::init();
+    }
     let config_for_adapters = config.clone();
     match cli.command {
         Command::Run => {

@@ -75,6 +75,16 @@ pub fn ago(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     }
 }
 
+/// "attempt 2", or "run 2, attempt 1" for a job that has run more than once (an operator
+/// retried it): the attempt numbers start from 1 again with each run.
+pub fn attempt_label(runs: u32, run: u32, attempt: u32) -> String {
+    if runs > 1 {
+        format!("run {run}, attempt {attempt}")
+    } else {
+        format!("attempt {attempt}")
+    }
+}
+
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();

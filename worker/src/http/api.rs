@@ -15,10 +15,12 @@ use super::auth::{ReadAccess, WriteAccess};
 use super::error::ApiError;
 use super::params::{ApiBytes, ApiJson, ApiQuery, JobsQuery, check_job_id, parse_release};
 use super::types::{
-    ActionBody, EnqueuedBody, JobDetailBody, JobPageBody, PauseBody, PurgeBody, PurgeRequest,
-    QueueStatsBody, ReleaseBody, RetryMatchingBody, RetryMatchingRequest,
+    ActionBody, AttemptBody, EnqueuedBody, JobDetailBody, JobPageBody, PauseBody, PurgeBody,
+    PurgeRequest, QueueStatsBody, ReleaseBody, RetryMatchingBody, RetryMatchingRequest,
+    number_runs,
 };
 use super::{AppState, Backend, bounded, openapi, results};
+use crate::queue::{AdminAction, AdminReply, IdLookup, ambiguous_id};
 
 /// Recorded in a job's events as who retried or cancelled it.
 const API_MESSAGE_RETRY: &str = "retried through the HTTP API";
@@ -92,9 +94,28 @@ async fn list_jobs(
     }))
 }
 
-/// A job with its attempts; shared with the dashboard's job page.
-pub async fn job_detail(state: &AppState, id: &str) -> Result<JobDetailBody, ApiError> {
-    check_job_id(id)?;
+/// The job `given` names, in full: its id, or a part its id starts or ends with (a short
+/// id). Unknown is 404; a part more than one id starts or ends with is 400, naming some.
+pub async fn resolve(state: &AppState, given: &str) -> Result<String, ApiError> {
+    check_job_id(given)?;
+    match bounded(Backend::Redis, state.queue().resolve_id(given)).await? {
+        IdLookup::Found(id) => Ok(id),
+        IdLookup::NotFound => Err(ApiError::not_found(format!(
+            "no job {given} in queue {}",
+            state.queue().name()
+        ))),
+        IdLookup::Ambiguous(ids) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_job_id",
+            ambiguous_id(given, &ids),
+        )),
+    }
+}
+
+/// A job with its attempts; shared with the dashboard's job page. `given` may be a short id.
+pub async fn job_detail(state: &AppState, given: &str) -> Result<JobDetailBody, ApiError> {
+    let id = resolve(state, given).await?;
+    let id = id.as_str();
     let Some(detail) = bounded(Backend::Redis, state.queue().show(id)).await? else {
         return Err(ApiError::not_found(format!(
             "no job {id} in queue {}",
@@ -117,9 +138,9 @@ async fn show_job(
     job_detail(&state, &id).await.map(Json)
 }
 
-/// The one result a per-id script gave, or a protocol error when it gave none.
-fn single(id: &str, results: Vec<String>) -> Result<String, ApiError> {
-    results.into_iter().next().ok_or_else(|| {
+/// The one reply a per-id script gave, or a protocol error when it gave none.
+fn single(id: &str, replies: Vec<AdminReply>) -> Result<AdminReply, ApiError> {
+    replies.into_iter().next().ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "queue_protocol",
@@ -133,15 +154,7 @@ async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ActionBody>, ApiError> {
-    check_job_id(&id)?;
-    let ids = [id.clone()];
-    let result = single(
-        &id,
-        bounded(Backend::Redis, state.queue().retry(&ids, API_MESSAGE_RETRY)).await?,
-    )?;
-    answer(&state, id, result, &["queued"], |other| {
-        format!("is {other}; only dead or cancelled jobs can be retried")
-    })
+    act(&state, &id, AdminAction::Retry).await.map(Json)
 }
 
 async fn cancel_job(
@@ -149,51 +162,52 @@ async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ActionBody>, ApiError> {
-    check_job_id(&id)?;
-    let ids = [id.clone()];
-    let result = single(
-        &id,
-        bounded(
-            Backend::Redis,
-            state.queue().cancel(&ids, API_MESSAGE_CANCEL),
-        )
-        .await?,
-    )?;
-    answer(
-        &state,
-        id,
-        result,
-        &["cancelled", "cancel_requested"],
-        |other| {
-            format!(
-                "is already {other}; only scheduled, queued, retrying or running jobs can be cancelled"
-            )
-        },
-    )
+    act(&state, &id, AdminAction::Cancel).await.map(Json)
 }
 
-/// The API's answer to a per-job script result: the action's own results succeed,
-/// `not_found` is 404, any other (the state the job is in) is a conflict.
-fn answer(
-    state: &AppState,
-    id: String,
-    result: String,
-    ok: &[&str],
-    conflict: impl Fn(&str) -> String,
-) -> Result<Json<ActionBody>, ApiError> {
-    if ok.contains(&result.as_str()) {
-        return Ok(Json(ActionBody { id, result }));
-    }
-    if result == "not_found" {
-        return Err(ApiError::not_found(format!(
-            "no job {id} in queue {}",
-            state.queue().name()
-        )));
-    }
-    Err(ApiError::conflict(format!(
-        "job {id} {}",
-        conflict(&result)
-    )))
+/// A retry or cancel of one job, and the API's answer to it. One rule for both: done now is
+/// 200 with `changed: true`; nothing to do is 200 with `changed: false` (nothing was
+/// written); not allowed in the job's state is 409; no such job is 404.
+async fn act(state: &AppState, given: &str, action: AdminAction) -> Result<ActionBody, ApiError> {
+    let id = resolve(state, given).await?;
+    let id = id.as_str();
+    let ids = [id.to_owned()];
+    let replies = match action {
+        AdminAction::Retry => {
+            bounded(Backend::Redis, state.queue().retry(&ids, API_MESSAGE_RETRY)).await?
+        }
+        AdminAction::Cancel => {
+            bounded(
+                Backend::Redis,
+                state.queue().cancel(&ids, API_MESSAGE_CANCEL),
+            )
+            .await?
+        }
+    };
+    let reply = single(id, replies)?;
+    let message = reply.describe(action);
+    let (changed, job_state) = match reply {
+        AdminReply::Changed(s) => (true, s),
+        AdminReply::Unchanged(s) => (false, s),
+        AdminReply::Refused(_) => {
+            return Err(ApiError::conflict(format!("job {id}: {message}")));
+        }
+        AdminReply::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "no job {id} in queue {}",
+                state.queue().name()
+            )));
+        }
+    };
+    Ok(ActionBody {
+        id: id.to_owned(),
+        changed,
+        state: job_state,
+        // A cancel of a running job is pending until its worker acks; a retry of one that
+        // runs (nothing to do) leaves no request behind.
+        cancel_requested: action == AdminAction::Cancel && job_state == JobState::Running,
+        message,
+    })
 }
 
 async fn retry_matching(
@@ -360,10 +374,14 @@ pub async fn release(state: &AppState, release_key: &str) -> Result<ReleaseBody,
         results::runs_for_release(state.db(), &release_key),
     )
     .await?;
+    let mut runs: Vec<AttemptBody> = runs.into_iter().map(Into::into).collect();
+    // Newest first: numbered oldest first. Only the attempts listed are seen, so a job with
+    // attempts beyond the list's limit may number its oldest listed run too low.
+    number_runs(runs.iter_mut().rev());
     Ok(ReleaseBody {
         release_key,
         distributions: distributions.into_iter().map(Into::into).collect(),
-        runs: runs.into_iter().map(Into::into).collect(),
+        runs,
     })
 }
 

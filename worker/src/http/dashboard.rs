@@ -3,7 +3,8 @@
 //!
 //! - `/`: counts per state, throughput over the last hour, per-platform tallies, latest jobs;
 //! - `/jobs`: the jobs table with filters and paging;
-//! - `/jobs/{id}`: one job: summary, attempts, timeline, payload;
+//! - `/jobs/{id}`: one job: summary, attempts, timeline, payload (the id may be a short one);
+//! - `/find?id=…`: the header's search box: any part of a job id it starts or ends with;
 //! - `/releases`, `/releases/{key}`: distributions with their staged and promoted state.
 //!
 //! The script (`assets/app.js`) listens to `/events` and, when the queue changes, updates the
@@ -22,13 +23,15 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::Utc;
 use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
 
 use super::api::{job_detail, release};
 use super::error::ApiError;
-use super::params::{ApiQuery, JobsQuery};
+use super::params::{ApiQuery, JobsQuery, check_job_id};
 use super::types::{JobPageBody, QueueStatsBody};
 use super::views::{self, state_badge};
 use super::{AppState, Backend, bounded, results};
+use crate::queue::{IdLookup, ambiguous_id};
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -42,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(overview_page))
         .route("/jobs", get(jobs_page))
         .route("/jobs/{id}", get(job_page))
+        .route("/find", get(find))
         .route("/releases", get(releases_page))
         .route("/releases/go", get(release_go))
         .route("/releases/{release_key}", get(release_page))
@@ -143,6 +147,9 @@ fn layout(title: &str, active: Nav, content: Markup) -> Markup {
                         (link("/", "Overview", Nav::Overview))
                         (link("/jobs", "Jobs", Nav::Jobs))
                         (link("/releases", "Releases", Nav::Releases))
+                    }
+                    form.find action="/find" method="get" role="search" {
+                        input #find-id type="search" name="id" placeholder="Job id" aria-label="Find a job by its id, or its start or end" required;
                     }
                     span.spacer {}
                     span #paused-badge.badge.state-dead hidden { "Paused" }
@@ -394,6 +401,43 @@ async fn job_page(
         Nav::Jobs,
         content,
     ))
+}
+
+/// `/find?id=…`: the header's search. Any part of a job id that it starts or ends with goes
+/// to the job's page; a part of several ids lists them.
+async fn find(
+    _: PageAccess,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<FindQuery>,
+) -> Result<Response, PageError> {
+    let given = query.id.trim();
+    check_job_id(given)?;
+    match bounded(Backend::Redis, state.queue().resolve_id(given)).await? {
+        IdLookup::Found(id) => Ok(Redirect::to(&views::job_link(&id)).into_response()),
+        IdLookup::NotFound => Err(ApiError::not_found(format!(
+            "no job {given} in queue {}",
+            state.queue().name()
+        ))
+        .into()),
+        IdLookup::Ambiguous(ids) => {
+            let content = html! {
+                h1 { "Which job?" }
+                p.error #ambiguous { (ambiguous_id(given, &ids)) }
+                ul {
+                    @for id in &ids {
+                        li { a.mono href=(views::job_link(id)) { (id) } }
+                    }
+                }
+            };
+            Ok(page("Which job?", Nav::Jobs, content).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    id: String,
 }
 
 async fn job_partial(

@@ -189,8 +189,11 @@ fn job_filter_parameters() -> Vec<Value> {
         ),
         query(
             "limit",
-            "Jobs per page (default 50).",
-            json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+            &format!(
+                "Jobs per page (default {}).",
+                crate::queue::PageLimit::DEFAULT.get()
+            ),
+            json!({ "type": "integer", "minimum": 1, "maximum": crate::queue::PageLimit::MAX }),
         ),
         query(
             "cursor",
@@ -202,7 +205,12 @@ fn job_filter_parameters() -> Vec<Value> {
 
 fn paths() -> Map<String, Value> {
     let ok = |schema: &str, why: &str| vec![("200".to_owned(), json_response(why, schema))];
-    let job_id = || path_param("id", "The job id (a UUID).");
+    let job_id = || {
+        path_param(
+            "id",
+            "The job id (a UUID), or any part of it, at least 4 characters, that it starts or ends with, such as the short id the dashboard shows (its last 8 characters).",
+        )
+    };
     let mut paths = Map::new();
     let mut add = |path: &str, method: &str, op: Op| {
         let entry = paths
@@ -397,7 +405,10 @@ fn paths() -> Map<String, Value> {
             responses: with(
                 ok("JobDetailBody", "The job."),
                 &[
-                    (400, "The id is not valid."),
+                    (
+                        400,
+                        "The id is not valid, or is a part (a short id) that more than one job's id starts or ends with (`ambiguous_job_id`).",
+                    ),
                     READ_ERRORS[0],
                     READ_ERRORS[1],
                     (404, "No such job in this queue."),
@@ -406,18 +417,22 @@ fn paths() -> Map<String, Value> {
             ),
         },
     );
-    for (action, id, summary, conflict) in [
+    // One rule for both actions: done now is 200 with `changed: true`, nothing to do is 200
+    // with `changed: false`, not allowed in the job's state is 409.
+    for (action, id, summary, done, conflict) in [
         (
             "retry",
             "retryJob",
             "Queue a dead or cancelled job again",
-            "The job is not dead or cancelled.",
+            "Done now (`changed`: true, `state`: queued), or nothing to do (`changed`: false): the job is scheduled, queued, retrying or running already; nothing was written.",
+            "Not allowed: the job is done (enqueue it again to repeat it).",
         ),
         (
             "cancel",
             "cancelJob",
             "Cancel a job: at once while waiting, at its next heartbeat while running",
-            "The job is done or dead already.",
+            "Done now (`changed`: true; `state` cancelled, or running with `cancel_requested`), or nothing to do (`changed`: false): the job is cancelled already, or its cancel is pending; nothing was written.",
+            "Not allowed: the job is done or dead, finished.",
         ),
     ] {
         add(
@@ -432,9 +447,12 @@ fn paths() -> Map<String, Value> {
                 parameters: vec![job_id()],
                 body: None,
                 responses: with(
-                    ok("ActionBody", "What was done."),
+                    ok("ActionBody", done),
                     &[
-                        (400, "The id is not valid."),
+                        (
+                            400,
+                            "The id is not valid, or is a part (a short id) that more than one job's id starts or ends with (`ambiguous_job_id`).",
+                        ),
                         WRITE_ERRORS[0],
                         WRITE_ERRORS[1],
                         (404, "No such job in this queue."),

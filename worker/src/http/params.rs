@@ -15,11 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::types::{RetryMatchingRequest, parse_duration};
-use crate::queue::JobFilter;
-
-/// Jobs per page when the request names no limit, and the most it may name.
-pub const DEFAULT_LIMIT: usize = 50;
-pub const MAX_LIMIT: usize = 1000;
+use crate::queue::{JobFilter, PageLimit};
 
 /// Query string parsed with serde; a rejection is a 400 naming the parameter.
 pub struct ApiQuery<T>(pub T);
@@ -153,16 +149,11 @@ impl JobsQuery {
         })
     }
 
-    pub fn limit(&self) -> Result<usize, ApiError> {
+    pub fn limit(&self) -> Result<PageLimit, ApiError> {
         let Some(text) = given(&self.limit) else {
-            return Ok(DEFAULT_LIMIT);
+            return Ok(PageLimit::DEFAULT);
         };
-        match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(format!(
-                "limit: {text:?} is not a number from 1 to {MAX_LIMIT}"
-            ))),
-        }
+        PageLimit::parse(text).map_err(|e| ApiError::bad_request(format!("limit: {e}")))
     }
 
     /// The cursor as `list` returned it: `<state>:<offset>`.

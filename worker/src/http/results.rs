@@ -15,14 +15,14 @@ use sea_orm::{
 /// than this is a retry storm, whose newest attempts are the ones that matter.
 pub const RELEASE_RUNS_LIMIT: u64 = 500;
 
-/// Every attempt of a job, oldest first.
+/// Every attempt of a job, in the order they started (rows are written as attempts start),
+/// which is what numbers their runs: after a retry, attempt numbers start from 1 again.
 pub async fn attempts_for_job(
     db: &DatabaseConnection,
     job_id: &str,
 ) -> Result<Vec<job_run::Model>, DbErr> {
     job_run::Entity::find()
         .filter(job_run::Column::JobId.eq(job_id))
-        .order_by_asc(job_run::Column::Attempt)
         .order_by_asc(job_run::Column::Id)
         .all(db)
         .await

@@ -3,10 +3,13 @@
 //! OpenAPI document's component schemas are generated from them (`openapi.rs`), and
 //! `deny_unknown_fields` makes every schema closed, so an extra field is drift a test catches.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use atr_dist_shared::entities::{distribution, job_run};
-use atr_dist_shared::{AtrTaskStatus, ErrorClass, JobKind, JobState, ManifestDiff, Platform};
+use atr_dist_shared::{
+    AtrTaskStatus, AttemptOutcome, ErrorClass, JobKind, JobState, ManifestDiff, Platform,
+};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -232,6 +235,13 @@ impl From<JobEvent> for EventBody {
 pub struct AttemptBody {
     pub job_id: String,
     pub kind: String,
+    /// The run of the job this attempt belongs to: 1, then one more after each operator's
+    /// retry (`jobs retry`), which starts the attempts from 1 again. So "run 2, attempt 1" is
+    /// the first attempt after the first retry. Derived from the order of the job's attempts:
+    /// a new run starts where the attempt number goes down, or repeats after an attempt that
+    /// counted (a deferral, a wait or an abandoned attempt may repeat its number in a run).
+    pub run: u32,
+    /// The attempt within its run, from 1.
     pub attempt: i32,
     pub release_key: String,
     pub platform: Platform,
@@ -257,6 +267,8 @@ impl From<job_run::Model> for AttemptBody {
         AttemptBody {
             job_id: r.job_id,
             kind: r.kind,
+            // Numbered by `number_runs`, which sees the job's other attempts.
+            run: 1,
             attempt: r.attempt,
             release_key: r.release_key,
             platform: r.platform,
@@ -276,6 +288,158 @@ impl From<job_run::Model> for AttemptBody {
     }
 }
 
+/// Numbers the runs of each job's attempts (`AttemptBody::run`), given in the order they
+/// started. Attempts of several jobs may be mixed; each job is numbered on its own.
+pub fn number_runs<'a>(chronological: impl IntoIterator<Item = &'a mut AttemptBody>) {
+    let mut last: HashMap<String, (u32, i32, Option<AttemptOutcome>)> = HashMap::new();
+    for a in chronological {
+        let run = match last.get(&a.job_id) {
+            None => 1,
+            Some(&(run, attempt, outcome)) if starts_run(attempt, outcome, a.attempt) => run + 1,
+            Some(&(run, _, _)) => run,
+        };
+        a.run = run;
+        let outcome = a.outcome.as_deref().and_then(AttemptOutcome::parse);
+        last.insert(a.job_id.clone(), (run, a.attempt, outcome));
+    }
+}
+
+/// Whether attempt `attempt` starts a new run, after attempt `previous` that ended in
+/// `outcome`. Within a run numbers only grow, except that an attempt that did not count keeps
+/// its number for the next one; a retry starts again from 1.
+fn starts_run(previous: i32, outcome: Option<AttemptOutcome>, attempt: i32) -> bool {
+    if attempt != previous {
+        return attempt < previous;
+    }
+    match outcome {
+        // Not counted: a deferral, a wait, or an attempt handed back at shutdown (recorded as
+        // abandoned, like an expired lease, which does count but then never repeats its
+        // number). An open row is one whose end was never recorded.
+        None
+        | Some(AttemptOutcome::Deferred)
+        | Some(AttemptOutcome::Waiting)
+        | Some(AttemptOutcome::Abandoned) => false,
+        // Counted, or the job's end: the same number again is a retry's first attempt.
+        Some(AttemptOutcome::Completed)
+        | Some(AttemptOutcome::Unchanged)
+        | Some(AttemptOutcome::DryRun)
+        | Some(AttemptOutcome::DisabledByPolicy)
+        | Some(AttemptOutcome::RevisionChanged)
+        | Some(AttemptOutcome::Failed)
+        | Some(AttemptOutcome::TimedOut)
+        | Some(AttemptOutcome::Cancelled) => true,
+    }
+}
+
+/// One moment of a job's story, from the queue (its events and timestamps) or from the
+/// results database (its attempts).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineEntry {
+    pub at: Option<DateTime<Utc>>,
+    /// `enqueued`; a queue event (see `EventBody`); `attempt_started` and then the attempt's
+    /// outcome (`completed`, `failed`, ...); `done` when the job succeeded.
+    pub event: String,
+    /// The run it belongs to (see `AttemptBody::run`).
+    pub run: u32,
+    pub attempt: Option<u32>,
+    pub error_class: Option<String>,
+    pub message: Option<String>,
+    /// Whether it tells of a failure (the dashboard shows those in red).
+    pub failure: bool,
+}
+
+/// Events that tell of a failure.
+fn failure_event(event: &str) -> bool {
+    matches!(event, "retry_scheduled" | "dead" | "lease_expired")
+}
+
+/// A job's one timeline: its enqueue, the queue's events, the attempts the results database
+/// recorded and, for a done job, its end, ordered by time (entries without a time last). The
+/// queue's times are Redis's clock and the attempts' the workers': they agree as far as those
+/// clocks do. Without recorded attempts, the queue's start of the last attempt stands in.
+pub fn timeline(
+    job: &JobBody,
+    events: &[EventBody],
+    attempts: &[AttemptBody],
+) -> Vec<TimelineEntry> {
+    let mut out = vec![TimelineEntry {
+        at: job.enqueued_at,
+        event: "enqueued".to_owned(),
+        run: 1,
+        attempt: None,
+        error_class: None,
+        message: None,
+        failure: false,
+    }];
+    // Each operator's retry starts a run.
+    let mut run = 1;
+    for e in events {
+        if e.event == "retried" {
+            run += 1;
+        }
+        out.push(TimelineEntry {
+            at: e.at,
+            event: e.event.clone(),
+            run,
+            attempt: e.attempt,
+            error_class: e.error_class.clone(),
+            message: e.message.clone(),
+            failure: failure_event(&e.event),
+        });
+    }
+    for a in attempts {
+        let attempt = u32::try_from(a.attempt).ok();
+        out.push(TimelineEntry {
+            at: Some(a.started_at),
+            event: "attempt_started".to_owned(),
+            run: a.run,
+            attempt,
+            error_class: None,
+            message: None,
+            failure: false,
+        });
+        if let (Some(at), Some(outcome)) = (a.finished_at, &a.outcome) {
+            out.push(TimelineEntry {
+                at: Some(at),
+                event: outcome.clone(),
+                run: a.run,
+                attempt,
+                error_class: a.error_class.clone(),
+                message: a.message.clone(),
+                failure: AttemptOutcome::parse(outcome).is_some_and(AttemptOutcome::is_failure),
+            });
+        }
+    }
+    if attempts.is_empty()
+        && let Some(at) = job.started_at
+    {
+        out.push(TimelineEntry {
+            at: Some(at),
+            event: "attempt_started".to_owned(),
+            run,
+            attempt: Some(job.attempt),
+            error_class: None,
+            message: None,
+            failure: false,
+        });
+    }
+    // The queue's events tell every other end (dead, cancelled); a success has none.
+    if job.state == JobState::Done {
+        out.push(TimelineEntry {
+            at: job.finished_at,
+            event: "done".to_owned(),
+            run,
+            attempt: Some(job.attempt),
+            error_class: None,
+            message: None,
+            failure: false,
+        });
+    }
+    out.sort_by_key(|e| (e.at.is_none(), e.at));
+    out
+}
+
 /// One job in full.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -287,45 +451,68 @@ pub struct JobDetailBody {
     pub envelope_error: Option<String>,
     /// Lease expiry while running.
     pub lease_until: Option<DateTime<Utc>>,
-    /// Oldest first; the enqueue, start and finish are the job's timestamps.
+    /// The queue's events of the job (its last 50), oldest first.
     pub events: Vec<EventBody>,
-    /// Every attempt recorded in the results database, oldest first.
+    /// Every attempt recorded in the results database, in the order they started.
     pub attempts: Vec<AttemptBody>,
     /// Set when the results database could not be read; `attempts` is then empty.
     pub attempts_error: Option<String>,
+    /// The enqueue, the events and the attempts in one list, ordered by time.
+    pub timeline: Vec<TimelineEntry>,
 }
 
 impl JobDetailBody {
+    /// The job from the queue and its attempts from the results database (in the order they
+    /// started, as `results::attempts_for_job` reads them), or why they could not be read.
     pub fn new(detail: JobDetail, attempts: Result<Vec<job_run::Model>, String>) -> JobDetailBody {
         let envelope = serde_json::from_str(&detail.envelope)
             .unwrap_or_else(|_| serde_json::Value::String(detail.envelope.clone()));
         let envelope_error = atr_dist_shared::Envelope::parse(detail.envelope.as_bytes())
             .err()
             .map(|e| e.to_string());
-        let (attempts, attempts_error) = match attempts {
-            Ok(rows) => (rows.into_iter().map(AttemptBody::from).collect(), None),
+        let (mut attempts, attempts_error) = match attempts {
+            Ok(rows) => (
+                rows.into_iter().map(AttemptBody::from).collect::<Vec<_>>(),
+                None,
+            ),
             Err(e) => (Vec::new(), Some(e)),
         };
+        number_runs(attempts.iter_mut());
+        let job = JobBody::from(detail.summary);
+        let events: Vec<EventBody> = detail.events.into_iter().map(EventBody::from).collect();
+        let timeline = timeline(&job, &events, &attempts);
         JobDetailBody {
-            job: detail.summary.into(),
+            job,
             envelope,
             envelope_error,
             lease_until: detail.lease_until,
-            events: detail.events.into_iter().map(EventBody::from).collect(),
+            events,
             attempts,
             attempts_error,
+            timeline,
         }
     }
 }
 
-/// What a retry or cancel of one job did.
+/// What a retry or cancel of one job did. Done now: `changed` is true. Nothing to do (the job
+/// is already where the action would take it: a retry of a job that has yet to run or runs, a
+/// cancel of a cancelled job or of a running one whose cancel is pending): `changed` is false
+/// and nothing was written, no event either. An action the job's state does not allow (a retry
+/// of a done job, a cancel of a done or dead one) is a 409 with an `ErrorBody` instead.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
     pub id: String,
-    /// Retry: `queued`. Cancel: `cancelled`, or `cancel_requested` for a running job (its
-    /// worker stops it at its next heartbeat).
-    pub result: String,
+    /// Whether this call changed the job.
+    pub changed: bool,
+    /// The job's state after the call: `queued` after a retry, `cancelled` after a cancel of a
+    /// waiting job, `running` for a running one (see `cancel_requested`).
+    pub state: JobState,
+    /// A cancel of the running job is pending: its worker stops it at its next heartbeat.
+    pub cancel_requested: bool,
+    /// What happened, in words, e.g. `queued again` or `nothing to do: it is queued already,
+    /// and will run`.
+    pub message: String,
 }
 
 /// Which dead jobs `POST /api/v1/jobs/retry` queues again. Absent fields match every job;
@@ -565,4 +752,144 @@ pub struct CheckBody {
 pub struct ReadyBody {
     pub ready: bool,
     pub checks: Vec<CheckBody>,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn attempt(job: &str, n: i32, start: i64, outcome: &str) -> AttemptBody {
+        AttemptBody {
+            job_id: job.to_owned(),
+            kind: "stage".to_owned(),
+            run: 0,
+            attempt: n,
+            release_key: "example-1.0.0".to_owned(),
+            platform: Platform::Npm,
+            owner_namespace: String::new(),
+            package: "example".to_owned(),
+            version: "1.0.0".to_owned(),
+            started_at: at(start),
+            finished_at: Some(at(start + 1)),
+            duration_ms: Some(1000),
+            outcome: Some(outcome.to_owned()),
+            error_class: None,
+            message: Some(format!("{outcome} {n}")),
+            http_status: None,
+            revision_diff: None,
+        }
+    }
+
+    #[test]
+    fn a_retry_starts_a_new_run_and_uncounted_attempts_keep_their_number() {
+        let mut rows = vec![
+            attempt("a", 1, 0, "deferred"),
+            attempt("b", 1, 1, "failed"),
+            attempt("a", 1, 2, "failed"),
+            attempt("a", 2, 3, "failed"),
+            // Dead after two attempts; retried: attempt 1 again.
+            attempt("a", 1, 10, "waiting"),
+            attempt("a", 1, 11, "abandoned"),
+            attempt("a", 1, 12, "failed"),
+            // Dead after one (permanent) failure; retried: the same number again.
+            attempt("a", 1, 20, "completed"),
+            attempt("b", 2, 21, "completed"),
+        ];
+        number_runs(rows.iter_mut());
+        let runs: Vec<(&str, u32, i32)> = rows
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.run, r.attempt))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("a", 1, 1),
+                ("b", 1, 1),
+                ("a", 1, 1),
+                ("a", 1, 2),
+                ("a", 2, 1),
+                ("a", 2, 1),
+                ("a", 2, 1),
+                ("a", 3, 1),
+                ("b", 1, 2),
+            ]
+        );
+    }
+
+    fn job(state: JobState) -> JobBody {
+        JobBody {
+            id: "a".to_owned(),
+            state,
+            kind: "stage".to_owned(),
+            release: "example-1.0.0".to_owned(),
+            platform: "NPM".to_owned(),
+            attempt: 1,
+            max_attempts: 3,
+            enqueued_at: Some(at(0)),
+            run_at: None,
+            started_at: Some(at(30)),
+            finished_at: Some(at(31)),
+            worker: None,
+            error_class: None,
+            last_error: None,
+            cancel_requested: false,
+            idempotency_key: "k".to_owned(),
+            atr_task_status: AtrTaskStatus::Completed,
+        }
+    }
+
+    fn event(name: &str, secs: i64) -> EventBody {
+        EventBody {
+            at: Some(at(secs)),
+            event: name.to_owned(),
+            attempt: None,
+            error_class: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn the_timeline_merges_events_and_attempts_by_time() {
+        let mut attempts = vec![
+            attempt("a", 1, 2, "failed"),
+            attempt("a", 1, 30, "completed"),
+        ];
+        number_runs(attempts.iter_mut());
+        let events = [event("dead", 4), event("retried", 20)];
+        let t = timeline(&job(JobState::Done), &events, &attempts);
+        let seen: Vec<(&str, u32, bool)> = t
+            .iter()
+            .map(|e| (e.event.as_str(), e.run, e.failure))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("enqueued", 1, false),
+                ("attempt_started", 1, false),
+                ("failed", 1, true),
+                ("dead", 1, true),
+                ("retried", 2, false),
+                ("attempt_started", 2, false),
+                ("completed", 2, false),
+                ("done", 2, false),
+            ]
+        );
+        assert!(t.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[test]
+    fn without_recorded_attempts_the_queue_start_stands_in() {
+        // The last start (30 s) came after the job went dead (4 s) and was retried (20 s).
+        let events = [event("dead", 4), event("retried", 20)];
+        let t = timeline(&job(JobState::Running), &events, &[]);
+        let seen: Vec<&str> = t.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(seen, ["enqueued", "dead", "retried", "attempt_started"]);
+        assert_eq!(t[3].run, 2);
+    }
 }

@@ -16,7 +16,7 @@ use super::results::{PlatformTally, ReleaseSummary};
 use super::types::{
     AttemptBody, DistributionBody, JobBody, JobDetailBody, JobPageBody, QueueStatsBody, ReleaseBody,
 };
-use crate::cli::output::{ago, truncate};
+use crate::cli::output::{ago, attempt_label, truncate};
 
 /// A time as "3m ago", with the exact UTC time on hover.
 pub fn when(t: Option<DateTime<Utc>>) -> Markup {
@@ -39,8 +39,10 @@ fn optional(text: Option<&str>) -> Markup {
     }
 }
 
+/// The short id shown in tables and titles (`queue::short_id`), which every page, the API
+/// and the CLI take back.
 pub fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+    crate::queue::short_id(id)
 }
 
 /// A path segment with everything but RFC 3986's unreserved characters percent-encoded.
@@ -104,13 +106,13 @@ pub fn overview(
             }
         }
         section.panel {
-            h2 { "Per platform, last 24 hours" }
+            h2 { "Attempts per platform, last 24 hours" }
             @match platforms {
                 Err(e) => { p.error { "The results database could not be read: " (e) } }
                 Ok(map) if map.is_empty() => { p.muted { "No attempts recorded in the last 24 hours." } }
                 Ok(map) => {
                     table {
-                        thead { tr { th { "Platform" } th.num { "Succeeded" } th.num { "Failed" } th { "Last attempt" } } }
+                        thead { tr { th { "Platform" } th.num { "Succeeded attempts" } th.num { "Failed attempts" } th { "Last attempt" } } }
                         tbody {
                             @for (platform, t) in map {
                                 tr {
@@ -200,11 +202,6 @@ fn failed_attempt(a: &AttemptBody) -> bool {
         .is_some_and(AttemptOutcome::is_failure)
 }
 
-/// Events that report a failure.
-fn failure_event(event: &str) -> bool {
-    matches!(event, "retry_scheduled" | "dead" | "lease_expired")
-}
-
 fn duration_ms(ms: Option<i64>) -> Markup {
     match ms {
         Some(ms) if ms < 1000 => html! { (ms) " ms" },
@@ -219,7 +216,7 @@ fn attempts_table(attempts: &[AttemptBody], with_job: bool) -> Markup {
             thead {
                 tr {
                     @if with_job { th { "Job" } th { "Kind" } th { "Distribution" } }
-                    th.num { "Attempt" } th { "Started" } th.num { "Duration" } th { "Outcome" }
+                    th.num { "Run" } th.num { "Attempt" } th { "Started" } th.num { "Duration" } th { "Outcome" }
                     th { "Error class" } th.num { "HTTP" } th { "Message" }
                 }
             }
@@ -231,6 +228,7 @@ fn attempts_table(attempts: &[AttemptBody], with_job: bool) -> Markup {
                             td { (a.kind) }
                             td { (a.platform.member_name()) " " (a.package) " " (a.version) }
                         }
+                        td.num { (a.run) }
                         td.num { (a.attempt) }
                         td { (when(Some(a.started_at))) }
                         td.num { (duration_ms(a.duration_ms)) }
@@ -261,6 +259,7 @@ pub fn job_detail(d: &JobDetailBody) -> Markup {
         .rev()
         .find(|a| a.outcome.as_deref() == Some(AttemptOutcome::RevisionChanged.as_str()));
     let earlier_failures = d.attempts.iter().filter(|a| failed_attempt(a)).count();
+    let runs = d.timeline.iter().map(|e| e.run).max().unwrap_or(1);
     html! {
         @if let Some(a) = changed {
             (revision_changed(a))
@@ -315,22 +314,15 @@ pub fn job_detail(d: &JobDetailBody) -> Markup {
         section.panel {
             h2 { "Timeline" }
             ol.timeline {
-                li { (when(j.enqueued_at)) " " strong { "enqueued" } }
-                @for e in &d.events {
-                    li {
-                        (when(e.at)) " " strong { (e.event) }
-                        @if let Some(a) = e.attempt { " (attempt " (a) ")" }
+                @for e in &d.timeline {
+                    li data-event=(e.event) {
+                        (when(e.at)) " " strong { (e.event.replace('_', " ")) }
+                        @if let Some(a) = e.attempt { " (" (attempt_label(runs, e.run, a)) ")" }
                         @if let Some(c) = &e.error_class { " " span.badge.note { (c) } }
                         @if let Some(m) = &e.message {
-                            " " span class=[failure_event(&e.event).then_some("error-text")] { (m) }
+                            " " span class=[e.failure.then_some("error-text")] { (m) }
                         }
                     }
-                }
-                @if j.started_at.is_some() {
-                    li { (when(j.started_at)) " " strong { "last attempt started" } }
-                }
-                @if j.finished_at.is_some() {
-                    li { (when(j.finished_at)) " " strong { "finished: " (j.state.as_str()) } }
                 }
             }
         }

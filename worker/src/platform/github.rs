@@ -78,18 +78,17 @@
 //! 404 instead of 403 where the token cannot see a private repository; creating the
 //! release, that is an `auth` failure too.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use atr_dist_shared::names::DistTag;
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, PromotionMechanism};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, PromotionMechanism};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::http::{PlatformHttp, error_for, retry_after};
@@ -225,19 +224,8 @@ fn files(artifacts: &[Sealed]) -> Result<Vec<File<'_>>, PlatformError> {
     Ok(out)
 }
 
-/// One sha256 over `<name> <sha256 hex>\n`, sorted by name (module docs).
-fn digest_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
-    let sorted: BTreeMap<&str, &str> = pairs.collect();
-    let mut h = Sha256::new();
-    for (name, sha) in sorted {
-        h.update(name.as_bytes());
-        h.update(b" ");
-        h.update(sha.as_bytes());
-        h.update(b"\n");
-    }
-    Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize())
-        .unwrap_or_else(|_| unreachable!("a sha256 is a sha256 digest"))
-}
+/// A version's platform digest (`platform::files_digest`).
+use super::files_digest as digest_of;
 
 #[derive(Debug, Clone, Deserialize)]
 struct Release {
@@ -1149,8 +1137,10 @@ impl PlatformAdapter for GithubAdapter {
 
 #[cfg(test)]
 mod tests {
+    use atr_dist_shared::DigestAlgorithm;
     use atr_dist_shared::Platform;
     use atr_dist_shared::names::{PackageName, ReleaseKey, Version};
+    use sha2::{Digest as _, Sha256};
 
     use super::*;
 

@@ -495,6 +495,9 @@ pub async fn error_for(resp: Response, what: &str) -> PlatformError {
     let status = resp.status();
     let wait = retry_after(resp.headers());
     let body = resp.text().await.unwrap_or_default();
+    // A platform may echo the request's credentials back in its error (the whole body, so
+    // that a token the cut below would split is still found whole).
+    let body = crate::secret::scrub(&body);
     let mut body: String = body.chars().take(MAX_ERROR_BODY).collect();
     body = body.split_whitespace().collect::<Vec<_>>().join(" ");
     let class = match status {

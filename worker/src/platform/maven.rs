@@ -81,7 +81,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use atr_dist_shared::names::{DistTag, ProjectKey};
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, PromotionMechanism};
+use atr_dist_shared::{Digest, DistributionKey, PromotionMechanism};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -363,19 +363,8 @@ fn stated(text: &str) -> Option<String> {
         .then(|| word.to_ascii_lowercase())
 }
 
-/// The digest of a version: one sha256 over `<file name> <sha256 hex>\n`, sorted by name.
-pub fn digest_of<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
-    let sorted: BTreeMap<&str, &str> = files.collect();
-    let mut h = Sha256::new();
-    for (name, sha) in sorted {
-        h.update(name.as_bytes());
-        h.update(b" ");
-        h.update(sha.as_bytes());
-        h.update(b"\n");
-    }
-    Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize())
-        .unwrap_or_else(|_| unreachable!("a sha256 is a sha256 digest"))
-}
+/// A version's platform digest (`platform::files_digest`).
+pub use super::files_digest as digest_of;
 
 /// The versions a `maven-metadata.xml` lists in `<versioning><versions>`, and its
 /// `<lastUpdated>` (`%Y%m%d%H%M%S`, UTC), read as ATR reads them.
@@ -1923,7 +1912,7 @@ mod tests {
     fn the_version_digest_is_over_sorted_names_and_sha256s() {
         let a = digest_of([("b.pom", "22"), ("a.jar", "11")].into_iter());
         let want = Digest::from_bytes(
-            DigestAlgorithm::Sha256,
+            atr_dist_shared::DigestAlgorithm::Sha256,
             &Sha256::digest(b"a.jar 11\nb.pom 22\n"),
         )
         .unwrap();

@@ -118,6 +118,25 @@ impl fmt::Display for PlannedWrite {
     }
 }
 
+/// The platform digest of a set of files on a platform that reports each file's sha256
+/// (PyPI's version, a GitHub release, a Maven version directory): one sha256 over the lines
+/// `<name> <sha256 hex>\n`, sorted by name. The same files under the same names give the
+/// same digest, computed from the sealed voted bytes or read back from the platform.
+pub fn files_digest<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
+    let sorted: std::collections::BTreeMap<&str, &str> = files.collect();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for (name, sha) in sorted {
+        for part in [name.as_bytes(), b" ", sha.as_bytes(), b"\n"] {
+            sha2::Digest::update(&mut h, part);
+        }
+    }
+    Digest::from_bytes(
+        atr_dist_shared::DigestAlgorithm::Sha256,
+        &sha2::Digest::finalize(h),
+    )
+    .unwrap_or_else(|_| unreachable!("a sha256 is a sha256 digest"))
+}
+
 /// A failed platform call, classed for the retry decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

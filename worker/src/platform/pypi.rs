@@ -50,11 +50,11 @@
 //! pypiserver), is settled by reading back (`write.rs`). Tags mean nothing on PyPI: the
 //! staging tag names the index and is only recorded.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Cursor, Read};
 
 use atr_dist_shared::names::{ArtifactPath, DistTag};
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ErrorClass, PromotionMechanism};
+use atr_dist_shared::{Digest, DistributionKey, ErrorClass, PromotionMechanism};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -63,7 +63,6 @@ use futures::{FutureExt, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::http::{PlatformHttp, error_for};
@@ -312,19 +311,8 @@ fn of_version(filename: &str, key: &DistributionKey) -> bool {
     }
 }
 
-/// The digest of a version: one sha256 over `<filename> <sha256>\n`, sorted by file name.
-fn digest_of<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
-    let sorted: BTreeMap<&str, &str> = files.collect();
-    let mut h = Sha256::new();
-    for (name, sha) in sorted {
-        h.update(name.as_bytes());
-        h.update(b" ");
-        h.update(sha.as_bytes());
-        h.update(b"\n");
-    }
-    Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize())
-        .unwrap_or_else(|_| unreachable!("a sha256 is a sha256 digest"))
-}
+/// A version's platform digest (`platform::files_digest`).
+use super::files_digest as digest_of;
 
 fn hex_of(d: &Digest) -> String {
     hex::encode(d.bytes())
@@ -1408,6 +1396,8 @@ impl PlatformAdapter for PypiAdapter {
 
 #[cfg(test)]
 mod tests {
+    use atr_dist_shared::DigestAlgorithm;
+    use sha2::{Digest as _, Sha256};
     use std::io::Write as _;
 
     use atr_dist_shared::Platform;

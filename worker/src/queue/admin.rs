@@ -69,6 +69,171 @@ pub struct JobDetail {
     pub events: Vec<JobEvent>,
 }
 
+/// What an operator's retry or cancel did to one job: done now, nothing to do, or not
+/// allowed in the state the job is in (docs/wire-format.md, "Admin replies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminReply {
+    /// Done now; the job is in this state. A cancel of a running job leaves it `Running`
+    /// with its cancel requested: its worker stops it at its next heartbeat.
+    Changed(JobState),
+    /// Nothing to do, and nothing was written: the job is already where the action would take
+    /// it (a retry of a job that has yet to run or runs; a cancel of a cancelled job, or of a
+    /// running one whose cancel was requested already).
+    Unchanged(JobState),
+    /// Not allowed in this state: a retry of a done job, a cancel of a done or dead one.
+    Refused(JobState),
+    /// The queue holds no job of that id.
+    NotFound,
+}
+
+impl AdminReply {
+    /// A reply as `retry.lua` and `cancel.lua` write it: `changed <state>`,
+    /// `unchanged <state>`, `refused <state>` or `not_found`.
+    fn parse(text: &str) -> Option<AdminReply> {
+        if text == "not_found" {
+            return Some(AdminReply::NotFound);
+        }
+        let (what, state) = text.split_once(' ')?;
+        let state: JobState = state.parse().ok()?;
+        match what {
+            "changed" => Some(AdminReply::Changed(state)),
+            "unchanged" => Some(AdminReply::Unchanged(state)),
+            "refused" => Some(AdminReply::Refused(state)),
+            _ => None,
+        }
+    }
+
+    pub fn changed(self) -> bool {
+        matches!(self, AdminReply::Changed(_))
+    }
+
+    /// What the reply means, in words, for the CLI's lines and the API's `message`.
+    pub fn describe(self, action: AdminAction) -> String {
+        match (action, self) {
+            (_, AdminReply::NotFound) => "not found in this queue".to_owned(),
+            (AdminAction::Retry, AdminReply::Changed(_)) => "queued again".to_owned(),
+            (AdminAction::Retry, AdminReply::Unchanged(state)) => {
+                format!("nothing to do: it is {state} already, and will run")
+            }
+            (AdminAction::Retry, AdminReply::Refused(state)) => format!(
+                "not allowed: it is {state}; only dead or cancelled jobs can be retried (enqueue it again to repeat a finished job)"
+            ),
+            (AdminAction::Cancel, AdminReply::Changed(JobState::Running)) => {
+                "cancel requested: its worker stops it at its next heartbeat".to_owned()
+            }
+            (AdminAction::Cancel, AdminReply::Changed(_)) => "cancelled".to_owned(),
+            (AdminAction::Cancel, AdminReply::Unchanged(JobState::Running)) => {
+                "nothing to do: its cancel was requested already".to_owned()
+            }
+            (AdminAction::Cancel, AdminReply::Unchanged(state)) => {
+                format!("nothing to do: it is {state} already")
+            }
+            (AdminAction::Cancel, AdminReply::Refused(state)) => format!(
+                "not allowed: it is {state}, finished; only scheduled, queued, retrying or running jobs can be cancelled"
+            ),
+        }
+    }
+}
+
+/// The reply as the scripts write it, which `parse` reads.
+impl std::fmt::Display for AdminReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminReply::Changed(state) => write!(f, "changed {state}"),
+            AdminReply::Unchanged(state) => write!(f, "unchanged {state}"),
+            AdminReply::Refused(state) => write!(f, "refused {state}"),
+            AdminReply::NotFound => f.write_str("not_found"),
+        }
+    }
+}
+
+/// The operator's actions on one job, for the words of their replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    Retry,
+    Cancel,
+}
+
+/// Jobs per page of `Queue::list`: from 1 to `PageLimit::MAX`. The CLI's `--limit` and the
+/// API's `limit` are both read by `PageLimit::parse`, so both take and refuse the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(usize);
+
+impl PageLimit {
+    pub const MAX: usize = 1000;
+    /// When no limit is given.
+    pub const DEFAULT: PageLimit = PageLimit(50);
+
+    pub fn new(n: usize) -> Result<PageLimit, String> {
+        if !(1..=PageLimit::MAX).contains(&n) {
+            return Err(format!(
+                "{n} is not a number from 1 to {} (jobs per page)",
+                PageLimit::MAX
+            ));
+        }
+        Ok(PageLimit(n))
+    }
+
+    /// A limit as the CLI and the API are given it.
+    pub fn parse(text: &str) -> Result<PageLimit, String> {
+        match text.trim().parse::<usize>() {
+            Ok(n) => PageLimit::new(n),
+            Err(_) => Err(format!(
+                "{text:?} is not a number from 1 to {} (jobs per page)",
+                PageLimit::MAX
+            )),
+        }
+    }
+
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// Characters of a job id that `short_id` shows.
+pub const SHORT_ID_LEN: usize = 8;
+/// The fewest characters of a job id that `Queue::resolve_id` looks a job up by.
+pub const MIN_ID_PART: usize = 4;
+/// The most candidates an ambiguous id part lists.
+const MAX_CANDIDATES: usize = 5;
+
+/// The short form of a job id that people read and type: its last `SHORT_ID_LEN` characters.
+/// A UUIDv7 starts with its creation time, so jobs enqueued together share their first
+/// digits; its tail is random, and tells them apart (two jobs among 50 share one with odds of
+/// about one in 3.5 million). `Queue::resolve_id` takes it back.
+pub fn short_id(id: &str) -> &str {
+    let start = id
+        .char_indices()
+        .rev()
+        .nth(SHORT_ID_LEN - 1)
+        .map_or(0, |(i, _)| i);
+    &id[start..]
+}
+
+/// What a job id an operator gave names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdLookup {
+    /// One job: its full id.
+    Found(String),
+    /// No job's id is, starts or ends with it.
+    NotFound,
+    /// More than one job's id starts or ends with it: some of them (at most 5).
+    Ambiguous(Vec<String>),
+}
+
+/// Why `given` names no one job: the ids it could be (`IdLookup::Ambiguous`).
+pub fn ambiguous_id(given: &str, ids: &[String]) -> String {
+    format!(
+        "job id {given:?} is the start or end of more than one job's id ({}{}); give more of it",
+        ids.join(", "),
+        if ids.len() >= MAX_CANDIDATES {
+            ", …"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Which jobs to list. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -311,7 +476,7 @@ impl Queue {
         &self,
         filter: &JobFilter,
         cursor: Option<&str>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<JobPage, QueueError> {
         const STATES: [JobState; 7] = [
             JobState::Queued,
@@ -322,7 +487,7 @@ impl Queue {
             JobState::Dead,
             JobState::Cancelled,
         ];
-        let limit = limit.clamp(1, 1000);
+        let limit = limit.get();
         let states: Vec<JobState> = match filter.state {
             Some(s) => vec![s],
             None => STATES.to_vec(),
@@ -374,6 +539,57 @@ impl Queue {
         Ok(JobPage {
             jobs,
             next_cursor: None,
+        })
+    }
+
+    /// The job `given` names: its id in full, or a part of it, at least `MIN_ID_PART`
+    /// characters of `0-9`, `a-f` and `-`, that its id starts or ends with (a `short_id`, or
+    /// a prefix as git takes one). A part is looked for in every job id of the queue (`HSCAN`
+    /// of `jobs`, so it takes as long as the queue holds jobs: about 0.1 s per 100,000).
+    pub async fn resolve_id(&self, given: &str) -> Result<IdLookup, QueueError> {
+        let mut conn = self.conn.clone();
+        if conn.hexists(self.key("jobs"), given).await? {
+            return Ok(IdLookup::Found(given.to_owned()));
+        }
+        let part = given.to_ascii_lowercase();
+        let searchable =
+            part.len() >= MIN_ID_PART && part.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !searchable {
+            return Ok(IdLookup::NotFound);
+        }
+        // Only hex digits and hyphens: nothing in the pattern is a glob character.
+        let pattern = format!("*{part}*");
+        let mut found: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(self.key("jobs"))
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            // Field, value pairs (NOVALUES needs Redis 7.4): the fields are the ids.
+            for id in page.into_iter().step_by(2) {
+                let lower = id.to_ascii_lowercase();
+                if (lower.starts_with(&part) || lower.ends_with(&part)) && !found.contains(&id) {
+                    found.push(id);
+                }
+            }
+            if next == 0 || found.len() > MAX_CANDIDATES {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(match found.len() {
+            0 => IdLookup::NotFound,
+            1 => IdLookup::Found(found.remove(0)),
+            _ => {
+                found.truncate(MAX_CANDIDATES);
+                IdLookup::Ambiguous(found)
+            }
         })
     }
 
@@ -438,9 +654,12 @@ impl Queue {
             .collect())
     }
 
-    /// Queues dead or cancelled jobs again. Returns, per id, the state it is now in or the
-    /// reason it was not retried.
-    pub async fn retry(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
+    /// Queues dead or cancelled jobs again. Returns, per id, what it did.
+    pub async fn retry(
+        &self,
+        ids: &[String],
+        message: &str,
+    ) -> Result<Vec<AdminReply>, QueueError> {
         self.per_id_script(&SCRIPTS.retry, ids, message).await
     }
 
@@ -455,7 +674,9 @@ impl Queue {
         let mut ids = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.list(&filter, cursor.as_deref(), 1000).await?;
+            let page = self
+                .list(&filter, cursor.as_deref(), PageLimit(PageLimit::MAX))
+                .await?;
             ids.extend(page.jobs.into_iter().map(|j| j.id));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
@@ -468,14 +689,19 @@ impl Queue {
                 .retry(chunk, message)
                 .await?
                 .iter()
-                .filter(|r| *r == "queued")
+                .filter(|r| r.changed())
                 .count();
         }
         Ok(retried)
     }
 
-    /// Cancels jobs: at once when waiting, by request when running.
-    pub async fn cancel(&self, ids: &[String], message: &str) -> Result<Vec<String>, QueueError> {
+    /// Cancels jobs: at once when waiting, by request when running. Returns, per id, what
+    /// it did.
+    pub async fn cancel(
+        &self,
+        ids: &[String],
+        message: &str,
+    ) -> Result<Vec<AdminReply>, QueueError> {
         self.per_id_script(&SCRIPTS.cancel, ids, message).await
     }
 
@@ -484,7 +710,7 @@ impl Queue {
         script: &redis::Script,
         ids: &[String],
         message: &str,
-    ) -> Result<Vec<String>, QueueError> {
+    ) -> Result<Vec<AdminReply>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -493,7 +719,20 @@ impl Queue {
         for id in ids {
             inv.arg(id);
         }
-        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+        let replies: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+        if replies.len() != ids.len() {
+            return Err(super::protocol(
+                "admin script",
+                format!("{} replies for {} ids", replies.len(), ids.len()),
+            ));
+        }
+        replies
+            .iter()
+            .map(|text| {
+                AdminReply::parse(text)
+                    .ok_or_else(|| super::protocol("admin script", format!("reply {text:?}")))
+            })
+            .collect()
     }
 
     /// Deletes jobs that have been in a terminal `state` for longer than `older_than`.
@@ -793,4 +1032,53 @@ fn summary_from(id: &str, row: &[Option<String>], scores: &[Option<i64>]) -> Opt
         last_error,
         cancel_requested: get(3).as_deref() == Some("1"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_id_is_the_random_tail_of_the_id() {
+        assert_eq!(short_id("0190f5d2-1c3a-7abc-8def-0123456789ab"), "456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("ééééééééé"), "éééééééé");
+    }
+
+    #[test]
+    fn admin_replies_are_read_as_the_scripts_write_them() {
+        assert_eq!(
+            AdminReply::parse("changed queued"),
+            Some(AdminReply::Changed(JobState::Queued))
+        );
+        assert_eq!(
+            AdminReply::parse("unchanged running"),
+            Some(AdminReply::Unchanged(JobState::Running))
+        );
+        assert_eq!(
+            AdminReply::parse("refused done"),
+            Some(AdminReply::Refused(JobState::Done))
+        );
+        assert_eq!(AdminReply::parse("not_found"), Some(AdminReply::NotFound));
+        for reply in [
+            AdminReply::Changed(JobState::Cancelled),
+            AdminReply::Unchanged(JobState::Scheduled),
+            AdminReply::Refused(JobState::Dead),
+            AdminReply::NotFound,
+        ] {
+            assert_eq!(AdminReply::parse(&reply.to_string()), Some(reply));
+        }
+        for bad in ["queued", "changed", "changed lost", "moved queued", ""] {
+            assert_eq!(AdminReply::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_limits_are_the_apis_range() {
+        assert_eq!(PageLimit::parse("1").map(PageLimit::get), Ok(1));
+        assert_eq!(PageLimit::parse("1000").map(PageLimit::get), Ok(1000));
+        for bad in ["0", "1001", "5000", "-1", "ten", ""] {
+            assert!(PageLimit::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

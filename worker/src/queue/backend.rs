@@ -1,7 +1,7 @@
 //! The apalis `Backend` over our Redis queue: it leases jobs with `fetch.lua`, in batches no
-//! larger than the pool's free capacity, and when there is nothing to lease waits on `wake`
-//! until a script that makes work ready wakes it, or the next job falls due
-//! (docs/wire-format.md, "Waking idle workers").
+//! larger than the pool's free capacity, and when there is nothing to lease waits until a
+//! script that makes work ready wakes it, or the next job falls due (docs/wire-format.md,
+//! "Waking idle workers").
 //!
 //! apalis drives it (and the worker pool's concurrency limit, tracing and shutdown); acks,
 //! retries and leases are ours, in `pool.rs`, because apalis-redis's versions of them do not
@@ -21,8 +21,7 @@ use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::pool::Shared;
-use super::{Fetched, Leased, QueueError, RedisConn};
+use super::{Fetched, Leased, QueueError};
 
 /// Idle polling (without wake-ups): start fast, back off to `idle_wait` while the queue
 /// stays empty.
@@ -33,16 +32,41 @@ const REFETCH_PAUSE: Duration = Duration::from_millis(1);
 /// After an error talking to Redis, wait this long before the next fetch.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// What the backend needs of the pool it feeds. The pool's state (`pool::Shared`) implements
+/// it; the backend knows nothing else of the pool, and the pool owns that state.
+pub trait Feed: Send + Sync + 'static {
+    /// Attempts the pool runs at once.
+    fn capacity(&self) -> usize;
+    /// Jobs the pool holds a lease on: running, or leased and waiting to start.
+    fn held_count(&self) -> usize;
+    /// The most jobs one fetch leases (`worker.fetch_batch`).
+    fn fetch_batch(&self) -> usize;
+    /// The longest wait between fetches while there is nothing to run.
+    fn idle_wait(&self) -> Duration;
+    /// Whether idle waits are for wake-ups (`wait_for_work`) rather than sleeps.
+    fn wakes(&self) -> bool;
+    /// Leases up to `n` jobs with `fetch.lua`, held by the pool from then on; when there is
+    /// none, says how long the pool may wait for work (`wait` at most; zero without wake-ups).
+    fn lease(
+        self: Arc<Self>,
+        n: usize,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<Fetched, QueueError>>;
+    /// Waits up to `wait` for a wake-up (a script made work ready).
+    fn wait_for_work(self: Arc<Self>, wait: Duration)
+    -> BoxFuture<'static, Result<(), QueueError>>;
+    /// Hands leased jobs that never started back to the queue.
+    fn release(self: Arc<Self>, jobs: Vec<Leased>, why: &'static str) -> BoxFuture<'static, ()>;
+}
+
 pub struct RedisBackend {
-    shared: Arc<Shared>,
+    shared: Arc<dyn Feed>,
     buffer: VecDeque<Leased>,
     fetching: Option<BoxFuture<'static, Result<Fetched, QueueError>>>,
     /// Until the next fetch: a sleep, or a wait for a wake-up.
     sleeping: Option<BoxFuture<'static, ()>>,
     /// The polling interval, without wake-ups.
     idle: Duration,
-    /// The connection idle waits block on; `None`: poll instead.
-    blocking: Option<RedisConn>,
     closing: Option<BoxFuture<'static, ()>>,
 }
 
@@ -51,40 +75,15 @@ fn sleep(d: Duration) -> BoxFuture<'static, ()> {
 }
 
 impl RedisBackend {
-    pub fn new(shared: Arc<Shared>, blocking: Option<RedisConn>) -> RedisBackend {
+    pub fn new(shared: Arc<dyn Feed>) -> RedisBackend {
         RedisBackend {
             shared,
             buffer: VecDeque::new(),
             fetching: None,
             sleeping: None,
             idle: IDLE_MIN,
-            blocking,
             closing: None,
         }
-    }
-
-    /// What to do when a fetch leased nothing: wait for a wake-up for as long as fetch.lua
-    /// allowed, or without wake-ups poll again after a growing pause.
-    fn wait(&mut self, allowed: Duration) -> BoxFuture<'static, ()> {
-        let Some(conn) = self.blocking.clone() else {
-            let pause = self.idle;
-            self.idle = (self.idle * 2).min(self.shared.config.idle_wait);
-            return sleep(pause);
-        };
-        if allowed.is_zero() {
-            return sleep(REFETCH_PAUSE);
-        }
-        let shared = Arc::clone(&self.shared);
-        async move {
-            let mut conn = conn;
-            if let Err(e) = shared.queue.wait_for_wake(&mut conn, allowed).await {
-                // The fetch worked, so Redis is there: it may not serve blocking commands
-                // (some proxies do not). Wait out the time without them.
-                tracing::warn!(error = %e, "waiting for a wake-up failed; sleeping instead");
-                tokio::time::sleep(allowed).await;
-            }
-        }
-        .boxed()
     }
 
     fn start_fetch(&mut self) {
@@ -96,22 +95,36 @@ impl RedisBackend {
         let room = (2 * shared.capacity())
             .saturating_sub(shared.held_count())
             .max(1);
-        let n = room.min(shared.config.fetch_batch);
-        let wait = match self.blocking {
-            Some(_) => shared.config.idle_wait,
-            None => Duration::ZERO,
+        let n = room.min(shared.fetch_batch());
+        let wait = if shared.wakes() {
+            shared.idle_wait()
+        } else {
+            Duration::ZERO
         };
-        self.fetching = Some(
-            async move {
-                let fetched = shared
-                    .queue
-                    .fetch_or_wait(&shared.worker_id, shared.config.lease, n, wait)
-                    .await?;
-                shared.hold(&fetched.jobs);
-                Ok(fetched)
+        self.fetching = Some(shared.lease(n, wait));
+    }
+
+    /// What to do when a fetch leased nothing: wait for a wake-up for as long as fetch.lua
+    /// allowed, or without wake-ups poll again after a growing pause.
+    fn wait(&mut self, allowed: Duration) -> BoxFuture<'static, ()> {
+        if !self.shared.wakes() {
+            let pause = self.idle;
+            self.idle = (self.idle * 2).min(self.shared.idle_wait());
+            return sleep(pause);
+        }
+        if allowed.is_zero() {
+            return sleep(REFETCH_PAUSE);
+        }
+        let waiting = Arc::clone(&self.shared).wait_for_work(allowed);
+        async move {
+            if let Err(e) = waiting.await {
+                // The fetch worked, so Redis is there: it may not serve blocking commands
+                // (some proxies do not). Wait out the time without them.
+                tracing::warn!(error = %e, "waiting for a wake-up failed; sleeping instead");
+                tokio::time::sleep(allowed).await;
             }
-            .boxed(),
-        );
+        }
+        .boxed()
     }
 }
 
@@ -188,7 +201,7 @@ impl Backend for RedisBackend {
                         jobs.extend(more.jobs);
                     }
                     shared
-                        .release(&jobs, "worker shutting down before the job started")
+                        .release(jobs, "worker shutting down before the job started")
                         .await;
                 }
                 .boxed(),

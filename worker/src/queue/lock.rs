@@ -116,6 +116,9 @@ pub enum LockLost {
     Unconfirmed { lock: String, error: QueueError },
 }
 
+/// Where distribution locks live: `atr-dist:lock:{<distribution>}`, outside every queue.
+pub const LOCKS: &str = "atr-dist:lock:";
+
 /// The lock owner for one attempt: its job id and lease token. The token alone is not
 /// enough: jobs enqueued in one call and leased in one fetch have the same token.
 fn owner(attempt: &Lease) -> String {
@@ -132,10 +135,8 @@ impl Queue {
     ) -> Result<(bool, String), QueueError> {
         let (ok, holder): (i64, String) = SCRIPTS
             .lock
-            .key(format!("{}queued", self.prefix))
-            .arg(&self.prefix)
+            .key(self.lock_key(name))
             .arg(op)
-            .arg(name)
             .arg(owner)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())

@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 
 pub use admin::{
-    JobDetail, JobEvent, JobFilter, JobPage, JobSummary, MinuteStats, QueueStats, Retention,
+    AdminAction, AdminReply, IdLookup, JobDetail, JobEvent, JobFilter, JobPage, JobSummary,
+    MinuteStats, PageLimit, QueueStats, Retention, SHORT_ID_LEN, ambiguous_id, short_id,
 };
 pub use conn::RedisConn;
 pub use migrate::{FORMAT, MigrationReport};
@@ -68,6 +69,8 @@ pub struct Queue {
     name: String,
     prefix: String,
     queued_key: String,
+    /// Where distribution locks live: outside every queue ([`lock::LOCKS`]).
+    locks: String,
 }
 
 /// What a producer hands to `enqueue_raw`: the envelope as JSON, its idempotency key and
@@ -247,7 +250,23 @@ impl Queue {
             name: name.to_owned(),
             queued_key: format!("{prefix}queued"),
             prefix,
+            locks: lock::LOCKS.to_owned(),
         }
+    }
+
+    /// This handle with its distribution locks under `namespace` instead of
+    /// [`lock::LOCKS`]: for tests, which share one Redis and must not share locks, and for
+    /// two atr-dist deployments that share a Redis but not their platforms.
+    pub fn with_lock_namespace(mut self, namespace: &str) -> Queue {
+        self.locks = namespace.to_owned();
+        self
+    }
+
+    /// The Redis key of the lock `name` (a distribution's `lock_id`): outside every queue's
+    /// keys, so that one distribution has one lock whichever queue its jobs come from, and
+    /// under a hash tag of its own, so that Redis Cluster spreads locks over its masters.
+    pub fn lock_key(&self, name: &str) -> String {
+        format!("{}{{{name}}}", self.locks)
     }
 
     pub fn name(&self) -> &str {
@@ -290,10 +309,7 @@ impl Queue {
         let out = self.enqueue_raw(&jobs).await?;
         for (e, result) in envelopes.iter().zip(&out) {
             if result.created {
-                crate::http::metrics::job_enqueued(
-                    e.kind().as_str(),
-                    e.distribution().platform.member_name(),
-                );
+                crate::metrics::job_enqueued(e.kind(), e.distribution().platform);
             }
         }
         Ok(out)
@@ -622,6 +638,20 @@ impl Queue {
         let (lost, cancel): (Vec<String>, Vec<String>) =
             inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(HeartbeatReply { lost, cancel })
+    }
+
+    /// Takes the worker out of `workers` when it stops cleanly, so that `queue stats`, the
+    /// `atr_dist_workers` gauge and `queue migrate` stop counting it at once instead of
+    /// when its heartbeat runs out (`lease_secs` later). A plain `ZREM`: it removes only
+    /// this worker's own member, and a worker that dies without it still ages out in
+    /// `heartbeat.lua`.
+    pub async fn deregister(&self, worker: &str) -> Result<(), QueueError> {
+        let _removed: i64 = redis::cmd("ZREM")
+            .arg(format!("{}workers", self.prefix))
+            .arg(worker)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// Records how attempts ended, one round trip per `ACK_CHUNK` acks.

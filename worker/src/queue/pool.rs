@@ -20,12 +20,29 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use atr_dist_shared::{Envelope, ErrorClass, JobState};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::RedisBackend;
-use super::{Ack, AckOutcome, AckResult, Lease, Leased, Queue, QueueError, Retention, backoff};
+use super::backend::{Feed, RedisBackend};
+use super::{
+    Ack, AckOutcome, AckResult, Fetched, Lease, Leased, Queue, QueueError, RedisConn, Retention,
+    backoff,
+};
 use crate::config::{RetentionConfig, RetryConfig};
+use crate::metrics::AttemptEnd;
+
+/// How an attempt's outcome counts in the metrics.
+fn metrics_end(outcome: &AckOutcome) -> AttemptEnd {
+    match outcome {
+        AckOutcome::Done | AckOutcome::Cancelled { .. } => AttemptEnd::Ended { failed: None },
+        AckOutcome::Retry { class, .. } | AckOutcome::Dead { class, .. } => AttemptEnd::Ended {
+            failed: Some(*class),
+        },
+        // Handed back or deferred: the attempt did not count.
+        AckOutcome::Release { .. } | AckOutcome::Defer { .. } => AttemptEnd::NotCounted,
+    }
+}
 
 /// Why an attempt failed, and so what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,17 +237,81 @@ enum AckRequest {
     Flush(oneshot::Sender<()>),
 }
 
-/// State shared by the backend, the job futures, the heartbeat and the acker.
-pub struct Shared {
-    pub(super) queue: Queue,
-    pub(super) worker_id: String,
-    pub(super) config: PoolConfig,
+/// State shared by the job futures, the heartbeat and the acker, and (as its `Feed`) the
+/// backend. The pool owns it; the backend sees only the `Feed`.
+pub(super) struct Shared {
+    queue: Queue,
+    worker_id: String,
+    config: PoolConfig,
     held: Mutex<HashMap<String, Held>>,
     acks: mpsc::UnboundedSender<AckRequest>,
-    pub(super) counters: Counters,
+    counters: Counters,
     /// Attempts whose handler is running now; `attempts_ended` is notified as each ends.
     running_attempts: std::sync::atomic::AtomicUsize,
     attempts_ended: tokio::sync::Notify,
+    /// The connection idle waits block on (`BLPOP`); `None`: the pool polls.
+    blocking: Option<RedisConn>,
+}
+
+impl Feed for Shared {
+    fn capacity(&self) -> usize {
+        self.config.concurrency
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    fn fetch_batch(&self) -> usize {
+        self.config.fetch_batch
+    }
+
+    fn idle_wait(&self) -> Duration {
+        self.config.idle_wait
+    }
+
+    fn wakes(&self) -> bool {
+        self.blocking.is_some()
+    }
+
+    fn lease(
+        self: Arc<Self>,
+        n: usize,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<Fetched, QueueError>> {
+        async move {
+            let fetched = self
+                .queue
+                .fetch_or_wait(&self.worker_id, self.config.lease, n, wait)
+                .await?;
+            self.hold(&fetched.jobs);
+            Ok(fetched)
+        }
+        .boxed()
+    }
+
+    fn wait_for_work(
+        self: Arc<Self>,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<(), QueueError>> {
+        async move {
+            let Some(mut conn) = self.blocking.clone() else {
+                tokio::time::sleep(wait).await;
+                return Ok(());
+            };
+            self.queue.wait_for_wake(&mut conn, wait).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn release(self: Arc<Self>, jobs: Vec<Leased>, why: &'static str) -> BoxFuture<'static, ()> {
+        async move {
+            self.release_leases(jobs.iter().map(Leased::lease), why)
+                .await
+        }
+        .boxed()
+    }
 }
 
 /// What this pool did since it started.
@@ -246,15 +327,7 @@ pub struct Counters {
 }
 
 impl Shared {
-    pub(super) fn capacity(&self) -> usize {
-        self.config.concurrency
-    }
-
-    pub(super) fn held_count(&self) -> usize {
-        self.held.lock().map(|h| h.len()).unwrap_or(0)
-    }
-
-    pub(super) fn hold(&self, jobs: &[Leased]) {
+    fn hold(&self, jobs: &[Leased]) {
         if let Ok(mut held) = self.held.lock() {
             for job in jobs {
                 held.insert(
@@ -358,11 +431,6 @@ impl Shared {
     }
 
     /// Hands jobs back unfinished; their attempts do not count.
-    pub(super) async fn release(&self, jobs: &[Leased], why: &str) {
-        self.release_leases(jobs.iter().map(Leased::lease), why)
-            .await;
-    }
-
     async fn release_leases(&self, leases: impl IntoIterator<Item = Lease>, why: &str) {
         let acks: Vec<Ack> = leases
             .into_iter()
@@ -573,10 +641,14 @@ async fn run_job<H: JobHandler>(
         }
         Ok(envelope) => {
             // Prometheus: queue latency, attempt duration, processed and failed counts.
-            let observed = crate::http::metrics::attempt_started(job.waited, &envelope);
+            let observed = crate::metrics::attempt_started(
+                job.waited,
+                envelope.distribution().platform,
+                envelope.kind(),
+            );
             let slot = ResultSlot::default();
             let outcome = attempt(&shared, handler.0.as_ref(), &job, envelope, &slot).await;
-            observed.finished(&outcome);
+            observed.finished(metrics_end(&outcome));
             (outcome, slot.take())
         }
     };
@@ -740,7 +812,14 @@ pub async fn run<H: JobHandler>(
 ) -> Result<(), QueueError> {
     let worker_id = super::new_worker_id();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    // Idle waits block on a connection of their own.
+    let blocking = if config.wake_ups {
+        Some(queue.connection().dedicated().await?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
+        blocking,
         queue: queue.clone(),
         worker_id: worker_id.clone(),
         config: config.clone(),
@@ -767,20 +846,13 @@ pub async fn run<H: JobHandler>(
     tracing::info!(worker = %worker_id, queue = queue.name(), concurrency = config.concurrency, "worker pool started");
 
     let monitor_shared = Arc::clone(&shared);
-    // Idle waits block on a connection of their own.
-    let blocking = if config.wake_ups {
-        Some(queue.connection().dedicated().await?)
-    } else {
-        None
-    };
     let concurrency = config.concurrency;
     let drained = Arc::clone(&handler);
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(format!("atr-dist-{}", monitor_shared.worker_id))
                 .backend(RedisBackend::new(
-                    Arc::clone(&monitor_shared),
-                    blocking.clone(),
+                    Arc::clone(&monitor_shared) as Arc<dyn Feed>
                 ))
                 .data(Arc::clone(&monitor_shared))
                 .data(Arc::clone(&handler))
@@ -821,6 +893,10 @@ pub async fn run<H: JobHandler>(
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     let _ = retention.await;
+    // No heartbeat follows: leave the live workers now, not a lease later.
+    if let Err(e) = queue.deregister(&worker_id).await {
+        tracing::warn!(error = %e, "could not leave the queue's live workers; the entry expires with its heartbeat");
+    }
     drop(shared);
     acker.abort();
     tracing::info!(worker = %worker_id, "worker pool stopped");

@@ -153,16 +153,12 @@
     async retry(button) {
       const id = button.dataset.jobId;
       const data = await post(`/api/v1/jobs/${encodeURIComponent(id)}/retry`);
-      if (data) flash(`Job ${id} is queued again.`);
+      if (data) flash(`Job ${id}: ${data.message}.`);
     },
     async cancel(button) {
       const id = button.dataset.jobId;
       const data = await post(`/api/v1/jobs/${encodeURIComponent(id)}/cancel`);
-      if (data) {
-        flash(data.result === "cancel_requested"
-          ? `Cancel requested: job ${id} stops at its worker's next heartbeat.`
-          : `Job ${id} is cancelled.`);
-      }
+      if (data) flash(`Job ${id}: ${data.message}.`);
     },
     async "retry-matching"(button) {
       const filter = JSON.parse(button.dataset.filter || "{}");
