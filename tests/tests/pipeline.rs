@@ -9,7 +9,11 @@ use atr_dist::pipeline::wait::Schedule;
 use atr_dist::platform::Adapters;
 use atr_dist_shared::entities::revision_manifest;
 use atr_dist_shared::job::RevisionSourceSpec;
-use atr_dist_shared::{AtrTaskStatus, DistributionKey, Envelope, ErrorClass, JobState, Platform};
+use atr_dist_shared::names::ArtifactPath;
+use atr_dist_shared::{
+    AtrTaskStatus, DistributionKey, Envelope, ErrorClass, Job, JobReport, JobState, ManifestDiff,
+    Platform,
+};
 use atr_dist_tests::cases::{eventually, pool_config};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
@@ -114,6 +118,12 @@ async fn stage_then_promote(which: Db) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].outcome.as_deref(), Some("completed"));
     assert!(runs[0].finished_at.is_some() && runs[0].duration_ms.is_some());
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.starts_with(&format!("promoted {} to latest as sha256:", key()))
+            && msg.ends_with("(voted revision example-1.0.0 00001)"),
+        "{msg}"
+    );
 
     // A stage after promote is refused, and sends nothing.
     let again = stage("00001", false);
@@ -167,6 +177,17 @@ async fn changed_files_are_refused(which: Db) {
     let runs = h.runs(&p).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));
     assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    // The run names the paths that differ, for the operator and ATR's attempt history.
+    let diff: ManifestDiff =
+        serde_json::from_value(runs[0].revision_diff.clone().expect("a diff is recorded")).unwrap();
+    assert_eq!(
+        diff,
+        ManifestDiff {
+            added: vec![ArtifactPath::new("NEW.txt").unwrap()],
+            removed: vec![],
+            changed: vec![ArtifactPath::new(TGZ).unwrap()],
+        }
+    );
     // Nothing was sent to the platform, and the row is still only staged.
     assert_eq!(h.adapter.writes(), vec![format!("stage {} rc", key())]);
     assert!(!h.row().await.unwrap().promoted);
@@ -180,13 +201,19 @@ async fn identical_new_revision_promotes_once(which: Db) {
     // The vote passing makes revision 00002 with the same files.
     h.revs.write("00002", VOTED);
     assert_eq!(h.run(&promote("00002"), 3).await, JobState::Done);
-    // Promote again: nothing sent, recorded as unchanged.
-    let again = promote("00002");
+    let promoted = h.row().await.unwrap();
+    // Promote again, asked for by someone else: nothing sent, recorded as unchanged, and
+    // the record of the promotion (who, when, which vote) stays the first one's.
+    let again = dist().promote("00002", RevisionSourceSpec::Dir, "someone-else");
     assert_eq!(h.run(&again, 3).await, JobState::Done);
-    assert_eq!(
-        h.runs(&again).await[0].outcome.as_deref(),
-        Some("unchanged")
+    let runs = h.runs(&again).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("unchanged"));
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.contains(&format!("{} was already promoted to latest as", key())),
+        "{msg}"
     );
+    assert_eq!(h.row().await.unwrap(), promoted);
     let writes = h.adapter.writes();
     assert_eq!(
         writes.iter().filter(|w| w.starts_with("promote")).count(),
@@ -214,6 +241,10 @@ async fn overwritten_staging_tag_is_caught(which: Db) {
             .unwrap();
     assert!(msg.contains("rc was overwritten since staging"), "{msg}");
     assert!(h.adapter.writes().iter().all(|w| !w.starts_with("promote")));
+    // A refusal that is not about the revision's files records no diff of them.
+    let runs = h.runs(&p).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].revision_diff, None, "{runs:?}");
     h.stop().await;
 }
 
@@ -392,6 +423,7 @@ async fn dry_runs_describe_and_record_without_writing(which: Db) {
         msg.contains("would stage") && msg.contains("PUT http://127.0.0.1/example-pkg"),
         "{msg}"
     );
+    assert!(msg.contains("; nothing staged yet;"), "{msg}");
     assert!(h.adapter.writes().is_empty());
     assert!(h.row().await.is_none(), "a dry run records no distribution");
     assert!(
@@ -682,5 +714,19 @@ async fn an_attempt_that_outlasts_the_job_timeout_is_retried_then_dead() {
     );
     assert!(adapter.writes().is_empty(), "{:?}", adapter.writes());
     assert!(h.row().await.is_none());
-    h.stop().await;
+    // Each stopped attempt recorded its own end (not left open for the next attempt or the
+    // audit to close as abandoned); stopping the pool waits for those records.
+    let mut h = h;
+    h.stop_pool().await;
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in &runs {
+        assert_eq!(run.outcome.as_deref(), Some("timed_out"), "{runs:?}");
+        assert_eq!(run.error_class.as_deref(), Some("transient"), "{runs:?}");
+        assert_eq!(
+            run.message.as_deref(),
+            Some("the attempt ran longer than the job timeout (1s) and was stopped"),
+            "{runs:?}"
+        );
+    }
 }
