@@ -570,6 +570,307 @@ async fn local_staging_checks_without_a_staging_place(which: Db) {
     h.stop().await;
 }
 
+/// A promote job for revision `rev` that only says what it would do.
+fn dry_promote(rev: &str) -> Envelope {
+    let mut e = promote(rev);
+    let Job::Promote(p) = &mut e.job else {
+        unreachable!("promote() makes a promote job")
+    };
+    p.dry_run = true;
+    e
+}
+
+/// The message of the job's first recorded attempt.
+async fn message(h: &Harness, job: &Envelope) -> String {
+    h.runs(job).await[0].message.clone().unwrap_or_default()
+}
+
+/// The digest the recording adapter gives [`VOTED`] staged as [`stage`] stages it.
+fn voted_digest() -> atr_dist_shared::Digest {
+    RecordingAdapter::digest_of(&[VOTED[0].1])
+}
+
+/// A dry run reads the platform and says what a real run would find there: the voted bytes
+/// staged already, or (promoting) what it would move, or that production holds them.
+async fn dry_runs_say_what_the_platform_holds(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    let voted = voted_digest();
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "; already staged as {voted}: nothing would be sent;"
+        )),
+        "{msg}"
+    );
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    assert_eq!(h.runs(&dry).await[0].outcome.as_deref(), Some("dry_run"));
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "would promote {voted} to latest; writes: PUT http://127.0.0.1/example-pkg/latest"
+        )),
+        "{msg}"
+    );
+    assert_eq!(h.adapter.writes(), [format!("stage {} rc", key())]);
+    h.run_to_done(&promote("00001"), 1).await;
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "latest already holds {voted}: nothing would be sent"
+        )),
+        "{msg}"
+    );
+    assert_eq!(h.adapter.writes().len(), 2);
+    h.stop().await;
+}
+
+/// A staging tag someone else pushed other bytes to is staged over with the voted ones (a
+/// dry run says what is there first); staged again with nothing changed, it is `unchanged`.
+async fn a_staging_tag_holding_other_bytes_is_staged_again(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    h.adapter.overwrite_staged(&key(), "rc");
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains("; the platform holds sha256:0909") && msg.contains(" under rc;"),
+        "{msg}"
+    );
+    let voted = voted_digest();
+    let again = stage("00001", false);
+    h.run_to_done(&again, 1).await;
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        message(&h, &again).await,
+        format!(
+            "staged {} under rc as {voted} from example-1.0.0 00001",
+            key()
+        )
+    );
+    let third = stage("00001", false);
+    h.run_to_done(&third, 1).await;
+    assert_eq!(
+        h.runs(&third).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    assert_eq!(
+        message(&h, &third).await,
+        format!("{} was already staged under rc as {voted}; recorded", key())
+    );
+    assert_eq!(
+        h.adapter.writes(),
+        [format!("stage {} rc", key()), format!("stage {} rc", key())]
+    );
+    h.stop().await;
+}
+
+/// An adapter that panics fails its attempt permanently (running it again would panic
+/// again), and the panic's message is what the job and its run say.
+async fn a_panicking_adapter_fails_the_attempt_with_its_message(which: Db) {
+    let adapter = RecordingAdapter {
+        stage_panics: Some("adapter bug (test)"),
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    assert_eq!(h.run(&s, 3).await, JobState::Dead);
+    assert_eq!(
+        h.last_error(&s).await,
+        "the attempt panicked: adapter bug (test)"
+    );
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 1, "a panic is not retried: {runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    assert_eq!(
+        runs[0].message.as_deref(),
+        Some("the attempt panicked: adapter bug (test)")
+    );
+    h.stop().await;
+}
+
+/// The report a finished job leaves for producers (docs/wire-format.md, "Results") is the
+/// distribution as recorded: staged, then promoted, with the platform's digest.
+async fn a_finished_job_reports_the_distribution_as_recorded(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    let report = |id: String| {
+        let q = h.t.queue.clone();
+        async move {
+            let ended = atr_dist_tests::redis_support::ended(&q).await;
+            let entry = ended
+                .iter()
+                .find(|e| e["id"] == id)
+                .unwrap_or_else(|| panic!("{id} ended: {ended:?}"));
+            serde_json::from_str::<JobReport>(&entry["result"])
+                .unwrap_or_else(|e| panic!("{e}: {entry:?}"))
+        }
+    };
+    let s = stage("00001", false);
+    h.run_to_done(&s, 1).await;
+    let row = h.row().await.unwrap();
+    let staged = report(s.id.to_string()).await;
+    assert_eq!(staged.outcome, atr_dist_shared::AttemptOutcome::Completed);
+    assert_eq!(staged.revision, "00001");
+    assert_eq!(staged.distribution.package, "example-pkg");
+    assert!(
+        staged.staged && !staged.promoted && !staged.dry_run,
+        "{staged:?}"
+    );
+    assert_eq!(staged.platform_digest, Some(voted_digest().to_string()));
+    assert_eq!(staged.manifest_digest, row.staged_manifest_digest);
+    assert_eq!(staged.diff, None);
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    let promoted = report(p.id.to_string()).await;
+    assert!(promoted.promoted, "{promoted:?}");
+    assert_eq!(
+        promoted.api_url.as_deref(),
+        Some("http://127.0.0.1/recording")
+    );
+    h.stop().await;
+}
+
+/// A platform that is only verified (`PromotionMechanism::None`): nothing is ever sent to
+/// it; stage and promote are done when it is found to list the voted bytes, which is news
+/// once and `unchanged` after, and refused while it does not.
+async fn a_verify_only_platform_is_read_never_written(which: Db) {
+    let adapter = RecordingAdapter {
+        verify_only: true,
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let voted = voted_digest();
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains("the platform does not show it, and it is only verified, never written to: the stage would be refused"),
+        "{msg}"
+    );
+    let refused = stage("00001", false);
+    assert_eq!(h.run(&refused, 1).await, JobState::Dead);
+    let error = h.last_error(&refused).await;
+    assert!(error.contains("is not listed on the platform"), "{error}");
+
+    h.adapter.show_staged(&key(), "rc", voted.clone());
+    let first = stage("00001", false);
+    h.run_to_done(&first, 1).await;
+    assert_eq!(
+        h.runs(&first).await[0].outcome.as_deref(),
+        Some("completed")
+    );
+    let again = stage("00001", false);
+    h.run_to_done(&again, 1).await;
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!("would wait until the platform lists {voted} in production and record it; nothing is ever sent to this platform")),
+        "{msg}"
+    );
+    h.adapter.show_promoted(&key(), "latest", voted.clone());
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("completed"));
+    assert_eq!(
+        message(&h, &p).await,
+        format!(
+            "{} is listed in production as {voted}; recorded as promoted to latest (voted revision example-1.0.0 00001)",
+            key()
+        )
+    );
+    assert!(h.row().await.unwrap().promoted);
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("unchanged"));
+    assert!(h.adapter.writes().is_empty(), "{:?}", h.adapter.writes());
+    h.stop().await;
+}
+
+/// A platform whose promotion uploads the voted files again (`PromotionMechanism::Reupload`,
+/// as PyPI): stage and promote send the artifacts with the companions the revision holds
+/// (a file without one goes alone), and promote refuses when the voted files do not come
+/// to the digest recorded as staged.
+async fn a_reupload_promote_sends_the_voted_files_with_their_companions(which: Db) {
+    let adapter = RecordingAdapter {
+        reupload: true,
+        companion_suffix: Some(".asc"),
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    const OTHER: &str = "example-pkg-1.0.0-other.tgz";
+    h.revs.write(
+        "00001",
+        &[
+            (TGZ, b"tarball bytes v1"),
+            ("example-pkg-1.0.0.tgz.asc", b"signature"),
+            (OTHER, b"other bytes"),
+            ("README.txt", b"read me"),
+        ],
+    );
+    let s = dist().stage("00001", &[TGZ, OTHER], RevisionSourceSpec::Dir, false);
+    h.run_to_done(&s, 1).await;
+    assert_eq!(
+        h.adapter.writes(),
+        [format!("stage {} rc companions: {TGZ}.asc", key())]
+    );
+    // The record says other bytes were staged than the voted files come to.
+    let staged = h.row().await.unwrap().platform_digest.unwrap();
+    assert_eq!(
+        staged,
+        RecordingAdapter::digest_of(&[b"tarball bytes v1", b"other bytes"]).to_string()
+    );
+    let recorded =
+        atr_dist_shared::Digest::from_bytes(atr_dist_shared::DigestAlgorithm::Sha256, &[7u8; 32])
+            .unwrap();
+    let set_digest = |d: String| format!("UPDATE distribution SET platform_digest = '{d}'");
+    h.db.execute_unprepared(&set_digest(recorded.to_string()))
+        .await
+        .unwrap();
+    let p = promote("00001");
+    assert_eq!(h.run(&p, 1).await, JobState::Dead);
+    let error = h.last_error(&p).await;
+    assert!(
+        error.contains(&format!(
+            "the voted files come to {staged} on the platform, but {recorded} was staged; nothing promoted"
+        )),
+        "{error}"
+    );
+    assert_eq!(h.adapter.writes().len(), 1, "{:?}", h.adapter.writes());
+    h.db.execute_unprepared(&set_digest(staged)).await.unwrap();
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(
+        h.adapter.writes()[1],
+        format!(
+            "upload {} latest artifacts: {TGZ}, {OTHER} companions: {TGZ}.asc",
+            key()
+        )
+    );
+    assert!(h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -599,6 +900,12 @@ on_both!(dry_runs_describe_and_record_without_writing);
 on_both!(waits_spend_no_attempt);
 on_both!(waits_end_at_the_deadline);
 on_both!(local_staging_checks_without_a_staging_place);
+on_both!(dry_runs_say_what_the_platform_holds);
+on_both!(a_staging_tag_holding_other_bytes_is_staged_again);
+on_both!(a_panicking_adapter_fails_the_attempt_with_its_message);
+on_both!(a_finished_job_reports_the_distribution_as_recorded);
+on_both!(a_verify_only_platform_is_read_never_written);
+on_both!(a_reupload_promote_sends_the_voted_files_with_their_companions);
 
 /// Another job takes the distribution lock while a slow stage runs (this attempt's lock
 /// expired in a pause, say): the attempt stops when its renewal finds the lock gone, sends
