@@ -158,10 +158,12 @@ impl PlatformAdapter for RecordingAdapter {
                 panic!("{message}");
             }
             if self.verify_only {
+                // As a platform's API answers for a version it does not list.
                 return Err(PlatformError::permanent(format!(
                     "{} is not listed on the platform, which is only verified, never written to",
                     req.key
-                )));
+                ))
+                .with_status(404));
             }
             let now = self.in_stage.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_stage.fetch_max(now, Ordering::SeqCst);

@@ -766,6 +766,8 @@ async fn a_verify_only_platform_is_read_never_written(which: Db) {
     assert_eq!(h.run(&refused, 1).await, JobState::Dead);
     let error = h.last_error(&refused).await;
     assert!(error.contains("is not listed on the platform"), "{error}");
+    // The platform's answer is on the run, for the operator.
+    assert_eq!(h.runs(&refused).await[0].http_status, Some(404));
 
     h.adapter.show_staged(&key(), "rc", voted.clone());
     let first = stage("00001", false);
