@@ -17,7 +17,7 @@ use atr_dist_shared::{
 use atr_dist_tests::cases::{eventually, pool_config};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
-use sea_orm::{ConnectionTrait, EntityTrait};
+use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
 
 const TGZ: &str = "example-pkg-1.0.0.tgz";
 
@@ -1038,4 +1038,57 @@ async fn an_attempt_that_outlasts_the_job_timeout_is_retried_then_dead() {
             "{runs:?}"
         );
     }
+}
+
+/// Stopping the worker waits for the records of the attempts it stopped: when it returns,
+/// the row of an attempt cut short by the shutdown is closed, saying so (a process that
+/// exits right after would otherwise lose that write). The row is kept locked for a while
+/// so that its write cannot finish before the stop would return without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_worker_waits_for_the_records_of_stopped_attempts() {
+    let adapter = RecordingAdapter {
+        // Far past the pool's shutdown timeout (5 s): the shutdown stops it.
+        stage_delay: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let mut h = recording(Db::Postgres, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    h.t.queue.enqueue(&s, None, 1).await.unwrap();
+    let in_stage = Arc::clone(&h.adapter.in_stage);
+    eventually(
+        "the stage is under way",
+        Duration::from_secs(20),
+        || async { in_stage.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let locker = h.db.begin().await.unwrap();
+    locker
+        .execute_unprepared(&format!(
+            "SELECT id FROM job_run WHERE job_id = '{}' FOR UPDATE",
+            s.id
+        ))
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(async move {
+        h.h.stop_pool().await;
+        h
+    });
+    // The shutdown timeout passes, the attempt is stopped, and its record waits on the lock.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the worker stopped before the stopped attempt's record was written"
+    );
+    locker.commit().await.unwrap();
+    let h = stopping.await.unwrap();
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    assert_eq!(
+        runs[0].message.as_deref(),
+        Some("the worker shut down before the attempt ended; the job was handed back to the queue"),
+        "{runs:?}"
+    );
+    h.stop().await;
 }
