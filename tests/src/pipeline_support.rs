@@ -18,7 +18,9 @@ use atr_dist::queue::pool::PoolConfig;
 use atr_dist::source::{DirSource, Sources};
 use atr_dist_shared::entities::{distribution, job_run};
 use atr_dist_shared::names::{ArtifactPath, DistTag};
-use atr_dist_shared::{Digest, DigestAlgorithm, DistributionKey, ManifestEntry};
+use atr_dist_shared::{
+    Digest, DigestAlgorithm, DistributionKey, ManifestEntry, PromotionMechanism,
+};
 use atr_dist_shared::{Envelope, JobState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -56,11 +58,52 @@ pub struct RecordingAdapter {
     pub local_staging: bool,
     /// Calls of `read_staged`.
     pub staged_reads: Arc<AtomicUsize>,
+    /// The platform is only verified, never written to ([`PromotionMechanism::None`], as
+    /// Artifact Hub): `stage` and `promote` refuse, and what the platform shows is set with
+    /// [`RecordingAdapter::show_staged`] and [`RecordingAdapter::show_promoted`].
+    pub verify_only: bool,
+    /// Promotion uploads the voted files again ([`PromotionMechanism::Reupload`], as PyPI):
+    /// `promote` records the files it was given.
+    pub reupload: bool,
+    /// Each artifact has a companion file, its path with this added (as PyPI's `.asc`
+    /// signatures); stages and re-uploads record the companions they were given.
+    pub companion_suffix: Option<&'static str>,
 }
 
 impl RecordingAdapter {
     pub fn writes(&self) -> Vec<String> {
         self.state.lock().unwrap().writes.clone()
+    }
+
+    /// The digest the adapter gives the voted files `contents`, in the job's order of
+    /// artifacts: what a stage of them records.
+    pub fn digest_of(contents: &[&[u8]]) -> Digest {
+        use sha3::Digest as _;
+        let mut h = Sha256::new();
+        for c in contents {
+            let sha3 =
+                atr_dist_shared::manifest::Sha3Hex::from_bytes(sha3::Sha3_256::digest(c).into());
+            h.update(sha3.as_str().as_bytes());
+        }
+        Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize()).unwrap()
+    }
+
+    /// The platform lists `digest` under the staging `tag` (someone else put it there).
+    pub fn show_staged(&self, key: &DistributionKey, tag: &str, digest: Digest) {
+        self.state
+            .lock()
+            .unwrap()
+            .staged
+            .insert((key.lock_id(), tag.to_owned()), digest);
+    }
+
+    /// The platform lists `digest` in production under `tag`.
+    pub fn show_promoted(&self, key: &DistributionKey, tag: &str, digest: Digest) {
+        self.state
+            .lock()
+            .unwrap()
+            .promoted
+            .insert((key.lock_id(), tag.to_owned()), digest);
     }
 
     /// Someone else moves the staging tag (a CI job pushing over it).
@@ -92,7 +135,7 @@ impl PlatformAdapter for RecordingAdapter {
         &'a self,
         req: &'a StageRequest,
     ) -> BoxFuture<'a, Result<Digest, PlatformError>> {
-        // A digest over the artifacts' content, as a registry's would be.
+        // A digest over the artifacts' content, as a registry's would be (`digest_of`).
         let mut h = Sha256::new();
         for a in &req.artifacts {
             h.update(a.entry().sha3_256.as_str().as_bytes());
@@ -114,6 +157,14 @@ impl PlatformAdapter for RecordingAdapter {
             if let Some(message) = self.stage_panics {
                 panic!("{message}");
             }
+            if self.verify_only {
+                // As a platform's API answers for a version it does not list.
+                return Err(PlatformError::permanent(format!(
+                    "{} is not listed on the platform, which is only verified, never written to",
+                    req.key
+                ))
+                .with_status(404));
+            }
             let now = self.in_stage.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_stage.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.stage_delay).await;
@@ -129,8 +180,12 @@ impl PlatformAdapter for RecordingAdapter {
             }
             {
                 let mut s = self.state.lock().unwrap();
-                s.writes
-                    .push(format!("stage {} {}", req.key, req.staging_tag));
+                s.writes.push(format!(
+                    "stage {} {}{}",
+                    req.key,
+                    req.staging_tag,
+                    with_files("companions", &req.companions)
+                ));
                 s.staged.insert(id(&req.key, &req.staging_tag), digest);
             }
             self.in_stage.fetch_sub(1, Ordering::SeqCst);
@@ -164,6 +219,15 @@ impl PlatformAdapter for RecordingAdapter {
     }
 
     fn promote<'a>(&'a self, req: &'a PromoteRequest) -> BoxFuture<'a, Result<(), PlatformError>> {
+        if self.verify_only {
+            return async move {
+                Err(PlatformError::permanent(format!(
+                    "{} is not listed in production; the platform is never written to",
+                    req.key
+                )))
+            }
+            .boxed();
+        }
         let not_yet = self
             .promote_not_yet
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -178,8 +242,18 @@ impl PlatformAdapter for RecordingAdapter {
             .boxed();
         }
         let mut s = self.state.lock().unwrap();
-        s.writes
-            .push(format!("promote {} {}", req.key, req.release_tag));
+        if self.reupload {
+            s.writes.push(format!(
+                "upload {} {}{}{}",
+                req.key,
+                req.release_tag,
+                with_files("artifacts", &req.artifacts),
+                with_files("companions", &req.companions)
+            ));
+        } else {
+            s.writes
+                .push(format!("promote {} {}", req.key, req.release_tag));
+        }
         s.promoted
             .insert(id(&req.key, &req.release_tag), req.staged_digest.clone());
         async move { Ok(()) }.boxed()
@@ -212,9 +286,31 @@ impl PlatformAdapter for RecordingAdapter {
         }
     }
 
-    fn promotion(&self) -> atr_dist_shared::PromotionMechanism {
-        atr_dist_shared::PromotionMechanism::DistTag
+    fn promotion(&self) -> PromotionMechanism {
+        if self.verify_only {
+            PromotionMechanism::None
+        } else if self.reupload {
+            PromotionMechanism::Reupload
+        } else {
+            PromotionMechanism::DistTag
+        }
     }
+
+    fn companions(&self, artifact: &ArtifactPath) -> Vec<ArtifactPath> {
+        self.companion_suffix
+            .map(|suffix| ArtifactPath::new(format!("{artifact}{suffix}")).expect("companion path"))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `" <what>: a, b"` for the paths of `files`, or nothing when there are none.
+fn with_files(what: &str, files: &[Sealed]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
+    format!(" {what}: {}", paths.join(", "))
 }
 
 /// `bytes` sealed as the pipeline seals a voted file at `path`, for calling an adapter

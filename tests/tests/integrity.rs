@@ -545,6 +545,8 @@ async fn a_platform_that_stays_unavailable_ends_the_attempt_after_the_budget() {
     // The default budget: three retries (and 30 s of waiting, of which 3 s are used).
     assert_eq!((run.http_requests, run.http_retries), (Some(4), Some(3)));
     assert_eq!(run.error_class.as_deref(), Some("transient"));
+    // The platform's last answer is on the run, for the operator.
+    assert_eq!(run.http_status, Some(503));
     assert!(
         run.message
             .as_deref()

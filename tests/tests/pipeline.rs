@@ -9,11 +9,15 @@ use atr_dist::pipeline::wait::Schedule;
 use atr_dist::platform::Adapters;
 use atr_dist_shared::entities::revision_manifest;
 use atr_dist_shared::job::RevisionSourceSpec;
-use atr_dist_shared::{AtrTaskStatus, DistributionKey, Envelope, ErrorClass, JobState, Platform};
+use atr_dist_shared::names::ArtifactPath;
+use atr_dist_shared::{
+    AtrTaskStatus, DistributionKey, Envelope, ErrorClass, Job, JobReport, JobState, ManifestDiff,
+    Platform,
+};
 use atr_dist_tests::cases::{eventually, pool_config};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
-use sea_orm::{ConnectionTrait, EntityTrait};
+use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
 
 const TGZ: &str = "example-pkg-1.0.0.tgz";
 
@@ -114,6 +118,12 @@ async fn stage_then_promote(which: Db) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].outcome.as_deref(), Some("completed"));
     assert!(runs[0].finished_at.is_some() && runs[0].duration_ms.is_some());
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.starts_with(&format!("promoted {} to latest as sha256:", key()))
+            && msg.ends_with("(voted revision example-1.0.0 00001)"),
+        "{msg}"
+    );
 
     // A stage after promote is refused, and sends nothing.
     let again = stage("00001", false);
@@ -167,6 +177,17 @@ async fn changed_files_are_refused(which: Db) {
     let runs = h.runs(&p).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("revision_changed"));
     assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    // The run names the paths that differ, for the operator and ATR's attempt history.
+    let diff: ManifestDiff =
+        serde_json::from_value(runs[0].revision_diff.clone().expect("a diff is recorded")).unwrap();
+    assert_eq!(
+        diff,
+        ManifestDiff {
+            added: vec![ArtifactPath::new("NEW.txt").unwrap()],
+            removed: vec![],
+            changed: vec![ArtifactPath::new(TGZ).unwrap()],
+        }
+    );
     // Nothing was sent to the platform, and the row is still only staged.
     assert_eq!(h.adapter.writes(), vec![format!("stage {} rc", key())]);
     assert!(!h.row().await.unwrap().promoted);
@@ -180,13 +201,19 @@ async fn identical_new_revision_promotes_once(which: Db) {
     // The vote passing makes revision 00002 with the same files.
     h.revs.write("00002", VOTED);
     assert_eq!(h.run(&promote("00002"), 3).await, JobState::Done);
-    // Promote again: nothing sent, recorded as unchanged.
-    let again = promote("00002");
+    let promoted = h.row().await.unwrap();
+    // Promote again, asked for by someone else: nothing sent, recorded as unchanged, and
+    // the record of the promotion (who, when, which vote) stays the first one's.
+    let again = dist().promote("00002", RevisionSourceSpec::Dir, "someone-else");
     assert_eq!(h.run(&again, 3).await, JobState::Done);
-    assert_eq!(
-        h.runs(&again).await[0].outcome.as_deref(),
-        Some("unchanged")
+    let runs = h.runs(&again).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("unchanged"));
+    let msg = runs[0].message.clone().unwrap();
+    assert!(
+        msg.contains(&format!("{} was already promoted to latest as", key())),
+        "{msg}"
     );
+    assert_eq!(h.row().await.unwrap(), promoted);
     let writes = h.adapter.writes();
     assert_eq!(
         writes.iter().filter(|w| w.starts_with("promote")).count(),
@@ -214,6 +241,10 @@ async fn overwritten_staging_tag_is_caught(which: Db) {
             .unwrap();
     assert!(msg.contains("rc was overwritten since staging"), "{msg}");
     assert!(h.adapter.writes().iter().all(|w| !w.starts_with("promote")));
+    // A refusal that is not about the revision's files records no diff of them.
+    let runs = h.runs(&p).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].revision_diff, None, "{runs:?}");
     h.stop().await;
 }
 
@@ -429,6 +460,7 @@ async fn dry_runs_describe_and_record_without_writing(which: Db) {
         msg.contains("would stage") && msg.contains("PUT http://127.0.0.1/example-pkg"),
         "{msg}"
     );
+    assert!(msg.contains("; nothing staged yet;"), "{msg}");
     assert!(h.adapter.writes().is_empty());
     assert!(h.row().await.is_none(), "a dry run records no distribution");
     assert!(
@@ -575,6 +607,309 @@ async fn local_staging_checks_without_a_staging_place(which: Db) {
     h.stop().await;
 }
 
+/// A promote job for revision `rev` that only says what it would do.
+fn dry_promote(rev: &str) -> Envelope {
+    let mut e = promote(rev);
+    let Job::Promote(p) = &mut e.job else {
+        unreachable!("promote() makes a promote job")
+    };
+    p.dry_run = true;
+    e
+}
+
+/// The message of the job's first recorded attempt.
+async fn message(h: &Harness, job: &Envelope) -> String {
+    h.runs(job).await[0].message.clone().unwrap_or_default()
+}
+
+/// The digest the recording adapter gives [`VOTED`] staged as [`stage`] stages it.
+fn voted_digest() -> atr_dist_shared::Digest {
+    RecordingAdapter::digest_of(&[VOTED[0].1])
+}
+
+/// A dry run reads the platform and says what a real run would find there: the voted bytes
+/// staged already, or (promoting) what it would move, or that production holds them.
+async fn dry_runs_say_what_the_platform_holds(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    let voted = voted_digest();
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "; already staged as {voted}: nothing would be sent;"
+        )),
+        "{msg}"
+    );
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    assert_eq!(h.runs(&dry).await[0].outcome.as_deref(), Some("dry_run"));
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "would promote {voted} to latest; writes: PUT http://127.0.0.1/example-pkg/latest"
+        )),
+        "{msg}"
+    );
+    assert_eq!(h.adapter.writes(), [format!("stage {} rc", key())]);
+    h.run_to_done(&promote("00001"), 1).await;
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!(
+            "latest already holds {voted}: nothing would be sent"
+        )),
+        "{msg}"
+    );
+    assert_eq!(h.adapter.writes().len(), 2);
+    h.stop().await;
+}
+
+/// A staging tag someone else pushed other bytes to is staged over with the voted ones (a
+/// dry run says what is there first); staged again with nothing changed, it is `unchanged`.
+async fn a_staging_tag_holding_other_bytes_is_staged_again(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.run_to_done(&stage("00001", false), 1).await;
+    h.adapter.overwrite_staged(&key(), "rc");
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains("; the platform holds sha256:0909") && msg.contains(" under rc;"),
+        "{msg}"
+    );
+    let voted = voted_digest();
+    let again = stage("00001", false);
+    h.run_to_done(&again, 1).await;
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        message(&h, &again).await,
+        format!(
+            "staged {} under rc as {voted} from example-1.0.0 00001",
+            key()
+        )
+    );
+    let third = stage("00001", false);
+    h.run_to_done(&third, 1).await;
+    assert_eq!(
+        h.runs(&third).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+    assert_eq!(
+        message(&h, &third).await,
+        format!("{} was already staged under rc as {voted}; recorded", key())
+    );
+    assert_eq!(
+        h.adapter.writes(),
+        [format!("stage {} rc", key()), format!("stage {} rc", key())]
+    );
+    h.stop().await;
+}
+
+/// An adapter that panics fails its attempt permanently (running it again would panic
+/// again), and the panic's message is what the job and its run say.
+async fn a_panicking_adapter_fails_the_attempt_with_its_message(which: Db) {
+    let adapter = RecordingAdapter {
+        stage_panics: Some("adapter bug (test)"),
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    assert_eq!(h.run(&s, 3).await, JobState::Dead);
+    assert_eq!(
+        h.last_error(&s).await,
+        "the attempt panicked: adapter bug (test)"
+    );
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 1, "a panic is not retried: {runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(runs[0].error_class.as_deref(), Some("permanent"));
+    assert_eq!(
+        runs[0].message.as_deref(),
+        Some("the attempt panicked: adapter bug (test)")
+    );
+    h.stop().await;
+}
+
+/// The report a finished job leaves for producers (docs/wire-format.md, "Results") is the
+/// distribution as recorded: staged, then promoted, with the platform's digest.
+async fn a_finished_job_reports_the_distribution_as_recorded(which: Db) {
+    let h = recording(which, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    let report = |id: String| {
+        let q = h.t.queue.clone();
+        async move {
+            let ended = atr_dist_tests::redis_support::ended(&q).await;
+            let entry = ended
+                .iter()
+                .find(|e| e["id"] == id)
+                .unwrap_or_else(|| panic!("{id} ended: {ended:?}"));
+            serde_json::from_str::<JobReport>(&entry["result"])
+                .unwrap_or_else(|e| panic!("{e}: {entry:?}"))
+        }
+    };
+    let s = stage("00001", false);
+    h.run_to_done(&s, 1).await;
+    let row = h.row().await.unwrap();
+    let staged = report(s.id.to_string()).await;
+    assert_eq!(staged.outcome, atr_dist_shared::AttemptOutcome::Completed);
+    assert_eq!(staged.revision, "00001");
+    assert_eq!(staged.distribution.package, "example-pkg");
+    assert!(
+        staged.staged && !staged.promoted && !staged.dry_run,
+        "{staged:?}"
+    );
+    assert_eq!(staged.platform_digest, Some(voted_digest().to_string()));
+    assert_eq!(staged.manifest_digest, row.staged_manifest_digest);
+    assert_eq!(staged.diff, None);
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    let promoted = report(p.id.to_string()).await;
+    assert!(promoted.promoted, "{promoted:?}");
+    assert_eq!(
+        promoted.api_url.as_deref(),
+        Some("http://127.0.0.1/recording")
+    );
+    h.stop().await;
+}
+
+/// A platform that is only verified (`PromotionMechanism::None`): nothing is ever sent to
+/// it; stage and promote are done when it is found to list the voted bytes, which is news
+/// once and `unchanged` after, and refused while it does not.
+async fn a_verify_only_platform_is_read_never_written(which: Db) {
+    let adapter = RecordingAdapter {
+        verify_only: true,
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let voted = voted_digest();
+    let dry = stage("00001", true);
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains("the platform does not show it, and it is only verified, never written to: the stage would be refused"),
+        "{msg}"
+    );
+    let refused = stage("00001", false);
+    assert_eq!(h.run(&refused, 1).await, JobState::Dead);
+    let error = h.last_error(&refused).await;
+    assert!(error.contains("is not listed on the platform"), "{error}");
+    // The platform's answer is on the run, for the operator.
+    assert_eq!(h.runs(&refused).await[0].http_status, Some(404));
+
+    h.adapter.show_staged(&key(), "rc", voted.clone());
+    let first = stage("00001", false);
+    h.run_to_done(&first, 1).await;
+    assert_eq!(
+        h.runs(&first).await[0].outcome.as_deref(),
+        Some("completed")
+    );
+    let again = stage("00001", false);
+    h.run_to_done(&again, 1).await;
+    assert_eq!(
+        h.runs(&again).await[0].outcome.as_deref(),
+        Some("unchanged")
+    );
+
+    let dry = dry_promote("00001");
+    h.run_to_done(&dry, 1).await;
+    let msg = message(&h, &dry).await;
+    assert!(
+        msg.contains(&format!("would wait until the platform lists {voted} in production and record it; nothing is ever sent to this platform")),
+        "{msg}"
+    );
+    h.adapter.show_promoted(&key(), "latest", voted.clone());
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("completed"));
+    assert_eq!(
+        message(&h, &p).await,
+        format!(
+            "{} is listed in production as {voted}; recorded as promoted to latest (voted revision example-1.0.0 00001)",
+            key()
+        )
+    );
+    assert!(h.row().await.unwrap().promoted);
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(h.runs(&p).await[0].outcome.as_deref(), Some("unchanged"));
+    assert!(h.adapter.writes().is_empty(), "{:?}", h.adapter.writes());
+    h.stop().await;
+}
+
+/// A platform whose promotion uploads the voted files again (`PromotionMechanism::Reupload`,
+/// as PyPI): stage and promote send the artifacts with the companions the revision holds
+/// (a file without one goes alone), and promote refuses when the voted files do not come
+/// to the digest recorded as staged.
+async fn a_reupload_promote_sends_the_voted_files_with_their_companions(which: Db) {
+    let adapter = RecordingAdapter {
+        reupload: true,
+        companion_suffix: Some(".asc"),
+        ..Default::default()
+    };
+    let h = recording(which, adapter, FAST).await;
+    const OTHER: &str = "example-pkg-1.0.0-other.tgz";
+    h.revs.write(
+        "00001",
+        &[
+            (TGZ, b"tarball bytes v1"),
+            ("example-pkg-1.0.0.tgz.asc", b"signature"),
+            (OTHER, b"other bytes"),
+            ("README.txt", b"read me"),
+        ],
+    );
+    let s = dist().stage("00001", &[TGZ, OTHER], RevisionSourceSpec::Dir, false);
+    h.run_to_done(&s, 1).await;
+    assert_eq!(
+        h.adapter.writes(),
+        [format!("stage {} rc companions: {TGZ}.asc", key())]
+    );
+    // The record says other bytes were staged than the voted files come to.
+    let staged = h.row().await.unwrap().platform_digest.unwrap();
+    assert_eq!(
+        staged,
+        RecordingAdapter::digest_of(&[b"tarball bytes v1", b"other bytes"]).to_string()
+    );
+    let recorded =
+        atr_dist_shared::Digest::from_bytes(atr_dist_shared::DigestAlgorithm::Sha256, &[7u8; 32])
+            .unwrap();
+    let set_digest = |d: String| format!("UPDATE distribution SET platform_digest = '{d}'");
+    h.db.execute_unprepared(&set_digest(recorded.to_string()))
+        .await
+        .unwrap();
+    let p = promote("00001");
+    assert_eq!(h.run(&p, 1).await, JobState::Dead);
+    let error = h.last_error(&p).await;
+    assert!(
+        error.contains(&format!(
+            "the voted files come to {staged} on the platform, but {recorded} was staged; nothing promoted"
+        )),
+        "{error}"
+    );
+    assert_eq!(h.adapter.writes().len(), 1, "{:?}", h.adapter.writes());
+    h.db.execute_unprepared(&set_digest(staged)).await.unwrap();
+    let p = promote("00001");
+    h.run_to_done(&p, 1).await;
+    assert_eq!(
+        h.adapter.writes()[1],
+        format!(
+            "upload {} latest artifacts: {TGZ}, {OTHER} companions: {TGZ}.asc",
+            key()
+        )
+    );
+    assert!(h.row().await.unwrap().promoted);
+    h.stop().await;
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -605,6 +940,12 @@ on_both!(one_distribution_on_two_queues_is_staged_once);
 on_both!(waits_spend_no_attempt);
 on_both!(waits_end_at_the_deadline);
 on_both!(local_staging_checks_without_a_staging_place);
+on_both!(dry_runs_say_what_the_platform_holds);
+on_both!(a_staging_tag_holding_other_bytes_is_staged_again);
+on_both!(a_panicking_adapter_fails_the_attempt_with_its_message);
+on_both!(a_finished_job_reports_the_distribution_as_recorded);
+on_both!(a_verify_only_platform_is_read_never_written);
+on_both!(a_reupload_promote_sends_the_voted_files_with_their_companions);
 
 /// Another job takes the distribution lock while a slow stage runs (this attempt's lock
 /// expired in a pause, say): the attempt stops when its renewal finds the lock gone, sends
@@ -720,5 +1061,72 @@ async fn an_attempt_that_outlasts_the_job_timeout_is_retried_then_dead() {
     );
     assert!(adapter.writes().is_empty(), "{:?}", adapter.writes());
     assert!(h.row().await.is_none());
+    // Each stopped attempt recorded its own end (not left open for the next attempt or the
+    // audit to close as abandoned); stopping the pool waits for those records.
+    let mut h = h;
+    h.stop_pool().await;
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in &runs {
+        assert_eq!(run.outcome.as_deref(), Some("timed_out"), "{runs:?}");
+        assert_eq!(run.error_class.as_deref(), Some("transient"), "{runs:?}");
+        assert_eq!(
+            run.message.as_deref(),
+            Some("the attempt ran longer than the job timeout (1s) and was stopped"),
+            "{runs:?}"
+        );
+    }
+}
+
+/// Stopping the worker waits for the records of the attempts it stopped: when it returns,
+/// the row of an attempt cut short by the shutdown is closed, saying so (a process that
+/// exits right after would otherwise lose that write). The row is kept locked for a while
+/// so that its write cannot finish before the stop would return without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_worker_waits_for_the_records_of_stopped_attempts() {
+    let adapter = RecordingAdapter {
+        // Far past the pool's shutdown timeout (5 s): the shutdown stops it.
+        stage_delay: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let mut h = recording(Db::Postgres, adapter, FAST).await;
+    h.revs.write("00001", VOTED);
+    let s = stage("00001", false);
+    h.t.queue.enqueue(&s, None, 1).await.unwrap();
+    let in_stage = Arc::clone(&h.adapter.in_stage);
+    eventually(
+        "the stage is under way",
+        Duration::from_secs(20),
+        || async { in_stage.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let locker = h.db.begin().await.unwrap();
+    locker
+        .execute_unprepared(&format!(
+            "SELECT id FROM job_run WHERE job_id = '{}' FOR UPDATE",
+            s.id
+        ))
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(async move {
+        h.h.stop_pool().await;
+        h
+    });
+    // The shutdown timeout passes, the attempt is stopped, and its record waits on the lock.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the worker stopped before the stopped attempt's record was written"
+    );
+    locker.commit().await.unwrap();
+    let h = stopping.await.unwrap();
+    let runs = h.runs(&s).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome.as_deref(), Some("abandoned"), "{runs:?}");
+    assert_eq!(
+        runs[0].message.as_deref(),
+        Some("the worker shut down before the attempt ended; the job was handed back to the queue"),
+        "{runs:?}"
+    );
     h.stop().await;
 }

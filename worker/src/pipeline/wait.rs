@@ -146,6 +146,27 @@ mod tests {
     }
 
     #[test]
+    fn without_a_configured_deadline_a_job_waits_six_hours() {
+        let now = Utc::now();
+        let waited = |minutes| Waited {
+            count: 1,
+            since: now - chrono::Duration::minutes(minutes),
+        };
+        assert_eq!(
+            decide(Some(waited(359)), now, DEFAULT_DEADLINE, Duration::ZERO),
+            Decision::Wait {
+                delay: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            decide(Some(waited(360)), now, DEFAULT_DEADLINE, Duration::ZERO),
+            Decision::GiveUp {
+                waited: Duration::from_secs(6 * 3600)
+            }
+        );
+    }
+
+    #[test]
     fn the_deadline_counts_from_the_first_wait() {
         let now = Utc::now();
         let hour = Duration::from_secs(3600);

@@ -537,6 +537,11 @@ mod tests {
             .unwrap();
         let shown = format!("{http:?} {req:?} {:?}", req.headers());
         assert!(!shown.contains("npm_SECRET_TOKEN"), "{shown}");
+        // What it does show: the hosts it may contact.
+        assert!(
+            format!("{http:?}").contains(r#"allowed: ["http://127.0.0.1:4873"]"#),
+            "{http:?}"
+        );
         assert!(
             shown.contains("Sensitive") || shown.contains("redacted"),
             "{shown}"
@@ -589,8 +594,79 @@ mod tests {
             err.message
         );
         assert_eq!(budget.used().requests, 0);
+        assert!(format!("{budget:?}").contains("fenced: true"), "{budget:?}");
         server.abort();
         assert!(!reached.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// A loopback address nothing listens on.
+    async fn closed_port() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_that_could_not_connect_is_retried_as_nothing_was_sent() {
+        let addr = closed_port().await;
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let http = PlatformHttp::new(&[&base], None).unwrap();
+        let limits = RetryLimits {
+            retries: 1,
+            wait: Duration::from_secs(10),
+        };
+        let budget = RetryBudget::new(limits, None);
+        // Not `Sent::Unknown`, which would send the caller to read the platform back.
+        let err = budget
+            .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(
+            err.message.starts_with("PUT x: ")
+                && err.message.contains("Connection refused")
+                && err
+                    .message
+                    .contains("gave up inside this attempt after 1 retries"),
+            "{}",
+            err.message
+        );
+        assert_eq!(budget.used().requests, 2);
+    }
+
+    #[tokio::test]
+    async fn an_origin_allowed_later_is_contacted() {
+        let base = Url::parse("http://127.0.0.1:9").unwrap();
+        let realm = closed_port().await;
+        let realm_url = Url::parse(&format!("http://{realm}/token")).unwrap();
+        let mut http = PlatformHttp::new(&[&base], None).unwrap();
+        let no_retries = RetryLimits {
+            retries: 0,
+            wait: Duration::ZERO,
+        };
+        let get = |http: &PlatformHttp| {
+            let http = http.clone();
+            let url = realm_url.clone();
+            async move {
+                RetryBudget::new(no_retries, None)
+                    .scope(http.send("GET token", |c| c.get(url.clone())))
+                    .await
+            }
+        };
+        let refused = get(&http).await.unwrap_err();
+        assert_eq!(refused.class, ErrorClass::Permanent, "{refused}");
+        http.allow(&realm_url);
+        http.allow(&realm_url);
+        // Now contacted (nothing listens there: a connection error, not a refusal).
+        let err = get(&http).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient, "{err}");
+        assert!(err.message.contains("Connection refused"), "{err}");
+        assert_eq!(
+            format!("{http:?}")
+                .matches(&format!("http://{realm}"))
+                .count(),
+            1,
+            "{http:?}"
+        );
     }
 
     #[test]

@@ -111,3 +111,101 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use atr_dist_shared::ErrorClass;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use url::Url;
+
+    use super::*;
+    use crate::platform::http::{RetryLimits, error_for};
+
+    /// A server on loopback answering every request with a 502, as a proxy whose platform
+    /// is away does; returns its address and the count of requests it received.
+    async fn bad_gateway() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    conn.write_all(answer.as_bytes()).await.ok();
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A write whose outcome stays unknown and whose read-back keeps finding nothing is
+    /// sent again only as often as the attempt's retry budget allows, each time after the
+    /// backoff's wait, and then ends the attempt.
+    #[tokio::test]
+    async fn a_write_never_found_is_resent_within_the_budget_then_given_up() {
+        let (addr, seen) = bad_gateway().await;
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let http = PlatformHttp::new(&[&base], None).unwrap();
+        let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+        let limits = RetryLimits {
+            retries: 2,
+            wait: Duration::from_secs(20),
+        };
+        let budget = RetryBudget::new(limits, Some(tx));
+        let read_backs = AtomicUsize::new(0);
+        let work = confirmed(
+            &http,
+            "PUT x",
+            || http.write("PUT x", |c| c.put(format!("http://{addr}/x"))),
+            || {
+                read_backs.fetch_add(1, Ordering::SeqCst);
+                async { Ok(Found::Nothing) }
+            },
+            |resp| async move { error_for(resp, "PUT x").await },
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(20), budget.scope(work))
+            .await
+            .expect("the resending ends within the budget");
+        let err = ended.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(
+            err.message.starts_with("PUT x: 502 Bad Gateway")
+                && err
+                    .message
+                    .contains("gave up inside this attempt after 2 retries"),
+            "{}",
+            err.message
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert_eq!(read_backs.load(Ordering::SeqCst), 3);
+        let mut waits = Vec::new();
+        while let Ok(note) = notes.try_recv() {
+            if let HttpNote::Retry { wait, .. } = note {
+                waits.push(wait);
+            }
+        }
+        // The backoff's waits (from 200 ms, with jitter), not none and not its 5 s fallback.
+        assert_eq!(waits.len(), 2, "{waits:?}");
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_millis(200) && *w < Duration::from_secs(2)),
+            "{waits:?}"
+        );
+    }
+}
