@@ -128,6 +128,11 @@ mod tests {
     /// A server on loopback answering every request with a 502, as a proxy whose platform
     /// is away does; returns its address and the count of requests it received.
     async fn bad_gateway() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        answering("502 Bad Gateway").await
+    }
+
+    /// A server on loopback answering every request with `status`.
+    async fn answering(status: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(AtomicUsize::new(0));
@@ -145,12 +150,52 @@ mod tests {
                         }
                     }
                     count.fetch_add(1, Ordering::SeqCst);
-                    let answer = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
                     conn.write_all(answer.as_bytes()).await.ok();
                 });
             }
         });
         (addr, seen)
+    }
+
+    /// A write the platform answered with a refusal, and whose read-back finds nothing, ends
+    /// with that refusal at once, even one classed as a short wait that the attempt's budget
+    /// could afford to resend after: it was answered, so it becomes the job's wait in Redis
+    /// (GitHub's secondary rate limit on a create), not a resend inside the attempt.
+    #[tokio::test]
+    async fn an_answered_refusal_with_nothing_there_is_not_sent_again() {
+        let (addr, seen) = answering("403 Forbidden").await;
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let http = PlatformHttp::new(&[&base], None).unwrap();
+        let limits = RetryLimits {
+            retries: 3,
+            wait: Duration::from_secs(20),
+        };
+        let budget = RetryBudget::new(limits, None);
+        let read_backs = AtomicUsize::new(0);
+        let work = confirmed(
+            &http,
+            "POST x",
+            || http.write("POST x", |c| c.post(format!("http://{addr}/x"))),
+            || {
+                read_backs.fetch_add(1, Ordering::SeqCst);
+                async { Ok(Found::Nothing) }
+            },
+            |resp| async move {
+                let answered = error_for(resp, "POST x").await;
+                PlatformError::not_yet(answered.message, Duration::from_secs(1)).with_status(403)
+            },
+        );
+        let err = tokio::time::timeout(Duration::from_secs(20), budget.scope(work))
+            .await
+            .expect("it ends at once")
+            .unwrap_err();
+        assert!(err.not_yet, "{err:?}");
+        assert_eq!(err.http_status, Some(403));
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "sent once");
+        assert_eq!(read_backs.load(Ordering::SeqCst), 1);
     }
 
     /// A write whose outcome stays unknown and whose read-back keeps finding nothing is
