@@ -91,7 +91,7 @@ async fn redis_killed_and_restarted_from_its_append_only_file() {
         .unwrap();
     let mut redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("aof", 30);
+    let names = names("aof", 24);
     platform.seed(&names).await;
     let sqlite = SqliteDatabase::create();
     let db = sqlite_db(&sqlite).await;
@@ -154,16 +154,16 @@ async fn redis_killed_and_restarted_from_its_append_only_file() {
 }
 
 /// PostgreSQL is cut off for 20 s through a TCP proxy: every live connection reset, new ones
-/// refused. Attempts that cannot record themselves fail as transient and are retried with
-/// the shipped backoff; the producer's jobs wait, none dies, and after the cut every result
-/// is recorded (no attempt left open, every distribution promoted in the database), with one
+/// refused. An attempt that cannot record its start waits for the database without spending
+/// an attempt; those under way when the cut came fail as transient and are retried with the
+/// shipped backoff. No job dies, and after the cut every result is recorded (no attempt left open, every distribution promoted in the database), with one
 /// publish and one promotion per package at the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cut_for_20_seconds() {
     let aof = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("pgcut", 24);
+    let names = names("pgcut", 16);
     platform.seed(&names).await;
     let pg = PgDatabase::create().await;
     let proxy = Arc::new(TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await);
@@ -228,6 +228,15 @@ async fn postgres_cut_for_20_seconds() {
         ],
     );
     assert!(proxy.resets() + proxy.refused() > 0, "the cut cut nothing");
+    // An attempt whose start cannot be recorded waits without spending an attempt; only
+    // attempts under way when the cut came can fail (a worker holds up to twice its
+    // concurrency), and their retries.
+    assert!(
+        tally.retried <= 16,
+        "the cut spent {} attempts",
+        tally.retried
+    );
+    assert!(tally.deferred > 0, "no attempt waited for the database");
     assert_eq!(tally.duplicates_at_platform, 0);
     assert_eq!(tally.done as usize, jobs);
     assert_eq!(tally.open_attempts, 0, "every attempt's end is recorded");
@@ -247,7 +256,7 @@ async fn registry_errors_resets_timeouts_and_lost_answers() {
     let aof = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("flaky", 32);
+    let names = names("flaky", 24);
     platform.seed(&names).await;
     let proxy = &platform.proxy;
     let job_timeout = Duration::from_secs(6);
