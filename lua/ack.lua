@@ -170,8 +170,12 @@ for k = 1, m do
     local class = ARGV[i + 4]
     local message = ARGV[i + 5]
     redis.call('ZREM', running, id)
-    if pending_cancel then
-      redis.call('HDEL', prefix .. 'cancel_requested', id)
+    if pending_cancel and redis.call('HDEL', prefix .. 'cancel_requested', id) == 1
+      and (outcome == 'retry' or outcome == 'release' or outcome == 'defer') then
+      -- An operator cancelled the job while this attempt ran, and the attempt ended before
+      -- its worker heard of it: rather than run again, the job ends cancelled.
+      outcome = 'cancelled'
+      message = 'cancelled while its attempt ran; the attempt ended with: ' .. message
     end
     if outcome == 'retry' then
       if attempt >= max then

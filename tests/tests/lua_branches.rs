@@ -381,6 +381,55 @@ async fn fetch_moves_an_expired_lease_with_no_attempts_left_to_dead() {
     );
 }
 
+/// A running job whose cancel was requested, and whose worker died before it heard of it:
+/// the fetch that finds its lease expired honours the cancel instead of queueing the job
+/// again (or moving it to dead), and the request does not outlive it. (Found by
+/// tests/props_lua.rs: the entry stayed behind a dead job, and a job queued again ran.)
+#[tokio::test]
+async fn fetch_cancels_an_expired_lease_whose_cancel_was_pending() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let with_attempts = q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    let last_attempt = q.enqueue(&jobs::stage(2), None, 1).await.unwrap();
+    assert_eq!(q.fetch("w1", Duration::ZERO, 2).await.unwrap().len(), 2);
+    let ids = [with_attempts.id.clone(), last_attempt.id.clone()];
+    q.cancel(&ids, "not wanted").await.unwrap();
+    assert!(q.fetch("w2", LEASE, 10).await.unwrap().is_empty());
+    for id in &ids {
+        let s = q.show(id).await.unwrap().unwrap();
+        assert_eq!(
+            (s.summary.state, s.summary.attempt),
+            (JobState::Cancelled, 1)
+        );
+        assert_eq!(
+            s.summary.last_error.as_deref(),
+            Some(
+                "lease of worker w1 expired (worker died or stalled) while its cancel was pending; cancelled"
+            )
+        );
+        assert_eq!(events(q, id).await, ["cancel_requested", "cancelled"]);
+        assert_eq!(hget(q, "cancel_requested", id).await, None);
+        assert!(score(q, "cancelled", id).await.is_some());
+    }
+    assert!(list(q, "queued").await.is_empty());
+    assert_eq!(total(q, "cancelled").await, 2);
+    assert_eq!(
+        (total(q, "dead").await, total(q, "recovered").await),
+        (0, 0)
+    );
+    let ended = results(q).await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(
+        (ended[0]["state"].as_str(), ended[0]["atr_status"].as_str()),
+        ("cancelled", "FAILED")
+    );
+    let mut named: Vec<&str> = ended[0]["ids"].split(' ').collect();
+    named.sort_unstable();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort_unstable();
+    assert_eq!(named, want);
+}
+
 #[tokio::test]
 async fn fetch_drops_an_expired_lease_without_a_job_record() {
     let t = TestQueue::new().await;
@@ -939,6 +988,68 @@ async fn ack_clears_a_pending_cancel_request() {
     ack(q, &failed, retry_in(Duration::from_secs(3600))).await;
     assert_eq!(hget(q, "cancel_requested", &done.id).await, None);
     assert_eq!(hget(q, "cancel_requested", &failed.id).await, None);
+}
+
+/// An attempt that ends without honouring a cancel its worker has not heard of yet (a
+/// retry, a hand-back at shutdown, a deferral) does not put the job back in line: it ends
+/// cancelled, as asked. (Found by tests/props_lua.rs: the job ran again, and its worker
+/// could write to the platform before its first heartbeat stopped it.)
+#[tokio::test]
+async fn ack_cancels_a_job_whose_cancel_is_pending_instead_of_running_it_again() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let retried = leased(q, 1, 5).await;
+    let released = leased(q, 2, 5).await;
+    let deferred = leased(q, 3, 5).await;
+    let ids = [retried.id.clone(), released.id.clone(), deferred.id.clone()];
+    q.cancel(&ids, "stop").await.unwrap();
+    for (job, outcome) in [
+        (&retried, retry_in(Duration::ZERO)),
+        (
+            &released,
+            AckOutcome::Release {
+                message: "shutdown".into(),
+            },
+        ),
+        (
+            &deferred,
+            AckOutcome::Defer {
+                delay: Duration::ZERO,
+                message: "locked".into(),
+            },
+        ),
+    ] {
+        assert_eq!(
+            ack(q, job, outcome).await,
+            AckResult::Applied(JobState::Cancelled)
+        );
+        assert_eq!(state_of(q, &job.id).await, JobState::Cancelled);
+        assert_eq!(hget(q, "cancel_requested", &job.id).await, None);
+        assert!(score(q, "cancelled", &job.id).await.is_some());
+        let message = hget(q, "last_error", &job.id).await.unwrap_or_default();
+        assert!(
+            message.starts_with("cancelled while its attempt ran; the attempt ended with: "),
+            "{message}"
+        );
+        assert_eq!(events(q, &job.id).await, ["cancel_requested", "cancelled"]);
+    }
+    assert!(q.fetch("w2", LEASE, 10).await.unwrap().is_empty());
+    assert_eq!(total(q, "cancelled").await, 3);
+    assert_eq!(
+        (total(q, "retried").await, total(q, "failed").await),
+        (0, 0)
+    );
+    let ended: Vec<String> = results(q)
+        .await
+        .iter()
+        .map(|e| format!("{} {} {}", e["state"], e["atr_status"], e["ids"]))
+        .collect();
+    // One entry per ack call, each naming the job it ended.
+    let want: Vec<String> = ids
+        .iter()
+        .map(|id| format!("cancelled FAILED {id}"))
+        .collect();
+    assert_eq!(ended, want);
 }
 
 #[tokio::test]
@@ -1772,11 +1883,11 @@ async fn purge_deletes_every_trace_of_a_job_and_frees_its_key() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     let job = leased(q, 1, 5).await;
+    ack(q, &job, retry_in(Duration::ZERO)).await;
+    let again = q.fetch("w1", LEASE, 1).await.unwrap().remove(0);
     q.cancel(std::slice::from_ref(&job.id), "stop")
         .await
         .unwrap();
-    ack(q, &job, retry_in(Duration::ZERO)).await;
-    let again = q.fetch("w1", LEASE, 1).await.unwrap().remove(0);
     let outcome = AckOutcome::Dead {
         class: ErrorClass::Permanent,
         message: "gone".into(),
