@@ -24,7 +24,19 @@ local prefix = ARGV[1]
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
 local max_jobs = tonumber(ARGV[4])
-local wait_ms = tonumber(ARGV[5]) or 0
+local wait_ms = tonumber(ARGV[5] or '') or 0
+-- Arguments are checked before anything is written: a call that fails half-way would have
+-- popped jobs off `queued` without leasing them. (A number that is not finite fails
+-- `x - x == 0`: inf - inf and nan - nan are nan.)
+local function finite(x)
+  return x ~= nil and x - x == 0
+end
+if worker == nil or not string.match(worker, '^%S+$') or not finite(lease_ms) or lease_ms < 0
+  or not finite(max_jobs) or max_jobs < 1 or max_jobs > 1000 or max_jobs ~= math.floor(max_jobs)
+  or not finite(wait_ms) or wait_ms < 0 then
+  return redis.error_reply('ERR atr-dist fetch: expected worker_id (no spaces), lease_ms >= 0, ' ..
+    'max_jobs 1 to 1000, wait_ms >= 0 (or none)')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = prefix .. 'queued'

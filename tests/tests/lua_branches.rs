@@ -1162,13 +1162,26 @@ async fn enqueue_refuses_a_queue_in_another_wire_format() {
 async fn enqueue_refuses_a_bad_run_at_or_max_attempts() {
     let t = TestQueue::new().await;
     let q = &t.queue;
-    for (run_at, max) in [("soon", "3"), ("0", "0"), ("0", "1.5"), ("0", "x")] {
+    // Not numbers, not whole, out of range, or not finite (Lua reads "inf" and "1e309" as
+    // infinity, "nan" as not a number).
+    for (run_at, max) in [
+        ("soon", "3"),
+        ("0", "0"),
+        ("0", "1.5"),
+        ("0", "x"),
+        ("inf", "3"),
+        ("1e309", "3"),
+        ("nan", "3"),
+        ("0", "inf"),
+        ("0", "4294967296"),
+    ] {
         let err = refused(q, &[("a", "{}")], &[run_at, max, "a", "k"]).await;
         assert!(
-            err.contains("max_attempts a whole number >= 1"),
+            err.contains("max_attempts a whole number from 1 to 4294967295"),
             "{run_at} {max}: {err}"
         );
     }
+    assert!(t.keys().await.is_empty(), "a refused call writes nothing");
 }
 
 #[tokio::test]
@@ -1765,6 +1778,117 @@ async fn purge_refuses_a_limit_outside_1_to_1000() {
             .unwrap_err();
         assert!(err.contains("limit must be 1 to 1000"), "{limit}: {err}");
     }
+}
+
+/// A fetch with arguments no worker of ours sends is refused before it writes anything:
+/// it used to pop jobs off `queued` and then fail on a lease that was not a number, leaving
+/// them in no list at all (found by tests/props_lua.rs).
+#[tokio::test]
+async fn fetch_refuses_arguments_that_would_lose_jobs() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let e = q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    for args in [
+        ["w1", "soon", "1", "0"],
+        ["w1", "inf", "1", "0"],
+        ["w1", "nan", "1", "0"],
+        ["w1", "-1", "1", "0"],
+        ["w1", "1000", "0", "0"],
+        ["w1", "1000", "1001", "0"],
+        ["w1", "1000", "1.5", "0"],
+        ["w1", "1000", "x", "0"],
+        ["w1", "1000", "1", "-5"],
+        ["w1", "1000", "1", "1e309"],
+        ["two words", "1000", "1", "0"],
+        ["", "1000", "1", "0"],
+    ] {
+        let err = call::<Value>(q, "fetch", &strings(&args))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("atr-dist fetch: expected worker_id"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(list(q, "queued").await, [e.id.as_str()]);
+    assert_eq!(state_of(q, &e.id).await, JobState::Queued);
+}
+
+/// A heartbeat whose lease is not a finite number of ms would give the leases it renews an
+/// expiry of +inf (never recovered) or fail half-way: it is refused and changes nothing.
+#[tokio::test]
+async fn heartbeat_refuses_a_lease_that_is_not_a_finite_number() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = leased(q, 1, 3).await;
+    let before = score(q, "running", &job.id).await;
+    for (worker, lease) in [
+        ("w1", "inf"),
+        ("w1", "nan"),
+        ("w1", "x"),
+        ("w1", "-1"),
+        ("a b", "1000"),
+    ] {
+        let err = call::<Value>(
+            q,
+            "heartbeat",
+            &strings(&[worker, lease, &job.id, &job.token]),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("expected worker_id (no spaces) and lease_ms"),
+            "{lease}: {err}"
+        );
+    }
+    assert_eq!(score(q, "running", &job.id).await, before);
+}
+
+/// An ack whose delay is not a finite number of ms >= 0 is refused before any job of the
+/// call is written: `inf` used to put the job in `retrying` for ever, `nan` to fail after
+/// its record said `retrying` and before `retrying` held it.
+#[tokio::test]
+async fn ack_refuses_a_delay_that_is_not_a_finite_number() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let first = leased(q, 1, 3).await;
+    let second = leased(q, 2, 3).await;
+    for delay in ["inf", "1e309", "nan", "-1", "soon"] {
+        let args = [
+            "0",
+            &first.id,
+            &first.token,
+            "retry",
+            "0",
+            "transient",
+            "503",
+            "",
+            &second.id,
+            &second.token,
+            "retry",
+            delay,
+            "transient",
+            "503",
+            "",
+        ];
+        let err = call::<Value>(q, "ack", &strings(&args)).await.unwrap_err();
+        assert!(
+            err.contains("delay_ms must be a number >= 0"),
+            "{delay}: {err}"
+        );
+    }
+    for job in [&first, &second] {
+        assert_eq!(
+            record(q, &job.id).await,
+            Some(format!("running {}", job.token))
+        );
+    }
+    assert_eq!(total(q, "retried").await, 0);
+    // A fraction of a success is not a count either.
+    let err = call::<Value>(q, "ack", &strings(&["0.5", &first.id, &first.token, ""]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("expected n_done"), "{err}");
 }
 
 #[tokio::test]
