@@ -629,3 +629,202 @@ proptest! {
         })?;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// No envelope makes a panic reach the worker loop.
+
+/// An envelope as a producer might send it: a valid one, with a field removed or replaced
+/// by odd JSON, or text that is no envelope at all; under the job's own id and key or not.
+#[derive(Debug, Clone)]
+struct Sent {
+    mutation: Mutation,
+    own_id: bool,
+    own_key: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    None,
+    Remove(&'static [&'static str]),
+    Replace(&'static [&'static str], serde_json::Value),
+    Text(String),
+}
+
+const FIELDS: [&[&str]; 9] = [
+    &["v"],
+    &["id"],
+    &["idempotency_key"],
+    &["kind"],
+    &["payload"],
+    &["payload", "distribution"],
+    &["payload", "distribution", "package"],
+    &["payload", "artifacts"],
+    &["payload", "source"],
+];
+
+fn odd_json() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        ".{0,16}".prop_map(serde_json::Value::String),
+        Just(serde_json::json!([])),
+        Just(serde_json::json!({"type": "inline", "manifest": {"entries": [{"path": "../x"}]}})),
+        Just(serde_json::json!("@scope/name")),
+    ]
+}
+
+fn sent() -> impl Strategy<Value = Sent> {
+    let field = prop::sample::select(FIELDS.to_vec());
+    let mutation = prop_oneof![
+        2 => Just(Mutation::None),
+        2 => field.clone().prop_map(Mutation::Remove),
+        3 => (field, odd_json()).prop_map(|(f, v)| Mutation::Replace(f, v)),
+        1 => ".{0,40}".prop_map(Mutation::Text),
+    ];
+    (
+        mutation,
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(mutation, own_id, own_key)| Sent {
+            mutation,
+            own_id,
+            own_key,
+        })
+}
+
+/// The raw job for `sent`, built on the valid stage job `n`.
+fn raw_job(n: usize, sent: &Sent) -> atr_dist::queue::RawJob {
+    let env = jobs::stage(n);
+    let mut value: serde_json::Value = serde_json::from_str(&env.to_json()).unwrap();
+    let text = match &sent.mutation {
+        Mutation::Text(t) => t.clone(),
+        Mutation::None => env.to_json(),
+        Mutation::Remove(path) | Mutation::Replace(path, _) => {
+            let (last, parents) = path.split_last().unwrap();
+            let mut target = &mut value;
+            for p in parents {
+                target = &mut target[*p];
+            }
+            if let serde_json::Value::Object(map) = target {
+                match &sent.mutation {
+                    Mutation::Replace(_, v) => {
+                        map.insert((*last).to_owned(), v.clone());
+                    }
+                    Mutation::Remove(_) | Mutation::None | Mutation::Text(_) => {
+                        map.remove(*last);
+                    }
+                }
+            }
+            value.to_string()
+        }
+    };
+    atr_dist::queue::RawJob {
+        id: if sent.own_id {
+            env.id.to_string()
+        } else {
+            uuid::Uuid::now_v7().to_string()
+        },
+        idempotency_key: if sent.own_key {
+            env.idempotency_key.to_string()
+        } else {
+            unique_key().to_string()
+        },
+        envelope: text,
+        run_at: None,
+        max_attempts: 2,
+    }
+}
+
+/// Random envelopes, valid and not, run by one pool whose handler always succeeds: each job
+/// ends done exactly when its envelope parses and is its own (its id and key), and `dead`
+/// as malformed otherwise; the pool goes on (a valid job after them is done).
+#[test]
+fn no_envelope_makes_a_panic_reach_the_worker_loop() {
+    use atr_dist::queue::pool::{Completion, RunningJob};
+    use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+
+    let rt = runtime();
+    let t = rt.block_on(TestQueue::new());
+    let q = t.queue.clone();
+    let handler = FnHandler(|_job: RunningJob| async { Ok(Completion::Done) });
+    let pool = rt.block_on(async { RunningPool::start(&q, handler, pool_config(4, FAST_RETRY)) });
+    let next = std::sync::atomic::AtomicUsize::new(1_000);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        max_shrink_iters: 64,
+        ..ProptestConfig::default()
+    });
+    let outcome = runner.run(&prop::collection::vec(sent(), 1..8), |sents| {
+        rt.block_on(async {
+            let raws: Vec<_> = sents
+                .iter()
+                .map(|s| raw_job(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed), s))
+                .collect();
+            let ids: Vec<String> = match q.enqueue_raw(&raws).await {
+                Ok(out) => out.into_iter().map(|e| e.id).collect(),
+                // Two raw jobs with one id (the same valid job twice): refused whole.
+                Err(_) => return Ok(()),
+            };
+            let sentinel = q
+                .enqueue(
+                    &jobs::stage(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+                    None,
+                    2,
+                )
+                .await
+                .unwrap();
+            eventually("the jobs end", Duration::from_secs(30), || async {
+                let mut all = true;
+                for id in ids.iter().chain([&sentinel.id]) {
+                    all &= q
+                        .show(id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .summary
+                        .state
+                        .is_terminal();
+                }
+                all
+            })
+            .await;
+            for (raw, id) in raws.iter().zip(&ids) {
+                let parsed = atr_dist_shared::Envelope::parse(raw.envelope.as_bytes());
+                let own = parsed.as_ref().is_ok_and(|e| {
+                    e.id.to_string() == *id && e.idempotency_key.as_str() == raw.idempotency_key
+                });
+                let s = q.show(id).await.unwrap().unwrap().summary;
+                if own {
+                    prop_assert_eq!(
+                        s.state,
+                        JobState::Done,
+                        "{}: {:?}",
+                        raw.envelope,
+                        s.last_error
+                    );
+                } else {
+                    prop_assert_eq!(s.state, JobState::Dead, "{}", raw.envelope);
+                    prop_assert_eq!(
+                        s.error_class.as_deref(),
+                        Some("malformed"),
+                        "{}",
+                        raw.envelope
+                    );
+                }
+            }
+            prop_assert_eq!(
+                q.show(&sentinel.id).await.unwrap().unwrap().summary.state,
+                JobState::Done,
+                "the pool stopped taking jobs"
+            );
+            Ok(())
+        })
+    });
+    rt.block_on(pool.stop());
+    rt.block_on(async { drop(t) });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}
