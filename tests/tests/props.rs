@@ -85,8 +85,9 @@ fn extra_rules_allow(extra: Extra, s: &str) -> bool {
     match extra {
         Extra::Name => !s.contains(".."),
         Extra::Tag => {
-            !s.contains("..")
-                && !(s.starts_with(['v', 'V']) && s[1..].starts_with(|c: char| c.is_ascii_digit()))
+            let looks_like_a_version =
+                s.starts_with(['v', 'V']) && s[1..].starts_with(|c: char| c.is_ascii_digit());
+            !s.contains("..") && !looks_like_a_version
         }
         Extra::Path => {
             !s.split('/').any(|part| part == "." || part == "..")
