@@ -670,16 +670,6 @@ async fn run_job<H: JobHandler>(
         ack,
         Box::new(move |result| match result {
             Ok(AckResult::Applied(state)) => {
-                // A pending cancel turns a retry, release or defer into a cancel (ack.lua).
-                let counter: fn(&Counters) -> &AtomicU64 = match state {
-                    JobState::Cancelled => |c| &c.cancelled,
-                    JobState::Scheduled
-                    | JobState::Queued
-                    | JobState::Running
-                    | JobState::Retrying
-                    | JobState::Done
-                    | JobState::Dead => counter,
-                };
                 counter(&pool.counters).fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(job = %job.id, attempt = job.attempt, %state, elapsed_ms = started.elapsed().as_millis() as u64, "attempt recorded");
             }
