@@ -91,7 +91,7 @@ async fn redis_killed_and_restarted_from_its_append_only_file() {
         .unwrap();
     let mut redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("aof", 24);
+    let names = names("aof", 48);
     platform.seed(&names).await;
     let sqlite = SqliteDatabase::create();
     let db = sqlite_db(&sqlite).await;
@@ -163,7 +163,7 @@ async fn postgres_cut_for_20_seconds() {
     let aof = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("pgcut", 16);
+    let names = names("pgcut", 32);
     platform.seed(&names).await;
     let pg = PgDatabase::create().await;
     let proxy = Arc::new(TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await);
@@ -256,7 +256,7 @@ async fn registry_errors_resets_timeouts_and_lost_answers() {
     let aof = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(aof.path(), "everysec");
     let platform = NpmPlatform::start().await;
-    let names = names("flaky", 24);
+    let names = names("flaky", 48);
     platform.seed(&names).await;
     let proxy = &platform.proxy;
     let job_timeout = Duration::from_secs(6);
