@@ -26,6 +26,8 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         // Shrinking stops early: a failure's first minimal form is what the message needs.
         max_shrink_iters: 2048,
+        // A failure prints its minimal input; nothing is written into the checkout.
+        failure_persistence: None,
         ..ProptestConfig::default()
     }
 }

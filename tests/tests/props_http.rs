@@ -281,6 +281,8 @@ fn parameters_never_make_the_server_fail() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 400,
         max_shrink_iters: 512,
+        // A failure prints its minimal input; nothing is written into the checkout.
+        failure_persistence: None,
         ..ProptestConfig::default()
     });
     let outcome = runner.run(&prop::collection::vec(call(), 1..4), |calls| {

@@ -353,6 +353,10 @@ async fn step(q: &Queue, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             let op = ["acquire", "renew", "release", "check", "steal"][*op as usize];
             let key = q.lock_key("prop|NPM||pkg|1.0.0");
             let holder: Option<String> = q.connection().get(&key).await.unwrap();
+            // A 1 ms lock may expire between this read and the call: its answer is then
+            // not the model's to predict.
+            let ttl: i64 = q.connection().pttl(&key).await.unwrap();
+            let settled = holder.is_none() || ttl > 1000;
             let owner = format!("owner-{owner}");
             let reply: Result<(i64, String), _> = script("lock")
                 .key(&key)
@@ -364,6 +368,7 @@ async fn step(q: &Queue, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             match (op, reply) {
                 ("steal", reply) => prop_assert!(reply.is_err(), "unknown op accepted"),
                 (_, Err(e)) => return Err(TestCaseError::fail(format!("lock {op}: {e}"))),
+                (_, Ok(_)) if !settled => {}
                 (_, Ok((ok, named))) => {
                     let held_by_owner = holder.as_deref() == Some(owner.as_str());
                     let expected = held_by_owner || (op == "acquire" && holder.is_none());
@@ -612,6 +617,8 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
         max_shrink_iters: 512,
+        // A failure prints its minimal input; nothing is written into the checkout.
+        failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
@@ -754,6 +761,8 @@ fn no_envelope_makes_a_panic_reach_the_worker_loop() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 24,
         max_shrink_iters: 64,
+        // A failure prints its minimal input; nothing is written into the checkout.
+        failure_persistence: None,
         ..ProptestConfig::default()
     });
     let outcome = runner.run(&prop::collection::vec(sent(), 1..8), |sents| {
