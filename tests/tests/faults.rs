@@ -154,7 +154,7 @@ async fn redis_killed_and_restarted_from_its_append_only_file() {
 }
 
 /// PostgreSQL is cut off for 20 s through a TCP proxy: every live connection reset, new ones
-/// refused. An attempt that cannot record its start waits for the database without spending
+/// refused for 10 s, then left unanswered for 10 s. An attempt that cannot record its start waits for the database without spending
 /// an attempt; those under way when the cut came fail as transient and are retried with the
 /// shipped backoff. No job dies, and after the cut every result is recorded (no attempt left open, every distribution promoted in the database), with one
 /// publish and one promotion per package at the registry.
@@ -191,11 +191,16 @@ async fn postgres_cut_for_20_seconds() {
             if cut_at.is_some() || done < jobs / 3 {
                 return;
             }
+            // The first half refused at once (a database that is down), the second half
+            // blackholed (a network partition: connections hang until the client's own
+            // connect timeout).
             proxy.cut(CutMode::Refuse);
             cut_at = Some(done);
             let proxy = Arc::clone(&proxy);
             restore = Some(tokio::spawn(async move {
-                tokio::time::sleep(cut_for).await;
+                tokio::time::sleep(cut_for / 2).await;
+                proxy.cut(CutMode::Blackhole);
+                tokio::time::sleep(cut_for / 2).await;
                 proxy.restore();
             }));
         })
@@ -219,7 +224,7 @@ async fn postgres_cut_for_20_seconds() {
         &[
             ("cut at done", cut_at.to_string()),
             ("connections reset", proxy.resets().to_string()),
-            ("connections refused", proxy.refused().to_string()),
+            ("connections refused or blackholed", proxy.refused().to_string()),
             (
                 "distributions promoted in the database",
                 promoted.to_string(),
