@@ -130,7 +130,9 @@ impl PlatformHttp {
         }
     }
 
-    pub fn client(&self) -> &Client {
+    /// The client itself, for a test that builds a request without sending it.
+    #[cfg(test)]
+    fn client(&self) -> &Client {
         &self.client
     }
 
@@ -141,10 +143,6 @@ impl PlatformHttp {
         let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
         v.set_sensitive(true);
         Some(v)
-    }
-
-    pub fn token(&self) -> Option<&Secret> {
-        self.token.as_ref()
     }
 
     fn check(&self, req: &Request) -> Result<(), PlatformError> {
