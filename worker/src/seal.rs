@@ -270,10 +270,9 @@ async fn feed(
             path: entry.path.clone(),
             source,
         })?;
-        let room = limit - read;
-        if piece.len() as u64 > room {
-            piece.truncate(room as usize);
-        }
+        // Nothing past the byte after the voted size (a piece shorter than the room left
+        // stays whole).
+        piece.truncate(usize::try_from(limit - read).unwrap_or(usize::MAX));
         read += piece.len() as u64;
         // The storing side stopped (an error of its own, reported by it): stop reading.
         if tx.send(Piece::Bytes(piece)).await.is_err() {
