@@ -1310,7 +1310,13 @@ mod tests {
             .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
             .join("../deploy/atr-dist.example.toml");
         Jail::expect_with(|_| {
-            Config::load(Some(&example)).unwrap();
+            let stated = Config::load(Some(&example)).unwrap().worker;
+            // The values it gives for the sealed copies and the retries inside an attempt
+            // are the defaults, as its comments say.
+            let default = Config::load(None).unwrap().worker;
+            let limits =
+                |w: &WorkerConfig| (w.seal_memory_bytes, w.http_retries, w.http_retry_wait_secs);
+            assert_eq!(limits(&stated), limits(&default));
             Ok(())
         });
     }

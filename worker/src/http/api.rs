@@ -104,10 +104,10 @@ pub async fn resolve(state: &AppState, given: &str) -> Result<String, ApiError> 
             "no job {given} in queue {}",
             state.queue().name()
         ))),
-        IdLookup::Ambiguous(ids) => Err(ApiError::new(
+        IdLookup::Ambiguous { ids, more } => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "ambiguous_job_id",
-            ambiguous_id(given, &ids),
+            ambiguous_id(given, &ids, more),
         )),
     }
 }
