@@ -224,7 +224,10 @@ async fn postgres_cut_for_20_seconds() {
         &[
             ("cut at done", cut_at.to_string()),
             ("connections reset", proxy.resets().to_string()),
-            ("connections refused or blackholed", proxy.refused().to_string()),
+            (
+                "connections refused or blackholed",
+                proxy.refused().to_string(),
+            ),
             (
                 "distributions promoted in the database",
                 promoted.to_string(),
