@@ -410,8 +410,8 @@ def test_key_whose_job_is_gone_is_free_again(
 def test_queue_in_another_wire_format_is_refused(
     producer: Producer, redis_client: redis.Redis, queue: str, stage_args: dict[str, Any]
 ) -> None:
-    redis_client.set(f"atr-dist:{{{queue}}}:format", "8")
-    with pytest.raises(redis.ResponseError, match="wire format 8"):
+    redis_client.set(f"atr-dist:{{{queue}}}:format", "9")
+    with pytest.raises(redis.ResponseError, match="wire format 9"):
         producer.enqueue_stage(**stage_args)
     assert queued_ids(redis_client, queue) == []
     # The refused call's envelopes are gone with it.
