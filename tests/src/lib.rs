@@ -383,6 +383,8 @@ pub mod redis_support {
         fn drop(&mut self) {
             let prefixes = [
                 self.queue.prefix().to_owned(),
+                // Shards 1 and up (docs/wire-format.md, "Shards").
+                format!("atr-dist:{{{}:", self.name),
                 format!("atr-dist:lock:{}:", self.name),
             ];
             let url = self.url.clone();
