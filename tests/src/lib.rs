@@ -120,6 +120,7 @@ impl SqliteDatabase {
 }
 
 pub mod cases;
+pub mod cluster_support;
 pub mod fault_proxy;
 pub mod fence_support;
 pub mod github_support;
