@@ -129,4 +129,3 @@ pub fn start_cluster() -> Cluster {
     cluster._dir = dir;
     cluster
 }
-

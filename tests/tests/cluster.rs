@@ -48,9 +48,19 @@ fn keys_per_master(cluster: &Cluster, queue: &str) -> Vec<usize> {
         .ports
         .iter()
         .map(|port| {
-            let shard_0 = redis_cli(*port, &["--scan", "--pattern", &format!("atr-dist:{{{queue}}}:*")]);
-            let others = redis_cli(*port, &["--scan", "--pattern", &format!("atr-dist:{{{queue}:*")]);
-            shard_0.lines().chain(others.lines()).filter(|l| !l.is_empty()).count()
+            let shard_0 = redis_cli(
+                *port,
+                &["--scan", "--pattern", &format!("atr-dist:{{{queue}}}:*")],
+            );
+            let others = redis_cli(
+                *port,
+                &["--scan", "--pattern", &format!("atr-dist:{{{queue}:*")],
+            );
+            shard_0
+                .lines()
+                .chain(others.lines())
+                .filter(|l| !l.is_empty())
+                .count()
         })
         .collect()
 }
@@ -115,9 +125,11 @@ async fn a_sharded_queue_spreads_over_the_masters() {
         FnHandler(|_job| async { Ok(Completion::Done) }),
         pool_config(8, FAST_RETRY),
     );
-    eventually("every job is done", std::time::Duration::from_secs(30), || async {
-        q.stats().await.unwrap().counts[&JobState::Done] == total
-    })
+    eventually(
+        "every job is done",
+        std::time::Duration::from_secs(30),
+        || async { q.stats().await.unwrap().counts[&JobState::Done] == total },
+    )
     .await;
     pool.stop().await;
     let stats = q.stats().await.unwrap();
@@ -133,7 +145,9 @@ async fn a_sharded_queue_spreads_over_the_masters() {
         assert_eq!(shown.summary.state, JobState::Done);
     }
     assert_eq!(
-        q.purge(JobState::Done, std::time::Duration::ZERO).await.unwrap(),
+        q.purge(JobState::Done, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
         total
     );
     drop(cluster);

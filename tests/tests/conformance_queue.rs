@@ -472,7 +472,12 @@ async fn shard_choice_is_as_documented() {
     let doc = doc();
     let jobs = Jobs::new(&doc);
     let mut failures = Vec::new();
-    for (i, case) in doc["shards"]["cases"].as_array().unwrap().iter().enumerate() {
+    for (i, case) in doc["shards"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let envelope = match (case.get("envelope"), case.get("envelope_json")) {
             (Some(name), _) => jobs.envelopes[name.as_str().unwrap()].to_string(),
             (None, Some(text)) => text.as_str().unwrap().to_owned(),

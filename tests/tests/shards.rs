@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use atr_dist::queue::pool::{Completion, PoolConfig};
 use atr_dist::queue::{
-    AdminReply, IdLookup, JobFilter, Queue, QueueError, ShardCount, shard_key, shard_of,
-    short_id,
+    AdminReply, IdLookup, JobFilter, Queue, QueueError, ShardCount, shard_key, shard_of, short_id,
 };
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{Envelope, JobState, Platform};
@@ -43,11 +42,7 @@ async fn jobs_in(q: &Queue, shard: u32) -> u64 {
 }
 
 fn done_pool(q: &Queue, config: PoolConfig) -> RunningPool {
-    RunningPool::start(
-        q,
-        FnHandler(|_job| async { Ok(Completion::Done) }),
-        config,
-    )
+    RunningPool::start(q, FnHandler(|_job| async { Ok(Completion::Done) }), config)
 }
 
 #[tokio::test]
@@ -87,7 +82,10 @@ async fn resizing_marks_every_shard_and_never_drops_jobs() {
     // Once they are finished and purged, the shards can go.
     let cancelled = q.cancel(&[id, first], "test").await.unwrap();
     assert_eq!(cancelled, [AdminReply::Changed(JobState::Cancelled); 2]);
-    assert_eq!(q.purge(JobState::Cancelled, Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(
+        q.purge(JobState::Cancelled, Duration::ZERO).await.unwrap(),
+        2
+    );
     let resize = q.resize(shards(2)).await.unwrap();
     assert_eq!((resize.from.get(), resize.to.get()), (3, 2));
     assert_eq!(q.read_shard_count().await.unwrap().get(), 2);
@@ -130,7 +128,10 @@ async fn one_distribution_stays_on_one_shard_and_keeps_its_idempotency() {
     assert!(first.iter().all(|e| e.created));
     assert_eq!(jobs_in(q, shard).await, 2, "both on shard {shard}");
     let again = q.enqueue_bulk(&[stage, promote], None, 3).await.unwrap();
-    assert!(again.iter().all(|e| !e.created), "the same keys name the same jobs");
+    assert!(
+        again.iter().all(|e| !e.created),
+        "the same keys name the same jobs"
+    );
     assert_eq!(
         again.iter().map(|e| &e.id).collect::<Vec<_>>(),
         first.iter().map(|e| &e.id).collect::<Vec<_>>()
@@ -208,7 +209,10 @@ async fn a_sharded_queue_is_worked_off_and_its_views_add_the_shards_up() {
     );
     let shown = q.show(&job.id).await.unwrap().expect("shown");
     assert_eq!(shown.summary.state, JobState::Done);
-    assert_eq!(shown.summary.idempotency_key, envelope.idempotency_key.to_string());
+    assert_eq!(
+        shown.summary.idempotency_key,
+        envelope.idempotency_key.to_string()
+    );
     let positions = q.positions(std::slice::from_ref(&job.id)).await.unwrap();
     assert_eq!(positions, [Some((JobState::Done, 1))]);
     let replies = q
@@ -343,9 +347,11 @@ async fn a_running_worker_serves_shards_added_meanwhile() {
     let envelopes = jobs_on(3, 4, 0..200);
     q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
     assert_eq!(jobs_in(q, 3).await, envelopes.len() as u64);
-    eventually("the jobs of shard 3 are done", Duration::from_secs(10), || async {
-        q.stats().await.unwrap().counts[&JobState::Done] == envelopes.len() as u64
-    })
+    eventually(
+        "the jobs of shard 3 are done",
+        Duration::from_secs(10),
+        || async { q.stats().await.unwrap().counts[&JobState::Done] == envelopes.len() as u64 },
+    )
     .await;
     pool.stop().await;
 }

@@ -5,8 +5,10 @@
 //! stage envelopes, one distribution each), then process them all with the real worker pool
 //! and a handler that returns at once. Reported per run: enqueue and processing jobs/s, and
 //! per master the Redis CPU per processed job (`INFO cpu` `used_cpu_sys + used_cpu_user`
-//! deltas over the processing phase) and its share of the cluster's. Runs of the shard
-//! counts alternate, `--repeat` times; the median run by processing jobs/s is reported.
+//! deltas over the processing phase) and its share of the cluster's. Then, with the pool idle,
+//! the wake-up latency: jobs enqueued one at a time, from the enqueue call to the job's
+//! start. Runs of the shard counts alternate, `--repeat` times; the median run by
+//! processing jobs/s is reported.
 //!
 //! ```text
 //! cargo run --release -p atr-dist-tests --bin shard-bench -- --shards 1,3,6
@@ -22,15 +24,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use atr_dist::config::Config;
-use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, PoolHandle, RunningJob};
+use atr_dist::queue::pool::{
+    self, Completion, JobError, JobHandler, PoolConfig, PoolHandle, RunningJob,
+};
 use atr_dist::queue::{Queue, ShardCount};
 use atr_dist_tests::cluster_support::start_cluster;
+use atr_dist_tests::redis_support::key_slot;
 use atr_dist_tests::{jobs, unique_name};
 use clap::Parser;
 use tokio::sync::oneshot;
 
 #[derive(Parser, Debug)]
-#[command(name = "shard-bench", about = "Redis CPU per master for a sharded atr-dist queue")]
+#[command(
+    name = "shard-bench",
+    about = "Redis CPU per master for a sharded atr-dist queue"
+)]
 struct Args {
     /// Shard counts to compare.
     #[arg(long, value_delimiter = ',', default_value = "1,3,6")]
@@ -44,16 +52,21 @@ struct Args {
     /// Runs per shard count; the median by processing jobs/s is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Idle-latency samples per run (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    idle_samples: usize,
     /// Masters of an existing cluster (`redis://127.0.0.1:<port>`); by default the bench
     /// starts its own three.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
 }
 
-struct NoOp;
+/// Does nothing, and says when each job started.
+struct NoOp(tokio::sync::mpsc::UnboundedSender<Instant>);
 
 impl JobHandler for NoOp {
     async fn handle(&self, _job: RunningJob) -> Result<Completion, JobError> {
+        let _ = self.0.send(Instant::now());
         Ok(Completion::Done)
     }
 }
@@ -65,6 +78,47 @@ struct Run {
     process_per_sec: f64,
     /// Redis CPU µs per processed job, per master.
     cpu_us_per_job: Vec<f64>,
+    /// Idle pool: from enqueue to start, per sample, sorted.
+    idle_latency: Vec<Duration>,
+    /// How many of the queue's shards each master serves.
+    placement: Vec<usize>,
+}
+
+/// The master (index in `nodes`) serving each slot range: `CLUSTER SLOTS` of the first node.
+async fn slot_owners(nodes: &[String]) -> Result<Vec<(u16, u16, usize)>> {
+    let client = redis::Client::open(nodes[0].as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let ranges: Vec<(u16, u16, (String, u16))> = {
+        let raw: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        for range in raw {
+            let redis::Value::Array(parts) = range else {
+                bail!("CLUSTER SLOTS: not an array");
+            };
+            let start: u16 = redis::from_redis_value_ref(&parts[0])?;
+            let end: u16 = redis::from_redis_value_ref(&parts[1])?;
+            let redis::Value::Array(master) = &parts[2] else {
+                bail!("CLUSTER SLOTS: no master");
+            };
+            let ip: String = redis::from_redis_value_ref(&master[0])?;
+            let port: u16 = redis::from_redis_value_ref(&master[1])?;
+            out.push((start, end, (ip, port)));
+        }
+        out
+    };
+    ranges
+        .into_iter()
+        .map(|(start, end, (_, port))| {
+            let index = nodes
+                .iter()
+                .position(|n| n.ends_with(&format!(":{port}")))
+                .with_context(|| format!("master on port {port} is not among --nodes"))?;
+            Ok((start, end, index))
+        })
+        .collect()
 }
 
 /// `used_cpu_sys + used_cpu_user` of a node, in seconds.
@@ -106,11 +160,13 @@ async fn delete_queue(nodes: &[String], queue: &str) -> Result<()> {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("UNLINK").arg(key).ignore();
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("UNLINK").arg(key).ignore();
+                }
+                let _: () = pipe.query_async(&mut conn).await?;
             }
-            let _: () = pipe.query_async(&mut conn).await?;
             if next == 0 {
                 break;
             }
@@ -132,6 +188,14 @@ async fn measure(args: &Args, nodes: &[String], shards: u32, name: &str) -> Resu
     queue
         .resize(ShardCount::new(shards).map_err(anyhow::Error::msg)?)
         .await?;
+    let owners = slot_owners(nodes).await?;
+    let mut placement = vec![0; nodes.len()];
+    for shard in 0..shards {
+        let slot = key_slot(&format!("{}queued", queue.shard(shard).prefix()));
+        if let Some((_, _, master)) = owners.iter().find(|(a, b, _)| (*a..=*b).contains(&slot)) {
+            placement[*master] += 1;
+        }
+    }
     let envelopes: Vec<_> = (0..args.jobs).map(jobs::stage).collect();
     let started = Instant::now();
     for chunk in envelopes.chunks(1000) {
@@ -146,6 +210,7 @@ async fn measure(args: &Args, nodes: &[String], shards: u32, name: &str) -> Resu
     };
     let handle: Arc<Mutex<Option<PoolHandle>>> = Arc::default();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let before = cpus(nodes).await?;
     let started = Instant::now();
     let pool_queue = queue.clone();
@@ -153,7 +218,7 @@ async fn measure(args: &Args, nodes: &[String], shards: u32, name: &str) -> Resu
     let running = tokio::spawn(async move {
         pool::run(
             pool_queue,
-            Arc::new(NoOp),
+            Arc::new(NoOp(started_tx)),
             config,
             async move {
                 let _ = stop_rx.await;
@@ -186,6 +251,20 @@ async fn measure(args: &Args, nodes: &[String], shards: u32, name: &str) -> Resu
     }
     let process_secs = started.elapsed().as_secs_f64();
     let after = cpus(nodes).await?;
+    // Idle latency: the pool has found every shard empty and waits for a wake-up.
+    let mut idle_latency = Vec::with_capacity(args.idle_samples);
+    for k in 0..args.idle_samples {
+        tokio::time::sleep(Duration::from_millis(100 + fastrand::u64(0..200))).await;
+        while started_rx.try_recv().is_ok() {}
+        let sent = Instant::now();
+        queue.enqueue(&jobs::stage(args.jobs + k), None, 3).await?;
+        let start = tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .context("an idle pool did not start a job within 10 s")?
+            .context("pool stopped")?;
+        idle_latency.push(start.saturating_duration_since(sent));
+    }
+    idle_latency.sort();
     let _ = stop_tx.send(());
     running.await??;
     let cpu_us_per_job = before
@@ -198,6 +277,8 @@ async fn measure(args: &Args, nodes: &[String], shards: u32, name: &str) -> Resu
         enqueue_per_sec: total as f64 / enqueue_secs,
         process_per_sec: total as f64 / process_secs,
         cpu_us_per_job,
+        idle_latency,
+        placement,
     })
 }
 
@@ -211,10 +292,13 @@ fn report(runs: &[Run], nodes: &[String], args: &Args) {
     );
     let masters: Vec<String> = (1..=nodes.len()).map(|i| format!("master {i}")).collect();
     println!(
-        "| shards | enqueue jobs/s | processing jobs/s | Redis CPU µs/job: {} | total | busiest master's share |",
+        "| shards | shards per master | enqueue jobs/s | processing jobs/s | Redis CPU µs/job: {} | total | busiest master's share | idle wake-up, median / max |",
         masters.join(" | ")
     );
-    println!("|---|---|---|{}---|---|", "---|".repeat(nodes.len()));
+    println!(
+        "|---|---|---|---|{}---|---|---|",
+        "---|".repeat(nodes.len())
+    );
     for &n in &args.shards {
         let mut of_n: Vec<&Run> = runs.iter().filter(|r| r.shards == n).collect();
         if of_n.is_empty() {
@@ -233,8 +317,21 @@ fn report(runs: &[Run], nodes: &[String], args: &Args) {
             .iter()
             .map(|r| format!("{:.0}", r.process_per_sec))
             .collect();
+        let idle = match (
+            run.idle_latency.get(run.idle_latency.len() / 2),
+            run.idle_latency.last(),
+        ) {
+            (Some(median), Some(max)) => format!(
+                "{:.1} / {:.1} ms",
+                median.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ),
+            _ => "-".to_owned(),
+        };
+        let placement: Vec<String> = run.placement.iter().map(usize::to_string).collect();
         println!(
-            "| {n} | {:.0} | {:.0} (runs: {}) | {} | {total:.1} | {:.0} % |",
+            "| {n} | {} | {:.0} | {:.0} (runs: {}) | {} | {total:.1} | {:.0} % | {idle} |",
+            placement.join("/"),
             run.enqueue_per_sec,
             run.process_per_sec,
             others.join(", "),
@@ -277,15 +374,24 @@ async fn bench(args: Args) -> Result<()> {
         }
     }
     // An untimed warm-up: loads the scripts on every master, warms the connections.
-    one_run(&Args { jobs: 2000, ..clone_args(&args) }, &nodes, *args.shards.iter().max().unwrap_or(&1)).await?;
+    one_run(
+        &Args {
+            jobs: 2000,
+            idle_samples: 0,
+            ..clone_args(&args)
+        },
+        &nodes,
+        *args.shards.iter().max().unwrap_or(&1),
+    )
+    .await?;
     let mut runs = Vec::new();
     for round in 0..args.repeat {
         for &n in &args.shards {
             eprintln!("round {} of {}: {n} shard(s)", round + 1, args.repeat);
             let run = one_run(&args, &nodes, n).await?;
             eprintln!(
-                "  {:.0} jobs/s, Redis CPU µs/job per master {:?}",
-                run.process_per_sec, run.cpu_us_per_job
+                "  {:.0} jobs/s, Redis CPU µs/job per master {:?}, shards per master {:?}",
+                run.process_per_sec, run.cpu_us_per_job, run.placement
             );
             runs.push(run);
         }
@@ -301,6 +407,7 @@ fn clone_args(args: &Args) -> Args {
         jobs: args.jobs,
         concurrency: args.concurrency,
         repeat: args.repeat,
+        idle_samples: args.idle_samples,
         nodes: args.nodes.clone(),
     }
 }

@@ -255,8 +255,12 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
                 .map(|(s, n)| vec![s.to_string(), n.to_string()])
                 .collect();
             outln!(
-                "queue {}{}",
+                "queue {}{}{}",
                 stats.queue,
+                match stats.shards {
+                    1 => String::new(),
+                    n => format!(", {n} shards"),
+                },
                 if stats.paused { " (paused)" } else { "" }
             );
             out!("{}", table(&["STATE", "JOBS"], &rows));
@@ -301,7 +305,10 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Shards { count: None } => {
-            let count = queue.read_shard_count().await.map_err(anyhow::Error::from)?;
+            let count = queue
+                .read_shard_count()
+                .await
+                .map_err(anyhow::Error::from)?;
             outln!("queue {} has {} shard(s)", queue.name(), count.get());
             Ok(ExitCode::SUCCESS)
         }

@@ -345,9 +345,7 @@ impl Retention {
     pub fn per_shard(self, shards: u32) -> Retention {
         Retention {
             max_age_secs: self.max_age_secs,
-            max_jobs: self
-                .max_jobs
-                .map(|n| n.div_ceil(u64::from(shards.max(1)))),
+            max_jobs: self.max_jobs.map(|n| n.div_ceil(u64::from(shards.max(1)))),
         }
     }
 
@@ -913,10 +911,11 @@ impl Queue {
             for (state, n) in more.counts {
                 *total.counts.entry(state).or_default() += n;
             }
-            total.oldest_queued_age_secs = match (total.oldest_queued_age_secs, more.oldest_queued_age_secs) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            total.oldest_queued_age_secs =
+                match (total.oldest_queued_age_secs, more.oldest_queued_age_secs) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
             for (name, n) in more.totals {
                 *total.totals.entry(name).or_default() += n;
             }
@@ -1084,7 +1083,11 @@ impl Queue {
         Ok(self
             .conn
             .clone()
-            .zcount(format!("{}workers", super::key_prefix(&self.name)), now, "+inf")
+            .zcount(
+                format!("{}workers", super::key_prefix(&self.name)),
+                now,
+                "+inf",
+            )
             .await?)
     }
 }

@@ -26,8 +26,8 @@ pub use admin::{
 };
 pub use conn::RedisConn;
 pub use migrate::{FORMAT, FORMAT_SHARDED, MigrationReport};
-pub use shards::{MAX_SHARDS, ShardCount, ShardResize, shard_key, shard_of, shard_prefix};
 pub use scripts::ENQUEUE_LUA;
+pub use shards::{MAX_SHARDS, ShardCount, ShardResize, shard_key, shard_of, shard_prefix};
 
 use scripts::SCRIPTS;
 
@@ -393,9 +393,15 @@ impl Queue {
         for (shard, jobs) in &by_shard {
             plans.push((*shard, enqueue_calls(jobs)?));
         }
+        // The shards' calls go at once: on a cluster they are served by several masters.
+        let sent =
+            futures::future::try_join_all(plans.into_iter().map(|(shard, calls)| async move {
+                let answers = self.shard(shard).send_enqueue_calls(calls).await?;
+                Ok::<_, QueueError>((shard, answers))
+            }))
+            .await?;
         let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-        for (shard, calls) in plans {
-            let answers = self.shard(shard).send_enqueue_calls(calls).await?;
+        for (shard, answers) in sent {
             for (&i, answer) in positions[&shard].iter().zip(answers) {
                 out[i] = Some(answer);
             }

@@ -497,7 +497,12 @@ impl Shared {
                 waiters.push(self.start_waiter(queue.clone()).await?);
             }
         }
-        tracing::info!(queue = self.queue.name(), from = set.queues.len(), to = count, "the queue's shard count changed");
+        tracing::info!(
+            queue = self.queue.name(),
+            from = set.queues.len(),
+            to = count,
+            "the queue's shard count changed"
+        );
         if let Ok(mut shards) = self.shards.lock() {
             *shards = Arc::new(ShardSet { queues, waiters });
         }
@@ -695,24 +700,38 @@ async fn run_acker(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequ
         let Some(pool) = shared.upgrade() else {
             return;
         };
-        // One script call per shard among the acks (one, unsharded).
+        // One script call per shard among the acks (one, unsharded), all sent at once: on a
+        // cluster they are served by several masters.
         let mut order: Vec<usize> = (0..acks.len()).collect();
         order.sort_by_key(|&i| shards[i]);
         let mut acks: Vec<Option<Ack>> = acks.into_iter().map(Some).collect();
         let mut callbacks: Vec<Option<AckDone>> = callbacks.into_iter().map(Some).collect();
-        for group in order.chunk_by(|&a, &b| shards[a] == shards[b]) {
-            let queue = pool.shard_queue(shards[group[0]]);
-            let acks: Vec<Ack> = group.iter().filter_map(|&i| acks[i].take()).collect();
-            let callbacks: Vec<AckDone> = group.iter().filter_map(|&i| callbacks[i].take()).collect();
-            let mut result = queue.ack(&acks).await;
-            if let Err(e) = &result {
-                // One retry after a pause covers a Redis failover or a dropped connection.
-                // An ack that was applied before the connection dropped is `stale` the second
-                // time, and changes nothing.
-                tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                result = queue.ack(&acks).await;
-            }
+        let groups: Vec<(Queue, Vec<Ack>, Vec<AckDone>)> = order
+            .chunk_by(|&a, &b| shards[a] == shards[b])
+            .map(|group| {
+                (
+                    pool.shard_queue(shards[group[0]]),
+                    group.iter().filter_map(|&i| acks[i].take()).collect(),
+                    group.iter().filter_map(|&i| callbacks[i].take()).collect(),
+                )
+            })
+            .collect();
+        let sent = futures::future::join_all(groups.into_iter().map(
+            |(queue, acks, callbacks)| async move {
+                let mut result = queue.ack(&acks).await;
+                if let Err(e) = &result {
+                    // One retry after a pause covers a Redis failover or a dropped
+                    // connection. An ack that was applied before the connection dropped is
+                    // `stale` the second time, and changes nothing.
+                    tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    result = queue.ack(&acks).await;
+                }
+                (acks, callbacks, result)
+            },
+        ))
+        .await;
+        for (acks, callbacks, result) in sent {
             let results: Vec<Result<AckResult, String>> = match result {
                 Ok(results) => results.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e.to_string()); acks.len()],
@@ -743,12 +762,10 @@ async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // Every shard served gets a heartbeat, with or without leases there: it registers the
         // worker as live in each (and shard 0's is what operators count).
-        let mut by_shard: std::collections::BTreeMap<u32, Vec<Lease>> = (0..shared
-            .shard_set()
-            .queues
-            .len() as u32)
-            .map(|shard| (shard, Vec::new()))
-            .collect();
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<Lease>> =
+            (0..shared.shard_set().queues.len() as u32)
+                .map(|shard| (shard, Vec::new()))
+                .collect();
         for (shard, lease) in shared.held_leases() {
             by_shard.entry(shard).or_default().push(lease);
         }
@@ -1066,6 +1083,8 @@ pub async fn run<H: JobHandler>(
         running_attempts: std::sync::atomic::AtomicUsize::new(0),
         attempts_ended: tokio::sync::Notify::new(),
     });
+    // However `run` ends, the shards' waiters stop with it.
+    let _stop_waiters = shared.stop_waiters.clone().drop_guard();
     // Idle waits block on a connection of their own per shard.
     if config.wake_ups {
         let mut waiters = Vec::with_capacity(shards.len());
@@ -1150,7 +1169,6 @@ pub async fn run<H: JobHandler>(
             tracing::warn!(error = %e, shard = shard.shard_index(), "could not leave the queue's live workers; the entry expires with its heartbeat");
         }
     }
-    shared.stop_waiters.cancel();
     drop(shared);
     acker.abort();
     tracing::info!(worker = %worker_id, "worker pool stopped");

@@ -153,7 +153,10 @@ impl Queue {
         let count = match stored {
             None => ShardCount::ONE,
             Some(text) => ShardCount::parse(&text).map_err(|e| {
-                protocol("GET shards", format!("{} holds {text:?}: {e}", self.shards_key()))
+                protocol(
+                    "GET shards",
+                    format!("{} holds {text:?}: {e}", self.shards_key()),
+                )
             })?,
         };
         if let Ok(mut cache) = self.shards.0.lock() {
@@ -179,10 +182,7 @@ impl Queue {
     }
 
     /// The shards in `range` that hold jobs, with how many.
-    async fn occupied(
-        &self,
-        range: std::ops::Range<u32>,
-    ) -> Result<Vec<(u32, u64)>, QueueError> {
+    async fn occupied(&self, range: std::ops::Range<u32>) -> Result<Vec<(u32, u64)>, QueueError> {
         let mut out = Vec::new();
         for shard in range {
             let jobs = self.jobs_in_shard(shard).await?;
@@ -211,7 +211,10 @@ impl Queue {
             let mut conn = self.conn.clone();
             for shard in 0..to.get() {
                 let _: () = conn
-                    .set(format!("{}format", shard_prefix(&self.name, shard)), FORMAT_SHARDED)
+                    .set(
+                        format!("{}format", shard_prefix(&self.name, shard)),
+                        FORMAT_SHARDED,
+                    )
                     .await?;
             }
             let _: () = conn.set(self.shards_key(), to.get()).await?;
@@ -239,7 +242,13 @@ impl Queue {
             return Err(refuse(&occupied, ""));
         }
         let mut conn = self.conn.clone();
-        let stored = |n: ShardCount| if n == ShardCount::ONE { None } else { Some(n.get()) };
+        let stored = |n: ShardCount| {
+            if n == ShardCount::ONE {
+                None
+            } else {
+                Some(n.get())
+            }
+        };
         match stored(to) {
             Some(n) => {
                 let _: () = conn.set(self.shards_key(), n).await?;
