@@ -18,14 +18,22 @@
 -- batch; the other outcomes are rare and written one job at a time.
 local prefix = ARGV[1]
 local n_done = tonumber(ARGV[2])
-if n_done == nil or n_done < 0 or 2 + 3 * n_done > #ARGV or (#ARGV - 2 - 3 * n_done) % 7 ~= 0 then
+if n_done == nil or n_done < 0 or n_done ~= math.floor(n_done) or 2 + 3 * n_done > #ARGV
+  or (#ARGV - 2 - 3 * n_done) % 7 ~= 0 then
   return redis.error_reply('ERR atr-dist ack: expected n_done, n_done triples, then groups of 7 per job')
 end
 local OUTCOMES = {retry = true, dead = true, cancelled = true, release = true, defer = true}
--- Check every outcome before writing anything, so a bad call changes nothing.
+-- Check every outcome and delay before writing anything, so a bad call changes nothing. A
+-- delay is a finite number of ms >= 0, or empty (0): one that is not would fail the call
+-- half-way, or put the job off for ever. (inf - inf and nan - nan are nan.)
 for i = 3 + 3 * n_done, #ARGV, 7 do
   if not OUTCOMES[ARGV[i + 2]] then
     return redis.error_reply('ERR atr-dist ack: unknown outcome ' .. tostring(ARGV[i + 2]))
+  end
+  local delay = ARGV[i + 3]
+  local ms = tonumber(delay)
+  if delay ~= '' and (ms == nil or ms - ms ~= 0 or ms < 0) then
+    return redis.error_reply('ERR atr-dist ack: delay_ms must be a number >= 0, not ' .. delay)
   end
 end
 if n_done + (#ARGV - 2 - 3 * n_done) / 7 > 1000 then
@@ -170,8 +178,12 @@ for k = 1, m do
     local class = ARGV[i + 4]
     local message = ARGV[i + 5]
     redis.call('ZREM', running, id)
-    if pending_cancel then
-      redis.call('HDEL', prefix .. 'cancel_requested', id)
+    if pending_cancel and redis.call('HDEL', prefix .. 'cancel_requested', id) == 1
+      and (outcome == 'retry' or outcome == 'release' or outcome == 'defer') then
+      -- An operator cancelled the job while this attempt ran, and the attempt ended before
+      -- its worker heard of it: rather than run again, the job ends cancelled.
+      outcome = 'cancelled'
+      message = 'cancelled while its attempt ran; the attempt ended with: ' .. message
     end
     if outcome == 'retry' then
       if attempt >= max then

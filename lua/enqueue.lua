@@ -67,8 +67,11 @@ end
 
 local run_at = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
-if run_at == nil or max == nil or max < 1 or max ~= math.floor(max) then
-  return refuse('run_at_ms must be a number and max_attempts a whole number >= 1')
+-- Finite numbers only (inf - inf and nan - nan are nan): a job due at +inf never runs, and
+-- workers read max_attempts as 32 bits.
+if run_at == nil or run_at - run_at ~= 0 or max == nil or max < 1 or max > 4294967295
+  or max ~= math.floor(max) then
+  return refuse('run_at_ms must be a number and max_attempts a whole number from 1 to 4294967295')
 end
 if #ARGV < 3 or (#ARGV - 3) % 2 ~= 0 then
   return refuse('after prefix, run_at_ms and max_attempts, arguments must come in pairs ' ..

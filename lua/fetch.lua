@@ -24,7 +24,19 @@ local prefix = ARGV[1]
 local worker = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
 local max_jobs = tonumber(ARGV[4])
-local wait_ms = tonumber(ARGV[5]) or 0
+local wait_ms = tonumber(ARGV[5] or '') or 0
+-- Arguments are checked before anything is written: a call that fails half-way would have
+-- popped jobs off `queued` without leasing them. (A number that is not finite fails
+-- `x - x == 0`: inf - inf and nan - nan are nan.)
+local function finite(x)
+  return x ~= nil and x - x == 0
+end
+if worker == nil or not string.match(worker, '^%S+$') or not finite(lease_ms) or lease_ms < 0
+  or not finite(max_jobs) or max_jobs < 1 or max_jobs > 1000 or max_jobs ~= math.floor(max_jobs)
+  or not finite(wait_ms) or wait_ms < 0 then
+  return redis.error_reply('ERR atr-dist fetch: expected worker_id (no spaces), lease_ms >= 0, ' ..
+    'max_jobs 1 to 1000, wait_ms >= 0 (or none)')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local queued = prefix .. 'queued'
@@ -150,9 +162,11 @@ end
 -- Leases that ran out belong to workers that died or stalled: queue the job again (at the
 -- front: it was due already), or give up when it has used all its attempts, so a job that
 -- kills its worker cannot loop forever. Rare, so one job at a time.
+-- A job whose cancel was pending ends cancelled: the operator's cancel is honoured by whoever
+-- finds the lease expired, and the job never runs again.
 local expired = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, 100)
-local recovered, died = 0, 0
-local dead_ids = {}
+local recovered, died, cancelled = 0, 0, 0
+local dead_ids, cancelled_ids = {}, {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', running, id)
   local record = redis.call('HGET', jobs, id)
@@ -161,7 +175,15 @@ for _, id in ipairs(expired) do
     max = tonumber(max) or 1
     attempt = tonumber(attempt) or 0
     local message = 'lease of worker ' .. tostring(holder) .. ' expired (worker died or stalled)'
-    if attempt >= max then
+    if redis.call('HDEL', prefix .. 'cancel_requested', id) == 1 then
+      message = message .. ' while its cancel was pending; cancelled'
+      redis.call('HSET', jobs, id, with_state(record, 'cancelled'))
+      redis.call('HSET', prefix .. 'last_error', id, message)
+      redis.call('ZADD', prefix .. 'cancelled', now, id)
+      event(id, 'cancelled', attempt, message)
+      cancelled = cancelled + 1
+      cancelled_ids[cancelled] = id
+    elseif attempt >= max then
       message = message .. '; no attempts left'
       redis.call('HSET', jobs, id, with_state(record, 'dead'))
       redis.call('HSET', prefix .. 'error_class', id, 'transient')
@@ -189,6 +211,11 @@ if died > 0 then
   redis.call('HINCRBY', prefix .. 'stats', 'dead', died)
   redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
     'state', 'dead', 'atr_status', 'BROKEN', 'ids', table.concat(dead_ids, ' '))
+end
+if cancelled > 0 then
+  redis.call('HINCRBY', prefix .. 'stats', 'cancelled', cancelled)
+  redis.call('XADD', prefix .. 'results', 'MAXLEN', '~', 100000, '*',
+    'state', 'cancelled', 'atr_status', 'FAILED', 'ids', table.concat(cancelled_ids, ' '))
 end
 
 local ids = redis.call('LPOP', queued, math.min(max_jobs, 1000))

@@ -11,6 +11,12 @@ local lease_ms = tonumber(ARGV[3])
 if (#ARGV - 3) % 2 ~= 0 then
   return redis.error_reply('ERR atr-dist heartbeat: jobs must come as id, lease pairs')
 end
+-- A lease that is not a finite number of ms would score a job's lease +inf (never
+-- expiring) or fail the call half-way. (inf - inf and nan - nan are nan.)
+if worker == nil or not string.match(worker, '^%S+$') or lease_ms == nil
+  or lease_ms - lease_ms ~= 0 or lease_ms < 0 then
+  return redis.error_reply('ERR atr-dist heartbeat: expected worker_id (no spaces) and lease_ms >= 0')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lost, cancel = {}, {}

@@ -1,18 +1,20 @@
 //! A fault-injecting reverse proxy on loopback, in front of a real registry: requests that
-//! match an injected [`Fault`] are answered with it (429, 503 with Retry-After, a lie...),
-//! the rest are passed to the server behind it. It records every request, so tests can
+//! match an injected [`Fault`] are answered with it (429, 503 with Retry-After, a lie, a
+//! connection reset, an answer that comes too late...), the rest are passed to the server
+//! behind it. It records every request, so tests can
 //! check what reached the server and that nothing was written twice.
 //!
 //! It listens on 127.0.0.1 on a free port and stops when dropped.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use url::Url;
 
-use crate::http_server::{ServerTask, respond, serve};
+use crate::http_server::{ConnectionReset, ServerTask, respond, serve};
 
 /// A canned answer for matching requests: `Fault::new(503).retry_after(1)` answers the next
 /// request of any kind; narrow it with [`Fault::method`] and [`Fault::path_contains`].
@@ -29,6 +31,13 @@ pub struct Fault {
     forward: bool,
     /// Matching requests to let through before this fault applies.
     skip: usize,
+    /// Only for requests with exactly this body.
+    body_is: Option<Bytes>,
+    /// Reset the connection (RST) instead of answering.
+    reset: bool,
+    /// Wait this long before answering (or resetting): a slow platform, or one that never
+    /// answers within the client's patience.
+    stall: Duration,
 }
 
 impl Fault {
@@ -43,7 +52,26 @@ impl Fault {
             body: String::new(),
             forward: false,
             skip: 0,
+            body_is: None,
+            reset: false,
+            stall: Duration::ZERO,
         }
+    }
+
+    /// The connection is reset (RST) instead of answered: with [`Fault::after_forwarding`],
+    /// after the server acted.
+    pub fn reset() -> Fault {
+        Fault {
+            reset: true,
+            ..Fault::new(502)
+        }
+    }
+
+    /// Waits `for_` before answering (or resetting): longer than the client's timeout, the
+    /// client gives up first and never learns what happened.
+    pub fn stall(mut self, for_: Duration) -> Fault {
+        self.stall = for_;
+        self
     }
 
     /// Applies from the `n+1`-th matching request on; the first `n` pass untouched.
@@ -68,6 +96,12 @@ impl Fault {
     /// Only for requests whose path and query contain `part`.
     pub fn path_contains(mut self, part: &str) -> Fault {
         self.path_contains = Some(part.to_owned());
+        self
+    }
+
+    /// Only for requests whose body is exactly `body` (a dist-tag PUT naming one version).
+    pub fn sent_body(mut self, body: &[u8]) -> Fault {
+        self.body_is = Some(Bytes::copy_from_slice(body));
         self
     }
 
@@ -97,8 +131,9 @@ impl Fault {
         self
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, body: &Bytes) -> bool {
         self.times > 0
+            && self.body_is.as_ref().is_none_or(|b| b == body)
             && self.method.as_deref().is_none_or(|m| m == method)
             && self
                 .path_contains
@@ -113,9 +148,13 @@ pub struct Seen {
     pub method: String,
     /// Path and query.
     pub path: String,
+    /// The server's status; for an injected fault, the fault's, or 0 for a reset.
     pub status: u16,
     /// Answered by a fault, never reaching the server.
     pub injected: bool,
+    /// A fault decided what the client got (an injected answer, a reset, a stall, or a lost
+    /// answer after forwarding): the client cannot know whether the request took effect.
+    pub faulted: bool,
     /// The request's body.
     pub body: Bytes,
 }
@@ -190,10 +229,14 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     let sent = req.body().clone();
+    let control = req.extensions().get::<ConnectionReset>().cloned();
     let fault = {
         let mut faults = s.faults.lock().unwrap();
         let mut chosen = None;
-        for f in faults.iter_mut().filter(|f| f.matches(&method, &path)) {
+        for f in faults
+            .iter_mut()
+            .filter(|f| f.matches(&method, &path, &sent))
+        {
             if f.skip > 0 {
                 f.skip -= 1;
                 continue;
@@ -208,10 +251,14 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         s.seen.lock().unwrap().push(Seen {
             method,
             path,
-            status: f.status,
+            status: if f.reset { 0 } else { f.status },
             injected: true,
+            faulted: true,
             body: sent,
         });
+        if let Some(answer) = lost(f, control.as_ref()).await {
+            return answer;
+        }
         let headers: Vec<(&str, &str)> = f
             .headers
             .iter()
@@ -267,10 +314,14 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         path,
         status,
         injected: false,
+        faulted: fault.is_some(),
         body: sent,
     });
     // The server acted; its answer is lost on the way back.
     if let Some(f) = fault {
+        if let Some(answer) = lost(&f, control.as_ref()).await {
+            return answer;
+        }
         let headers: Vec<(&str, &str)> = f
             .headers
             .iter()
@@ -283,4 +334,15 @@ async fn proxy_answer(s: &ProxyState, req: Request<Bytes>) -> Response<Full<Byte
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     respond(status, &refs, body)
+}
+
+/// Waits out `f`'s stall; then, for a reset, resets the connection and gives the response
+/// that is never sent.
+async fn lost(f: &Fault, control: Option<&ConnectionReset>) -> Option<Response<Full<Bytes>>> {
+    tokio::time::sleep(f.stall).await;
+    if !f.reset {
+        return None;
+    }
+    control.expect("served by http_server::serve").reset();
+    Some(respond(502, &[], "reset"))
 }

@@ -3,13 +3,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 type Handler =
     Arc<dyn Fn(Request<Bytes>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
@@ -48,11 +53,18 @@ where
             };
             while connections.try_join_next().is_some() {}
             let handler = Arc::clone(&handler);
+            let control = ConnectionReset::default();
+            let io = Resettable {
+                inner: stream,
+                reset: Arc::clone(&control.0),
+            };
             connections.spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let handler = Arc::clone(&handler);
+                    let control = control.clone();
                     async move {
-                        let (parts, body) = req.into_parts();
+                        let (mut parts, body) = req.into_parts();
+                        parts.extensions.insert(control);
                         let body = body
                             .collect()
                             .await
@@ -62,7 +74,7 @@ where
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                     .await;
             });
         }
@@ -85,4 +97,69 @@ pub(crate) fn respond(
         );
     }
     resp
+}
+
+/// In a request's extensions: resets the connection the request came on instead of
+/// answering it. A handler calls [`ConnectionReset::reset`] and returns any response; the
+/// response is never sent, and the client sees its connection reset (RST).
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionReset(Arc<AtomicBool>);
+
+impl ConnectionReset {
+    pub(crate) fn reset(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A server connection that fails every read and write once its [`ConnectionReset`] fired,
+/// so that hyper drops it; with SO_LINGER 0 the close is a reset, not a FIN.
+struct Resettable {
+    inner: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Resettable {
+    fn check(&self) -> std::io::Result<()> {
+        if !self.reset.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // SO_LINGER 0: close() sends RST and drops what is unsent; it never blocks.
+        let _ = self.inner.set_zero_linger();
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by an injected fault",
+        ))
+    }
+}
+
+impl AsyncRead for Resettable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Resettable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -121,6 +121,7 @@ impl SqliteDatabase {
 
 pub mod cases;
 pub mod cluster_support;
+pub mod fault_drill;
 pub mod fault_proxy;
 pub mod fence_support;
 pub mod github_support;
@@ -130,6 +131,7 @@ pub mod npm_support;
 pub mod oci_support;
 pub mod pipeline_support;
 pub mod pypi_support;
+pub mod tcp_proxy;
 
 pub mod jobs {
     //! Jobs for the tests: one builder for every distribution the tests stage and promote.

@@ -685,6 +685,19 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     assert_eq!((st, &body["purged"]), (StatusCode::OK, &json!(4)), "{body}");
     spec.check("post", "/api/v1/jobs/purge", st, &body);
+    // Stats say what was deleted and the retention in force, as this test's worker
+    // announced it (the defaults).
+    let (st, body) = s.get("/api/v1/queue/stats").await;
+    spec.check("get", "/api/v1/queue/stats", st, &body);
+    assert_eq!(body["totals"]["purged"], 4, "{body}");
+    assert_eq!(
+        body["retention"],
+        json!({
+            "done": {"max_age_secs": 7 * 86_400, "max_jobs": 100_000},
+            "dead": {"max_age_secs": 90 * 86_400, "max_jobs": 10_000},
+            "cancelled": {"max_age_secs": 90 * 86_400, "max_jobs": 10_000},
+        })
+    );
     let (st, body) = s
         .post(
             "/api/v1/jobs/purge",

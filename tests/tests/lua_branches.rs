@@ -381,6 +381,55 @@ async fn fetch_moves_an_expired_lease_with_no_attempts_left_to_dead() {
     );
 }
 
+/// A running job whose cancel was requested, and whose worker died before it heard of it:
+/// the fetch that finds its lease expired honours the cancel instead of queueing the job
+/// again (or moving it to dead), and the request does not outlive it. (Found by
+/// tests/props_lua.rs: the entry stayed behind a dead job, and a job queued again ran.)
+#[tokio::test]
+async fn fetch_cancels_an_expired_lease_whose_cancel_was_pending() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let with_attempts = q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    let last_attempt = q.enqueue(&jobs::stage(2), None, 1).await.unwrap();
+    assert_eq!(q.fetch("w1", Duration::ZERO, 2).await.unwrap().len(), 2);
+    let ids = [with_attempts.id.clone(), last_attempt.id.clone()];
+    q.cancel(&ids, "not wanted").await.unwrap();
+    assert!(q.fetch("w2", LEASE, 10).await.unwrap().is_empty());
+    for id in &ids {
+        let s = q.show(id).await.unwrap().unwrap();
+        assert_eq!(
+            (s.summary.state, s.summary.attempt),
+            (JobState::Cancelled, 1)
+        );
+        assert_eq!(
+            s.summary.last_error.as_deref(),
+            Some(
+                "lease of worker w1 expired (worker died or stalled) while its cancel was pending; cancelled"
+            )
+        );
+        assert_eq!(events(q, id).await, ["cancel_requested", "cancelled"]);
+        assert_eq!(hget(q, "cancel_requested", id).await, None);
+        assert!(score(q, "cancelled", id).await.is_some());
+    }
+    assert!(list(q, "queued").await.is_empty());
+    assert_eq!(total(q, "cancelled").await, 2);
+    assert_eq!(
+        (total(q, "dead").await, total(q, "recovered").await),
+        (0, 0)
+    );
+    let ended = results(q).await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(
+        (ended[0]["state"].as_str(), ended[0]["atr_status"].as_str()),
+        ("cancelled", "FAILED")
+    );
+    let mut named: Vec<&str> = ended[0]["ids"].split(' ').collect();
+    named.sort_unstable();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort_unstable();
+    assert_eq!(named, want);
+}
+
 #[tokio::test]
 async fn fetch_drops_an_expired_lease_without_a_job_record() {
     let t = TestQueue::new().await;
@@ -941,6 +990,68 @@ async fn ack_clears_a_pending_cancel_request() {
     assert_eq!(hget(q, "cancel_requested", &failed.id).await, None);
 }
 
+/// An attempt that ends without honouring a cancel its worker has not heard of yet (a
+/// retry, a hand-back at shutdown, a deferral) does not put the job back in line: it ends
+/// cancelled, as asked. (Found by tests/props_lua.rs: the job ran again, and its worker
+/// could write to the platform before its first heartbeat stopped it.)
+#[tokio::test]
+async fn ack_cancels_a_job_whose_cancel_is_pending_instead_of_running_it_again() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let retried = leased(q, 1, 5).await;
+    let released = leased(q, 2, 5).await;
+    let deferred = leased(q, 3, 5).await;
+    let ids = [retried.id.clone(), released.id.clone(), deferred.id.clone()];
+    q.cancel(&ids, "stop").await.unwrap();
+    for (job, outcome) in [
+        (&retried, retry_in(Duration::ZERO)),
+        (
+            &released,
+            AckOutcome::Release {
+                message: "shutdown".into(),
+            },
+        ),
+        (
+            &deferred,
+            AckOutcome::Defer {
+                delay: Duration::ZERO,
+                message: "locked".into(),
+            },
+        ),
+    ] {
+        assert_eq!(
+            ack(q, job, outcome).await,
+            AckResult::Applied(JobState::Cancelled)
+        );
+        assert_eq!(state_of(q, &job.id).await, JobState::Cancelled);
+        assert_eq!(hget(q, "cancel_requested", &job.id).await, None);
+        assert!(score(q, "cancelled", &job.id).await.is_some());
+        let message = hget(q, "last_error", &job.id).await.unwrap_or_default();
+        assert!(
+            message.starts_with("cancelled while its attempt ran; the attempt ended with: "),
+            "{message}"
+        );
+        assert_eq!(events(q, &job.id).await, ["cancel_requested", "cancelled"]);
+    }
+    assert!(q.fetch("w2", LEASE, 10).await.unwrap().is_empty());
+    assert_eq!(total(q, "cancelled").await, 3);
+    assert_eq!(
+        (total(q, "retried").await, total(q, "failed").await),
+        (0, 0)
+    );
+    let ended: Vec<String> = results(q)
+        .await
+        .iter()
+        .map(|e| format!("{} {} {}", e["state"], e["atr_status"], e["ids"]))
+        .collect();
+    // One entry per ack call, each naming the job it ended.
+    let want: Vec<String> = ids
+        .iter()
+        .map(|id| format!("cancelled FAILED {id}"))
+        .collect();
+    assert_eq!(ended, want);
+}
+
 #[tokio::test]
 async fn ack_answers_in_argument_order_with_successes_sent_first() {
     let t = TestQueue::new().await;
@@ -1051,13 +1162,26 @@ async fn enqueue_refuses_a_queue_in_another_wire_format() {
 async fn enqueue_refuses_a_bad_run_at_or_max_attempts() {
     let t = TestQueue::new().await;
     let q = &t.queue;
-    for (run_at, max) in [("soon", "3"), ("0", "0"), ("0", "1.5"), ("0", "x")] {
+    // Not numbers, not whole, out of range, or not finite (Lua reads "inf" and "1e309" as
+    // infinity, "nan" as not a number).
+    for (run_at, max) in [
+        ("soon", "3"),
+        ("0", "0"),
+        ("0", "1.5"),
+        ("0", "x"),
+        ("inf", "3"),
+        ("1e309", "3"),
+        ("nan", "3"),
+        ("0", "inf"),
+        ("0", "4294967296"),
+    ] {
         let err = refused(q, &[("a", "{}")], &[run_at, max, "a", "k"]).await;
         assert!(
-            err.contains("max_attempts a whole number >= 1"),
+            err.contains("max_attempts a whole number from 1 to 4294967295"),
             "{run_at} {max}: {err}"
         );
     }
+    assert!(t.keys().await.is_empty(), "a refused call writes nothing");
 }
 
 #[tokio::test]
@@ -1656,6 +1780,117 @@ async fn purge_refuses_a_limit_outside_1_to_1000() {
     }
 }
 
+/// A fetch with arguments no worker of ours sends is refused before it writes anything:
+/// it used to pop jobs off `queued` and then fail on a lease that was not a number, leaving
+/// them in no list at all (found by tests/props_lua.rs).
+#[tokio::test]
+async fn fetch_refuses_arguments_that_would_lose_jobs() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let e = q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    for args in [
+        ["w1", "soon", "1", "0"],
+        ["w1", "inf", "1", "0"],
+        ["w1", "nan", "1", "0"],
+        ["w1", "-1", "1", "0"],
+        ["w1", "1000", "0", "0"],
+        ["w1", "1000", "1001", "0"],
+        ["w1", "1000", "1.5", "0"],
+        ["w1", "1000", "x", "0"],
+        ["w1", "1000", "1", "-5"],
+        ["w1", "1000", "1", "1e309"],
+        ["two words", "1000", "1", "0"],
+        ["", "1000", "1", "0"],
+    ] {
+        let err = call::<Value>(q, "fetch", &strings(&args))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("atr-dist fetch: expected worker_id"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(list(q, "queued").await, [e.id.as_str()]);
+    assert_eq!(state_of(q, &e.id).await, JobState::Queued);
+}
+
+/// A heartbeat whose lease is not a finite number of ms would give the leases it renews an
+/// expiry of +inf (never recovered) or fail half-way: it is refused and changes nothing.
+#[tokio::test]
+async fn heartbeat_refuses_a_lease_that_is_not_a_finite_number() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = leased(q, 1, 3).await;
+    let before = score(q, "running", &job.id).await;
+    for (worker, lease) in [
+        ("w1", "inf"),
+        ("w1", "nan"),
+        ("w1", "x"),
+        ("w1", "-1"),
+        ("a b", "1000"),
+    ] {
+        let err = call::<Value>(
+            q,
+            "heartbeat",
+            &strings(&[worker, lease, &job.id, &job.token]),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("expected worker_id (no spaces) and lease_ms"),
+            "{lease}: {err}"
+        );
+    }
+    assert_eq!(score(q, "running", &job.id).await, before);
+}
+
+/// An ack whose delay is not a finite number of ms >= 0 is refused before any job of the
+/// call is written: `inf` used to put the job in `retrying` for ever, `nan` to fail after
+/// its record said `retrying` and before `retrying` held it.
+#[tokio::test]
+async fn ack_refuses_a_delay_that_is_not_a_finite_number() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let first = leased(q, 1, 3).await;
+    let second = leased(q, 2, 3).await;
+    for delay in ["inf", "1e309", "nan", "-1", "soon"] {
+        let args = [
+            "0",
+            &first.id,
+            &first.token,
+            "retry",
+            "0",
+            "transient",
+            "503",
+            "",
+            &second.id,
+            &second.token,
+            "retry",
+            delay,
+            "transient",
+            "503",
+            "",
+        ];
+        let err = call::<Value>(q, "ack", &strings(&args)).await.unwrap_err();
+        assert!(
+            err.contains("delay_ms must be a number >= 0"),
+            "{delay}: {err}"
+        );
+    }
+    for job in [&first, &second] {
+        assert_eq!(
+            record(q, &job.id).await,
+            Some(format!("running {}", job.token))
+        );
+    }
+    assert_eq!(total(q, "retried").await, 0);
+    // A fraction of a success is not a count either.
+    let err = call::<Value>(q, "ack", &strings(&["0.5", &first.id, &first.token, ""]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("expected n_done"), "{err}");
+}
+
 #[tokio::test]
 async fn purge_of_an_empty_done_list_deletes_nothing() {
     let t = TestQueue::new().await;
@@ -1772,11 +2007,11 @@ async fn purge_deletes_every_trace_of_a_job_and_frees_its_key() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     let job = leased(q, 1, 5).await;
+    ack(q, &job, retry_in(Duration::ZERO)).await;
+    let again = q.fetch("w1", LEASE, 1).await.unwrap().remove(0);
     q.cancel(std::slice::from_ref(&job.id), "stop")
         .await
         .unwrap();
-    ack(q, &job, retry_in(Duration::ZERO)).await;
-    let again = q.fetch("w1", LEASE, 1).await.unwrap().remove(0);
     let outcome = AckOutcome::Dead {
         class: ErrorClass::Permanent,
         message: "gone".into(),

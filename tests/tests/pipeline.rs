@@ -1130,3 +1130,70 @@ async fn stopping_the_worker_waits_for_the_records_of_stopped_attempts() {
     );
     h.stop().await;
 }
+
+/// An attempt whose start the results database cannot record, because the database cannot
+/// be reached, waits for it without spending an attempt (a deferral, in the job's events);
+/// one the database refuses to record fails as transient, and the attempts bound it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_the_database_cannot_record_waits_unless_the_database_refused_it() {
+    // Refused: the insert of the attempt's row fails, and the job's attempts run out.
+    let h = recording(Db::Sqlite, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.db.execute_unprepared(
+        "CREATE TRIGGER test_refuse BEFORE INSERT ON job_run BEGIN SELECT RAISE(ABORT, 'refused (test)'); END",
+    )
+    .await
+    .unwrap();
+    let refused = stage("00001", false);
+    assert_eq!(h.run(&refused, 2).await, JobState::Dead);
+    let error = h.last_error(&refused).await;
+    assert!(
+        error.contains("recording the attempt") && error.contains("refused (test)"),
+        "{error}"
+    );
+    assert!(h.adapter.writes().is_empty(), "nothing was sent");
+    h.stop().await;
+
+    // Out of reach: the pool is closed, so no connection can be had; the job waits, its
+    // attempts untouched, and nothing is sent.
+    let h = recording(Db::Sqlite, RecordingAdapter::default(), FAST).await;
+    h.revs.write("00001", VOTED);
+    h.db.clone().close().await.unwrap();
+    let waiting = stage("00001", false);
+    let e = h.t.queue.enqueue(&waiting, None, 2).await.unwrap();
+    let q = &h.t.queue;
+    eventually("the job waits", Duration::from_secs(30), || async {
+        q.show(&e.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .events
+            .iter()
+            .any(|ev| ev.event == "deferred")
+    })
+    .await;
+    let d = q.show(&e.id).await.unwrap().unwrap();
+    assert_eq!(d.summary.attempt, 0, "no attempt spent: {:?}", d.events);
+    assert!(
+        matches!(
+            d.summary.state,
+            JobState::Retrying | JobState::Queued | JobState::Running
+        ),
+        "{:?}",
+        d.summary.state
+    );
+    let message = d
+        .events
+        .iter()
+        .find(|ev| ev.event == "deferred")
+        .and_then(|ev| ev.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains(
+            "the results database cannot record the attempt; waiting for it (no attempt spent)"
+        ),
+        "{message}"
+    );
+    assert!(h.adapter.writes().is_empty(), "nothing was sent");
+    h.stop().await;
+}

@@ -1124,3 +1124,93 @@ async fn a_pool_that_stops_leaves_the_live_workers() {
     second.stop().await;
     assert_eq!(q.live_workers().await.unwrap(), 0);
 }
+
+/// An operator's part of a job id names the one job whose id starts or ends with it (any
+/// case); a part inside ids, a part too short or not of an id's characters names none; a
+/// part of several ids lists the first five found, and says whether there are more.
+#[tokio::test]
+async fn a_part_of_a_job_id_names_the_job_whose_id_starts_or_ends_with_it() {
+    use atr_dist::queue::{IdLookup, ambiguous_id, raw_job};
+    use atr_dist_shared::job::JobId;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let ids = [
+        // One job: its start and its end name it, the middle does not.
+        "0190f5d2-1c3a-7abc-8def-0123456789ab",
+        // Five whose ids end alike, and six whose ids start alike.
+        "0190f5d3-0000-7000-8000-00000000c0de",
+        "0190f5d3-0001-7000-8000-00000000c0de",
+        "0190f5d3-0002-7000-8000-00000000c0de",
+        "0190f5d3-0003-7000-8000-00000000c0de",
+        "0190f5d3-0004-7000-8000-00000000c0de",
+        "0190f5d4-0000-7000-8000-000000000001",
+        "0190f5d4-0000-7000-8000-000000000002",
+        "0190f5d4-0000-7000-8000-000000000003",
+        "0190f5d4-0000-7000-8000-000000000004",
+        "0190f5d4-0000-7000-8000-000000000005",
+        "0190f5d4-0000-7000-8000-000000000006",
+    ];
+    let raws: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut env = atr_dist_tests::jobs::stage(900 + i);
+            env.id = JobId(id.parse().unwrap());
+            raw_job(&env, None, 1)
+        })
+        .collect();
+    q.enqueue_raw(&raws).await.unwrap();
+
+    let one = ids[0];
+    for part in [
+        one,
+        "0190f5d2-1c",
+        "0190F5D2",
+        "456789ab",
+        "89AB",
+        "def-0123456789ab",
+    ] {
+        assert_eq!(
+            q.resolve_id(part).await.unwrap(),
+            IdLookup::Found(one.to_owned()),
+            "{part}"
+        );
+    }
+    // Inside the id only; too short; not an id's characters; the whole id and more.
+    for part in [
+        "1c3a-7abc",
+        "0190f5d2-1c3a-7abc-8def-0123456789abc",
+        "9ab",
+        "0190f5d2*",
+        "zzzz",
+    ] {
+        assert_eq!(
+            q.resolve_id(part).await.unwrap(),
+            IdLookup::NotFound,
+            "{part}"
+        );
+    }
+
+    let IdLookup::Ambiguous { ids: five, more } = q.resolve_id("c0de").await.unwrap() else {
+        panic!("five ids end with c0de");
+    };
+    let mut sorted = five.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids[1..6], "every one of the five");
+    assert!(!more, "no more than the five listed");
+    let told = ambiguous_id("c0de", &five, more);
+    assert!(told.ends_with("00000000c0de); give more of it"), "{told}");
+
+    let IdLookup::Ambiguous { ids: some, more } = q.resolve_id("0190F5D4").await.unwrap() else {
+        panic!("six ids start with 0190f5d4");
+    };
+    assert_eq!(some.len(), 5, "{some:?}");
+    assert!(
+        some.iter().all(|id| ids[6..].contains(&id.as_str())),
+        "{some:?}"
+    );
+    assert!(more, "a sixth matches");
+    let told = ambiguous_id("0190F5D4", &some, more);
+    assert!(told.ends_with(", …); give more of it"), "{told}");
+}

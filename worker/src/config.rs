@@ -498,7 +498,14 @@ impl Config {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        // Two ATR_DIST_ variables are not configuration keys: ATR_DIST_CONFIG (a config file
+        // named by the environment) and ATR_DIST_OTLP_ENDPOINT (where the `otel` build exports
+        // its spans, read by `telemetry`). Every other one must name a key.
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .ignore(&["config", "otlp_endpoint"]),
+        );
         Config::from_figment(&figment)
     }
 
@@ -1007,6 +1014,7 @@ mod tests {
             jail.set_env("ATR_DIST_WORKER__CONCURRENCY", "3");
             jail.set_env("ATR_DIST_PLATFORMS__NPM__TOKEN", "123456");
             jail.set_env("ATR_DIST_CONFIG", "ignored.toml");
+            jail.set_env("ATR_DIST_OTLP_ENDPOINT", "http://127.0.0.1:4318/v1/traces");
             let c = load_in(jail, "[worker]\nconcurrency = 5\nlease_secs = 20\n").unwrap();
             assert_eq!(c.worker.concurrency, 3);
             assert_eq!(c.worker.lease_secs, 20);
@@ -1302,7 +1310,13 @@ mod tests {
             .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
             .join("../deploy/atr-dist.example.toml");
         Jail::expect_with(|_| {
-            Config::load(Some(&example)).unwrap();
+            let stated = Config::load(Some(&example)).unwrap().worker;
+            // The values it gives for the sealed copies and the retries inside an attempt
+            // are the defaults, as its comments say.
+            let default = Config::load(None).unwrap().worker;
+            let limits =
+                |w: &WorkerConfig| (w.seal_memory_bytes, w.http_retries, w.http_retry_wait_secs);
+            assert_eq!(limits(&stated), limits(&default));
             Ok(())
         });
     }

@@ -270,10 +270,9 @@ async fn feed(
             path: entry.path.clone(),
             source,
         })?;
-        let room = limit - read;
-        if piece.len() as u64 > room {
-            piece.truncate(room as usize);
-        }
+        // Nothing past the byte after the voted size (a piece shorter than the room left
+        // stays whole).
+        piece.truncate(usize::try_from(limit - read).unwrap_or(usize::MAX));
         read += piece.len() as u64;
         // The storing side stopped (an error of its own, reported by it): stop reading.
         if tx.send(Piece::Bytes(piece)).await.is_err() {
@@ -549,7 +548,177 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains("3 bytes, sha3-256"), "{err}");
+            // Other bytes of the voted size: not "or more".
+            let err = sealer
+                .seal(&entry("a", &voted), stream_of(vec![b"VOTED".to_vec()]))
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a: the file does not match the voted manifest (5 bytes, sha3-256"),
+                "{err}"
+            );
         }
+    }
+
+    /// Bytes of a file-backed copy, as every reader gets them: `bytes`, `bytes_blocking`,
+    /// `stream` and `body`.
+    async fn every_read(sealed: &Sealed) -> Vec<Result<Vec<u8>, String>> {
+        let whole = sealed.bytes().await.map(|b| b.to_vec());
+        let blocking = sealed.bytes_blocking(&Cancel::never()).map(|b| b.to_vec());
+        let mut streamed = Vec::new();
+        let mut stream = sealed.stream();
+        let streamed = loop {
+            match stream.next().await {
+                None => break Ok(streamed),
+                Some(Ok(piece)) => {
+                    assert!(piece.len() <= READ_CHUNK, "{}", piece.len());
+                    streamed.extend_from_slice(&piece);
+                }
+                Some(Err(e)) => break Err(e.to_string()),
+            }
+        };
+        let body = axum::body::to_bytes(axum::body::Body::new(sealed.body()), usize::MAX)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("{e:?}"));
+        vec![
+            whole.map_err(|e| e.to_string()),
+            blocking.map_err(|e| e.to_string()),
+            streamed,
+            body,
+        ]
+    }
+
+    /// A copy larger than a read's piece, kept in a file: every reader gets exactly the
+    /// sealed bytes, in pieces no larger than `READ_CHUNK`.
+    #[tokio::test]
+    async fn a_file_backed_copy_reads_back_whole_in_pieces() {
+        let voted: Vec<u8> = (0..READ_CHUNK * 2 + 1000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let sealer = Sealer {
+            scratch: std::env::temp_dir(),
+            memory_limit: 1024,
+        };
+        let pieces = voted.chunks(100_000).map(<[u8]>::to_vec).collect();
+        let sealed = sealer
+            .seal(&entry("big.tgz", &voted), stream_of(pieces))
+            .await
+            .unwrap();
+        assert_eq!(sealed.size(), voted.len() as u64);
+        assert_eq!(sealed.sha256(), &sha256_of(&voted));
+        for read in every_read(&sealed).await {
+            assert!(read.as_ref() == Ok(&voted), "{:?}", read.map(|b| b.len()));
+        }
+    }
+
+    /// A file-backed copy that changed after sealing (a fault of the scratch disk, or
+    /// anything else writing to it) is never read back as good: every reader fails.
+    #[tokio::test]
+    async fn a_file_backed_copy_that_changed_is_not_read_back() {
+        let voted: Vec<u8> = (0..READ_CHUNK + 10).map(|i| (i % 7) as u8).collect();
+        let sealer = Sealer {
+            scratch: std::env::temp_dir(),
+            memory_limit: 0,
+        };
+        let sealed = sealer
+            .seal(&entry("a.tgz", &voted), stream_of(vec![voted.clone()]))
+            .await
+            .unwrap();
+        let Store::File(file) = &sealed.0.store else {
+            panic!("{sealed:?} is kept in memory");
+        };
+        // One byte of the last piece.
+        file.write_all_at(b"\xff", voted.len() as u64 - 1).unwrap();
+        let reads = every_read(&sealed).await;
+        for read in &reads[..2] {
+            let err = read.as_ref().unwrap_err();
+            assert!(
+                err.starts_with("a.tgz: the sealed copy no longer has the sealed bytes (sha256 "),
+                "{err}"
+            );
+        }
+        let err = reads[2].as_ref().unwrap_err();
+        assert!(
+            err.starts_with("a.tgz: the sealed copy changed (sha256 "),
+            "{err}"
+        );
+        assert!(reads[3].is_err(), "{:?}", reads[3].as_ref().map(Vec::len));
+    }
+
+    /// Reading a file-backed copy stops at the next piece once its job no longer waits.
+    #[tokio::test]
+    async fn a_read_of_a_file_backed_copy_stops_when_its_job_is_gone() {
+        let voted = b"voted".to_vec();
+        let sealer = Sealer {
+            scratch: std::env::temp_dir(),
+            memory_limit: 0,
+        };
+        let sealed = sealer
+            .seal(&entry("a", &voted), stream_of(vec![voted.clone()]))
+            .await
+            .unwrap();
+        let cancel = Cancel::never();
+        cancel.raise();
+        let err = sealed.bytes_blocking(&cancel).unwrap_err();
+        assert!(matches!(err, SealError::Blocking { .. }), "{err}");
+    }
+
+    /// Copies up to `memory_limit` bytes stay in memory, larger ones go to an unnamed file;
+    /// the debug output names the copy, never its bytes.
+    #[tokio::test]
+    async fn copies_up_to_the_memory_limit_stay_in_memory() {
+        let voted = b"ten bytes!".to_vec();
+        for (limit, store) in [(10, "memory"), (9, "file")] {
+            let sealer = Sealer {
+                scratch: std::env::temp_dir(),
+                memory_limit: limit,
+            };
+            let sealed = sealer
+                .seal(&entry("a.tgz", &voted), stream_of(vec![voted.clone()]))
+                .await
+                .unwrap();
+            let shown = format!("{sealed:?}");
+            assert_eq!(
+                shown,
+                format!(
+                    "Sealed {{ path: ArtifactPath(\"a.tgz\"), size: 10, sha256: {:?}, store: \"{store}\" }}",
+                    sha256_of(&voted)
+                )
+            );
+            assert_eq!(sealed.entry(), &entry("a.tgz", &voted));
+            for read in every_read(&sealed).await {
+                assert!(read.as_ref() == Ok(&voted), "{store}: {read:?}");
+            }
+        }
+    }
+
+    /// A source whose reading side goes away without an end (its job was dropped) seals
+    /// nothing.
+    #[tokio::test]
+    async fn a_source_that_ends_without_an_end_seals_nothing() {
+        let voted = b"voted".to_vec();
+        let owned = entry("a", &voted);
+        let (tx, rx) = mpsc::channel::<Piece>(CHANNEL_DEPTH);
+        tx.send(Piece::Bytes(Bytes::from(voted.clone())))
+            .await
+            .unwrap();
+        drop(tx);
+        let err = blocking::run(move |cancel: &Cancel| store(&owned, None, rx, cancel))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SealError::Blocking {
+                    source: BlockingError::Cancelled(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

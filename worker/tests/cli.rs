@@ -760,3 +760,124 @@ fn enqueue_lists_a_layout_and_says_when_the_key_names_a_job() {
         "{stderr}"
     );
 }
+
+/// A stage envelope for the npm package `bulk-<n>`, with an id of its own.
+fn bulk_envelope(n: usize, key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "v": 1,
+        "id": format!("01936f0e-8a7b-7c3d-9e4f-{n:012x}"),
+        "idempotency_key": key,
+        "kind": "stage",
+        "enqueued_at": "2026-01-01T12:00:00Z",
+        "payload": {
+            "release": {"project_key": "example", "version_key": "1.0.0"},
+            "distribution": {"platform": "NPM", "owner_namespace": "", "package": format!("bulk-{n}"), "version": "1.0.0"},
+            "revision": "00001",
+            "source": {"type": "dir"},
+            "artifacts": ["bulk-1.0.0.tgz"],
+            "staging_tag": null,
+            "dry_run": false,
+            "asf_uid": "rm"
+        }
+    })
+}
+
+fn redis_conn() -> redis::Connection {
+    redis::Client::open("redis://127.0.0.1:6379/")
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// `enqueue file` takes the batched path: a file of 10,050 envelopes is 11 calls of
+/// `enqueue.lua` (11 envelope batches, not one per job), its progress is on stderr, and a
+/// job the file names twice is enqueued once.
+#[test]
+fn enqueue_file_sends_envelopes_in_batches() {
+    let queue = TestQueue::new("bulk");
+    let dir = tempfile::tempdir().unwrap();
+    const JOBS: usize = 10_050;
+    let mut envelopes: Vec<serde_json::Value> = (0..JOBS)
+        .map(|n| bulk_envelope(n, &format!("bulk-{n}")))
+        .collect();
+    envelopes.push(envelopes[7].clone());
+    let file = dir.path().join("jobs.json");
+    std::fs::write(&file, serde_json::to_vec(&envelopes).unwrap()).unwrap();
+
+    let out = atr_dist()
+        .current_dir(dir.path())
+        .env("ATR_DIST_REDIS__QUEUE", &queue.name)
+        .args(["enqueue", "file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), JOBS + 1, "one line per envelope of the file");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("  enqueued: stage"))
+            .count(),
+        JOBS
+    );
+    let repeat = format!("01936f0e-8a7b-7c3d-9e4f-{:012x}", 7);
+    assert!(
+        lines[JOBS].starts_with(&format!("{repeat}  already enqueued as {repeat}, queued")),
+        "{}",
+        lines[JOBS]
+    );
+    assert!(stderr.contains("enqueued 10000 of 10050\n"), "{stderr}");
+    assert!(stderr.contains("enqueued 10050 of 10050\n"), "{stderr}");
+
+    let mut conn = redis_conn();
+    let prefix = format!("atr-dist:{{{}}}:", queue.name);
+    let jobs: usize = redis::cmd("HLEN")
+        .arg(format!("{prefix}jobs"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(jobs, JOBS);
+    let batches: usize = redis::cmd("GET")
+        .arg(format!("{prefix}batches"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        batches,
+        JOBS.div_ceil(1000),
+        "one enqueue.lua call per 1,000 jobs"
+    );
+}
+
+/// One id under two idempotency keys is a mistake in the file: refused, nothing enqueued.
+#[test]
+fn enqueue_file_refuses_one_id_under_two_keys_before_sending_anything() {
+    let queue = TestQueue::new("bulk-conflict");
+    let dir = tempfile::tempdir().unwrap();
+    let envelopes = vec![
+        bulk_envelope(1, "bulk-a"),
+        bulk_envelope(2, "bulk-b"),
+        bulk_envelope(1, "bulk-c"),
+    ];
+    let file = dir.path().join("jobs.json");
+    std::fs::write(&file, serde_json::to_vec(&envelopes).unwrap()).unwrap();
+    let out = atr_dist()
+        .current_dir(dir.path())
+        .env("ATR_DIST_REDIS__QUEUE", &queue.name)
+        .args(["enqueue", "file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("appears twice with different idempotency keys (\"bulk-a\" and \"bulk-c\"); nothing was enqueued"),
+        "{stderr}"
+    );
+    let jobs: usize = redis::cmd("HLEN")
+        .arg(format!("atr-dist:{{{}}}:jobs", queue.name))
+        .query(&mut redis_conn())
+        .unwrap();
+    assert_eq!(jobs, 0);
+}

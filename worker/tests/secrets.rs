@@ -3,7 +3,8 @@
 //! a platform that echoes the request's credentials back in its error, the worst case; then
 //! its logs, the CLI's output, `atr-dist config`, the dashboard and API, /metrics, every
 //! key of the queue in Redis and every row of the database are searched for each secret,
-//! as is and in the encodings it travels in.
+//! as is and in the encodings it travels in. Built with the `otel` feature (scripts/test
+//! runs it so too), the spans the worker exports over OTLP are searched as well.
 
 mod support;
 
@@ -68,6 +69,55 @@ fn echoing_platform() -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, seen)
+}
+
+/// An OTLP/HTTP trace receiver: answers every export with 200 and keeps the bodies
+/// (protobuf, in which strings are their UTF-8 bytes, so a secret would be found in them).
+#[cfg(feature = "otel")]
+fn trace_receiver() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            // Keep-alive: one request after another on the connection, until it closes.
+            loop {
+                let mut length = 0usize;
+                let mut line = String::new();
+                let mut any = false;
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    any = true;
+                    let header = line.trim_end().to_owned();
+                    line.clear();
+                    if header.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                if !any {
+                    break;
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    break;
+                }
+                record.lock().unwrap().extend_from_slice(&body);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+                );
+            }
+        }
+    });
+    (port, bodies)
 }
 
 /// A Redis of this test's own, with a password, on a free loopback port.
@@ -249,6 +299,13 @@ async fn no_secret_is_logged_recorded_or_shown() {
 
     let mut worker = atr_dist();
     configure(&mut worker, dir.path(), &pg.url, redis.port, http, npm_port);
+    #[cfg(feature = "otel")]
+    let (traces_port, traces) = trace_receiver();
+    #[cfg(feature = "otel")]
+    worker.env(
+        "ATR_DIST_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{traces_port}/v1/traces"),
+    );
     let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
     let mut worker = Running(worker.arg("run").stderr(log).spawn().unwrap());
     let client = reqwest::Client::new();
@@ -346,12 +403,25 @@ async fn no_secret_is_logged_recorded_or_shown() {
     let logs = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
     assert!(logs.contains("[redacted]"), "the failure is logged");
 
-    let places = [
+    #[allow(unused_mut)]
+    let mut places = vec![
         ("the worker's log", logs),
         ("the CLI, the dashboard, the API and /metrics", seen_by_us),
         ("Redis", redis_dump(&redis.url())),
         ("the database", database_dump(&pg.url).await),
     ];
+    #[cfg(feature = "otel")]
+    {
+        // The worker flushed its spans as it stopped: the job's are there, with the
+        // failure's events in them.
+        let exported = String::from_utf8_lossy(&traces.lock().unwrap()).into_owned();
+        assert!(
+            exported.contains(id.as_str()) && exported.contains("[redacted]"),
+            "the job's spans and their failure events were exported ({} bytes)",
+            exported.len()
+        );
+        places.push(("the exported traces", exported));
+    }
     for (place, text) in &places {
         for secret in [DB_PASSWORD, REDIS_PASSWORD, ADMIN_TOKEN, NPM_TOKEN] {
             for form in forms(secret) {

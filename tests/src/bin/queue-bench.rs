@@ -1692,7 +1692,7 @@ async fn print_report(
     }
     if let Some(hwm) = vm_kib("VmHWM") {
         out.push_str(&format!(
-            "- worker process peak RSS over the whole run (both systems): {:.1} MiB\n",
+            "- this benchmark process's peak RSS over the whole run (producer, both systems and their pools in one process; a separate `atr-dist run` worker's RSS is in scripts/bench-e2e's table): {:.1} MiB\n",
             hwm as f64 / 1024.0
         ));
     }
@@ -1715,7 +1715,7 @@ async fn print_report(
         }
         out.push('\n');
     }
-    out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | worker CPU µs/job (process) | worker RSS MiB |\n");
+    out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | worker CPU µs/job (process) | bench process RSS MiB |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         // Rates and CPU over every job of the run; memory over one backlog.

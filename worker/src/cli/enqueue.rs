@@ -247,15 +247,18 @@ pub async fn enqueue(
             Some(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
         }
     };
+    let jobs = envelopes
+        .iter()
+        .map(|env| {
+            let attempts = timing
+                .max_attempts
+                .unwrap_or_else(|| config.retry_for(env.distribution().platform).max_attempts);
+            crate::queue::raw_job(env, run_at, attempts)
+        })
+        .collect::<Vec<_>>();
+    let enqueued = enqueue_in_bulk(queue, &jobs).await?;
     let mut results = Vec::new();
-    for env in &envelopes {
-        let attempts = timing
-            .max_attempts
-            .unwrap_or_else(|| config.retry_for(env.distribution().platform).max_attempts);
-        let e = queue
-            .enqueue(env, run_at, attempts)
-            .await
-            .map_err(anyhow::Error::from)?;
+    for (env, e) in envelopes.iter().zip(enqueued) {
         let distribution = env
             .distribution_key()
             .map(|k| k.to_string())
@@ -308,6 +311,60 @@ pub async fn enqueue(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Enqueues the jobs through the queue's batched path (`enqueue.lua` takes up to
+/// `ENQUEUE_CHUNK` jobs a call, in one transaction), in the file's order, and answers one
+/// result per job, in that order. A file that names one job twice (the same envelope id)
+/// enqueues it once; the second is answered as its first. The same id under two idempotency
+/// keys is refused before anything is sent. A long file reports its progress on stderr.
+async fn enqueue_in_bulk(
+    queue: &Queue,
+    jobs: &[crate::queue::RawJob],
+) -> Result<Vec<crate::queue::Enqueued>, CliError> {
+    use std::collections::HashMap;
+    use std::collections::hash_map::Entry;
+    // Where each job's result comes from: its own place among the unique jobs.
+    let mut first: HashMap<&str, (usize, &str)> = HashMap::with_capacity(jobs.len());
+    let mut unique = Vec::with_capacity(jobs.len());
+    let mut source = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match first.entry(job.id.as_str()) {
+            Entry::Occupied(seen) => {
+                let (at, key) = *seen.get();
+                if key != job.idempotency_key {
+                    return Err(usage(format!(
+                        "job {} appears twice with different idempotency keys ({key:?} and {:?}); nothing was enqueued",
+                        job.id, job.idempotency_key
+                    )));
+                }
+                source.push((at, true));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((unique.len(), job.idempotency_key.as_str()));
+                source.push((unique.len(), false));
+                unique.push(job.clone());
+            }
+        }
+    }
+    let total = unique.len();
+    // Progress after each step once a file holds more than one step's jobs: a step is
+    // several `enqueue.lua` calls, so the report costs nothing measurable.
+    let step = crate::queue::ENQUEUE_CHUNK * 10;
+    let mut created = Vec::with_capacity(total);
+    for part in unique.chunks(step) {
+        created.extend(queue.enqueue_raw(part).await.map_err(anyhow::Error::from)?);
+        if total > step {
+            eprintln!("enqueued {} of {total}", created.len());
+        }
+    }
+    Ok(source
+        .into_iter()
+        .map(|(at, repeat)| crate::queue::Enqueued {
+            id: created[at].id.clone(),
+            created: created[at].created && !repeat,
+        })
+        .collect())
 }
 
 /// Polls the job until it is done, dead or cancelled. A human is waiting: a short poll

@@ -347,7 +347,7 @@ async fn resolve(queue: &Queue, given: &str) -> Result<Option<String>, CliError>
     match queue.resolve_id(given).await.map_err(anyhow::Error::from)? {
         IdLookup::Found(id) => Ok(Some(id)),
         IdLookup::NotFound => Ok(None),
-        IdLookup::Ambiguous(ids) => Err(CliError::Usage(ambiguous_id(given, &ids))),
+        IdLookup::Ambiguous { ids, more } => Err(CliError::Usage(ambiguous_id(given, &ids, more))),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use atr_dist_shared::job::EnvelopeError;
 use atr_dist_shared::{Envelope, JobState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::auth::{ReadAccess, WriteAccess};
 use super::error::ApiError;
-use super::params::{ApiBytes, ApiJson, ApiQuery, JobsQuery, check_job_id, parse_release};
+use super::params::{ApiBytes, ApiJson, ApiPath, ApiQuery, JobsQuery, check_job_id, parse_release};
 use super::types::{
     ActionBody, AttemptBody, EnqueuedBody, JobDetailBody, JobPageBody, PauseBody, PurgeBody,
     PurgeRequest, QueueStatsBody, ReleaseBody, RetryMatchingBody, RetryMatchingRequest,
@@ -49,7 +49,7 @@ pub fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
+pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
         "no endpoint {method} {uri}; the API is described at /api/v1/openapi.json"
     ))
@@ -104,10 +104,10 @@ pub async fn resolve(state: &AppState, given: &str) -> Result<String, ApiError> 
             "no job {given} in queue {}",
             state.queue().name()
         ))),
-        IdLookup::Ambiguous(ids) => Err(ApiError::new(
+        IdLookup::Ambiguous { ids, more } => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "ambiguous_job_id",
-            ambiguous_id(given, &ids),
+            ambiguous_id(given, &ids, more),
         )),
     }
 }
@@ -133,7 +133,7 @@ pub async fn job_detail(state: &AppState, given: &str) -> Result<JobDetailBody, 
 async fn show_job(
     _: ReadAccess,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobDetailBody>, ApiError> {
     job_detail(&state, &id).await.map(Json)
 }
@@ -152,7 +152,7 @@ fn single(id: &str, replies: Vec<AdminReply>) -> Result<AdminReply, ApiError> {
 async fn retry_job(
     _: WriteAccess,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ActionBody>, ApiError> {
     act(&state, &id, AdminAction::Retry).await.map(Json)
 }
@@ -160,7 +160,7 @@ async fn retry_job(
 async fn cancel_job(
     _: WriteAccess,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ActionBody>, ApiError> {
     act(&state, &id, AdminAction::Cancel).await.map(Json)
 }
@@ -388,7 +388,7 @@ pub async fn release(state: &AppState, release_key: &str) -> Result<ReleaseBody,
 async fn release_distributions(
     _: ReadAccess,
     State(state): State<AppState>,
-    Path(release_key): Path<String>,
+    ApiPath(release_key): ApiPath<String>,
 ) -> Result<Json<ReleaseBody>, ApiError> {
     release(&state, &release_key).await.map(Json)
 }

@@ -419,10 +419,10 @@ async fn find(
             state.queue().name()
         ))
         .into()),
-        IdLookup::Ambiguous(ids) => {
+        IdLookup::Ambiguous { ids, more } => {
             let content = html! {
                 h1 { "Which job?" }
-                p.error #ambiguous { (ambiguous_id(given, &ids)) }
+                p.error #ambiguous { (ambiguous_id(given, &ids, more)) }
                 ul {
                     @for id in &ids {
                         li { a.mono href=(views::job_link(id)) { (id) } }

@@ -38,7 +38,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -198,9 +198,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .fallback(dashboard::not_found)
+        .fallback(not_found)
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// A path nothing serves. Under `/api/` it is the API's JSON error, as for any other API
+/// path: the API's own fallback does not see `/api/v1/` itself (a client's `..` or `%2E%2E`
+/// ends there), nor another version; elsewhere it is the dashboard's page.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/api" || uri.path().starts_with("/api/") {
+        return api::not_found(method, uri).await.into_response();
+    }
+    dashboard::not_found().await.into_response()
 }
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

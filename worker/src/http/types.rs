@@ -66,6 +66,31 @@ pub struct QueueTotals {
     pub cancelled: u64,
     /// Expired leases whose jobs were queued again.
     pub recovered: u64,
+    /// Finished jobs deleted, by retention or by an operator's purge.
+    pub purged: u64,
+}
+
+/// How long the jobs of one finished state are kept (`[retention]`): those older than
+/// `max_age_secs` or beyond the newest `max_jobs` are deleted, whichever comes first; null
+/// for no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionBody {
+    pub max_age_secs: Option<u64>,
+    pub max_jobs: Option<u64>,
+}
+
+/// The retention of each finished state, as the last worker to start announced it; a state
+/// is absent before any worker did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionsBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<RetentionBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead: Option<RetentionBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<RetentionBody>,
 }
 
 /// One minute of the last hour.
@@ -94,6 +119,8 @@ pub struct QueueStatsBody {
     pub last_hour: Vec<MinuteBody>,
     /// Workers with a live heartbeat.
     pub workers: u64,
+    /// What the workers delete and when; how many they did is `totals.purged`.
+    pub retention: RetentionsBody,
 }
 
 impl From<QueueStats> for QueueStatsBody {
@@ -118,6 +145,20 @@ impl From<QueueStats> for QueueStatsBody {
                 dead: total("dead"),
                 cancelled: total("cancelled"),
                 recovered: total("recovered"),
+                purged: total("purged"),
+            },
+            retention: {
+                let of = |state| {
+                    s.retention.get(&state).map(|r| RetentionBody {
+                        max_age_secs: r.max_age_secs,
+                        max_jobs: r.max_jobs,
+                    })
+                };
+                RetentionsBody {
+                    done: of(JobState::Done),
+                    dead: of(JobState::Dead),
+                    cancelled: of(JobState::Cancelled),
+                }
             },
             last_hour: s.last_hour.into_iter().map(MinuteBody::from).collect(),
             queue: s.queue,

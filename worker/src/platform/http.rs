@@ -130,7 +130,9 @@ impl PlatformHttp {
         }
     }
 
-    pub fn client(&self) -> &Client {
+    /// The client itself, for a test that builds a request without sending it.
+    #[cfg(test)]
+    fn client(&self) -> &Client {
         &self.client
     }
 
@@ -141,10 +143,6 @@ impl PlatformHttp {
         let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
         v.set_sensitive(true);
         Some(v)
-    }
-
-    pub fn token(&self) -> Option<&Secret> {
-        self.token.as_ref()
     }
 
     fn check(&self, req: &Request) -> Result<(), PlatformError> {
@@ -521,6 +519,8 @@ pub async fn error_for(resp: Response, what: &str) -> PlatformError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -667,6 +667,228 @@ mod tests {
             1,
             "{http:?}"
         );
+    }
+
+    /// A server on loopback that reads each request and answers it with `head` (a status
+    /// line and headers; `None`: closes the connection without an answer); returns its
+    /// address and the count of requests it read.
+    async fn serving(head: Option<&'static str>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let Some(head) = head else {
+                        return;
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {head}\r\ncontent-length: 14\r\nconnection: close\r\n\r\nplatform says."
+                    );
+                    conn.write_all(answer.as_bytes()).await.ok();
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn client_for(addr: std::net::SocketAddr) -> PlatformHttp {
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        PlatformHttp::new(&[&base], None).unwrap()
+    }
+
+    fn retries(n: u32) -> Arc<RetryBudget> {
+        RetryBudget::new(
+            RetryLimits {
+                retries: n,
+                wait: Duration::from_secs(20),
+            },
+            None,
+        )
+    }
+
+    /// Reads are sent again after a 5xx or 429, within the attempt's retries, and then end
+    /// transient; any other answer is the caller's at once.
+    #[tokio::test]
+    async fn reads_are_retried_after_5xx_within_the_budget_and_not_after_other_answers() {
+        for head in ["503 Service Unavailable", "429 Too Many Requests"] {
+            let (addr, seen) = serving(Some(head)).await;
+            let http = client_for(addr);
+            let budget = retries(2);
+            let err = budget
+                .scope(http.send("GET x", |c| c.get(format!("http://{addr}/x"))))
+                .await
+                .unwrap_err();
+            assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+            assert!(
+                err.message.starts_with(&format!(
+                    "GET x: {head}: platform says. (gave up inside this attempt after 2 retries"
+                )),
+                "{}",
+                err.message
+            );
+            assert_eq!(seen.load(Ordering::SeqCst), 3);
+            assert_eq!(budget.used().requests, 3);
+            assert_eq!(budget.used().retries, 2);
+        }
+        for (head, status) in [
+            ("200 OK", 200),
+            ("404 Not Found", 404),
+            ("401 Unauthorized", 401),
+        ] {
+            let (addr, seen) = serving(Some(head)).await;
+            let http = client_for(addr);
+            let budget = retries(2);
+            let resp = budget
+                .scope(http.send("GET x", |c| c.get(format!("http://{addr}/x"))))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status);
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{head}");
+            assert_eq!(budget.used().retries, 0);
+        }
+    }
+
+    /// A write answered 429 was not acted on: it is sent again within the budget. A 5xx or
+    /// a connection that ends without an answer leaves its outcome unknown: not sent again,
+    /// the caller reads the platform back. Any other answer is the caller's.
+    #[tokio::test]
+    async fn writes_are_sent_again_only_where_the_platform_did_not_act() {
+        let (addr, seen) = serving(Some("429 Too Many Requests")).await;
+        let http = client_for(addr);
+        let budget = retries(1);
+        let err = budget
+            .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+        assert!(
+            err.message
+                .contains("gave up inside this attempt after 1 retries"),
+            "{err}"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        for head in [Some("502 Bad Gateway"), None] {
+            let (addr, seen) = serving(head).await;
+            let http = client_for(addr);
+            let budget = retries(3);
+            let sent = budget
+                .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+                .await
+                .unwrap();
+            let Sent::Unknown(err) = sent else {
+                panic!("{head:?}: {sent:?}");
+            };
+            assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+            assert!(err.message.starts_with("PUT x: "), "{err}");
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{head:?}");
+            assert_eq!(budget.used().requests, 1);
+        }
+
+        for head in ["201 Created", "409 Conflict"] {
+            let (addr, seen) = serving(Some(head)).await;
+            let http = client_for(addr);
+            let sent = retries(3)
+                .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+                .await
+                .unwrap();
+            let Sent::Answered(resp) = sent else {
+                panic!("{head}: {sent:?}");
+            };
+            assert!(head.starts_with(resp.status().as_str()), "{head}");
+            assert_eq!(seen.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    /// With a hold rule, an answer it matches (a rate limit used up until a known time) ends
+    /// a read or a write at once, as a wait for the job: not retried inside the attempt.
+    #[tokio::test]
+    async fn an_answer_the_hold_rule_matches_ends_the_request_as_a_wait() {
+        fn hold(resp: &Response) -> Option<Duration> {
+            (resp.status() == StatusCode::TOO_MANY_REQUESTS).then_some(Duration::from_secs(60))
+        }
+        let (addr, seen) = serving(Some("429 Too Many Requests")).await;
+        let http = client_for(addr).holding(hold);
+        let budget = retries(3);
+        let read = budget
+            .scope(http.send("GET x", |c| c.get(format!("http://{addr}/x"))))
+            .await
+            .unwrap_err();
+        let write = budget
+            .scope(http.write("PUT x", |c| c.put(format!("http://{addr}/x"))))
+            .await
+            .unwrap_err();
+        for (what, err) in [("GET x", read), ("PUT x", write)] {
+            assert!(err.not_yet, "{err:?}");
+            assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
+            assert_eq!(err.http_status, Some(429));
+            assert_eq!(
+                err.message,
+                format!(
+                    "{what}: 429 Too Many Requests: the platform's rate limit is used up; asking again in 60s, when it resets"
+                )
+            );
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        assert_eq!(budget.used().retries, 0);
+        // Answers the rule does not match go on as without it.
+        let (addr, _) = serving(Some("404 Not Found")).await;
+        let http = client_for(addr).holding(hold);
+        let resp = http
+            .send("GET x", |c| c.get(format!("http://{addr}/x")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+
+    /// Unsuccessful answers are classed by status (401 and 403 credentials, 429 and 5xx
+    /// transient with their `Retry-After`, other 4xx permanent), with the start of the body.
+    #[tokio::test]
+    async fn unsuccessful_answers_are_classed_by_status() {
+        for (head, class, wait) in [
+            ("401 Unauthorized", ErrorClass::Auth, None),
+            ("403 Forbidden", ErrorClass::Auth, None),
+            ("404 Not Found", ErrorClass::Permanent, None),
+            ("422 Unprocessable Entity", ErrorClass::Permanent, None),
+            (
+                "429 Too Many Requests\r\nretry-after: 7",
+                ErrorClass::Transient,
+                Some(7),
+            ),
+            ("500 Internal Server Error", ErrorClass::Transient, None),
+        ] {
+            let (addr, _) = serving(Some(head)).await;
+            let resp = client_for(addr)
+                .client()
+                .get(format!("http://{addr}/x"))
+                .send()
+                .await
+                .unwrap();
+            let err = error_for(resp, "GET x").await;
+            let status = head.split("\r\n").next().unwrap();
+            assert_eq!(
+                (err.class, err.message.as_str(), err.retry_after),
+                (
+                    class,
+                    format!("GET x: {status}: platform says.").as_str(),
+                    wait.map(Duration::from_secs)
+                ),
+            );
+            assert_eq!(err.http_status, Some(status[..3].parse().unwrap()));
+        }
     }
 
     #[test]

@@ -198,6 +198,107 @@ mod tests {
         assert_eq!(read_backs.load(Ordering::SeqCst), 1);
     }
 
+    /// Runs `confirmed` against a server answering `status` to every write, with a
+    /// read-back finding `found`; returns the outcome, the writes the server received, the
+    /// read-backs made and the notes for the job's timeline.
+    async fn confirm(
+        status: &'static str,
+        found: Found,
+    ) -> (Result<Written, PlatformError>, usize, usize, Vec<HttpNote>) {
+        let (addr, seen) = answering(status).await;
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let http = PlatformHttp::new(&[&base], None).unwrap();
+        let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+        let limits = RetryLimits {
+            retries: 2,
+            wait: Duration::from_secs(20),
+        };
+        let budget = RetryBudget::new(limits, Some(tx));
+        let read_backs = AtomicUsize::new(0);
+        let work = confirmed(
+            &http,
+            "PUT x",
+            || http.write("PUT x", |c| c.put(format!("http://{addr}/x"))),
+            || {
+                read_backs.fetch_add(1, Ordering::SeqCst);
+                let found = found.clone();
+                async move { Ok(found) }
+            },
+            |resp| async move { error_for(resp, "PUT x").await },
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(20), budget.scope(work))
+            .await
+            .expect("it ends");
+        let mut noted = Vec::new();
+        while let Ok(note) = notes.try_recv() {
+            noted.push(note);
+        }
+        (
+            outcome,
+            seen.load(Ordering::SeqCst),
+            read_backs.load(Ordering::SeqCst),
+            noted,
+        )
+    }
+
+    /// A write the platform accepts is done: nothing is read back.
+    #[tokio::test]
+    async fn an_accepted_write_is_done_without_a_read_back() {
+        let (outcome, writes, read_backs, notes) = confirm("201 Created", Found::Nothing).await;
+        let Ok(Written::Answered(resp)) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(resp.status(), 201);
+        assert_eq!((writes, read_backs), (1, 0));
+        assert_eq!(notes, []);
+    }
+
+    /// A write refused for its credentials ends there: the platform did not let us act, so
+    /// there is nothing to read back.
+    #[tokio::test]
+    async fn a_write_refused_for_its_credentials_is_not_read_back() {
+        let (outcome, writes, read_backs, _) = confirm("401 Unauthorized", Found::Expected).await;
+        let err = outcome.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Auth, "{err:?}");
+        assert_eq!(err.message, "PUT x: 401 Unauthorized");
+        assert_eq!((writes, read_backs), (1, 0));
+    }
+
+    /// A write whose answer was lost, and whose read-back finds what it was to put there,
+    /// is done, once, and the job's timeline says why.
+    #[tokio::test]
+    async fn a_lost_answer_with_the_write_found_done_is_done() {
+        let (outcome, writes, read_backs, notes) =
+            confirm("502 Bad Gateway", Found::Expected).await;
+        assert!(matches!(outcome, Ok(Written::FoundDone)), "{outcome:?}");
+        assert_eq!((writes, read_backs), (1, 1));
+        assert_eq!(
+            notes,
+            [HttpNote::ReadBack {
+                what: "PUT x".into(),
+                error: "PUT x: 502 Bad Gateway".into(),
+                found: "the platform holds what was written: done".into(),
+            }]
+        );
+    }
+
+    /// A write refused as already there (409), whose read-back finds other bytes there, is
+    /// refused for good, naming both; it is not sent again.
+    #[tokio::test]
+    async fn a_refusal_with_other_bytes_there_is_permanent_and_names_them() {
+        let holds = Found::Other("sha256:aa is there, sha256:bb was written".into());
+        let (outcome, writes, read_backs, notes) = confirm("409 Conflict", holds).await;
+        let err = outcome.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
+        assert_eq!(
+            err.message,
+            "PUT x: 409 Conflict (read back: sha256:aa is there, sha256:bb was written)"
+        );
+        assert_eq!(err.http_status, Some(409));
+        assert_eq!((writes, read_backs), (1, 1));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
     /// A write whose outcome stays unknown and whose read-back keeps finding nothing is
     /// sent again only as often as the attempt's retry budget allows, each time after the
     /// backoff's wait, and then ends the attempt.

@@ -217,20 +217,18 @@ pub enum IdLookup {
     Found(String),
     /// No job's id is, starts or ends with it.
     NotFound,
-    /// More than one job's id starts or ends with it: some of them (at most 5).
-    Ambiguous(Vec<String>),
+    /// More than one job's id starts or ends with it: the first `MAX_CANDIDATES` (5) found,
+    /// and whether there are more.
+    Ambiguous { ids: Vec<String>, more: bool },
 }
 
-/// Why `given` names no one job: the ids it could be (`IdLookup::Ambiguous`).
-pub fn ambiguous_id(given: &str, ids: &[String]) -> String {
+/// Why `given` names no one job: the ids it could be (`IdLookup::Ambiguous`), with "…" when
+/// more than these match.
+pub fn ambiguous_id(given: &str, ids: &[String], more: bool) -> String {
     format!(
         "job id {given:?} is the start or end of more than one job's id ({}{}); give more of it",
         ids.join(", "),
-        if ids.len() >= MAX_CANDIDATES {
-            ", …"
-        } else {
-            ""
-        }
+        if more { ", …" } else { "" }
     )
 }
 
@@ -610,25 +608,25 @@ impl Queue {
             return Ok(IdLookup::NotFound);
         }
         let mut found: Vec<String> = Vec::new();
+        // A match past the first `MAX_CANDIDATES`: the search stops there, and "…" says so.
+        let mut more = false;
         for q in &shards {
-            if found.len() > MAX_CANDIDATES {
+            if q.find_id_part(&part, &mut found).await? {
+                more = true;
                 break;
             }
-            q.find_id_part(&part, &mut found).await?;
         }
         Ok(match found.len() {
             0 => IdLookup::NotFound,
             1 => IdLookup::Found(found.remove(0)),
-            _ => {
-                found.truncate(MAX_CANDIDATES);
-                IdLookup::Ambiguous(found)
-            }
+            _ => IdLookup::Ambiguous { ids: found, more },
         })
     }
 
-    /// Adds to `found` the ids of this shard's jobs that start or end with `part`, until
-    /// more than `MAX_CANDIDATES` are found.
-    async fn find_id_part(&self, part: &str, found: &mut Vec<String>) -> Result<(), QueueError> {
+    /// Adds to `found` the ids of this shard's jobs that start or end with `part`, up to
+    /// `MAX_CANDIDATES` in all; true when a match beyond those was found (the scan stops
+    /// there).
+    async fn find_id_part(&self, part: &str, found: &mut Vec<String>) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
         // Only hex digits and hyphens: nothing in the pattern is a glob character.
         let pattern = format!("*{part}*");
@@ -644,14 +642,19 @@ impl Queue {
                 .query_async(&mut conn)
                 .await?;
             // Field, value pairs (NOVALUES needs Redis 7.4): the fields are the ids.
+            // (An id HSCAN returns twice, as it may while the hash is resized, counts once.)
             for id in page.into_iter().step_by(2) {
                 let lower = id.to_ascii_lowercase();
-                if (lower.starts_with(part) || lower.ends_with(part)) && !found.contains(&id) {
-                    found.push(id);
+                if !(lower.starts_with(part) || lower.ends_with(part)) || found.contains(&id) {
+                    continue;
                 }
+                if found.len() == MAX_CANDIDATES {
+                    return Ok(true);
+                }
+                found.push(id);
             }
-            if next == 0 || found.len() > MAX_CANDIDATES {
-                return Ok(());
+            if next == 0 {
+                return Ok(false);
             }
             cursor = next;
         }

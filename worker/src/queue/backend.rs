@@ -229,3 +229,138 @@ impl BackendConfig for RedisBackend {
         Identity::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A pool whose queue stays empty: it records the waits for a wake-up it is asked for.
+    struct EmptyQueue {
+        wakes: bool,
+        idle_wait: Duration,
+        /// What `wait_for_work` answers.
+        wake_fails: bool,
+        waited_for: Mutex<Vec<Duration>>,
+    }
+
+    impl EmptyQueue {
+        fn new(wakes: bool, idle_wait: Duration) -> Arc<EmptyQueue> {
+            Arc::new(EmptyQueue {
+                wakes,
+                idle_wait,
+                wake_fails: false,
+                waited_for: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn waits(&self) -> Vec<Duration> {
+            self.waited_for.lock().unwrap().clone()
+        }
+    }
+
+    impl Feed for EmptyQueue {
+        fn capacity(&self) -> usize {
+            1
+        }
+        fn held_count(&self) -> usize {
+            0
+        }
+        fn fetch_batch(&self) -> usize {
+            1
+        }
+        fn idle_wait(&self) -> Duration {
+            self.idle_wait
+        }
+        fn wakes(&self) -> bool {
+            self.wakes
+        }
+        fn lease(
+            self: Arc<Self>,
+            _: usize,
+            wait: Duration,
+        ) -> BoxFuture<'static, Result<Fetched, QueueError>> {
+            async move {
+                Ok(Fetched {
+                    jobs: Vec::new(),
+                    wait,
+                })
+            }
+            .boxed()
+        }
+        fn wait_for_work(
+            self: Arc<Self>,
+            wait: Duration,
+        ) -> BoxFuture<'static, Result<(), QueueError>> {
+            self.waited_for.lock().unwrap().push(wait);
+            let fails = self.wake_fails;
+            async move {
+                if fails {
+                    Err(QueueError::NotNow(
+                        "this Redis serves no blocking commands".to_owned(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            .boxed()
+        }
+        fn release(self: Arc<Self>, _: Vec<Leased>, _: &'static str) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+    }
+
+    /// Without wake-ups, an empty queue is fetched from again after a pause that doubles from
+    /// `IDLE_MIN` up to `idle_wait`; nothing waits for a wake-up.
+    #[tokio::test]
+    async fn without_wake_ups_an_empty_queue_is_polled_less_and_less_often() {
+        let idle_wait = Duration::from_millis(40);
+        let feed = EmptyQueue::new(false, idle_wait);
+        let mut backend = RedisBackend::new(Arc::clone(&feed) as Arc<dyn Feed>);
+        for pause in [5, 10, 20, 40, 40].map(Duration::from_millis) {
+            let t0 = Instant::now();
+            backend.wait(Duration::ZERO).await;
+            assert!(t0.elapsed() >= pause, "{:?} < {pause:?}", t0.elapsed());
+        }
+        assert_eq!(backend.idle, idle_wait);
+        assert_eq!(feed.waits(), Vec::<Duration>::new());
+    }
+
+    /// With wake-ups, an empty queue is waited on for as long as `fetch.lua` allowed, not
+    /// polled; when it allowed no wait (a job fell due meanwhile), the next fetch follows at
+    /// once.
+    #[tokio::test]
+    async fn with_wake_ups_an_empty_queue_is_waited_on_for_as_long_as_allowed() {
+        let allowed = Duration::from_secs(30);
+        let feed = EmptyQueue::new(true, allowed);
+        let mut backend = RedisBackend::new(Arc::clone(&feed) as Arc<dyn Feed>);
+        backend.start_fetch();
+        let fetched = backend.fetching.take().unwrap().await.unwrap();
+        assert_eq!(fetched.wait, allowed, "fetch.lua is asked for idle_wait");
+        tokio::time::timeout(Duration::from_secs(10), backend.wait(fetched.wait))
+            .await
+            .expect("the wake-up ends the wait");
+        assert_eq!(feed.waits(), [allowed]);
+        backend.wait(Duration::ZERO).await;
+        assert_eq!(feed.waits(), [allowed], "no wait when none is allowed");
+        assert_eq!(backend.idle, IDLE_MIN, "the polling pause is not used");
+    }
+
+    /// A Redis that cannot wait for a wake-up (a proxy without blocking commands): the
+    /// allowed time is slept instead, so the next fetch is no sooner.
+    #[tokio::test]
+    async fn a_wait_for_a_wake_up_that_fails_is_slept_instead() {
+        let allowed = Duration::from_millis(50);
+        let feed = Arc::new(EmptyQueue {
+            wake_fails: true,
+            ..Arc::into_inner(EmptyQueue::new(true, allowed)).unwrap()
+        });
+        let mut backend = RedisBackend::new(Arc::clone(&feed) as Arc<dyn Feed>);
+        let t0 = Instant::now();
+        backend.wait(allowed).await;
+        assert!(t0.elapsed() >= allowed, "{:?}", t0.elapsed());
+        assert_eq!(feed.waits(), [allowed]);
+    }
+}
