@@ -49,9 +49,12 @@ end
 
 local format_key = prefix .. 'format'
 local fmt = redis.call('GET', format_key)
-if fmt and fmt ~= FORMAT then
-  return refuse('this queue is in wire format ' .. fmt .. '; this client speaks format ' ..
-    FORMAT .. '; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+-- Version 8 is version 7's layout on a queue that may be sharded (docs/wire-format.md,
+-- "Shards"); a queue is marked 8 when it is first sharded, so that version 7 clients,
+-- which know one shard only, refuse it.
+if fmt and fmt ~= FORMAT and fmt ~= '8' then
+  return refuse('this queue is in wire format ' .. fmt .. '; this client speaks formats ' ..
+    FORMAT .. ' and 8; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.

@@ -92,9 +92,10 @@ local function wake()
 end
 
 local fmt = redis.call('GET', prefix .. 'format')
-if fmt and fmt ~= '7' then
+-- 8 is 7's layout on a queue that may be sharded (docs/wire-format.md, "Shards").
+if fmt and fmt ~= '7' and fmt ~= '8' then
   return redis.error_reply('ERR atr-dist fetch: this queue is in wire format ' .. fmt ..
-    '; this worker speaks format 7; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
+    '; this worker speaks formats 7 and 8; run `atr-dist queue migrate` (docs/wire-format.md, "Versions")')
 end
 -- A queue without a `format` key is either new or a version 1 queue, which never had one.
 -- (The same function is in enqueue.lua: a script cannot load another.)

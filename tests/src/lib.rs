@@ -120,6 +120,7 @@ impl SqliteDatabase {
 }
 
 pub mod cases;
+pub mod cluster_support;
 pub mod fault_drill;
 pub mod fault_proxy;
 pub mod fence_support;
@@ -385,6 +386,8 @@ pub mod redis_support {
         fn drop(&mut self) {
             let prefixes = [
                 self.queue.prefix().to_owned(),
+                // Shards 1 and up (docs/wire-format.md, "Shards").
+                format!("atr-dist:{{{}:", self.name),
                 format!("atr-dist:lock:{}:", self.name),
             ];
             let url = self.url.clone();

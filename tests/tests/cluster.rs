@@ -2,123 +2,9 @@
 //! and stopped by this test (Debian's redis-server in cluster mode, joined with
 //! `redis-cli --cluster create`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use atr_dist_tests::cases;
+use atr_dist_tests::cluster_support::{Cluster, redis_cli, start_cluster};
 use atr_dist_tests::redis_support::{TestQueue, key_slot};
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    nodes: Vec<Child>,
-    ports: Vec<u16>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-    }
-}
-
-/// A port that is free, and whose cluster bus port (+10000) is free too.
-fn free_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (Debian's redis-tools) is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster {
-        nodes: Vec::new(),
-        ports: Vec::new(),
-        _dir: tempfile::tempdir().unwrap(),
-    };
-    for _ in 0..3 {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-            ])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .args(["--dir", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh installs it)");
-        cluster.nodes.push(child);
-        cluster.ports.push(port);
-    }
-    let start = Instant::now();
-    for port in &cluster.ports {
-        while redis_cli(*port, &["ping"]).trim() != "PONG" {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "node {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let addrs: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let out = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cluster create: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    for port in &cluster.ports {
-        while !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "cluster did not become ok"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    cluster._dir = dir;
-    cluster
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_cases_pass_on_a_redis_cluster() {
@@ -153,5 +39,116 @@ async fn core_cases_pass_on_a_redis_cluster() {
     run!(operators_list_show_retry_cancel_purge);
     run!(running_jobs_see_cancellation);
     run!(shutdown_releases_unfinished_jobs);
+    drop(cluster);
+}
+
+/// The queue's keys each master holds, by port: `redis-cli --scan` of the queue's shards.
+fn keys_per_master(cluster: &Cluster, queue: &str) -> Vec<usize> {
+    cluster
+        .ports
+        .iter()
+        .map(|port| {
+            let shard_0 = redis_cli(
+                *port,
+                &["--scan", "--pattern", &format!("atr-dist:{{{queue}}}:*")],
+            );
+            let others = redis_cli(
+                *port,
+                &["--scan", "--pattern", &format!("atr-dist:{{{queue}:*")],
+            );
+            shard_0
+                .lines()
+                .chain(others.lines())
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_queue_spreads_over_the_masters() {
+    use atr_dist::queue::pool::Completion;
+    use atr_dist::queue::{IdLookup, ShardCount, shard_key, shard_of, short_id};
+    use atr_dist_shared::JobState;
+    use atr_dist_shared::job::RevisionSourceSpec;
+    use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+    use atr_dist_tests::jobs;
+
+    let cluster = start_cluster();
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let t = TestQueue::on(&nodes[0], &nodes).await;
+    let q = &t.queue;
+    q.resize(ShardCount::new(6).unwrap()).await.unwrap();
+
+    // The shards' hash tags fall on every master of this cluster.
+    let slots: Vec<u16> = (0..6)
+        .map(|i| key_slot(&format!("{}queued", q.shard(i).prefix())))
+        .collect();
+    let envelopes: Vec<_> = (0..120).map(jobs::stage).collect();
+    let enqueued = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    assert!(enqueued.iter().all(|e| e.created));
+    let spread = keys_per_master(&cluster, &t.name);
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "one queue's keys on several masters: {spread:?} (slots {slots:?})"
+    );
+
+    // One distribution's jobs share a shard.
+    let dist = jobs::Dist::new(atr_dist_shared::Platform::Npm, "", "one-dist", "2.0.0");
+    let stage = dist.stage("00001", &["a.tgz"], RevisionSourceSpec::Dir, true);
+    let promote = dist.promote("00001", RevisionSourceSpec::Dir, "rm");
+    let shard = shard_of(&shard_key(&stage.to_json()).unwrap(), 6);
+    assert_eq!(shard, shard_of(&shard_key(&promote.to_json()).unwrap(), 6));
+    let both = q.enqueue_bulk(&[stage, promote], None, 3).await.unwrap();
+    for job in &both {
+        let held: bool = redis::cmd("HEXISTS")
+            .arg(format!("{}jobs", q.shard(shard).prefix()))
+            .arg(&job.id)
+            .query_async(&mut q.connection())
+            .await
+            .unwrap();
+        assert!(held, "{} on shard {shard}", job.id);
+    }
+    let total = envelopes.len() as u64 + 2;
+    assert_eq!(
+        q.stats().await.unwrap().counts[&JobState::Queued],
+        total,
+        "stats add up the masters"
+    );
+
+    let pool = RunningPool::start(
+        q,
+        FnHandler(|_job| async { Ok(Completion::Done) }),
+        pool_config(8, FAST_RETRY),
+    );
+    eventually(
+        "every job is done",
+        std::time::Duration::from_secs(30),
+        || async { q.stats().await.unwrap().counts[&JobState::Done] == total },
+    )
+    .await;
+    pool.stop().await;
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.shards, stats.totals["done"]), (6, total));
+
+    // Admin views find jobs on any master.
+    for job in enqueued.iter().take(10) {
+        assert_eq!(
+            q.resolve_id(short_id(&job.id)).await.unwrap(),
+            IdLookup::Found(job.id.clone())
+        );
+        let shown = q.show(&job.id).await.unwrap().expect("shown");
+        assert_eq!(shown.summary.state, JobState::Done);
+    }
+    assert_eq!(
+        q.purge(JobState::Done, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        total
+    );
     drop(cluster);
 }

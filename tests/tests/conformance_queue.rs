@@ -463,3 +463,66 @@ async fn lifecycle_walks_read_as_documented() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `shards`: the distribution key of each envelope and the shard it goes to, for each shard
+/// count; then, on a queue of 3 shards, each envelope of the fixture is enqueued onto the
+/// shard the fixture names.
+#[tokio::test]
+async fn shard_choice_is_as_documented() {
+    let doc = doc();
+    let jobs = Jobs::new(&doc);
+    let mut failures = Vec::new();
+    for (i, case) in doc["shards"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let envelope = match (case.get("envelope"), case.get("envelope_json")) {
+            (Some(name), _) => jobs.envelopes[name.as_str().unwrap()].to_string(),
+            (None, Some(text)) => text.as_str().unwrap().to_owned(),
+            (None, None) => panic!("case {i} names no envelope"),
+        };
+        let key = atr_dist::queue::shard_key(&envelope);
+        if key.as_deref() != case["key"].as_str() {
+            failures.push(format!("case {i}: key {key:?}, not {}", case["key"]));
+        }
+        if let Some(prefix) = case.get("sha256_first_8_bytes") {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(key.clone().unwrap_or_default().as_bytes());
+            let got: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            if got != prefix.as_str().unwrap() {
+                failures.push(format!("case {i}: digest {got}, not {prefix}"));
+            }
+        }
+        for (count, want) in case["shard"].as_object().unwrap() {
+            let count: u32 = count.parse().unwrap();
+            let got = key
+                .as_deref()
+                .map_or(0, |k| atr_dist::queue::shard_of(k, count));
+            if Some(u64::from(got)) != want.as_u64() {
+                failures.push(format!("case {i}: shard {got} of {count}, not {want}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(atr_dist::queue::ShardCount::new(3).unwrap())
+        .await
+        .unwrap();
+    for case in doc["shards"]["cases"].as_array().unwrap() {
+        let Some(name) = case.get("envelope").and_then(Value::as_str) else {
+            continue;
+        };
+        let shard = case["shard"]["3"].as_u64().unwrap() as u32;
+        q.enqueue(&jobs.envelope(name), None, 3).await.unwrap();
+        let held: bool = q
+            .connection()
+            .hexists(format!("{}jobs", q.shard(shard).prefix()), jobs.id(name))
+            .await
+            .unwrap();
+        assert!(held, "{name} is on shard {shard} of 3");
+    }
+}

@@ -222,12 +222,12 @@ async fn fetch_refuses_a_queue_in_another_wire_format() {
     let q = &t.queue;
     let _: () = q
         .connection()
-        .set(format!("{}format", q.prefix()), "8")
+        .set(format!("{}format", q.prefix()), "9")
         .await
         .unwrap();
     let err = q.fetch("w1", LEASE, 10).await.unwrap_err().to_string();
     assert!(
-        err.contains("wire format 8") && err.contains("speaks format 7"),
+        err.contains("wire format 9") && err.contains("speaks formats 7 and 8"),
         "{err}"
     );
 }

@@ -124,6 +124,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The Redis the worker uses, for its logs: the cluster nodes when `redis.cluster_nodes`
+/// names any (`redis.url` is then not used), else `redis.url`; passwords redacted.
+fn redis_in_use(config: &Config) -> String {
+    let nodes = config.redis_cluster_nodes();
+    if nodes.is_empty() {
+        return db::redacted(config.redis_url().expose());
+    }
+    let nodes: Vec<String> = nodes.iter().map(|n| db::redacted(n.expose())).collect();
+    format!("cluster {}", nodes.join(","))
+}
+
 /// Runs the worker until a shutdown signal; `adapters` are the platforms this build serves.
 pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
     let redis_url = config.redis_url();
@@ -139,7 +150,7 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
     )
     .await
     .map_err(|source| RunError::Redis {
-        url: db::redacted(redis_url.expose()),
+        url: redis_in_use(&config),
         source,
     })?;
     // Before connecting: a second worker process on one SQLite file is refused, not left to
@@ -164,7 +175,7 @@ pub async fn run(config: Config, adapters: Adapters) -> Result<(), RunError> {
         .collect();
     tracing::info!(
         database = %db::redacted(config.database_url().expose()),
-        redis = %db::redacted(redis_url.expose()),
+        redis = %redis_in_use(&config),
         queue = %config.redis.queue,
         platforms = %platforms.join(","),
         "atr-dist starting"

@@ -286,15 +286,19 @@ impl Drop for Operated {
     fn drop(&mut self) {
         let url = self.redis_url.clone();
         let prefix = self.queue.prefix().to_owned();
+        // Shards 1 and up, `atr-dist:{<queue>:<i>}:` (docs/wire-format.md, "Shards").
+        let shards = format!("atr-dist:{{{}:", self.queue.name());
         let _ = std::thread::spawn(move || {
             let client = redis::Client::open(url).ok()?;
             let mut conn = client.get_connection().ok()?;
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query(&mut conn)
-                .ok()?;
-            if !keys.is_empty() {
-                let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).ok()?;
+            for pattern in [prefix, shards] {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{pattern}*"))
+                    .query(&mut conn)
+                    .ok()?;
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).ok()?;
+                }
             }
             Some(())
         })
@@ -880,4 +884,41 @@ fn enqueue_file_refuses_one_id_under_two_keys_before_sending_anything() {
         .query(&mut redis_conn())
         .unwrap();
     assert_eq!(jobs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_shards_shows_raises_and_keeps_shards_that_hold_jobs() {
+    let op = Operated::new().await;
+    let (_, out) = op.cli(&["queue", "shards"]);
+    assert!(out.contains("has 1 shard(s)"), "{out}");
+    let (_, out) = op.cli(&["queue", "shards", "3"]);
+    assert!(out.contains("now has 3 shard(s), from 1"), "{out}");
+    let (_, out) = op.cli(&["queue", "stats"]);
+    assert!(out.contains(", 3 shards"), "{out}");
+    let (code, _, err) = op.cli_exit(&["queue", "shards", "0"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("from 1 to 64"), "{err}");
+
+    // A job whose distribution falls on shard 2 keeps that shard.
+    let package = (0..)
+        .map(|i| format!("pkg-{i}"))
+        .find(|p| {
+            let key = format!("example-1.0.0|NPM||{p}|1.0.0");
+            atr_dist::queue::shard_of(&key, 3) == 2
+        })
+        .unwrap();
+    let id = op.enqueue("stage", &package);
+    let on_2: bool = redis::AsyncCommands::hexists(
+        &mut op.queue.connection(),
+        format!("{}jobs", op.queue.shard(2).prefix()),
+        &id,
+    )
+    .await
+    .unwrap();
+    assert!(on_2, "the CLI enqueued onto the distribution's shard");
+    let (code, _, err) = op.cli_exit(&["queue", "shards", "2"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("shard 2: 1 job(s)"), "{err}");
+    let (_, out) = op.cli(&["queue", "shards"]);
+    assert!(out.contains("has 3 shard(s)"), "{out}");
 }

@@ -85,9 +85,11 @@ def queue(redis_client: redis.Redis) -> Iterator[str]:
     """A queue name no other test (or concurrent test run) uses."""
     name = f"test-{uuid.uuid4().hex}"
     yield name
-    keys = list(redis_client.scan_iter(match=_queue_pattern(name), count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    # The queue's keys, and those of its shards 1 and up (docs/wire-format.md, "Shards").
+    for pattern in (_queue_pattern(name), f"atr-dist:{{{name}:*"):
+        keys = list(redis_client.scan_iter(match=pattern, count=1000))
+        if keys:
+            redis_client.delete(*keys)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ docs/wire-format.md gives) must read back, through ``Producer.status``, as the f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from atr_dist_producer import Producer
+from atr_dist_producer import Producer, shard_key, shard_of, shard_prefix
 from atr_dist_producer.errors import InvalidJob, JobIdConflict
 from atr_dist_producer.resources import script_source
 
@@ -215,3 +216,37 @@ def test_lifecycle_walks_read_as_documented(
                     "ids": [_name(_text(i)) for i in _text(f[b"ids"]).split(" ")]}
                    for _, f in entries]
             assert got == step["results"], at
+
+
+@pytest.mark.parametrize("case", _DOC["shards"]["cases"], ids=lambda c: str(c.get("key")))
+def test_shard_choice_is_as_documented(case: dict[str, Any]) -> None:
+    if "envelope" in case:
+        envelope: Any = _ENVELOPES[case["envelope"]]
+    else:
+        try:
+            envelope = json.loads(case["envelope_json"])
+        except ValueError:
+            envelope = None
+    key = shard_key(envelope) if isinstance(envelope, dict) else None
+    assert key == case["key"]
+    if "sha256_first_8_bytes" in case:
+        assert hashlib.sha256(key.encode()).hexdigest()[:16] == case["sha256_first_8_bytes"]
+    for count, want in case["shard"].items():
+        assert (shard_of(key, int(count)) if key is not None else 0) == want
+
+
+def test_sharded_enqueue_puts_each_job_on_the_documented_shard(
+    redis_client: redis.Redis, queue: str
+) -> None:
+    # What `atr-dist queue shards 3` writes (docs/wire-format.md, "Shards").
+    for shard in range(3):
+        redis_client.set(shard_prefix(queue, shard) + "format", "8")
+    redis_client.set(shard_prefix(queue, 0) + "shards", "3")
+    producer = Producer(redis_client, queue=queue)
+    cases = [c for c in _DOC["shards"]["cases"] if "envelope" in c]
+    producer.enqueue_many([_ENVELOPES[c["envelope"]] for c in cases])
+    for case in cases:
+        shard = case["shard"]["3"]
+        assert redis_client.hexists(shard_prefix(queue, shard) + "jobs", _id(case["envelope"]))
+        status = producer.status(_id(case["envelope"]))
+        assert status is not None and status.state == "queued"

@@ -117,6 +117,14 @@ pub enum QueueCommand {
     /// Move a queue written in wire format 1 to 6 to format 7 (docs/wire-format.md, "Versions").
     /// Stop every worker and producer first; running it again changes nothing.
     Migrate,
+    /// Show the queue's shard count, or set it (docs/wire-format.md, "Shards"): a sharded
+    /// queue spreads over several Redis Cluster masters. Lowering it is refused while the
+    /// shards to be dropped hold jobs.
+    Shards {
+        /// The new count, from 1 to 64; without it, the count is shown.
+        #[arg(value_parser = crate::queue::ShardCount::parse)]
+        count: Option<crate::queue::ShardCount>,
+    },
 }
 
 pub async fn jobs(
@@ -247,8 +255,12 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
                 .map(|(s, n)| vec![s.to_string(), n.to_string()])
                 .collect();
             outln!(
-                "queue {}{}",
+                "queue {}{}{}",
                 stats.queue,
+                match stats.shards {
+                    1 => String::new(),
+                    n => format!(", {n} shards"),
+                },
                 if stats.paused { " (paused)" } else { "" }
             );
             out!("{}", table(&["STATE", "JOBS"], &rows));
@@ -290,6 +302,29 @@ pub async fn queue_cmd(queue: &Queue, command: QueueCommand) -> Result<ExitCode,
         QueueCommand::Resume => {
             queue.resume().await.map_err(anyhow::Error::from)?;
             outln!("queue {} resumed", queue.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Shards { count: None } => {
+            let count = queue
+                .read_shard_count()
+                .await
+                .map_err(anyhow::Error::from)?;
+            outln!("queue {} has {} shard(s)", queue.name(), count.get());
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Shards { count: Some(to) } => {
+            let resize = queue.resize(to).await.map_err(anyhow::Error::from)?;
+            if resize.from == resize.to {
+                outln!("queue {} has {} shard(s) already", queue.name(), to.get());
+            } else {
+                outln!(
+                    "queue {} now has {} shard(s), from {}; workers serve the new count from \
+                     their next heartbeat (a third of a lease)",
+                    queue.name(),
+                    resize.to.get(),
+                    resize.from.get()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         QueueCommand::Migrate => {

@@ -427,8 +427,9 @@ impl Pipeline {
             Some(s) => Some(Arc::clone(s).acquire_owned().await),
             None => None,
         };
+        // Notes go to the job's own shard, where its events are.
         let notes = tokio::spawn(forward_notes(
-            self.queue.clone(),
+            self.queue.shard(job.shard),
             job.id.clone(),
             job.attempt,
             notes_rx,

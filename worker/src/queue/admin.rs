@@ -290,6 +290,10 @@ pub struct MinuteStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStats {
     pub queue: String,
+    /// The shards the queue is spread over (docs/wire-format.md, "Shards"); the other
+    /// figures add them up.
+    pub shards: u32,
+    /// True when any shard is paused (`queue pause` pauses them all).
     pub paused: bool,
     pub counts: BTreeMap<JobState, u64>,
     /// Age of the job at the head of `queued` (time since it became ready).
@@ -332,6 +336,15 @@ impl Retention {
             max_age_secs: (age > 0).then_some(age / 1000),
             max_jobs: (jobs > 0).then_some(jobs),
         })
+    }
+
+    /// The rule each of `shards` shards applies: the same age, and an even share of the
+    /// newest jobs kept (rounded up), so that the queue keeps about `max_jobs` in all.
+    pub fn per_shard(self, shards: u32) -> Retention {
+        Retention {
+            max_age_secs: self.max_age_secs,
+            max_jobs: self.max_jobs.map(|n| n.div_ceil(u64::from(shards.max(1)))),
+        }
     }
 
     /// In words, for `queue stats`.
@@ -465,11 +478,12 @@ impl Queue {
         Ok(out)
     }
 
-    /// One page of jobs matching `filter`, in each state's natural order; without a state,
-    /// states in lifecycle order (queued, scheduled, retrying, running, done, dead, cancelled).
-    /// There is no index by platform, release or kind: a filter on them reads the envelope of
-    /// every job scanned (500 per round trip) until the page is full, so on a large backlog
-    /// narrow it by state as well.
+    /// One page of jobs matching `filter`, in each state's natural order;
+    /// without a state, states in lifecycle order (queued, scheduled, retrying, running, done,
+    /// dead, cancelled). On a sharded queue each state is listed shard by shard, so its order
+    /// holds within a shard. There is no index by platform, release or kind: a filter on them
+    /// reads the envelope of every job scanned (500 per round trip) until the page is full, so
+    /// on a large backlog narrow it by state as well.
     pub async fn list(
         &self,
         filter: &JobFilter,
@@ -490,14 +504,20 @@ impl Queue {
             Some(s) => vec![s],
             None => STATES.to_vec(),
         };
-        // Cursor: "<state>:<offset>", where to resume scanning.
-        let (mut state_idx, mut offset) = parse_cursor(cursor, &states);
+        let shards = self.shard_count().await?.get();
+        // Cursor: "<state>:<offset>" (shard 0) or "<state>:<offset>:<shard>", where to resume.
+        let (mut state_idx, mut shard, mut offset) = parse_cursor(cursor, &states);
+        if shard >= shards {
+            // A cursor from before the queue lost shards: the next state.
+            (state_idx, shard, offset) = (state_idx + 1, 0, 0);
+        }
         let now = Utc::now();
         let mut jobs = Vec::new();
         const SCAN: isize = 500;
         while state_idx < states.len() {
             let (name, newest_first) = state_order(states[state_idx]);
-            let key = self.key(name);
+            let q = self.shard(shard);
+            let key = q.key(name);
             let start = offset as isize;
             let stop = start + SCAN - 1;
             let mut conn = self.conn.clone();
@@ -513,7 +533,7 @@ impl Queue {
                 (_, false) => conn.zrange(&key, start, stop).await?,
             };
             let scanned = ids.len();
-            for (i, job) in self.summaries(&ids).await?.into_iter().enumerate() {
+            for (i, job) in q.summaries(&ids).await?.into_iter().enumerate() {
                 if job.state != states[state_idx] || !filter.matches(&job, now) {
                     continue;
                 }
@@ -523,13 +543,17 @@ impl Queue {
                     let pos = offset + position_of(&ids, &jobs[jobs.len() - 1].id).unwrap_or(i) + 1;
                     return Ok(JobPage {
                         jobs,
-                        next_cursor: Some(format!("{}:{pos}", states[state_idx])),
+                        next_cursor: Some(cursor_text(states[state_idx], pos, shard)),
                     });
                 }
             }
             if scanned < SCAN as usize {
-                state_idx += 1;
                 offset = 0;
+                shard += 1;
+                if shard >= shards {
+                    shard = 0;
+                    state_idx += 1;
+                }
             } else {
                 offset += scanned;
             }
@@ -540,14 +564,42 @@ impl Queue {
         })
     }
 
+    /// The shard that holds each job of `ids` (`None`: no shard does), read with one HMGET
+    /// of `jobs` per shard.
+    async fn locate(&self, ids: &[String]) -> Result<Vec<Option<u32>>, QueueError> {
+        let mut out = vec![None; ids.len()];
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for q in self.shards().await? {
+            if out.iter().all(Option::is_some) {
+                break;
+            }
+            let records: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(q.key("jobs"))
+                .arg(ids)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            for (slot, record) in out.iter_mut().zip(records) {
+                if slot.is_none() && record.is_some() {
+                    *slot = Some(q.shard);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The job `given` names: its id in full, or a part of it, at least `MIN_ID_PART`
     /// characters of `0-9`, `a-f` and `-`, that its id starts or ends with (a `short_id`, or
     /// a prefix as git takes one). A part is looked for in every job id of the queue (`HSCAN`
     /// of `jobs`, so it takes as long as the queue holds jobs: about 0.1 s per 100,000).
     pub async fn resolve_id(&self, given: &str) -> Result<IdLookup, QueueError> {
         let mut conn = self.conn.clone();
-        if conn.hexists(self.key("jobs"), given).await? {
-            return Ok(IdLookup::Found(given.to_owned()));
+        let shards = self.shards().await?;
+        for q in &shards {
+            if conn.hexists(q.key("jobs"), given).await? {
+                return Ok(IdLookup::Found(given.to_owned()));
+            }
         }
         let part = given.to_ascii_lowercase();
         let searchable =
@@ -555,13 +607,31 @@ impl Queue {
         if !searchable {
             return Ok(IdLookup::NotFound);
         }
+        let mut found: Vec<String> = Vec::new();
+        // A match past the first `MAX_CANDIDATES`: the search stops there, and "…" says so.
+        let mut more = false;
+        for q in &shards {
+            if q.find_id_part(&part, &mut found).await? {
+                more = true;
+                break;
+            }
+        }
+        Ok(match found.len() {
+            0 => IdLookup::NotFound,
+            1 => IdLookup::Found(found.remove(0)),
+            _ => IdLookup::Ambiguous { ids: found, more },
+        })
+    }
+
+    /// Adds to `found` the ids of this shard's jobs that start or end with `part`, up to
+    /// `MAX_CANDIDATES` in all; true when a match beyond those was found (the scan stops
+    /// there).
+    async fn find_id_part(&self, part: &str, found: &mut Vec<String>) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
         // Only hex digits and hyphens: nothing in the pattern is a glob character.
         let pattern = format!("*{part}*");
-        let mut found: Vec<String> = Vec::new();
-        // A match past the first `MAX_CANDIDATES`: the scan stops there, and "…" says so.
-        let mut more = false;
         let mut cursor: u64 = 0;
-        'scan: loop {
+        loop {
             let (next, page): (u64, Vec<String>) = redis::cmd("HSCAN")
                 .arg(self.key("jobs"))
                 .arg(cursor)
@@ -575,28 +645,34 @@ impl Queue {
             // (An id HSCAN returns twice, as it may while the hash is resized, counts once.)
             for id in page.into_iter().step_by(2) {
                 let lower = id.to_ascii_lowercase();
-                if !(lower.starts_with(&part) || lower.ends_with(&part)) || found.contains(&id) {
+                if !(lower.starts_with(part) || lower.ends_with(part)) || found.contains(&id) {
                     continue;
                 }
                 if found.len() == MAX_CANDIDATES {
-                    more = true;
-                    break 'scan;
+                    return Ok(true);
                 }
                 found.push(id);
             }
             if next == 0 {
-                break;
+                return Ok(false);
             }
             cursor = next;
         }
-        Ok(match found.len() {
-            0 => IdLookup::NotFound,
-            1 => IdLookup::Found(found.remove(0)),
-            _ => IdLookup::Ambiguous { ids: found, more },
-        })
     }
 
+    /// The job `id` in full, from whichever shard holds it.
     pub async fn show(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
+        if self.shard_count().await?.get() == 1 {
+            return self.shard(0).show_here(id).await;
+        }
+        let ids = [id.to_owned()];
+        match self.locate(&ids).await?.first().copied().flatten() {
+            Some(shard) => self.shard(shard).show_here(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn show_here(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
         let ids = [id.to_owned()];
         let mut pipe = redis::pipe();
         pipe.cmd("LRANGE")
@@ -640,21 +716,26 @@ impl Queue {
         &self,
         ids: &[String],
     ) -> Result<Vec<Option<(JobState, u32)>>, QueueError> {
+        let mut out = vec![None; ids.len()];
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        let records: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.key("jobs"))
-            .arg(ids)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(records
-            .into_iter()
-            .map(|record| {
-                let record = JobRecord::parse(&record?);
-                Some((record.state?, record.attempt))
-            })
-            .collect())
+        for q in self.shards().await? {
+            let records: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(q.key("jobs"))
+                .arg(ids)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            for (slot, record) in out.iter_mut().zip(records) {
+                if slot.is_none()
+                    && let Some(record) = record
+                {
+                    let record = JobRecord::parse(&record);
+                    *slot = record.state.map(|state| (state, record.attempt));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Queues dead or cancelled jobs again. Returns, per id, what it did.
@@ -708,6 +789,8 @@ impl Queue {
         self.per_id_script(&SCRIPTS.cancel, ids, message).await
     }
 
+    /// Runs `retry.lua` or `cancel.lua` for `ids`, each on the shard that holds it; an id
+    /// no shard holds is `NotFound`.
     async fn per_id_script(
         &self,
         script: &redis::Script,
@@ -717,6 +800,35 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        if self.shard_count().await?.get() == 1 {
+            return self.shard(0).per_id_script_here(script, ids, message).await;
+        }
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, shard) in self.locate(ids).await?.into_iter().enumerate() {
+            if let Some(shard) = shard {
+                by_shard.entry(shard).or_default().push(i);
+            }
+        }
+        let mut out = vec![AdminReply::NotFound; ids.len()];
+        for (shard, positions) in by_shard {
+            let some: Vec<String> = positions.iter().map(|&i| ids[i].clone()).collect();
+            let replies = self
+                .shard(shard)
+                .per_id_script_here(script, &some, message)
+                .await?;
+            for (i, reply) in positions.into_iter().zip(replies) {
+                out[i] = reply;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn per_id_script_here(
+        &self,
+        script: &redis::Script,
+        ids: &[String],
+        message: &str,
+    ) -> Result<Vec<AdminReply>, QueueError> {
         let mut inv = script.key(self.key("queued"));
         inv.arg(&self.prefix).arg(message);
         for id in ids {
@@ -747,47 +859,83 @@ impl Queue {
         }
         const LIMIT: u64 = 1000;
         let mut total = 0;
-        loop {
-            let n: u64 = SCRIPTS
-                .purge
-                .key(self.key("queued"))
-                .arg(&self.prefix)
-                .arg(state.as_str())
-                .arg(older_than.as_millis() as u64)
-                .arg(LIMIT)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
-            total += n;
-            if n < LIMIT {
-                return Ok(total);
+        for q in self.shards().await? {
+            loop {
+                let n: u64 = SCRIPTS
+                    .purge
+                    .key(q.key("queued"))
+                    .arg(&q.prefix)
+                    .arg(state.as_str())
+                    .arg(older_than.as_millis() as u64)
+                    .arg(LIMIT)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                total += n;
+                if n < LIMIT {
+                    break;
+                }
             }
         }
+        Ok(total)
     }
 
     /// Stops `fetch` from handing out jobs; running jobs finish.
+    /// Every shard.
     pub async fn pause(&self) -> Result<(), QueueError> {
-        let _: () = self
-            .conn
-            .clone()
-            .set(self.key("paused"), Utc::now().timestamp_millis())
-            .await?;
+        let now = Utc::now().timestamp_millis();
+        for q in self.shards().await? {
+            let _: () = self.conn.clone().set(q.key("paused"), now).await?;
+        }
         Ok(())
     }
 
     pub async fn resume(&self) -> Result<(), QueueError> {
-        let _: () = self.conn.clone().del(self.key("paused")).await?;
-        // Workers that found the queue paused wait for a wake-up: no script that makes work
-        // ready runs while nothing is queued, so resuming wakes them itself.
-        let _: u64 = SCRIPTS
-            .wake
-            .key(self.key("queued"))
-            .arg(&self.prefix)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        for q in self.shards().await? {
+            let _: () = self.conn.clone().del(q.key("paused")).await?;
+            // Workers that found the queue paused wait for a wake-up: no script that makes
+            // work ready runs while nothing is queued, so resuming wakes them itself.
+            let _: u64 = SCRIPTS
+                .wake
+                .key(q.key("queued"))
+                .arg(&q.prefix)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+        }
         Ok(())
     }
 
+    /// The queue's figures, every shard's added up.
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let shards = self.shards().await?;
+        let mut total = shards[0].shard_stats().await?;
+        for q in &shards[1..] {
+            let more = q.shard_stats().await?;
+            total.paused |= more.paused;
+            for (state, n) in more.counts {
+                *total.counts.entry(state).or_default() += n;
+            }
+            total.oldest_queued_age_secs =
+                match (total.oldest_queued_age_secs, more.oldest_queued_age_secs) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            for (name, n) in more.totals {
+                *total.totals.entry(name).or_default() += n;
+            }
+            for (minute, add) in total.last_hour.iter_mut().zip(more.last_hour) {
+                minute.enqueued += add.enqueued;
+                minute.done += add.done;
+                minute.failed += add.failed;
+                minute.dead += add.dead;
+            }
+        }
+        total.shards = shards.len() as u32;
+        Ok(total)
+    }
+
+    /// This shard's figures; workers and retention are shard 0's, where every worker
+    /// registers and announces.
+    async fn shard_stats(&self) -> Result<QueueStats, QueueError> {
         let now = Utc::now();
         let this_minute = now.timestamp_millis() / 60_000;
         let mut pipe = redis::pipe();
@@ -858,15 +1006,20 @@ impl Queue {
             }
             None => None,
         };
-        let workers = self.live_workers().await?;
-        let announced: BTreeMap<String, String> =
-            self.conn.clone().hgetall(self.key("retention")).await?;
+        let (workers, announced): (u64, BTreeMap<String, String>) = match self.shard {
+            0 => (
+                self.live_workers().await?,
+                self.conn.clone().hgetall(self.key("retention")).await?,
+            ),
+            _ => (0, BTreeMap::new()),
+        };
         let retention = announced
             .iter()
             .filter_map(|(state, rule)| Some((state.parse().ok()?, Retention::from_field(rule)?)))
             .collect();
         Ok(QueueStats {
             queue: self.name.clone(),
+            shards: 1,
             paused,
             counts,
             oldest_queued_age_secs,
@@ -886,7 +1039,8 @@ impl Queue {
             return Ok(());
         }
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.key("retention"));
+        // In shard 0, where `queue stats` reads it.
+        cmd.arg(format!("{}retention", super::key_prefix(&self.name)));
         for (state, rule) in rules {
             cmd.arg(state.as_str()).arg(rule.to_field());
         }
@@ -925,13 +1079,18 @@ impl Queue {
             .await?)
     }
 
-    /// Workers whose heartbeat has not run out.
+    /// Workers whose heartbeat has not run out: those of shard 0, where every worker of the
+    /// queue heartbeats.
     pub async fn live_workers(&self) -> Result<u64, QueueError> {
         let now = Utc::now().timestamp_millis();
         Ok(self
             .conn
             .clone()
-            .zcount(self.key("workers"), now, "+inf")
+            .zcount(
+                format!("{}workers", super::key_prefix(&self.name)),
+                now,
+                "+inf",
+            )
             .await?)
     }
 }
@@ -940,12 +1099,23 @@ fn position_of(ids: &[String], id: &str) -> Option<usize> {
     ids.iter().position(|x| x == id)
 }
 
-fn parse_cursor(cursor: Option<&str>, states: &[JobState]) -> (usize, usize) {
-    let Some((state, offset)) = cursor.and_then(|c| c.split_once(':')) else {
-        return (0, 0);
+/// Where a listing resumes: `(state index, shard, offset)`, from a cursor
+/// `<state>:<offset>` (shard 0) or `<state>:<offset>:<shard>`.
+fn parse_cursor(cursor: Option<&str>, states: &[JobState]) -> (usize, u32, usize) {
+    let Some((state, rest)) = cursor.and_then(|c| c.split_once(':')) else {
+        return (0, 0, 0);
     };
+    let (offset, shard) = rest.split_once(':').unwrap_or((rest, "0"));
     let idx = states.iter().position(|s| s.as_str() == state).unwrap_or(0);
-    (idx, offset.parse().unwrap_or(0))
+    (idx, shard.parse().unwrap_or(0), offset.parse().unwrap_or(0))
+}
+
+/// The cursor `parse_cursor` reads; shard 0's is as an unsharded queue's always was.
+fn cursor_text(state: JobState, offset: usize, shard: u32) -> String {
+    match shard {
+        0 => format!("{state}:{offset}"),
+        shard => format!("{state}:{offset}:{shard}"),
+    }
 }
 
 /// What a summary shows of the envelope. Read leniently: a malformed envelope (often the
@@ -1074,6 +1244,16 @@ mod tests {
         for bad in ["queued", "changed", "changed lost", "moved queued", ""] {
             assert_eq!(AdminReply::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cursors_name_the_shard_beyond_shard_0() {
+        let states = [JobState::Queued, JobState::Done];
+        assert_eq!(parse_cursor(None, &states), (0, 0, 0));
+        assert_eq!(cursor_text(JobState::Done, 500, 0), "done:500");
+        assert_eq!(parse_cursor(Some("done:500"), &states), (1, 0, 500));
+        assert_eq!(cursor_text(JobState::Done, 7, 3), "done:7:3");
+        assert_eq!(parse_cursor(Some("done:7:3"), &states), (1, 3, 7));
     }
 
     #[test]

@@ -12,8 +12,13 @@ use super::admin::state_order;
 use super::scripts::SCRIPTS;
 use super::{Queue, QueueError};
 
-/// The wire format this code speaks (docs/wire-format.md).
+/// The wire format of a queue that was never sharded, which this code speaks, and gives a
+/// new queue (docs/wire-format.md).
 pub const FORMAT: &str = "7";
+
+/// The wire format of a queue that may be sharded: version 7's layout, marked so that
+/// version 7 clients, which know one shard only, refuse it (docs/wire-format.md, "Shards").
+pub const FORMAT_SHARDED: &str = "8";
 
 /// Jobs per script call: a step stays short, so Redis keeps answering others meanwhile.
 const STEP: u64 = 500;
@@ -48,15 +53,15 @@ impl Queue {
     pub async fn check_format(&self) -> Result<(), QueueError> {
         let (format, holds_jobs) = self.format_and_holds_jobs().await?;
         match format.as_deref() {
-            Some(FORMAT) => Ok(()),
+            Some(FORMAT | FORMAT_SHARDED) => Ok(()),
             Some(old @ ("2" | "3" | "4" | "5" | "6")) => Err(QueueError::NotNow(format!(
                 "queue {} is in wire format {old}; this atr-dist speaks format {FORMAT}: stop \
                  its workers and producers and run `atr-dist queue migrate`",
                 self.name
             ))),
             Some(other) => Err(QueueError::NotNow(format!(
-                "queue {} is in wire format {other}; this atr-dist speaks format {FORMAT} \
-                 (docs/wire-format.md, \"Versions\")",
+                "queue {} is in wire format {other}; this atr-dist speaks formats {FORMAT} and \
+                 {FORMAT_SHARDED} (docs/wire-format.md, \"Versions\")",
                 self.name
             ))),
             None if holds_jobs => Err(QueueError::NotNow(format!(
@@ -95,7 +100,7 @@ impl Queue {
         }
         let mut report = MigrationReport::default();
         let (format, _) = self.format_and_holds_jobs().await?;
-        if format.as_deref() == Some(FORMAT) {
+        if format.as_deref().is_some_and(super::shards::speaks) {
             report.jobs = self.stats().await?.counts.values().sum();
             return Ok(report);
         }

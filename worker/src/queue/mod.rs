@@ -11,6 +11,7 @@ mod migrate;
 pub mod note;
 pub mod pool;
 mod scripts;
+pub mod shards;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,8 +25,9 @@ pub use admin::{
     MinuteStats, PageLimit, QueueStats, Retention, SHORT_ID_LEN, ambiguous_id, short_id,
 };
 pub use conn::RedisConn;
-pub use migrate::{FORMAT, MigrationReport};
+pub use migrate::{FORMAT, FORMAT_SHARDED, MigrationReport};
 pub use scripts::ENQUEUE_LUA;
+pub use shards::{MAX_SHARDS, ShardCount, ShardResize, shard_key, shard_of, shard_prefix};
 
 use scripts::SCRIPTS;
 
@@ -63,14 +65,24 @@ fn protocol(script: &'static str, detail: impl Into<String>) -> QueueError {
 }
 
 /// A handle on one queue. Cheap to clone: the connection is multiplexed.
+///
+/// A queue may be sharded over several hash tags (docs/wire-format.md, "Shards"). A handle
+/// addresses one shard, shard 0 unless made by [`Queue::shard`]: the worker's operations
+/// (fetch, heartbeat, ack, note) act on the handle's shard; enqueue and the operator's views
+/// and levers (stats, list, show, retry, cancel, purge, pause, resume) act on the whole
+/// queue, whichever shard the handle addresses.
 #[derive(Clone)]
 pub struct Queue {
     conn: RedisConn,
     name: String,
+    /// The shard this handle addresses; 0 for an unsharded queue.
+    shard: u32,
     prefix: String,
     queued_key: String,
     /// Where distribution locks live: outside every queue ([`lock::LOCKS`]).
     locks: String,
+    /// The queue's shard count as last read, shared by the clones of a handle.
+    shards: std::sync::Arc<shards::ShardCache>,
 }
 
 /// What a producer hands to `enqueue_raw`: the envelope as JSON, its idempotency key and
@@ -106,6 +118,8 @@ pub struct Enqueued {
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub id: String,
+    /// The shard the job was leased from: its ack, heartbeat and notes go there.
+    pub shard: u32,
     /// The lease token,
     /// `<max_attempts> <enqueued_ms> <batch> <attempt> <started_ms> <worker_id>`:
     /// acks and heartbeats present it, and Redis honours them only while the job's record
@@ -248,10 +262,35 @@ impl Queue {
         Queue {
             conn,
             name: name.to_owned(),
+            shard: 0,
             queued_key: format!("{prefix}queued"),
             prefix,
             locks: lock::LOCKS.to_owned(),
+            shards: Default::default(),
         }
+    }
+
+    /// A handle on shard `shard` of this queue (docs/wire-format.md, "Shards"), sharing this
+    /// one's connection, lock namespace and shard count.
+    pub fn shard(&self, shard: u32) -> Queue {
+        if shard == self.shard {
+            return self.clone();
+        }
+        let prefix = shard_prefix(&self.name, shard);
+        Queue {
+            conn: self.conn.clone(),
+            name: self.name.clone(),
+            shard,
+            queued_key: format!("{prefix}queued"),
+            prefix,
+            locks: self.locks.clone(),
+            shards: std::sync::Arc::clone(&self.shards),
+        }
+    }
+
+    /// The shard this handle addresses.
+    pub fn shard_index(&self) -> u32 {
+        self.shard
     }
 
     /// This handle with its distribution locks under `namespace` instead of
@@ -273,6 +312,7 @@ impl Queue {
         &self.name
     }
 
+    /// The key prefix of the shard this handle addresses (`atr-dist:{<queue>}:` for shard 0).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -319,13 +359,11 @@ impl Queue {
     /// it cannot read. For producers that validated already, and for tests of that path.
     /// Ids must differ within a call of `enqueue.lua` (`ENQUEUE_CHUNK` jobs); a repeated id is
     /// refused before anything is sent.
+    ///
+    /// On a sharded queue each job goes to the shard of its distribution ([`shard_key`],
+    /// [`shard_of`]), one call per shard and run of jobs; calls to different shards are
+    /// separate transactions. The answers come back in the order of `jobs`.
     pub async fn enqueue_raw(&self, jobs: &[RawJob]) -> Result<Vec<Enqueued>, QueueError> {
-        let when = |job: &RawJob| {
-            (
-                job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0),
-                job.max_attempts,
-            )
-        };
         // The script refuses it too, but only for its own call: refused here, nothing of a
         // bulk enqueue is sent.
         if let Some(job) = jobs.iter().find(|job| job.max_attempts == 0) {
@@ -334,24 +372,53 @@ impl Queue {
                 reason: "max_attempts must be a whole number >= 1, not 0".into(),
             });
         }
-        // `enqueue.lua` takes one run_at and max_attempts per call: one call per run of jobs
-        // that share them, of at most ENQUEUE_CHUNK jobs.
-        let calls: Vec<&[RawJob]> = jobs
-            .chunk_by(|a, b| when(a) == when(b))
-            .flat_map(|run| run.chunks(ENQUEUE_CHUNK))
-            .collect();
-        for chunk in &calls {
-            let mut seen = std::collections::HashSet::with_capacity(chunk.len());
-            if let Some(job) = chunk.iter().find(|job| !seen.insert(job.id.as_str())) {
-                return Err(QueueError::Refused {
-                    id: job.id.clone(),
-                    reason: "more than one job of this call has this id".into(),
-                });
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = self.shard_count().await?.get();
+        let mut by_shard: BTreeMap<u32, Vec<&RawJob>> = BTreeMap::new();
+        let mut positions: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            // A job whose envelope names no distribution (it is dead-lettered when leased)
+            // goes to shard 0.
+            let shard = match count {
+                1 => 0,
+                n => shard_key(&job.envelope).map_or(0, |key| shard_of(&key, n)),
+            };
+            by_shard.entry(shard).or_default().push(job);
+            positions.entry(shard).or_default().push(i);
+        }
+        // Every call of every shard is checked before anything is sent.
+        let mut plans = Vec::with_capacity(by_shard.len());
+        for (shard, jobs) in &by_shard {
+            plans.push((*shard, enqueue_calls(jobs)?));
+        }
+        // The shards' calls go at once: on a cluster they are served by several masters.
+        let sent =
+            futures::future::try_join_all(plans.into_iter().map(|(shard, calls)| async move {
+                let answers = self.shard(shard).send_enqueue_calls(calls).await?;
+                Ok::<_, QueueError>((shard, answers))
+            }))
+            .await?;
+        let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        for (shard, answers) in sent {
+            for (&i, answer) in positions[&shard].iter().zip(answers) {
+                out[i] = Some(answer);
             }
         }
-        let mut out = Vec::with_capacity(jobs.len());
+        out.into_iter()
+            .map(|answer| answer.ok_or_else(|| protocol("enqueue.lua", "a job without an answer")))
+            .collect()
+    }
+
+    /// Sends the calls of `enqueue_calls` to this handle's shard, and reads their answers.
+    async fn send_enqueue_calls(
+        &self,
+        calls: Vec<&[&RawJob]>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let mut out = Vec::with_capacity(calls.iter().map(|c| c.len()).sum());
         for chunk in calls {
-            let (run_at, max_attempts) = when(&chunk[0]);
+            let (run_at, max_attempts) = call_timing(chunk[0]);
             let reply = self.enqueue_call(chunk, run_at, max_attempts).await?;
             if reply.len() != 2 * chunk.len() {
                 return Err(protocol(
@@ -387,7 +454,7 @@ impl Queue {
     /// whose script was not loaded left behind.
     async fn enqueue_call(
         &self,
-        chunk: &[RawJob],
+        chunk: &[&RawJob],
         run_at: i64,
         max_attempts: u32,
     ) -> Result<Vec<Value>, QueueError> {
@@ -487,6 +554,7 @@ impl Queue {
             batches.push(batch);
             out.push(Leased {
                 id: redis::from_redis_value_ref(id)?,
+                shard: self.shard,
                 token,
                 attempt,
                 max_attempts,
@@ -729,6 +797,34 @@ impl Queue {
         }
         Ok(out)
     }
+}
+
+/// `run_at_ms` and `max_attempts` of a job as `enqueue.lua` takes them, once per call.
+fn call_timing(job: &RawJob) -> (i64, u32) {
+    (
+        job.run_at.map(|t| t.timestamp_millis().max(0)).unwrap_or(0),
+        job.max_attempts,
+    )
+}
+
+/// The `enqueue.lua` calls for `jobs` of one shard: one per run of jobs that share their
+/// `run_at` and `max_attempts` (the script takes them once per call), of at most
+/// `ENQUEUE_CHUNK` jobs; refused when a call would repeat an id.
+fn enqueue_calls<'a>(jobs: &'a [&'a RawJob]) -> Result<Vec<&'a [&'a RawJob]>, QueueError> {
+    let calls: Vec<&[&RawJob]> = jobs
+        .chunk_by(|a, b| call_timing(a) == call_timing(b))
+        .flat_map(|run| run.chunks(ENQUEUE_CHUNK))
+        .collect();
+    for chunk in &calls {
+        let mut seen = std::collections::HashSet::with_capacity(chunk.len());
+        if let Some(job) = chunk.iter().find(|job| !seen.insert(job.id.as_str())) {
+            return Err(QueueError::Refused {
+                id: job.id.clone(),
+                reason: "more than one job of this call has this id".into(),
+            });
+        }
+    }
+    Ok(calls)
 }
 
 /// A job record in the queue's `jobs` hash (docs/wire-format.md, "Keys"):

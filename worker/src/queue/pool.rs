@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,8 @@ pub enum Completion {
 #[derive(Debug, Clone)]
 pub struct RunningJob {
     pub id: String,
+    /// The shard the job was leased from (docs/wire-format.md, "Shards"): where its notes go.
+    pub shard: u32,
     /// The attempt's lease token (docs/wire-format.md, "lease token"): what tells this
     /// attempt from an earlier or later one of the same job.
     pub token: String,
@@ -223,6 +225,8 @@ impl PoolConfig {
 }
 
 struct Held {
+    /// The shard the job was leased from.
+    shard: u32,
     token: String,
     cancel: CancellationToken,
     stop: StopSignal,
@@ -233,7 +237,8 @@ type AckDone = Box<dyn FnOnce(Result<AckResult, String>) + Send>;
 
 /// A request to the acker: record an ack, or answer once every earlier ack is recorded.
 enum AckRequest {
-    Ack(Ack, AckDone),
+    /// An ack for a job of the given shard.
+    Ack(u32, Ack, AckDone),
     Flush(oneshot::Sender<()>),
 }
 
@@ -249,8 +254,90 @@ pub(super) struct Shared {
     /// Attempts whose handler is running now; `attempts_ended` is notified as each ends.
     running_attempts: std::sync::atomic::AtomicUsize,
     attempts_ended: tokio::sync::Notify,
-    /// The connection idle waits block on (`BLPOP`); `None`: the pool polls.
-    blocking: Option<RedisConn>,
+    /// The shards this pool serves, as the heartbeat last read their count.
+    shards: Mutex<Arc<ShardSet>>,
+    /// Where the next fetch starts, counted up by each: shards take turns.
+    next_shard: AtomicUsize,
+    /// How long each shard let this pool wait, by the last fetch round that leased nothing.
+    waits: Mutex<Vec<Duration>>,
+    /// Rung by a shard's waiter when a wake-up arrives.
+    wake: Arc<WakeSignal>,
+    /// Stops the shards' waiters when the pool stops.
+    stop_waiters: CancellationToken,
+}
+
+/// The shards a pool serves: a handle and (with wake-ups) a waiter per shard, shard 0 first.
+struct ShardSet {
+    queues: Vec<Queue>,
+    waiters: Vec<Arc<Waiter>>,
+}
+
+/// One shard's wake-ups: while `until` is ahead, its task blocks on the shard's `wake`
+/// list (`BLPOP`, on a connection of its own), because this pool is registered in the
+/// shard's `idle` set until then. A blocking command cannot wait on keys of several
+/// cluster slots, so a sharded queue needs one such wait per shard; and as a `BLPOP` cannot
+/// be taken back once sent, each runs to its end in its own task, and its token is never
+/// lost: it was pushed for this pool's registration.
+struct Waiter {
+    until: Mutex<Option<tokio::time::Instant>>,
+    armed: tokio::sync::Notify,
+    stop: CancellationToken,
+}
+
+impl Waiter {
+    fn arm(&self, until: tokio::time::Instant) {
+        if let Ok(mut at) = self.until.lock() {
+            *at = Some(until);
+        }
+        self.armed.notify_one();
+    }
+}
+
+/// What a waiter rings: the pool waiting for work wakes, and fetches first from `shard`.
+#[derive(Default)]
+struct WakeSignal {
+    notify: tokio::sync::Notify,
+    /// The shard of the last wake-up, plus one; 0: none since the last fetch.
+    shard: AtomicU32,
+}
+
+/// Blocks on `queue`'s `wake` list whenever `waiter` is armed, until its stop.
+async fn run_waiter(queue: Queue, mut conn: RedisConn, waiter: Arc<Waiter>, wake: Arc<WakeSignal>) {
+    loop {
+        // Made before `until` is read, so that an arming in between is not missed.
+        let armed = waiter.armed.notified();
+        let until = waiter.until.lock().ok().and_then(|at| *at);
+        let now = tokio::time::Instant::now();
+        let Some(until) = until.filter(|at| *at > now) else {
+            tokio::select! {
+                () = waiter.stop.cancelled() => return,
+                () = armed => continue,
+            }
+        };
+        let woken = tokio::select! {
+            () = waiter.stop.cancelled() => return,
+            woken = queue.wait_for_wake(&mut conn, until - now) => woken,
+        };
+        match woken {
+            Ok(true) => {
+                if let Ok(mut at) = waiter.until.lock() {
+                    *at = None;
+                }
+                wake.shard.store(queue.shard_index() + 1, Ordering::Relaxed);
+                wake.notify.notify_one();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // The fetch worked, so Redis is there: it may not serve blocking commands
+                // (some proxies do not). The pool fetches again when its wait is over.
+                tracing::warn!(error = %e, shard = queue.shard_index(), "waiting for a wake-up failed; sleeping instead");
+                tokio::select! {
+                    () = waiter.stop.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+        }
+    }
 }
 
 impl Feed for Shared {
@@ -271,21 +358,58 @@ impl Feed for Shared {
     }
 
     fn wakes(&self) -> bool {
-        self.blocking.is_some()
+        self.config.wake_ups
     }
 
+    /// Fetches from one shard after another, starting where the last wake-up came from, or
+    /// else one shard further than the last fetch, until one leases jobs: so every shard
+    /// gets its turn, and one fetch costs one round trip under load. A round that leases
+    /// nothing has registered this pool as waiting in every shard.
     fn lease(
         self: Arc<Self>,
         n: usize,
         wait: Duration,
     ) -> BoxFuture<'static, Result<Fetched, QueueError>> {
         async move {
-            let fetched = self
-                .queue
-                .fetch_or_wait(&self.worker_id, self.config.lease, n, wait)
-                .await?;
-            self.hold(&fetched.jobs);
-            Ok(fetched)
+            let set = self.shard_set();
+            let count = set.queues.len();
+            let first = match self.wake.shard.swap(0, Ordering::Relaxed) {
+                woken @ 1.. if (woken as usize) <= count => woken as usize - 1,
+                _ => self.next_shard.fetch_add(1, Ordering::Relaxed) % count,
+            };
+            let mut waits = vec![Duration::ZERO; count];
+            let mut failed = None;
+            for k in 0..count {
+                let shard = (first + k) % count;
+                match set.queues[shard]
+                    .fetch_or_wait(&self.worker_id, self.config.lease, n, wait)
+                    .await
+                {
+                    Ok(fetched) if !fetched.jobs.is_empty() => {
+                        self.hold(&fetched.jobs);
+                        return Ok(fetched);
+                    }
+                    Ok(fetched) => waits[shard] = fetched.wait,
+                    // One shard away (its master failing over) does not stop the others.
+                    Err(e) if count > 1 => {
+                        tracing::warn!(error = %e, shard, "fetching from a shard failed");
+                        failed = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            // The soonest any shard has work due; zero when one has some now.
+            let wait = waits.iter().copied().min().unwrap_or_default();
+            if let Ok(mut last) = self.waits.lock() {
+                *last = waits;
+            }
+            Ok(Fetched {
+                jobs: Vec::new(),
+                wait,
+            })
         }
         .boxed()
     }
@@ -295,11 +419,22 @@ impl Feed for Shared {
         wait: Duration,
     ) -> BoxFuture<'static, Result<(), QueueError>> {
         async move {
-            let Some(mut conn) = self.blocking.clone() else {
+            if !self.config.wake_ups {
                 tokio::time::sleep(wait).await;
                 return Ok(());
-            };
-            self.queue.wait_for_wake(&mut conn, wait).await?;
+            }
+            let set = self.shard_set();
+            let waits = self.waits.lock().map(|w| w.clone()).unwrap_or_default();
+            let now = tokio::time::Instant::now();
+            for (waiter, shard_wait) in set.waiters.iter().zip(waits) {
+                if !shard_wait.is_zero() {
+                    waiter.arm(now + shard_wait);
+                }
+            }
+            tokio::select! {
+                () = self.wake.notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
             Ok(())
         }
         .boxed()
@@ -307,7 +442,7 @@ impl Feed for Shared {
 
     fn release(self: Arc<Self>, jobs: Vec<Leased>, why: &'static str) -> BoxFuture<'static, ()> {
         async move {
-            self.release_leases(jobs.iter().map(Leased::lease), why)
+            self.release_leases(jobs.iter().map(|job| (job.shard, job.lease())), why)
                 .await
         }
         .boxed()
@@ -327,12 +462,77 @@ pub struct Counters {
 }
 
 impl Shared {
+    fn shard_set(&self) -> Arc<ShardSet> {
+        match self.shards.lock() {
+            Ok(set) => Arc::clone(&set),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// A handle on `shard`: the pool's own, or a new one for a shard beyond the queue's
+    /// count (a job leased before the count was lowered).
+    fn shard_queue(&self, shard: u32) -> Queue {
+        self.shard_set()
+            .queues
+            .get(shard as usize)
+            .cloned()
+            .unwrap_or_else(|| self.queue.shard(shard))
+    }
+
+    /// Reads the queue's shard count, and serves the shards it adds or stops serving those
+    /// it drops (their jobs this pool holds still get their heartbeats and acks).
+    async fn refresh_shards(&self) -> Result<(), QueueError> {
+        let count = self.queue.read_shard_count().await?.get() as usize;
+        let set = self.shard_set();
+        if count == set.queues.len() {
+            return Ok(());
+        }
+        let mut waiters: Vec<Arc<Waiter>> = set.waiters.iter().take(count).cloned().collect();
+        for gone in set.waiters.iter().skip(count) {
+            gone.stop.cancel();
+        }
+        let queues: Vec<Queue> = (0..count as u32).map(|i| self.queue.shard(i)).collect();
+        if self.config.wake_ups {
+            for queue in queues.iter().skip(waiters.len()) {
+                waiters.push(self.start_waiter(queue.clone()).await?);
+            }
+        }
+        tracing::info!(
+            queue = self.queue.name(),
+            from = set.queues.len(),
+            to = count,
+            "the queue's shard count changed"
+        );
+        if let Ok(mut shards) = self.shards.lock() {
+            *shards = Arc::new(ShardSet { queues, waiters });
+        }
+        Ok(())
+    }
+
+    /// A waiter for `queue`'s shard, on a connection of its own.
+    async fn start_waiter(&self, queue: Queue) -> Result<Arc<Waiter>, QueueError> {
+        let conn = queue.connection().dedicated().await?;
+        let waiter = Arc::new(Waiter {
+            until: Mutex::new(None),
+            armed: tokio::sync::Notify::new(),
+            stop: self.stop_waiters.child_token(),
+        });
+        tokio::spawn(run_waiter(
+            queue,
+            conn,
+            Arc::clone(&waiter),
+            Arc::clone(&self.wake),
+        ));
+        Ok(waiter)
+    }
+
     fn hold(&self, jobs: &[Leased]) {
         if let Ok(mut held) = self.held.lock() {
             for job in jobs {
                 held.insert(
                     job.id.clone(),
                     Held {
+                        shard: job.shard,
                         token: job.token.clone(),
                         cancel: CancellationToken::new(),
                         stop: StopSignal::default(),
@@ -389,14 +589,18 @@ impl Shared {
         }
     }
 
-    fn held_leases(&self) -> Vec<Lease> {
+    /// The leases held, each with its shard.
+    fn held_leases(&self) -> Vec<(u32, Lease)> {
         self.held
             .lock()
             .map(|h| {
                 h.iter()
-                    .map(|(id, held)| Lease {
-                        id: id.clone(),
-                        token: held.token.clone(),
+                    .map(|(id, held)| {
+                        let lease = Lease {
+                            id: id.clone(),
+                            token: held.token.clone(),
+                        };
+                        (held.shard, lease)
                     })
                     .collect()
             })
@@ -413,9 +617,10 @@ impl Shared {
     /// stays held (its lease renewed, counted against the room for new fetches) until then,
     /// but its concurrency slot is free at once: a slot waiting for an ack round trip would
     /// leave the pool's throughput bounded by Redis's latency rather than its capacity.
-    fn ack(&self, ack: Ack, done: AckDone) {
-        if let Err(mpsc::error::SendError(request)) = self.acks.send(AckRequest::Ack(ack, done))
-            && let AckRequest::Ack(ack, done) = request
+    fn ack(&self, shard: u32, ack: Ack, done: AckDone) {
+        if let Err(mpsc::error::SendError(request)) =
+            self.acks.send(AckRequest::Ack(shard, ack, done))
+            && let AckRequest::Ack(_, ack, done) = request
         {
             self.forget(&ack.lease.id);
             done(Err("the acker has stopped".to_owned()));
@@ -430,26 +635,23 @@ impl Shared {
         }
     }
 
-    /// Hands jobs back unfinished; their attempts do not count.
-    async fn release_leases(&self, leases: impl IntoIterator<Item = Lease>, why: &str) {
-        let acks: Vec<Ack> = leases
-            .into_iter()
-            .map(|lease| Ack {
+    /// Hands jobs back unfinished, each to its shard; their attempts do not count.
+    async fn release_leases(&self, leases: impl IntoIterator<Item = (u32, Lease)>, why: &str) {
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<Ack>> = Default::default();
+        for (shard, lease) in leases {
+            self.forget(&lease.id);
+            by_shard.entry(shard).or_default().push(Ack {
                 lease,
                 outcome: AckOutcome::Release {
                     message: why.to_owned(),
                 },
                 result: String::new(),
-            })
-            .collect();
-        if acks.is_empty() {
-            return;
+            });
         }
-        for ack in &acks {
-            self.forget(&ack.lease.id);
-        }
-        if let Err(e) = self.queue.ack(&acks).await {
-            tracing::warn!(error = %e, jobs = acks.len(), "releasing jobs failed; their leases will expire instead");
+        for (shard, acks) in by_shard {
+            if let Err(e) = self.shard_queue(shard).ack(&acks).await {
+                tracing::warn!(error = %e, jobs = acks.len(), shard, "releasing jobs failed; their leases will expire instead");
+            }
         }
     }
 
@@ -481,12 +683,14 @@ async fn run_acker(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequ
                 break;
             }
         }
+        let mut shards = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
         let mut callbacks = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for request in batch.drain(..) {
             match request {
-                AckRequest::Ack(ack, done) => {
+                AckRequest::Ack(shard, ack, done) => {
+                    shards.push(shard);
                     acks.push(ack);
                     callbacks.push(done);
                 }
@@ -496,16 +700,38 @@ async fn run_acker(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequ
         let Some(pool) = shared.upgrade() else {
             return;
         };
-        if !acks.is_empty() {
-            let mut result = pool.queue.ack(&acks).await;
-            if let Err(e) = &result {
-                // One retry after a pause covers a Redis failover or a dropped connection.
-                // An ack that was applied before the connection dropped is `stale` the second
-                // time, and changes nothing.
-                tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                result = pool.queue.ack(&acks).await;
-            }
+        // One script call per shard among the acks (one, unsharded), all sent at once: on a
+        // cluster they are served by several masters.
+        let mut order: Vec<usize> = (0..acks.len()).collect();
+        order.sort_by_key(|&i| shards[i]);
+        let mut acks: Vec<Option<Ack>> = acks.into_iter().map(Some).collect();
+        let mut callbacks: Vec<Option<AckDone>> = callbacks.into_iter().map(Some).collect();
+        let groups: Vec<(Queue, Vec<Ack>, Vec<AckDone>)> = order
+            .chunk_by(|&a, &b| shards[a] == shards[b])
+            .map(|group| {
+                (
+                    pool.shard_queue(shards[group[0]]),
+                    group.iter().filter_map(|&i| acks[i].take()).collect(),
+                    group.iter().filter_map(|&i| callbacks[i].take()).collect(),
+                )
+            })
+            .collect();
+        let sent = futures::future::join_all(groups.into_iter().map(
+            |(queue, acks, callbacks)| async move {
+                let mut result = queue.ack(&acks).await;
+                if let Err(e) = &result {
+                    // One retry after a pause covers a Redis failover or a dropped
+                    // connection. An ack that was applied before the connection dropped is
+                    // `stale` the second time, and changes nothing.
+                    tracing::warn!(error = %e, jobs = acks.len(), "ack failed; retrying once");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    result = queue.ack(&acks).await;
+                }
+                (acks, callbacks, result)
+            },
+        ))
+        .await;
+        for (acks, callbacks, result) in sent {
             let results: Vec<Result<AckResult, String>> = match result {
                 Ok(results) => results.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e.to_string()); acks.len()],
@@ -530,25 +756,41 @@ async fn run_heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
-        let leases = shared.held_leases();
-        match shared
-            .queue
-            .heartbeat(&shared.worker_id, shared.config.lease, &leases)
-            .await
-        {
-            Ok(reply) => {
-                for id in &reply.lost {
-                    shared.stop_job(id, Stop::LeaseLost);
+        // Each heartbeat also learns whether the queue gained or lost shards.
+        if let Err(e) = shared.refresh_shards().await {
+            tracing::warn!(error = %e, "reading the queue's shard count failed; serving the shards known");
+        }
+        // Every shard served gets a heartbeat, with or without leases there: it registers the
+        // worker as live in each (and shard 0's is what operators count).
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<Lease>> =
+            (0..shared.shard_set().queues.len() as u32)
+                .map(|shard| (shard, Vec::new()))
+                .collect();
+        for (shard, lease) in shared.held_leases() {
+            by_shard.entry(shard).or_default().push(lease);
+        }
+        for (shard, leases) in by_shard {
+            match shared
+                .shard_queue(shard)
+                .heartbeat(&shared.worker_id, shared.config.lease, &leases)
+                .await
+            {
+                Ok(reply) => {
+                    for id in &reply.lost {
+                        shared.stop_job(id, Stop::LeaseLost);
+                    }
+                    for id in &reply.cancel {
+                        shared.stop_job(id, Stop::Cancelled);
+                    }
+                    for id in &reply.lost {
+                        tracing::warn!(job = %id, "lease lost; stopping work on the job");
+                        shared.forget(id);
+                    }
                 }
-                for id in &reply.cancel {
-                    shared.stop_job(id, Stop::Cancelled);
-                }
-                for id in &reply.lost {
-                    tracing::warn!(job = %id, "lease lost; stopping work on the job");
-                    shared.forget(id);
+                Err(e) => {
+                    tracing::warn!(error = %e, shard, "heartbeat failed; leases may expire")
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases may expire"),
         }
     }
 }
@@ -585,20 +827,23 @@ async fn run_retention(shared: Arc<Shared>, stop: CancellationToken) {
             () = tokio::time::sleep(pause) => {}
         }
         pause = RETENTION_PERIOD;
-        for (state, rule) in rules {
+        let shards = shared.shard_set().queues.clone();
+        let steps: Vec<((JobState, Retention), Queue)> = rules
+            .iter()
+            .flat_map(|rule| shards.iter().map(|queue| (*rule, queue.clone())))
+            .collect();
+        for ((state, rule), queue) in steps {
             if rule == Retention::default() {
                 continue;
             }
+            // The newest `max_jobs` of the queue, spread evenly over its shards.
+            let rule = rule.per_shard(shards.len() as u32);
             let mut deleted = 0;
             loop {
                 if stop.is_cancelled() {
                     return;
                 }
-                match shared
-                    .queue
-                    .retention_step(state, rule, RETENTION_STEP)
-                    .await
-                {
+                match queue.retention_step(state, rule, RETENTION_STEP).await {
                     Ok(n) => {
                         deleted += n;
                         if n < RETENTION_STEP {
@@ -614,7 +859,7 @@ async fn run_retention(shared: Arc<Shared>, stop: CancellationToken) {
                 tokio::task::yield_now().await;
             }
             if deleted > 0 {
-                tracing::debug!(%state, deleted, "deleted finished jobs past their retention");
+                tracing::debug!(%state, deleted, shard = queue.shard_index(), "deleted finished jobs past their retention");
             }
         }
     }
@@ -667,6 +912,7 @@ async fn run_job<H: JobHandler>(
     };
     let pool = Arc::clone(&shared);
     shared.ack(
+        job.shard,
         ack,
         Box::new(move |result| match result {
             Ok(AckResult::Applied(state)) => {
@@ -721,6 +967,7 @@ async fn attempt<H: JobHandler>(
     );
     let running = RunningJob {
         id: job.id.clone(),
+        shard: job.shard,
         token: job.token.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
@@ -812,14 +1059,21 @@ pub async fn run<H: JobHandler>(
 ) -> Result<(), QueueError> {
     let worker_id = super::new_worker_id();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    // Idle waits block on a connection of their own.
-    let blocking = if config.wake_ups {
-        Some(queue.connection().dedicated().await?)
-    } else {
-        None
-    };
+    let queue = queue.shard(0);
+    let shards = queue.shards().await?;
+    // Every shard must speak this format; a version 7 worker refuses a sharded queue.
+    for shard in &shards {
+        shard.check_format().await?;
+    }
     let shared = Arc::new(Shared {
-        blocking,
+        shards: Mutex::new(Arc::new(ShardSet {
+            queues: shards.clone(),
+            waiters: Vec::new(),
+        })),
+        next_shard: AtomicUsize::new(0),
+        waits: Mutex::new(Vec::new()),
+        wake: Arc::new(WakeSignal::default()),
+        stop_waiters: CancellationToken::new(),
         queue: queue.clone(),
         worker_id: worker_id.clone(),
         config: config.clone(),
@@ -829,9 +1083,25 @@ pub async fn run<H: JobHandler>(
         running_attempts: std::sync::atomic::AtomicUsize::new(0),
         attempts_ended: tokio::sync::Notify::new(),
     });
-    queue.check_format().await?;
+    // However `run` ends, the shards' waiters stop with it.
+    let _stop_waiters = shared.stop_waiters.clone().drop_guard();
+    // Idle waits block on a connection of their own per shard.
+    if config.wake_ups {
+        let mut waiters = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            waiters.push(shared.start_waiter(shard.clone()).await?);
+        }
+        if let Ok(mut set) = shared.shards.lock() {
+            *set = Arc::new(ShardSet {
+                queues: shards.clone(),
+                waiters,
+            });
+        }
+    }
     // Register with a first heartbeat so operators see the worker at once.
-    queue.heartbeat(&worker_id, config.lease, &[]).await?;
+    for shard in &shards {
+        shard.heartbeat(&worker_id, config.lease, &[]).await?;
+    }
     queue
         .announce_retention(&retention_rules(&config.retention))
         .await?;
@@ -843,7 +1113,7 @@ pub async fn run<H: JobHandler>(
         worker_id: worker_id.clone(),
         shared: Arc::clone(&shared),
     });
-    tracing::info!(worker = %worker_id, queue = queue.name(), concurrency = config.concurrency, "worker pool started");
+    tracing::info!(worker = %worker_id, queue = queue.name(), shards = shards.len(), concurrency = config.concurrency, "worker pool started");
 
     let monitor_shared = Arc::clone(&shared);
     let concurrency = config.concurrency;
@@ -894,8 +1164,10 @@ pub async fn run<H: JobHandler>(
     let _ = heartbeat.await;
     let _ = retention.await;
     // No heartbeat follows: leave the live workers now, not a lease later.
-    if let Err(e) = queue.deregister(&worker_id).await {
-        tracing::warn!(error = %e, "could not leave the queue's live workers; the entry expires with its heartbeat");
+    for shard in shared.shard_set().queues.iter() {
+        if let Err(e) = shard.deregister(&worker_id).await {
+            tracing::warn!(error = %e, shard = shard.shard_index(), "could not leave the queue's live workers; the entry expires with its heartbeat");
+        }
     }
     drop(shared);
     acker.abort();

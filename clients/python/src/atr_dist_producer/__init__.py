@@ -28,7 +28,7 @@ from .envelope import (
 )
 from .errors import InvalidJob, JobIdConflict
 from .producer import MAX_BATCH, Producer
-from .queues import key_prefix, validate_queue_name
+from .queues import MAX_SHARDS, key_prefix, shard_key, shard_of, shard_prefix, validate_queue_name
 from .result import EnqueueResult
 from .results import Result, Results, distribution_fields
 from .status import JobStatus, Report, atr_task_status
@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENVELOPE_VERSION",
     "MAX_BATCH",
+    "MAX_SHARDS",
     "MAX_ENVELOPE_BYTES",
     "PLATFORMS",
     "EnqueueResult",
@@ -58,6 +59,9 @@ __all__ = [
     "envelope_problems",
     "key_prefix",
     "release_key",
+    "shard_key",
+    "shard_of",
+    "shard_prefix",
     "uuid7",
     "uuid7_timestamp_ms",
     "validate_envelope",

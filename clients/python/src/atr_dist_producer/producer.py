@@ -19,7 +19,7 @@ from .envelope import (
     build_stage_envelope,
 )
 from .errors import InvalidJob, JobIdConflict
-from .queues import key_prefix, validate_queue_name
+from .queues import ShardCount, key_prefix, shard_key, shard_of, shard_prefix, validate_queue_name
 from .resources import script_source
 from .result import EnqueueResult
 from .status import TERMINAL_STATES, JobStatus, parse_status
@@ -77,7 +77,8 @@ class Producer:
 
     Each call is one transaction, as docs/wire-format.md prescribes: the envelopes go to the
     queue's ``incoming`` hash with a plain ``HSET`` (never through Lua), and ``enqueue.lua``
-    turns that hash into the call's envelope batch. The script is sent by ``EVALSHA``, and
+    turns that hash into the call's envelope batch. On a sharded queue (docs/wire-format.md,
+    "Shards") each job goes to the shard of its distribution, one transaction per shard. The script is sent by ``EVALSHA``, and
     loaded (``SCRIPT LOAD``) when Redis answers ``NOSCRIPT`` (after a restart, or on first
     use), after which the transaction runs again.
     """
@@ -92,8 +93,7 @@ class Producer:
             )
         self._max_attempts = max_attempts
         self._prefix = key_prefix(queue)
-        self._queued_key = self._prefix + "queued"
-        self._incoming_key = self._prefix + "incoming"
+        self._shards = ShardCount(redis, queue)
         self._redis = redis
         self._enqueue_source = script_source("enqueue")
         self._enqueue_sha = hashlib.sha1(self._enqueue_source).hexdigest()
@@ -196,18 +196,26 @@ class Producer:
     def status(self, job_id: str) -> JobStatus | None:
         """The job's state, attempts, ATR task status, errors, times and, once it ended, the
         worker's report; ``None`` for a job the queue does not hold (never enqueued, or
-        purged). One round trip."""
-        p = self._prefix
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hget(p + "jobs", job_id)
-        pipe.hget(p + "error_class", job_id)
-        pipe.hget(p + "last_error", job_id)
-        pipe.hget(p + "result", job_id)
-        pipe.zscore(p + "dead", job_id)
-        pipe.zscore(p + "cancelled", job_id)
-        record, cls, error, result, dead_at, cancelled_at = pipe.execute()
-        finished = dead_at if dead_at is not None else cancelled_at
-        return parse_status(job_id, record, cls, error, result, finished)
+        purged). One round trip (one per shard on a sharded queue)."""
+        return self._located_status(job_id)[0]
+
+    def _located_status(self, job_id: str) -> tuple[JobStatus | None, int]:
+        """The job's status and the shard that holds it (0 when none does)."""
+        for shard in range(self._shards.get()):
+            p = shard_prefix(self._queue, shard)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hget(p + "jobs", job_id)
+            pipe.hget(p + "error_class", job_id)
+            pipe.hget(p + "last_error", job_id)
+            pipe.hget(p + "result", job_id)
+            pipe.zscore(p + "dead", job_id)
+            pipe.zscore(p + "cancelled", job_id)
+            record, cls, error, result, dead_at, cancelled_at = pipe.execute()
+            if record is None:
+                continue
+            finished = dead_at if dead_at is not None else cancelled_at
+            return parse_status(job_id, record, cls, error, result, finished), shard
+        return None, 0
 
     def wait(
         self, job_ids: Iterable[str], timeout: float, poll: float = 1.0
@@ -221,17 +229,29 @@ class Producer:
         """
         ids = list(job_ids)
         deadline = time.monotonic() + timeout
-        results_key = self._prefix + "results"
+        # The shard whose stream to block on: that of the first job still running (a
+        # blocking read cannot span the shards' cluster slots).
+        shard = 0
         while True:
+            results_key = shard_prefix(self._queue, shard) + "results"
             # The stream's last entry before looking: an end after the look wakes the read.
             last = self._redis.xrevrange(results_key, count=1)
             since = _text(last[0][0]) if last else "0-0"
-            statuses = {job_id: self.status(job_id) for job_id in ids}
-            if all(s is None or s.state in TERMINAL_STATES for s in statuses.values()):
+            located = {job_id: self._located_status(job_id) for job_id in ids}
+            statuses = {job_id: status for job_id, (status, _) in located.items()}
+            waiting = [
+                at for status, at in located.values()
+                if status is not None and status.state not in TERMINAL_STATES
+            ]
+            if not waiting:
                 return statuses
             left = deadline - time.monotonic()
             if left <= 0:
                 return statuses
+            if waiting[0] != shard:
+                # Look again with that shard's stream marked first.
+                shard = waiting[0]
+                continue
             block_ms = max(1, int(min(left, poll) * 1000))
             self._redis.xread({results_key: since}, count=1, block=block_ms)
 
@@ -280,30 +300,48 @@ class Producer:
                 ]
             )
         run_at_ms = _run_at_ms(run_at)
-        args, incoming = self._script_args(envelopes, run_at_ms, attempts, bulk)
-        try:
-            reply = self._transaction(args, incoming)
-        except NoScriptError:
-            # First use, or Redis lost its scripts (a restart). The script cannot be loaded
-            # inside the transaction, whose DEL and HSET took effect: load it and run the
-            # whole transaction again, whose DEL clears what the failed one left.
-            self._redis.script_load(self._enqueue_source)
-            reply = self._transaction(args, incoming)
-        return self._results(reply, len(envelopes))
+        encoded = self._encoded(envelopes, bulk)
+        count = self._shards.get()
+        by_shard: dict[int, list[int]] = {}
+        for i, envelope in enumerate(envelopes):
+            key = shard_key(envelope) if count > 1 else None
+            by_shard.setdefault(shard_of(key, count) if key is not None else 0, []).append(i)
+        results: list[EnqueueResult | None] = [None] * len(envelopes)
+        conflicts: list[str] = []
+        for shard, positions in sorted(by_shard.items()):
+            prefix = shard_prefix(self._queue, shard)
+            args: list[Any] = [prefix, run_at_ms, attempts]
+            incoming: dict[str, bytes] = {}
+            for i in positions:
+                # The key is the envelope's own: purge.lua finds it there (docs/wire-format.md).
+                args += [envelopes[i]["id"], envelopes[i]["idempotency_key"]]
+                incoming[envelopes[i]["id"]] = encoded[i]
+            try:
+                reply = self._transaction(prefix, args, incoming)
+            except NoScriptError:
+                # First use, or Redis lost its scripts (a restart). The script cannot be
+                # loaded inside the transaction, whose DEL and HSET took effect: load it and
+                # run the whole transaction again, whose DEL clears what the failed one left.
+                self._redis.script_load(self._enqueue_source)
+                reply = self._transaction(prefix, args, incoming)
+            shard_results, shard_conflicts = self._results(reply, len(positions))
+            for i, result in zip(positions, shard_results, strict=True):
+                results[i] = result
+            conflicts += shard_conflicts
+        if conflicts:
+            raise JobIdConflict(conflicts, results)
+        return [r for r in results if r is not None]
 
-    def _transaction(self, args: list[Any], incoming: dict[str, bytes]) -> Any:
+    def _transaction(self, prefix: str, args: list[Any], incoming: dict[str, bytes]) -> Any:
         """MULTI; DEL incoming; HSET incoming id envelope ...; EVALSHA enqueue.lua; EXEC."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(self._incoming_key)
-        pipe.hset(self._incoming_key, mapping=incoming)
-        pipe.evalsha(self._enqueue_sha, 1, self._queued_key, *args)
+        pipe.delete(prefix + "incoming")
+        pipe.hset(prefix + "incoming", mapping=incoming)
+        pipe.evalsha(self._enqueue_sha, 1, prefix + "queued", *args)
         return pipe.execute()[-1]
 
-    def _script_args(
-        self, envelopes: list[Mapping[str, Any]], run_at_ms: int, attempts: int, bulk: bool
-    ) -> tuple[list[Any], dict[str, bytes]]:
-        """ARGV for enqueue.lua and the envelopes by id for ``incoming``, after every envelope
-        passed validation."""
+    def _encoded(self, envelopes: list[Mapping[str, Any]], bulk: bool) -> list[bytes]:
+        """Every envelope as sent, after all of them passed validation and their ids differ."""
         problems: list[str] = []
         encoded: list[bytes] = []
         for i, envelope in enumerate(envelopes):
@@ -319,17 +357,12 @@ class Producer:
             raise InvalidJob(
                 [f"envelopes: id {d} is used by more than one envelope" for d in duplicates]
             )
-
-        args: list[Any] = [self._prefix, run_at_ms, attempts]
-        incoming: dict[str, bytes] = {}
-        for envelope, data in zip(envelopes, encoded, strict=True):
-            # The key is the envelope's own: purge.lua finds it there (docs/wire-format.md).
-            args += [envelope["id"], envelope["idempotency_key"]]
-            incoming[envelope["id"]] = data
-        return args, incoming
+        return encoded
 
     @staticmethod
-    def _results(reply: Any, count: int) -> list[EnqueueResult]:
+    def _results(reply: Any, count: int) -> tuple[list[EnqueueResult | None], list[str]]:
+        """The results of one transaction's jobs (``None`` for a conflict), and the ids that
+        conflicted."""
         if not isinstance(reply, list) or len(reply) != 2 * count:
             raise ResponseError(f"enqueue.lua: expected {count} (id, status) pairs, got {reply!r}")
         results: list[EnqueueResult | None] = []
@@ -341,6 +374,4 @@ class Producer:
                 results.append(None)
             else:
                 results.append(EnqueueResult(id=job_id, created=status == 1))
-        if conflicts:
-            raise JobIdConflict(conflicts, results)
-        return [r for r in results if r is not None]
+        return results, conflicts

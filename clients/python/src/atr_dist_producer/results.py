@@ -16,6 +16,10 @@ An entry names every job one script call ended in one state (wire format 7), so 
 gives several results; the entry is acked once every one of them is. What each result says
 beyond the entry (attempt, error, report) is read from the job's keys when the entry is
 read. Entries written in wire format 6, one job each with its fields, are read too.
+
+A sharded queue (docs/wire-format.md, "Shards") has one stream per shard; ``Results`` reads
+them all, with one consumer group of the same name in each, and learns of added shards
+within a second.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 from redis import Redis, ResponseError
 
-from .queues import key_prefix
+from .queues import ShardCount, shard_prefix
 from .status import Report
 
 
@@ -58,6 +62,8 @@ class Result:
     message: str | None
     report: Report | None
     envelope: dict[str, Any] | None = None
+    shard: int = 0
+    """The shard whose stream named the job (0 on an unsharded queue)."""
 
     @property
     def kind(self) -> str | None:
@@ -129,69 +135,108 @@ class Results:
         claim_after_ms: int = 60_000,
     ) -> None:
         self._redis = redis
-        self._prefix = key_prefix(queue)
-        self._stream = self._prefix + "results"
+        self._queue = queue
+        self._shards = ShardCount(redis, queue)
         self._group = group
         self._consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
         self._claim_after_ms = claim_after_ms
-        self._claim_cursor = "0-0"
+        # Per shard: where XAUTOCLAIM goes on; a shard is in it once its group exists.
+        self._claim_cursors: dict[int, str] = {}
+        # The shard the next blocking read waits on: shards take turns.
+        self._turn = 0
         self._unacked = {}
-        try:
-            redis.xgroup_create(self._stream, group, id="0", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        self._join_shards()
+
+    def _stream(self, shard: int) -> str:
+        return shard_prefix(self._queue, shard) + "results"
+
+    def _join_shards(self) -> int:
+        """Creates the group in the stream of every shard it is not in yet (reading from the
+        stream's start); returns the shard count."""
+        count = self._shards.get()
+        for shard in range(count):
+            if shard in self._claim_cursors:
+                continue
+            try:
+                self._redis.xgroup_create(self._stream(shard), self._group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+            self._claim_cursors[shard] = "0-0"
+        return count
 
     @property
     def consumer(self) -> str:
         return self._consumer
 
-    # Results handed out and not acked yet, by entry: an entry is acked with its last one.
-    _unacked: dict[str, set[str]]
+    # Results handed out and not acked yet, by shard and entry: an entry is acked with its
+    # last one.
+    _unacked: dict[tuple[int, str], set[str]]
 
     def read(self, count: int = 100, block_ms: int | None = None) -> Iterator[Result]:
         """Results not yet acked by this group: first those a crashed consumer left pending
         for longer than ``claim_after_ms``, then new ones (waiting up to ``block_ms`` for
-        some when there are none; ``None`` does not wait)."""
-        claimed = self._redis.xautoclaim(
-            self._stream,
-            self._group,
-            self._consumer,
-            min_idle_time=self._claim_after_ms,
-            start_id=self._claim_cursor,
-            count=count,
-        )
-        # XAUTOCLAIM answers [next cursor, entries, deleted ids]; the cursor wraps to 0-0.
-        self._claim_cursor = _text(claimed[0])
-        for stream_id, fields in claimed[1]:
-            if fields:
-                yield from self._results(stream_id, fields)
+        some when there are none; ``None`` does not wait).
+
+        On a sharded queue every shard's stream is read without waiting; only when none had
+        anything does it wait, on one shard's stream at a time (a blocking read cannot span
+        cluster slots), for ``block_ms`` divided by the shard count, the shards taking turns."""
+        shards = self._join_shards()
+        for shard in range(shards):
+            claimed = self._redis.xautoclaim(
+                self._stream(shard),
+                self._group,
+                self._consumer,
+                min_idle_time=self._claim_after_ms,
+                start_id=self._claim_cursors[shard],
+                count=count,
+            )
+            # XAUTOCLAIM answers [next cursor, entries, deleted ids]; the cursor wraps to 0-0.
+            self._claim_cursors[shard] = _text(claimed[0])
+            for stream_id, fields in claimed[1]:
+                if fields:
+                    yield from self._results(shard, stream_id, fields)
+        if shards == 1:
+            yield from self._read_new(0, count, block_ms)
+            return
+        found = False
+        for shard in range(shards):
+            for result in self._read_new(shard, count, None):
+                found = True
+                yield result
+        if found or block_ms is None:
+            return
+        self._turn = (self._turn + 1) % shards
+        yield from self._read_new(self._turn, count, max(1, block_ms // shards))
+
+    def _read_new(self, shard: int, count: int, block_ms: int | None) -> Iterator[Result]:
         reply = self._redis.xreadgroup(
-            self._group, self._consumer, {self._stream: ">"}, count=count, block=block_ms
+            self._group, self._consumer, {self._stream(shard): ">"}, count=count, block=block_ms
         )
         for _stream, entries in reply or []:
             for stream_id, fields in entries:
-                yield from self._results(stream_id, fields)
+                yield from self._results(shard, stream_id, fields)
 
     def ack(self, result: Result) -> None:
         """Marks ``result`` applied. Its entry is acked, and not handed out again, once every
         result of the entry is."""
-        left = self._unacked.get(result.stream_id)
+        entry = (result.shard, result.stream_id)
+        left = self._unacked.get(entry)
         if left is not None:
             left.discard(result.id)
             if left:
                 return
-            del self._unacked[result.stream_id]
-        self._redis.xack(self._stream, self._group, result.stream_id)
+            del self._unacked[entry]
+        self._redis.xack(self._stream(result.shard), self._group, result.stream_id)
 
-    def _results(self, stream_id: Any, raw: dict[Any, Any]) -> list[Result]:
+    def _results(self, shard: int, stream_id: Any, raw: dict[Any, Any]) -> list[Result]:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         stream_id = _text(stream_id)
         if "ids" not in fields:
             return [self._v6_result(stream_id, fields)]
         ids = [i for i in fields["ids"].split(" ") if i]
         state = fields.get("state", "")
-        p = self._prefix
+        p = shard_prefix(self._queue, shard)
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hget(p + "jobs", job_id)
@@ -206,7 +251,7 @@ class Results:
             report = Report.from_json(text)
             envelope = None
             if report is None and len(words) > 3:
-                envelope = self._envelope(words[3], job_id)
+                envelope = self._envelope(p, words[3], job_id)
             try:
                 attempt = int(words[4]) if len(words) > 4 else 0
             except ValueError:
@@ -224,13 +269,14 @@ class Results:
                     message=(_text(error) or None) if failed and error is not None else None,
                     report=report,
                     envelope=envelope,
+                    shard=shard,
                 )
             )
-        self._unacked[stream_id] = {r.id for r in results}
+        self._unacked[(shard, stream_id)] = {r.id for r in results}
         return results
 
-    def _envelope(self, batch: str, job_id: str) -> dict[str, Any] | None:
-        text = self._redis.hget(self._prefix + "env:" + batch, job_id)
+    def _envelope(self, prefix: str, batch: str, job_id: str) -> dict[str, Any] | None:
+        text = self._redis.hget(prefix + "env:" + batch, job_id)
         if not text:
             return None
         try:
@@ -240,11 +286,12 @@ class Results:
         return doc if isinstance(doc, dict) else None
 
     def _v6_result(self, stream_id: str, fields: dict[str, str]) -> Result:
-        """An entry written in wire format 6: one job, its fields in the entry."""
+        """An entry written in wire format 6, one job with its fields: only in shard 0,
+        as a version 6 queue was never sharded."""
         report = Report.from_json(fields.get("result"))
         envelope = None
         if report is None and fields.get("batch"):
-            envelope = self._envelope(fields["batch"], fields.get("id", ""))
+            envelope = self._envelope(shard_prefix(self._queue, 0), fields["batch"], fields.get("id", ""))
         try:
             attempt = int(fields.get("attempt") or 0)
         except ValueError:

@@ -1,0 +1,357 @@
+//! A queue sharded over several hash tags on one Redis (docs/wire-format.md, "Shards"):
+//! the shard count and its resize rules, shard choice by distribution, workers that fetch
+//! from and wake for every shard, and operator views that add the shards up. The same on a
+//! real Redis Cluster is in `cluster.rs`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use atr_dist::queue::pool::{Completion, PoolConfig};
+use atr_dist::queue::{
+    AdminReply, IdLookup, JobFilter, Queue, QueueError, ShardCount, shard_key, shard_of, short_id,
+};
+use atr_dist_shared::job::RevisionSourceSpec;
+use atr_dist_shared::{Envelope, JobState, Platform};
+use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, limit, pool_config};
+use atr_dist_tests::jobs::{self, Dist};
+use atr_dist_tests::redis_support::TestQueue;
+use redis::AsyncCommands;
+
+fn shards(n: u32) -> ShardCount {
+    ShardCount::new(n).unwrap()
+}
+
+/// The shard, of `count`, that `envelope` goes to.
+fn home(envelope: &Envelope, count: u32) -> u32 {
+    shard_of(&shard_key(&envelope.to_json()).unwrap(), count)
+}
+
+/// Jobs `stage(n)` for `n` in `range` whose shard of `count` is `shard`.
+fn jobs_on(shard: u32, count: u32, range: std::ops::Range<usize>) -> Vec<Envelope> {
+    range
+        .map(jobs::stage)
+        .filter(|e| home(e, count) == shard)
+        .collect()
+}
+
+async fn jobs_in(q: &Queue, shard: u32) -> u64 {
+    q.connection()
+        .hlen(format!("{}jobs", q.shard(shard).prefix()))
+        .await
+        .unwrap()
+}
+
+fn done_pool(q: &Queue, config: PoolConfig) -> RunningPool {
+    RunningPool::start(q, FnHandler(|_job| async { Ok(Completion::Done) }), config)
+}
+
+#[tokio::test]
+async fn resizing_marks_every_shard_and_never_drops_jobs() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    assert_eq!(q.read_shard_count().await.unwrap(), ShardCount::ONE);
+    let first = q.enqueue(&jobs::stage(1), None, 3).await.unwrap().id;
+    let mut conn = q.connection();
+    let format: String = conn.get(format!("{}format", q.prefix())).await.unwrap();
+    assert_eq!(format, "7", "an unsharded queue stays in version 7");
+
+    let resize = q.resize(shards(3)).await.unwrap();
+    assert_eq!((resize.from.get(), resize.to.get()), (1, 3));
+    for shard in 0..3 {
+        let format: String = conn
+            .get(format!("{}format", q.shard(shard).prefix()))
+            .await
+            .unwrap();
+        assert_eq!(format, "8", "shard {shard}: version 7 clients refuse it");
+    }
+    let stored: String = conn.get(format!("{}shards", q.prefix())).await.unwrap();
+    assert_eq!(stored, "3");
+    assert_eq!(q.shard_count().await.unwrap().get(), 3);
+
+    // A job on shard 2 keeps the queue from losing that shard.
+    let on_2 = jobs_on(2, 3, 100..200).remove(0);
+    let id = q.enqueue(&on_2, None, 3).await.unwrap().id;
+    assert_eq!(jobs_in(q, 2).await, 1);
+    let refused = q.resize(shards(2)).await.unwrap_err();
+    assert!(
+        matches!(&refused, QueueError::NotNow(m) if m.contains("shard 2: 1 job(s)")),
+        "{refused}"
+    );
+    assert_eq!(q.read_shard_count().await.unwrap().get(), 3);
+
+    // Once they are finished and purged, the shards can go.
+    let cancelled = q.cancel(&[id, first], "test").await.unwrap();
+    assert_eq!(cancelled, [AdminReply::Changed(JobState::Cancelled); 2]);
+    assert_eq!(
+        q.purge(JobState::Cancelled, Duration::ZERO).await.unwrap(),
+        2
+    );
+    let resize = q.resize(shards(2)).await.unwrap();
+    assert_eq!((resize.from.get(), resize.to.get()), (3, 2));
+    assert_eq!(q.read_shard_count().await.unwrap().get(), 2);
+
+    // Back to one shard: the key goes, as for a queue never sharded.
+    q.resize(ShardCount::ONE).await.unwrap();
+    let stored: Option<String> = conn.get(format!("{}shards", q.prefix())).await.unwrap();
+    assert_eq!(stored, None);
+    assert_eq!(q.shard_count().await.unwrap(), ShardCount::ONE);
+}
+
+#[tokio::test]
+async fn a_queue_in_an_older_format_is_not_sharded() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let _: () = q
+        .connection()
+        .set(format!("{}format", q.prefix()), "6")
+        .await
+        .unwrap();
+    let refused = q.resize(shards(2)).await.unwrap_err().to_string();
+    assert!(refused.contains("atr-dist queue migrate"), "{refused}");
+    assert_eq!(q.read_shard_count().await.unwrap(), ShardCount::ONE);
+}
+
+#[tokio::test]
+async fn one_distribution_stays_on_one_shard_and_keeps_its_idempotency() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(6)).await.unwrap();
+    let dist = Dist::new(Platform::Npm, "", "one-dist", "2.0.0");
+    let stage = dist.stage("00001", &["a.tgz"], RevisionSourceSpec::Dir, true);
+    let promote = dist.promote("00001", RevisionSourceSpec::Dir, "rm");
+    let shard = home(&stage, 6);
+    assert_eq!(home(&promote, 6), shard);
+    let first = q
+        .enqueue_bulk(&[stage.clone(), promote.clone()], None, 3)
+        .await
+        .unwrap();
+    assert!(first.iter().all(|e| e.created));
+    assert_eq!(jobs_in(q, shard).await, 2, "both on shard {shard}");
+    let again = q.enqueue_bulk(&[stage, promote], None, 3).await.unwrap();
+    assert!(
+        again.iter().all(|e| !e.created),
+        "the same keys name the same jobs"
+    );
+    assert_eq!(
+        again.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        first.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_sharded_queue_is_worked_off_and_its_views_add_the_shards_up() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(3)).await.unwrap();
+    let envelopes: Vec<Envelope> = (0..30).map(jobs::stage).collect();
+    let enqueued = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let mut used = BTreeSet::new();
+    for (envelope, job) in envelopes.iter().zip(&enqueued) {
+        let shard = home(envelope, 3);
+        used.insert(shard);
+        let held: bool = q
+            .connection()
+            .hexists(format!("{}jobs", q.shard(shard).prefix()), &job.id)
+            .await
+            .unwrap();
+        assert!(held, "job {} on shard {shard}", job.id);
+    }
+    assert_eq!(used.len(), 3, "30 distributions use all 3 shards");
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.shards, 3);
+    assert_eq!(stats.counts[&JobState::Queued], 30);
+    assert_eq!(stats.totals["enqueued"], 30);
+
+    let pool = done_pool(q, pool_config(4, FAST_RETRY));
+    eventually("every job is done", Duration::from_secs(20), || async {
+        q.stats().await.unwrap().counts[&JobState::Done] == 30
+    })
+    .await;
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.totals["done"], 30);
+    assert_eq!(stats.workers, 1, "the worker counts once");
+    assert_eq!(
+        stats.last_hour.iter().map(|m| m.done).sum::<u64>(),
+        30,
+        "the minutes add the shards up"
+    );
+    pool.stop().await;
+
+    // Listing pages through every shard, each job once.
+    let filter = JobFilter {
+        state: Some(JobState::Done),
+        ..JobFilter::default()
+    };
+    let mut listed = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = q.list(&filter, cursor.as_deref(), limit(7)).await.unwrap();
+        for job in &page.jobs {
+            assert!(listed.insert(job.id.clone()), "{} listed twice", job.id);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let all: BTreeSet<String> = enqueued.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(listed, all);
+
+    // A job of shard 2 is found by its short id, shown, and retried there.
+    let (envelope, job) = envelopes
+        .iter()
+        .zip(&enqueued)
+        .find(|(e, _)| home(e, 3) == 2)
+        .unwrap();
+    assert_eq!(
+        q.resolve_id(short_id(&job.id)).await.unwrap(),
+        IdLookup::Found(job.id.clone())
+    );
+    let shown = q.show(&job.id).await.unwrap().expect("shown");
+    assert_eq!(shown.summary.state, JobState::Done);
+    assert_eq!(
+        shown.summary.idempotency_key,
+        envelope.idempotency_key.to_string()
+    );
+    let positions = q.positions(std::slice::from_ref(&job.id)).await.unwrap();
+    assert_eq!(positions, [Some((JobState::Done, 1))]);
+    let replies = q
+        .retry(&[job.id.clone(), "no-such-job".to_owned()], "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        [AdminReply::Refused(JobState::Done), AdminReply::NotFound]
+    );
+    assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 30);
+    assert_eq!(q.stats().await.unwrap().counts[&JobState::Done], 0);
+}
+
+#[tokio::test]
+async fn operators_cancel_retry_pause_and_resume_every_shard() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(3)).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let envelopes: Vec<Envelope> = (0..12).map(jobs::stage).collect();
+    let ids: Vec<String> = q
+        .enqueue_bulk(&envelopes, Some(later), 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let replies = q.cancel(&ids, "test").await.unwrap();
+    assert!(
+        replies
+            .iter()
+            .all(|r| *r == AdminReply::Changed(JobState::Cancelled)),
+        "{replies:?}"
+    );
+    q.pause().await.unwrap();
+    assert!(q.stats().await.unwrap().paused);
+    let replies = q.retry(&ids, "test").await.unwrap();
+    assert!(
+        replies
+            .iter()
+            .all(|r| *r == AdminReply::Changed(JobState::Queued)),
+        "{replies:?}"
+    );
+    let pool = done_pool(q, pool_config(2, FAST_RETRY));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        q.stats().await.unwrap().counts[&JobState::Queued],
+        12,
+        "paused on every shard"
+    );
+    q.resume().await.unwrap();
+    eventually("every job is done", Duration::from_secs(10), || async {
+        q.stats().await.unwrap().counts[&JobState::Done] == 12
+    })
+    .await;
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_worker_wakes_for_work_on_any_shard() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(3)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = FnHandler(move |_job| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Instant::now());
+            Ok(Completion::Done)
+        }
+    });
+    // Far longer than the waits measured: a job that starts sooner was woken, not polled for.
+    let config = PoolConfig {
+        idle_wait: Duration::from_secs(30),
+        ..pool_config(2, FAST_RETRY)
+    };
+    let pool = RunningPool::start(q, handler, config);
+    let mut latencies = Vec::new();
+    for (round, shard) in [2, 0, 1, 2, 1].into_iter().enumerate() {
+        eventually(
+            "the pool waits on every shard",
+            Duration::from_secs(10),
+            || async {
+                let mut waiting = true;
+                for i in 0..3 {
+                    let n: u64 = q
+                        .connection()
+                        .zcard(format!("{}idle", q.shard(i).prefix()))
+                        .await
+                        .unwrap();
+                    waiting &= n > 0;
+                }
+                waiting
+            },
+        )
+        .await;
+        let envelope = jobs_on(shard, 3, 1000 * round..1000 * (round + 1)).remove(0);
+        let sent = Instant::now();
+        q.enqueue(&envelope, None, 3).await.unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the job started")
+            .unwrap();
+        latencies.push(started - sent);
+    }
+    pool.stop().await;
+    println!("wake-up latency per round: {latencies:?}");
+    for latency in latencies {
+        assert!(
+            latency < Duration::from_secs(2),
+            "woken, not polled for: {latency:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_running_worker_serves_shards_added_meanwhile() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    // A heartbeat every second, which reads the shard count.
+    let config = PoolConfig {
+        lease: Duration::from_secs(3),
+        ..pool_config(2, FAST_RETRY)
+    };
+    let pool = done_pool(q, config);
+    eventually("the worker is live", Duration::from_secs(5), || async {
+        q.stats().await.unwrap().workers == 1
+    })
+    .await;
+    q.resize(shards(4)).await.unwrap();
+    let envelopes = jobs_on(3, 4, 0..200);
+    q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    assert_eq!(jobs_in(q, 3).await, envelopes.len() as u64);
+    eventually(
+        "the jobs of shard 3 are done",
+        Duration::from_secs(10),
+        || async { q.stats().await.unwrap().counts[&JobState::Done] == envelopes.len() as u64 },
+    )
+    .await;
+    pool.stop().await;
+}
