@@ -152,3 +152,59 @@ async fn a_sharded_queue_spreads_over_the_masters() {
     );
     drop(cluster);
 }
+
+/// A distribution's lock is one key whichever queue its job comes from: on a cluster, two
+/// queues (whose keys hash to their own slots) and the lock (in a slot of its own) still
+/// give the lock to one attempt at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_distribution_on_two_queues_takes_one_lock_on_a_cluster() {
+    use std::time::Duration;
+
+    use atr_dist::queue::Lease;
+
+    let cluster = start_cluster();
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let first = TestQueue::on(&nodes[0], &nodes).await;
+    let second = TestQueue::on(&nodes[0], &nodes)
+        .await
+        .sharing_locks_with(&first);
+    const LOCK: &str = "example-1.0.0|NPM||pkg|1.0.0";
+    let key = first.queue.lock_key(LOCK);
+    assert_eq!(key, second.queue.lock_key(LOCK), "one key for both queues");
+    let queued = format!("{}queued", first.queue.prefix());
+    assert_ne!(
+        key_slot(&key),
+        key_slot(&queued),
+        "the lock is not under the queue's hash tag"
+    );
+    let attempt = |id: &str| Lease {
+        id: id.to_owned(),
+        token: format!("3 1764300000000 1 1 1764300001000 w-{id}"),
+    };
+    let ttl = Duration::from_secs(30);
+    let held = first
+        .queue
+        .try_lock(LOCK, &attempt("job-on-first"), ttl)
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let refused = second
+        .queue
+        .try_lock(LOCK, &attempt("job-on-second"), ttl)
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "the other queue's job waits for the lock");
+    held.release().await;
+    let taken = second
+        .queue
+        .try_lock(LOCK, &attempt("job-on-second"), ttl)
+        .await
+        .unwrap()
+        .expect("free once released");
+    taken.release().await;
+    drop(cluster);
+}
