@@ -9,11 +9,7 @@ use atr_dist_tests::redis_support::{TestQueue, key_slot};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_cases_pass_on_a_redis_cluster() {
     let cluster = start_cluster();
-    let nodes: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
+    let nodes = cluster.urls();
 
     // Our slot computation agrees with the cluster's, so the single-server slot test holds.
     let probe = TestQueue::on(&nodes[0], &nodes).await;
@@ -75,11 +71,7 @@ async fn a_sharded_queue_spreads_over_the_masters() {
     use atr_dist_tests::jobs;
 
     let cluster = start_cluster();
-    let nodes: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
+    let nodes = cluster.urls();
     let t = TestQueue::on(&nodes[0], &nodes).await;
     let q = &t.queue;
     q.resize(ShardCount::new(6).unwrap()).await.unwrap();
@@ -163,11 +155,7 @@ async fn one_distribution_on_two_queues_takes_one_lock_on_a_cluster() {
     use atr_dist::queue::Lease;
 
     let cluster = start_cluster();
-    let nodes: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
+    let nodes = cluster.urls();
     let first = TestQueue::on(&nodes[0], &nodes).await;
     let second = TestQueue::on(&nodes[0], &nodes)
         .await
