@@ -669,39 +669,10 @@ mod tests {
         );
     }
 
-    /// A server on loopback that reads each request and answers it with `head` (a status
-    /// line and headers; `None`: closes the connection without an answer); returns its
-    /// address and the count of requests it read.
+    /// The test server answering with `head` and a short body (`None`: closing the
+    /// connection without an answer).
     async fn serving(head: Option<&'static str>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&seen);
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let count = Arc::clone(&count);
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let Some(head) = head else {
-                        return;
-                    };
-                    let answer = format!(
-                        "HTTP/1.1 {head}\r\ncontent-length: 14\r\nconnection: close\r\n\r\nplatform says."
-                    );
-                    conn.write_all(answer.as_bytes()).await.ok();
-                });
-            }
-        });
-        (addr, seen)
+        super::test_server::serving(head, "platform says.").await
     }
 
     fn client_for(addr: std::net::SocketAddr) -> PlatformHttp {
@@ -903,5 +874,52 @@ mod tests {
             d <= Duration::from_secs(30) && d >= Duration::from_secs(25),
             "{d:?}"
         );
+    }
+}
+
+/// A loopback HTTP server for the platform layer's unit tests (`http.rs`, `write.rs`).
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that reads each request and answers it with `head` (a status
+    /// line and headers) and `body`; `None` closes the connection without an answer.
+    /// Returns its address and the count of requests it read.
+    pub(crate) async fn serving(
+        head: Option<&'static str>,
+        body: &'static str,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let Some(head) = head else {
+                        return;
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    conn.write_all(answer.as_bytes()).await.ok();
+                });
+            }
+        });
+        (addr, seen)
     }
 }

@@ -119,45 +119,14 @@ mod tests {
     use std::time::Duration;
 
     use atr_dist_shared::ErrorClass;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use url::Url;
 
     use super::*;
     use crate::platform::http::{RetryLimits, error_for};
 
-    /// A server on loopback answering every request with a 502, as a proxy whose platform
-    /// is away does; returns its address and the count of requests it received.
-    async fn bad_gateway() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        answering("502 Bad Gateway").await
-    }
-
-    /// A server on loopback answering every request with `status`.
+    /// A server on loopback answering every request with `status` and no body.
     async fn answering(status: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&seen);
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let count = Arc::clone(&count);
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let answer = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                    conn.write_all(answer.as_bytes()).await.ok();
-                });
-            }
-        });
-        (addr, seen)
+        crate::platform::http::test_server::serving(Some(status), "").await
     }
 
     /// A write the platform answered with a refusal, and whose read-back finds nothing, ends
@@ -304,29 +273,7 @@ mod tests {
     /// backoff's wait, and then ends the attempt.
     #[tokio::test]
     async fn a_write_never_found_is_resent_within_the_budget_then_given_up() {
-        let (addr, seen) = bad_gateway().await;
-        let base = Url::parse(&format!("http://{addr}")).unwrap();
-        let http = PlatformHttp::new(&[&base], None).unwrap();
-        let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-        let limits = RetryLimits {
-            retries: 2,
-            wait: Duration::from_secs(20),
-        };
-        let budget = RetryBudget::new(limits, Some(tx));
-        let read_backs = AtomicUsize::new(0);
-        let work = confirmed(
-            &http,
-            "PUT x",
-            || http.write("PUT x", |c| c.put(format!("http://{addr}/x"))),
-            || {
-                read_backs.fetch_add(1, Ordering::SeqCst);
-                async { Ok(Found::Nothing) }
-            },
-            |resp| async move { error_for(resp, "PUT x").await },
-        );
-        let ended = tokio::time::timeout(Duration::from_secs(20), budget.scope(work))
-            .await
-            .expect("the resending ends within the budget");
+        let (ended, writes, read_backs, notes) = confirm("502 Bad Gateway", Found::Nothing).await;
         let err = ended.unwrap_err();
         assert_eq!(err.class, ErrorClass::Transient);
         assert!(
@@ -337,14 +284,17 @@ mod tests {
             "{}",
             err.message
         );
-        assert_eq!(seen.load(Ordering::SeqCst), 3);
-        assert_eq!(read_backs.load(Ordering::SeqCst), 3);
-        let mut waits = Vec::new();
-        while let Ok(note) = notes.try_recv() {
-            if let HttpNote::Retry { wait, .. } = note {
-                waits.push(wait);
-            }
-        }
+        assert_eq!((writes, read_backs), (3, 3));
+        let waits: Vec<Duration> = notes
+            .into_iter()
+            .filter_map(|note| {
+                if let HttpNote::Retry { wait, .. } = note {
+                    Some(wait)
+                } else {
+                    None
+                }
+            })
+            .collect();
         // The backoff's waits (from 200 ms, with jitter), not none and not its 5 s fallback.
         assert_eq!(waits.len(), 2, "{waits:?}");
         assert!(
