@@ -500,18 +500,28 @@ impl Tally {
 }
 
 /// A redis-server of the test's own, on a free port on loopback, persisting to an
-/// append-only file in `dir`; killed (SIGKILL) and restarted by the test, and killed when
-/// dropped.
+/// append-only file in `dir` (or keeping nothing, `ephemeral`); killed (SIGKILL) and
+/// restarted by the test, and killed when dropped.
 pub struct PrivateRedis {
     pub port: u16,
     dir: std::path::PathBuf,
-    fsync: &'static str,
+    /// `appendfsync` of its append-only file; `None`: no append-only file.
+    fsync: Option<&'static str>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     /// Starts it with `appendfsync <fsync>` (`always`, `everysec` or `no`).
     pub fn start(dir: &Path, fsync: &'static str) -> PrivateRedis {
+        PrivateRedis::started(dir, Some(fsync))
+    }
+
+    /// Starts it keeping nothing on disk (`dir` is only its working directory).
+    pub fn ephemeral(dir: &Path) -> PrivateRedis {
+        PrivateRedis::started(dir, None)
+    }
+
+    fn started(dir: &Path, fsync: Option<&'static str>) -> PrivateRedis {
         let mut r = PrivateRedis {
             port: crate::free_port(),
             dir: dir.to_owned(),
@@ -534,14 +544,11 @@ impl PrivateRedis {
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
             .arg("--port")
             .arg(self.port.to_string())
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                self.fsync,
-            ])
+            .args(["--save", ""])
+            .args(match self.fsync {
+                Some(fsync) => vec!["--appendonly", "yes", "--appendfsync", fsync],
+                None => vec!["--appendonly", "no"],
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use atr_dist::config::WorkerConfig;
 use atr_dist::queue::Queue;
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{Envelope, Platform};
+use atr_dist_tests::fault_drill::PrivateRedis;
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::npm_support::{self, Verdaccio};
 use atr_dist_tests::oci_support::{self, OciImage, Registry, RegistryAuth};
@@ -153,37 +154,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A redis-server of this run's own, without persistence.
-async fn private_redis(dir: &Path) -> Result<(Killed, String)> {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("redis-server (Debian's redis-server package; scripts/services.sh installs it)")?;
-    let child = Killed(child);
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str())?;
-    let start = Instant::now();
-    loop {
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .is_ok()
-        {
-            return Ok((child, url));
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("the private redis-server did not start on port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -651,7 +621,9 @@ async fn run_with(
     dir: &Path,
     database_url: &str,
 ) -> Result<Row> {
-    let (_redis, redis_url) = private_redis(dir).await?;
+    // A redis-server of this run's own, keeping nothing on disk.
+    let private_redis = PrivateRedis::ephemeral(dir);
+    let redis_url = private_redis.url();
     let (verdaccio, registry) = match target {
         Target::Npm => (Some(Verdaccio::start().await), None),
         Target::Oci => (None, Some(Registry::start(RegistryAuth::None).await)),
