@@ -564,9 +564,19 @@ impl Queue {
         })
     }
 
-    /// The shard that holds each job of `ids` (`None`: no shard does), read with one HMGET
-    /// of `jobs` per shard.
+    /// The shard that holds each job of `ids` (`None`: no shard does).
     async fn locate(&self, ids: &[String]) -> Result<Vec<Option<u32>>, QueueError> {
+        Ok(self
+            .records(ids)
+            .await?
+            .into_iter()
+            .map(|found| found.map(|(shard, _)| shard))
+            .collect())
+    }
+
+    /// Each job of `ids` with its record, from the first shard that holds it (`None`: no
+    /// shard does), read with one HMGET of `jobs` per shard until every job is found.
+    async fn records(&self, ids: &[String]) -> Result<Vec<Option<(u32, String)>>, QueueError> {
         let mut out = vec![None; ids.len()];
         if ids.is_empty() {
             return Ok(out);
@@ -581,8 +591,10 @@ impl Queue {
                 .query_async(&mut self.conn.clone())
                 .await?;
             for (slot, record) in out.iter_mut().zip(records) {
-                if slot.is_none() && record.is_some() {
-                    *slot = Some(q.shard);
+                if slot.is_none()
+                    && let Some(record) = record
+                {
+                    *slot = Some((q.shard, record));
                 }
             }
         }
@@ -716,26 +728,16 @@ impl Queue {
         &self,
         ids: &[String],
     ) -> Result<Vec<Option<(JobState, u32)>>, QueueError> {
-        let mut out = vec![None; ids.len()];
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        for q in self.shards().await? {
-            let records: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(q.key("jobs"))
-                .arg(ids)
-                .query_async(&mut self.conn.clone())
-                .await?;
-            for (slot, record) in out.iter_mut().zip(records) {
-                if slot.is_none()
-                    && let Some(record) = record
-                {
-                    let record = JobRecord::parse(&record);
-                    *slot = record.state.map(|state| (state, record.attempt));
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .records(ids)
+            .await?
+            .into_iter()
+            .map(|found| {
+                let (_, record) = found?;
+                let record = JobRecord::parse(&record);
+                record.state.map(|state| (state, record.attempt))
+            })
+            .collect())
     }
 
     /// Queues dead or cancelled jobs again. Returns, per id, what it did.
