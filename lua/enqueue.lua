@@ -172,13 +172,27 @@ if created == 0 then
   redis.call('DEL', incoming)
   return out
 end
--- The call's batch number: new for every call that creates a job, so `env:<batch>` is a
--- key nobody else has written. (Batch 0 is reserved for jobs moved by `queue migrate`.)
-local batch = redis.call('INCR', prefix .. 'batches')
-if #dropped > 0 then
-  redis.call('HDEL', incoming, unpack(dropped))
+-- Where the envelopes go. A call that creates one job (a producer enqueuing jobs one at a
+-- time, as ATR does) adds its envelope to batch 0, the queue's shared hash: a key of its own
+-- would cost ~260 bytes beyond the envelope (a key, a hash and its table, for one field)
+-- where a field of a shared hash costs ~95. One envelope through Lua costs little. A call
+-- that creates several jobs renames `incoming` to a batch of its own, new for every such
+-- call, so `env:<batch>` is a key nobody else has written and the envelopes stay out of Lua.
+-- (A field of batch 0 under the new id can only be an envelope a purge left without its
+-- job, which enqueue treats as free, like the job's id.)
+local batch
+if created == 1 then
+  batch = 0
+  local envelope = redis.call('HGET', incoming, new_ids[1])
+  redis.call('HSET', prefix .. 'env:0', new_ids[1], envelope)
+  redis.call('DEL', incoming)
+else
+  batch = redis.call('INCR', prefix .. 'batches')
+  if #dropped > 0 then
+    redis.call('HDEL', incoming, unpack(dropped))
+  end
+  redis.call('RENAME', incoming, prefix .. 'env:' .. batch)
 end
-redis.call('RENAME', incoming, prefix .. 'env:' .. batch)
 -- Every new job of the call has the same record, `<state> <max_attempts> <enqueued_ms>
 -- <batch>`: built once.
 local record = (delayed and 'scheduled' or 'queued') .. ' ' .. string.format('%d', max) ..

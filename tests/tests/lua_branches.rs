@@ -1360,12 +1360,15 @@ async fn enqueue_refuses_an_id_taken_under_another_key() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     let env = jobs::stage(1);
-    q.enqueue(&env, None, 3).await.unwrap();
+    q.enqueue_bulk(&[env.clone(), jobs::stage(9)], None, 3)
+        .await
+        .unwrap();
     let batches: String = q
         .connection()
         .get(format!("{}batches", q.prefix()))
         .await
         .unwrap();
+    assert_eq!(batches, "1");
     let mut clash = jobs::stage(2);
     clash.id = env.id;
     let err = q.enqueue(&clash, None, 3).await.unwrap_err().to_string();
@@ -1397,7 +1400,9 @@ async fn enqueue_that_creates_nothing_takes_no_batch_and_keeps_no_envelopes() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     let env = jobs::stage(1);
-    q.enqueue(&env, None, 3).await.unwrap();
+    q.enqueue_bulk(&[env.clone(), jobs::stage(2)], None, 3)
+        .await
+        .unwrap();
     let keys_before = t.keys().await;
     let mut again = jobs::stage(1);
     again.id = atr_dist_shared::JobId::new_v7();
@@ -1424,18 +1429,93 @@ async fn enqueue_keeps_only_the_envelopes_of_the_jobs_it_created() {
     let mut dup = jobs::stage(1);
     dup.id = atr_dist_shared::JobId::new_v7();
     let new = jobs::stage(2);
-    let out = q.enqueue_bulk(&[dup, new.clone()], None, 3).await.unwrap();
+    let newer = jobs::stage(3);
+    let out = q
+        .enqueue_bulk(&[dup, new.clone(), newer.clone()], None, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|e| e.created).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    // The first call created one job (batch 0, shared); this one is batch 1, its own.
+    let mut fields: Vec<String> = q
+        .connection()
+        .hkeys(format!("{}env:1", q.prefix()))
+        .await
+        .unwrap();
+    fields.sort();
+    let mut expected = [new.id.to_string(), newer.id.to_string()];
+    expected.sort();
+    assert_eq!(fields, expected);
+    assert_eq!(
+        record(q, &new.id.to_string())
+            .await
+            .unwrap()
+            .split(' ')
+            .nth(3),
+        Some("1")
+    );
+    assert_eq!(total(q, "enqueued").await, 3);
+}
+
+#[tokio::test]
+async fn enqueue_that_creates_one_job_adds_its_envelope_to_the_shared_batch_0() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let old = jobs::stage(1);
+    q.enqueue(&old, None, 3).await.unwrap();
+    // One job created of two sent: only the created job's envelope is kept, in batch 0.
+    let mut dup = jobs::stage(1);
+    dup.id = atr_dist_shared::JobId::new_v7();
+    let new = jobs::stage(2);
+    let out = q
+        .enqueue_bulk(&[dup.clone(), new.clone()], None, 3)
+        .await
+        .unwrap();
     assert_eq!(
         out.iter().map(|e| e.created).collect::<Vec<_>>(),
         [false, true]
     );
-    let fields: Vec<String> = q
+    let kept: std::collections::BTreeMap<String, String> = q
         .connection()
-        .hkeys(format!("{}env:2", q.prefix()))
+        .hgetall(format!("{}env:0", q.prefix()))
         .await
         .unwrap();
-    assert_eq!(fields, [new.id.to_string()]);
-    assert_eq!(total(q, "enqueued").await, 2);
+    assert_eq!(
+        kept,
+        [
+            (old.id.to_string(), old.to_json()),
+            (new.id.to_string(), new.to_json())
+        ]
+        .into_iter()
+        .collect()
+    );
+    for id in [&old.id, &new.id] {
+        let record = record(q, &id.to_string()).await.unwrap();
+        assert_eq!(record.split(' ').nth(3), Some("0"), "{record}");
+    }
+    // No batch number is taken, and nothing else is left behind.
+    let mut keys = t.keys().await;
+    keys.sort();
+    for key in ["batches", "env:1", "incoming"] {
+        assert!(!keys.iter().any(|k| k.ends_with(key)), "{key} in {keys:?}");
+    }
+    // The worker reads such a job's envelope from batch 0.
+    let got = q
+        .fetch("w1", std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    for job in &got {
+        let expected = if job.id == old.id.to_string() {
+            &old
+        } else {
+            &new
+        };
+        assert_eq!(job.envelope, expected.to_json().into_bytes());
+        assert_eq!(job.mismatch, None);
+    }
 }
 
 #[tokio::test]

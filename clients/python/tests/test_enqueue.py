@@ -87,9 +87,11 @@ def test_stage_job_has_the_documented_fields(
     state, max_attempts, enqueued_at_ms, batch = job["jobs"].split(" ")
     assert state == "queued"
     assert max_attempts == "10"
-    # The call's envelope batch, which holds this job's envelope and nothing else.
-    assert redis_client.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
-    assert redis_client.get(f"atr-dist:{{{queue}}}:batches") == batch.encode()
+    # A call that creates one job keeps its envelope in the queue's shared batch 0 and takes
+    # no batch number of its own (docs/wire-format.md, "Enqueue").
+    assert batch == "0"
+    assert redis_client.hkeys(f"atr-dist:{{{queue}}}:env:0") == [result.id.encode()]
+    assert not redis_client.exists(f"atr-dist:{{{queue}}}:batches")
     assert not redis_client.exists(f"atr-dist:{{{queue}}}:incoming")
     # Times come from the Redis server's clock; allow for skew with this machine's.
     assert abs(int(enqueued_at_ms) - before) < 60_000
@@ -427,11 +429,15 @@ def test_lost_scripts_are_loaded_again(
     # As after a Redis restart: the script is gone, and a transaction whose EVALSHA failed
     # left envelopes in `incoming`. (On a Redis of its own: SCRIPT FLUSH is server-wide.)
     producer = Producer(private_redis, queue=queue)
-    producer.enqueue_stage(**{**stage_args, "version": "0.0.9"})
+    first = producer.enqueue_stage(**{**stage_args, "version": "0.0.9"})
     private_redis.script_flush()
     private_redis.hset(f"atr-dist:{{{queue}}}:incoming", "left-over", b"{}")
     result = producer.enqueue_stage(**stage_args)
     assert result.created
+    # Both calls created one job each: their envelopes are in the shared batch 0, and the
+    # left-over is not.
     batch = batch_of(private_redis, queue, result.id)
-    assert private_redis.hkeys(f"atr-dist:{{{queue}}}:env:{batch}") == [result.id.encode()]
+    assert batch == "0"
+    kept = private_redis.hkeys(f"atr-dist:{{{queue}}}:env:0")
+    assert sorted(kept) == sorted([first.id.encode(), result.id.encode()])
     assert not private_redis.exists(f"atr-dist:{{{queue}}}:incoming")

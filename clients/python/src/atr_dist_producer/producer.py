@@ -77,7 +77,8 @@ class Producer:
 
     Each call is one transaction, as docs/wire-format.md prescribes: the envelopes go to the
     queue's ``incoming`` hash with a plain ``HSET`` (never through Lua), and ``enqueue.lua``
-    turns that hash into the call's envelope batch. On a sharded queue (docs/wire-format.md,
+    turns that hash into the call's envelope batch (a call that creates one job adds its
+    envelope to the queue's shared batch 0 instead). On a sharded queue (docs/wire-format.md,
     "Shards") each job goes to the shard of its distribution, one transaction per shard. The script is sent by ``EVALSHA``, and
     loaded (``SCRIPT LOAD``) when Redis answers ``NOSCRIPT`` (after a restart, or on first
     use), after which the transaction runs again.
