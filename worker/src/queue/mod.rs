@@ -34,6 +34,8 @@ use scripts::SCRIPTS;
 /// Jobs per script call when enqueuing in bulk: large enough to amortise the round trip,
 /// small enough that one call never blocks Redis for long.
 pub const ENQUEUE_CHUNK: usize = 1000;
+/// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard (`send_enqueue_calls`).
+const ENQUEUE_IN_FLIGHT: usize = 2;
 
 /// Acks per script call; `ack.lua` takes at most 1000.
 const ACK_CHUNK: usize = 1000;
@@ -416,14 +418,29 @@ impl Queue {
         &self,
         calls: Vec<&[&RawJob]>,
     ) -> Result<Vec<Enqueued>, QueueError> {
+        use futures::StreamExt as _;
         let mut out = Vec::with_capacity(calls.iter().map(|c| c.len()).sum());
-        for chunk in calls {
-            let (run_at, max_attempts) = call_timing(chunk[0]);
-            let reply = self.enqueue_call(chunk, run_at, max_attempts).await?;
-            if reply.len() != 2 * chunk.len() {
+        // Two calls in flight: Redis runs one while this side builds and sends the next, and
+        // one connection keeps them in order (each is one transaction, so they never
+        // interleave). Should a call fail, the one after it may have been applied already;
+        // enqueuing the same jobs again is safe (their idempotency keys return them).
+        // (A loop rather than `stream::iter(..).map(..).buffered(..)`, whose closure the
+        // compiler cannot prove Send for every lifetime inside an axum handler.)
+        let mut calls = calls.into_iter();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        loop {
+            while in_flight.len() < ENQUEUE_IN_FLIGHT {
+                let Some(chunk) = calls.next() else { break };
+                in_flight.push_back(self.enqueue_call(chunk));
+            }
+            let Some(answer) = in_flight.next().await else {
+                break;
+            };
+            let (jobs, reply) = answer?;
+            if reply.len() != 2 * jobs {
                 return Err(protocol(
                     "enqueue.lua",
-                    format!("{} values for {} jobs", reply.len(), chunk.len()),
+                    format!("{} values for {jobs} jobs", reply.len()),
                 ));
             }
             for pair in reply.chunks(2) {
@@ -452,12 +469,9 @@ impl Queue {
     /// envelopes go to `incoming` with a plain HSET (never through Lua), and the script
     /// turns that hash into the call's envelope batch. `DEL` first clears what a transaction
     /// whose script was not loaded left behind.
-    async fn enqueue_call(
-        &self,
-        chunk: &[&RawJob],
-        run_at: i64,
-        max_attempts: u32,
-    ) -> Result<Vec<Value>, QueueError> {
+    /// Answers the call's job count and the script's reply.
+    async fn enqueue_call(&self, chunk: &[&RawJob]) -> Result<(usize, Vec<Value>), QueueError> {
+        let (run_at, max_attempts) = call_timing(chunk[0]);
         let incoming = format!("{}incoming", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&incoming).ignore();
@@ -479,18 +493,19 @@ impl Queue {
         }
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<(Vec<Value>,)> = pipe.query_async(&mut conn).await;
-        match result {
-            Ok((reply,)) => Ok(reply),
+        let reply = match result {
+            Ok((reply,)) => reply,
             // Redis restarted, or its scripts were flushed: load the script and run the
             // whole transaction again. (`SCRIPT LOAD` cannot go inside the transaction: Redis
             // checks the script exists when EVALSHA runs, not when it is queued.)
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 SCRIPTS.enqueue.load_async(&mut conn).await?;
                 let (reply,): (Vec<Value>,) = pipe.query_async(&mut conn).await?;
-                Ok(reply)
+                reply
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        Ok((chunk.len(), reply))
     }
 
     /// Leases up to `max` jobs to `worker` for `lease`.
