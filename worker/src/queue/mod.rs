@@ -34,8 +34,9 @@ use scripts::SCRIPTS;
 /// Jobs per script call when enqueuing in bulk: large enough to amortise the round trip,
 /// small enough that one call never blocks Redis for long.
 pub const ENQUEUE_CHUNK: usize = 1000;
-/// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard (`send_enqueue_calls`).
-const ENQUEUE_IN_FLIGHT: usize = 2;
+/// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard by default
+/// (`send_enqueue_calls`).
+pub const ENQUEUE_IN_FLIGHT: usize = 2;
 
 /// Acks per script call; `ack.lua` takes at most 1000.
 const ACK_CHUNK: usize = 1000;
@@ -85,6 +86,8 @@ pub struct Queue {
     locks: String,
     /// The queue's shard count as last read, shared by the clones of a handle.
     shards: std::sync::Arc<shards::ShardCache>,
+    /// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard.
+    enqueue_in_flight: usize,
 }
 
 /// What a producer hands to `enqueue_raw`: the envelope as JSON, its idempotency key and
@@ -269,7 +272,16 @@ impl Queue {
             prefix,
             locks: lock::LOCKS.to_owned(),
             shards: Default::default(),
+            enqueue_in_flight: ENQUEUE_IN_FLIGHT,
         }
+    }
+
+    /// This handle with `n` (at least 1) `enqueue.lua` calls in flight per bulk enqueue
+    /// instead of the default 2; 1 waits for each call's reply before sending the next
+    /// (queue-bench compares the two).
+    pub fn with_enqueue_in_flight(mut self, n: usize) -> Queue {
+        self.enqueue_in_flight = n.max(1);
+        self
     }
 
     /// A handle on shard `shard` of this queue (docs/wire-format.md, "Shards"), sharing this
@@ -287,6 +299,7 @@ impl Queue {
             prefix,
             locks: self.locks.clone(),
             shards: std::sync::Arc::clone(&self.shards),
+            enqueue_in_flight: self.enqueue_in_flight,
         }
     }
 
@@ -429,7 +442,7 @@ impl Queue {
         let mut calls = calls.into_iter();
         let mut in_flight = futures::stream::FuturesOrdered::new();
         loop {
-            while in_flight.len() < ENQUEUE_IN_FLIGHT {
+            while in_flight.len() < self.enqueue_in_flight {
                 let Some(chunk) = calls.next() else { break };
                 in_flight.push_back(self.enqueue_call(chunk));
             }
