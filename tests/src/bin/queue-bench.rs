@@ -33,7 +33,7 @@ use atr_dist::config::{Config, WorkerConfig};
 use atr_dist::queue::pool::{
     self, Completion, JobError, JobHandler, PoolConfig, PoolHandle, RunningJob,
 };
-use atr_dist::queue::{Queue, key_prefix};
+use atr_dist::queue::{ENQUEUE_CHUNK, Queue, key_prefix};
 use atr_dist_shared::{Envelope, JobState};
 use atr_dist_tests::{jobs, unique_name};
 use clap::{Parser, ValueEnum};
@@ -91,6 +91,11 @@ struct Args {
     /// above 1,000.
     #[arg(long)]
     enqueue_in_flight: Option<usize>,
+    /// Where a queued job's Redis bytes go: this many jobs enqueued into a fresh queue one
+    /// per call (as ATR enqueues) and 1,000 per call, then `MEMORY USAGE` and `OBJECT
+    /// ENCODING` of each of the queue's keys; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    memory_jobs: usize,
     /// Systems to run.
     #[arg(long, value_delimiter = ',', default_value = "atr-dist,apalis-redis")]
     systems: Vec<System>,
@@ -432,6 +437,20 @@ async fn run(args: Args) -> Result<()> {
             idle.push((mode, r.map_err(|e| format!("{e:#}"))));
         }
     }
+    let mut memory = Vec::new();
+    if args.memory_jobs > 0 && args.systems.contains(&System::AtrDist) {
+        for per_call in [1, ENQUEUE_CHUNK] {
+            eprintln!(
+                "\n== memory: {} jobs, {per_call} per enqueue call",
+                args.memory_jobs
+            );
+            let r = memory_breakdown(&mut ctx, args.memory_jobs, per_call).await;
+            if let Err(e) = &r {
+                eprintln!("   failed: {e:#}");
+            }
+            memory.push((per_call, r.map_err(|e| format!("{e:#}"))));
+        }
+    }
     let mut results = Vec::new();
     'outer: for &backlog in &backlogs {
         for &concurrency in &args.concurrency {
@@ -453,7 +472,126 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     print_report(&args, &facts, &idle, &results, &mut ctx).await;
+    print_memory(args.memory_jobs, &memory);
     Ok(())
+}
+
+/// What `memory_breakdown` found for one way of enqueuing.
+struct MemoryBreakdown {
+    /// Mean envelope length, bytes.
+    envelope: f64,
+    /// `used_memory` after the enqueue minus before, per job.
+    used_per_job: f64,
+    /// Per key (the `env:<batch>` keys as one): `MEMORY USAGE` per job, and the encoding.
+    keys: Vec<(String, f64, String)>,
+}
+
+/// Enqueues `n` jobs into a fresh queue, `per_call` per enqueue call, and reads where the
+/// bytes went (docs/wire-format.md, "Keys"). The queue is deleted afterwards.
+async fn memory_breakdown(ctx: &mut Ctx, n: usize, per_call: usize) -> Result<MemoryBreakdown> {
+    let name = unique_name("bench-mem");
+    let pattern = format!("{}*", glob_escape(&key_prefix(&name)));
+    let queue = Queue::connect(&ctx.url, &[], &name).await?;
+    let envs: Vec<Envelope> = (0..n).map(jobs::stage).collect();
+    let envelope = envs.iter().map(|e| e.to_json().len()).sum::<usize>() as f64 / n as f64;
+    let outcome = async {
+        let before = sample(ctx).await?.used_memory;
+        for chunk in envs.chunks(per_call) {
+            let out = queue.enqueue_bulk(chunk, None, 3).await?;
+            if !out.iter().all(|e| e.created) {
+                bail!("enqueue_bulk created fewer jobs than given");
+            }
+        }
+        let used_per_job = (sample(ctx).await?.used_memory - before) as f64 / n as f64;
+        let prefix = key_prefix(&name);
+        let mut groups: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut ctx.admin)
+                .await?;
+            for key in keys {
+                let bytes: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut ctx.admin)
+                    .await?;
+                let encoding: String = redis::cmd("OBJECT")
+                    .arg("ENCODING")
+                    .arg(&key)
+                    .query_async(&mut ctx.admin)
+                    .await?;
+                let short = key.strip_prefix(&prefix).unwrap_or(&key);
+                let group = match short.split_once(':') {
+                    Some((head, _)) => format!("{head}:*"),
+                    None => short.to_owned(),
+                };
+                let entry = groups.entry(group).or_insert((0, String::new()));
+                entry.0 += bytes.unwrap_or(0);
+                if !entry.1.split(',').any(|e| e == encoding) {
+                    if !entry.1.is_empty() {
+                        entry.1.push(',');
+                    }
+                    entry.1.push_str(&encoding);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut keys: Vec<(String, f64, String)> = groups
+            .into_iter()
+            .map(|(k, (bytes, enc))| (k, bytes as f64 / n as f64, enc))
+            .filter(|(_, per_job, _)| *per_job >= 0.5)
+            .collect();
+        keys.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(MemoryBreakdown {
+            envelope,
+            used_per_job,
+            keys,
+        })
+    }
+    .await;
+    cleanup(ctx, &[pattern], &[]).await;
+    outcome
+}
+
+fn print_memory(n: usize, memory: &[(usize, Result<MemoryBreakdown, String>)]) {
+    if memory.is_empty() {
+        return;
+    }
+    println!("\n## Redis memory per queued job ({n} stage jobs, MEMORY USAGE per key)\n");
+    println!(
+        "| jobs per enqueue call | envelope B | used_memory per job B | beyond the envelope B | per key: B per job (encoding) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (per_call, r) in memory {
+        match r {
+            Ok(m) => {
+                let keys: Vec<String> = m
+                    .keys
+                    .iter()
+                    .map(|(k, b, enc)| format!("`{k}` {b:.0} ({enc})"))
+                    .collect();
+                println!(
+                    "| {per_call} | {:.0} | {:.0} | {:.0} | {} |",
+                    m.envelope,
+                    m.used_per_job,
+                    m.used_per_job - m.envelope,
+                    keys.join(", ")
+                );
+            }
+            Err(e) => println!("| {per_call} | failed: {e} | | | |"),
+        }
+    }
 }
 
 /// `repeat` runs; returns the median by processing jobs/s (a failed run counts as slowest),
