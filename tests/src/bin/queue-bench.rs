@@ -1241,6 +1241,9 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let phase_start = Instant::now();
+    // This process's CPU over the phase: building, serialising and sending the jobs (the
+    // pool is not running yet).
+    let cpu0 = process_cpu_us();
     let mut start = 0;
     let mut next_report = Instant::now() + Duration::from_secs(10);
     while start < n {
@@ -1265,8 +1268,11 @@ where
         }
     }
     let spent = phase_start.elapsed();
+    let cpu1 = process_cpu_us();
     let after = sample(ctx).await?;
-    Ok(phase_between(ctx, before, &after, spent.as_secs_f64()))
+    let mut phase = phase_between(ctx, before, &after, spent.as_secs_f64());
+    phase.worker_cpu_us = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    Ok(phase)
 }
 
 /// Polls fast at first (short runs need the resolution), then every 10 ms.
@@ -1880,18 +1886,25 @@ async fn print_report(
         }
         out.push('\n');
     }
-    out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | worker CPU µs/job (process) | bench process RSS MiB |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| system | backlog | concurrency | enqueue jobs/s | process jobs/s | Redis CPU µs/job enqueue / process / total | Redis B per queued job | Redis B per done job (retained) | producer CPU µs/job (enqueue) | worker CPU µs/job (process) | bench process RSS MiB |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         // Rates and CPU over every job of the run; memory over one backlog.
         let n = r.jobs();
-        let (enq_rate, enq_cpu, bytes) = match &r.enqueue {
+        let (enq_rate, enq_cpu, bytes, producer_cpu) = match &r.enqueue {
             Ok(p) => (
                 rate(n, p.secs),
                 Some(per_job(p.redis_cpu_us, n)),
                 format!("{:.0}", p.mem_delta as f64 / r.backlog as f64),
+                p.worker_cpu_us
+                    .map_or("-".into(), |c| format!("{:.1}", per_job(c, n))),
             ),
-            Err(e) => (format!("failed: {}", short(e)), None, "-".into()),
+            Err(e) => (
+                format!("failed: {}", short(e)),
+                None,
+                "-".into(),
+                "-".into(),
+            ),
         };
         let (proc_rate, proc_cpu, worker_cpu) = match &r.process {
             Ok(p) => (
@@ -1917,7 +1930,7 @@ async fn print_report(
             .rss_kib
             .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         out.push_str(&format!(
-            "| {}{} | {} | {} | {enq_rate} | {proc_rate} | {cpu} | {bytes} | {retained} | {worker_cpu} | {rss} |\n",
+            "| {}{} | {} | {} | {enq_rate} | {proc_rate} | {cpu} | {bytes} | {retained} | {producer_cpu} | {worker_cpu} | {rss} |\n",
             r.system.label(),
             if r.noisy { " †" } else { "" },
             thousands(r.backlog as u64),
