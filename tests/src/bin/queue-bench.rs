@@ -82,15 +82,9 @@ struct Args {
     /// atr-dist's fetch size comes to].
     #[arg(long)]
     apalis_batch: Option<usize>,
-    /// Jobs per enqueue call, both systems. (atr-dist's `enqueue_bulk` sends them as
-    /// `enqueue.lua` calls of at most 1,000 jobs, `--enqueue-in-flight` at a time.)
+    /// Jobs per enqueue call, both systems.
     #[arg(long, default_value_t = 1000)]
     enqueue_chunk: usize,
-    /// atr-dist: `enqueue.lua` calls in flight per bulk enqueue [default: the shipped 2];
-    /// 1 is how it enqueued before (one call at a time). Matters when `--enqueue-chunk` is
-    /// above 1,000.
-    #[arg(long)]
-    enqueue_in_flight: Option<usize>,
     /// Where a queued job's Redis bytes go: this many jobs enqueued into a fresh queue one
     /// per call (as ATR enqueues) and 1,000 per call, then `MEMORY USAGE` and `OBJECT
     /// ENCODING` of each of the queue's keys; 0 skips it.
@@ -168,8 +162,6 @@ struct Ctx {
     wake_ups: bool,
     apalis_batch: Option<usize>,
     enqueue_chunk: usize,
-    /// atr-dist's `enqueue.lua` calls in flight (None: the shipped default).
-    enqueue_in_flight: Option<usize>,
     stall: Duration,
     phase_timeout: Duration,
     commandstats: bool,
@@ -368,14 +360,8 @@ async fn run(args: Args) -> Result<()> {
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         bail!("--concurrency needs values above 0");
     }
-    if args.enqueue_chunk == 0
-        || args.fetch_batch == Some(0)
-        || args.apalis_batch == Some(0)
-        || args.enqueue_in_flight == Some(0)
-    {
-        bail!(
-            "--enqueue-chunk, --enqueue-in-flight, --fetch-batch and --apalis-batch must be above 0"
-        );
+    if args.enqueue_chunk == 0 || args.fetch_batch == Some(0) || args.apalis_batch == Some(0) {
+        bail!("--enqueue-chunk, --fetch-batch and --apalis-batch must be above 0");
     }
     let backlogs = match (&args.backlogs, args.quick) {
         (Some(b), _) => b.clone(),
@@ -405,7 +391,6 @@ async fn run(args: Args) -> Result<()> {
         wake_ups: !args.no_wake_ups,
         apalis_batch: args.apalis_batch,
         enqueue_chunk: args.enqueue_chunk,
-        enqueue_in_flight: args.enqueue_in_flight,
         stall: Duration::from_secs(args.stall_secs.max(1)),
         phase_timeout: Duration::from_secs(args.phase_timeout_secs.max(1)),
         commandstats: args.commandstats,
@@ -796,13 +781,9 @@ async fn idle_series(
     mode: IdleMode,
     samples: usize,
 ) -> Result<IdleStats> {
-    let mut queue =
-        tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
-            .await
-            .map_err(|_| anyhow!("connecting timed out"))??;
-    if let Some(n) = ctx.enqueue_in_flight {
-        queue = queue.with_enqueue_in_flight(n);
-    }
+    let queue = tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
+        .await
+        .map_err(|_| anyhow!("connecting timed out"))??;
     // The queue exists (its format key) before the pool starts, as a deployed one does.
     let warm = jobs::stage(0);
     queue.enqueue(&warm, None, 3).await?;
@@ -874,13 +855,9 @@ async fn atr_run(ctx: &mut Ctx, backlog: usize, concurrency: usize) -> RunResult
 
 async fn atr_phases(ctx: &mut Ctx, name: &str, result: &mut RunResult) -> Result<()> {
     let n = result.backlog;
-    let mut queue =
-        tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
-            .await
-            .map_err(|_| anyhow!("connecting timed out"))??;
-    if let Some(n) = ctx.enqueue_in_flight {
-        queue = queue.with_enqueue_in_flight(n);
-    }
+    let queue = tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
+        .await
+        .map_err(|_| anyhow!("connecting timed out"))??;
 
     // Enqueue.
     let before_enqueue = sample(ctx).await?;
@@ -1767,12 +1744,8 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
             if ctx.redis_pid.is_some() { "yes" } else { "no" },
         ),
         format!(
-            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist enqueue.lua calls in flight {}; atr-dist shipped pool configuration but for fetch_batch {} (capped by free capacity), lease {} s, idle workers {}; apalis-redis batch_size {}, other Config defaults",
+            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist shipped pool configuration but for fetch_batch {} (capped by free capacity), lease {} s, idle workers {}; apalis-redis batch_size {}, other Config defaults",
             ctx.enqueue_chunk,
-            ctx.enqueue_in_flight.map_or_else(
-                || format!("{} (shipped)", atr_dist::queue::ENQUEUE_IN_FLIGHT),
-                |n| n.to_string()
-            ),
             ctx.fetch_batch,
             ctx.lease.as_secs(),
             if ctx.wake_ups {

@@ -34,9 +34,6 @@ use scripts::SCRIPTS;
 /// Jobs per script call when enqueuing in bulk: large enough to amortise the round trip,
 /// small enough that one call never blocks Redis for long.
 pub const ENQUEUE_CHUNK: usize = 1000;
-/// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard by default
-/// (`send_enqueue_calls`).
-pub const ENQUEUE_IN_FLIGHT: usize = 2;
 
 /// Acks per script call; `ack.lua` takes at most 1000.
 const ACK_CHUNK: usize = 1000;
@@ -86,8 +83,6 @@ pub struct Queue {
     locks: String,
     /// The queue's shard count as last read, shared by the clones of a handle.
     shards: std::sync::Arc<shards::ShardCache>,
-    /// `enqueue.lua` calls a bulk enqueue keeps in flight on one shard.
-    enqueue_in_flight: usize,
 }
 
 /// What a producer hands to `enqueue_raw`: the envelope as JSON, its idempotency key and
@@ -272,16 +267,7 @@ impl Queue {
             prefix,
             locks: lock::LOCKS.to_owned(),
             shards: Default::default(),
-            enqueue_in_flight: ENQUEUE_IN_FLIGHT,
         }
-    }
-
-    /// This handle with `n` (at least 1) `enqueue.lua` calls in flight per bulk enqueue
-    /// instead of the default 2; 1 waits for each call's reply before sending the next
-    /// (queue-bench compares the two).
-    pub fn with_enqueue_in_flight(mut self, n: usize) -> Queue {
-        self.enqueue_in_flight = n.max(1);
-        self
     }
 
     /// A handle on shard `shard` of this queue (docs/wire-format.md, "Shards"), sharing this
@@ -299,7 +285,6 @@ impl Queue {
             prefix,
             locks: self.locks.clone(),
             shards: std::sync::Arc::clone(&self.shards),
-            enqueue_in_flight: self.enqueue_in_flight,
         }
     }
 
@@ -431,29 +416,14 @@ impl Queue {
         &self,
         calls: Vec<&[&RawJob]>,
     ) -> Result<Vec<Enqueued>, QueueError> {
-        use futures::StreamExt as _;
         let mut out = Vec::with_capacity(calls.iter().map(|c| c.len()).sum());
-        // Two calls in flight: Redis runs one while this side builds and sends the next, and
-        // one connection keeps them in order (each is one transaction, so they never
-        // interleave). Should a call fail, the one after it may have been applied already;
-        // enqueuing the same jobs again is safe (their idempotency keys return them).
-        // (A loop rather than `stream::iter(..).map(..).buffered(..)`, whose closure the
-        // compiler cannot prove Send for every lifetime inside an axum handler.)
-        let mut calls = calls.into_iter();
-        let mut in_flight = futures::stream::FuturesOrdered::new();
-        loop {
-            while in_flight.len() < self.enqueue_in_flight {
-                let Some(chunk) = calls.next() else { break };
-                in_flight.push_back(self.enqueue_call(chunk));
-            }
-            let Some(answer) = in_flight.next().await else {
-                break;
-            };
-            let (jobs, reply) = answer?;
-            if reply.len() != 2 * jobs {
+        for chunk in calls {
+            let (run_at, max_attempts) = call_timing(chunk[0]);
+            let reply = self.enqueue_call(chunk, run_at, max_attempts).await?;
+            if reply.len() != 2 * chunk.len() {
                 return Err(protocol(
                     "enqueue.lua",
-                    format!("{} values for {jobs} jobs", reply.len()),
+                    format!("{} values for {} jobs", reply.len(), chunk.len()),
                 ));
             }
             for pair in reply.chunks(2) {
@@ -482,9 +452,12 @@ impl Queue {
     /// envelopes go to `incoming` with a plain HSET (never through Lua), and the script
     /// turns that hash into the call's envelope batch. `DEL` first clears what a transaction
     /// whose script was not loaded left behind.
-    /// Answers the call's job count and the script's reply.
-    async fn enqueue_call(&self, chunk: &[&RawJob]) -> Result<(usize, Vec<Value>), QueueError> {
-        let (run_at, max_attempts) = call_timing(chunk[0]);
+    async fn enqueue_call(
+        &self,
+        chunk: &[&RawJob],
+        run_at: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Value>, QueueError> {
         let incoming = format!("{}incoming", self.prefix);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&incoming).ignore();
@@ -506,19 +479,18 @@ impl Queue {
         }
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<(Vec<Value>,)> = pipe.query_async(&mut conn).await;
-        let reply = match result {
-            Ok((reply,)) => reply,
+        match result {
+            Ok((reply,)) => Ok(reply),
             // Redis restarted, or its scripts were flushed: load the script and run the
             // whole transaction again. (`SCRIPT LOAD` cannot go inside the transaction: Redis
             // checks the script exists when EVALSHA runs, not when it is queued.)
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 SCRIPTS.enqueue.load_async(&mut conn).await?;
                 let (reply,): (Vec<Value>,) = pipe.query_async(&mut conn).await?;
-                reply
+                Ok(reply)
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok((chunk.len(), reply))
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Leases up to `max` jobs to `worker` for `lease`.
