@@ -1664,6 +1664,7 @@ fn vm_kib(field: &str) -> Option<u64> {
 async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
     let server = info(ctx, "server").await?;
     let clients = info(ctx, "clients").await?;
+    let shipped = WorkerConfig::default();
     ctx.redis_pid = server
         .get("process_id")
         .and_then(|p| p.parse::<u32>().ok())
@@ -1744,12 +1745,12 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
             if ctx.redis_pid.is_some() { "yes" } else { "no" },
         ),
         format!(
-            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist shipped pool configuration but for fetch_batch {} (capped by free capacity), lease {} s, idle workers {}; apalis-redis batch_size {}, other Config defaults",
+            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist pool: fetch_batch {} (capped by free capacity), lease {} s, idle workers {}, the rest as shipped; apalis-redis batch_size {}, other Config defaults",
             ctx.enqueue_chunk,
-            ctx.fetch_batch,
-            ctx.lease.as_secs(),
+            shipped_or(ctx.fetch_batch, shipped.fetch_batch),
+            shipped_or(ctx.lease.as_secs(), shipped.lease_secs),
             if ctx.wake_ups {
-                "wait for wake-ups"
+                "wait for wake-ups (shipped)"
             } else {
                 "poll"
             },
@@ -1757,6 +1758,15 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
                 .map_or_else(|| "= concurrency".to_owned(), |b| b.to_string()),
         ),
     ])
+}
+
+/// `value`, marked as the shipped default where it is one.
+fn shipped_or<T: PartialEq + std::fmt::Display>(value: T, shipped: T) -> String {
+    if value == shipped {
+        format!("{value} (shipped)")
+    } else {
+        format!("{value} (shipped: {shipped})")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
