@@ -87,7 +87,7 @@ pub enum Command {
     /// List, show, retry, cancel and purge jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
-    /// Queue statistics; pause and resume.
+    /// Queue statistics; pause and resume; wire-format migration; the shard count.
     #[command(subcommand)]
     Queue(jobs::QueueCommand),
 }
