@@ -90,7 +90,9 @@ struct Args {
     /// ENCODING` of each of the queue's keys; 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     memory_jobs: usize,
-    /// Systems to run.
+    /// Systems to run: `atr-dist`, `atr-dist-polling` (idle workers poll, as before
+    /// wake-ups; beside `atr-dist` it shows what waking costs under load) and
+    /// `apalis-redis`.
     #[arg(long, value_delimiter = ',', default_value = "atr-dist,apalis-redis")]
     systems: Vec<System>,
     /// A processing phase that makes no progress for this long is recorded as failed.
@@ -131,6 +133,9 @@ enum IdleMode {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
     AtrDist,
+    /// atr-dist with idle workers polling, as before wake-ups: the same run then shows what
+    /// waking costs Redis under load.
+    AtrDistPolling,
     ApalisRedis,
 }
 
@@ -138,6 +143,7 @@ impl System {
     fn label(self) -> &'static str {
         match self {
             System::AtrDist => "atr-dist",
+            System::AtrDistPolling => "atr-dist, idle workers poll",
             System::ApalisRedis => "apalis-redis 1.0.0",
         }
     }
@@ -663,7 +669,8 @@ async fn run_round(
 ) -> RunResult {
     let busy = if first { wait_quiet(ctx).await } else { None };
     let mut result = match system {
-        System::AtrDist => atr_run(ctx, backlog, concurrency).await,
+        System::AtrDist => atr_run(ctx, backlog, concurrency, ctx.wake_ups).await,
+        System::AtrDistPolling => atr_run(ctx, backlog, concurrency, false).await,
         System::ApalisRedis => apalis_run(ctx, backlog, concurrency).await,
     };
     if let Some(busy) = busy {
@@ -841,11 +848,16 @@ async fn idle_series(
     })
 }
 
-async fn atr_run(ctx: &mut Ctx, backlog: usize, concurrency: usize) -> RunResult {
-    let mut result = RunResult::new(System::AtrDist, backlog, concurrency);
+async fn atr_run(ctx: &mut Ctx, backlog: usize, concurrency: usize, wake_ups: bool) -> RunResult {
+    let system = if wake_ups {
+        System::AtrDist
+    } else {
+        System::AtrDistPolling
+    };
+    let mut result = RunResult::new(system, backlog, concurrency);
     let name = unique_name("bench");
     let pattern = format!("{}*", glob_escape(&key_prefix(&name)));
-    let outcome = AssertUnwindSafe(atr_phases(ctx, &name, &mut result))
+    let outcome = AssertUnwindSafe(atr_phases(ctx, &name, &mut result, wake_ups))
         .catch_unwind()
         .await;
     record_failure(&mut result, outcome);
@@ -853,7 +865,12 @@ async fn atr_run(ctx: &mut Ctx, backlog: usize, concurrency: usize) -> RunResult
     result
 }
 
-async fn atr_phases(ctx: &mut Ctx, name: &str, result: &mut RunResult) -> Result<()> {
+async fn atr_phases(
+    ctx: &mut Ctx,
+    name: &str,
+    result: &mut RunResult,
+    wake_ups: bool,
+) -> Result<()> {
     let n = result.backlog;
     let queue = tokio::time::timeout(Duration::from_secs(5), Queue::connect(&ctx.url, &[], name))
         .await
@@ -882,7 +899,7 @@ async fn atr_phases(ctx: &mut Ctx, name: &str, result: &mut RunResult) -> Result
     }
 
     // Process.
-    let config = shipped_pool(ctx, result.concurrency, ctx.wake_ups);
+    let config = shipped_pool(ctx, result.concurrency, wake_ups);
     let before = sample(ctx).await?;
     let cpu0 = process_cpu_us();
     let started = Instant::now();
@@ -1950,6 +1967,34 @@ async fn print_report(
     }
     if !any_pair {
         out.push_str("- (no pairs: run both systems)\n");
+    }
+
+    // What waking idle workers costs under load, where both ways ran.
+    let mut wake_lines = String::new();
+    for a in results.iter().filter(|r| r.system == System::AtrDist) {
+        let Some(b) = results.iter().find(|r| {
+            r.system == System::AtrDistPolling
+                && r.backlog == a.backlog
+                && r.concurrency == a.concurrency
+        }) else {
+            continue;
+        };
+        let (Ok(pa), Ok(pb)) = (&a.process, &b.process) else {
+            continue;
+        };
+        wake_lines.push_str(&format!(
+            "- backlog {}, concurrency {}: Redis CPU {:.1} / {:.1} µs/job, processing {} / {} jobs/s\n",
+            thousands(a.backlog as u64),
+            a.concurrency,
+            per_job(pa.redis_cpu_us, a.jobs()),
+            per_job(pb.redis_cpu_us, b.jobs()),
+            rate(a.jobs(), pa.secs),
+            rate(b.jobs(), pb.secs),
+        ));
+    }
+    if !wake_lines.is_empty() {
+        out.push_str("\natr-dist under load, idle workers woken / polling (processing phase):\n\n");
+        out.push_str(&wake_lines);
     }
 
     // Targets, atr-dist only.
