@@ -38,6 +38,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Every key of one Redis server matching the glob `pattern`, by SCAN (never KEYS, which
+/// blocks the server).
+pub async fn scan_keys<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use atr_dist::queue::lock::LockLost;
 use atr_dist::queue::{Ack, AckOutcome, AckResult, AdminReply, Lease, Leased, Queue, RawJob};
-use atr_dist_shared::{ErrorClass, JobState};
+use atr_dist_shared::{Envelope, ErrorClass, JobState};
 use atr_dist_tests::cases::{count, state_of};
 use atr_dist_tests::redis_support::TestQueue;
 use atr_dist_tests::{checkout_path, jobs};
@@ -1420,24 +1420,28 @@ async fn enqueue_that_creates_nothing_takes_no_batch_and_keeps_no_envelopes() {
     assert_eq!(batches, "1");
 }
 
-#[tokio::test]
-async fn enqueue_keeps_only_the_envelopes_of_the_jobs_it_created() {
-    let t = TestQueue::new().await;
-    let q = &t.queue;
+/// Enqueues job 1 alone, then, in one call, a duplicate of it (its key under a new id)
+/// followed by `fresh`, and checks that only `fresh` were created. Returns job 1.
+async fn enqueue_after_a_duplicate(q: &Queue, fresh: &[Envelope]) -> Envelope {
     let old = jobs::stage(1);
     q.enqueue(&old, None, 3).await.unwrap();
     let mut dup = jobs::stage(1);
     dup.id = atr_dist_shared::JobId::new_v7();
+    let call: Vec<Envelope> = std::iter::once(dup).chain(fresh.iter().cloned()).collect();
+    let out = q.enqueue_bulk(&call, None, 3).await.unwrap();
+    let created: Vec<bool> = out.iter().map(|e| e.created).collect();
+    let expected: Vec<bool> = call.iter().enumerate().map(|(i, _)| i > 0).collect();
+    assert_eq!(created, expected);
+    old
+}
+
+#[tokio::test]
+async fn enqueue_keeps_only_the_envelopes_of_the_jobs_it_created() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
     let new = jobs::stage(2);
     let newer = jobs::stage(3);
-    let out = q
-        .enqueue_bulk(&[dup, new.clone(), newer.clone()], None, 3)
-        .await
-        .unwrap();
-    assert_eq!(
-        out.iter().map(|e| e.created).collect::<Vec<_>>(),
-        [false, true, true]
-    );
+    enqueue_after_a_duplicate(q, &[new.clone(), newer.clone()]).await;
     // The first call created one job (batch 0, shared); this one is batch 1, its own.
     let mut fields: Vec<String> = q
         .connection()
@@ -1463,20 +1467,9 @@ async fn enqueue_keeps_only_the_envelopes_of_the_jobs_it_created() {
 async fn enqueue_that_creates_one_job_adds_its_envelope_to_the_shared_batch_0() {
     let t = TestQueue::new().await;
     let q = &t.queue;
-    let old = jobs::stage(1);
-    q.enqueue(&old, None, 3).await.unwrap();
     // One job created of two sent: only the created job's envelope is kept, in batch 0.
-    let mut dup = jobs::stage(1);
-    dup.id = atr_dist_shared::JobId::new_v7();
     let new = jobs::stage(2);
-    let out = q
-        .enqueue_bulk(&[dup.clone(), new.clone()], None, 3)
-        .await
-        .unwrap();
-    assert_eq!(
-        out.iter().map(|e| e.created).collect::<Vec<_>>(),
-        [false, true]
-    );
+    let old = enqueue_after_a_duplicate(q, std::slice::from_ref(&new)).await;
     let kept: std::collections::BTreeMap<String, String> = q
         .connection()
         .hgetall(format!("{}env:0", q.prefix()))

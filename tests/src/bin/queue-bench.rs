@@ -35,7 +35,7 @@ use atr_dist::queue::pool::{
 };
 use atr_dist::queue::{ENQUEUE_CHUNK, Queue, key_prefix};
 use atr_dist_shared::{Envelope, JobState};
-use atr_dist_tests::{jobs, unique_name};
+use atr_dist_tests::{jobs, scan_keys, unique_name};
 use clap::{Parser, ValueEnum};
 use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
@@ -496,47 +496,32 @@ async fn memory_breakdown(ctx: &mut Ctx, n: usize, per_call: usize) -> Result<Me
         let used_per_job = (sample(ctx).await?.used_memory - before) as f64 / n as f64;
         let prefix = key_prefix(&name);
         let mut groups: std::collections::BTreeMap<String, (u64, String)> = Default::default();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
+        for key in scan_keys(&mut ctx.admin, &pattern).await? {
+            let bytes: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&key)
+                .arg("SAMPLES")
+                .arg(0)
                 .query_async(&mut ctx.admin)
                 .await?;
-            for key in keys {
-                let bytes: Option<u64> = redis::cmd("MEMORY")
-                    .arg("USAGE")
-                    .arg(&key)
-                    .arg("SAMPLES")
-                    .arg(0)
-                    .query_async(&mut ctx.admin)
-                    .await?;
-                let encoding: String = redis::cmd("OBJECT")
-                    .arg("ENCODING")
-                    .arg(&key)
-                    .query_async(&mut ctx.admin)
-                    .await?;
-                let short = key.strip_prefix(&prefix).unwrap_or(&key);
-                let group = match short.split_once(':') {
-                    Some((head, _)) => format!("{head}:*"),
-                    None => short.to_owned(),
-                };
-                let entry = groups.entry(group).or_insert((0, String::new()));
-                entry.0 += bytes.unwrap_or(0);
-                if !entry.1.split(',').any(|e| e == encoding) {
-                    if !entry.1.is_empty() {
-                        entry.1.push(',');
-                    }
-                    entry.1.push_str(&encoding);
+            let encoding: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&key)
+                .query_async(&mut ctx.admin)
+                .await?;
+            let short = key.strip_prefix(&prefix).unwrap_or(&key);
+            let group = match short.split_once(':') {
+                Some((head, _)) => format!("{head}:*"),
+                None => short.to_owned(),
+            };
+            let entry = groups.entry(group).or_insert((0, String::new()));
+            entry.0 += bytes.unwrap_or(0);
+            if !entry.1.split(',').any(|e| e == encoding) {
+                if !entry.1.is_empty() {
+                    entry.1.push(',');
                 }
+                entry.1.push_str(&encoding);
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         let mut keys: Vec<(String, f64, String)> = groups
             .into_iter()

@@ -150,27 +150,13 @@ async fn delete_queue(nodes: &[String], queue: &str) -> Result<()> {
         let mut conn = client.get_multiplexed_async_connection().await?;
         // `[}:]`: shard 0's `{queue}` and the others' `{queue:i}`, not another queue's.
         let pattern = format!("atr-dist:{{{queue}[}}:]*");
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("UNLINK").arg(key).ignore();
-                }
-                let _: () = pipe.query_async(&mut conn).await?;
+        let keys = atr_dist_tests::scan_keys(&mut conn, &pattern).await?;
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("UNLINK").arg(key).ignore();
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+            let _: () = pipe.query_async(&mut conn).await?;
         }
     }
     Ok(())
