@@ -1747,10 +1747,13 @@ async fn machine_facts(ctx: &mut Ctx) -> Result<Vec<String>> {
             if ctx.redis_pid.is_some() { "yes" } else { "no" },
         ),
         format!(
-            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist pool: fetch_batch {} (capped by free capacity), lease {} s, idle workers {}, the rest as shipped; apalis-redis batch_size {}, other Config defaults",
+            "- job: npm stage envelope, {payload} bytes of JSON, no-op handler; enqueue chunk {} jobs; atr-dist pool: fetch_batch {} (capped by free capacity), lease {}, idle workers {}, the rest as shipped; apalis-redis batch_size {}, other Config defaults",
             ctx.enqueue_chunk,
             shipped_or(ctx.fetch_batch, shipped.fetch_batch),
-            shipped_or(ctx.lease.as_secs(), shipped.lease_secs),
+            shipped_or(
+                format!("{} s", ctx.lease.as_secs()),
+                format!("{} s", shipped.lease_secs)
+            ),
             if ctx.wake_ups {
                 "wait for wake-ups (shipped)"
             } else {
