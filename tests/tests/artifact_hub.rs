@@ -759,11 +759,28 @@ async fn search_offsets(server: &MockServer) -> Vec<String> {
     offsets
 }
 
-/// The repository search is a pattern match, read in pages of 60: a repository on the
-/// second page is found (offsets 0 and 60); when 20 full pages hold only namesakes, the
-/// adapter cannot tell and says so (`permanent`), having asked 20 times.
+/// The repository search is a pattern match, read in pages of 60: a short page without the
+/// repository is the last (it is not tracked); a repository on the second page is found
+/// (offsets 0 and 60); when 20 full pages hold only namesakes, the adapter cannot tell and
+/// says so (`permanent`), having asked 20 times.
 #[tokio::test]
 async fn the_repository_search_is_read_page_by_page() {
+    let key = dist().key();
+    let tag = DistTag::new("staging").unwrap();
+    let few = Hub::start().await;
+    package_endpoint(&few.staging, |_| not_found()).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/repositories/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(namesakes(0, 5)))
+        .mount(&few.staging)
+        .await;
+    let unknown = no_retries()
+        .scope(few.adapter(RATE_LIMITED_WAIT).read_staged(&key, &tag))
+        .await
+        .unwrap();
+    assert!(unknown.is_none(), "{unknown:?}");
+    assert_eq!(search_offsets(&few.staging).await, ["0"]);
+
     let hub = Hub::start().await;
     package_endpoint(&hub.staging, |_| not_found()).await;
     let search = || {
@@ -785,8 +802,6 @@ async fn the_repository_search_is_read_page_by_page() {
         .respond_with(ResponseTemplate::new(200).set_body_json(second))
         .mount(&hub.staging)
         .await;
-    let key = dist().key();
-    let tag = DistTag::new("staging").unwrap();
     let observed = no_retries()
         .scope(hub.adapter(RATE_LIMITED_WAIT).read_staged(&key, &tag))
         .await
