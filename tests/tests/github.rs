@@ -586,15 +586,18 @@ async fn a_token_without_contents_write_is_an_auth_failure() {
     let a = adapter(&gh);
     gh.inject(
         Fault::answer("POST", "/releases", 403)
-            .header("x-accepted-github-permissions", "contents=write")
+            .header("x-accepted-github-permissions", "contents=write; metadata=read")
             .json(json!({"message": "Resource not accessible by integration", "documentation_url": "https://docs.github.com/rest/releases/releases#create-a-release", "status": "403"})),
     );
     let err = a.stage(&stage_request(&files())).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    // What GitHub names, as it names it (not the default the message falls back to).
     assert!(
         err.message
             .contains("Resource not accessible by integration")
-            && err.message.contains("GitHub accepts contents=write"),
+            && err
+                .message
+                .contains("GitHub accepts contents=write; metadata=read"),
         "{}",
         err.message
     );
