@@ -547,13 +547,7 @@ async fn a_429_without_headers_waits_a_minute() {
         .mount(&hub.production)
         .await;
     let adapter = hub.adapter(RATE_LIMITED_WAIT);
-    let no_retries = RetryBudget::new(
-        RetryLimits {
-            retries: 0,
-            wait: Duration::ZERO,
-        },
-        None,
-    );
+    let no_retries = no_retries();
     let key = dist().key();
     let err = no_retries
         .scope(adapter.read_promoted(&key, &DistTag::latest()))
@@ -626,4 +620,215 @@ async fn only_the_charts_own_files_may_be_named() {
     }
     assert!(adapter.plan_stage(&request(&[CHART_FILE])).is_empty());
     assert_eq!(hub.only_reads().await, 0, "nothing asked of Artifact Hub");
+}
+
+/// An attempt's budget without retries: each answer below is the adapter's first.
+fn no_retries() -> Arc<RetryBudget> {
+    RetryBudget::new(
+        RetryLimits {
+            retries: 0,
+            wait: Duration::ZERO,
+        },
+        None,
+    )
+}
+
+/// Artifact Hub answering for another chart, or for this chart of another repository, is
+/// refused (`permanent`): every check after it would be about the wrong package.
+#[tokio::test]
+async fn an_answer_for_another_chart_or_repository_is_refused() {
+    let key = dist().key();
+    for (chart, repo) in [("other-chart", REPO), (CHART, "apache-other")] {
+        let hub = Hub::start().await;
+        let mut body = package(&[("0.9.0", TS - 100), (VERSION, TS)]);
+        body["name"] = json!(chart);
+        body["normalized_name"] = json!(chart);
+        body["repository"]["name"] = json!(repo);
+        Mock::given(method("GET"))
+            .and(path(package_path()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&hub.production)
+            .await;
+        let err = no_retries()
+            .scope(
+                hub.adapter(RATE_LIMITED_WAIT)
+                    .read_promoted(&key, &DistTag::latest()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+        assert!(
+            err.message.contains(&format!(
+                "Artifact Hub answered with chart {chart} of repository {repo}, not {CHART} of {REPO}"
+            )),
+            "{}",
+            err.message
+        );
+    }
+}
+
+/// A package read answered with neither success nor a 404 is an error, not a document: a
+/// 403 stays a 403 (`auth`), whatever its body.
+#[tokio::test]
+async fn a_refused_package_read_is_an_error_not_a_document() {
+    let hub = Hub::start().await;
+    Mock::given(method("GET"))
+        .and(path(package_path()))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({"message": "forbidden"})))
+        .mount(&hub.production)
+        .await;
+    let err = no_retries()
+        .scope(
+            hub.adapter(RATE_LIMITED_WAIT)
+                .read_promoted(&dist().key(), &DistTag::latest()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status, Some(403), "{}", err.message);
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert!(err.message.contains("forbidden"), "{}", err.message);
+}
+
+/// Staging's listing decides what stage records: without the version, the repository and
+/// chart are known but there is no web page or upload date yet; once staging lists the
+/// version, both are the version's own (not another listed version's).
+#[tokio::test]
+async fn stage_records_the_version_once_staging_lists_it() {
+    let hub = Hub::start().await;
+    package_endpoint(&hub.staging, |n| listed(n > 0)).await;
+    let adapter = hub.adapter(RATE_LIMITED_WAIT);
+    let key = dist().key();
+    let tag = DistTag::new("staging").unwrap();
+    let api_url = format!(
+        "{}/api/v1/packages/helm/{REPO}/{CHART}/{VERSION}",
+        hub.staging.uri()
+    );
+    let before = no_retries()
+        .scope(adapter.read_staged(&key, &tag))
+        .await
+        .unwrap()
+        .expect("the chart is known to staging");
+    assert_eq!(before.digest, identity_digest(&key));
+    assert_eq!(before.api_url.as_deref(), Some(api_url.as_str()));
+    assert_eq!((before.web_url, before.upload_date), (None, None));
+    let after = no_retries()
+        .scope(adapter.read_staged(&key, &tag))
+        .await
+        .unwrap()
+        .expect("the chart is known to staging");
+    assert_eq!(after.digest, identity_digest(&key));
+    assert_eq!(
+        after.web_url.as_deref(),
+        Some(
+            format!(
+                "{}/packages/helm/{REPO}/{CHART}/{VERSION}",
+                hub.staging.uri()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(after.upload_date.map(|d| d.timestamp()), Some(TS));
+}
+
+/// Repositories whose names contain `REPO`, `n` of them from number `from` on (none is it).
+fn namesakes(from: usize, n: usize) -> Vec<Value> {
+    (from..from + n)
+        .map(|i| repository(&format!("{REPO}-{i}")))
+        .collect()
+}
+
+/// The `offset`s of the repository searches `server` received, in order.
+async fn search_offsets(server: &MockServer) -> Vec<String> {
+    let mut offsets = Vec::new();
+    for r in server.received_requests().await.unwrap() {
+        if r.url.path() != "/api/v1/repositories/search" {
+            continue;
+        }
+        let query: Vec<(String, String)> = r.url.query_pairs().into_owned().collect();
+        assert!(
+            query.contains(&("limit".to_owned(), "60".to_owned())),
+            "{query:?}"
+        );
+        offsets.extend(
+            query
+                .into_iter()
+                .filter(|(k, _)| k == "offset")
+                .map(|(_, v)| v),
+        );
+    }
+    offsets
+}
+
+/// The repository search is a pattern match, read in pages of 60: a short page without the
+/// repository is the last (it is not tracked); a repository on the second page is found
+/// (offsets 0 and 60); when 20 full pages hold only namesakes, the adapter cannot tell and
+/// says so (`permanent`), having asked 20 times.
+#[tokio::test]
+async fn the_repository_search_is_read_page_by_page() {
+    let key = dist().key();
+    let tag = DistTag::new("staging").unwrap();
+    let few = Hub::start().await;
+    package_endpoint(&few.staging, |_| not_found()).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/repositories/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(namesakes(0, 5)))
+        .mount(&few.staging)
+        .await;
+    let unknown = no_retries()
+        .scope(few.adapter(RATE_LIMITED_WAIT).read_staged(&key, &tag))
+        .await
+        .unwrap();
+    assert!(unknown.is_none(), "{unknown:?}");
+    assert_eq!(search_offsets(&few.staging).await, ["0"]);
+
+    let hub = Hub::start().await;
+    package_endpoint(&hub.staging, |_| not_found()).await;
+    let search = || {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/repositories/search"))
+            .and(query_param("name", REPO))
+            .and(query_param("kind", "0"))
+            .and(query_param("limit", "60"))
+    };
+    search()
+        .and(query_param("offset", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(namesakes(0, 60)))
+        .mount(&hub.staging)
+        .await;
+    let mut second = namesakes(60, 5);
+    second.push(repository(REPO));
+    search()
+        .and(query_param("offset", "60"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(second))
+        .mount(&hub.staging)
+        .await;
+    let observed = no_retries()
+        .scope(hub.adapter(RATE_LIMITED_WAIT).read_staged(&key, &tag))
+        .await
+        .unwrap()
+        .expect("the repository is on the second page");
+    assert_eq!(observed.web_url, None, "the chart is not indexed yet");
+    assert_eq!(search_offsets(&hub.staging).await, ["0", "60"]);
+
+    let crowded = Hub::start().await;
+    package_endpoint(&crowded.staging, |_| not_found()).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/repositories/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(namesakes(0, 60)))
+        .mount(&crowded.staging)
+        .await;
+    let err = no_retries()
+        .scope(crowded.adapter(RATE_LIMITED_WAIT).read_staged(&key, &tag))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "more than 1200 repositories match the name {REPO} and none of those read is it"
+        )),
+        "{}",
+        err.message
+    );
+    let offsets: Vec<String> = (0..20).map(|p| (p * 60).to_string()).collect();
+    assert_eq!(search_offsets(&crowded.staging).await, offsets);
 }

@@ -1198,6 +1198,22 @@ mod tests {
     }
 
     #[test]
+    fn a_repository_name_has_at_most_100_characters() {
+        let longest = "r".repeat(100);
+        assert_eq!(
+            repo_of(&key("apache", &longest, "1.0.0")).unwrap().name,
+            longest
+        );
+        let err = repo_of(&key("apache", &"r".repeat(101), "1.0.0")).unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message.contains("at most 100 characters"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
     fn the_release_digest_is_over_sorted_names_and_sha256s() {
         let a = digest_of([("b.zip", "22"), ("a.tar.gz", "11")].into_iter());
         assert_eq!(
@@ -1289,6 +1305,15 @@ mod tests {
             "{}",
             err.message
         );
+        // A leading dot or a trailing one is enough: GitHub drops either.
+        for name in [".x-1.0.0.tar.gz", "x-1.0.0.tar.gz."] {
+            let err = files(&[seal(&format!("dist/{name}"))]).err().unwrap();
+            assert!(
+                err.message.contains("would be renamed by GitHub"),
+                "{name}: {}",
+                err.message
+            );
+        }
         let err = files(&[seal("a/x.zip"), seal("b/x.zip")]).err().unwrap();
         assert!(
             err.message.contains("two files are named x.zip"),
