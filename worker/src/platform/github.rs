@@ -1398,4 +1398,51 @@ mod tests {
         let err = GithubAdapter::from_config(&c).err().unwrap().to_string();
         assert!(err.contains("platforms.github.staging_tag"), "{err}");
     }
+
+    /// Only the request that creates the release reads a 404 as the token's missing
+    /// permission (GitHub answers 404 where the token cannot see a private repository). A
+    /// 404 to another request (a draft deleted meanwhile, an upload URL gone) and another
+    /// refusal of the creation (422, the tag's release exists) are not auth failures: an
+    /// operator told to fix the token there would look in the wrong place.
+    #[tokio::test]
+    async fn only_a_404_to_creating_the_release_is_an_auth_failure() {
+        use crate::platform::http::test_server::serving;
+        async fn answer(addr: std::net::SocketAddr) -> Response {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .post(format!("http://{addr}/repos/apache/example/releases"))
+                .send()
+                .await
+                .unwrap()
+        }
+        let (not_found, _) = serving(
+            Some("404 Not Found\r\ncontent-type: application/json"),
+            r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest","status":"404"}"#,
+        )
+        .await;
+        let create = classify(answer(not_found).await, "creating the release", true).await;
+        assert_eq!(create.class, ErrorClass::Auth, "{}", create.message);
+        assert!(
+            create.message.contains("cannot see a private repository"),
+            "{}",
+            create.message
+        );
+        let other = classify(answer(not_found).await, "updating the draft", false).await;
+        assert_ne!(other.class, ErrorClass::Auth, "{}", other.message);
+        assert!(!other.message.contains("permission"), "{}", other.message);
+        let (exists, _) = serving(
+            Some("422 Unprocessable Entity\r\ncontent-type: application/json"),
+            r#"{"message":"Validation Failed","errors":[{"resource":"Release","code":"already_exists","field":"tag_name"}],"status":"422"}"#,
+        )
+        .await;
+        let refused = classify(answer(exists).await, "creating the release", true).await;
+        assert_ne!(refused.class, ErrorClass::Auth, "{}", refused.message);
+        assert!(
+            !refused.message.contains("permission"),
+            "{}",
+            refused.message
+        );
+    }
 }
