@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use atr_dist::config::{RetentionConfig, RetryConfig};
 use atr_dist::queue::pool::{self, Completion, JobError, JobHandler, PoolConfig, RunningJob};
 use atr_dist::queue::{
-    Ack, AckOutcome, AckResult, AdminReply, JobFilter, Lease, Leased, PageLimit, Queue, RawJob,
+    Ack, AckOutcome, AckResult, AdminReply, IdLookup, JobDetail, JobFilter, Lease, Leased,
+    PageLimit, Queue, RawJob, short_id,
 };
 use atr_dist_shared::{ErrorClass, JobState};
 use tokio::sync::oneshot;
@@ -124,6 +125,18 @@ pub async fn state_of(queue: &Queue, id: &str) -> JobState {
         .expect("job exists")
         .summary
         .state
+}
+
+/// Checks that the admin views find job `id` by its short id and show it done, on whichever
+/// shard (or cluster master) holds it; returns what `show` gave.
+pub async fn found_by_short_id_and_done(q: &Queue, id: &str) -> JobDetail {
+    assert_eq!(
+        q.resolve_id(short_id(id)).await.unwrap(),
+        IdLookup::Found(id.to_owned())
+    );
+    let shown = q.show(id).await.unwrap().expect("shown");
+    assert_eq!(shown.summary.state, JobState::Done);
+    shown
 }
 
 /// Redis's clock, in ms: the only clock the scripts read.

@@ -64,10 +64,12 @@ fn keys_per_master(cluster: &Cluster, queue: &str) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharded_queue_spreads_over_the_masters() {
     use atr_dist::queue::pool::Completion;
-    use atr_dist::queue::{IdLookup, ShardCount, shard_key, shard_of, short_id};
+    use atr_dist::queue::{ShardCount, shard_key, shard_of};
     use atr_dist_shared::JobState;
     use atr_dist_shared::job::RevisionSourceSpec;
-    use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, pool_config};
+    use atr_dist_tests::cases::{
+        FAST_RETRY, FnHandler, RunningPool, eventually, found_by_short_id_and_done, pool_config,
+    };
     use atr_dist_tests::jobs;
 
     let cluster = start_cluster();
@@ -129,12 +131,7 @@ async fn a_sharded_queue_spreads_over_the_masters() {
 
     // Admin views find jobs on any master.
     for job in enqueued.iter().take(10) {
-        assert_eq!(
-            q.resolve_id(short_id(&job.id)).await.unwrap(),
-            IdLookup::Found(job.id.clone())
-        );
-        let shown = q.show(&job.id).await.unwrap().expect("shown");
-        assert_eq!(shown.summary.state, JobState::Done);
+        found_by_short_id_and_done(q, &job.id).await;
     }
     assert_eq!(
         q.purge(JobState::Done, std::time::Duration::ZERO)

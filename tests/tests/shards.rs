@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use atr_dist::queue::pool::{Completion, JobError, PoolConfig, RunningJob};
 use atr_dist::queue::{
-    AdminReply, IdLookup, JobFilter, MinuteStats, Queue, QueueError, ShardCount, shard_key,
-    shard_of, short_id,
+    AdminReply, JobFilter, MinuteStats, Queue, QueueError, ShardCount, shard_key, shard_of,
 };
 use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{Envelope, JobState, Platform};
-use atr_dist_tests::cases::{FAST_RETRY, FnHandler, RunningPool, eventually, limit, pool_config};
+use atr_dist_tests::cases::{
+    FAST_RETRY, FnHandler, RunningPool, eventually, found_by_short_id_and_done, limit, pool_config,
+};
 use atr_dist_tests::jobs::{self, Dist};
 use atr_dist_tests::redis_support::TestQueue;
 use redis::AsyncCommands;
@@ -258,12 +259,7 @@ async fn a_sharded_queue_is_worked_off_and_its_views_add_the_shards_up() {
         .zip(&enqueued)
         .find(|(e, _)| home(e, 3) == 2)
         .unwrap();
-    assert_eq!(
-        q.resolve_id(short_id(&job.id)).await.unwrap(),
-        IdLookup::Found(job.id.clone())
-    );
-    let shown = q.show(&job.id).await.unwrap().expect("shown");
-    assert_eq!(shown.summary.state, JobState::Done);
+    let shown = found_by_short_id_and_done(q, &job.id).await;
     assert_eq!(
         shown.summary.idempotency_key,
         envelope.idempotency_key.to_string()
