@@ -1213,11 +1213,22 @@ mod tests {
 
     /// A package tarball with these parts (checksum computed unless given).
     fn tarball(meta: &str, checksum: Option<&str>, extra: &[(&str, &[u8])]) -> Vec<u8> {
-        let contents = {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            std::io::Write::write_all(&mut gz, b"not really a tar").unwrap();
-            gz.finish().unwrap()
-        };
+        tarball_holding(meta, &gzipped(b"not really a tar"), checksum, extra)
+    }
+
+    fn gzipped(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// The same, with this `contents.tar.gz`.
+    fn tarball_holding(
+        meta: &str,
+        contents: &[u8],
+        checksum: Option<&str>,
+        extra: &[(&str, &[u8])],
+    ) -> Vec<u8> {
         let mut h = Sha256::new();
         h.update(b"3");
         h.update(meta.as_bytes());
@@ -1230,7 +1241,7 @@ mod tests {
             ("VERSION", b"3"),
             ("CHECKSUM", sum.as_bytes()),
             ("metadata.config", meta.as_bytes()),
-            ("contents.tar.gz", &contents),
+            ("contents.tar.gz", contents),
         ];
         parts.extend_from_slice(extra);
         for (path, data) in parts {
@@ -1343,6 +1354,45 @@ mod tests {
             let err = inspect(&bytes, &Cancel::never()).unwrap_err();
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    /// The size limits are hex.pm's and more: a package at hex.pm's own limits (8 MB of
+    /// contents, a large metadata.config) is read, and only what is above ours is refused.
+    #[test]
+    fn packages_up_to_the_size_limits_are_read() {
+        // Random bytes, so gzip does not shrink them below the size asked for.
+        let mut noise = vec![0u8; 8 * 1000 * 1000];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let contents = gzipped(&noise);
+        assert!(contents.len() > 8 * 1000 * 1000);
+        let p = inspect(
+            &tarball_holding(META, &contents, None, &[]),
+            &Cancel::never(),
+        )
+        .unwrap();
+        assert_eq!(p.name, "plug_x");
+        // metadata.config of 500 kB (a long description) is read.
+        let long = format!(
+            "{META}{{<<\"extra\">>,<<\"{}\">>}}.\n",
+            "d".repeat(500 * 1000)
+        );
+        assert!(inspect(&tarball(&long, None, &[]), &Cancel::never()).is_ok());
+        // Above the limits: refused, saying which part and the limit.
+        let too_long = format!(
+            "{META}{{<<\"extra\">>,<<\"{}\">>}}.\n",
+            "d".repeat(1024 * 1024)
+        );
+        let err = inspect(&tarball(&too_long, None, &[]), &Cancel::never()).unwrap_err();
+        assert!(err.contains("more than 1048576"), "{err}");
+        let huge = vec![0u8; 64 * 1024 * 1024 + 1];
+        let err = inspect(&huge, &Cancel::never()).unwrap_err();
+        assert!(err.contains("above 67108864 bytes"), "{err}");
     }
 
     #[test]
