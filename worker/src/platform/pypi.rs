@@ -1568,6 +1568,36 @@ mod tests {
         );
     }
 
+    /// The limits on what an sdist unpacks to and on its metadata are far above real
+    /// packages: an sdist unpacking to over 6 MiB, whose PKG-INFO is 1.5 MB (a long
+    /// description), is read; a PKG-INFO above 4 MiB is refused.
+    #[test]
+    fn large_sdists_within_the_limits_are_read() {
+        let k = key("example-lib", "1.0.0");
+        let pkg_info = format!("{PKG_INFO}{}\n", "a long description ".repeat(80_000));
+        let data = "x".repeat(5 * 1024 * 1024);
+        let big = tgz(&[
+            ("Example_Lib-1.0.0/PKG-INFO", &pkg_info),
+            ("Example_Lib-1.0.0/data.txt", &data),
+        ]);
+        let (_, fields) = inspect(&k, "example_lib-1.0.0.tar.gz", &big, &Cancel::never()).unwrap();
+        assert!(fields.iter().any(|(n, _)| n == "Name"));
+
+        let too_long = format!("{PKG_INFO}{}\n", "d".repeat(4 * 1024 * 1024));
+        let err = inspect(
+            &k,
+            "example_lib-1.0.0.tar.gz",
+            &tgz(&[("Example_Lib-1.0.0/PKG-INFO", &too_long)]),
+            &Cancel::never(),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("larger than 4194304 bytes"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn inspection_stops_when_its_job_is_gone() {
         let cancel = Cancel::default();
