@@ -348,6 +348,30 @@ async fn files_that_are_not_the_distribution_are_refused() {
     assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
 }
 
+/// A file of megabytes (PyPI's own limit is 100 MB) is uploaded whole: atr-dist's limit on a
+/// file is far above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_megabytes_is_uploaded_whole() {
+    let staging = PypiServer::start().await;
+    let a = adapter(&staging.url(), &staging.url());
+    let key = Pkg {
+        name: "large",
+        version: "1.0.0",
+    }
+    .key();
+    // 64 letters at random, which deflate keeps at about 6 bits in 8.
+    const LETTERS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let body: String = (0..3_500_000)
+        .map(|_| LETTERS[fastrand::usize(..64)] as char)
+        .collect();
+    let file = wheel_name("large", "1.0.0");
+    let bytes = wheel("large", "1.0.0", &body);
+    assert!(bytes.len() > 2_200_000, "{} bytes", bytes.len());
+    a.stage(&request(&key, &[(&file, &bytes)])).await.unwrap();
+    assert_eq!(staging.files(), vec![file.clone()]);
+    assert!(staging.read(&file) == bytes, "the same bytes");
+}
+
 /// An upload whose answer is lost is settled by reading back, and not sent again; a
 /// second upload of the same file (pypiserver: 409) is done when the bytes are ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
