@@ -1385,6 +1385,22 @@ mod tests {
         let huge = vec![0u8; 64 * 1024 * 1024 + 1];
         let err = inspect(&huge, &Cancel::never()).unwrap_err();
         assert!(err.contains("above 67108864 bytes"), "{err}");
+        // A part at its limit is read (128 bytes of CHECKSUM are read, then found not hex).
+        let err = inspect(
+            &tarball(META, Some(&"Z".repeat(128)), &[]),
+            &Cancel::never(),
+        )
+        .unwrap_err();
+        assert!(err.contains("not 64 hex digits"), "{err}");
+        let err = inspect(
+            &tarball(META, Some(&"Z".repeat(129)), &[]),
+            &Cancel::never(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("CHECKSUM is 129 bytes, more than 128"),
+            "{err}"
+        );
         // At the limit itself, the size is not what is refused (zeros are an empty archive).
         let err = inspect(&huge[1..], &Cancel::never()).unwrap_err();
         assert!(err.contains("not a package tarball: no VERSION"), "{err}");
