@@ -1674,21 +1674,56 @@ mod tests {
         assert!(err.contains("has no digests.sha256"), "{err}");
     }
 
-    #[test]
-    fn the_form_boundary_is_the_files_own_sha256_and_never_in_a_value() {
+    /// A sealed copy of `bytes` at `path`, as the pipeline hands adapters their files.
+    fn sealed(path: &str, bytes: Vec<u8>) -> Sealed {
         use atr_dist_shared::ManifestEntry;
         use atr_dist_shared::manifest::Sha3Hex;
         use atr_dist_shared::names::ArtifactPath;
         use sha3::Sha3_256;
-        let bytes = b"the file".to_vec();
         let entry = ManifestEntry {
-            path: ArtifactPath::new("x-1.0.tar.gz").unwrap(),
+            path: ArtifactPath::new(path).unwrap(),
             size: bytes.len() as u64,
             sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
         };
-        let sealed = crate::seal::Sealer::default()
+        crate::seal::Sealer::default()
             .seal_bytes(&entry, Bytes::from(bytes))
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Attestations are taken up to 1 MiB (real ones are a few kilobytes); one byte more is
+    /// refused before it is read.
+    #[tokio::test]
+    async fn attestations_up_to_the_limit_are_taken() {
+        let wheel = sealed("x-1.0-py3-none-any.whl", b"the wheel".to_vec());
+        let of_size = |size: usize| {
+            // A JSON object padded to `size` bytes.
+            let mut text = String::from("{\"pad\": \"");
+            text.push_str(&"x".repeat(size - text.len() - 2));
+            text.push_str("\"}");
+            assert_eq!(text.len(), size);
+            sealed(
+                "x-1.0-py3-none-any.whl.publish.attestation",
+                text.into_bytes(),
+            )
+        };
+        for size in [4096, 1024 * 1024] {
+            let field = attestation_for(&wheel, &[of_size(size)]).await.unwrap();
+            assert_eq!(field.map(|f| f.len()), Some(size + 2), "{size} bytes");
+        }
+        let err = attestation_for(&wheel, &[of_size(1024 * 1024 + 1)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("is 1048577 bytes; attestations above 1048576 bytes are refused"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn the_form_boundary_is_the_files_own_sha256_and_never_in_a_value() {
+        let sealed = sealed("x-1.0.tar.gz", b"the file".to_vec());
         let mut u = Upload {
             sha256_hex: hex_of(sealed.sha256()),
             sealed,
