@@ -460,6 +460,21 @@ impl Sealed {
     }
 }
 
+/// A sealed copy of `bytes` at `path`, held in memory, as the pipeline hands adapters their
+/// files: for the adapters' unit tests.
+#[cfg(test)]
+pub(crate) fn sealed_for_test(path: &str, bytes: &[u8]) -> Sealed {
+    use sha3::Digest as _;
+    let entry = ManifestEntry {
+        path: ArtifactPath::new(path).unwrap(),
+        size: bytes.len() as u64,
+        sha3_256: Sha3Hex::from_bytes(sha3::Sha3_256::digest(bytes).into()),
+    };
+    Sealer::default()
+        .seal_bytes(&entry, Bytes::copy_from_slice(bytes))
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1281,21 +1281,7 @@ mod tests {
 
     #[test]
     fn asset_names_github_would_rename_are_refused() {
-        use atr_dist_shared::ManifestEntry;
-        use atr_dist_shared::manifest::Sha3Hex;
-        use atr_dist_shared::names::ArtifactPath;
-        use sha3::Sha3_256;
-        let seal = |path: &str| {
-            let bytes = b"x".to_vec();
-            let entry = ManifestEntry {
-                path: ArtifactPath::new(path).unwrap(),
-                size: 1,
-                sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
-            };
-            crate::seal::Sealer::default()
-                .seal_bytes(&entry, bytes::Bytes::from(bytes))
-                .unwrap()
-        };
+        let seal = |path: &str| crate::seal::sealed_for_test(path, b"x");
         let ok = [seal("dist/x-1.0.0.tar.gz"), seal("x-1.0.0.tar.gz.asc")];
         let names: Vec<String> = files(&ok).unwrap().into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["x-1.0.0.tar.gz", "x-1.0.0.tar.gz.asc"]);
@@ -1324,21 +1310,10 @@ mod tests {
 
     #[test]
     fn plans_name_the_writes_a_stage_and_a_promote_would_make() {
-        use atr_dist_shared::ManifestEntry;
-        use atr_dist_shared::manifest::Sha3Hex;
-        use atr_dist_shared::names::{ArtifactPath, RevisionKey, RevisionNumber};
-        use sha3::Sha3_256;
+        use atr_dist_shared::names::{RevisionKey, RevisionNumber};
         let a = adapter("http://127.0.0.1:9/api/v3", "http://127.0.0.1:9");
         let k = key("apache", "example", "1.0.0");
-        let bytes = b"x".to_vec();
-        let entry = ManifestEntry {
-            path: ArtifactPath::new("example-1.0.0.tar.gz").unwrap(),
-            size: 1,
-            sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
-        };
-        let sealed = crate::seal::Sealer::default()
-            .seal_bytes(&entry, bytes::Bytes::from(bytes))
-            .unwrap();
+        let sealed = crate::seal::sealed_for_test("example-1.0.0.tar.gz", b"x");
         let req = StageRequest {
             revision: RevisionKey::of(&k.release_key, &RevisionNumber::new("00001").unwrap()),
             artifacts: vec![sealed],

@@ -54,7 +54,7 @@ use super::http::{PlatformHttp, error_for};
 use super::write::{Found, Written, confirmed};
 use super::{
     Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
-    Staging,
+    Staging, refuse_above,
 };
 use crate::blocking::{self, Cancel};
 use crate::config::{ConfigError, PlatformConfig};
@@ -451,13 +451,7 @@ impl HexAdapter {
                 artifacts.len()
             )));
         };
-        if sealed.size() > MAX_TARBALL {
-            return Err(PlatformError::permanent(format!(
-                "{} is {} bytes; package tarballs above {MAX_TARBALL} bytes are refused",
-                sealed.path(),
-                sealed.size()
-            )));
-        }
+        refuse_above(sealed, MAX_TARBALL, "package tarballs")?;
         let bytes = sealed
             .bytes()
             .await
@@ -1404,6 +1398,58 @@ mod tests {
         // At the limit itself, the size is not what is refused (zeros are an empty archive).
         let err = inspect(&huge[1..], &Cancel::never()).unwrap_err();
         assert!(err.contains("not a package tarball: no VERSION"), "{err}");
+    }
+
+    async fn classified(status: u16, otp: Option<&str>, message: &str) -> PlatformError {
+        let mut resp = axum::http::Response::builder().status(status);
+        if let Some(otp) = otp {
+            resp = resp.header("x-hex-otp", otp);
+        }
+        let body = serde_json::json!({ "message": message }).to_string();
+        classify(
+            reqwest::Response::from(resp.body(body).unwrap()),
+            "POST /publish",
+        )
+        .await
+    }
+
+    /// Any one sign that hex.pm wants a one-time password (the header, or the words in its
+    /// message) is told as such; a refused key without them is told as a refused key.
+    #[tokio::test]
+    async fn refusals_are_told_apart() {
+        let cases = [
+            (401, Some("required"), "invalid API key"),
+            (401, None, "a one-time password is required"),
+            (403, None, "two-factor authentication is required"),
+            (401, None, "missing X-Hex-OTP header"),
+        ];
+        for (status, otp, message) in cases {
+            let err = classified(status, otp, message).await;
+            assert_eq!(err.class, ErrorClass::Auth, "{message}");
+            assert!(
+                err.message.contains("asks for a one-time password"),
+                "{message}: {}",
+                err.message
+            );
+        }
+        let err = classified(401, None, "invalid API key").await;
+        assert_eq!(err.class, ErrorClass::Auth);
+        assert!(
+            err.message.contains("hex.pm refused the API key"),
+            "{}",
+            err.message
+        );
+        // 5xx is worth another try; another refusal is not.
+        let err = classified(503, None, "down for maintenance").await;
+        assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+        assert_eq!(err.http_status, Some(503));
+        let err = classified(404, None, "not found").await;
+        assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+        assert!(
+            err.message.contains("404 Not Found: not found"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -461,9 +461,35 @@ pub fn from_config(config: &crate::config::Config) -> Result<Adapters, crate::co
     Ok(adapters)
 }
 
+/// Refuses a sealed file above `limit` bytes by its size alone, before anything reads it
+/// into memory; `kind` names such files in the message ("npm tarballs").
+pub(crate) fn refuse_above(sealed: &Sealed, limit: u64, kind: &str) -> Result<(), PlatformError> {
+    if sealed.size() <= limit {
+        return Ok(());
+    }
+    Err(PlatformError::permanent(format!(
+        "{} is {} bytes; {kind} above {limit} bytes are refused",
+        sealed.path(),
+        sealed.size()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_above_a_size_limit_are_refused_by_their_size() {
+        let five = crate::seal::sealed_for_test("dist/a.tgz", b"12345");
+        assert!(refuse_above(&five, 5, "tarballs").is_ok());
+        assert!(refuse_above(&five, 6, "tarballs").is_ok());
+        let err = refuse_above(&five, 4, "tarballs").unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert_eq!(
+            err.message,
+            "dist/a.tgz is 5 bytes; tarballs above 4 bytes are refused"
+        );
+    }
 
     #[test]
     fn only_configured_platforms_get_adapters() {

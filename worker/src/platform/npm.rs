@@ -43,6 +43,7 @@ use super::http::{PlatformHttp, error_for};
 use super::write::{Found, Written, confirmed};
 use super::{
     Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
+    refuse_above,
 };
 use crate::blocking::{self, Bounded, Cancel};
 
@@ -267,13 +268,7 @@ impl NpmAdapter {
         key: &DistributionKey,
         sealed: &Sealed,
     ) -> Result<Tarball, PlatformError> {
-        if sealed.size() > MAX_TARBALL {
-            return Err(PlatformError::permanent(format!(
-                "{} is {} bytes; npm tarballs above {MAX_TARBALL} are refused",
-                sealed.path(),
-                sealed.size()
-            )));
-        }
+        refuse_above(sealed, MAX_TARBALL, "npm tarballs")?;
         let bytes = sealed
             .bytes()
             .await

@@ -69,6 +69,7 @@ use super::http::{PlatformHttp, error_for};
 use super::write::{Found, Written, confirmed};
 use super::{
     Observed, PlannedWrite, PlatformAdapter, PlatformError, PromoteRequest, Sealed, StageRequest,
+    refuse_above,
 };
 use crate::blocking::{self, Bounded, Cancel};
 use crate::config::{ConfigError, PlatformConfig};
@@ -225,12 +226,7 @@ async fn attestation_for(
     let Some(companion) = companions.iter().find(|c| c.path().as_str() == want) else {
         return Ok(None);
     };
-    if companion.size() > MAX_ATTESTATION {
-        return Err(PlatformError::permanent(format!(
-            "{want} is {} bytes; attestations above {MAX_ATTESTATION} bytes are refused",
-            companion.size()
-        )));
-    }
+    refuse_above(companion, MAX_ATTESTATION, "attestations")?;
     let bytes = companion
         .bytes()
         .await
@@ -870,13 +866,7 @@ impl PypiAdapter {
                     "two files are named {filename}; PyPI keys files by name"
                 )));
             }
-            if sealed.size() > MAX_FILE {
-                return Err(PlatformError::permanent(format!(
-                    "{} is {} bytes; files above {MAX_FILE} are refused",
-                    sealed.path(),
-                    sealed.size()
-                )));
-            }
+            refuse_above(sealed, MAX_FILE, "files")?;
             let bytes = sealed
                 .bytes()
                 .await
@@ -1396,6 +1386,7 @@ impl PlatformAdapter for PypiAdapter {
 
 #[cfg(test)]
 mod tests {
+    use crate::seal::sealed_for_test;
     use atr_dist_shared::DigestAlgorithm;
     use sha2::{Digest as _, Sha256};
     use std::io::Write as _;
@@ -1674,36 +1665,20 @@ mod tests {
         assert!(err.contains("has no digests.sha256"), "{err}");
     }
 
-    /// A sealed copy of `bytes` at `path`, as the pipeline hands adapters their files.
-    fn sealed(path: &str, bytes: Vec<u8>) -> Sealed {
-        use atr_dist_shared::ManifestEntry;
-        use atr_dist_shared::manifest::Sha3Hex;
-        use atr_dist_shared::names::ArtifactPath;
-        use sha3::Sha3_256;
-        let entry = ManifestEntry {
-            path: ArtifactPath::new(path).unwrap(),
-            size: bytes.len() as u64,
-            sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(&bytes).into()),
-        };
-        crate::seal::Sealer::default()
-            .seal_bytes(&entry, Bytes::from(bytes))
-            .unwrap()
-    }
-
     /// Attestations are taken up to 1 MiB (real ones are a few kilobytes); one byte more is
     /// refused before it is read.
     #[tokio::test]
     async fn attestations_up_to_the_limit_are_taken() {
-        let wheel = sealed("x-1.0-py3-none-any.whl", b"the wheel".to_vec());
+        let wheel = sealed_for_test("x-1.0-py3-none-any.whl", b"the wheel");
         let of_size = |size: usize| {
             // A JSON object padded to `size` bytes.
             let mut text = String::from("{\"pad\": \"");
             text.push_str(&"x".repeat(size - text.len() - 2));
             text.push_str("\"}");
             assert_eq!(text.len(), size);
-            sealed(
+            sealed_for_test(
                 "x-1.0-py3-none-any.whl.publish.attestation",
-                text.into_bytes(),
+                text.as_bytes(),
             )
         };
         for size in [4096, 1024 * 1024] {
@@ -1723,7 +1698,7 @@ mod tests {
 
     #[test]
     fn the_form_boundary_is_the_files_own_sha256_and_never_in_a_value() {
-        let sealed = sealed("x-1.0.tar.gz", b"the file".to_vec());
+        let sealed = sealed_for_test("x-1.0.tar.gz", b"the file");
         let mut u = Upload {
             sha256_hex: hex_of(sealed.sha256()),
             sealed,
