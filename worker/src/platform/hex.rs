@@ -1226,7 +1226,7 @@ mod tests {
         let mut h = Sha256::new();
         h.update(b"3");
         h.update(meta.as_bytes());
-        h.update(&contents);
+        h.update(contents);
         let sum = checksum
             .map(str::to_owned)
             .unwrap_or_else(|| hex::encode_upper(h.finalize()));
