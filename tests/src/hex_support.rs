@@ -29,6 +29,11 @@ pub const KEY: &str = "hex-test-api-key";
 pub enum Fault {
     /// The release is stored, and the answer lost (a 502 from a proxy).
     LostAfterStoring,
+    /// Another publish of the version got there first: the release stored holds the bytes
+    /// given here, not the request's, and the answer is lost.
+    LostAfterAnotherStored(Vec<u8>),
+    /// The release is stored, and the answer names this checksum instead of its own.
+    AnswerNames(String),
     /// Refused with this status before anything is stored.
     Status(u16),
     /// A 422 with these `errors` (a package hex.pm does not accept).
@@ -179,7 +184,15 @@ impl Respond for Responder {
                             serde_json::json!({"status": 422, "message": "Validation error(s)", "errors": errors}),
                         ));
                     }
-                    Some(Fault::LostAfterStoring) | None => {}
+                    Some(Fault::LostAfterAnotherStored(theirs)) => {
+                        if let Some(id) = name_and_version(&req.body) {
+                            let at = chrono::Utc::now()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                            s.releases.insert(id, (sha256_hex(&theirs), at));
+                        }
+                        return with_limits(error(502, "Bad Gateway"));
+                    }
+                    Some(Fault::LostAfterStoring | Fault::AnswerNames(_)) | None => {}
                 }
                 let Some((name, version)) = name_and_version(&req.body) else {
                     return with_limits(error(422, "invalid package tarball"));
@@ -198,8 +211,12 @@ impl Respond for Responder {
                 if matches!(fault, Some(Fault::LostAfterStoring)) {
                     return with_limits(error(502, "Bad Gateway"));
                 }
+                let named = match &fault {
+                    Some(Fault::AnswerNames(other)) => other.clone(),
+                    _ => checksum,
+                };
                 ResponseTemplate::new(201)
-                    .set_body_json(release_json(&base, &name, &version, &checksum, &at))
+                    .set_body_json(release_json(&base, &name, &version, &named, &at))
             }
             _ => error(404, "Page not found"),
         };

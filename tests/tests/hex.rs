@@ -446,6 +446,58 @@ async fn lost_answers_and_server_errors_are_settled_by_reading_back() {
     assert!(hex.checksum(flaky.name, flaky.version).is_some());
 }
 
+/// What hex.pm holds or answers after a publish must be the voted tarball: a lost answer
+/// after another publish of the version got there first is refused on reading back, and so
+/// is an answer naming another checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_or_an_answer_naming_other_bytes_is_refused() {
+    let hex = HexPm::start().await;
+    let a = adapter(&hex, KEY);
+    let raced = Pkg {
+        name: "raced",
+        version: "1.0.0",
+    };
+    let theirs = tarball(raced.name, raced.version, "theirs\n");
+    let ours = tarball(raced.name, raced.version, "ours\n");
+    hex.with(|s| {
+        s.faults
+            .push_back(Fault::LostAfterAnotherStored(theirs.clone()))
+    });
+    let err = a.promote(&raced.promote_request(&ours)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "hex.pm holds raced 1.0.0 with checksum {}, not the voted {}",
+            checksum_of(&theirs),
+            checksum_of(&ours)
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(hex.publishes().await, 1, "not sent again");
+
+    let misnamed = Pkg {
+        name: "misnamed",
+        version: "1.0.0",
+    };
+    let bytes = tarball(misnamed.name, misnamed.version, "m\n");
+    hex.with(|s| s.faults.push_back(Fault::AnswerNames("ab".repeat(32))));
+    let err = a
+        .promote(&misnamed.promote_request(&bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "hex.pm reports checksum {} for the published release, not the voted {}",
+            "ab".repeat(32),
+            checksum_of(&bytes)
+        )),
+        "{}",
+        err.message
+    );
+}
+
 /// A 429 waits (without spending an attempt) until `X-RateLimit-Reset`; a read that used
 /// the limit up waits before publishing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1474,18 +1474,49 @@ mod tests {
         assert_eq!(until_reset(&h), MAX_RESET);
     }
 
-    #[test]
-    fn urls_are_built_under_the_api_base() {
-        let a = HexAdapter::new(Url::parse("http://127.0.0.1:9/api").unwrap(), None).unwrap();
-        assert_eq!(a.publish_url().as_str(), "http://127.0.0.1:9/api/publish");
-        let key = DistributionKey::new(
+    fn plug_x(version: &str) -> DistributionKey {
+        DistributionKey::new(
             atr_dist_shared::names::ReleaseKey::new("example-1.0.0").unwrap(),
             atr_dist_shared::Platform::Hex,
             "",
             atr_dist_shared::names::PackageName::new("plug_x").unwrap(),
-            atr_dist_shared::names::Version::new("1.0.0-rc.1").unwrap(),
+            atr_dist_shared::names::Version::new(version).unwrap(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A dry run of a promote lists the one publish it would send; Hex has no staging
+    /// place, so a stage sends nothing.
+    #[test]
+    fn a_promote_plans_one_publish() {
+        let a = HexAdapter::new(Url::parse("http://127.0.0.1:9/api").unwrap(), None).unwrap();
+        let tarball = crate::seal::sealed_for_test("plug_x-1.2.0.tar", b"the tarball");
+        let req = PromoteRequest {
+            key: plug_x("1.2.0"),
+            staged_digest: tarball.sha256().clone(),
+            staging_tag: DistTag::new("staging").unwrap(),
+            release_tag: DistTag::latest(),
+            artifacts: vec![tarball.clone()],
+            companions: Vec::new(),
+        };
+        assert_eq!(
+            a.plan_promote(&req),
+            vec![PlannedWrite {
+                method: "POST",
+                url: "http://127.0.0.1:9/api/publish".into(),
+                what: format!(
+                    "publish plug_x 1.2.0 from plug_x-1.2.0.tar (sha256 {})",
+                    hex_of(tarball.sha256())
+                ),
+            }]
+        );
+    }
+
+    #[test]
+    fn urls_are_built_under_the_api_base() {
+        let a = HexAdapter::new(Url::parse("http://127.0.0.1:9/api").unwrap(), None).unwrap();
+        assert_eq!(a.publish_url().as_str(), "http://127.0.0.1:9/api/publish");
+        let key = plug_x("1.0.0-rc.1");
         assert_eq!(
             a.release_url(&key).as_str(),
             "http://127.0.0.1:9/api/packages/plug_x/releases/1.0.0-rc.1"

@@ -1561,7 +1561,7 @@ mod tests {
 
     /// The limits on what an sdist unpacks to and on its metadata are far above real
     /// packages: an sdist unpacking to over 6 MiB, whose PKG-INFO is 1.5 MB (a long
-    /// description), is read; a PKG-INFO above 4 MiB is refused.
+    /// description), is read; so is a PKG-INFO of 4 MiB, and one byte more is refused.
     #[test]
     fn large_sdists_within_the_limits_are_read() {
         let k = key("example-lib", "1.0.0");
@@ -1574,7 +1574,18 @@ mod tests {
         let (_, fields) = inspect(&k, "example_lib-1.0.0.tar.gz", &big, &Cancel::never()).unwrap();
         assert!(fields.iter().any(|(n, _)| n == "Name"));
 
-        let too_long = format!("{PKG_INFO}{}\n", "d".repeat(4 * 1024 * 1024));
+        // A PKG-INFO of exactly 4 MiB is read; one byte more is refused.
+        let at_limit = format!("{PKG_INFO}{}", "d".repeat(4 * 1024 * 1024 - PKG_INFO.len()));
+        assert!(
+            inspect(
+                &k,
+                "example_lib-1.0.0.tar.gz",
+                &tgz(&[("Example_Lib-1.0.0/PKG-INFO", &at_limit)]),
+                &Cancel::never(),
+            )
+            .is_ok()
+        );
+        let too_long = format!("{at_limit}d");
         let err = inspect(
             &k,
             "example_lib-1.0.0.tar.gz",
