@@ -1275,6 +1275,10 @@ mod tests {
             t[1].to_string(),
             "{x,quoted atom,\"chars\",1.5e-3,16#ff,97,#{k => [1,2]}}"
         );
+        assert_eq!(
+            consult("#{a => 1, b => [x, y]}.").unwrap()[0].to_string(),
+            "#{a => 1,b => [x,y]}"
+        );
         // Latin-1 binaries take bytes only.
         assert_eq!(consult("<<\"é\">>.").unwrap()[0], Term::Binary(vec![0xe9]));
         assert!(consult("<<\"€\">>.").is_err());

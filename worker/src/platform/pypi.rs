@@ -1491,6 +1491,105 @@ mod tests {
         assert_eq!(folded[1].1, "one\ntwo");
     }
 
+    /// A zip of `count` stored files: `n/000000` on, empty, then the wheel's METADATA.
+    /// Written by hand (local headers, central directory, end record): a zip writer takes
+    /// seconds for 200,000 entries in a debug build.
+    fn wheel_of(count: usize) -> Vec<u8> {
+        let mut names: Vec<String> = (0..count - 1).map(|i| format!("n/{i:06}")).collect();
+        names.push("example_lib-1.0.0.dist-info/METADATA".into());
+        let crc = {
+            let mut c = flate2::Crc::new();
+            c.update(PKG_INFO.as_bytes());
+            c.sum()
+        };
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let data: &[u8] = if i + 1 == count {
+                PKG_INFO.as_bytes()
+            } else {
+                b""
+            };
+            let crc = if data.is_empty() { 0 } else { crc };
+            let offset = out.len() as u32;
+            let fields = |central: bool| {
+                let mut h = Vec::new();
+                if central {
+                    h.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+                    h.extend_from_slice(&20u16.to_le_bytes()); // made by
+                } else {
+                    h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+                }
+                h.extend_from_slice(&20u16.to_le_bytes()); // needed to extract
+                h.extend_from_slice(&0u16.to_le_bytes()); // flags
+                h.extend_from_slice(&0u16.to_le_bytes()); // stored
+                h.extend_from_slice(&0u32.to_le_bytes()); // time, date
+                h.extend_from_slice(&crc.to_le_bytes());
+                h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                h.extend_from_slice(&0u16.to_le_bytes()); // extra
+                if central {
+                    h.extend_from_slice(&[0; 6]); // comment, disk, internal attributes
+                    h.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+                    h.extend_from_slice(&offset.to_le_bytes());
+                }
+                h.extend_from_slice(name.as_bytes());
+                h
+            };
+            out.extend_from_slice(&fields(false));
+            out.extend_from_slice(data);
+            central.extend_from_slice(&fields(true));
+        }
+        let at = out.len() as u32;
+        out.extend_from_slice(&central);
+        // Zip64 would be needed above 65,535 entries: the end record's counts are 16-bit.
+        let mut zip64 = Vec::new();
+        zip64.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+        zip64.extend_from_slice(&44u64.to_le_bytes());
+        zip64.extend_from_slice(&45u16.to_le_bytes());
+        zip64.extend_from_slice(&45u16.to_le_bytes());
+        zip64.extend_from_slice(&0u32.to_le_bytes());
+        zip64.extend_from_slice(&0u32.to_le_bytes());
+        zip64.extend_from_slice(&(count as u64).to_le_bytes());
+        zip64.extend_from_slice(&(count as u64).to_le_bytes());
+        zip64.extend_from_slice(&(central.len() as u64).to_le_bytes());
+        zip64.extend_from_slice(&u64::from(at).to_le_bytes());
+        let zip64_at = out.len() as u64;
+        out.extend_from_slice(&zip64);
+        out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&zip64_at.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&u16::MAX.to_le_bytes());
+        out.extend_from_slice(&u16::MAX.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    /// A wheel of 200,000 entries is read; one more entry is refused before any is read.
+    #[test]
+    fn wheels_up_to_the_entry_limit_are_read() {
+        let k = key("example-lib", "1.0.0");
+        let file = "example_lib-1.0.0-py3-none-any.whl";
+        let (_, fields) = inspect(&k, file, &wheel_of(200_000), &Cancel::never()).unwrap();
+        assert!(
+            fields
+                .iter()
+                .any(|(n, v)| n == "Name" && v == "Example_Lib")
+        );
+        let err = inspect(&k, file, &wheel_of(200_001), &Cancel::never()).unwrap_err();
+        assert!(
+            err.message.contains("more than 200000 entries; refused"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn an_sdist_is_read_from_its_pkg_info_and_must_be_the_distribution() {
         let k = key("example-lib", "1.0.0");
