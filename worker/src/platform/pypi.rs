@@ -1487,6 +1487,11 @@ mod tests {
         assert_eq!(form_name("License-File", (2, 4)), Some("license_file"));
         assert_eq!(form_name("X-Custom", v21), None);
         assert!(parse_metadata("Name example\n").is_err());
+        // A header needs a name: letters, digits and '-' only.
+        for bad in [": no name\n", "Na me: x\n", "Name_: x\n"] {
+            let err = parse_metadata(bad).unwrap_err();
+            assert!(err.contains("is not a header name"), "{bad:?}: {err}");
+        }
         let folded = parse_metadata("Name: x\nLicense: one\n        two\n").unwrap();
         assert_eq!(folded[1].1, "one\ntwo");
     }
