@@ -1294,6 +1294,9 @@ mod tests {
         ] {
             assert!(consult(bad).is_err(), "{bad}");
         }
+        // An error names its line.
+        let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
+        assert!(err.contains("(line 3)"), "{err}");
         let deep = format!("{}{}.", "[".repeat(100), "]".repeat(100));
         let err = consult(&deep).unwrap_err();
         assert!(err.contains("nested too deep"), "{err}");

@@ -1486,6 +1486,48 @@ mod tests {
         assert_eq!(form_name("License-File", v21), None);
         assert_eq!(form_name("License-File", (2, 4)), Some("license_file"));
         assert_eq!(form_name("X-Custom", v21), None);
+        // Every core metadata field (up to Metadata-Version 2.4) under the name PyPI's upload
+        // form (warehouse's legacy API) takes it by, in any case.
+        let fields = [
+            ("Metadata-Version", "metadata_version"),
+            ("Name", "name"),
+            ("Version", "version"),
+            ("Platform", "platform"),
+            ("Summary", "summary"),
+            ("Description", "description"),
+            ("Keywords", "keywords"),
+            ("Home-page", "home_page"),
+            ("Author", "author"),
+            ("Author-email", "author_email"),
+            ("License", "license"),
+            ("Supported-Platform", "supported_platform"),
+            ("Download-URL", "download_url"),
+            ("Classifier", "classifiers"),
+            ("Requires", "requires"),
+            ("Provides", "provides"),
+            ("Obsoletes", "obsoletes"),
+            ("Maintainer", "maintainer"),
+            ("Maintainer-email", "maintainer_email"),
+            ("Requires-Dist", "requires_dist"),
+            ("Provides-Dist", "provides_dist"),
+            ("Obsoletes-Dist", "obsoletes_dist"),
+            ("Requires-Python", "requires_python"),
+            ("Requires-External", "requires_external"),
+            ("Project-URL", "project_urls"),
+            ("Description-Content-Type", "description_content_type"),
+            ("Provides-Extra", "provides_extra"),
+            ("Dynamic", "dynamic"),
+            ("License-Expression", "license_expression"),
+            ("License-File", "license_file"),
+        ];
+        for (header, form) in fields {
+            assert_eq!(form_name(header, (2, 4)), Some(form), "{header}");
+            assert_eq!(
+                form_name(&header.to_ascii_uppercase(), (2, 4)),
+                Some(form),
+                "{header}"
+            );
+        }
         assert!(parse_metadata("Name example\n").is_err());
         // A header needs a name: letters, digits and '-' only.
         for bad in [": no name\n", "Na me: x\n", "Name_: x\n"] {
