@@ -1294,6 +1294,12 @@ mod tests {
         ] {
             assert!(consult(bad).is_err(), "{bad}");
         }
+        // Atoms take '_' and '@'; '#' and '<' open a map and a binary only when doubled up.
+        assert_eq!(consult("{a_b@c, x}.").unwrap()[0].to_string(), "{a_b@c,x}");
+        for (bad, want) in [("#x.", "unexpected '#'"), ("<a>.", "unexpected '<'")] {
+            let err = consult(bad).unwrap_err();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
         // An error names its line.
         let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
         assert!(err.contains("(line 3)"), "{err}");

@@ -1477,6 +1477,10 @@ mod tests {
         );
         let v21 = metadata_version(&h);
         assert_eq!(v21, (2, 1));
+        let version_of = |v: &str| metadata_version(&[("Metadata-Version".into(), v.into())]);
+        assert_eq!(version_of("2"), (2, 0));
+        assert_eq!(version_of(" 2.4 "), (2, 4));
+        assert_eq!(version_of("two"), (0, 0));
         assert_eq!(form_name("Classifier", v21), Some("classifiers"));
         assert_eq!(form_name("Project-URL", v21), Some("project_urls"));
         assert_eq!(
