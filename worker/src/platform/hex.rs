@@ -1300,6 +1300,18 @@ mod tests {
             let err = consult(bad).unwrap_err();
             assert!(err.contains(want), "{bad}: {err}");
         }
+        // Bytes in a binary are numbers or characters; a list is closed or goes on.
+        assert_eq!(
+            consult("<<1,2,$a>>.").unwrap()[0],
+            Term::Binary(vec![1, 2, 97])
+        );
+        for (bad, want) in [
+            ("[a | b].", "improper lists are not read"),
+            ("[a b].", "expected ',' or ']'"),
+        ] {
+            let err = consult(bad).unwrap_err();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
         // An error names its line.
         let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
         assert!(err.contains("(line 3)"), "{err}");

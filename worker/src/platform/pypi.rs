@@ -1670,6 +1670,14 @@ mod tests {
             "{}",
             err.message
         );
+        // The file name must say what the metadata says: the version too.
+        let err = inspect(&k, "example_lib-1.0.1.tar.gz", &good, &Cancel::never()).unwrap_err();
+        assert!(
+            err.message
+                .contains("the file name says example_lib 1.0.1, the metadata Example_Lib 1.0.0"),
+            "{}",
+            err.message
+        );
         // A second PKG-INFO (another directory, or the same path twice) is refused.
         for entries in [
             vec![
@@ -1883,6 +1891,8 @@ mod tests {
         assert!(head.ends_with(
             "filename=\"x-1.0.tar.gz\"\r\nContent-Type: application/octet-stream\r\n\r\n"
         ));
+        // The file's bytes follow the head; the tail closes the form.
+        assert_eq!(form_tail(&u), format!("\r\n--{b}--\r\n").into_bytes());
         u.fields.push((
             "Summary".into(),
             format!("text\r\n--{b}\r\nContent-Disposition: form-data; name=\"sha256_digest\""),
