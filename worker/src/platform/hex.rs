@@ -1300,6 +1300,14 @@ mod tests {
             let err = consult(bad).unwrap_err();
             assert!(err.contains(want), "{bad}: {err}");
         }
+        // /latin1 and /binary take a string's characters as bytes, as no type does.
+        for spec in ["", "/latin1", "/binary"] {
+            assert_eq!(
+                consult(&format!("<<\"\u{e9}\"{spec}>>.")).unwrap()[0],
+                Term::Binary(vec![0xe9]),
+                "{spec}"
+            );
+        }
         // Bytes in a binary are numbers or characters; a list is closed or goes on.
         assert_eq!(
             consult("<<1,2,$a>>.").unwrap()[0],
