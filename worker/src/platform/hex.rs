@@ -1320,6 +1320,15 @@ mod tests {
             let err = consult(bad).unwrap_err();
             assert!(err.contains(want), "{bad}: {err}");
         }
+        // Erlang's escapes, in strings and after '$'.
+        assert_eq!(
+            consult(r#""\b\d\e\f\n\r\s\t\v\101\x41\x{263a}\^a\\\q"."#).unwrap()[0],
+            Term::Chars("\u{8}\u{7f}\u{1b}\u{c}\n\r \t\u{b}AA\u{263a}\u{1}\\q".into())
+        );
+        assert_eq!(
+            consult(r"[$\n, $a, $\101].").unwrap()[0].to_string(),
+            "[10,97,65]"
+        );
         // An error names its line.
         let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
         assert!(err.contains("(line 3)"), "{err}");
