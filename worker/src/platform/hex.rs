@@ -1329,6 +1329,14 @@ mod tests {
             consult(r"[$\n, $a, $\101].").unwrap()[0].to_string(),
             "[10,97,65]"
         );
+        assert_eq!(
+            consult(r#""\x{10fffd}"."#).unwrap()[0],
+            Term::Chars("\u{10fffd}".into())
+        );
+        for bad in [r#""\x{}"."#, r#""\x{1234567}"."#, r#""\x{41"."#] {
+            let err = consult(bad).unwrap_err();
+            assert!(err.contains("a malformed \\x{…} escape"), "{bad}: {err}");
+        }
         // An error names its line.
         let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
         assert!(err.contains("(line 3)"), "{err}");
