@@ -1337,6 +1337,10 @@ mod tests {
             let err = consult(bad).unwrap_err();
             assert!(err.contains("a malformed \\x{…} escape"), "{bad}: {err}");
         }
+        for bad in [r#""\x4"."#, r#""\xZZ"."#, r#""\x"#] {
+            let err = consult(bad).unwrap_err();
+            assert!(err.contains("a malformed \\x escape"), "{bad}: {err}");
+        }
         // An error names its line.
         let err = consult("{a, b}.\n% two\n{c, D}.").unwrap_err();
         assert!(err.contains("(line 3)"), "{err}");
