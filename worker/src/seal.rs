@@ -464,28 +464,27 @@ impl Sealed {
 /// files: for the adapters' unit tests.
 #[cfg(test)]
 pub(crate) fn sealed_for_test(path: &str, bytes: &[u8]) -> Sealed {
+    Sealer::default()
+        .seal_bytes(&entry_for_test(path, bytes), Bytes::copy_from_slice(bytes))
+        .unwrap()
+}
+
+/// The manifest entry a vote would record for `bytes` at `path` (tests).
+#[cfg(test)]
+pub(crate) fn entry_for_test(path: &str, bytes: &[u8]) -> ManifestEntry {
     use sha3::Digest as _;
-    let entry = ManifestEntry {
+    ManifestEntry {
         path: ArtifactPath::new(path).unwrap(),
         size: bytes.len() as u64,
         sha3_256: Sha3Hex::from_bytes(sha3::Sha3_256::digest(bytes).into()),
-    };
-    Sealer::default()
-        .seal_bytes(&entry, Bytes::copy_from_slice(bytes))
-        .unwrap()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(path: &str, bytes: &[u8]) -> ManifestEntry {
-        ManifestEntry {
-            path: ArtifactPath::new(path).unwrap(),
-            size: bytes.len() as u64,
-            sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(bytes).into()),
-        }
-    }
+    use super::entry_for_test as entry;
 
     fn stream_of(pieces: Vec<Vec<u8>>) -> ByteStream {
         futures::stream::iter(pieces.into_iter().map(|p| Ok(Bytes::from(p)))).boxed()

@@ -520,26 +520,13 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atr_dist_shared::ManifestEntry;
-    use atr_dist_shared::manifest::Sha3Hex;
-    use atr_dist_shared::names::ArtifactPath;
     use serde_json::json;
-    use sha3::{Digest as _, Sha3_256};
 
     /// The files, sealed as the pipeline would seal them.
     fn artifacts(files: &[(String, Vec<u8>)]) -> Vec<Sealed> {
         files
             .iter()
-            .map(|(path, bytes)| {
-                let entry = ManifestEntry {
-                    path: ArtifactPath::new(path.clone()).unwrap(),
-                    size: bytes.len() as u64,
-                    sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(bytes).into()),
-                };
-                crate::seal::Sealer::default()
-                    .seal_bytes(&entry, bytes::Bytes::from(bytes.clone()))
-                    .unwrap()
-            })
+            .map(|(path, bytes)| crate::seal::sealed_for_test(path, bytes))
             .collect()
     }
 
