@@ -885,3 +885,52 @@ async fn every_request_matches_githubs_openapi_description() {
         ["body field pre_release"]
     );
 }
+
+/// Lists are read a page of 100 at a time, up to the first page that is not full: a draft
+/// behind a full page of newer releases is found and completed, and a short first page is
+/// the end of the list (no request for a page after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_read_to_their_last_page_and_no_further() {
+    let files = files();
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    // The oldest release is the draft; GitHub lists the newest first.
+    gh.add_release("v1.0.0", true, true, &[(SRC, &files[0].1)]);
+    for i in 0..100 {
+        gh.add_release(&format!("v0.0.{i}"), false, false, &[]);
+    }
+    let draft = gh.release("v1.0.0").unwrap();
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    assert_assets(&gh, &files);
+    let writes = gh.writes();
+    assert_eq!(count(&writes, "POST", "/releases "), 0, "{writes:?}");
+    assert_eq!(
+        count(&writes, "PATCH", &format!("/releases/{} ", draft.id)),
+        1,
+        "the draft on the second page is the one completed: {writes:?}"
+    );
+    let listed: Vec<String> = gh
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/releases?"))
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "/repos/apache/example/releases?per_page=100&page=1",
+            "/repos/apache/example/releases?per_page=100&page=2",
+        ],
+        "a full page is followed by the next one, a short page ends the list"
+    );
+
+    // A new release: one short page of releases and one of assets each time they are read.
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    let later_pages: Vec<String> = gh
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("page=") && !s.path.ends_with("page=1"))
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(later_pages, Vec::<String>::new());
+}
