@@ -801,3 +801,36 @@ async fn stages_and_promotes_on_devpi() {
         h.stop().await;
     }
 }
+
+/// An index that holds some of the voted files already (an attempt that broke off between
+/// two uploads) is sent only the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_files_the_index_lacks_are_uploaded() {
+    let staging = PypiServer::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), proxy.url.as_str());
+    let pkg = Pkg {
+        name: "halfway",
+        version: "1.0.0",
+    };
+    let [s, w] = pkg.files();
+    let sd = sdist("halfway", "1.0.0", "h = 1\n");
+    let wh = wheel("halfway", "1.0.0", "h = 1\n");
+    staging.replace(&w, &wh);
+    a.stage(&request(&pkg.key(), &[(&s, &sd), (&w, &wh)]))
+        .await
+        .unwrap();
+    let mut held = staging.files();
+    held.sort();
+    let mut want = vec![s.clone(), w.clone()];
+    want.sort();
+    assert_eq!(held, want);
+    assert_eq!(staging.read(&s), sd);
+    let posts: Vec<u16> = proxy
+        .seen()
+        .iter()
+        .filter(|x| x.method == "POST")
+        .map(|x| x.status)
+        .collect();
+    assert_eq!(posts, vec![200], "one upload, of {s}: {:?}", proxy.seen());
+}
