@@ -934,3 +934,39 @@ async fn lists_are_read_to_their_last_page_and_no_further() {
         .collect();
     assert_eq!(later_pages, Vec::<String>::new());
 }
+
+/// Only a release of the staged tag is taken for it: a draft of another tag is left alone,
+/// and when creating the release is refused, a full release for the tag that the read-back
+/// finds is reported, not filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
+    let files = files();
+    let gh = FakeGithub::start(OWNER, REPO, &["v0.9.0", "v1.0.0"]).await;
+    gh.add_release("v0.9.0", true, true, &[]);
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    assert_assets(&gh, &files);
+    let other = gh.release("v0.9.0").unwrap();
+    assert!(other.draft && other.assets.is_empty(), "{other:?}");
+
+    // The tag lookup misses the full release (a replica behind), so a draft is created;
+    // GitHub refuses it, and the read-back finds the full release.
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.add_release("v1.0.0", false, false, &[]);
+    gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
+    gh.inject(Fault::answer("POST", "/releases", 422).json(json!({
+        "message": "Validation Failed",
+        "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]
+    })));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message
+            .contains("(read back: apache/example holds a published full release for v1.0.0)"),
+        "{}",
+        err.message
+    );
+    assert!(gh.release("v1.0.0").unwrap().assets.is_empty());
+}
