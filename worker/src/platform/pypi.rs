@@ -1906,6 +1906,43 @@ mod tests {
         );
     }
 
+    /// A plan names each file's upload, and says which go with their attestation.
+    #[test]
+    fn plans_name_each_upload_and_whether_its_attestation_goes_with_it() {
+        let mut c = PlatformConfig::default();
+        c.staging_token = Some(Secret::new("pypi-staging"));
+        let a = PypiAdapter::from_config(&c).unwrap().unwrap();
+        let wheel = sealed_for_test("x-1.0-py3-none-any.whl", b"the wheel");
+        let sdist = sealed_for_test("x-1.0.tar.gz", b"the sdist");
+        let attestation = sealed_for_test("x-1.0-py3-none-any.whl.publish.attestation", b"{}");
+        let plan = a.plan(
+            Which::Production,
+            &[wheel.clone(), sdist.clone()],
+            &[attestation],
+        );
+        let got: Vec<(&str, &str, &str)> = plan
+            .iter()
+            .map(|p| (p.method, p.url.as_str(), p.what.as_str()))
+            .collect();
+        let want = [
+            format!(
+                "upload x-1.0-py3-none-any.whl (sha256 {}) with its attestation to the production index",
+                hex_of(wheel.sha256())
+            ),
+            format!(
+                "upload x-1.0.tar.gz (sha256 {}) to the production index",
+                hex_of(sdist.sha256())
+            ),
+        ];
+        assert_eq!(
+            got,
+            [
+                ("POST", DEFAULT_UPLOAD_URL, want[0].as_str()),
+                ("POST", DEFAULT_UPLOAD_URL, want[1].as_str()),
+            ]
+        );
+    }
+
     #[test]
     fn the_configured_section_chooses_the_indexes() {
         let mut c = PlatformConfig::default();
