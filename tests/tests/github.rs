@@ -969,4 +969,45 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
         err.message
     );
     assert!(gh.release("v1.0.0").unwrap().assets.is_empty());
+
+    // The same, but the read-back finds a published pre-release for the tag: it is the
+    // staging place, and is filled.
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.add_release("v1.0.0", false, true, &[]);
+    gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
+    gh.inject(Fault::answer("POST", "/releases", 422).json(json!({
+        "message": "Validation Failed",
+        "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]
+    })));
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    assert_assets(&gh, &files);
+    assert_eq!(gh.state.lock().unwrap().releases.len(), 1);
+}
+
+/// An upload refused because the name is taken is read back: an asset of that name holding
+/// other bytes (missed by a stale listing before the upload) is reported as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_whose_name_holds_other_bytes_is_reported() {
+    let files = files();
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.add_release("v1.0.0", false, true, &[(SRC, b"other bytes")]);
+    gh.inject(Fault::answer("GET", "/assets", 200).json(json!([])));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "(read back: the release holds {SRC} (sha256:{}",
+            &sha256(b"other bytes")[7..]
+        )) && err
+            .message
+            .contains(&format!("not {}", sha256(&files[0].1))),
+        "{}",
+        err.message
+    );
+    let r = gh.release("v1.0.0").unwrap();
+    assert_eq!(r.assets.len(), 1, "{r:?}");
+    assert_eq!(r.assets[0].digest, Some(sha256(b"other bytes")));
 }
