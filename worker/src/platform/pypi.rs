@@ -1943,6 +1943,27 @@ mod tests {
         );
     }
 
+    /// Any one URL or token enables the adapter; none leaves it off.
+    #[test]
+    fn any_url_or_token_enables_the_section() {
+        assert_eq!(configured(&PlatformConfig::default()), None);
+        let url = Url::parse("http://127.0.0.1:8080/").unwrap();
+        let token = Secret::new("pypi-token");
+        let one: [fn(&mut PlatformConfig, &Url, &Secret); 6] = [
+            |c, u, _| c.base_url = Some(u.clone()),
+            |c, u, _| c.staging_base_url = Some(u.clone()),
+            |c, u, _| c.read_url = Some(u.clone()),
+            |c, u, _| c.staging_read_url = Some(u.clone()),
+            |c, _, t| c.token = Some(t.clone()),
+            |c, _, t| c.staging_token = Some(t.clone()),
+        ];
+        for (i, set) in one.iter().enumerate() {
+            let mut c = PlatformConfig::default();
+            set(&mut c, &url, &token);
+            assert!(configured(&c).is_some(), "setting {i} alone");
+        }
+    }
+
     #[test]
     fn the_configured_section_chooses_the_indexes() {
         let mut c = PlatformConfig::default();
