@@ -1011,3 +1011,43 @@ async fn a_refused_upload_whose_name_holds_other_bytes_is_reported() {
     assert_eq!(r.assets.len(), 1, "{r:?}");
     assert_eq!(r.assets[0].digest, Some(sha256(b"other bytes")));
 }
+
+/// A 422 `already_exists` to an upload is transient (the name is taken by an upload that
+/// is going away, or by one beside ours): when the read-back finds nothing, the next
+/// attempt starts over. Any other 422 is a refusal. A refused publish of the draft leaves
+/// it a draft, and the read-back says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_and_publishes_are_classed_by_the_read_back() {
+    let files = files();
+    let invalid = |code: &str| {
+        json!({
+            "message": "Validation Failed",
+            "errors": [{"resource": "ReleaseAsset", "code": code, "field": "name"}]
+        })
+    };
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.inject(Fault::answer("POST", "/assets", 422).json(invalid("already_exists")));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+    assert!(err.message.contains("already_exists"), "{}", err.message);
+
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.inject(Fault::answer("POST", "/assets", 422).json(invalid("invalid")));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.inject(Fault::answer("PATCH", "/releases/", 422).json(invalid("invalid")));
+    adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    let r = gh.release("v1.0.0").unwrap();
+    assert!(r.draft, "{r:?}");
+}
