@@ -1806,6 +1806,22 @@ mod tests {
             got,
             [("x-1.0.tar.gz", "ab12"), ("x-1.0-py3-none-any.whl", "cd34")]
         );
+        // The scan goes on after each anchor's `</a>`: a name longer than its href, and
+        // one holding a stray `<a ` (the text runs to the first `</a>`, whatever it holds).
+        let html = r#"<a href=a#sha256=01>apache-example-1.0.0-with-a-long-name.tar.gz</a>
+            <a href=b#sha256=02>b</a><a href="n#sha256=03">n<a </a>"#;
+        let got: Vec<(String, String)> = simple_html_files(html)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.filename, f.sha256))
+            .collect();
+        let want = [
+            ("apache-example-1.0.0-with-a-long-name.tar.gz", "01"),
+            ("b", "02"),
+            ("n<a", "03"),
+        ]
+        .map(|(f, s)| (f.to_owned(), s.to_owned()));
+        assert_eq!(got, want);
         let err =
             simple_html_files(r#"<a href="x-1.0.tar.gz#md5=00">x-1.0.tar.gz</a>"#).unwrap_err();
         assert!(err.contains("not a sha256"), "{err}");
