@@ -1051,3 +1051,25 @@ async fn refused_uploads_and_publishes_are_classed_by_the_read_back() {
     let r = gh.release("v1.0.0").unwrap();
     assert!(r.draft, "{r:?}");
 }
+
+/// A draft that holds every voted file (an attempt that broke off before publishing it) is
+/// published, with nothing uploaded again; a published pre-release holding them is left
+/// as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_holding_the_voted_files_is_published_as_it_is() {
+    let files = files();
+    let held: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.add_release("v1.0.0", true, true, &held);
+    let id = gh.release("v1.0.0").unwrap().id;
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    let r = gh.release("v1.0.0").unwrap();
+    assert!(!r.draft && r.prerelease, "{r:?}");
+    assert_eq!(
+        gh.writes(),
+        [format!("PATCH /repos/apache/example/releases/{id} 200")]
+    );
+
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    assert_eq!(gh.writes().len(), 1, "{:?}", gh.writes());
+}
