@@ -52,6 +52,12 @@ pub enum FaultKind {
     Lost(u16),
     /// An upload breaks off: the asset is left in state `starter`, the client gets a 502.
     Starter,
+    /// An upload takes effect with these bytes in place of the ones sent (changed on their
+    /// way), and is answered as usual.
+    Stores(Vec<u8>),
+    /// An upload takes effect, and another client's upload of this name and these bytes
+    /// lands on the same release beside it.
+    Beside(String, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -351,6 +357,27 @@ impl Respond for Responder {
             Some(FaultKind::Starter) => {
                 starter(&mut s, req);
                 (error(502, "Bad Gateway"), 502, false)
+            }
+            Some(FaultKind::Stores(bytes)) => {
+                let mut changed = req.clone();
+                changed.body = bytes;
+                let (t, status) = route(&mut s, &changed, self.uploads);
+                (t, status, false)
+            }
+            Some(FaultKind::Beside(name, bytes)) => {
+                let (t, status) = route(&mut s, req, self.uploads);
+                let id = upload_release_id(req.url.path());
+                let aid = s.id();
+                if let Some(r) = s.releases.iter_mut().find(|r| Some(r.id) == id) {
+                    r.assets.push(FakeAsset {
+                        id: aid,
+                        name,
+                        state: "uploaded".into(),
+                        digest: Some(sha256(&bytes)),
+                        size: bytes.len(),
+                    });
+                }
+                (t, status, false)
             }
             None => {
                 let (t, status) = route(&mut s, req, self.uploads);

@@ -1073,3 +1073,77 @@ async fn a_draft_holding_the_voted_files_is_published_as_it_is() {
     adapter(&gh).stage(&stage_request(&files)).await.unwrap();
     assert_eq!(gh.writes().len(), 1, "{:?}", gh.writes());
 }
+
+/// After the uploads, the release is read once more: an asset stored with other bytes, or
+/// an asset nobody voted landing beside ours, is reported, and the draft stays a draft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_after_uploading_catches_changed_bytes_and_strangers() {
+    let files = files();
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.inject(Fault::new(
+        "POST",
+        &format!("name={SRC}"),
+        FaultKind::Stores(b"changed on the way".to_vec()),
+    ));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "after uploading, GitHub reports sha256 {} for {SRC}, not the voted {}",
+            &sha256(b"changed on the way")[7..],
+            &sha256(&files[0].1)[7..]
+        )),
+        "{}",
+        err.message
+    );
+    assert!(gh.release("v1.0.0").unwrap().draft);
+
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    gh.inject(Fault::new(
+        "POST",
+        &format!("name={SUMS}"),
+        FaultKind::Beside("notes.txt".into(), b"not voted".to_vec()),
+    ));
+    let err = adapter(&gh)
+        .stage(&stage_request(&files))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.ends_with(&format!(
+            "after uploading, the release for v1.0.0 also holds assets that were not voted: notes.txt ({})",
+            sha256(b"not voted")
+        )),
+        "{}",
+        err.message
+    );
+    assert!(gh.release("v1.0.0").unwrap().draft);
+}
+
+/// A refused promotion is read back: a release that is still a pre-release is not
+/// promoted, whatever the answer was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_promotion_leaves_the_pre_release_and_says_so() {
+    let files = files();
+    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
+    let a = adapter(&gh);
+    a.stage(&stage_request(&files)).await.unwrap();
+    gh.inject(Fault::answer("PATCH", "/releases/", 422).json(json!({
+        "message": "Validation Failed",
+        "errors": [{"resource": "Release", "code": "invalid", "field": "make_latest"}]
+    })));
+    let err = a
+        .promote(&promote_request(&release_digest(&files)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    let r = gh.release("v1.0.0").unwrap();
+    assert!(r.prerelease && !r.draft, "{r:?}");
+    a.promote(&promote_request(&release_digest(&files)))
+        .await
+        .unwrap();
+    assert!(!gh.release("v1.0.0").unwrap().prerelease);
+}
