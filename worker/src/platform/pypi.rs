@@ -1980,6 +1980,75 @@ mod tests {
         }
     }
 
+    /// An anchor's attribute is found by its whole name, after another attribute as well
+    /// as first, and not inside another name or another attribute's value.
+    #[test]
+    fn an_attribute_is_found_by_its_whole_name() {
+        let cases = [
+            (r#"href="a#sha256=01""#, Some("a#sha256=01")),
+            (r#"class="x" href="b""#, Some("b")),
+            (r#"data-href="no" href='c'"#, Some("c")),
+            (r#"hreflang="en"  HREF = d rel=x"#, Some("d")),
+            (r#"title="href" data-href="no""#, None),
+            (r#"hreflang="en""#, None),
+        ];
+        for (attrs, want) in cases {
+            assert_eq!(attribute(attrs, "href").as_deref(), want, "{attrs}");
+        }
+    }
+
+    async fn classified(status: u16, body: &str) -> PlatformError {
+        let resp = axum::http::Response::builder()
+            .status(status)
+            .body(body.to_owned())
+            .unwrap();
+        classify(reqwest::Response::from(resp), "POST /legacy/").await
+    }
+
+    /// A file the index has already is told as such (409, or warehouse's 400 "File already
+    /// exists"), as is a refused token; other refusals keep the index's words.
+    #[tokio::test]
+    async fn refusals_are_told_apart() {
+        for (status, body) in [
+            (409, "Conflict"),
+            (
+                400,
+                "400 File already exists ('x-1.0.tar.gz', with blake2_256 hash 'ab').",
+            ),
+        ] {
+            let err = classified(status, body).await;
+            assert_eq!(err.class, ErrorClass::Permanent, "{body}");
+            assert!(
+                err.message
+                    .contains("the file exists already and PyPI never replaces a file"),
+                "{body}: {}",
+                err.message
+            );
+        }
+        let err = classified(400, "400 Invalid value for version.").await;
+        assert!(
+            !err.message.contains("exists already") && err.message.contains("Invalid value"),
+            "{}",
+            err.message
+        );
+        let err = classified(
+            403,
+            "Invalid or non-existent authentication information. Token is expired.",
+        )
+        .await;
+        assert!(
+            err.message.contains("the index refused the token"),
+            "{}",
+            err.message
+        );
+        let err = classified(403, "Forbidden").await;
+        assert!(
+            !err.message.contains("refused the token"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn the_configured_section_chooses_the_indexes() {
         let mut c = PlatformConfig::default();
