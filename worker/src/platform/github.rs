@@ -1359,6 +1359,16 @@ mod tests {
     fn the_section_chooses_api_and_uploads_host() {
         let mut c = PlatformConfig::default();
         assert!(configured(&c).is_none());
+        // Any one of the URLs or the token turns the adapter on.
+        let ghe = Url::parse("https://ghe.example/api/v3").unwrap();
+        for (base_url, upload_url) in [(Some(ghe.clone()), None), (None, Some(ghe))] {
+            let c = PlatformConfig {
+                base_url,
+                upload_url,
+                ..PlatformConfig::default()
+            };
+            assert!(configured(&c).is_some(), "{c:?}");
+        }
         c.token = Some(Secret::new("ghp_x"));
         let (api, uploads) = configured(&c).unwrap();
         assert_eq!(api.as_str(), DEFAULT_API);
