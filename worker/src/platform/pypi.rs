@@ -1392,7 +1392,7 @@ mod tests {
     use std::io::Write as _;
 
     use atr_dist_shared::Platform;
-    use atr_dist_shared::names::{PackageName, ReleaseKey, Version};
+    use atr_dist_shared::names::{PackageName, ReleaseKey, RevisionKey, RevisionNumber, Version};
 
     use super::*;
 
@@ -1931,11 +1931,31 @@ mod tests {
         let wheel = sealed_for_test("x-1.0-py3-none-any.whl", b"the wheel");
         let sdist = sealed_for_test("x-1.0.tar.gz", b"the sdist");
         let attestation = sealed_for_test("x-1.0-py3-none-any.whl.publish.attestation", b"{}");
-        let plan = a.plan(
-            Which::Production,
-            &[wheel.clone(), sdist.clone()],
-            &[attestation],
+        let key = key("x", "1.0");
+        let staged = a.plan_stage(&StageRequest {
+            revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
+            artifacts: vec![sdist.clone()],
+            companions: Vec::new(),
+            staging_tag: DistTag::new("staging").unwrap(),
+            key: key.clone(),
+        });
+        let got: Vec<(&str, &str, &str)> = staged
+            .iter()
+            .map(|p| (p.method, p.url.as_str(), p.what.as_str()))
+            .collect();
+        let want = format!(
+            "upload x-1.0.tar.gz (sha256 {}) to the staging index",
+            hex_of(sdist.sha256())
         );
+        assert_eq!(got, [("POST", DEFAULT_STAGING_UPLOAD_URL, want.as_str())]);
+        let plan = a.plan_promote(&PromoteRequest {
+            staged_digest: Digest::parse(format!("sha256:{}", "0".repeat(64))).unwrap(),
+            staging_tag: DistTag::new("staging").unwrap(),
+            release_tag: DistTag::latest(),
+            artifacts: vec![wheel.clone(), sdist.clone()],
+            companions: vec![attestation],
+            key,
+        });
         let got: Vec<(&str, &str, &str)> = plan
             .iter()
             .map(|p| (p.method, p.url.as_str(), p.what.as_str()))
