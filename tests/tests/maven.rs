@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use atr_dist::config::{PromoteBackend, RetryConfig};
 use atr_dist::pipeline::wait::Schedule;
-use atr_dist::platform::Adapters;
 use atr_dist::platform::maven::{MavenAdapter, MavenSettings};
+use atr_dist::platform::{Adapters, PlatformAdapter};
 use atr_dist::secret::Secret;
 use atr_dist_shared::job::{Job, RevisionSourceSpec};
 use atr_dist_shared::names::{DistTag, ProjectKey};
@@ -129,11 +129,16 @@ fn listing(files: &BTreeMap<String, Vec<u8>>, repo: &str) -> Value {
     let data: Vec<Value> = files
         .iter()
         .map(|(name, bytes)| {
+            // A name ending in `/` is a directory: listed without the slash, not a leaf.
+            let (text, leaf) = match name.strip_suffix('/') {
+                Some(dir) => (dir, false),
+                None => (name.as_str(), true),
+            };
             json!({
                 "resourceURI": format!("http://nexus/service/local/repositories/{repo}/content/{VDIR}/{name}"),
                 "relativePath": format!("/{VDIR}/{name}"),
-                "text": name,
-                "leaf": true,
+                "text": text,
+                "leaf": leaf,
                 "lastModified": "2026-12-01 10:00:00.0 UTC",
                 "sizeOnDisk": bytes.len(),
             })
@@ -372,6 +377,10 @@ impl Fixture {
     }
 
     fn adapters(&self, backend: PromoteBackend, projects: &[&str]) -> Adapters {
+        Adapters::default().with(Platform::Maven, Arc::new(self.adapter(backend, projects)))
+    }
+
+    fn adapter(&self, backend: PromoteBackend, projects: &[&str]) -> MavenAdapter {
         let base = Url::parse(&self.server.uri()).unwrap();
         let settings = MavenSettings {
             nexus: base.join("service/local/").unwrap(),
@@ -387,10 +396,7 @@ impl Fixture {
                 .map(|p| ProjectKey::new(*p).unwrap())
                 .collect(),
         };
-        Adapters::default().with(
-            Platform::Maven,
-            Arc::new(MavenAdapter::new(settings).unwrap()),
-        )
+        MavenAdapter::new(settings).unwrap()
     }
 }
 
@@ -953,4 +959,106 @@ async fn a_portal_deployment_with_other_bytes_is_refused_sqlite() {
 #[tokio::test]
 async fn a_portal_deployment_with_other_bytes_is_refused_postgres() {
     a_portal_deployment_with_other_bytes_is_refused(Db::Postgres).await;
+}
+
+/// What the adapter makes of the staging repository holding `files` (closed, in the
+/// staging group), read on its own.
+async fn read_staged_of(files: BTreeMap<String, Vec<u8>>) -> Result<Option<String>, String> {
+    let f = Fixture::start(files).await;
+    f.adapter(PromoteBackend::Nexus2, &[])
+        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+        .await
+        .map(|o| o.map(|o| o.digest.to_string()))
+        .map_err(|e| e.message)
+}
+
+/// A version directory is read whole, up to 1000 entries, and its entries are files with
+/// plain names: a directory inside it, an entry named to climb out of it, or more entries
+/// than that are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_directory_is_read_whole_or_refused() {
+    let with_entries = |n: usize| {
+        let mut files = with_checksums(&voted());
+        let dirs = n - files.len();
+        for i in 0..dirs {
+            files.insert(format!("d{i:04}/"), Vec::new());
+        }
+        assert_eq!(files.len(), n);
+        files
+    };
+    let err = read_staged_of(with_entries(1000)).await.unwrap_err();
+    assert!(
+        err.contains("entries that are not files: d0000/, d0001/, d0002/"),
+        "{}",
+        &err[..err.len().min(400)]
+    );
+    let err = read_staged_of(with_entries(1001)).await.unwrap_err();
+    assert!(
+        err.contains("1001 entries, more than the 1000 atr-dist reads; refused"),
+        "{err}"
+    );
+    for name in ["", "a/b", "a\\b", ".", ".."] {
+        let mut files = with_checksums(&voted());
+        files.insert(name.to_owned(), b"x".to_vec());
+        let err = read_staged_of(files).await.unwrap_err();
+        assert!(
+            err.contains(&format!("an entry named {name:?}")),
+            "{name:?}: {err}"
+        );
+    }
+}
+
+/// A jar of megabytes is hashed whole, and an activity document of megabytes (a close with
+/// thousands of rule events) is read whole: the limits are far above both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_documents_of_megabytes_are_read() {
+    let mut files = voted();
+    files[0].1 = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let jar_sha512 = format!(
+        "{}  example-lib-1.0.0.jar\n",
+        hex(&Sha512::digest(&files[0].1))
+    );
+    files[4].1 = jar_sha512.into_bytes();
+    let digest = read_staged_of(with_checksums(&files))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut lines: Vec<String> = files
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".sha512"))
+        .map(|(n, b)| format!("{n} {}\n", sha256(b)))
+        .collect();
+    lines.sort();
+    assert_eq!(
+        digest,
+        format!("sha256:{}", sha256(lines.concat().as_bytes()))
+    );
+
+    let f = Fixture::start(with_checksums(&voted())).await;
+    {
+        let mut s = f.state.lock().unwrap();
+        let repo = &mut s.repos[0];
+        repo.kind = "open".into();
+        let mut events: Vec<Value> = (0..20_000)
+            .map(|i| json!({"timestamp": "2026-11-30T10:00:01.000Z", "name": "ruleEvaluate", "severity": 0, "properties": [{"name": "typeId", "value": format!("rule-{i}")}]}))
+            .collect();
+        events.push(json!({"timestamp": "2026-11-30T10:00:09.000Z", "name": "ruleFailed", "severity": 1, "properties": [{"name": "typeId", "value": "sources-staging"}, {"name": "failureMessage", "value": "Missing: no sources jar found"}]}));
+        repo.activity = vec![
+            json!({"name": "close", "started": "2026-11-30T10:00:00.000Z", "stopped": "2026-11-30T10:00:09.000Z", "events": events}),
+        ];
+        let size = serde_json::to_vec(&repo.activity).unwrap().len();
+        assert!((2 << 20..4 << 20).contains(&size), "{size} bytes");
+    }
+    let err = f
+        .adapter(PromoteBackend::Nexus2, &[])
+        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains(&format!(
+            "closing staging repository {REPO} holding org.apache.example:example-lib:1.0.0 failed: ruleFailed (typeId=sources-staging, failureMessage=Missing: no sources jar found)"
+        )),
+        "{}",
+        &err.message[..err.message.len().min(400)]
+    );
 }
