@@ -1062,3 +1062,51 @@ async fn files_and_documents_of_megabytes_are_read() {
         &err.message[..err.message.len().min(400)]
     );
 }
+
+/// Up to 100 staging repositories are looked through for the one holding the version;
+/// none holding it is no staging, and more than 100 are refused (name one in the tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_a_hundred_staging_repositories_are_looked_through() {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    let more = |f: &Fixture, n: usize| {
+        let mut s = f.state.lock().unwrap();
+        let start = s.repos.len();
+        for i in start..start + n {
+            s.repos.push(Repo {
+                id: format!("orgapache-{}", 2000 + i),
+                kind: "closed".into(),
+                files: BTreeMap::new(),
+                activity: Vec::new(),
+            });
+        }
+    };
+    let read = |f: &Fixture| {
+        let a = f.adapter(PromoteBackend::Nexus2, &[]);
+        async move {
+            a.read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+                .await
+        }
+    };
+    more(&f, 99);
+    let observed = read(&f)
+        .await
+        .unwrap()
+        .expect("the one holding it is found");
+    assert!(
+        observed
+            .web_url
+            .unwrap()
+            .contains(&format!("/repositories/{REPO}/content/")),
+    );
+    more(&f, 1);
+    let err = read(&f).await.unwrap_err();
+    assert!(
+        err.message
+            .contains("lists 101 staging repositories, more than the 100 atr-dist looks through"),
+        "{}",
+        err.message
+    );
+
+    let empty = Fixture::start(BTreeMap::new()).await;
+    assert!(read(&empty).await.unwrap().is_none());
+}
