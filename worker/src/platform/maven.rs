@@ -1970,6 +1970,15 @@ mod tests {
         assert!(a[1].failures().is_empty() && a[1].has("repositoryReleased"));
     }
 
+    /// Any one URL or credential makes Maven a target; none leaves it off.
+    #[test]
+    fn any_url_or_credential_enables_the_section() {
+        assert!(!configured(&PlatformConfig::default()));
+        for (name, c) in crate::platform::one_setting_each() {
+            assert!(configured(&c), "{name} alone");
+        }
+    }
+
     #[test]
     fn promotion_is_off_unless_the_project_is_listed() {
         let mut c = PlatformConfig::default();

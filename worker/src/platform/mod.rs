@@ -474,6 +474,59 @@ pub(crate) fn refuse_above(sealed: &Sealed, limit: u64, kind: &str) -> Result<()
     )))
 }
 
+/// A platform section with one URL or token set, for each of the six that enable an index
+/// platform (`configured()` of pypi and maven), named for the test's messages.
+#[cfg(test)]
+pub(crate) fn one_setting_each() -> Vec<(&'static str, crate::config::PlatformConfig)> {
+    let url = || Some(url::Url::parse("http://127.0.0.1:1/").unwrap_or_else(|e| panic!("{e}")));
+    let token = || Some(crate::secret::Secret::new("x"));
+    let d = crate::config::PlatformConfig::default;
+    vec![
+        (
+            "base_url",
+            crate::config::PlatformConfig {
+                base_url: url(),
+                ..d()
+            },
+        ),
+        (
+            "staging_base_url",
+            crate::config::PlatformConfig {
+                staging_base_url: url(),
+                ..d()
+            },
+        ),
+        (
+            "read_url",
+            crate::config::PlatformConfig {
+                read_url: url(),
+                ..d()
+            },
+        ),
+        (
+            "staging_read_url",
+            crate::config::PlatformConfig {
+                staging_read_url: url(),
+                ..d()
+            },
+        ),
+        (
+            "token",
+            crate::config::PlatformConfig {
+                token: token(),
+                ..d()
+            },
+        ),
+        (
+            "staging_token",
+            crate::config::PlatformConfig {
+                staging_token: token(),
+                ..d()
+            },
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1925,8 +1925,10 @@ mod tests {
     /// A plan names each file's upload, and says which go with their attestation.
     #[test]
     fn plans_name_each_upload_and_whether_its_attestation_goes_with_it() {
-        let mut c = PlatformConfig::default();
-        c.staging_token = Some(Secret::new("pypi-staging"));
+        let c = PlatformConfig {
+            staging_token: Some(Secret::new("pypi-staging")),
+            ..PlatformConfig::default()
+        };
         let a = PypiAdapter::from_config(&c).unwrap().unwrap();
         let wheel = sealed_for_test("x-1.0-py3-none-any.whl", b"the wheel");
         let sdist = sealed_for_test("x-1.0.tar.gz", b"the sdist");
@@ -1983,20 +1985,8 @@ mod tests {
     #[test]
     fn any_url_or_token_enables_the_section() {
         assert_eq!(configured(&PlatformConfig::default()), None);
-        let url = Url::parse("http://127.0.0.1:8080/").unwrap();
-        let token = Secret::new("pypi-token");
-        let one: [fn(&mut PlatformConfig, &Url, &Secret); 6] = [
-            |c, u, _| c.base_url = Some(u.clone()),
-            |c, u, _| c.staging_base_url = Some(u.clone()),
-            |c, u, _| c.read_url = Some(u.clone()),
-            |c, u, _| c.staging_read_url = Some(u.clone()),
-            |c, _, t| c.token = Some(t.clone()),
-            |c, _, t| c.staging_token = Some(t.clone()),
-        ];
-        for (i, set) in one.iter().enumerate() {
-            let mut c = PlatformConfig::default();
-            set(&mut c, &url, &token);
-            assert!(configured(&c).is_some(), "setting {i} alone");
+        for (name, c) in crate::platform::one_setting_each() {
+            assert!(configured(&c).is_some(), "{name} alone");
         }
     }
 
