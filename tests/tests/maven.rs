@@ -10,13 +10,13 @@ use std::time::Duration;
 use atr_dist::config::{PromoteBackend, RetryConfig};
 use atr_dist::pipeline::wait::Schedule;
 use atr_dist::platform::maven::{MavenAdapter, MavenSettings};
-use atr_dist::platform::{Adapters, PlatformAdapter};
+use atr_dist::platform::{Adapters, PlatformAdapter, StageRequest};
 use atr_dist::secret::Secret;
 use atr_dist_shared::job::{Job, RevisionSourceSpec};
-use atr_dist_shared::names::{DistTag, ProjectKey};
+use atr_dist_shared::names::{DistTag, ProjectKey, RevisionKey, RevisionNumber};
 use atr_dist_shared::{Envelope, JobState, Platform};
 use atr_dist_tests::jobs::Dist;
-use atr_dist_tests::pipeline_support::{Db, Harness};
+use atr_dist_tests::pipeline_support::{Db, Harness, sealed};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha512};
 use url::Url;
@@ -92,6 +92,8 @@ enum Release {
 struct Repo {
     id: String,
     kind: String,
+    /// Nexus is closing, releasing or dropping it.
+    transitioning: bool,
     files: BTreeMap<String, Vec<u8>>,
     activity: Vec<Value>,
 }
@@ -108,6 +110,8 @@ struct State {
     central: BTreeMap<String, Vec<u8>>,
     release: Release,
     deployment: Option<Deployment>,
+    /// The versions the staging group's maven-metadata.xml lists.
+    group_versions: Vec<String>,
     /// Every write (POST) received, as "METHOD path".
     writes: Vec<String>,
 }
@@ -162,7 +166,7 @@ impl Respond for Platform2 {
                 let data: Vec<Value> = s
                     .repos
                     .iter()
-                    .map(|r| json!({"profileId": "1a2b", "profileName": "org.apache.example", "repositoryId": r.id, "type": r.kind, "transitioning": false, "description": "example 1.0.0 RC1"}))
+                    .map(|r| json!({"profileId": "1a2b", "profileName": "org.apache.example", "repositoryId": r.id, "type": r.kind, "transitioning": r.transitioning, "description": "example 1.0.0 RC1"}))
                     .collect();
                 return ResponseTemplate::new(200).set_body_json(json!({ "data": data }));
             }
@@ -246,7 +250,8 @@ impl Respond for Platform2 {
             if !staged {
                 return not_found;
             }
-            return ResponseTemplate::new(200).set_body_string(metadata(&["0.9.0", "1.0.0"]));
+            let versions: Vec<&str> = s.group_versions.iter().map(String::as_str).collect();
+            return ResponseTemplate::new(200).set_body_string(metadata(&versions));
         }
         // Maven Central.
         if let Some(rest) = path.strip_prefix("/maven2/") {
@@ -351,6 +356,7 @@ impl Fixture {
             repos: vec![Repo {
                 id: REPO.into(),
                 kind: "closed".into(),
+                transitioning: false,
                 files,
                 activity: vec![
                     json!({"name": "close", "started": "2026-11-30T10:00:00.000Z", "stopped": "2026-11-30T10:00:09.000Z", "events": [
@@ -360,6 +366,7 @@ impl Fixture {
                 ],
             }],
             central: BTreeMap::new(),
+            group_versions: vec!["0.9.0".into(), "1.0.0".into()],
             release: Release::Succeeds,
             deployment: None,
             writes: Vec::new(),
@@ -1075,6 +1082,7 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
             s.repos.push(Repo {
                 id: format!("orgapache-{}", 2000 + i),
                 kind: "closed".into(),
+                transitioning: false,
                 files: BTreeMap::new(),
                 activity: Vec::new(),
             });
@@ -1109,4 +1117,77 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
 
     let empty = Fixture::start(BTreeMap::new()).await;
     assert!(read(&empty).await.unwrap().is_none());
+}
+
+/// A repository Nexus is changing is waited for; a closed one counts only when the staging
+/// group's metadata lists the version (ATR reads it there); a changed file is told with its
+/// size and the voted one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_staging_repository_is_read_only_when_settled_and_listed() {
+    let read = |f: &Fixture| {
+        let a = f.adapter(PromoteBackend::Nexus2, &[]);
+        async move {
+            a.read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+                .await
+        }
+    };
+    let f = Fixture::start(with_checksums(&voted())).await;
+    f.state.lock().unwrap().repos[0].transitioning = true;
+    let err = read(&f).await.unwrap_err();
+    assert!(err.not_yet, "{}", err.message);
+    assert!(
+        err.message.contains(&format!("staging repository {REPO} holding org.apache.example:example-lib:1.0.0 is changing state")),
+        "{}",
+        err.message
+    );
+    f.state.lock().unwrap().repos[0].transitioning = false;
+    assert!(read(&f).await.unwrap().is_some());
+
+    f.state.lock().unwrap().group_versions = vec!["0.9.0".into()];
+    let err = read(&f).await.unwrap_err();
+    assert!(
+        err.message.contains("does not list version 1.0.0 (it lists 0.9.0), although staging repository orgapache-1001 holds it"),
+        "{}",
+        err.message
+    );
+    // Released, it has left the staging group: its files are read from the repository.
+    f.state.lock().unwrap().repos[0].kind = "released".into();
+    assert!(read(&f).await.unwrap().is_some());
+
+    let mut files = voted();
+    let changed = b"PK\x03\x04 other classes, longer".to_vec();
+    let (jar, voted_jar) = (changed.len(), files[0].1.len());
+    let req = stage_request_of(&files);
+    files[0].1 = changed;
+    files.retain(|(n, _)| !n.ends_with(".sha512"));
+    let f = Fixture::start(with_checksums(&files)).await;
+    let err = f
+        .adapter(PromoteBackend::Nexus2, &[])
+        .stage(&req)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains(&format!(
+            "example-lib-1.0.0.jar is staged with other bytes (sha256 {}, {jar} bytes; the vote has {}, {voted_jar} bytes)",
+            sha256(&files[0].1),
+            sha256(&voted()[0].1)
+        )),
+        "{}",
+        err.message
+    );
+}
+
+/// A stage request for `files`, sealed as the pipeline seals them.
+fn stage_request_of(files: &[(String, Vec<u8>)]) -> StageRequest {
+    let key = dist().key();
+    StageRequest {
+        revision: RevisionKey::of(&key.release_key, &RevisionNumber::new("00001").unwrap()),
+        artifacts: files
+            .iter()
+            .map(|(n, b)| sealed(&format!("maven/{VDIR}/{n}"), b))
+            .collect(),
+        companions: Vec::new(),
+        staging_tag: DistTag::new("staging").unwrap(),
+        key,
+    }
 }
