@@ -834,3 +834,41 @@ async fn only_the_files_the_index_lacks_are_uploaded() {
         .collect();
     assert_eq!(posts, vec![200], "one upload, of {s}: {:?}", proxy.seen());
 }
+
+/// An upload refused as existing is read back: other bytes under the name (missed by a
+/// listing from a replica behind) are reported as what the read-back found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_whose_name_holds_other_bytes_is_reported() {
+    let staging = PypiServer::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&staging.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), proxy.url.as_str());
+    let key = Pkg {
+        name: "taken",
+        version: "1.0.0",
+    }
+    .key();
+    let file = wheel_name("taken", "1.0.0");
+    let voted = wheel("taken", "1.0.0", "t = 1\n");
+    let other = wheel("taken", "1.0.0", "t = 2\n");
+    staging.replace(&file, &other);
+    proxy.inject(
+        Fault::new(404)
+            .method("GET")
+            .path_contains("/simple/taken/"),
+    );
+    let err = a
+        .stage(&request(&key, &[(&file, &voted)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "(read back: the staging index holds {file} with sha256 {}, not the voted {})",
+            sha256_hex(&other),
+            sha256_hex(&voted)
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(staging.read(&file), other);
+}
