@@ -1979,6 +1979,62 @@ mod tests {
         }
     }
 
+    /// A rule failure is a failure whatever its severity, and so is any severe event.
+    #[test]
+    fn a_failure_is_a_failed_rule_or_a_severe_event() {
+        let event = |name: &str, severity| Event {
+            name: name.into(),
+            severity,
+            properties: Vec::new(),
+        };
+        assert!(event("ruleFailed", 0).failed());
+        assert!(event("ruleFailed", 1).failed());
+        assert!(event("repositoryCloseFailed", 2).failed());
+        assert!(!event("ruleEvaluate", 0).failed());
+    }
+
+    /// Each voted checksum file must state the digest of the voted file it describes; md5
+    /// is worked out only for a file with a voted `.md5` beside it.
+    #[tokio::test]
+    async fn voted_checksum_files_must_state_the_voted_digests() {
+        let gav = Gav::of(&key("org.apache.example")).unwrap();
+        let dir = "maven/org/apache/example/example-lib/1.0.0";
+        let file = |name: &str, bytes: &[u8]| {
+            crate::seal::sealed_for_test(&format!("{dir}/{name}"), bytes)
+        };
+        let jar = b"PK the classes";
+        let md5 = hex::encode(Md5::digest(jar));
+        let sha1 = hex::encode(Sha1::digest(jar));
+        let voted = [
+            file("example-lib-1.0.0.jar", jar),
+            file("example-lib-1.0.0.pom", b"<project/>"),
+            file(
+                "example-lib-1.0.0.jar.md5",
+                format!("{md5}  example-lib-1.0.0.jar\n").as_bytes(),
+            ),
+        ];
+        let (files, checksums) = MavenAdapter::voted_sums(&gav, &voted).await.unwrap();
+        assert_eq!(files["example-lib-1.0.0.jar"].md5, md5);
+        assert_eq!(files["example-lib-1.0.0.pom"].md5, "", "not read again");
+        assert_eq!(
+            checksums.into_iter().collect::<Vec<_>>(),
+            ["example-lib-1.0.0.jar.md5"]
+        );
+
+        let mut wrong = voted.to_vec();
+        wrong[2] = file(
+            "example-lib-1.0.0.jar.sha1",
+            b"0123abcd  example-lib-1.0.0.jar",
+        );
+        let err = MavenAdapter::voted_sums(&gav, &wrong).await.unwrap_err();
+        assert_eq!(
+            err.message,
+            format!(
+                "the voted example-lib-1.0.0.jar.sha1 states 0123abcd, but the voted example-lib-1.0.0.jar has sha1 {sha1}"
+            )
+        );
+    }
+
     #[test]
     fn promotion_is_off_unless_the_project_is_listed() {
         let mut c = PlatformConfig::default();
