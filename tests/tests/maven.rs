@@ -1191,3 +1191,26 @@ fn stage_request_of(files: &[(String, Vec<u8>)]) -> StageRequest {
         key,
     }
 }
+
+/// A stage names exactly how the staging repository differs from the vote, and nothing
+/// that agrees with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_names_only_the_differences() {
+    let files = voted();
+    let req = stage_request_of(&files);
+    let mut staged = files.clone();
+    staged.retain(|(n, _)| n != "example-lib-1.0.0.pom");
+    let f = Fixture::start(with_checksums(&staged)).await;
+    let err = f
+        .adapter(PromoteBackend::Nexus2, &[])
+        .stage(&req)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.ends_with(&format!(
+            "staging repository {REPO} does not hold exactly the voted files of org.apache.example:example-lib:1.0.0: example-lib-1.0.0.pom is voted but not staged"
+        )),
+        "{}",
+        err.message
+    );
+}
