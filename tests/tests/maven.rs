@@ -1213,4 +1213,19 @@ async fn a_stage_names_only_the_differences() {
         "{}",
         err.message
     );
+
+    let mut staged = files.clone();
+    staged.retain(|(n, _)| n != "example-lib-1.0.0.jar.sha512");
+    let f = Fixture::start(with_checksums(&staged)).await;
+    let err = f
+        .adapter(PromoteBackend::Nexus2, &[])
+        .stage(&req)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .ends_with(":1.0.0: voted checksum files not staged: example-lib-1.0.0.jar.sha512"),
+        "{}",
+        err.message
+    );
 }
