@@ -112,6 +112,9 @@ struct State {
     deployment: Option<Deployment>,
     /// The versions the staging group's maven-metadata.xml lists.
     group_versions: Vec<String>,
+    /// The next release request's answer, in place of 201: (whether it takes effect, the
+    /// status the client gets).
+    promote_fault: Option<(bool, u16)>,
     /// Every write (POST) received, as "METHOD path".
     writes: Vec<String>,
 }
@@ -177,6 +180,10 @@ impl Respond for Platform2 {
                     return ResponseTemplate::new(400).set_body_string("no stagedRepositoryIds");
                 };
                 assert_eq!(body["data"]["autoDropAfterRelease"], false, "{body}");
+                let fault = s.promote_fault.take();
+                if let Some((false, status)) = fault {
+                    return ResponseTemplate::new(status).set_body_string("refused by the test");
+                }
                 let release = s.release;
                 let Some(repo) = s.repos.iter_mut().find(|r| r.id == id) else {
                     return ResponseTemplate::new(400).set_body_string("no such repository");
@@ -190,7 +197,7 @@ impl Respond for Platform2 {
                         {"timestamp": "2026-12-01T10:00:01.000Z", "name": "ruleEvaluate", "severity": 0, "properties": [{"name": "id", "value": id}]}
                     ]}),
                 });
-                return ResponseTemplate::new(201);
+                return ResponseTemplate::new(fault.map_or(201, |(_, status)| status));
             }
             if let Some(id) = rest
                 .strip_prefix("staging/repository/")
@@ -367,6 +374,7 @@ impl Fixture {
             }],
             central: BTreeMap::new(),
             group_versions: vec!["0.9.0".into(), "1.0.0".into()],
+            promote_fault: None,
             release: Release::Succeeds,
             deployment: None,
             writes: Vec::new(),
@@ -1225,6 +1233,73 @@ async fn a_stage_names_only_the_differences() {
     assert!(
         err.message
             .ends_with(":1.0.0: voted checksum files not staged: example-lib-1.0.0.jar.sha512"),
+        "{}",
+        err.message
+    );
+}
+
+/// A release request whose answer is lost or refused is read back from the repository's
+/// activity: a release under way is waited for, a failed one refused with its rules, and
+/// no release at all leaves the refusal as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_request_is_settled_by_the_activity() {
+    let promote = |f: &Fixture, staged: String| {
+        let a = f.adapter(PromoteBackend::Nexus2, &["example"]);
+        async move {
+            let key = dist().key();
+            a.promote(&atr_dist::platform::PromoteRequest {
+                staged_digest: atr_dist_shared::Digest::parse(staged).unwrap(),
+                staging_tag: DistTag::new("staging").unwrap(),
+                release_tag: DistTag::latest(),
+                artifacts: Vec::new(),
+                companions: Vec::new(),
+                key,
+            })
+            .await
+            .unwrap_err()
+        }
+    };
+    let fixture = |release: Release, fault: (bool, u16)| async move {
+        let f = Fixture::start(with_checksums(&voted())).await;
+        let staged = read_staged_of(with_checksums(&voted()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut s = f.state.lock().unwrap();
+        s.release = release;
+        s.promote_fault = Some(fault);
+        drop(s);
+        (f, staged)
+    };
+
+    // The answer is lost; the release is under way.
+    let (f, staged) = fixture(Release::Succeeds, (true, 502)).await;
+    let err = promote(&f, staged).await;
+    assert!(err.not_yet, "{}", err.message);
+    assert!(
+        err.message
+            .contains("asked Nexus to release staging repository"),
+        "{}",
+        err.message
+    );
+
+    // The answer is lost; the release failed its rules.
+    let (f, staged) = fixture(Release::RuleFails, (true, 502)).await;
+    let err = promote(&f, staged).await;
+    assert!(!err.not_yet, "{}", err.message);
+    assert!(
+        err.message.contains("(read back: a failed release: ruleFailed (typeId=javadoc-staging, failureMessage=Missing: no javadoc jar found))"),
+        "{}",
+        err.message
+    );
+
+    // Refused (a 4xx: a 5xx is an unknown outcome, read back and sent again), with
+    // nothing started: the refusal stands.
+    let (f, staged) = fixture(Release::Succeeds, (false, 400)).await;
+    let err = promote(&f, staged).await;
+    assert!(!err.not_yet, "{}", err.message);
+    assert!(
+        err.message.contains("refused by the test"),
         "{}",
         err.message
     );
