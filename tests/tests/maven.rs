@@ -115,6 +115,9 @@ struct State {
     /// The next release request's answer, in place of 201: (whether it takes effect, the
     /// status the client gets).
     promote_fault: Option<(bool, u16)>,
+    /// Requests whose path contains the text are answered with the status, once each,
+    /// without effect.
+    faults: Vec<(String, u16)>,
     /// Every write (POST) received, as "METHOD path".
     writes: Vec<String>,
 }
@@ -161,6 +164,10 @@ impl Respond for Platform2 {
         let method = req.method.as_str().to_owned();
         if method == "POST" {
             s.writes.push(format!("POST {path}"));
+        }
+        if let Some(i) = s.faults.iter().position(|(part, _)| path.contains(part)) {
+            let (_, status) = s.faults.remove(i);
+            return ResponseTemplate::new(status).set_body_string("Service Unavailable");
         }
         let not_found = ResponseTemplate::new(404);
         // Nexus 2 staging REST API.
@@ -375,6 +382,7 @@ impl Fixture {
             central: BTreeMap::new(),
             group_versions: vec!["0.9.0".into(), "1.0.0".into()],
             promote_fault: None,
+            faults: Vec::new(),
             release: Release::Succeeds,
             deployment: None,
             writes: Vec::new(),
@@ -1300,6 +1308,28 @@ async fn a_release_request_is_settled_by_the_activity() {
     assert!(!err.not_yet, "{}", err.message);
     assert!(
         err.message.contains("refused by the test"),
+        "{}",
+        err.message
+    );
+}
+
+/// A read answered with an error is that error, never read as the document asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answered_with_an_error_is_that_error() {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    f.state
+        .lock()
+        .unwrap()
+        .faults
+        .push(("/content/groups/staging/".into(), 403));
+    let err = f
+        .adapter(PromoteBackend::Nexus2, &[])
+        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status, Some(403), "{}", err.message);
+    assert!(
+        err.message.contains("maven-metadata.xml"),
         "{}",
         err.message
     );
