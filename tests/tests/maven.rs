@@ -1334,3 +1334,24 @@ async fn a_read_answered_with_an_error_is_that_error() {
         err.message
     );
 }
+
+/// A checksum file is read up to 4096 bytes (a digest, a name, and room to spare); one byte
+/// more is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_files_up_to_4096_bytes_are_read() {
+    let padded = |size: usize| {
+        let mut files = with_checksums(&voted());
+        let name = "example-lib-1.0.0.jar.sha256";
+        let mut text = files[name].clone();
+        text.push(b' ');
+        text.resize(size, b'x');
+        files.insert(name.to_owned(), text);
+        files
+    };
+    assert!(read_staged_of(padded(4096)).await.unwrap().is_some());
+    let err = read_staged_of(padded(4097)).await.unwrap_err();
+    assert!(
+        err.contains("example-lib-1.0.0.jar.sha256: the answer is larger than 4096 bytes; refused"),
+        "{err}"
+    );
+}
