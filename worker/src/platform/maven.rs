@@ -2035,6 +2035,51 @@ mod tests {
         );
     }
 
+    /// A promote's plan is the one release request to Nexus, or the publish of the Portal
+    /// deployment the staging tag names.
+    #[test]
+    fn a_promote_plans_the_release_or_the_publish() {
+        let mut c = PlatformConfig {
+            staging_base_url: Some(Url::parse("http://127.0.0.1:1/service/local/").unwrap()),
+            promote_backend: Some(PromoteBackend::Nexus2),
+            ..PlatformConfig::default()
+        };
+        let req = |tag: &str| PromoteRequest {
+            key: key("org.apache.example"),
+            staged_digest: Digest::parse(format!("sha256:{}", "0".repeat(64))).unwrap(),
+            staging_tag: DistTag::new(tag).unwrap(),
+            release_tag: DistTag::latest(),
+            artifacts: Vec::new(),
+            companions: Vec::new(),
+        };
+        let plan = |c: &PlatformConfig, tag: &str| -> Vec<(&'static str, String, String)> {
+            MavenAdapter::from_config(c)
+                .unwrap()
+                .unwrap()
+                .plan_promote(&req(tag))
+                .into_iter()
+                .map(|p| (p.method, p.url, p.what))
+                .collect()
+        };
+        assert_eq!(
+            plan(&c, FIND_TAG),
+            [(
+                "POST",
+                "http://127.0.0.1:1/service/local/staging/bulk/promote".to_owned(),
+                "release the staging repository holding org.apache.example:example-lib:1.0.0 to Maven Central".to_owned()
+            )]
+        );
+        c.promote_backend = Some(PromoteBackend::Portal);
+        assert_eq!(
+            plan(&c, "portal-b3c1"),
+            [(
+                "POST",
+                format!("{DEFAULT_PORTAL_URL}deployment/b3c1"),
+                "publish Portal deployment b3c1 (org.apache.example:example-lib:1.0.0) to Maven Central".to_owned()
+            )]
+        );
+    }
+
     #[test]
     fn promotion_is_off_unless_the_project_is_listed() {
         let mut c = PlatformConfig::default();
