@@ -1015,6 +1015,12 @@ async fn a_version_directory_is_read_whole_or_refused() {
         "{}",
         &err[..err.len().min(400)]
     );
+    // A thousand files are read (and hashed) too.
+    let mut files = with_checksums(&voted());
+    for i in files.len()..1000 {
+        files.insert(format!("example-lib-1.0.0-part{i:04}.txt"), vec![b'p'; 3]);
+    }
+    assert!(read_staged_of(files).await.unwrap().is_some());
     let err = read_staged_of(with_entries(1001)).await.unwrap_err();
     assert!(
         err.contains("1001 entries, more than the 1000 atr-dist reads; refused"),
@@ -1353,5 +1359,28 @@ async fn checksum_files_up_to_4096_bytes_are_read() {
     assert!(
         err.contains("example-lib-1.0.0.jar.sha256: the answer is larger than 4096 bytes; refused"),
         "{err}"
+    );
+}
+
+/// A repository released outside atr-dist (no release in its activity) is waited for until
+/// Maven Central lists the version, not taken as nothing promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_released_by_hand_is_waited_for() {
+    let f = Fixture::start(with_checksums(&voted())).await;
+    let a = f.adapter(PromoteBackend::Nexus2, &["example"]);
+    let key = dist().key();
+    assert_eq!(
+        a.read_promoted(&key, &DistTag::latest()).await.unwrap(),
+        None
+    );
+    f.state.lock().unwrap().repos[0].kind = "released".into();
+    let err = a.read_promoted(&key, &DistTag::latest()).await.unwrap_err();
+    assert!(err.not_yet, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "staging repository {REPO} is released; waiting for Maven Central to list org.apache.example:example-lib:1.0.0"
+        )),
+        "{}",
+        err.message
     );
 }
