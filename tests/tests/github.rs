@@ -957,11 +957,7 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
         "message": "Validation Failed",
         "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]
     })));
-    let err = adapter(&gh)
-        .stage(&stage_request(&files))
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message
             .contains("(read back: apache/example holds a published full release for v1.0.0)"),
@@ -992,11 +988,7 @@ async fn a_refused_upload_whose_name_holds_other_bytes_is_reported() {
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     gh.add_release("v1.0.0", false, true, &[(SRC, b"other bytes")]);
     gh.inject(Fault::answer("GET", "/assets", 200).json(json!([])));
-    let err = adapter(&gh)
-        .stage(&stage_request(&files))
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message.contains(&format!(
             "(read back: the release holds {SRC} (sha256:{}",
@@ -1036,11 +1028,7 @@ async fn refused_uploads_and_publishes_are_classed_by_the_read_back() {
 
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     gh.inject(Fault::answer("POST", "/assets", 422).json(invalid("invalid")));
-    let err = adapter(&gh)
-        .stage(&stage_request(&files))
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    permanent_refusal(&gh, &files).await;
 
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     gh.inject(Fault::answer("PATCH", "/releases/", 422).json(invalid("invalid")));
@@ -1085,11 +1073,7 @@ async fn the_read_after_uploading_catches_changed_bytes_and_strangers() {
         &format!("name={SRC}"),
         FaultKind::Stores(b"changed on the way".to_vec()),
     ));
-    let err = adapter(&gh)
-        .stage(&stage_request(&files))
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message.contains(&format!(
             "after uploading, GitHub reports sha256 {} for {SRC}, not the voted {}",
@@ -1107,11 +1091,7 @@ async fn the_read_after_uploading_catches_changed_bytes_and_strangers() {
         &format!("name={SUMS}"),
         FaultKind::Beside("notes.txt".into(), b"not voted".to_vec()),
     ));
-    let err = adapter(&gh)
-        .stage(&stage_request(&files))
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message.ends_with(&format!(
             "after uploading, the release for v1.0.0 also holds assets that were not voted: notes.txt ({})",
@@ -1146,4 +1126,11 @@ async fn a_refused_promotion_leaves_the_pre_release_and_says_so() {
         .await
         .unwrap();
     assert!(!gh.release("v1.0.0").unwrap().prerelease);
+}
+
+/// Stages `files`, which must fail for good; the error.
+async fn permanent_refusal(gh: &FakeGithub, files: &[(&str, Vec<u8>)]) -> PlatformError {
+    let err = adapter(gh).stage(&stage_request(files)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    err
 }

@@ -1286,37 +1286,36 @@ async fn a_release_request_is_settled_by_the_activity() {
         (f, staged)
     };
 
-    // The answer is lost; the release is under way.
-    let (f, staged) = fixture(Release::Succeeds, (true, 502)).await;
-    let err = promote(&f, staged).await;
-    assert!(err.not_yet, "{}", err.message);
-    assert!(
-        err.message
-            .contains("asked Nexus to release staging repository"),
-        "{}",
-        err.message
-    );
-
-    // The answer is lost; the release failed its rules.
-    let (f, staged) = fixture(Release::RuleFails, (true, 502)).await;
-    let err = promote(&f, staged).await;
-    assert!(!err.not_yet, "{}", err.message);
-    assert!(
-        err.message.contains("(read back: a failed release: ruleFailed (typeId=javadoc-staging, failureMessage=Missing: no javadoc jar found))"),
-        "{}",
-        err.message
-    );
-
-    // Refused (a 4xx: a 5xx is an unknown outcome, read back and sent again), with
-    // nothing started: the refusal stands.
-    let (f, staged) = fixture(Release::Succeeds, (false, 400)).await;
-    let err = promote(&f, staged).await;
-    assert!(!err.not_yet, "{}", err.message);
-    assert!(
-        err.message.contains("refused by the test"),
-        "{}",
-        err.message
-    );
+    let cases = [
+        // The answer is lost; the release is under way.
+        (
+            Release::Succeeds,
+            (true, 502),
+            true,
+            "asked Nexus to release staging repository",
+        ),
+        // The answer is lost; the release failed its rules.
+        (
+            Release::RuleFails,
+            (true, 502),
+            false,
+            "(read back: a failed release: ruleFailed (typeId=javadoc-staging, failureMessage=Missing: no javadoc jar found))",
+        ),
+        // Refused (a 4xx: a 5xx is an unknown outcome, read back and sent again), with
+        // nothing started: the refusal stands.
+        (
+            Release::Succeeds,
+            (false, 400),
+            false,
+            "refused by the test",
+        ),
+    ];
+    for (release, fault, wait, says) in cases {
+        let (f, staged) = fixture(release, fault).await;
+        let err = promote(&f, staged).await;
+        assert_eq!(err.not_yet, wait, "{}", err.message);
+        assert!(err.message.contains(says), "{}", err.message);
+    }
 }
 
 /// A read answered with an error is that error, never read as the document asked for.
