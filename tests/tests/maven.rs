@@ -1220,36 +1220,29 @@ fn stage_request_of(files: &[(String, Vec<u8>)]) -> StageRequest {
 async fn a_stage_names_only_the_differences() {
     let files = voted();
     let req = stage_request_of(&files);
-    let mut staged = files.clone();
-    staged.retain(|(n, _)| n != "example-lib-1.0.0.pom");
-    let f = Fixture::start(with_checksums(&staged)).await;
-    let err = f
-        .adapter(PromoteBackend::Nexus2, &[])
-        .stage(&req)
-        .await
-        .unwrap_err();
-    assert!(
-        err.message.ends_with(&format!(
-            "staging repository {REPO} does not hold exactly the voted files of org.apache.example:example-lib:1.0.0: example-lib-1.0.0.pom is voted but not staged"
-        )),
-        "{}",
-        err.message
-    );
-
-    let mut staged = files.clone();
-    staged.retain(|(n, _)| n != "example-lib-1.0.0.jar.sha512");
-    let f = Fixture::start(with_checksums(&staged)).await;
-    let err = f
-        .adapter(PromoteBackend::Nexus2, &[])
-        .stage(&req)
-        .await
-        .unwrap_err();
-    assert!(
-        err.message
-            .ends_with(":1.0.0: voted checksum files not staged: example-lib-1.0.0.jar.sha512"),
-        "{}",
-        err.message
-    );
+    let cases = [
+        (
+            "example-lib-1.0.0.pom",
+            format!(
+                "staging repository {REPO} does not hold exactly the voted files of org.apache.example:example-lib:1.0.0: example-lib-1.0.0.pom is voted but not staged"
+            ),
+        ),
+        (
+            "example-lib-1.0.0.jar.sha512",
+            ":1.0.0: voted checksum files not staged: example-lib-1.0.0.jar.sha512".to_owned(),
+        ),
+    ];
+    for (unstaged, says) in cases {
+        let mut staged = files.clone();
+        staged.retain(|(n, _)| n != unstaged);
+        let f = Fixture::start(with_checksums(&staged)).await;
+        let err = f
+            .adapter(PromoteBackend::Nexus2, &[])
+            .stage(&req)
+            .await
+            .unwrap_err();
+        assert!(err.message.ends_with(&says), "{}", err.message);
+    }
 }
 
 /// A release request whose answer is lost or refused is read back from the repository's
