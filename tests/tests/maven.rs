@@ -135,6 +135,18 @@ fn metadata(versions: &[&str]) -> String {
     )
 }
 
+/// The documented version digest of `files`: sha256 over `<name> <sha256 hex>\n`, sorted by
+/// name, of the files other than the checksum files (here, the `.sha512` ones).
+fn version_digest(files: &[(String, Vec<u8>)]) -> String {
+    let mut lines: Vec<String> = files
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".sha512"))
+        .map(|(n, b)| format!("{n} {}\n", sha256(b)))
+        .collect();
+    lines.sort();
+    format!("sha256:{}", sha256(lines.concat().as_bytes()))
+}
+
 fn listing(files: &BTreeMap<String, Vec<u8>>, repo: &str) -> Value {
     let data: Vec<Value> = files
         .iter()
@@ -521,16 +533,7 @@ async fn staging_is_verified_and_promoted_through_nexus(db: Db) {
         row.web_url
     );
     // The digest is over the voted files without their checksum files.
-    let mut lines: Vec<String> = voted()
-        .iter()
-        .filter(|(n, _)| !n.ends_with(".sha512"))
-        .map(|(n, b)| format!("{n} {}\n", sha256(b)))
-        .collect();
-    lines.sort();
-    assert_eq!(
-        staged,
-        format!("sha256:{}", sha256(lines.concat().as_bytes()))
-    );
+    assert_eq!(staged, version_digest(&voted()));
 
     let promote = promote_job();
     h.run_to_done(&promote, 3).await;
@@ -1052,16 +1055,7 @@ async fn files_and_documents_of_megabytes_are_read() {
         .await
         .unwrap()
         .unwrap();
-    let mut lines: Vec<String> = files
-        .iter()
-        .filter(|(n, _)| !n.ends_with(".sha512"))
-        .map(|(n, b)| format!("{n} {}\n", sha256(b)))
-        .collect();
-    lines.sort();
-    assert_eq!(
-        digest,
-        format!("sha256:{}", sha256(lines.concat().as_bytes()))
-    );
+    assert_eq!(digest, version_digest(&files));
 
     let f = Fixture::start(with_checksums(&voted())).await;
     {
