@@ -10,7 +10,7 @@ use std::time::Duration;
 use atr_dist::config::{PromoteBackend, RetryConfig};
 use atr_dist::pipeline::wait::Schedule;
 use atr_dist::platform::maven::{MavenAdapter, MavenSettings};
-use atr_dist::platform::{Adapters, PlatformAdapter, StageRequest};
+use atr_dist::platform::{Adapters, Observed, PlatformAdapter, PlatformError, StageRequest};
 use atr_dist::secret::Secret;
 use atr_dist_shared::job::{Job, RevisionSourceSpec};
 use atr_dist_shared::names::{DistTag, ProjectKey, RevisionKey, RevisionNumber};
@@ -413,6 +413,14 @@ impl Fixture {
 
     fn adapters(&self, backend: PromoteBackend, projects: &[&str]) -> Adapters {
         Adapters::default().with(Platform::Maven, Arc::new(self.adapter(backend, projects)))
+    }
+
+    /// What the adapter (Nexus 2, no promotion) reads of the staging repository holding
+    /// the version, under the default staging tag.
+    async fn read_staged(&self) -> Result<Option<Observed>, PlatformError> {
+        self.adapter(PromoteBackend::Nexus2, &[])
+            .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+            .await
     }
 
     fn adapter(&self, backend: PromoteBackend, projects: &[&str]) -> MavenAdapter {
@@ -990,9 +998,9 @@ async fn a_portal_deployment_with_other_bytes_is_refused_postgres() {
 /// What the adapter makes of the staging repository holding `files` (closed, in the
 /// staging group), read on its own.
 async fn read_staged_of(files: BTreeMap<String, Vec<u8>>) -> Result<Option<String>, String> {
-    let f = Fixture::start(files).await;
-    f.adapter(PromoteBackend::Nexus2, &[])
-        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
+    Fixture::start(files)
+        .await
+        .read_staged()
         .await
         .map(|o| o.map(|o| o.digest.to_string()))
         .map_err(|e| e.message)
@@ -1072,11 +1080,7 @@ async fn files_and_documents_of_megabytes_are_read() {
         let size = serde_json::to_vec(&repo.activity).unwrap().len();
         assert!((2 << 20..4 << 20).contains(&size), "{size} bytes");
     }
-    let err = f
-        .adapter(PromoteBackend::Nexus2, &[])
-        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
-        .await
-        .unwrap_err();
+    let err = f.read_staged().await.unwrap_err();
     assert!(
         err.message.contains(&format!(
             "closing staging repository {REPO} holding org.apache.example:example-lib:1.0.0 failed: ruleFailed (typeId=sources-staging, failureMessage=Missing: no sources jar found)"
@@ -1104,15 +1108,9 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
             });
         }
     };
-    let read = |f: &Fixture| {
-        let a = f.adapter(PromoteBackend::Nexus2, &[]);
-        async move {
-            a.read_staged(&dist().key(), &DistTag::new("staging").unwrap())
-                .await
-        }
-    };
     more(&f, 99);
-    let observed = read(&f)
+    let observed = f
+        .read_staged()
         .await
         .unwrap()
         .expect("the one holding it is found");
@@ -1123,7 +1121,7 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
             .contains(&format!("/repositories/{REPO}/content/")),
     );
     more(&f, 1);
-    let err = read(&f).await.unwrap_err();
+    let err = f.read_staged().await.unwrap_err();
     assert!(
         err.message
             .contains("lists 101 staging repositories, more than the 100 atr-dist looks through"),
@@ -1132,7 +1130,7 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
     );
 
     let empty = Fixture::start(BTreeMap::new()).await;
-    assert!(read(&empty).await.unwrap().is_none());
+    assert!(empty.read_staged().await.unwrap().is_none());
 }
 
 /// A repository Nexus is changing is waited for; a closed one counts only when the staging
@@ -1140,16 +1138,9 @@ async fn up_to_a_hundred_staging_repositories_are_looked_through() {
 /// size and the voted one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_staging_repository_is_read_only_when_settled_and_listed() {
-    let read = |f: &Fixture| {
-        let a = f.adapter(PromoteBackend::Nexus2, &[]);
-        async move {
-            a.read_staged(&dist().key(), &DistTag::new("staging").unwrap())
-                .await
-        }
-    };
     let f = Fixture::start(with_checksums(&voted())).await;
     f.state.lock().unwrap().repos[0].transitioning = true;
-    let err = read(&f).await.unwrap_err();
+    let err = f.read_staged().await.unwrap_err();
     assert!(err.not_yet, "{}", err.message);
     assert!(
         err.message.contains(&format!("staging repository {REPO} holding org.apache.example:example-lib:1.0.0 is changing state")),
@@ -1157,10 +1148,10 @@ async fn the_staging_repository_is_read_only_when_settled_and_listed() {
         err.message
     );
     f.state.lock().unwrap().repos[0].transitioning = false;
-    assert!(read(&f).await.unwrap().is_some());
+    assert!(f.read_staged().await.unwrap().is_some());
 
     f.state.lock().unwrap().group_versions = vec!["0.9.0".into()];
-    let err = read(&f).await.unwrap_err();
+    let err = f.read_staged().await.unwrap_err();
     assert!(
         err.message.contains("does not list version 1.0.0 (it lists 0.9.0), although staging repository orgapache-1001 holds it"),
         "{}",
@@ -1168,7 +1159,7 @@ async fn the_staging_repository_is_read_only_when_settled_and_listed() {
     );
     // Released, it has left the staging group: its files are read from the repository.
     f.state.lock().unwrap().repos[0].kind = "released".into();
-    assert!(read(&f).await.unwrap().is_some());
+    assert!(f.read_staged().await.unwrap().is_some());
 
     let mut files = voted();
     let changed = b"PK\x03\x04 other classes, longer".to_vec();
@@ -1262,10 +1253,7 @@ async fn a_release_request_is_settled_by_the_activity() {
     };
     let fixture = |release: Release, fault: (bool, u16)| async move {
         let f = Fixture::start(with_checksums(&voted())).await;
-        let staged = read_staged_of(with_checksums(&voted()))
-            .await
-            .unwrap()
-            .unwrap();
+        let staged = version_digest(&voted());
         let mut s = f.state.lock().unwrap();
         s.release = release;
         s.promote_fault = Some(fault);
@@ -1314,11 +1302,7 @@ async fn a_read_answered_with_an_error_is_that_error() {
         .unwrap()
         .faults
         .push(("/content/groups/staging/".into(), 403));
-    let err = f
-        .adapter(PromoteBackend::Nexus2, &[])
-        .read_staged(&dist().key(), &DistTag::new("staging").unwrap())
-        .await
-        .unwrap_err();
+    let err = f.read_staged().await.unwrap_err();
     assert_eq!(err.http_status, Some(403), "{}", err.message);
     assert!(
         err.message.contains("maven-metadata.xml"),
