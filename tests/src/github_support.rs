@@ -90,6 +90,19 @@ impl Fault {
         )
     }
 
+    /// A 422 as GitHub words a failed validation of `resource`'s `field` (the fake's own
+    /// refusals use the same body).
+    pub fn validation_failed(
+        method: &str,
+        path_contains: &str,
+        resource: &str,
+        code: &str,
+        field: &str,
+    ) -> Fault {
+        Fault::answer(method, path_contains, 422)
+            .json(validation_failed_body(resource, code, field))
+    }
+
     pub fn times(mut self, n: usize) -> Fault {
         self.times = n;
         self
@@ -433,12 +446,17 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 fn validation_failed(resource: &str, code: &str, field: &str) -> ResponseTemplate {
-    ResponseTemplate::new(422).set_body_json(json!({
+    ResponseTemplate::new(422).set_body_json(validation_failed_body(resource, code, field))
+}
+
+/// GitHub's 422 body: one validation error on `resource`'s `field`.
+fn validation_failed_body(resource: &str, code: &str, field: &str) -> Value {
+    json!({
         "message": "Validation Failed",
         "errors": [{"resource": resource, "code": code, "field": field}],
         "documentation_url": "https://docs.github.com/rest/releases",
         "status": "422",
-    }))
+    })
 }
 
 fn ok(status: u16, body: Value) -> (ResponseTemplate, u16) {

@@ -953,10 +953,13 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     gh.add_release("v1.0.0", false, false, &[]);
     gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
-    gh.inject(Fault::answer("POST", "/releases", 422).json(json!({
-        "message": "Validation Failed",
-        "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]
-    })));
+    gh.inject(Fault::validation_failed(
+        "POST",
+        "/releases",
+        "Release",
+        "already_exists",
+        "tag_name",
+    ));
     let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message
@@ -971,10 +974,13 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     gh.add_release("v1.0.0", false, true, &[]);
     gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
-    gh.inject(Fault::answer("POST", "/releases", 422).json(json!({
-        "message": "Validation Failed",
-        "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]
-    })));
+    gh.inject(Fault::validation_failed(
+        "POST",
+        "/releases",
+        "Release",
+        "already_exists",
+        "tag_name",
+    ));
     adapter(&gh).stage(&stage_request(&files)).await.unwrap();
     assert_assets(&gh, &files);
     assert_eq!(gh.state.lock().unwrap().releases.len(), 1);
@@ -1011,14 +1017,14 @@ async fn a_refused_upload_whose_name_holds_other_bytes_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_uploads_and_publishes_are_classed_by_the_read_back() {
     let files = files();
-    let invalid = |code: &str| {
-        json!({
-            "message": "Validation Failed",
-            "errors": [{"resource": "ReleaseAsset", "code": code, "field": "name"}]
-        })
-    };
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
-    gh.inject(Fault::answer("POST", "/assets", 422).json(invalid("already_exists")));
+    gh.inject(Fault::validation_failed(
+        "POST",
+        "/assets",
+        "ReleaseAsset",
+        "already_exists",
+        "name",
+    ));
     let err = adapter(&gh)
         .stage(&stage_request(&files))
         .await
@@ -1027,11 +1033,23 @@ async fn refused_uploads_and_publishes_are_classed_by_the_read_back() {
     assert!(err.message.contains("already_exists"), "{}", err.message);
 
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
-    gh.inject(Fault::answer("POST", "/assets", 422).json(invalid("invalid")));
+    gh.inject(Fault::validation_failed(
+        "POST",
+        "/assets",
+        "ReleaseAsset",
+        "invalid",
+        "name",
+    ));
     permanent_refusal(&gh, &files).await;
 
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
-    gh.inject(Fault::answer("PATCH", "/releases/", 422).json(invalid("invalid")));
+    gh.inject(Fault::validation_failed(
+        "PATCH",
+        "/releases/",
+        "ReleaseAsset",
+        "invalid",
+        "name",
+    ));
     adapter(&gh)
         .stage(&stage_request(&files))
         .await
@@ -1111,10 +1129,13 @@ async fn a_refused_promotion_leaves_the_pre_release_and_says_so() {
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
     let a = adapter(&gh);
     a.stage(&stage_request(&files)).await.unwrap();
-    gh.inject(Fault::answer("PATCH", "/releases/", 422).json(json!({
-        "message": "Validation Failed",
-        "errors": [{"resource": "Release", "code": "invalid", "field": "make_latest"}]
-    })));
+    gh.inject(Fault::validation_failed(
+        "PATCH",
+        "/releases/",
+        "Release",
+        "invalid",
+        "make_latest",
+    ));
     let err = a
         .promote(&promote_request(&release_digest(&files)))
         .await
