@@ -950,16 +950,7 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
 
     // The tag lookup misses the full release (a replica behind), so a draft is created;
     // GitHub refuses it, and the read-back finds the full release.
-    let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
-    gh.add_release("v1.0.0", false, false, &[]);
-    gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
-    gh.inject(Fault::validation_failed(
-        "POST",
-        "/releases",
-        "Release",
-        "already_exists",
-        "tag_name",
-    ));
+    let gh = created_elsewhere(false).await;
     let err = permanent_refusal(&gh, &files).await;
     assert!(
         err.message
@@ -971,8 +962,17 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
 
     // The same, but the read-back finds a published pre-release for the tag: it is the
     // staging place, and is filled.
+    let gh = created_elsewhere(true).await;
+    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
+    assert_assets(&gh, &files);
+    assert_eq!(gh.state.lock().unwrap().releases.len(), 1);
+}
+
+/// A repository whose release for v1.0.0 (full, or a pre-release) the tag lookup misses
+/// once (a replica behind), and where creating one is refused as existing.
+async fn created_elsewhere(prerelease: bool) -> FakeGithub {
     let gh = FakeGithub::start(OWNER, REPO, &["v1.0.0"]).await;
-    gh.add_release("v1.0.0", false, true, &[]);
+    gh.add_release("v1.0.0", false, prerelease, &[]);
     gh.inject(Fault::answer("GET", "/releases/tags/v1.0.0", 404));
     gh.inject(Fault::validation_failed(
         "POST",
@@ -981,9 +981,7 @@ async fn only_the_tags_own_draft_or_pre_release_is_adopted() {
         "already_exists",
         "tag_name",
     ));
-    adapter(&gh).stage(&stage_request(&files)).await.unwrap();
-    assert_assets(&gh, &files);
-    assert_eq!(gh.state.lock().unwrap().releases.len(), 1);
+    gh
 }
 
 /// An upload refused because the name is taken is read back: an asset of that name holding
