@@ -372,3 +372,48 @@ async fn atr_source_stays_on_its_origin_and_bounds_the_manifest() {
     // Nothing was fetched from the other origin.
     assert!(elsewhere.received_requests().await.unwrap().is_empty());
 }
+
+/// ATR may move a route more than once; five redirects within its origin are followed, and
+/// a sixth is refused rather than followed without end.
+#[tokio::test]
+async fn atr_source_follows_up_to_five_redirects() {
+    let manifest = RevisionManifest::new(vec![entry("pkg-1.0.0.tgz", b"tarball")]).unwrap();
+    let server = MockServer::start().await;
+    // Revision 00005 is moved five times, revision 00006 six, each step one more `/hop`.
+    for (revision, hops) in [("00005", 5), ("00006", 6)] {
+        let at = |n: usize| format!("/manifest/example/1.0.0/{revision}{}", "/hop".repeat(n));
+        for n in 0..hops {
+            Mock::given(method("GET"))
+                .and(path(at(n)))
+                .respond_with(ResponseTemplate::new(302).insert_header("location", at(n + 1)))
+                .mount(&server)
+                .await;
+        }
+        Mock::given(method("GET"))
+            .and(path(at(hops)))
+            .respond_with(ResponseTemplate::new(200).set_body_json(&manifest))
+            .mount(&server)
+            .await;
+    }
+    let source = atr_source(&server);
+    let rev = |r: &str| RevisionNumber::new(r).unwrap();
+    assert_eq!(
+        source.manifest(&release(), &rev("00005")).await.unwrap(),
+        manifest
+    );
+    let err = source
+        .manifest(&release(), &rev("00006"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 5 redirects"), "{err}");
+    // The sixth redirect was refused, not requested: the manifest's own URL never was.
+    let asked: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p.contains("00006"))
+        .collect();
+    assert_eq!(asked.len(), 6, "{asked:?}");
+}
