@@ -417,3 +417,115 @@ async fn atr_source_follows_up_to_five_redirects() {
         .collect();
     assert_eq!(asked.len(), 6, "{asked:?}");
 }
+
+/// A manifest of exactly the limit (16 MiB) is read, one byte more is refused: both when
+/// its size is announced (`Content-Length`) and when it is only counted as it arrives
+/// (chunked, as a proxy may send it).
+#[tokio::test]
+async fn a_manifest_of_up_to_16_mib_is_read_announced_or_not() {
+    const LIMIT: usize = 16 * 1024 * 1024;
+    let manifest = RevisionManifest::new(vec![entry("pkg-1.0.0.tgz", b"tarball")]).unwrap();
+    // JSON allows trailing white space: the manifest, padded to the size wanted.
+    let padded = |size: usize| {
+        let mut body = serde_json::to_vec(&manifest).unwrap();
+        body.resize(size, b' ');
+        body
+    };
+    let rev = |r: &str| RevisionNumber::new(r).unwrap();
+
+    let announced = MockServer::start().await;
+    for (revision, size) in [("00010", LIMIT), ("00011", LIMIT + 1)] {
+        Mock::given(method("GET"))
+            .and(path(format!("/manifest/example/1.0.0/{revision}")))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(padded(size)))
+            .mount(&announced)
+            .await;
+    }
+    let chunked = chunked_server(vec![
+        ("/manifest/example/1.0.0/00010".to_owned(), padded(LIMIT)),
+        (
+            "/manifest/example/1.0.0/00011".to_owned(),
+            padded(LIMIT + 1),
+        ),
+    ])
+    .await;
+    let sources = [
+        ("Content-Length", atr_source(&announced)),
+        (
+            "chunked",
+            AtrSource::new(
+                format!(
+                    "{}/manifest/{{project}}/{{version}}/{{revision}}",
+                    chunked.0
+                ),
+                format!(
+                    "{}/files/{{project}}/{{version}}/{{revision}}/{{path}}",
+                    chunked.0
+                ),
+            )
+            .unwrap(),
+        ),
+    ];
+    for (how, source) in sources {
+        assert_eq!(
+            source.manifest(&release(), &rev("00010")).await.unwrap(),
+            manifest,
+            "{how}"
+        );
+        let err = source
+            .manifest(&release(), &rev("00011"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SourceError::Invalid(_)), "{how}: {err}");
+        assert!(
+            err.to_string().contains("is over 16777216 bytes"),
+            "{how}: {err}"
+        );
+    }
+    chunked.1.abort();
+}
+
+/// A loopback HTTP/1.1 server that answers each path it knows with its body in 64 KiB
+/// chunks and no `Content-Length`, and anything else with a 404. Stopped by aborting the
+/// handle.
+async fn chunked_server(bodies: Vec<(String, Vec<u8>)>) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = Arc::new(bodies);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let bodies = Arc::clone(&bodies);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let wanted = head.split(' ').nth(1).unwrap_or("");
+                let Some((_, body)) = bodies.iter().find(|(p, _)| p == wanted) else {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+                for piece in body.chunks(64 * 1024) {
+                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                let _ = conn.write_all(&out).await;
+            });
+        }
+    });
+    (base, task)
+}
