@@ -49,8 +49,9 @@ pub struct DirSource {
 enum OpenError {
     #[error("{0} is a symbolic link; revisions hold only files and directories")]
     Link(String),
-    #[error("{0} is not a regular file ({1}); revisions hold only regular files")]
-    Special(String, &'static str),
+    /// What was found, and what was wanted there (`wanted`).
+    #[error("{0} is not {2} ({1}); revisions hold only regular files")]
+    Special(String, &'static str, &'static str),
     #[error("{0} does not exist")]
     Missing(String),
     #[error("{0}: {1}")]
@@ -77,6 +78,14 @@ fn kind_name(kind: FileType) -> &'static str {
         FileType::CharacterDevice => "a character device",
         FileType::BlockDevice => "a block device",
         FileType::Unknown => "of an unknown kind",
+    }
+}
+
+fn wanted(want_dir: bool) -> &'static str {
+    if want_dir {
+        "a directory"
+    } else {
+        "a regular file"
     }
 }
 
@@ -107,6 +116,7 @@ fn open_at(dir: &OwnedFd, name: &str, shown: &str, want_dir: bool) -> Result<Own
                     Ok(st) => OpenError::Special(
                         shown.to_owned(),
                         kind_name(FileType::from_raw_mode(st.st_mode)),
+                        wanted(want_dir),
                     ),
                     Err(e) => OpenError::Io(shown.to_owned(), e.into()),
                 },
@@ -119,7 +129,11 @@ fn open_at(dir: &OwnedFd, name: &str, shown: &str, want_dir: bool) -> Result<Own
         .map_err(|e| OpenError::Io(shown.to_owned(), e.into()))?;
     match (want_dir, kind) {
         (true, FileType::Directory) | (false, FileType::RegularFile) => Ok(fd),
-        (_, other) => Err(OpenError::Special(shown.to_owned(), kind_name(other))),
+        (_, other) => Err(OpenError::Special(
+            shown.to_owned(),
+            kind_name(other),
+            wanted(want_dir),
+        )),
     }
 }
 
@@ -318,7 +332,7 @@ fn walk(
             | FileType::CharacterDevice
             | FileType::BlockDevice
             | FileType::Unknown) => {
-                return Err(OpenError::Special(shown_str, kind_name(other)).into());
+                return Err(OpenError::Special(shown_str, kind_name(other), wanted(false)).into());
             }
         }
     }
@@ -407,5 +421,86 @@ impl RevisionSource for DirSource {
             Ok(file_stream(opened))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use atr_dist_shared::names::{ProjectKey, VersionKey};
+    use rustix::io::FdFlags;
+
+    use super::*;
+
+    /// A revision `example/1.0.0/00001` under a temporary root, with `make` run in it.
+    fn revision(make: impl FnOnce(&Path)) -> (tempfile::TempDir, DirSource) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("example/1.0.0/00001");
+        std::fs::create_dir_all(&dir).unwrap();
+        make(&dir);
+        let source = DirSource::new(root.path());
+        (root, source)
+    }
+
+    fn release() -> ReleaseRef {
+        ReleaseRef {
+            project_key: ProjectKey::new("example").unwrap(),
+            version_key: VersionKey::new("1.0.0").unwrap(),
+        }
+    }
+
+    fn rev() -> RevisionNumber {
+        RevisionNumber::new("00001").unwrap()
+    }
+
+    /// The worker may start a program (its embedded redis-server): a revision's
+    /// descriptors must not be handed to it.
+    #[test]
+    fn a_revisions_descriptors_are_closed_when_a_program_starts() {
+        let (_root, source) = revision(|dir| {
+            std::fs::create_dir(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("sub/a.tgz"), b"a").unwrap();
+        });
+        let dir = source.open_revision(&release(), &rev()).unwrap();
+        let sub = open_at(&dir, "sub", "sub", true).unwrap();
+        let opened = source
+            .open_file(&release(), &rev(), &ArtifactPath::new("sub/a.tgz").unwrap())
+            .unwrap();
+        for (what, flags) in [
+            ("the revision", rustix::io::fcntl_getfd(&dir)),
+            ("a directory", rustix::io::fcntl_getfd(&sub)),
+            ("a file", rustix::io::fcntl_getfd(&opened.file)),
+        ] {
+            assert!(flags.unwrap().contains(FdFlags::CLOEXEC), "{what}");
+        }
+    }
+
+    /// Where a path needs a directory and finds a file, the error says so (and does not
+    /// call it a link, which is what a linked directory gives).
+    #[test]
+    fn a_file_where_a_directory_is_needed_is_named_for_what_it_is() {
+        let (_root, source) = revision(|dir| {
+            std::fs::write(dir.join("sub"), b"not a directory").unwrap();
+            std::os::unix::fs::symlink("/", dir.join("up")).unwrap();
+        });
+        let error = |path: &str| match source.open_file(
+            &release(),
+            &rev(),
+            &ArtifactPath::new(path).unwrap(),
+        ) {
+            Ok(_) => panic!("{path} was opened"),
+            Err(e) => e.to_string(),
+        };
+        let file = error("sub/a.tgz");
+        assert!(
+            file.ends_with(
+                "sub is not a directory (a regular file); revisions hold only regular files"
+            ),
+            "{file}"
+        );
+        let link = error("up/etc.tgz");
+        assert!(
+            link.ends_with("up is a symbolic link; revisions hold only files and directories"),
+            "{link}"
+        );
     }
 }
