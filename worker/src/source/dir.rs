@@ -475,10 +475,10 @@ mod tests {
     }
 
     /// Where a path needs a directory and finds a file, the error says so (and does not
-    /// call it a link, which is what a linked directory gives).
+    /// call it a link, which is what a linked directory gives), naming it in full.
     #[test]
     fn a_file_where_a_directory_is_needed_is_named_for_what_it_is() {
-        let (_root, source) = revision(|dir| {
+        let (root, source) = revision(|dir| {
             std::fs::write(dir.join("sub"), b"not a directory").unwrap();
             std::os::unix::fs::symlink("/", dir.join("up")).unwrap();
         });
@@ -490,17 +490,40 @@ mod tests {
             Ok(_) => panic!("{path} was opened"),
             Err(e) => e.to_string(),
         };
-        let file = error("sub/a.tgz");
-        assert!(
-            file.ends_with(
-                "sub is not a directory (a regular file); revisions hold only regular files"
-            ),
-            "{file}"
+        let dir = root.path().join("example/1.0.0/00001");
+        assert_eq!(
+            error("sub/a.tgz"),
+            format!(
+                "{}/sub is not a directory (a regular file); revisions hold only regular files",
+                dir.display()
+            )
         );
-        let link = error("up/etc.tgz");
-        assert!(
-            link.ends_with("up is a symbolic link; revisions hold only files and directories"),
-            "{link}"
+        assert_eq!(
+            error("up/etc.tgz"),
+            format!(
+                "{}/up is a symbolic link; revisions hold only files and directories",
+                dir.display()
+            )
+        );
+    }
+
+    /// A root that is not a directory (a mistyped setting) is named as the culprit, not a
+    /// directory below it.
+    #[test]
+    fn a_root_that_is_a_file_is_refused_as_itself() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let source = DirSource::new(file.path());
+        let error = match source.open_revision(&release(), &rev()) {
+            Ok(_) => panic!("a file was opened as the root"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            error,
+            format!(
+                "{}: {}",
+                file.path().display(),
+                io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error())
+            )
         );
     }
 }
