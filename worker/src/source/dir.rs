@@ -564,6 +564,10 @@ mod tests {
             let mut read = Vec::new();
             while let Some(piece) = stream.next().await {
                 read.extend_from_slice(&piece.unwrap());
+                // A stream that runs on past the file fails here, not by filling memory.
+                if read.len() > content.len() + 1 {
+                    break;
+                }
             }
             assert!(read == content, "{name}: {} bytes read", read.len());
         }
