@@ -170,6 +170,20 @@ impl DirSource {
             .join(revision.as_str())
     }
 
+    /// The root directory, following links (it is the operator's setting).
+    fn open_root(&self) -> Result<OwnedFd, OpenError> {
+        let shown = || self.root.display().to_string();
+        rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT => OpenError::Missing(shown()),
+            e => OpenError::Io(shown(), e.into()),
+        })
+    }
+
     /// The revision directory, opened component by component below the root (the root
     /// itself is the operator's configuration, and may be reached through links).
     fn open_revision(
@@ -177,16 +191,7 @@ impl DirSource {
         release: &ReleaseRef,
         revision: &RevisionNumber,
     ) -> Result<OwnedFd, OpenError> {
-        let root_shown = self.root.display().to_string();
-        let mut dir = rustix::fs::open(
-            &self.root,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::NOENT => OpenError::Missing(root_shown.clone()),
-            e => OpenError::Io(root_shown.clone(), e.into()),
-        })?;
+        let mut dir = self.open_root()?;
         let mut shown = PathBuf::from(&self.root);
         for part in [
             release.project_key.as_str(),
@@ -465,7 +470,9 @@ mod tests {
         let opened = source
             .open_file(&release(), &rev(), &ArtifactPath::new("sub/a.tgz").unwrap())
             .unwrap();
+        let root = source.open_root().unwrap();
         for (what, flags) in [
+            ("the root", rustix::io::fcntl_getfd(&root)),
             ("the revision", rustix::io::fcntl_getfd(&dir)),
             ("a directory", rustix::io::fcntl_getfd(&sub)),
             ("a file", rustix::io::fcntl_getfd(&opened.file)),
