@@ -549,6 +549,9 @@ mod tests {
         let config = crate::config::Config::default();
         assert_eq!(from_config(&config).unwrap().platforms(), vec![]);
         let why = enablement(&config);
+        // What `atr-dist config` tells operators agrees.
+        let enabled: Vec<_> = why.iter().filter(|e| e.enabled).collect();
+        assert!(enabled.is_empty(), "{enabled:?}");
         let npm = why.iter().find(|e| e.platform == Platform::Npm).unwrap();
         assert!(!npm.enabled);
         assert!(
