@@ -1291,9 +1291,13 @@ mod tests {
             "<<256>>.",
             "<<\"x\"/utf16>>.",
             "{1 + 2}.",
+            // A sign goes only after a float's exponent: this is an expression.
+            "{1.5-3}.",
         ] {
             assert!(consult(bad).is_err(), "{bad}");
         }
+        let err = consult("{16#}.").unwrap_err();
+        assert!(err.contains("a radix without digits"), "{err}");
         // Atoms take '_' and '@'; '#' and '<' open a map and a binary only when doubled up.
         assert_eq!(consult("{a_b@c, x}.").unwrap()[0].to_string(), "{a_b@c,x}");
         for (bad, want) in [("#x.", "unexpected '#'"), ("<a>.", "unexpected '<'")] {
