@@ -670,4 +670,22 @@ mod tests {
             );
         }
     }
+
+    /// A username is a credential for OCI registries only: alone, it enables Docker Hub
+    /// (whose adapter then asks for the token that must go with it), and nothing else.
+    #[test]
+    fn a_username_alone_enables_only_docker_hub() {
+        let mut config = crate::config::Config::default();
+        config.platforms.npm.username = Some("apache".into());
+        config.platforms.hex.username = Some("apache".into());
+        config.platforms.docker_hub.username = Some("apache".into());
+        let enabled: Vec<Platform> = enablement(&config)
+            .into_iter()
+            .filter(|e| e.enabled)
+            .map(|e| e.platform)
+            .collect();
+        assert_eq!(enabled, vec![Platform::DockerHub]);
+        let err = from_config(&config).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("a username is set without a token"), "{err}");
+    }
 }
