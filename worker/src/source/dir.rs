@@ -436,14 +436,15 @@ mod tests {
 
     use super::*;
 
-    /// A revision `example/1.0.0/00001` under a temporary root, with `make` run in it.
-    fn revision(make: impl FnOnce(&Path)) -> (tempfile::TempDir, DirSource) {
+    /// A revision `example/1.0.0/00001` under a temporary root, with `make` run in it; the
+    /// revision's path, written out here rather than taken from the code under test.
+    fn revision(make: impl FnOnce(&Path)) -> (tempfile::TempDir, DirSource, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("example/1.0.0/00001");
         std::fs::create_dir_all(&dir).unwrap();
         make(&dir);
         let source = DirSource::new(root.path());
-        (root, source)
+        (root, source, dir)
     }
 
     fn release() -> ReleaseRef {
@@ -461,7 +462,7 @@ mod tests {
     /// descriptors must not be handed to it.
     #[test]
     fn a_revisions_descriptors_are_closed_when_a_program_starts() {
-        let (_root, source) = revision(|dir| {
+        let (_root, source, _) = revision(|dir| {
             std::fs::create_dir(dir.join("sub")).unwrap();
             std::fs::write(dir.join("sub/a.tgz"), b"a").unwrap();
         });
@@ -485,7 +486,7 @@ mod tests {
     /// call it a link, which is what a linked directory gives), naming it in full.
     #[test]
     fn a_file_where_a_directory_is_needed_is_named_for_what_it_is() {
-        let (root, source) = revision(|dir| {
+        let (_root, source, dir) = revision(|dir| {
             std::fs::write(dir.join("sub"), b"not a directory").unwrap();
             std::os::unix::fs::symlink("/", dir.join("up")).unwrap();
         });
@@ -497,7 +498,6 @@ mod tests {
             Ok(_) => panic!("{path} was opened"),
             Err(e) => e.to_string(),
         };
-        let dir = root.path().join("example/1.0.0/00001");
         assert_eq!(
             error("sub/a.tgz"),
             format!(
@@ -543,7 +543,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let files: [(&str, &[u8]); 3] = [("a.tgz", &big), ("empty.txt", b""), ("sub/b.txt", b"b")];
-        let (root, source) = revision(|dir| {
+        let (_root, source, dir) = revision(|dir| {
             std::fs::create_dir(dir.join("sub")).unwrap();
             for (name, content) in files {
                 std::fs::write(dir.join(name), content).unwrap();
@@ -551,16 +551,11 @@ mod tests {
         });
         let want: Vec<ManifestEntry> = files
             .iter()
-            .map(|(name, content)| ManifestEntry {
-                path: ArtifactPath::new(*name).unwrap(),
-                size: content.len() as u64,
-                sha3_256: Sha3Hex::from_bytes(Sha3_256::digest(content).into()),
-            })
+            .map(|(name, content)| crate::seal::entry_for_test(name, content))
             .collect();
         // The operator's `hash_file` first: it reads the same way, one file at a time.
-        let at = |name: &str| root.path().join("example/1.0.0/00001").join(name);
         for entry in &want {
-            let got = hash_file(&at(entry.path.as_str())).unwrap();
+            let got = hash_file(&dir.join(entry.path.as_str())).unwrap();
             assert_eq!(got, (entry.size, entry.sha3_256.clone()), "{}", entry.path);
         }
         let manifest = source.manifest(&release(), &rev()).await.unwrap();
