@@ -54,16 +54,11 @@ async fn atr_mock(manifest: &RevisionManifest, files: &[(&str, &[u8])]) -> MockS
     server
 }
 
-fn atr_source(server: &MockServer) -> AtrSource {
+/// ATR's routes under `base` (a mock's `uri()`, or another loopback server's address).
+fn atr_source(base: &str) -> AtrSource {
     AtrSource::new(
-        format!(
-            "{}/manifest/{{project}}/{{version}}/{{revision}}",
-            server.uri()
-        ),
-        format!(
-            "{}/files/{{project}}/{{version}}/{{revision}}/{{path}}",
-            server.uri()
-        ),
+        format!("{base}/manifest/{{project}}/{{version}}/{{revision}}"),
+        format!("{base}/files/{{project}}/{{version}}/{{revision}}/{{path}}"),
     )
     .unwrap()
 }
@@ -77,7 +72,7 @@ async fn atr_source_reads_manifests_and_files() {
     ])
     .unwrap();
     let server = atr_mock(&manifest, &[("pkg-1.0.0.tgz", tgz)]).await;
-    let source = atr_source(&server);
+    let source = atr_source(&server.uri());
     let got = source
         .manifest(&release(), &RevisionNumber::new("00002").unwrap())
         .await
@@ -127,7 +122,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
         cap_ms: 100,
         max_attempts: 3,
     };
-    let atr = Arc::new(atr_source(&server));
+    let atr = Arc::new(atr_source(&server.uri()));
     let h = Harness::custom(
         Db::Sqlite,
         Adapters::default().with(Platform::Npm, Arc::new(adapter.clone())),
@@ -179,7 +174,7 @@ async fn stage_from_atr_and_promote_with_an_inline_manifest() {
     // A file that does not match the manifest ATR published is never staged.
     let lying = RevisionManifest::new(vec![entry("pkg-1.0.0.tgz", b"something else")]).unwrap();
     let server = atr_mock(&lying, &[("pkg-1.0.0.tgz", tgz)]).await;
-    let atr = Arc::new(atr_source(&server));
+    let atr = Arc::new(atr_source(&server.uri()));
     let h2 = Harness::custom(
         Db::Sqlite,
         Adapters::default().with(Platform::Npm, Arc::new(RecordingAdapter::default())),
@@ -342,7 +337,7 @@ async fn atr_source_stays_on_its_origin_and_bounds_the_manifest() {
         .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 17 * 1024 * 1024]))
         .mount(&server)
         .await;
-    let source = atr_source(&server);
+    let source = atr_source(&server.uri());
     let rev = |r: &str| RevisionNumber::new(r).unwrap();
     assert_eq!(
         source.manifest(&release(), &rev("00002")).await.unwrap(),
@@ -395,7 +390,7 @@ async fn atr_source_follows_up_to_five_redirects() {
             .mount(&server)
             .await;
     }
-    let source = atr_source(&server);
+    let source = atr_source(&server.uri());
     let rev = |r: &str| RevisionNumber::new(r).unwrap();
     assert_eq!(
         source.manifest(&release(), &rev("00005")).await.unwrap(),
@@ -450,21 +445,8 @@ async fn a_manifest_of_up_to_16_mib_is_read_announced_or_not() {
     ])
     .await;
     let sources = [
-        ("Content-Length", atr_source(&announced)),
-        (
-            "chunked",
-            AtrSource::new(
-                format!(
-                    "{}/manifest/{{project}}/{{version}}/{{revision}}",
-                    chunked.0
-                ),
-                format!(
-                    "{}/files/{{project}}/{{version}}/{{revision}}/{{path}}",
-                    chunked.0
-                ),
-            )
-            .unwrap(),
-        ),
+        ("Content-Length", atr_source(&announced.uri())),
+        ("chunked", atr_source(&chunked.0)),
     ];
     for (how, source) in sources {
         assert_eq!(
