@@ -383,3 +383,146 @@ macro_rules! on_both {
 on_both!(an_unrecorded_end_is_closed_by_the_next_attempt);
 on_both!(a_changed_revision_is_recorded_with_its_paths);
 on_both!(a_promotion_records_its_chain);
+
+/// The audit pass, called directly on rows written by hand: each open row is closed or kept
+/// according to where its job is now, saying so; closed rows, rows of other queues and the
+/// row of the attempt that runs now are left as they are; and it reads past a first batch
+/// (500 rows) that holds a row it keeps.
+async fn the_audit_pass_closes_exactly_the_attempts_that_are_over(which: Db) {
+    use atr_dist::pipeline::{audit, record};
+    use sea_orm::{ActiveModelTrait, Set};
+
+    let (url, _pg, _sqlite) = match which {
+        Db::Sqlite => {
+            let s = atr_dist_tests::SqliteDatabase::create();
+            (s.url.clone(), None, Some(s))
+        }
+        Db::Postgres => {
+            let p = atr_dist_tests::PgDatabase::create().await;
+            (p.url.clone(), Some(p), None)
+        }
+    };
+    let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
+        .await
+        .unwrap();
+    atr_dist::db::migrate_up(&db).await.unwrap();
+    let t = atr_dist_tests::redis_support::TestQueue::new().await;
+    let q = &t.queue;
+    let enqueue = |release: &'static str, max_attempts: u32| async move {
+        let job = Dist::new(Platform::Npm, "", release, "1.0.0").stage(
+            "00001",
+            &[TGZ],
+            RevisionSourceSpec::Dir,
+            false,
+        );
+        q.enqueue(&job, None, max_attempts).await.unwrap().id
+    };
+    // A job running its second attempt: its first lease expired and it was leased again.
+    let running = enqueue("running-pkg", 3).await;
+    assert_eq!(
+        q.fetch("w1", Duration::from_millis(50), 1).await.unwrap()[0].attempt,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = q.fetch("w2", Duration::from_secs(600), 1).await.unwrap();
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempt),
+        (running.as_str(), 2)
+    );
+    let queued = enqueue("queued-pkg", 3).await;
+    let cancelled = enqueue("cancelled-pkg", 3).await;
+    q.cancel(std::slice::from_ref(&cancelled), "cancelled by the test")
+        .await
+        .unwrap();
+    let gone = "00000000-0000-4000-8000-000000000000".to_owned();
+
+    let insert = |job_id: String, attempt: i32, queue: String, finished: bool| {
+        let db = db.clone();
+        async move {
+            let now = chrono::Utc::now();
+            job_run::ActiveModel {
+                job_id: Set(job_id),
+                kind: Set("stage".to_owned()),
+                release_key: Set("example-1.0.0".to_owned()),
+                platform: Set(Platform::Npm),
+                owner_namespace: Set(String::new()),
+                package: Set("example-pkg".to_owned()),
+                version: Set("1.0.0".to_owned()),
+                attempt: Set(attempt),
+                started_at: Set(now),
+                finished_at: Set(finished.then_some(now)),
+                outcome: Set(finished.then(|| "completed".to_owned())),
+                message: Set(finished.then(|| "done before the audit".to_owned())),
+                queue: Set(Some(queue)),
+                ..Default::default()
+            }
+            .insert(&db)
+            .await
+            .unwrap()
+            .id
+        }
+    };
+    let mine = || t.name.clone();
+    // 520 rows of jobs the queue no longer has, with the row of the running attempt among
+    // the first 500: the pass reads on past a batch in which it kept a row.
+    let mut gone_rows = Vec::new();
+    for _ in 0..300 {
+        gone_rows.push(insert(gone.clone(), 1, mine(), false).await);
+    }
+    let current = insert(running.clone(), 2, mine(), false).await;
+    for _ in 0..220 {
+        gone_rows.push(insert(gone.clone(), 1, mine(), false).await);
+    }
+    let earlier = insert(running.clone(), 1, mine(), false).await;
+    let of_queued = insert(queued.clone(), 1, mine(), false).await;
+    let of_cancelled = insert(cancelled.clone(), 1, mine(), false).await;
+    let finished = insert(gone.clone(), 1, mine(), true).await;
+    let other_queue = insert(gone.clone(), 1, format!("{}-other", t.name), false).await;
+
+    assert_eq!(
+        audit::close_abandoned(&db, q).await.unwrap(),
+        520 + 3,
+        "every open row of this queue but the running attempt's"
+    );
+    let row = |id: i64| {
+        let db = db.clone();
+        async move {
+            job_run::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let closed = |id: i64, now: &'static str, attempt: i32| {
+        let row = row(id);
+        async move {
+            let r = row.await;
+            assert_eq!(r.outcome.as_deref(), Some("abandoned"), "{r:?}");
+            assert!(r.finished_at.is_some(), "{r:?}");
+            assert_eq!(
+                r.message.as_deref(),
+                Some(format!("{}; {now}", record::abandoned_reason(attempt)).as_str())
+            );
+        }
+    };
+    closed(earlier, "the job runs attempt 2 now", 1).await;
+    closed(of_queued, "the job is queued now", 1).await;
+    closed(of_cancelled, "the job is cancelled now", 1).await;
+    for id in [gone_rows[0], gone_rows[299], gone_rows[300], gone_rows[519]] {
+        closed(id, "the job is no longer in the queue", 1).await;
+    }
+    let kept = row(current).await;
+    assert_eq!((kept.outcome, kept.finished_at), (None, None));
+    let kept = row(finished).await;
+    assert_eq!(kept.outcome.as_deref(), Some("completed"));
+    assert_eq!(kept.message.as_deref(), Some("done before the audit"));
+    let kept = row(other_queue).await;
+    assert_eq!((kept.outcome, kept.finished_at), (None, None));
+
+    // Nothing is left to close: a second pass closes nothing and changes nothing.
+    assert_eq!(audit::close_abandoned(&db, q).await.unwrap(), 0);
+    assert_eq!(row(current).await.finished_at, None);
+}
+
+on_both!(the_audit_pass_closes_exactly_the_attempts_that_are_over);
