@@ -37,10 +37,6 @@ pub async fn close_abandoned(db: &DatabaseConnection, queue: &Queue) -> Result<u
     let mut after = 0;
     loop {
         let rows = record::open_runs(db, queue.name(), after, BATCH).await?;
-        let Some(last) = rows.last() else {
-            return Ok(closed);
-        };
-        after = last.id;
         let ids: Vec<String> = rows.iter().map(|r| r.job_id.clone()).collect();
         let positions = queue.positions(&ids).await?;
         for (row, position) in rows.iter().zip(positions) {
@@ -60,8 +56,10 @@ pub async fn close_abandoned(db: &DatabaseConnection, queue: &Queue) -> Result<u
                 closed += 1;
             }
         }
-        if (rows.len() as u64) < BATCH {
-            return Ok(closed);
+        // A batch short of full was the last: no second query to find nothing.
+        match rows.last() {
+            Some(last) if rows.len() as u64 == BATCH => after = last.id,
+            Some(_) | None => return Ok(closed),
         }
     }
 }
