@@ -736,6 +736,33 @@ mod tests {
         }
     }
 
+    /// A tarball of 1.5 MiB that unpacks to 4.5 MiB is published: the limits (512 MiB
+    /// packed, 2 GiB unpacked) are far above any package's size, not a few MiB.
+    #[tokio::test]
+    async fn a_tarball_of_some_mib_is_read_whole() {
+        // Bytes gzip cannot shrink (xorshift), and zeros it shrinks to almost nothing.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..3 * 512 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let zeros = vec![0u8; 3 * 1024 * 1024];
+        let bytes = tgz(&[
+            ("package/package.json", GOOD),
+            ("package/noise.bin", &noise),
+            ("package/zeros.bin", &zeros),
+        ]);
+        assert!(bytes.len() > 1024 * 1024 + 512, "{} bytes", bytes.len());
+        let sealed = crate::seal::sealed_for_test("pkg-1.0.0.tgz", &bytes);
+        let t = NpmAdapter::read_tarball(&key(), &sealed).await.unwrap();
+        assert_eq!(t.manifest["name"], "pkg");
+        assert_eq!(t.bytes.len(), bytes.len());
+    }
+
     #[test]
     fn inspection_stops_when_its_job_is_gone() {
         let cancel = Cancel::default();
