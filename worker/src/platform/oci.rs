@@ -736,7 +736,15 @@ mod tests {
         for bad in ["", ".x", "-x", "a+b", "a/b", &"a".repeat(129)] {
             assert!(OciTag::new(bad).is_err(), "{bad}");
         }
-        for good in ["apache/httpd", "library/a.b", "a__b/c-d", "a---b", "x/y/z"] {
+        // Names are at most 255 bytes (the limit Docker's reference grammar sets).
+        for good in [
+            "apache/httpd",
+            "library/a.b",
+            "a__b/c-d",
+            "a---b",
+            "x/y/z",
+            &"a".repeat(255),
+        ] {
             assert!(check_repository(good).is_ok(), "{good}");
         }
         for bad in [
@@ -749,6 +757,7 @@ mod tests {
             "-a",
             "a-",
             "a b",
+            &"a".repeat(256),
         ] {
             assert!(check_repository(bad).is_err(), "{bad}");
         }
