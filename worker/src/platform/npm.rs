@@ -736,6 +736,40 @@ mod tests {
         }
     }
 
+    /// The registry's record of a version, read into what atr-dist stores: the web page is
+    /// npmjs.com's, and only for packages on the public registry (a private registry's pages
+    /// are not npmjs.com's).
+    #[test]
+    fn an_observed_version_links_npmjs_only_for_the_public_registry() {
+        let integrity = crate::seal::sealed_for_test("pkg-1.0.0.tgz", b"tarball")
+            .sha512()
+            .clone();
+        let doc = json!({
+            "versions": {"1.0.0": {"dist": {"integrity": format!("sha1-AAAA {}", integrity.as_str())}}},
+            "time": {"1.0.0": "2026-12-01T10:00:00.000Z"},
+        });
+        let public = NpmAdapter::new(Url::parse(DEFAULT_REGISTRY).unwrap(), None).unwrap();
+        let seen = public.observe(&key(), &doc, "1.0.0").unwrap().unwrap();
+        assert_eq!(seen.digest, integrity);
+        assert_eq!(
+            seen.web_url.as_deref(),
+            Some("https://www.npmjs.com/package/pkg/v/1.0.0")
+        );
+        assert_eq!(
+            seen.api_url.as_deref(),
+            Some("https://registry.npmjs.org/pkg")
+        );
+        assert_eq!(
+            seen.upload_date.map(|t| t.to_rfc3339()),
+            Some("2026-12-01T10:00:00+00:00".to_owned())
+        );
+        let private = NpmAdapter::new(Url::parse("http://127.0.0.1:4873").unwrap(), None).unwrap();
+        let seen = private.observe(&key(), &doc, "1.0.0").unwrap().unwrap();
+        assert_eq!(seen.web_url, None);
+        assert_eq!(seen.api_url.as_deref(), Some("http://127.0.0.1:4873/pkg"));
+        assert!(private.observe(&key(), &doc, "2.0.0").unwrap().is_none());
+    }
+
     /// A tarball of 1.5 MiB that unpacks to 4.5 MiB is published: the limits (512 MiB
     /// packed, 2 GiB unpacked) are far above any package's size, not a few MiB.
     #[tokio::test]
