@@ -401,6 +401,44 @@ async fn token_auth_with_real_jwts() {
         ]
     );
 
+    // Staged in a namespace of its own: promote copies the image across repositories with
+    // one token, asked once, that pushes the release and pulls the staged image.
+    let split = OciAdapter::new(OciSettings {
+        registry: registry.url.clone(),
+        staging_namespace: Some("apache-staging".into()),
+        username: Some("atr-bot".into()),
+        token: Some(Secret::new("s3cret")),
+        token_realms: vec![realm.realm.clone()],
+    })
+    .unwrap();
+    split
+        .stage(&stage_request(&key("apache", "split"), &image, STAGING_TAG))
+        .await
+        .unwrap();
+    let (asked, scopes_before) = (realm.requests(), realm.scopes().len());
+    split
+        .promote(&promote_request("split", &image))
+        .await
+        .unwrap();
+    assert_eq!(realm.requests(), asked + 1, "{:?}", realm.scopes());
+    assert_eq!(
+        realm.scopes()[scopes_before..],
+        [
+            "repository:apache-staging/split:pull",
+            "repository:apache/split:pull,push"
+        ]
+    );
+    assert_eq!(
+        split
+            .read_promoted(&key("apache", "split"), &version_tag())
+            .await
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_str(),
+        image.digest
+    );
+
     // A wrong password: the realm refuses it.
     let err = with("wrong", vec![realm.realm.clone()])
         .read_staged(&k, &req.staging_tag)
