@@ -442,22 +442,107 @@ async fn npm_read_back_that_finds_other_bytes_is_refused_with_both_digests() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn npm_tag_move_whose_answer_is_lost_is_read_not_repeated() {
-    let (registry, proxy, h, d, file) = npm_behind_proxy("tag-lost").await;
-    // An earlier version is latest, so promoting 1.0.0 has to move the tag.
-    let old = Dist::new(Platform::Npm, "", "tag-lost", "0.9.0");
+/// `name` 0.9.0 promoted (latest) and 1.0.0 staged, behind a proxy: promoting 1.0.0 has
+/// to move `latest`.
+async fn npm_with_latest_to_move(
+    name: &'static str,
+) -> (Verdaccio, FaultProxy, Harness, Dist, String) {
+    let (registry, proxy, h, d, file) = npm_behind_proxy(name).await;
+    let old = Dist::new(Platform::Npm, "", name, "0.9.0");
+    let old_file = format!("{name}-0.9.0.tgz");
     h.revs.write_release(
         "example",
         "0.9.0",
         "00001",
-        &[("tag-lost-0.9.0.tgz", &tarball("tag-lost", "0.9.0", "old"))],
+        &[(&old_file, &tarball(name, "0.9.0", "old"))],
     );
-    h.run_to_done(&stage(&old, "tag-lost-0.9.0.tgz"), 3).await;
+    h.run_to_done(&stage(&old, &old_file), 3).await;
     h.run_to_done(&old.promote("00001", RevisionSourceSpec::Dir, "rm"), 3)
         .await;
     h.run_to_done(&stage(&d, &file), 3).await;
-    assert_eq!(registry.dist_tags("tag-lost").await["latest"], "0.9.0");
+    assert_eq!(registry.dist_tags(name).await["latest"], "0.9.0");
+    (registry, proxy, h, d, file)
+}
+
+/// PUTs moving `latest`: (reached the registry, sent).
+fn latest_moves(proxy: &FaultProxy) -> (usize, usize) {
+    let seen = proxy.seen();
+    let moves = |s: &&atr_dist_tests::fault_proxy::Seen| {
+        s.method == "PUT" && s.path.contains("/dist-tags/latest")
+    };
+    (
+        seen.iter().filter(moves).filter(|s| !s.injected).count(),
+        seen.iter().filter(moves).count(),
+    )
+}
+
+/// The packument reads of a promote before it moves the tag: the pipeline's of the release
+/// and the staging tag, then the adapter's of the version.
+const GETS_BEFORE_PROMOTE_WRITE: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_tag_move_that_never_arrived_is_sent_again() {
+    let (registry, proxy, h, d, _) = npm_with_latest_to_move("tag-unsent").await;
+    // A proxy answers 502 without passing the move on: latest still points at 0.9.0.
+    proxy.inject(
+        Fault::new(502)
+            .method("PUT")
+            .path_contains("/dist-tags/latest"),
+    );
+    let promote = d.promote("00001", RevisionSourceSpec::Dir, "rm");
+    h.run_to_done(&promote, 3).await;
+    assert_eq!(
+        h.runs(&promote).await.len(),
+        1,
+        "settled inside one attempt"
+    );
+    assert_eq!(registry.dist_tags("tag-unsent").await["latest"], "1.0.0");
+    assert_eq!(latest_moves(&proxy), (1, 2), "sent again once");
+    let timeline = events(&h, &promote).await;
+    assert!(
+        timeline
+            .iter()
+            .any(|(e, m)| e == "write_read_back" && m.contains("nothing there")),
+        "{timeline:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_tag_moved_by_someone_else_meanwhile_is_refused() {
+    let (_registry, proxy, h, d, _) = npm_with_latest_to_move("tag-raced").await;
+    proxy.inject(
+        Fault::new(504)
+            .method("PUT")
+            .path_contains("/dist-tags/latest"),
+    );
+    // The reads before the move pass; the read-back after it finds latest at 0.5.0.
+    let raced = serde_json::json!({
+        "name": "tag-raced",
+        "dist-tags": {"latest": "0.5.0", "rc": "1.0.0"},
+        "versions": {},
+    });
+    proxy.inject(
+        Fault::new(200)
+            .method("GET")
+            .path_contains("/tag-raced")
+            .skip(GETS_BEFORE_PROMOTE_WRITE)
+            .body("application/json", &raced.to_string()),
+    );
+    let promote = d.promote("00001", RevisionSourceSpec::Dir, "rm");
+    assert_eq!(h.run(&promote, 3).await, JobState::Dead);
+    let error = h.last_error(&promote).await;
+    assert!(
+        error.contains("points at 0.5.0, not 1.0.0, and at 0.9.0 before the move"),
+        "{error}"
+    );
+    assert_eq!(latest_moves(&proxy), (0, 1), "not sent again over it");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_tag_move_whose_answer_is_lost_is_read_not_repeated() {
+    let (registry, proxy, h, d, _) = npm_with_latest_to_move("tag-lost").await;
     proxy.inject(
         Fault::new(504)
             .method("PUT")

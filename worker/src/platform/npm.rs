@@ -19,7 +19,8 @@
 //!
 //! Writes follow the read-back protocol (`write.rs`): a publish whose answer is lost or
 //! refused (409) is judged by reading the packument back, and a dist-tag move whose answer
-//! is lost by reading the tag.
+//! is lost by reading the tag: at the new version it is done, still where it pointed before
+//! the move it is sent again, anywhere else it was moved by someone else and is refused.
 //!
 //! npm makes the first version of a new package `latest`, whatever tag it is published
 //! under, and every package must keep a `latest`. When publishing moves an existing
@@ -207,13 +208,16 @@ impl NpmAdapter {
         self.observe(key, &doc, version)
     }
 
-    /// Points `tag` at `version`; after a lost answer, the tag is read before it is sent
-    /// again.
+    /// Points `tag` at `version`, where it pointed at `was` (read by the caller just
+    /// before). After a lost answer the tag is read back: at `version`, the move is done;
+    /// still at `was`, the move did not arrive and is sent again; anywhere else, someone
+    /// else moved it meanwhile, and that is refused rather than overwritten.
     async fn put_tag(
         &self,
         key: &DistributionKey,
         tag: &DistTag,
         version: &str,
+        was: Option<&str>,
     ) -> Result<(), PlatformError> {
         let url = self.dist_tag_url(key, tag);
         let what = format!("PUT {url}");
@@ -239,14 +243,18 @@ impl NpmAdapter {
                     })
                     .and_then(Value::as_str)
                     .map(str::to_owned);
-                Ok(match points {
-                    Some(v) if v == version => Found::Expected,
-                    Some(v) => Found::Other(format!(
-                        "dist-tag {tag} of {} points at {v}, not {version}",
-                        Self::name(key)
-                    )),
-                    None => Found::Nothing,
-                })
+                if points.as_deref() == Some(version) {
+                    return Ok(Found::Expected);
+                }
+                if points.as_deref() == was {
+                    return Ok(Found::Nothing);
+                }
+                Ok(Found::Other(format!(
+                    "dist-tag {tag} of {} points at {}, not {version}, and at {} before the move: moved by someone else meanwhile",
+                    Self::name(key),
+                    points.as_deref().unwrap_or("nothing"),
+                    was.unwrap_or("nothing")
+                )))
             },
             |resp| classify(resp, &what),
         )
@@ -485,7 +493,10 @@ impl PlatformAdapter for NpmAdapter {
                         tarball.integrity
                     )));
                 }
-                return self.put_tag(key, &req.staging_tag, version).await;
+                let was = doc
+                    .pointer(&format!("/dist-tags/{}", escape_pointer(req.staging_tag.as_str())))
+                    .and_then(Value::as_str);
+                return self.put_tag(key, &req.staging_tag, version, was).await;
             }
             let latest_before = before
                 .as_ref()
@@ -544,14 +555,14 @@ impl PlatformAdapter for NpmAdapter {
                 .pointer(&format!("/dist-tags/{}", escape_pointer(req.staging_tag.as_str())))
                 .and_then(Value::as_str);
             if tagged != Some(version) {
-                self.put_tag(key, &req.staging_tag, version).await?;
+                self.put_tag(key, &req.staging_tag, version, tagged).await?;
             }
             let latest_after = after.pointer("/dist-tags/latest").and_then(Value::as_str);
             if req.staging_tag.as_str() != "latest" && latest_after == Some(version) {
                 match latest_before {
                     Some(previous) if previous != version => {
                         tracing::info!(package = %Self::name(key), %previous, "publishing moved latest; moving it back");
-                        self.put_tag(key, &DistTag::latest(), &previous).await?;
+                        self.put_tag(key, &DistTag::latest(), &previous, latest_after).await?;
                     }
                     Some(_) | None => tracing::warn!(
                         package = %Self::name(key),
@@ -605,7 +616,13 @@ impl PlatformAdapter for NpmAdapter {
                     req.staged_digest
                 )));
             }
-            self.put_tag(key, &req.release_tag, version).await
+            let was = doc
+                .pointer(&format!(
+                    "/dist-tags/{}",
+                    escape_pointer(req.release_tag.as_str())
+                ))
+                .and_then(Value::as_str);
+            self.put_tag(key, &req.release_tag, version, was).await
         }
         .boxed()
     }
