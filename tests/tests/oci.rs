@@ -128,6 +128,10 @@ async fn stage_then_promote(which: Db) {
         "{plan}"
     );
     assert!(plan.contains(&image.digest), "{plan}");
+    assert!(
+        !plan.contains("mount"),
+        "one repository: nothing to mount from: {plan}"
+    );
     assert_eq!(writes(&proxy), 0, "{:?}", proxy.seen());
 
     let s = stage_job("httpd", &image, false);
@@ -621,6 +625,11 @@ async fn a_staging_repository_is_promoted_by_mounting() {
         image.digest
     );
 
+    // Promoting again finds the release tag done: nothing is sent.
+    let puts = proxy.forwarded("PUT", "/v2/apache/mounted/manifests/");
+    a.promote(&promote).await.unwrap();
+    assert_eq!(proxy.forwarded("PUT", "/v2/apache/mounted/manifests/"), puts);
+
     // Staging into a fresh staging repository mounts what the release repository has.
     let b = OciAdapter::new(OciSettings {
         registry: proxy.url.clone(),
@@ -630,6 +639,22 @@ async fn a_staging_repository_is_promoted_by_mounting() {
         token_realms: Vec::new(),
     })
     .unwrap();
+    let plan = b.plan_stage(&req);
+    assert_eq!(
+        plan.len(),
+        image.blobs.len() + 3,
+        "blobs, two children, the index: {plan:?}"
+    );
+    for (write, blob) in plan.iter().zip(&image.blobs) {
+        assert_eq!(write.method, "POST");
+        assert!(
+            write.url.ends_with(&format!(
+                "/v2/apache-staging2/mounted/blobs/uploads/?mount={}&from=apache%2Fmounted",
+                blob.replace(':', "%3A")
+            )) && write.what.starts_with("mount, or upload "),
+            "{write:?}"
+        );
+    }
     b.stage(&req).await.unwrap();
     assert_eq!(
         proxy.forwarded("POST", "/v2/apache-staging2/mounted/blobs/uploads/?mount="),
