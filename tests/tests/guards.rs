@@ -240,12 +240,13 @@ async fn docker_registry_reporting_another_image_after_staging_gets_nothing_reco
     let image = single_image("image", "voted");
     o.h.revs.write("00001", &image.file_refs());
     let other = sha256(b"other bytes");
-    // The tag is read before staging and after it; the second read is a lie.
+    // The tag is read before staging (by the pipeline, then by the adapter before its PUT)
+    // and after it; the third read is a lie.
     o.proxy.inject(
         Fault::new(200)
             .method("HEAD")
             .path_contains("/v2/apache/after-stage/manifests/rc-1.0.0")
-            .skip(1)
+            .skip(2)
             .header("docker-content-digest", &other),
     );
     let job = oci_stage(&d, &image, "00001");

@@ -628,7 +628,10 @@ async fn a_staging_repository_is_promoted_by_mounting() {
     // Promoting again finds the release tag done: nothing is sent.
     let puts = proxy.forwarded("PUT", "/v2/apache/mounted/manifests/");
     a.promote(&promote).await.unwrap();
-    assert_eq!(proxy.forwarded("PUT", "/v2/apache/mounted/manifests/"), puts);
+    assert_eq!(
+        proxy.forwarded("PUT", "/v2/apache/mounted/manifests/"),
+        puts
+    );
 
     // Staging into a fresh staging repository mounts what the release repository has.
     let b = OciAdapter::new(OciSettings {
@@ -756,6 +759,65 @@ async fn promote_refuses_a_staging_tag_that_now_holds_other_bytes() {
         registry_manifest(&registry.url, "apache/restaged", "1.0.0").await,
         None
     );
+}
+
+/// Staging again over an earlier stage's image: a tag PUT whose answer is lost is judged by
+/// where the tag points now. Still at the earlier image, the PUT did not arrive and is sent
+/// again; at a third image, someone else wrote the tag meanwhile, and it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restaging_whose_tag_put_is_lost_is_sent_again_or_refused() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = adapter(&proxy.url);
+    let k = key("apache", "restage-lost");
+    let tag_path = format!("/v2/apache/restage-lost/manifests/{STAGING_TAG}");
+    let first = single_image("image", "first stage");
+    let second = single_image("image", "second stage");
+    let third = single_image("image", "third stage");
+    a.stage(&stage_request(&k, &first, STAGING_TAG))
+        .await
+        .unwrap();
+
+    // A proxy answers 502 without passing the PUT on: the tag still holds the first image.
+    proxy.inject(Fault::new(502).method("PUT").path_contains(&tag_path));
+    a.stage(&stage_request(&k, &second, STAGING_TAG))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/restage-lost", STAGING_TAG)
+            .await
+            .map(|(d, _)| d),
+        Some(second.digest.clone())
+    );
+    assert_eq!(
+        proxy.forwarded("PUT", &tag_path),
+        2,
+        "the first stage's, and the second's sent again"
+    );
+
+    // The PUT is lost, and the read-back finds the first image there again: not sent over it.
+    proxy.inject(Fault::new(504).method("PUT").path_contains(&tag_path));
+    proxy.inject(
+        Fault::new(200)
+            .method("HEAD")
+            .path_contains(&tag_path)
+            .skip(1)
+            .header("Docker-Content-Digest", &first.digest),
+    );
+    let err = a
+        .stage(&stage_request(&k, &third, STAGING_TAG))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "apache/restage-lost:{STAGING_TAG} holds {}, not {}, and held {} before: written by someone else meanwhile",
+            first.digest, third.digest, second.digest
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(proxy.forwarded("PUT", &tag_path), 2, "not sent over it");
 }
 
 /// A registry whose `Docker-Content-Digest` says it stored other bytes than were sent

@@ -66,6 +66,12 @@
 //! Reads: `HEAD` (promote: `GET`) `/v2/<repo>/manifests/<tag>` with every manifest type in
 //! `Accept` (without the list types a registry answers with one platform's manifest).
 //!
+//! Writes follow the read-back protocol (`write.rs`). A manifest PUT whose answer is lost
+//! is judged by what its reference resolves to: the manifest (done), what it resolved to
+//! just before the PUT (the PUT did not arrive: sent again; stage HEADs the staging tag
+//! first, since it may hold an earlier stage's image), or anything else (refused: written
+//! by someone else meanwhile).
+//!
 //! # Authentication
 //!
 //! Registries challenge with 401 `WWW-Authenticate: Bearer realm=…,service=…,scope=…`; the
@@ -466,10 +472,13 @@ impl OciAdapter {
             self.push_blob(&staging, blob, mount_from, &scopes).await?;
         }
         for child in &layout.children {
-            self.put_manifest(&staging, child.digest.as_str(), child, &scopes)
+            self.put_manifest(&staging, child.digest.as_str(), None, child, &scopes)
                 .await?;
         }
-        self.put_manifest(&staging, tag.as_str(), &layout.top, &scopes)
+        // A staging tag may hold an earlier stage's image, which this one replaces: where it
+        // points now tells a put that did not arrive from one written over by someone else.
+        let was = self.head_manifest(&staging, tag.as_str(), &scopes).await?;
+        self.put_manifest(&staging, tag.as_str(), was.as_ref(), &layout.top, &scopes)
             .await
     }
 
@@ -519,7 +528,8 @@ impl OciAdapter {
             self.copy_references(&staging, &release, &staged, &scopes, 0)
                 .await?;
         }
-        self.put_manifest(&release, release_tag.as_str(), &staged, &scopes)
+        // The release tag was free just above.
+        self.put_manifest(&release, release_tag.as_str(), None, &staged, &scopes)
             .await
     }
 }

@@ -582,14 +582,15 @@ impl OciAdapter {
         Ok(())
     }
 
-    /// PUTs a manifest's exact bytes under `reference` (a tag or its digest). A lost answer
-    /// is judged by what `reference` resolves to: the manifest (done), another digest
-    /// (refused: a tag that holds other bytes is never overwritten from here), or nothing
-    /// (sent again).
+    /// PUTs a manifest's exact bytes under `reference` (a tag or its digest), which resolved
+    /// to `was` just before. A lost answer is judged by what `reference` resolves to now:
+    /// the manifest (done), still `was` (the put did not arrive: sent again), or anything
+    /// else (refused: written by someone else meanwhile, and not overwritten from here).
     pub(super) async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
+        was: Option<&Digest>,
         m: &ManifestFile,
         scopes: &Scopes,
     ) -> Result<(), PlatformError> {
@@ -604,11 +605,20 @@ impl OciAdapter {
             })
         };
         let resolves = || async {
-            Ok(match self.head_manifest(repo, reference, scopes).await? {
-                Some(d) if d == m.digest => Found::Expected,
-                Some(d) => Found::Other(format!("{repo}:{reference} holds {d}, not {}", m.digest)),
-                None => Found::Nothing,
-            })
+            let now = self.head_manifest(repo, reference, scopes).await?;
+            if now.as_ref() == Some(&m.digest) {
+                return Ok(Found::Expected);
+            }
+            if now.as_ref() == was {
+                return Ok(Found::Nothing);
+            }
+            let name = |d: Option<&Digest>| d.map_or("nothing".to_owned(), Digest::to_string);
+            Ok(Found::Other(format!(
+                "{repo}:{reference} holds {}, not {}, and held {} before: written by someone else meanwhile",
+                name(now.as_ref()),
+                m.digest,
+                name(was)
+            )))
         };
         let written = confirmed(&self.http, &what, put, resolves, |resp| {
             registry_error(resp, &what)
@@ -704,7 +714,7 @@ impl OciAdapter {
                         }
                         self.copy_references(from, to, &copy, scopes, depth + 1)
                             .await?;
-                        self.put_manifest(to, digest.as_str(), &copy, scopes)
+                        self.put_manifest(to, digest.as_str(), None, &copy, scopes)
                             .await?;
                     }
                 }
