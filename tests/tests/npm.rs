@@ -376,6 +376,46 @@ async fn wrong_tarball_unknown_package_and_bad_token() {
     h.stop().await;
 }
 
+/// A token that needs a one-time password, or that is bound to other IP addresses, is
+/// refused with what to do about it, permanently: asking again cannot help. Other 401s stay
+/// authentication errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_password_and_ip_bound_tokens_are_explained() {
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let a = adapter(proxy.url.as_str(), &registry.token);
+    let cases = [
+        (
+            "OTP",
+            ErrorClass::Permanent,
+            "the registry wants a one-time password for this token; use a granular or automation token",
+        ),
+        (
+            "ipaddress",
+            ErrorClass::Permanent,
+            "this token is restricted to other IP addresses",
+        ),
+        ("Bearer", ErrorClass::Auth, "401"),
+    ];
+    for (i, (challenge, class, says)) in cases.into_iter().enumerate() {
+        let name = format!("challenged-{i}");
+        let key = Dist::new(Platform::Npm, "", &name, "1.0.0").key();
+        proxy.inject(
+            Fault::new(401)
+                .method("PUT")
+                .path_contains(&format!("/{name}"))
+                .header("www-authenticate", challenge),
+        );
+        let err = a
+            .stage(&stage_request(&key, &tarball(&name, "1.0.0", "x"), "rc"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, class, "{challenge}: {}", err.message);
+        assert!(err.message.contains(says), "{challenge}: {}", err.message);
+        assert_eq!(err.http_status, Some(401));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_outages_are_retried_with_retry_after() {
     let registry = Verdaccio::start().await;

@@ -753,6 +753,18 @@ mod tests {
         }
     }
 
+    /// package.json is read whole up to 1 MiB: a long one (a description, many scripts) is
+    /// no different from a short one.
+    #[test]
+    fn a_package_json_of_some_kib_is_read() {
+        let long = format!(
+            r#"{{"name":"pkg","version":"1.0.0","description":"{}"}}"#,
+            "x".repeat(64 * 1024)
+        );
+        let m = check(&[("package/package.json", long.as_bytes())]).unwrap();
+        assert_eq!(m["description"].as_str().map(str::len), Some(64 * 1024));
+    }
+
     /// The registry's record of a version, read into what atr-dist stores: the web page is
     /// npmjs.com's, and only for packages on the public registry (a private registry's pages
     /// are not npmjs.com's).
