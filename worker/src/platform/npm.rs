@@ -57,6 +57,8 @@ const MAX_TARBALL: u64 = 512 * 1024 * 1024;
 const MAX_UNPACKED: u64 = 2 * 1024 * 1024 * 1024;
 /// ... and reads at most this many entries.
 const MAX_ENTRIES: usize = 200_000;
+/// The most of `package/package.json` read; a larger one is refused, not cut short.
+const MAX_PACKAGE_JSON: u64 = 1024 * 1024;
 
 pub struct NpmAdapter {
     http: PlatformHttp,
@@ -388,9 +390,14 @@ fn inspect(
         let mut text = String::new();
         entry
             .by_ref()
-            .take(1024 * 1024)
+            .take(MAX_PACKAGE_JSON + 1)
             .read_to_string(&mut text)
             .map_err(|e| bad(format!("package/package.json: {e}")))?;
+        if text.len() as u64 > MAX_PACKAGE_JSON {
+            return Err(bad(format!(
+                "package/package.json is larger than {MAX_PACKAGE_JSON} bytes; refused"
+            )));
+        }
         manifest = Some(text);
     }
     let Some(text) = manifest else {
@@ -753,16 +760,30 @@ mod tests {
         }
     }
 
-    /// package.json is read whole up to 1 MiB: a long one (a description, many scripts) is
-    /// no different from a short one.
+    /// package.json is read whole up to 1 MiB, and one larger is refused as such, not cut
+    /// short and then reported as malformed.
     #[test]
-    fn a_package_json_of_some_kib_is_read() {
-        let long = format!(
-            r#"{{"name":"pkg","version":"1.0.0","description":"{}"}}"#,
-            "x".repeat(64 * 1024)
+    fn a_package_json_is_read_whole_up_to_one_mib() {
+        let of_size = |size: usize| {
+            let frame = r#"{"name":"pkg","version":"1.0.0","description":""}"#.len();
+            format!(
+                r#"{{"name":"pkg","version":"1.0.0","description":"{}"}}"#,
+                "x".repeat(size - frame)
+            )
+        };
+        let whole = of_size(1024 * 1024);
+        assert_eq!(whole.len(), 1024 * 1024);
+        let m = check(&[("package/package.json", whole.as_bytes())]).unwrap();
+        assert_eq!(m["name"], "pkg");
+        let err =
+            check(&[("package/package.json", of_size(1024 * 1024 + 1).as_bytes())]).unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message
+                .contains("package/package.json is larger than 1048576 bytes; refused"),
+            "{}",
+            err.message
         );
-        let m = check(&[("package/package.json", long.as_bytes())]).unwrap();
-        assert_eq!(m["description"].as_str().map(str::len), Some(64 * 1024));
     }
 
     /// The registry's record of a version, read into what atr-dist stores: the web page is
