@@ -271,9 +271,15 @@ async fn dry_run_promote_needs_a_real_stage_first() {
         .dist()
         .stage("00001", &[&pkg.file()], RevisionSourceSpec::Dir, true);
     assert_eq!(h.run(&dry_stage, 3).await, JobState::Done);
-    assert_eq!(
-        h.runs(&dry_stage).await[0].outcome.as_deref(),
-        Some("dry_run")
+    let run = &h.runs(&dry_stage).await[0];
+    assert_eq!(run.outcome.as_deref(), Some("dry_run"));
+    let plan = run.message.clone().unwrap_or_default();
+    assert!(
+        plan.contains(&format!(
+            "writes: PUT {}first-run (publish first-run@1.0.0 under dist-tag rc)",
+            registry.url()
+        )),
+        "{plan}"
     );
     let refused = dry_promote();
     assert_eq!(h.run(&refused, 3).await, JobState::Dead);
@@ -538,6 +544,30 @@ async fn a_409_is_done_with_the_voted_bytes_and_refused_with_others() {
         err.message
     );
     assert_eq!(conflicts("conflict-theirs"), vec![409]);
+
+    // Read before publishing, other bytes under the version are refused with no PUT sent;
+    // the voted bytes there already only need the staging tag.
+    let err = through
+        .stage(&stage_request(&theirs.key(), &voted, "rc"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains(&format!(
+            "conflict-theirs@1.0.0 exists on the registry with {}, not the voted {}; npm versions are immutable",
+            integrity(&other),
+            integrity(&voted)
+        )),
+        "{}",
+        err.message
+    );
+    assert_eq!(conflicts("conflict-theirs"), vec![409], "no second publish");
+    through
+        .stage(&stage_request(&theirs.key(), &other, "next"))
+        .await
+        .unwrap();
+    assert_eq!(conflicts("conflict-theirs"), vec![409], "no publish at all");
+    assert_eq!(registry.dist_tags("conflict-theirs").await["next"], "1.0.0");
     let doc: serde_json::Value = reqwest::get(format!("{}conflict-theirs", registry.url()))
         .await
         .unwrap()
