@@ -384,6 +384,157 @@ on_both!(an_unrecorded_end_is_closed_by_the_next_attempt);
 on_both!(a_changed_revision_is_recorded_with_its_paths);
 on_both!(a_promotion_records_its_chain);
 
+/// A fresh, migrated results database with no worker beside it, and what keeps it alive.
+async fn results_db(
+    which: Db,
+) -> (
+    sea_orm::DatabaseConnection,
+    (
+        Option<atr_dist_tests::PgDatabase>,
+        Option<atr_dist_tests::SqliteDatabase>,
+    ),
+) {
+    let (url, kept) = match which {
+        Db::Sqlite => {
+            let s = atr_dist_tests::SqliteDatabase::create();
+            (s.url.clone(), (None, Some(s)))
+        }
+        Db::Postgres => {
+            let p = atr_dist_tests::PgDatabase::create().await;
+            (p.url.clone(), (Some(p), None))
+        }
+    };
+    let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
+        .await
+        .unwrap();
+    atr_dist::db::migrate_up(&db).await.unwrap();
+    (db, kept)
+}
+
+/// An attempt's row, opened and closed by `record` directly, holds all it was given; a
+/// second attempt's start closes the first's row as abandoned, saying so.
+async fn an_attempts_row_holds_what_it_was_given(which: Db) {
+    use atr_dist::pipeline::record::{self, RunEnd, RunStart};
+    use atr_dist::platform::http::BudgetState;
+    use atr_dist_shared::names::ArtifactPath;
+    use atr_dist_shared::{AttemptOutcome, ErrorClass, JobKind};
+
+    let (db, _kept) = results_db(which).await;
+    let key = dist().key();
+    let started = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let start = |attempt| RunStart {
+        job_id: "job-1",
+        kind: JobKind::Promote,
+        key: &key,
+        attempt,
+        started_at: started,
+        queue: "queue-1",
+    };
+    let row = |id: i64| {
+        let db = db.clone();
+        async move {
+            job_run::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let first = record::start_run(&db, start(3)).await.unwrap();
+    let r = row(first).await;
+    assert_eq!(
+        (
+            r.job_id.as_str(),
+            r.kind.as_str(),
+            r.release_key.as_str(),
+            r.platform,
+            r.owner_namespace.as_str(),
+            r.package.as_str(),
+            r.version.as_str(),
+            r.attempt,
+            r.queue.as_deref(),
+        ),
+        (
+            "job-1",
+            "promote",
+            "example-1.0.0",
+            Platform::Npm,
+            "",
+            "example-pkg",
+            "1.0.0",
+            3,
+            Some("queue-1"),
+        )
+    );
+    assert_eq!(r.started_at.timestamp_millis(), started.timestamp_millis());
+    assert_eq!((r.finished_at, r.outcome), (None, None));
+
+    let second = record::start_run(&db, start(4)).await.unwrap();
+    assert_ne!(second, first);
+    let r = row(first).await;
+    assert_eq!(r.outcome.as_deref(), Some("abandoned"));
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        r.message,
+        Some(format!(
+            "{}; closed when attempt 4 started",
+            record::abandoned_reason(3)
+        ))
+    );
+
+    let diff = ManifestDiff {
+        added: vec![ArtifactPath::new("NEW.txt").unwrap()],
+        removed: Vec::new(),
+        changed: vec![ArtifactPath::new(TGZ).unwrap()],
+    };
+    record::finish_run(
+        &db,
+        second,
+        RunEnd {
+            outcome: AttemptOutcome::RevisionChanged,
+            http: BudgetState {
+                requests: 7,
+                retries: 2,
+                waited: Duration::from_millis(300),
+            },
+            error_class: Some(ErrorClass::Permanent),
+            message: Some("the revision changed".to_owned()),
+            http_status: Some(409),
+            started_at: started,
+            revision_diff: Some(diff.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    let r = row(second).await;
+    assert_eq!(
+        (
+            r.outcome.as_deref(),
+            r.error_class.as_deref(),
+            r.message.as_deref(),
+            r.http_status,
+            r.http_requests,
+            r.http_retries,
+        ),
+        (
+            Some("revision_changed"),
+            Some("permanent"),
+            Some("the revision changed"),
+            Some(409),
+            Some(7),
+            Some(2),
+        )
+    );
+    assert!(r.finished_at.is_some());
+    let took = r.duration_ms.unwrap();
+    assert!((5_000..120_000).contains(&took), "{took} ms");
+    assert_eq!(r.revision_diff, Some(serde_json::to_value(&diff).unwrap()));
+    // The first attempt's row is as its closing left it.
+    assert_eq!(row(first).await.outcome.as_deref(), Some("abandoned"));
+}
+
+on_both!(an_attempts_row_holds_what_it_was_given);
+
 /// The audit pass, called directly on rows written by hand: each open row is closed or kept
 /// according to where its job is now, saying so; closed rows, rows of other queues and the
 /// row of the attempt that runs now are left as they are; and it reads past a first batch
@@ -392,20 +543,7 @@ async fn the_audit_pass_closes_exactly_the_attempts_that_are_over(which: Db) {
     use atr_dist::pipeline::{audit, record};
     use sea_orm::{ActiveModelTrait, Set};
 
-    let (url, _pg, _sqlite) = match which {
-        Db::Sqlite => {
-            let s = atr_dist_tests::SqliteDatabase::create();
-            (s.url.clone(), None, Some(s))
-        }
-        Db::Postgres => {
-            let p = atr_dist_tests::PgDatabase::create().await;
-            (p.url.clone(), Some(p), None)
-        }
-    };
-    let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
-        .await
-        .unwrap();
-    atr_dist::db::migrate_up(&db).await.unwrap();
+    let (db, _kept) = results_db(which).await;
     let t = atr_dist_tests::redis_support::TestQueue::new().await;
     let q = &t.queue;
     let enqueue = |release: &'static str, max_attempts: u32| async move {
