@@ -461,6 +461,9 @@ async fn npm_with_latest_to_move(
         .await;
     h.run_to_done(&stage(&d, &file), 3).await;
     assert_eq!(registry.dist_tags(name).await["latest"], "0.9.0");
+    // The first publish made 0.9.0 latest, and publishing 1.0.0 under rc left it there:
+    // nothing was sent to move it (or to move it back).
+    assert_eq!(latest_moves(&proxy), (0, 0));
     (registry, proxy, h, d, file)
 }
 
