@@ -690,6 +690,106 @@ mod tests {
         );
     }
 
+    /// Non-distributable ("foreign") layers, which clients fetch from their `urls`, are
+    /// neither needed in the layout nor pushed. A layer is foreign only with a foreign media
+    /// type and `urls` both: either alone, it is an ordinary layer the layout must hold.
+    #[test]
+    fn foreign_layers_are_neither_needed_nor_pushed() {
+        let config = br#"{"architecture":"amd64","os":"windows"}"#.to_vec();
+        let layer = b"ordinary layer".to_vec();
+        let urls = json!(["https://example.invalid/base-layer"]);
+        let with_urls = |media_type: &str, bytes: &[u8]| {
+            let mut d = desc(media_type, bytes);
+            d["urls"] = urls.clone();
+            d
+        };
+        let layout_with = |extra: serde_json::Value| {
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": desc("application/vnd.oci.image.config.v1+json", &config),
+                "layers": [extra, desc("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
+            }))
+            .unwrap();
+            with_index(
+                vec![blob(&config), blob(&layer), blob(&manifest)],
+                vec![desc(OCI_MANIFEST, &manifest)],
+            )
+        };
+        for foreign in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ] {
+            let a = artifacts(&layout_with(with_urls(foreign, b"windows base layer")));
+            let layout = read(&a, "1").unwrap_or_else(|e| panic!("{foreign}: {}", e.message));
+            let pushed: Vec<_> = layout.blobs.iter().map(|b| b.digest.clone()).collect();
+            assert_eq!(
+                pushed,
+                vec![sha256_of(&config), sha256_of(&layer)],
+                "{foreign}"
+            );
+        }
+        let absent = blob(b"windows base layer").0;
+        for ordinary in [
+            desc(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                b"windows base layer",
+            ),
+            with_urls(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                b"windows base layer",
+            ),
+        ] {
+            let err = read(&artifacts(&layout_with(ordinary.clone())), "1").unwrap_err();
+            assert!(
+                err.message.contains(&format!("the layout needs {absent}")),
+                "{ordinary}: {}",
+                err.message
+            );
+        }
+    }
+
+    /// A layout may be the revision's root: `index.json` and `oci-layout` at the top.
+    #[test]
+    fn a_layout_at_the_root_is_found() {
+        let (files, manifest) = image(b"layer");
+        let at_root: Vec<_> = with_index(files, vec![desc(OCI_MANIFEST, &manifest)])
+            .into_iter()
+            .map(|(p, b)| (p.trim_start_matches("img/").to_owned(), b))
+            .collect();
+        let a = artifacts(&at_root);
+        let layout = read(&a, "1").unwrap();
+        assert_eq!(layout.dir, "");
+        assert_eq!(layout.top.digest, sha256_of(&manifest));
+        assert_eq!(layout.blobs.len(), 2);
+    }
+
+    /// Manifests up to 4 MiB are read (registries take them up to that size).
+    #[test]
+    fn a_manifest_of_four_mib_is_read() {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let layer = b"layer".to_vec();
+        let of_size = |note: usize| {
+            serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": desc("application/vnd.oci.image.config.v1+json", &config),
+                "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
+                "annotations": {"org.example.note": "x".repeat(note)},
+            }))
+            .unwrap()
+        };
+        let frame = of_size(0).len();
+        let manifest = of_size(4 * 1024 * 1024 - frame);
+        assert_eq!(manifest.len(), 4 * 1024 * 1024);
+        let files = with_index(
+            vec![blob(&config), blob(&layer), blob(&manifest)],
+            vec![desc(OCI_MANIFEST, &manifest)],
+        );
+        let layout = read(&artifacts(&files), "1").unwrap();
+        assert_eq!(layout.top.bytes.len(), 4 * 1024 * 1024);
+    }
+
     #[test]
     fn a_child_listed_many_times_is_read_once() {
         // Four levels of indexes, each listing the one below 50 times: read naively, that
