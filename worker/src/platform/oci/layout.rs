@@ -668,16 +668,19 @@ mod tests {
             err.message
         );
 
-        // A file outside the layout.
-        let mut stray = good.clone();
-        stray.push(("README.txt".into(), b"hi".to_vec()));
-        let err = read(&artifacts(&stray), "1").unwrap_err();
-        assert!(
-            err.message
-                .starts_with("artifact README.txt is not part of the OCI image layout in img"),
-            "{}",
-            err.message
-        );
+        // A file outside the layout, or inside its directory but not a layout file.
+        for path in ["README.txt", "img/README.txt", "img/blobs/sha256/a/b"] {
+            let mut stray = good.clone();
+            stray.push((path.into(), b"hi".to_vec()));
+            let err = read(&artifacts(&stray), "1").unwrap_err();
+            assert!(
+                err.message.starts_with(&format!(
+                    "artifact {path} is not part of the OCI image layout in img"
+                )),
+                "{}",
+                err.message
+            );
+        }
 
         // No layout at all.
         let none = vec![("x.tgz".to_owned(), b"x".to_vec())];
@@ -814,6 +817,34 @@ mod tests {
         );
         assert_eq!(layout.children.len(), 3);
         assert_eq!(layout.blobs.len(), 2);
+    }
+
+    /// An image under four indexes is read; under five it is refused as too deep.
+    #[test]
+    fn indexes_nest_four_deep_and_no_deeper() {
+        let nested = |levels: usize| {
+            let (mut files, image_manifest) = image(b"layer");
+            let mut below = (OCI_MANIFEST, image_manifest);
+            for _ in 0..levels {
+                let index = serde_json::to_vec(&json!({
+                    "schemaVersion": 2,
+                    "mediaType": OCI_INDEX,
+                    "manifests": [desc(below.0, &below.1)],
+                }))
+                .unwrap();
+                files.push(blob(&index));
+                below = (OCI_INDEX, index);
+            }
+            with_index(files, vec![desc(below.0, &below.1)])
+        };
+        let layout = read(&artifacts(&nested(4)), "1").unwrap();
+        assert_eq!(layout.manifests_read, 5);
+        let err = read(&artifacts(&nested(5)), "1").unwrap_err();
+        assert!(
+            err.message.contains("is nested more than 4 indexes deep"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
