@@ -351,6 +351,16 @@ async fn wrong_tarball_unknown_package_and_bad_token() {
         artifacts: Vec::new(),
         companions: Vec::new(),
     };
+    let plan = a.plan_promote(&req);
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert_eq!(
+        (plan[0].method, plan[0].url.as_str(), plan[0].what.as_str()),
+        (
+            "PUT",
+            format!("{}-/package/nowhere/dist-tags/latest", registry.url()).as_str(),
+            "point dist-tag latest at 1.0.0"
+        )
+    );
     let err = a.promote(&req).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(
@@ -577,6 +587,65 @@ async fn a_409_is_done_with_the_voted_bytes_and_refused_with_others() {
     assert_eq!(
         doc["versions"]["1.0.0"]["dist"]["integrity"],
         integrity(&other)
+    );
+}
+
+/// A registry that moves `latest` to a version published under another tag gets it moved
+/// back to where it was: staging never releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_moved_by_publishing_is_moved_back() {
+    use sha1::Digest as _;
+    let registry = Verdaccio::start().await;
+    let proxy = FaultProxy::start(&Url::parse(&registry.url()).unwrap()).await;
+    let direct = adapter(&registry.url(), &registry.token);
+    let through = adapter(proxy.url.as_str(), &registry.token);
+    let old = pkg("moves-latest", "0.9.0");
+    direct
+        .stage(&stage_request(
+            &old.key(),
+            &tarball("moves-latest", "0.9.0", "old"),
+            "rc",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(registry.dist_tags("moves-latest").await["latest"], "0.9.0");
+
+    // The read after publishing (the second GET) says latest moved to 1.0.0.
+    let new = pkg("moves-latest", "1.0.0");
+    let voted = tarball("moves-latest", "1.0.0", "voted");
+    let shasum: String = sha1::Sha1::digest(&voted)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    proxy.inject(
+        Fault::new(200)
+            .method("GET")
+            .path_contains("/moves-latest")
+            .skip(1)
+            .body(
+                "application/json",
+                &packument_claiming(
+                    "moves-latest",
+                    "1.0.0",
+                    &["rc", "latest"],
+                    serde_json::json!({"integrity": integrity(&voted), "shasum": shasum}),
+                ),
+            ),
+    );
+    through
+        .stage(&stage_request(&new.key(), &voted, "rc"))
+        .await
+        .unwrap();
+    let moves: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/dist-tags/latest"))
+        .collect();
+    assert_eq!(moves.len(), 1, "{:?}", proxy.seen());
+    let tags = registry.dist_tags("moves-latest").await;
+    assert_eq!(
+        (&tags["latest"], &tags["rc"]),
+        (&"0.9.0".into(), &"1.0.0".into())
     );
 }
 
