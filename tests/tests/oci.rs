@@ -278,6 +278,61 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
     h.stop().await;
 }
 
+/// A registry asking for Basic credentials when none are configured is refused at once,
+/// naming anonymous access; with credentials, they are sent once and a second 401 is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_basic_challenge_is_answered_once_with_credentials_or_refused_without() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let challenged = "/v2/apache/basic/manifests/";
+    proxy.inject(
+        Fault::new(401)
+            .method("HEAD")
+            .path_contains(challenged)
+            .header("www-authenticate", r#"Basic realm="registry""#)
+            .times(10),
+    );
+    let k = key("apache", "basic");
+    let err = adapter(&proxy.url)
+        .read_staged(&k, &tag(STAGING_TAG))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert!(
+        err.message.contains(
+            "the credentials were refused for repository:apache/basic:pull with anonymous access (no username and token configured)"
+        ),
+        "{}",
+        err.message
+    );
+    assert_eq!(proxy.injected(), 1, "not sent again without credentials");
+
+    let with_credentials = OciAdapter::new(OciSettings {
+        registry: proxy.url.clone(),
+        staging_namespace: None,
+        username: Some("atr-bot".into()),
+        token: Some(Secret::new("s3cret")),
+        token_realms: Vec::new(),
+    })
+    .unwrap();
+    let err = with_credentials
+        .read_staged(&k, &tag(STAGING_TAG))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Auth, "{}", err.message);
+    assert!(
+        err.message.contains("with user \"atr-bot\""),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        proxy.injected(),
+        3,
+        "once anonymous, once with the credentials"
+    );
+    assert_eq!(proxy.forwarded("HEAD", challenged), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_names_and_registry_refusals() {
     let registry = Registry::start(RegistryAuth::None).await;

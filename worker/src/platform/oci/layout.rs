@@ -791,6 +791,28 @@ mod tests {
         );
         let layout = read(&artifacts(&files), "1").unwrap();
         assert_eq!(layout.top.bytes.len(), 4 * 1024 * 1024);
+
+        // index.json too.
+        let (files, manifest) = image(b"layer");
+        let index_of = |note: usize| {
+            serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [desc(OCI_MANIFEST, &manifest)],
+                "annotations": {"org.example.note": "x".repeat(note)},
+            }))
+            .unwrap()
+        };
+        let index = index_of(4 * 1024 * 1024 - index_of(0).len());
+        assert_eq!(index.len(), 4 * 1024 * 1024);
+        let mut files = with_index(files, Vec::new());
+        for (path, bytes) in &mut files {
+            if path == "img/index.json" {
+                *bytes = index.clone();
+            }
+        }
+        let layout = read(&artifacts(&files), "1").unwrap();
+        assert_eq!(layout.top.digest, sha256_of(&manifest));
     }
 
     #[test]

@@ -740,5 +740,87 @@ mod tests {
             describe_body("<html>\n  busy </html>"),
             "<html> busy </html>"
         );
+        // An empty detail adds nothing; a structured one is quoted as JSON.
+        let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied","detail":""},{"code":"TOOMANYREQUESTS","message":"slow down","detail":{"limit":100}}]}"#;
+        assert_eq!(
+            describe_body(body),
+            r#"DENIED: requested access to the resource is denied; TOOMANYREQUESTS: slow down ({"limit":100})"#
+        );
+    }
+
+    #[test]
+    fn a_response_media_type_is_read_without_parameters() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            media_type(&headers)
+        };
+        assert_eq!(
+            with("application/vnd.oci.image.manifest.v1+json; charset=utf-8").as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        assert_eq!(
+            with(" application/vnd.oci.image.index.v1+json ").as_deref(),
+            Some("application/vnd.oci.image.index.v1+json")
+        );
+        assert_eq!(with(""), None);
+        assert_eq!(with("; charset=utf-8"), None);
+        assert_eq!(media_type(&HeaderMap::new()), None);
+    }
+
+    async fn error_of(status: u16, headers: &[(&str, &str)], body: &str) -> PlatformError {
+        let mut resp = axum::http::Response::builder().status(status);
+        for (name, value) in headers {
+            resp = resp.header(*name, *value);
+        }
+        registry_error(
+            reqwest::Response::from(resp.body(body.to_owned()).unwrap()),
+            "GET /v2/apache/httpd/manifests/1.0",
+        )
+        .await
+    }
+
+    /// Registry refusals are classed as every platform's are, and say what to do.
+    #[tokio::test]
+    async fn registry_refusals_are_classed_and_explained() {
+        let err = error_of(503, &[("retry-after", "7")], "").await;
+        assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+        assert_eq!(err.retry_after, Some(std::time::Duration::from_secs(7)));
+        assert_eq!(err.http_status, Some(503));
+        assert_eq!(
+            err.message,
+            "GET /v2/apache/httpd/manifests/1.0: HTTP 503 Service Unavailable"
+        );
+
+        let err = error_of(
+            403,
+            &[],
+            r#"{"errors":[{"code":"DENIED","message":"denied"}]}"#,
+        )
+        .await;
+        assert_eq!(err.class, ErrorClass::Auth);
+        assert_eq!(
+            err.message,
+            "GET /v2/apache/httpd/manifests/1.0: HTTP 403 Forbidden: DENIED: denied; the configured account (platforms.docker_hub.username) lacks access to this repository"
+        );
+
+        let err = error_of(401, &[], "").await;
+        assert_eq!(err.class, ErrorClass::Auth);
+        assert!(!err.message.contains("lacks access"), "{}", err.message);
+
+        let err = error_of(
+            404,
+            &[],
+            r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+        )
+        .await;
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message.ends_with(
+                "HTTP 404 Not Found: NAME_UNKNOWN: repository name not known to registry"
+            ),
+            "{}",
+            err.message
+        );
     }
 }
