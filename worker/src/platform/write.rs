@@ -15,6 +15,10 @@
 //! | something else | refused, permanently, naming both |
 //! | nothing | after an unknown outcome: the write is sent again, drawing on the attempt's retry budget; after a refusal: the refusal stands |
 //!
+//! "Nothing" is the adapter's to judge: a write that moves a pointer (an npm dist-tag, an
+//! OCI staging tag) reports what the pointer held just before the write as nothing, since
+//! a move that did not arrive leaves it there; only a third value is "something else".
+//!
 //! Read-backs are reads: they retry within the same budget (`platform/http.rs`).
 
 use std::future::Future;
