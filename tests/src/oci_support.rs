@@ -488,6 +488,34 @@ pub fn multi_arch_image(dir: &str, content: &str) -> OciImage {
     }
 }
 
+/// A one-platform image under `levels` indexes, each listing the one below: the top is
+/// the outermost index, and `children` lists every manifest under it, outermost first.
+pub fn nested_image(dir: &str, content: &str, levels: usize) -> OciImage {
+    let mut w = LayoutWriter::new(dir);
+    let (mut below, blobs) = w.image(content, "amd64");
+    let mut children = Vec::new();
+    let mut media_type = OCI_MANIFEST;
+    for _ in 0..levels {
+        children.insert(0, below["digest"].as_str().unwrap_or_default().to_owned());
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [below],
+        }))
+        .expect("json");
+        below = w.blob(OCI_INDEX, index);
+        media_type = OCI_INDEX;
+    }
+    let digest = below["digest"].as_str().unwrap_or_default().to_owned();
+    OciImage {
+        files: w.finish(&below, "1.0.0"),
+        digest,
+        media_type,
+        children,
+        blobs,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Keys, requests and the pipeline.
 

@@ -19,7 +19,7 @@ use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::oci_support::{
     Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key, multi_arch_image,
-    registry_has_blob, registry_manifest, single_image, stage_request,
+    nested_image, registry_has_blob, registry_manifest, single_image, stage_request,
 };
 use atr_dist_tests::pipeline_support::{Db, Harness};
 use url::Url;
@@ -276,6 +276,59 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
     );
     assert!(!h.row().await.unwrap().promoted);
     h.stop().await;
+}
+
+/// An image under four indexes (the most a layout may nest) is staged, and promoted across
+/// repositories by copying every level; a registry answering a plain upload's POST with
+/// 201, as if it had mounted a blob it was not asked to mount, is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_indexes_are_copied_and_a_201_to_an_upload_is_refused() {
+    let registry = Registry::start(RegistryAuth::None).await;
+    let proxy = FaultProxy::start(&registry.url).await;
+    let a = OciAdapter::new(OciSettings {
+        registry: proxy.url.clone(),
+        staging_namespace: Some("apache-staging".into()),
+        username: None,
+        token: None,
+        token_realms: Vec::new(),
+    })
+    .unwrap();
+    let image = nested_image("image", "nested four deep", 4);
+    let k = key("apache", "nested");
+    a.stage(&stage_request(&k, &image, STAGING_TAG))
+        .await
+        .unwrap();
+    a.promote(&promote_request("nested", &image)).await.unwrap();
+    assert_eq!(
+        registry_manifest(&registry.url, "apache/nested", "1.0.0")
+            .await
+            .map(|(d, _)| d),
+        Some(image.digest.clone())
+    );
+    for child in &image.children {
+        assert!(
+            registry_manifest(&registry.url, "apache/nested", child)
+                .await
+                .is_some(),
+            "{child}"
+        );
+    }
+
+    let plain = adapter(&proxy.url);
+    let other = single_image("image", "upload answered 201");
+    let k = key("apache", "created");
+    proxy.inject(
+        Fault::new(201)
+            .method("POST")
+            .path_contains("/v2/apache/created/blobs/uploads/"),
+    );
+    let err = plain
+        .stage(&stage_request(&k, &other, STAGING_TAG))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(err.message.contains("HTTP 201 Created"), "{}", err.message);
+    assert_eq!(proxy.forwarded("PUT", "/v2/apache/created/"), 0);
 }
 
 /// A registry asking for Basic credentials when none are configured is refused at once,

@@ -32,7 +32,7 @@ pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, applicati
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Indexes inside indexes are legal; deeper than this is a malformed (or hostile) layout.
-const MAX_DEPTH: usize = 4;
+pub(super) const MAX_DEPTH: usize = 4;
 /// Manifests are small JSON documents; registries refuse them above 4 MiB.
 const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 

@@ -677,10 +677,11 @@ impl OciAdapter {
         depth: usize,
     ) -> BoxFuture<'a, Result<(), PlatformError>> {
         async move {
-            if depth > 4 {
+            if depth > layout::MAX_DEPTH {
                 return Err(PlatformError::permanent(format!(
-                    "manifest {} is nested too deep",
-                    m.digest
+                    "manifest {} is nested more than {} indexes deep",
+                    m.digest,
+                    layout::MAX_DEPTH
                 )));
             }
             match layout::references(&m.media_type, &m.bytes, &format!("manifest {}", m.digest))? {
