@@ -420,7 +420,8 @@ async fn an_attempts_row_holds_what_it_was_given(which: Db) {
     use atr_dist_shared::{AttemptOutcome, ErrorClass, JobKind};
 
     let (db, _kept) = results_db(which).await;
-    let key = dist().key();
+    // A scoped package: every part of the key is something to write.
+    let key = Dist::new(Platform::NpmScoped, "apache", "example-pkg", "1.0.0").key();
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
     let start = |attempt| RunStart {
         job_id: "job-1",
@@ -458,8 +459,8 @@ async fn an_attempts_row_holds_what_it_was_given(which: Db) {
             "job-1",
             "promote",
             "example-1.0.0",
-            Platform::Npm,
-            "",
+            Platform::NpmScoped,
+            "apache",
             "example-pkg",
             "1.0.0",
             3,
