@@ -19,7 +19,7 @@ use atr_dist_tests::fault_proxy::{Fault, FaultProxy};
 use atr_dist_tests::jobs::Dist;
 use atr_dist_tests::oci_support::{
     Grant, OciImage, Registry, RegistryAuth, TokenIssuer, TokenRealm, key, multi_arch_image,
-    nested_image, registry_has_blob, registry_manifest, single_image, stage_request,
+    nested_image, registry_has_blob, registry_manifest, sha256, single_image, stage_request,
 };
 use atr_dist_tests::pipeline_support::{Db, Harness};
 use url::Url;
@@ -295,6 +295,47 @@ async fn nested_indexes_are_copied_and_a_201_to_an_upload_is_refused() {
     .unwrap();
     let image = nested_image("image", "nested four deep", 4);
     let k = key("apache", "nested");
+    a.stage(&stage_request(&k, &image, STAGING_TAG))
+        .await
+        .unwrap();
+    // One index more, pushed over the staging tag by hand (no layout nests that deep):
+    // promote refuses to copy it. Staged again, the four-deep image is promoted.
+    let top_hex = image.digest.trim_start_matches("sha256:");
+    let top = image
+        .files
+        .iter()
+        .find(|(p, _)| p.ends_with(top_hex))
+        .map(|(_, b)| b.len())
+        .unwrap();
+    let deeper = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_INDEX, "digest": image.digest, "size": top}],
+    }))
+    .unwrap();
+    let put = reqwest::Client::new()
+        .put(
+            registry
+                .url
+                .join(&format!("v2/apache-staging/nested/manifests/{STAGING_TAG}"))
+                .unwrap(),
+        )
+        .header("content-type", OCI_INDEX)
+        .body(deeper.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{:?}", put.text().await);
+    let mut too_deep = promote_request("nested", &image);
+    too_deep.staged_digest = digest(&sha256(&deeper));
+    let err = a.promote(&too_deep).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains("is nested more than 4 indexes deep"),
+        "{}",
+        err.message
+    );
+
     a.stage(&stage_request(&k, &image, STAGING_TAG))
         .await
         .unwrap();
