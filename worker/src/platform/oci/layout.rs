@@ -765,6 +765,18 @@ mod tests {
         assert_eq!(layout.dir, "");
         assert_eq!(layout.top.digest, sha256_of(&manifest));
         assert_eq!(layout.blobs.len(), 2);
+
+        // Beside it, a file of its own at the root is a stray, not a second layout.
+        let mut stray = at_root.clone();
+        stray.push(("README.txt".into(), b"hi".to_vec()));
+        let err = read(&artifacts(&stray), "1").unwrap_err();
+        assert!(
+            err.message.starts_with(
+                "artifact README.txt is not part of the OCI image layout in the revision's root"
+            ),
+            "{}",
+            err.message
+        );
     }
 
     /// Manifests up to 4 MiB are read (registries take them up to that size).
