@@ -547,6 +547,11 @@ async fn the_audit_pass_closes_exactly_the_attempts_that_are_over(which: Db) {
     let (db, _kept) = results_db(which).await;
     let t = atr_dist_tests::redis_support::TestQueue::new().await;
     let q = &t.queue;
+    assert_eq!(
+        audit::close_abandoned(&db, q).await.unwrap(),
+        0,
+        "no open rows"
+    );
     let enqueue = |release: &'static str, max_attempts: u32| async move {
         let job = Dist::new(Platform::Npm, "", release, "1.0.0").stage(
             "00001",

@@ -56,11 +56,13 @@ pub async fn close_abandoned(db: &DatabaseConnection, queue: &Queue) -> Result<u
                 closed += 1;
             }
         }
-        // A batch short of full was the last: no second query to find nothing.
-        match rows.last() {
-            Some(last) if rows.len() as u64 == BATCH => after = last.id,
-            Some(_) | None => return Ok(closed),
+        // A batch short of full (an empty one too) was the last; a full one reads on after
+        // its last row. (Only this ends the pass: a second check for an empty batch would
+        // just save a query, and could be broken unseen.)
+        if (rows.len() as u64) < BATCH {
+            return Ok(closed);
         }
+        after = rows.last().map_or(after, |r| r.id);
     }
 }
 
