@@ -566,12 +566,13 @@ impl PlatformAdapter for NpmAdapter {
             }
             let latest_after = after.pointer("/dist-tags/latest").and_then(Value::as_str);
             if req.staging_tag.as_str() != "latest" && latest_after == Some(version) {
+                // `latest` cannot have been this version before: the version was not there.
                 match latest_before {
-                    Some(previous) if previous != version => {
+                    Some(previous) => {
                         tracing::info!(package = %Self::name(key), %previous, "publishing moved latest; moving it back");
                         self.put_tag(key, &DistTag::latest(), &previous, latest_after).await?;
                     }
-                    Some(_) | None => tracing::warn!(
+                    None => tracing::warn!(
                         package = %Self::name(key),
                         "first publish of a new package: npm makes it latest and keeps a latest tag; it stays latest until another version is promoted"
                     ),
