@@ -384,6 +384,15 @@ on_both!(an_unrecorded_end_is_closed_by_the_next_attempt);
 on_both!(a_changed_revision_is_recorded_with_its_paths);
 on_both!(a_promotion_records_its_chain);
 
+/// The `job_run` row `id`.
+async fn job_run_row(db: &sea_orm::DatabaseConnection, id: i64) -> job_run::Model {
+    job_run::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// A fresh, migrated results database with no worker beside it, and what keeps it alive.
 async fn results_db(
     which: Db,
@@ -431,16 +440,7 @@ async fn an_attempts_row_holds_what_it_was_given(which: Db) {
         started_at: started,
         queue: "queue-1",
     };
-    let row = |id: i64| {
-        let db = db.clone();
-        async move {
-            job_run::Entity::find_by_id(id)
-                .one(&db)
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
+    let row = |id: i64| job_run_row(&db, id);
     let first = record::start_run(&db, start(3)).await.unwrap();
     let r = row(first).await;
     assert_eq!(
@@ -628,16 +628,7 @@ async fn the_audit_pass_closes_exactly_the_attempts_that_are_over(which: Db) {
         520 + 3,
         "every open row of this queue but the running attempt's"
     );
-    let row = |id: i64| {
-        let db = db.clone();
-        async move {
-            job_run::Entity::find_by_id(id)
-                .one(&db)
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
+    let row = |id: i64| job_run_row(&db, id);
     let closed = |id: i64, now: &'static str, attempt: i32| {
         let row = row(id);
         async move {

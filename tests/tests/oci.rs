@@ -26,13 +26,26 @@ use url::Url;
 
 const STAGING_TAG: &str = "rc-1.0.0";
 
-fn adapter(registry: &Url) -> OciAdapter {
-    OciAdapter::new(OciSettings {
+/// Settings for `registry`: anonymous, staging in the release repository.
+fn settings(registry: &Url) -> OciSettings {
+    OciSettings {
         registry: registry.clone(),
         staging_namespace: None,
         username: None,
         token: None,
         token_realms: Vec::new(),
+    }
+}
+
+fn adapter(registry: &Url) -> OciAdapter {
+    OciAdapter::new(settings(registry)).unwrap()
+}
+
+/// An anonymous adapter staging in `namespace`, a repository apart from the release's.
+fn staged_in(registry: &Url, namespace: &str) -> OciAdapter {
+    OciAdapter::new(OciSettings {
+        staging_namespace: Some(namespace.into()),
+        ..settings(registry)
     })
     .unwrap()
 }
@@ -285,14 +298,7 @@ async fn a_staging_tag_moved_before_promote_is_refused() {
 async fn nested_indexes_are_copied_and_a_201_to_an_upload_is_refused() {
     let registry = Registry::start(RegistryAuth::None).await;
     let proxy = FaultProxy::start(&registry.url).await;
-    let a = OciAdapter::new(OciSettings {
-        registry: proxy.url.clone(),
-        staging_namespace: Some("apache-staging".into()),
-        username: None,
-        token: None,
-        token_realms: Vec::new(),
-    })
-    .unwrap();
+    let a = staged_in(&proxy.url, "apache-staging");
     let image = nested_image("image", "nested four deep", 4);
     let k = key("apache", "nested");
     a.stage(&stage_request(&k, &image, STAGING_TAG))
@@ -402,11 +408,9 @@ async fn a_basic_challenge_is_answered_once_with_credentials_or_refused_without(
     assert_eq!(proxy.injected(), 1, "not sent again without credentials");
 
     let with_credentials = OciAdapter::new(OciSettings {
-        registry: proxy.url.clone(),
-        staging_namespace: None,
         username: Some("atr-bot".into()),
         token: Some(Secret::new("s3cret")),
-        token_realms: Vec::new(),
+        ..settings(&proxy.url)
     })
     .unwrap();
     let err = with_credentials
@@ -499,11 +503,10 @@ async fn token_auth_with_real_jwts() {
     .await;
     let with = |password: &str, realms: Vec<Url>| {
         OciAdapter::new(OciSettings {
-            registry: registry.url.clone(),
-            staging_namespace: None,
             username: Some("atr-bot".into()),
             token: Some(Secret::new(password)),
             token_realms: realms,
+            ..settings(&registry.url)
         })
         .unwrap()
     };
@@ -557,11 +560,11 @@ async fn token_auth_with_real_jwts() {
     // Staged in a namespace of its own: promote copies the image across repositories with
     // one token, asked once, that pushes the release and pulls the staged image.
     let split = OciAdapter::new(OciSettings {
-        registry: registry.url.clone(),
         staging_namespace: Some("apache-staging".into()),
         username: Some("atr-bot".into()),
         token: Some(Secret::new("s3cret")),
         token_realms: vec![realm.realm.clone()],
+        ..settings(&registry.url)
     })
     .unwrap();
     split
@@ -715,14 +718,7 @@ async fn rate_limits_and_unavailability_are_waited_out_or_rescheduled() {
 async fn a_staging_repository_is_promoted_by_mounting() {
     let registry = Registry::start(RegistryAuth::None).await;
     let proxy = FaultProxy::start(&registry.url).await;
-    let a = OciAdapter::new(OciSettings {
-        registry: proxy.url.clone(),
-        staging_namespace: Some("apache-staging".into()),
-        username: None,
-        token: None,
-        token_realms: Vec::new(),
-    })
-    .unwrap();
+    let a = staged_in(&proxy.url, "apache-staging");
     let image = multi_arch_image("image", "mounted");
     let k = key("apache", "mounted");
     let req = stage_request(&k, &image, STAGING_TAG);
@@ -783,14 +779,7 @@ async fn a_staging_repository_is_promoted_by_mounting() {
     );
 
     // Staging into a fresh staging repository mounts what the release repository has.
-    let b = OciAdapter::new(OciSettings {
-        registry: proxy.url.clone(),
-        staging_namespace: Some("apache-staging2".into()),
-        username: None,
-        token: None,
-        token_realms: Vec::new(),
-    })
-    .unwrap();
+    let b = staged_in(&proxy.url, "apache-staging2");
     let plan = b.plan_stage(&req);
     assert_eq!(
         plan.len(),
@@ -1041,14 +1030,7 @@ async fn a_registry_that_stored_other_bytes_than_sent_is_refused() {
 async fn a_refused_blob_mount_fails_the_promote_before_tagging() {
     let registry = Registry::start(RegistryAuth::None).await;
     let proxy = FaultProxy::start(&registry.url).await;
-    let a = OciAdapter::new(OciSettings {
-        registry: proxy.url.clone(),
-        staging_namespace: Some("apache-staging".into()),
-        username: None,
-        token: None,
-        token_realms: Vec::new(),
-    })
-    .unwrap();
+    let a = staged_in(&proxy.url, "apache-staging");
     let image = single_image("image", "not mounted");
     a.stage(&stage_request(
         &key("apache", "unmounted"),
