@@ -81,6 +81,37 @@ async fn an_idle_pool_starts_an_enqueued_job_at_once() {
     pool.stop().await;
 }
 
+/// An idle pool waits: over a second with nothing to do it sends Redis a handful of
+/// commands (about 15 here, counting those its scripts run), not fetch after fetch (a pool
+/// that ignored fetch.lua's "wait" sent 21,000). On a redis-server of the test's own, so
+/// that its command counts are this pool's alone.
+#[tokio::test]
+async fn an_idle_pool_sends_redis_almost_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = atr_dist_tests::fault_drill::PrivateRedis::ephemeral(dir.path());
+    let t = TestQueue::on(&redis.url(), &[]).await;
+    let q = &t.queue;
+    let (pool, _started) = start(q, waiting_pool());
+    until_idle(q).await;
+    // Every command the server has run: the `calls=` of each line of INFO commandstats.
+    let commands = || async {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut q.connection())
+            .await
+            .unwrap();
+        info.lines()
+            .filter_map(|l| l.split("calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = commands().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = commands().await - before;
+    assert!(sent < 50, "{sent} commands in a second of idling");
+    pool.stop().await;
+}
+
 #[tokio::test]
 async fn an_idle_pool_starts_a_delayed_job_when_it_falls_due() {
     let t = TestQueue::new().await;
