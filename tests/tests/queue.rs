@@ -964,6 +964,9 @@ async fn a_pool_leases_two_rounds_of_its_capacity_and_no_more() {
     assert!((3..=6).contains(&running), "{running} leased");
     assert_eq!(cases::count(q, JobState::Queued).await, 26 - running);
     pool.stop().await;
+    // Stopped, the pool holds no lease, not even of the jobs it had not started: none waits
+    // for its lease to run out. (Each started one ends as its handler saw the stop.)
+    assert_eq!(cases::count(q, JobState::Running).await, 0);
 }
 
 /// An attempt that outlasts the shutdown timeout is stopped, and the pool returns only once
