@@ -163,6 +163,15 @@ async fn a_version_1_queue_is_refused_until_migrated() {
         .await
         .unwrap();
 
+    // A worker starting on it stops with the fix, an empty queue with no format being new.
+    let err = q.check_format().await.unwrap_err().to_string();
+    assert!(
+        err.contains("holds jobs but has no format key, so it is in wire format 1")
+            && err.contains("run `atr-dist queue migrate`"),
+        "{err}"
+    );
+    TestQueue::new().await.queue.check_format().await.unwrap();
+
     // Version 3 clients refuse it, saying what to run, and change nothing.
     let lease = Duration::from_secs(30);
     let err = q.fetch("w1", lease, 10).await.unwrap_err().to_string();
