@@ -253,6 +253,57 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     );
 }
 
+/// A version 1 queue holding more jobs in one state than `migrate` moves in one step (500)
+/// is migrated whole: every page, the last short one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_queue_of_many_jobs_is_migrated_whole() {
+    use atr_dist::queue::MigrationReport;
+    use atr_dist_shared::JobState;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let p = q.prefix().to_owned();
+    let jobs: Vec<_> = (0..1001).map(atr_dist_tests::jobs::stage).collect();
+    let mut pipe = redis::pipe();
+    for env in &jobs {
+        let id = env.id.to_string();
+        pipe.hset_multiple(
+            format!("{p}job:{id}"),
+            &[
+                ("envelope", env.to_json()),
+                ("state", "queued".to_owned()),
+                ("attempt", "0".to_owned()),
+                ("max_attempts", "3".to_owned()),
+                ("kind", "stage".to_owned()),
+                ("release", env.release().key().to_string()),
+                ("platform", "NPM".to_owned()),
+                ("idempotency_key", env.idempotency_key.to_string()),
+                ("enqueued_at", "1764300000000".to_owned()),
+                ("run_at", "1764300000000".to_owned()),
+                ("queued_at", "1764300000000".to_owned()),
+            ],
+        )
+        .ignore()
+        .set(format!("{p}idem:{}", env.idempotency_key), &id)
+        .ignore()
+        .rpush(format!("{p}queued"), &id)
+        .ignore();
+    }
+    let _: () = pipe.query_async(&mut q.connection()).await.unwrap();
+
+    assert_eq!(
+        q.migrate().await.unwrap(),
+        MigrationReport {
+            jobs: 1001,
+            moved: 1001
+        }
+    );
+    assert_eq!(cases::count(q, JobState::Queued).await, 1001);
+    let last = jobs.last().unwrap();
+    let again = q.enqueue(last, None, 1).await.unwrap();
+    assert_eq!((again.id, again.created), (last.id.to_string(), false));
+}
+
 /// Writes a job's envelope to the queue's hash `hash` (versions 2 to 4 kept them all in
 /// `envelopes`) and its idempotency key to `idempotency`, as an older producer did.
 async fn store_envelope_and_key(
