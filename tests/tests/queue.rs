@@ -112,6 +112,23 @@ async fn drains_a_100k_backlog() {
     }
 }
 
+/// The hash of a job in `state` as version 1's scripts wrote it.
+fn v1_job(env: &atr_dist_shared::Envelope, state: &str) -> [(&'static str, String); 11] {
+    [
+        ("envelope", env.to_json()),
+        ("state", state.to_owned()),
+        ("attempt", "0".to_owned()),
+        ("max_attempts", "3".to_owned()),
+        ("kind", "stage".to_owned()),
+        ("release", env.release().key().to_string()),
+        ("platform", "NPM".to_owned()),
+        ("idempotency_key", env.idempotency_key.to_string()),
+        ("enqueued_at", "1764300000000".to_owned()),
+        ("run_at", "1764300000000".to_owned()),
+        ("queued_at", "1764300000000".to_owned()),
+    ]
+}
+
 /// A queue written in wire format 1 (built here key by key, as version 1's scripts left it)
 /// is refused by version 3 clients until `migrate` moves it; afterwards its jobs run and
 /// their idempotency keys still hold.
@@ -131,22 +148,7 @@ async fn a_version_1_queue_is_refused_until_migrated() {
     for (env, state) in [(&queued, "queued"), (&dead, "dead")] {
         let id = env.id.to_string();
         let _: () = conn
-            .hset_multiple(
-                format!("{p}job:{id}"),
-                &[
-                    ("envelope", env.to_json()),
-                    ("state", state.to_owned()),
-                    ("attempt", "0".to_owned()),
-                    ("max_attempts", "3".to_owned()),
-                    ("kind", "stage".to_owned()),
-                    ("release", env.release().key().to_string()),
-                    ("platform", "NPM".to_owned()),
-                    ("idempotency_key", env.idempotency_key.to_string()),
-                    ("enqueued_at", "1764300000000".to_owned()),
-                    ("run_at", "1764300000000".to_owned()),
-                    ("queued_at", "1764300000000".to_owned()),
-                ],
-            )
+            .hset_multiple(format!("{p}job:{id}"), &v1_job(env, state))
             .await
             .unwrap();
         let _: () = conn
@@ -267,27 +269,12 @@ async fn a_version_1_queue_of_many_jobs_is_migrated_whole() {
     let mut pipe = redis::pipe();
     for env in &jobs {
         let id = env.id.to_string();
-        pipe.hset_multiple(
-            format!("{p}job:{id}"),
-            &[
-                ("envelope", env.to_json()),
-                ("state", "queued".to_owned()),
-                ("attempt", "0".to_owned()),
-                ("max_attempts", "3".to_owned()),
-                ("kind", "stage".to_owned()),
-                ("release", env.release().key().to_string()),
-                ("platform", "NPM".to_owned()),
-                ("idempotency_key", env.idempotency_key.to_string()),
-                ("enqueued_at", "1764300000000".to_owned()),
-                ("run_at", "1764300000000".to_owned()),
-                ("queued_at", "1764300000000".to_owned()),
-            ],
-        )
-        .ignore()
-        .set(format!("{p}idem:{}", env.idempotency_key), &id)
-        .ignore()
-        .rpush(format!("{p}queued"), &id)
-        .ignore();
+        pipe.hset_multiple(format!("{p}job:{id}"), &v1_job(env, "queued"))
+            .ignore()
+            .set(format!("{p}idem:{}", env.idempotency_key), &id)
+            .ignore()
+            .rpush(format!("{p}queued"), &id)
+            .ignore();
     }
     let _: () = pipe.query_async(&mut q.connection()).await.unwrap();
 
