@@ -406,6 +406,38 @@ pub enum Db {
     Postgres,
 }
 
+/// A fresh results database, migrated, on SQLite or PostgreSQL; removed when this value is
+/// dropped.
+pub struct ResultsDb {
+    pub db: DatabaseConnection,
+    _pg: Option<PgDatabase>,
+    _sqlite: Option<SqliteDatabase>,
+}
+
+impl ResultsDb {
+    pub async fn create(which: Db) -> ResultsDb {
+        let (url, pg, sqlite) = match which {
+            Db::Sqlite => {
+                let s = SqliteDatabase::create();
+                (s.url.clone(), None, Some(s))
+            }
+            Db::Postgres => {
+                let p = PgDatabase::create().await;
+                (p.url.clone(), Some(p), None)
+            }
+        };
+        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
+            .await
+            .unwrap();
+        atr_dist::db::migrate_up(&db).await.unwrap();
+        ResultsDb {
+            db,
+            _pg: pg,
+            _sqlite: sqlite,
+        }
+    }
+}
+
 /// A running pipeline: a fresh database (migrated), a fresh queue, revision directories,
 /// and a worker pool running the pipeline with `adapters`, with the audit pass that closes
 /// the rows of abandoned attempts running beside it, as `atr-dist run` has them.
@@ -415,8 +447,7 @@ pub struct Harness {
     pub db: DatabaseConnection,
     pool: Option<RunningPool>,
     audit: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-    _pg: Option<PgDatabase>,
-    _sqlite: Option<SqliteDatabase>,
+    _results: ResultsDb,
 }
 
 impl Harness {
@@ -495,20 +526,8 @@ impl Harness {
         adjust: impl FnOnce(&mut Pipeline, &Path),
         locks_of: Option<String>,
     ) -> Harness {
-        let (url, pg, sqlite) = match which {
-            Db::Sqlite => {
-                let s = SqliteDatabase::create();
-                (s.url.clone(), None, Some(s))
-            }
-            Db::Postgres => {
-                let p = PgDatabase::create().await;
-                (p.url.clone(), Some(p), None)
-            }
-        };
-        let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
-            .await
-            .unwrap();
-        atr_dist::db::migrate_up(&db).await.unwrap();
+        let results = ResultsDb::create(which).await;
+        let db = results.db.clone();
         let mut t = TestQueue::new().await;
         if let Some(name) = locks_of {
             t.queue = t
@@ -533,8 +552,7 @@ impl Harness {
             db,
             pool: Some(pool),
             audit: Some((stop_audit, audit)),
-            _pg: pg,
-            _sqlite: sqlite,
+            _results: results,
         }
     }
 

@@ -15,7 +15,7 @@ use atr_dist_shared::job::RevisionSourceSpec;
 use atr_dist_shared::{Envelope, JobState, ManifestDiff, Platform};
 use atr_dist_tests::cases::eventually;
 use atr_dist_tests::jobs::Dist;
-use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter};
+use atr_dist_tests::pipeline_support::{Db, Harness, RecordingAdapter, ResultsDb};
 use redis::AsyncCommands;
 use sea_orm::{ConnectionTrait, EntityTrait};
 
@@ -393,33 +393,6 @@ async fn job_run_row(db: &sea_orm::DatabaseConnection, id: i64) -> job_run::Mode
         .unwrap()
 }
 
-/// A fresh, migrated results database with no worker beside it, and what keeps it alive.
-async fn results_db(
-    which: Db,
-) -> (
-    sea_orm::DatabaseConnection,
-    (
-        Option<atr_dist_tests::PgDatabase>,
-        Option<atr_dist_tests::SqliteDatabase>,
-    ),
-) {
-    let (url, kept) = match which {
-        Db::Sqlite => {
-            let s = atr_dist_tests::SqliteDatabase::create();
-            (s.url.clone(), (None, Some(s)))
-        }
-        Db::Postgres => {
-            let p = atr_dist_tests::PgDatabase::create().await;
-            (p.url.clone(), (Some(p), None))
-        }
-    };
-    let db = atr_dist::db::connect(&atr_dist::secret::Secret::new(url), 4)
-        .await
-        .unwrap();
-    atr_dist::db::migrate_up(&db).await.unwrap();
-    (db, kept)
-}
-
 /// An attempt's row, opened and closed by `record` directly, holds all it was given; a
 /// second attempt's start closes the first's row as abandoned, saying so.
 async fn an_attempts_row_holds_what_it_was_given(which: Db) {
@@ -428,7 +401,8 @@ async fn an_attempts_row_holds_what_it_was_given(which: Db) {
     use atr_dist_shared::names::ArtifactPath;
     use atr_dist_shared::{AttemptOutcome, ErrorClass, JobKind};
 
-    let (db, _kept) = results_db(which).await;
+    let results = ResultsDb::create(which).await;
+    let db = results.db.clone();
     // A scoped package: every part of the key is something to write.
     let key = Dist::new(Platform::NpmScoped, "apache", "example-pkg", "1.0.0").key();
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
@@ -544,7 +518,8 @@ async fn the_audit_pass_closes_exactly_the_attempts_that_are_over(which: Db) {
     use atr_dist::pipeline::{audit, record};
     use sea_orm::{ActiveModelTrait, Set};
 
-    let (db, _kept) = results_db(which).await;
+    let results = ResultsDb::create(which).await;
+    let db = results.db.clone();
     let t = atr_dist_tests::redis_support::TestQueue::new().await;
     let q = &t.queue;
     assert_eq!(
