@@ -201,10 +201,7 @@ impl NpmAdapter {
         let Some(doc) = self.packument(key).await? else {
             return Ok(None);
         };
-        let Some(version) = doc
-            .pointer(&format!("/dist-tags/{}", escape_pointer(tag.as_str())))
-            .and_then(Value::as_str)
-        else {
+        let Some(version) = dist_tag(&doc, tag) else {
             return Ok(None);
         };
         self.observe(key, &doc, version)
@@ -240,10 +237,7 @@ impl NpmAdapter {
                 let doc = self.packument(key).await?;
                 let points = doc
                     .as_ref()
-                    .and_then(|d| {
-                        d.pointer(&format!("/dist-tags/{}", escape_pointer(tag.as_str())))
-                    })
-                    .and_then(Value::as_str)
+                    .and_then(|d| dist_tag(d, tag))
                     .map(str::to_owned);
                 if points.as_deref() == Some(version) {
                     return Ok(Found::Expected);
@@ -327,6 +321,12 @@ impl NpmAdapter {
             }
         })
     }
+}
+
+/// The version a packument's `tag` points at.
+fn dist_tag<'d>(doc: &'d Value, tag: &DistTag) -> Option<&'d str> {
+    doc.pointer(&format!("/dist-tags/{}", escape_pointer(tag.as_str())))
+        .and_then(Value::as_str)
 }
 
 /// JSON pointer escaping for a single reference token.
@@ -500,15 +500,12 @@ impl PlatformAdapter for NpmAdapter {
                         tarball.integrity
                     )));
                 }
-                let was = doc
-                    .pointer(&format!("/dist-tags/{}", escape_pointer(req.staging_tag.as_str())))
-                    .and_then(Value::as_str);
+                let was = dist_tag(doc, &req.staging_tag);
                 return self.put_tag(key, &req.staging_tag, version, was).await;
             }
             let latest_before = before
                 .as_ref()
-                .and_then(|d| d.pointer("/dist-tags/latest"))
-                .and_then(Value::as_str)
+                .and_then(|d| dist_tag(d, &DistTag::latest()))
                 .map(str::to_owned);
 
             let url = self.packument_url(key);
@@ -558,13 +555,11 @@ impl PlatformAdapter for NpmAdapter {
                     tarball.shasum
                 )));
             }
-            let tagged = after
-                .pointer(&format!("/dist-tags/{}", escape_pointer(req.staging_tag.as_str())))
-                .and_then(Value::as_str);
+            let tagged = dist_tag(&after, &req.staging_tag);
             if tagged != Some(version) {
                 self.put_tag(key, &req.staging_tag, version, tagged).await?;
             }
-            let latest_after = after.pointer("/dist-tags/latest").and_then(Value::as_str);
+            let latest_after = dist_tag(&after, &DistTag::latest());
             if req.staging_tag.as_str() != "latest" && latest_after == Some(version) {
                 // `latest` cannot have been this version before: the version was not there.
                 match latest_before {
@@ -624,12 +619,7 @@ impl PlatformAdapter for NpmAdapter {
                     req.staged_digest
                 )));
             }
-            let was = doc
-                .pointer(&format!(
-                    "/dist-tags/{}",
-                    escape_pointer(req.release_tag.as_str())
-                ))
-                .and_then(Value::as_str);
+            let was = dist_tag(&doc, &req.release_tag);
             self.put_tag(key, &req.release_tag, version, was).await
         }
         .boxed()
