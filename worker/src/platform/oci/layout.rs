@@ -551,15 +551,44 @@ mod tests {
 
     /// An image (config + one layer) and its manifest, as layout files.
     fn image(layer: &[u8]) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-        let manifest = serde_json::to_vec(&json!({
+        image_with(layer, |_| {})
+    }
+
+    /// The config of every test image.
+    const CONFIG: &[u8] = br#"{"architecture":"amd64","os":"linux"}"#;
+
+    /// As `image`, with `edit` applied to the manifest before it is written.
+    fn image_with(
+        layer: &[u8],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": desc("application/vnd.oci.image.config.v1+json", &config),
+            "config": desc("application/vnd.oci.image.config.v1+json", CONFIG),
             "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
-        }))
-        .unwrap();
-        (vec![blob(&config), blob(layer), blob(&manifest)], manifest)
+        });
+        edit(&mut manifest);
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        (vec![blob(CONFIG), blob(layer), blob(&manifest)], manifest)
+    }
+
+    /// A layout of an image under `levels` indexes, each listing the one below `listed`
+    /// times.
+    fn nested(levels: usize, listed: usize) -> Vec<(String, Vec<u8>)> {
+        let (mut files, image_manifest) = image(b"layer");
+        let mut below = (OCI_MANIFEST, image_manifest);
+        for _ in 0..levels {
+            let index = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": vec![desc(below.0, &below.1); listed],
+            }))
+            .unwrap();
+            files.push(blob(&index));
+            below = (OCI_INDEX, index);
+        }
+        with_index(files, vec![desc(below.0, &below.1)])
     }
 
     fn with_index(
@@ -698,26 +727,21 @@ mod tests {
     /// type and `urls` both: either alone, it is an ordinary layer the layout must hold.
     #[test]
     fn foreign_layers_are_neither_needed_nor_pushed() {
-        let config = br#"{"architecture":"amd64","os":"windows"}"#.to_vec();
-        let layer = b"ordinary layer".to_vec();
+        let layer = b"ordinary layer";
         let urls = json!(["https://example.invalid/base-layer"]);
         let with_urls = |media_type: &str, bytes: &[u8]| {
             let mut d = desc(media_type, bytes);
             d["urls"] = urls.clone();
             d
         };
+        // The image's layer, after `extra` (whose blob the layout lacks).
         let layout_with = |extra: serde_json::Value| {
-            let manifest = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": desc("application/vnd.oci.image.config.v1+json", &config),
-                "layers": [extra, desc("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
-            }))
-            .unwrap();
-            with_index(
-                vec![blob(&config), blob(&layer), blob(&manifest)],
-                vec![desc(OCI_MANIFEST, &manifest)],
-            )
+            let (files, manifest) = image_with(layer, |m| {
+                if let Some(layers) = m["layers"].as_array_mut() {
+                    layers.insert(0, extra);
+                }
+            });
+            with_index(files, vec![desc(OCI_MANIFEST, &manifest)])
         };
         for foreign in [
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
@@ -728,7 +752,7 @@ mod tests {
             let pushed: Vec<_> = layout.blobs.iter().map(|b| b.digest.clone()).collect();
             assert_eq!(
                 pushed,
-                vec![sha256_of(&config), sha256_of(&layer)],
+                vec![sha256_of(CONFIG), sha256_of(layer)],
                 "{foreign}"
             );
         }
@@ -782,25 +806,15 @@ mod tests {
     /// Manifests up to 4 MiB are read (registries take them up to that size).
     #[test]
     fn a_manifest_of_four_mib_is_read() {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-        let layer = b"layer".to_vec();
         let of_size = |note: usize| {
-            serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": desc("application/vnd.oci.image.config.v1+json", &config),
-                "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
-                "annotations": {"org.example.note": "x".repeat(note)},
-            }))
-            .unwrap()
+            image_with(b"layer", |m| {
+                m["annotations"] = json!({"org.example.note": "x".repeat(note)});
+            })
         };
-        let frame = of_size(0).len();
-        let manifest = of_size(4 * 1024 * 1024 - frame);
+        let frame = of_size(0).1.len();
+        let (files, manifest) = of_size(4 * 1024 * 1024 - frame);
         assert_eq!(manifest.len(), 4 * 1024 * 1024);
-        let files = with_index(
-            vec![blob(&config), blob(&layer), blob(&manifest)],
-            vec![desc(OCI_MANIFEST, &manifest)],
-        );
+        let files = with_index(files, vec![desc(OCI_MANIFEST, &manifest)]);
         let layout = read(&artifacts(&files), "1").unwrap();
         assert_eq!(layout.top.bytes.len(), 4 * 1024 * 1024);
 
@@ -831,20 +845,7 @@ mod tests {
     fn a_child_listed_many_times_is_read_once() {
         // Four levels of indexes, each listing the one below 50 times: read naively, that
         // is 50^4 reads of the image manifest.
-        let (mut files, image_manifest) = image(b"layer");
-        let mut below = (OCI_MANIFEST, image_manifest);
-        for _ in 0..3 {
-            let index = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": vec![desc(below.0, &below.1); 50],
-            }))
-            .unwrap();
-            files.push(blob(&index));
-            below = (OCI_INDEX, index);
-        }
-        let files = with_index(files, vec![desc(below.0, &below.1)]);
-        let layout = read(&artifacts(&files), "1").unwrap();
+        let layout = read(&artifacts(&nested(3, 50)), "1").unwrap();
         assert_eq!(
             layout.manifests_read, 4,
             "the top and three levels, each once"
@@ -856,24 +857,9 @@ mod tests {
     /// An image under four indexes is read; under five it is refused as too deep.
     #[test]
     fn indexes_nest_four_deep_and_no_deeper() {
-        let nested = |levels: usize| {
-            let (mut files, image_manifest) = image(b"layer");
-            let mut below = (OCI_MANIFEST, image_manifest);
-            for _ in 0..levels {
-                let index = serde_json::to_vec(&json!({
-                    "schemaVersion": 2,
-                    "mediaType": OCI_INDEX,
-                    "manifests": [desc(below.0, &below.1)],
-                }))
-                .unwrap();
-                files.push(blob(&index));
-                below = (OCI_INDEX, index);
-            }
-            with_index(files, vec![desc(below.0, &below.1)])
-        };
-        let layout = read(&artifacts(&nested(4)), "1").unwrap();
+        let layout = read(&artifacts(&nested(4, 1)), "1").unwrap();
         assert_eq!(layout.manifests_read, 5);
-        let err = read(&artifacts(&nested(5)), "1").unwrap_err();
+        let err = read(&artifacts(&nested(5, 1)), "1").unwrap_err();
         assert!(
             err.message.contains("is nested more than 4 indexes deep"),
             "{}",
