@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atr_dist::queue::pool::{Completion, JobError, PoolConfig, RunningJob};
+use atr_dist::queue::shards::SHARD_COUNT_CACHE;
 use atr_dist::queue::{
     AdminReply, JobFilter, MinuteStats, Queue, QueueError, ShardCount, shard_key, shard_of,
 };
@@ -98,6 +99,42 @@ async fn resizing_marks_every_shard_and_never_drops_jobs() {
     let stored: Option<String> = conn.get(format!("{}shards", q.prefix())).await.unwrap();
     assert_eq!(stored, None);
     assert_eq!(q.shard_count().await.unwrap(), ShardCount::ONE);
+}
+
+/// A handle reads the shard count from Redis at most once per `SHARD_COUNT_CACHE` (every
+/// enqueue and fetch round asks for it), and no longer: a producer that kept it longer
+/// would still send jobs by the old count after a resize had waited its caches out.
+#[tokio::test]
+async fn a_handle_keeps_the_shard_count_for_a_second_and_no_longer() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    // The count as another handle (an operator's resize) leaves it in Redis.
+    let mut conn = q.connection();
+    let key = format!("{}shards", q.prefix());
+    // Within the second the handle answers from what it read, even when Redis changed
+    // meanwhile. Tried until one round fits well inside the second (a loaded machine can
+    // stall a round).
+    let mut kept = false;
+    for _ in 0..5 {
+        let _: () = conn.del(&key).await.unwrap();
+        let read = Instant::now();
+        assert_eq!(q.read_shard_count().await.unwrap(), ShardCount::ONE);
+        let _: () = conn.set(&key, 2).await.unwrap();
+        let answer = q.shard_count().await.unwrap();
+        if read.elapsed() < SHARD_COUNT_CACHE / 2 {
+            assert_eq!(
+                answer,
+                ShardCount::ONE,
+                "read from Redis again within the second"
+            );
+            kept = true;
+            break;
+        }
+    }
+    assert!(kept, "no round fitted in half a second");
+    // After the second the handle reads Redis again, and sees the new count.
+    tokio::time::sleep(SHARD_COUNT_CACHE).await;
+    assert_eq!(q.shard_count().await.unwrap().get(), 2);
 }
 
 #[tokio::test]
