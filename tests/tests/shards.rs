@@ -4,7 +4,7 @@
 //! real Redis Cluster is in `cluster.rs`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use atr_dist::queue::pool::{Completion, JobError, PoolConfig, RunningJob};
@@ -365,6 +365,8 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     q.resize(shards(3)).await.unwrap();
+    // Every command Redis runs on this queue, in the order it runs them.
+    let seen = Commands::monitor(&t).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handler = FnHandler(move |_job| {
         let tx = tx.clone();
@@ -374,31 +376,27 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
         }
     });
     // Far longer than the waits measured: a job that starts sooner was woken, not polled for.
+    // One job at a time, so that the pool fetches only when its slot is free: a round of
+    // one fetch a shard at the start and after each job, then a wait.
     let config = PoolConfig {
         idle_wait: Duration::from_secs(30),
-        ..pool_config(2, FAST_RETRY)
+        ..pool_config(1, FAST_RETRY)
     };
     let pool = RunningPool::start(q, handler, config);
     let mut latencies = Vec::new();
+    let mut since = 0;
     for (round, shard) in [2, 0, 1, 2, 1].into_iter().enumerate() {
+        // The first round of fetches, or the last job's and the round after it: the pool
+        // leased nothing from any shard, and waits on all three.
+        let fetches = if round == 0 { 3 } else { 4 };
         eventually(
             "the pool waits on every shard",
             Duration::from_secs(10),
-            || async {
-                let mut waiting = true;
-                for i in 0..3 {
-                    let n: u64 = q
-                        .connection()
-                        .zcard(format!("{}idle", q.shard(i).prefix()))
-                        .await
-                        .unwrap();
-                    waiting &= n > 0;
-                }
-                waiting
-            },
+            || async { seen.fetches_since(since, q) >= fetches },
         )
         .await;
         let envelope = jobs_on(shard, 3, 1000 * round..1000 * (round + 1)).remove(0);
+        since = seen.len();
         let sent = Instant::now();
         q.enqueue(&envelope, None, 3).await.unwrap();
         let started = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -406,6 +404,13 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
             .expect("the job started")
             .unwrap();
         latencies.push(started - sent);
+        // Woken by shard `shard`, the pool fetched from it first: one round trip, not one
+        // a shard.
+        let first = seen.first_fetch_after_enqueue(since, q).await;
+        assert_eq!(
+            first, shard,
+            "round {round}: the first fetch after the wake-up"
+        );
     }
     pool.stop().await;
     println!("wake-up latency per round: {latencies:?}");
@@ -416,6 +421,76 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
         );
     }
 }
+
+/// The commands Redis ran on one test queue's keys (`MONITOR`), as Redis prints them.
+struct Commands(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Commands {
+    async fn monitor(t: &TestQueue) -> Commands {
+        use futures::StreamExt;
+        let client = redis::Client::open(t.url.as_str()).unwrap();
+        // Loaded, so that they run as EVALSHA with their hash, not once as EVAL.
+        let mut conn = t.queue.connection();
+        for script in [&*FETCH, &*ENQUEUE] {
+            script.load_async(&mut conn).await.unwrap();
+        }
+        let monitor = client.get_async_monitor().await.unwrap();
+        let seen = Commands(Arc::default());
+        let (lines, name) = (Arc::clone(&seen.0), t.name.clone());
+        // Ends with the test's runtime.
+        tokio::spawn(async move {
+            let mut stream = monitor.into_on_message::<String>();
+            while let Some(line) = stream.next().await {
+                if line.contains(&name) {
+                    lines.lock().unwrap().push(line);
+                }
+            }
+        });
+        seen
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The shard a line runs `script` on: its keys and prefix are quoted in the line.
+    fn shard_of(line: &str, script: &redis::Script, q: &Queue) -> Option<u32> {
+        if !line.contains(&format!("\"{}\"", script.get_hash())) {
+            return None;
+        }
+        (0..3).find(|&i| line.contains(&format!("\"{}\"", q.shard(i).prefix())))
+    }
+
+    /// The fetches after line `since`.
+    fn fetches_since(&self, since: usize, q: &Queue) -> usize {
+        let lines = self.0.lock().unwrap();
+        lines[since..]
+            .iter()
+            .filter(|l| Self::shard_of(l, &FETCH, q).is_some())
+            .count()
+    }
+
+    /// The shard of the first fetch after the first enqueue after line `since`.
+    async fn first_fetch_after_enqueue(&self, since: usize, q: &Queue) -> u32 {
+        let mut found = None;
+        eventually("a fetch after the enqueue", Duration::from_secs(5), || {
+            let lines = self.0.lock().unwrap();
+            let tail = &lines[since..];
+            found = tail
+                .iter()
+                .position(|l| Self::shard_of(l, &ENQUEUE, q).is_some())
+                .and_then(|e| tail[e..].iter().find_map(|l| Self::shard_of(l, &FETCH, q)));
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.unwrap()
+    }
+}
+
+static FETCH: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/fetch.lua")));
+static ENQUEUE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/enqueue.lua")));
 
 #[tokio::test]
 async fn a_running_worker_serves_shards_added_meanwhile() {
