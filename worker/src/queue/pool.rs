@@ -373,9 +373,11 @@ impl Feed for Shared {
         async move {
             let set = self.shard_set();
             let count = set.queues.len();
+            // Taken modulo the count below: a wake-up from a shard since dropped starts
+            // the round at another.
             let first = match self.wake.shard.swap(0, Ordering::Relaxed) {
-                woken @ 1.. if (woken as usize) <= count => woken as usize - 1,
-                _ => self.next_shard.fetch_add(1, Ordering::Relaxed) % count,
+                0 => self.next_shard.fetch_add(1, Ordering::Relaxed) % count,
+                woken => woken as usize - 1,
             };
             let mut waits = vec![Duration::ZERO; count];
             let mut failed = None;
