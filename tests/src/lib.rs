@@ -156,6 +156,7 @@ pub mod npm_support;
 pub mod oci_support;
 pub mod pipeline_support;
 pub mod pypi_support;
+pub mod redis_monitor;
 pub mod tcp_proxy;
 
 pub mod jobs {

@@ -1,6 +1,8 @@
 //! A fault-injecting TCP proxy on loopback, in front of a database or any other TCP server:
 //! it forwards bytes both ways until [`TcpProxy::cut`] is called, which resets every live
-//! connection and refuses (or blackholes) new ones until [`TcpProxy::restore`].
+//! connection and refuses (or blackholes) new ones until [`TcpProxy::restore`]. With
+//! [`TcpProxy::delay_requests`] it holds what clients send for a while before passing it
+//! on, in order: a slow link, between whose requests a test can act on the server.
 //!
 //! It listens on 127.0.0.1 on a free port, forwards to one address on loopback, and stops
 //! (closing every connection) when dropped.
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +40,8 @@ struct State {
     resets: usize,
     refused: usize,
     forwarded: usize,
+    /// How long each chunk from a client is held before it is passed on.
+    delay: Duration,
 }
 
 /// The proxy. Dropping it stops the listener and resets every connection.
@@ -65,6 +70,7 @@ impl TcpProxy {
             resets: 0,
             refused: 0,
             forwarded: 0,
+            delay: Duration::ZERO,
         }));
         tokio::spawn(accept_loop(
             listener,
@@ -91,6 +97,12 @@ impl TcpProxy {
         // Blackholed connections wait on this generation's token.
         s.generation.cancel();
         s.generation = self.stop.child_token();
+    }
+
+    /// Holds every chunk a client sends from now on for `delay` before passing it on (zero:
+    /// none). Chunks of one connection stay in order, each held in turn.
+    pub fn delay_requests(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     /// Connections forwarded so far.
@@ -179,12 +191,40 @@ async fn forward(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        () = cut.cancelled() => {
-            state.lock().unwrap().resets += 1;
-            reset(client);
-            reset(server);
+    // In a block: the halves borrow both streams, which a cut then resets.
+    let was_cut = {
+        let (mut from_client, mut to_client) = client.split();
+        let (mut from_server, mut to_server) = server.split();
+        let requests = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let delay = state.lock().unwrap().delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if to_server.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to_server.shutdown().await;
+        };
+        let replies = async {
+            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            let _ = to_client.shutdown().await;
+        };
+        let both = async { tokio::join!(requests, replies) };
+        tokio::select! {
+            _ = both => false,
+            () = cut.cancelled() => true,
         }
+    };
+    if was_cut {
+        state.lock().unwrap().resets += 1;
+        reset(client);
+        reset(server);
     }
 }

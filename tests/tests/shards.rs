@@ -18,6 +18,7 @@ use atr_dist_tests::cases::{
     FAST_RETRY, FnHandler, RunningPool, eventually, found_by_short_id_and_done, limit, pool_config,
 };
 use atr_dist_tests::jobs::{self, Dist};
+use atr_dist_tests::redis_monitor::{Commands, has_arg, runs};
 use atr_dist_tests::redis_support::TestQueue;
 use redis::AsyncCommands;
 
@@ -366,7 +367,7 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
     let q = &t.queue;
     q.resize(shards(3)).await.unwrap();
     // Every command Redis runs on this queue, in the order it runs them.
-    let seen = Commands::monitor(&t).await;
+    let seen = Commands::monitor(&t, &[&FETCH, &ENQUEUE]).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handler = FnHandler(move |_job| {
         let tx = tx.clone();
@@ -392,7 +393,7 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
         eventually(
             "the pool waits on every shard",
             Duration::from_secs(10),
-            || async { seen.fetches_since(since, q) >= fetches },
+            || async { fetches_since(&seen, since, q) >= fetches },
         )
         .await;
         let envelope = jobs_on(shard, 3, 1000 * round..1000 * (round + 1)).remove(0);
@@ -406,7 +407,7 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
         latencies.push(started - sent);
         // Woken by shard `shard`, the pool fetched from it first: one round trip, not one
         // a shard.
-        let first = seen.first_fetch_after_enqueue(since, q).await;
+        let first = first_fetch_after_enqueue(&seen, since, q).await;
         assert_eq!(
             first, shard,
             "round {round}: the first fetch after the wake-up"
@@ -422,69 +423,33 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
     }
 }
 
-/// The commands Redis ran on one test queue's keys (`MONITOR`), as Redis prints them.
-struct Commands(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl Commands {
-    async fn monitor(t: &TestQueue) -> Commands {
-        use futures::StreamExt;
-        let client = redis::Client::open(t.url.as_str()).unwrap();
-        // Loaded, so that they run as EVALSHA with their hash, not once as EVAL.
-        let mut conn = t.queue.connection();
-        for script in [&*FETCH, &*ENQUEUE] {
-            script.load_async(&mut conn).await.unwrap();
-        }
-        let monitor = client.get_async_monitor().await.unwrap();
-        let seen = Commands(Arc::default());
-        let (lines, name) = (Arc::clone(&seen.0), t.name.clone());
-        // Ends with the test's runtime.
-        tokio::spawn(async move {
-            let mut stream = monitor.into_on_message::<String>();
-            while let Some(line) = stream.next().await {
-                if line.contains(&name) {
-                    lines.lock().unwrap().push(line);
-                }
-            }
-        });
-        seen
+/// The shard whose prefix `line` names, if it runs `script`.
+fn shard_run(line: &str, script: &redis::Script, q: &Queue) -> Option<u32> {
+    if !runs(line, script) {
+        return None;
     }
+    (0..3).find(|&i| has_arg(line, q.shard(i).prefix()))
+}
 
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
+/// The fetches after `mark`.
+fn fetches_since(seen: &Commands, mark: usize, q: &Queue) -> usize {
+    seen.since(mark)
+        .iter()
+        .filter(|l| shard_run(l, &FETCH, q).is_some())
+        .count()
+}
 
-    /// The shard a line runs `script` on: its keys and prefix are quoted in the line.
-    fn shard_of(line: &str, script: &redis::Script, q: &Queue) -> Option<u32> {
-        if !line.contains(&format!("\"{}\"", script.get_hash())) {
-            return None;
-        }
-        (0..3).find(|&i| line.contains(&format!("\"{}\"", q.shard(i).prefix())))
-    }
-
-    /// The fetches after line `since`.
-    fn fetches_since(&self, since: usize, q: &Queue) -> usize {
-        let lines = self.0.lock().unwrap();
-        lines[since..]
-            .iter()
-            .filter(|l| Self::shard_of(l, &FETCH, q).is_some())
-            .count()
-    }
-
-    /// The shard of the first fetch after the first enqueue after line `since`.
-    async fn first_fetch_after_enqueue(&self, since: usize, q: &Queue) -> u32 {
-        let mut found = None;
-        eventually("a fetch after the enqueue", Duration::from_secs(5), || {
-            let lines = self.0.lock().unwrap();
-            let tail = &lines[since..];
-            found = tail
-                .iter()
-                .position(|l| Self::shard_of(l, &ENQUEUE, q).is_some())
-                .and_then(|e| tail[e..].iter().find_map(|l| Self::shard_of(l, &FETCH, q)));
-            std::future::ready(found.is_some())
+/// The shard of the first fetch after the first enqueue after `mark`.
+async fn first_fetch_after_enqueue(seen: &Commands, mark: usize, q: &Queue) -> u32 {
+    let enqueue = seen
+        .wait_for("the enqueue", mark, |l| shard_run(l, &ENQUEUE, q).is_some())
+        .await;
+    let fetch = seen
+        .wait_for("a fetch after the enqueue", enqueue, |l| {
+            shard_run(l, &FETCH, q).is_some()
         })
         .await;
-        found.unwrap()
-    }
+    shard_run(&seen.since(fetch)[0], &FETCH, q).unwrap()
 }
 
 static FETCH: LazyLock<redis::Script> =
