@@ -2,6 +2,7 @@
 
 use atr_dist_tests::cases;
 use atr_dist_tests::redis_support::{TestQueue, key_slot};
+use atr_dist_tests::tcp_proxy::TcpProxy;
 
 #[tokio::test]
 async fn idempotent_and_bulk_enqueue() {
@@ -1263,4 +1264,178 @@ async fn a_part_of_a_job_id_names_the_job_whose_id_starts_or_ends_with_it() {
     assert!(more, "a sixth matches");
     let told = ambiguous_id("0190F5D4", &some, more);
     assert!(told.ends_with(", …); give more of it"), "{told}");
+}
+
+/// The test Redis's address, for a proxy in front of it.
+fn redis_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = atr_dist_tests::redis_url();
+    let host = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    host.to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// A handle on `t`'s queue whose connection goes through `proxy`.
+async fn through(proxy: &TcpProxy, t: &TestQueue) -> atr_dist::queue::Queue {
+    atr_dist::queue::Queue::connect(&format!("redis://{}", proxy.addr), &[], &t.name)
+        .await
+        .unwrap()
+        .with_lock_namespace(&format!("atr-dist:lock:{}:", t.name))
+}
+
+/// At shutdown a pool records the acks of the jobs that finished before it hands back what
+/// is still held: a job that finished while its ack waited behind another's is done, not
+/// handed back to run again. Here every request to Redis takes 200 ms (a slow link), so the
+/// second job's ack still waits for the first one's answer when the pool stops.
+#[tokio::test]
+async fn jobs_finished_at_shutdown_are_acked_not_handed_back() {
+    use atr_dist::queue::pool::Completion;
+    use atr_dist_shared::JobState;
+    use cases::{FAST_RETRY, FnHandler, RunningPool, count, eventually, pool_config};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let proxy = TcpProxy::start(redis_addr()).await;
+    let slow = through(&proxy, &t).await;
+    let envelopes: Vec<_> = (0..2).map(atr_dist_tests::jobs::stage).collect();
+    q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let go = Arc::clone(&go);
+        FnHandler(move |_job| {
+            let (go, ended) = (Arc::clone(&go), Arc::clone(&ended));
+            async move {
+                go.acquire().await.unwrap().forget();
+                // The first ends at once, the second 50 ms later.
+                let n = ended.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50 * n)).await;
+                Ok(Completion::Done)
+            }
+        })
+    };
+    let pool = RunningPool::start(&slow, handler, pool_config(2, FAST_RETRY));
+    eventually("both jobs run", Duration::from_secs(10), || async {
+        count(q, JobState::Running).await == 2
+    })
+    .await;
+    proxy.delay_requests(Duration::from_millis(200));
+    go.add_permits(2);
+    pool.stop().await;
+    assert_eq!(
+        count(q, JobState::Done).await,
+        2,
+        "both finished jobs are done"
+    );
+    assert_eq!(count(q, JobState::Queued).await, 0, "none was handed back");
+}
+
+/// A pool lets go of a job once its ack is recorded: its heartbeats renew no lease of a
+/// finished job, and its shutdown hands none back. (Held on, finished jobs would ride along
+/// in every heartbeat and count against the room for new fetches.)
+#[tokio::test]
+async fn a_pool_lets_go_of_the_jobs_it_finished() {
+    use atr_dist::queue::pool::{Completion, PoolConfig};
+    use atr_dist_shared::JobState;
+    use atr_dist_tests::redis_monitor::{Commands, runs};
+    use cases::{FAST_RETRY, FnHandler, RunningPool, count, eventually, pool_config};
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let heartbeat = redis::Script::new(include_str!("../../lua/heartbeat.lua"));
+    let seen = Commands::monitor(&t, &[&heartbeat]).await;
+    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
+    let ids: Vec<String> = q
+        .enqueue_bulk(&envelopes, None, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    // A heartbeat every 100 ms.
+    let config = PoolConfig {
+        lease: Duration::from_millis(300),
+        ..pool_config(2, FAST_RETRY)
+    };
+    let pool = RunningPool::start(q, FnHandler(|_job| async { Ok(Completion::Done) }), config);
+    eventually("three done", Duration::from_secs(10), || async {
+        count(q, JobState::Done).await == 3
+    })
+    .await;
+    // The first heartbeat after the acks may have gone out before their answers came back
+    // (and its script's own commands follow it in the log); from the next one on, the pool
+    // holds none of the jobs.
+    let is_heartbeat = |l: &str| runs(l, &heartbeat);
+    let first = seen.wait_for("a heartbeat", seen.len(), is_heartbeat).await;
+    let mark = seen.wait_for("a heartbeat", first + 1, is_heartbeat).await;
+    seen.wait_for("another heartbeat", mark + 1, is_heartbeat)
+        .await;
+    pool.stop().await;
+    // What the pool sent (a heartbeat names the leases it renews, a release those it hands
+    // back), not what scripts ran inside Redis (the retention reads finished jobs).
+    let sent: Vec<String> = seen
+        .since(mark)
+        .into_iter()
+        .filter(|l| !l.contains(" lua] "))
+        .collect();
+    assert!(sent.iter().any(|l| is_heartbeat(l)));
+    for line in sent {
+        for id in &ids {
+            assert!(!line.contains(id.as_str()), "a finished job in: {line}");
+        }
+    }
+}
+
+/// Envelopes that an older producer writes while `migrate` moves them are moved as well: a
+/// pass over the `envelopes` hash that ends with the hash still there takes another. Here
+/// each of the migration's requests takes 300 ms, and the test writes an envelope just
+/// after the migration's first pass moved the others.
+#[tokio::test]
+async fn envelopes_written_during_a_migration_are_moved_too() {
+    use atr_dist_tests::redis_monitor::{Commands, has_arg};
+    use redis::AsyncCommands;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let p = q.prefix().to_owned();
+    let envelopes = format!("{p}envelopes");
+    let mut conn = q.connection();
+    let _: () = conn.set(format!("{p}format"), "4").await.unwrap();
+    // Batch 0 exists already (an interrupted migration), so the envelopes move in passes
+    // rather than by a rename.
+    let _: () = conn.hset(format!("{p}env:0"), "a", "A").await.unwrap();
+    let _: () = conn
+        .hset_multiple(&envelopes, &[("b", "B"), ("c", "C")])
+        .await
+        .unwrap();
+    let seen = Commands::monitor(&t, &[]).await;
+    let proxy = TcpProxy::start(redis_addr()).await;
+    let slow = through(&proxy, &t).await;
+    proxy.delay_requests(Duration::from_millis(300));
+    let migration = tokio::spawn(async move { slow.migrate().await });
+    seen.wait_for("the first pass's HDEL", 0, |l| {
+        (l.contains("\"HDEL\"") || l.contains("\"hdel\"")) && has_arg(l, &envelopes)
+    })
+    .await;
+    let _: () = conn.hset(&envelopes, "late", "LATE").await.unwrap();
+    proxy.delay_requests(Duration::ZERO);
+    migration.await.unwrap().unwrap();
+    let left: bool = conn.exists(&envelopes).await.unwrap();
+    assert!(!left, "the late envelope was left behind");
+    let moved: HashMap<String, String> = conn.hgetall(format!("{p}env:0")).await.unwrap();
+    let expected: HashMap<String, String> = [("a", "A"), ("b", "B"), ("c", "C"), ("late", "LATE")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(moved, expected);
 }
