@@ -234,3 +234,41 @@ async fn the_pool_deletes_finished_jobs_past_the_retention() {
     assert_eq!(stats.retention[&JobState::Done].max_age_secs, None);
     pool.stop().await;
 }
+
+/// One retention round deletes everything past the retention, step after step (a step is
+/// 100 jobs), not one step a round: a queue that finished 250 jobs is trimmed to 2 before
+/// the next round, 10 s after the first.
+#[tokio::test]
+async fn one_retention_round_deletes_more_than_a_step() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let all: Vec<_> = (0..250).map(jobs::stage).collect();
+    q.enqueue_bulk(&all, None, 3).await.unwrap();
+    // Finished first by a pool that keeps them all.
+    let (pool, _started) = start(q, pool_config(8, FAST_RETRY));
+    eventually("250 jobs done", Duration::from_secs(30), || async {
+        count(q, JobState::Done).await == 250
+    })
+    .await;
+    pool.stop().await;
+    let keep = KeepConfig {
+        max_age_days: 0,
+        max_jobs: 2,
+    };
+    let config = PoolConfig {
+        retention: RetentionConfig {
+            done: keep,
+            ..RetentionConfig::default()
+        },
+        ..pool_config(2, FAST_RETRY)
+    };
+    // The first round comes within a second of the start.
+    let (pool, _started) = start(q, config);
+    eventually(
+        "the done list trimmed to 2 in the first round",
+        Duration::from_secs(8),
+        || async { count(q, JobState::Done).await == 2 },
+    )
+    .await;
+    pool.stop().await;
+}

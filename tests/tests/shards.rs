@@ -527,3 +527,47 @@ async fn a_broken_shard_does_not_hold_up_the_others() {
     println!("40 jobs of shard 1 in {:?}", started.elapsed());
     pool.stop().await;
 }
+
+/// Acks that finish together go to Redis in one batch, and a batch that mixes shards is
+/// split by shard: each job's ack goes to its own shard. (Sent to another shard, an ack
+/// finds no job there, and the job waits out its lease to run again.)
+#[tokio::test]
+async fn acks_of_several_shards_in_one_batch_each_reach_their_shard() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(2)).await.unwrap();
+    let envelopes = [
+        jobs_on(0, 2, 0..100).remove(0),
+        jobs_on(1, 2, 0..100).remove(0),
+    ];
+    q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let go = Arc::clone(&go);
+        FnHandler(move |_job| {
+            let go = Arc::clone(&go);
+            async move {
+                go.acquire().await.unwrap().forget();
+                Ok(Completion::Done)
+            }
+        })
+    };
+    let pool = RunningPool::start(q, handler, pool_config(2, FAST_RETRY));
+    eventually(
+        "a job runs on each shard",
+        Duration::from_secs(10),
+        || async { q.stats().await.unwrap().counts[&JobState::Running] == 2 },
+    )
+    .await;
+    // Both end at once: their acks meet in the acker.
+    go.add_permits(2);
+    // Far less than the lease (5 s): no job waited for its lease to run out.
+    eventually("both are done", Duration::from_secs(2), || async {
+        q.stats().await.unwrap().counts[&JobState::Done] == 2
+    })
+    .await;
+    for shard in 0..2 {
+        assert_eq!(jobs_in(q, shard).await, 1, "shard {shard}");
+    }
+    pool.stop().await;
+}
