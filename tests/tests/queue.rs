@@ -1439,3 +1439,105 @@ async fn envelopes_written_during_a_migration_are_moved_too() {
         .collect();
     assert_eq!(moved, expected);
 }
+
+/// The pool's handle counts what the pool did: what a benchmark or an embedding program
+/// reads while it runs.
+#[tokio::test]
+async fn the_pool_handle_counts_what_the_pool_did() {
+    use atr_dist::queue::pool::{self, Completion, JobError, PoolHandle, RunningJob};
+    use cases::{FAST_RETRY, FnHandler, eventually, pool_config};
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
+    let ids = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let refused = ids[0].id.clone();
+    let handler = FnHandler(move |job: RunningJob| {
+        let refused = refused.clone();
+        async move {
+            if job.id == refused {
+                return Err(JobError::permanent("refused"));
+            }
+            Ok(Completion::Done)
+        }
+    });
+    let handle: Arc<Mutex<Option<PoolHandle>>> = Arc::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let (queue, handle) = (q.clone(), Arc::clone(&handle));
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            let keep = move |h| *handle.lock().unwrap() = Some(h);
+            pool::run(
+                queue,
+                Arc::new(handler),
+                pool_config(2, FAST_RETRY),
+                shutdown,
+                keep,
+            )
+            .await
+            .unwrap();
+        })
+    };
+    let counted = |f: fn(&PoolHandle) -> (u64, u64)| handle.lock().unwrap().as_ref().map(f);
+    eventually(
+        "the handle counts 2 done, 1 dead",
+        Duration::from_secs(10),
+        || {
+            let seen = counted(|h| (h.done(), h.counters().dead.load(Ordering::Relaxed)));
+            std::future::ready(seen == Some((2, 1)))
+        },
+    )
+    .await;
+    assert_eq!(
+        counted(|h| (h.counters().done.load(Ordering::Relaxed), 0)),
+        Some((2, 0))
+    );
+    let _ = stop.send(());
+    running.await.unwrap();
+}
+
+/// An enqueue that Redis refuses for any reason but a missing script is sent once: only
+/// NOSCRIPT (Redis restarted, or its scripts flushed) loads the script and sends it again.
+#[tokio::test]
+async fn a_refused_enqueue_is_sent_once() {
+    use atr_dist_tests::redis_monitor::{Commands, has_arg, runs};
+    use redis::AsyncCommands;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let enqueue = redis::Script::new(atr_dist::queue::ENQUEUE_LUA);
+    let seen = Commands::monitor(&t, &[&enqueue]).await;
+    // A format this code does not speak: enqueue.lua refuses it.
+    let _: () = q
+        .connection()
+        .set(format!("{}format", q.prefix()), "99")
+        .await
+        .unwrap();
+    let mark = seen.len();
+    let err = q
+        .enqueue(&atr_dist_tests::jobs::stage(1), None, 3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("99"), "{err}");
+    // A command that follows the enqueue's, so that everything before it has been seen.
+    let _: () = q
+        .connection()
+        .set(format!("{}marker", q.prefix()), "1")
+        .await
+        .unwrap();
+    let end = seen
+        .wait_for("the marker", mark, |l| {
+            has_arg(l, &format!("{}marker", q.prefix()))
+        })
+        .await;
+    let sent = seen.since(mark)[..end - mark].to_vec();
+    let calls = sent.iter().filter(|l| runs(l, &enqueue)).count();
+    assert_eq!(calls, 1, "{sent:#?}");
+}
