@@ -37,6 +37,21 @@ fn start(q: &Queue, config: PoolConfig) -> (RunningPool, mpsc::UnboundedReceiver
     (RunningPool::start(q, handler, config), rx)
 }
 
+/// A pool that keeps the newest `max_jobs` done jobs.
+fn keeping_done(max_jobs: u64) -> PoolConfig {
+    let keep = KeepConfig {
+        max_age_days: 0,
+        max_jobs,
+    };
+    PoolConfig {
+        retention: RetentionConfig {
+            done: keep,
+            ..RetentionConfig::default()
+        },
+        ..pool_config(2, FAST_RETRY)
+    }
+}
+
 async fn next_start(rx: &mut mpsc::UnboundedReceiver<Instant>, within: Duration) -> Instant {
     tokio::time::timeout(within, rx.recv())
         .await
@@ -205,18 +220,7 @@ async fn the_pool_deletes_finished_jobs_past_the_retention() {
     let q = &t.queue;
     let all: Vec<_> = (0..6).map(jobs::stage).collect();
     q.enqueue_bulk(&all, None, 3).await.unwrap();
-    let keep = |max_jobs| KeepConfig {
-        max_age_days: 0,
-        max_jobs,
-    };
-    let config = PoolConfig {
-        retention: RetentionConfig {
-            done: keep(2),
-            ..RetentionConfig::default()
-        },
-        ..pool_config(2, FAST_RETRY)
-    };
-    let (pool, _started) = start(q, config);
+    let (pool, _started) = start(q, keeping_done(2));
     eventually("six jobs done", Duration::from_secs(10), || async {
         q.stats().await.unwrap().totals.get("done").copied() == Some(6)
     })
@@ -251,19 +255,8 @@ async fn one_retention_round_deletes_more_than_a_step() {
     })
     .await;
     pool.stop().await;
-    let keep = KeepConfig {
-        max_age_days: 0,
-        max_jobs: 2,
-    };
-    let config = PoolConfig {
-        retention: RetentionConfig {
-            done: keep,
-            ..RetentionConfig::default()
-        },
-        ..pool_config(2, FAST_RETRY)
-    };
     // The first round comes within a second of the start.
-    let (pool, _started) = start(q, config);
+    let (pool, _started) = start(q, keeping_done(2));
     eventually(
         "the done list trimmed to 2 in the first round",
         Duration::from_secs(8),
