@@ -571,3 +571,31 @@ async fn acks_of_several_shards_in_one_batch_each_reach_their_shard() {
     }
     pool.stop().await;
 }
+
+/// A busy pool takes the shards in turn: each fetch starts one shard further than the last,
+/// so with work on every shard, consecutive fetches go to shard 0, 1, 2, 0, 1, 2, ...
+#[tokio::test]
+async fn a_busy_pool_takes_the_shards_in_turn() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(3)).await.unwrap();
+    let seen = Commands::monitor(&t, &[&FETCH]).await;
+    for shard in 0..3 {
+        q.enqueue_bulk(&jobs_on(shard, 3, 0..300)[..20], None, 3)
+            .await
+            .unwrap();
+    }
+    let pool = done_pool(q, pool_config(1, FAST_RETRY));
+    eventually("nine fetches", Duration::from_secs(10), || async {
+        fetches_since(&seen, 0, q) >= 9
+    })
+    .await;
+    pool.stop().await;
+    let order: Vec<u32> = seen
+        .since(0)
+        .iter()
+        .filter_map(|l| shard_run(l, &FETCH, q))
+        .take(9)
+        .collect();
+    assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+}
