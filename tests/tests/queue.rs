@@ -1541,3 +1541,48 @@ async fn a_refused_enqueue_is_sent_once() {
     let calls = sent.iter().filter(|l| runs(l, &enqueue)).count();
     assert_eq!(calls, 1, "{sent:#?}");
 }
+
+/// `retry_matching` counts the jobs it queued again, not the jobs it listed: a dead job
+/// that another operator retried between the listing and the retry is not counted twice.
+/// Here each of the first operator's requests takes 300 ms, and the second retries a job
+/// just after the first one's listing read it.
+#[tokio::test]
+async fn retry_matching_counts_only_the_jobs_it_retried() {
+    use atr_dist::queue::pool::{JobError, RunningJob};
+    use atr_dist::queue::{AdminReply, JobFilter};
+    use atr_dist_shared::JobState;
+    use atr_dist_tests::redis_monitor::{Commands, has_arg};
+    use cases::{FAST_RETRY, FnHandler, RunningPool, count, eventually, pool_config};
+    use std::time::Duration;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
+    let ids = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let refuse = FnHandler(|_job: RunningJob| async { Err(JobError::permanent("refused")) });
+    let pool = RunningPool::start(q, refuse, pool_config(2, FAST_RETRY));
+    eventually("three dead", Duration::from_secs(10), || async {
+        count(q, JobState::Dead).await == 3
+    })
+    .await;
+    pool.stop().await;
+
+    let seen = Commands::monitor(&t, &[]).await;
+    let proxy = TcpProxy::start(redis_addr()).await;
+    let slow = through(&proxy, &t).await;
+    proxy.delay_requests(Duration::from_millis(300));
+    let first = tokio::spawn(async move {
+        slow.retry_matching(&JobFilter::default(), "operator 1")
+            .await
+            .unwrap()
+    });
+    let jobs = format!("{}jobs", q.prefix());
+    seen.wait_for("the listing's read of the records", 0, |l| {
+        (l.contains("\"HMGET\"") || l.contains("\"hmget\"")) && has_arg(l, &jobs)
+    })
+    .await;
+    let second = q.retry(&[ids[0].id.clone()], "operator 2").await.unwrap();
+    assert_eq!(second, [AdminReply::Changed(JobState::Queued)]);
+    assert_eq!(first.await.unwrap(), 2, "the first operator retried two");
+    assert_eq!(count(q, JobState::Queued).await, 3);
+}
