@@ -1586,3 +1586,55 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
     assert_eq!(first.await.unwrap(), 2, "the first operator retried two");
     assert_eq!(count(q, JobState::Queued).await, 3);
 }
+
+/// A listing filtered by one field alone (platform, release or kind) holds exactly the jobs
+/// that match it, whatever their other fields.
+#[tokio::test]
+async fn a_listing_filters_by_each_field_alone() {
+    use atr_dist::queue::{JobFilter, JobSummary};
+    use atr_dist_shared::Platform;
+    use atr_dist_shared::job::RevisionSourceSpec;
+    use atr_dist_tests::jobs::Dist;
+    use std::collections::BTreeSet;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let npm_1 = Dist::new(Platform::Npm, "", "pkg", "1.0.0");
+    let pypi_1 = Dist::new(Platform::Pypi, "", "pkg", "1.0.0");
+    let npm_2 = Dist::new(Platform::Npm, "", "pkg", "2.0.0");
+    let envelopes = [
+        npm_1.stage("00001", &["a"], RevisionSourceSpec::Dir, true),
+        pypi_1.stage("00001", &["a"], RevisionSourceSpec::Dir, true),
+        npm_2.promote("00001", RevisionSourceSpec::Dir, "rm"),
+    ];
+    let ids: Vec<String> = q
+        .enqueue_bulk(&envelopes, None, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let listed = |filter: JobFilter| async move {
+        let page = q.list(&filter, None, cases::limit(100)).await.unwrap();
+        page.jobs
+    };
+    let all: Vec<JobSummary> = listed(JobFilter::default()).await;
+    let summary = |i: usize| all.iter().find(|j| j.id == ids[i]).unwrap().clone();
+    let ids_of = |jobs: Vec<JobSummary>| jobs.into_iter().map(|j| j.id).collect::<BTreeSet<_>>();
+    let these = |is: &[usize]| is.iter().map(|&i| ids[i].clone()).collect::<BTreeSet<_>>();
+    let by_platform = JobFilter {
+        platform: Some(summary(0).platform),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(listed(by_platform).await), these(&[0, 2]));
+    let by_release = JobFilter {
+        release: Some(summary(2).release),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(listed(by_release).await), these(&[2]));
+    let by_kind = JobFilter {
+        kind: Some(summary(2).kind),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(listed(by_kind).await), these(&[2]));
+}
