@@ -881,17 +881,27 @@ pub fn key_prefix(queue: &str) -> String {
 /// replicated worker never collides with a previous one. The host part is cut to 40 bytes so
 /// the id, and the lease tokens that carry it, stay short (docs/wire-format.md).
 pub fn new_worker_id() -> String {
-    let mut host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".to_owned());
-    if host.len() > 40 {
-        let mut cut = 40;
-        while !host.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        host.truncate(cut);
+    format!(
+        "{}-{}-{:08x}",
+        host_part(&host),
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+/// The longest a worker id's host part may be, in bytes.
+const MAX_HOST: usize = 40;
+
+/// `host` cut to at most [`MAX_HOST`] bytes, at a character boundary.
+fn host_part(host: &str) -> &str {
+    let mut cut = MAX_HOST.min(host.len());
+    while !host.is_char_boundary(cut) {
+        cut -= 1;
     }
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    &host[..cut]
 }
 
 pub fn raw_job(envelope: &Envelope, run_at: Option<DateTime<Utc>>, max_attempts: u32) -> RawJob {
@@ -901,5 +911,23 @@ pub fn raw_job(envelope: &Envelope, run_at: Option<DateTime<Utc>>, max_attempts:
         envelope: envelope.to_json(),
         run_at,
         max_attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_HOST, host_part};
+
+    #[test]
+    fn a_long_host_name_is_cut_at_a_character_boundary() {
+        let short = "worker-1.apache.org";
+        assert_eq!(host_part(short), short);
+        let exact = "h".repeat(MAX_HOST);
+        assert_eq!(host_part(&exact), exact);
+        let long = "h".repeat(MAX_HOST + 1);
+        assert_eq!(host_part(&long), &long[..MAX_HOST]);
+        // "é" takes bytes 39 and 40: the cut falls before it.
+        let accented = format!("{}é{}", "h".repeat(MAX_HOST - 1), "h".repeat(5));
+        assert_eq!(host_part(&accented), "h".repeat(MAX_HOST - 1));
     }
 }
