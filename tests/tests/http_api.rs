@@ -538,6 +538,13 @@ async fn every_endpoint_answers_as_documented() {
     spec.check("post", "/api/v1/jobs/{id}/cancel", st, &body);
     let (st, body) = s.get("/api/v1/jobs/ffffeeee").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    // The message names the queue looked in: a worker may serve another queue than the
+    // operator thinks.
+    assert_eq!(
+        body["error"],
+        format!("no job ffffeeee in queue {}", s.t.name).as_str(),
+        "{body}"
+    );
     let (st, body) = s
         .get("/api/v1/jobs/0190f5d2-0000-7000-8000-00000000dead")
         .await;
