@@ -1279,6 +1279,13 @@ fn redis_addr() -> std::net::SocketAddr {
     host.to_socket_addrs().unwrap().next().unwrap()
 }
 
+/// `n` stage jobs enqueued on `q`, by their ids.
+async fn enqueue_stages(q: &atr_dist::queue::Queue, n: usize) -> Vec<String> {
+    let envelopes: Vec<_> = (0..n).map(atr_dist_tests::jobs::stage).collect();
+    let enqueued = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    enqueued.into_iter().map(|e| e.id).collect()
+}
+
 /// A handle on `t`'s queue whose connection goes through `proxy`.
 async fn through(proxy: &TcpProxy, t: &TestQueue) -> atr_dist::queue::Queue {
     atr_dist::queue::Queue::connect(&format!("redis://{}", proxy.addr), &[], &t.name)
@@ -1304,8 +1311,7 @@ async fn jobs_finished_at_shutdown_are_acked_not_handed_back() {
     let q = &t.queue;
     let proxy = TcpProxy::start(redis_addr()).await;
     let slow = through(&proxy, &t).await;
-    let envelopes: Vec<_> = (0..2).map(atr_dist_tests::jobs::stage).collect();
-    q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    enqueue_stages(q, 2).await;
     let go = Arc::new(tokio::sync::Semaphore::new(0));
     let ended = Arc::new(AtomicU64::new(0));
     let handler = {
@@ -1352,14 +1358,7 @@ async fn a_pool_lets_go_of_the_jobs_it_finished() {
     let q = &t.queue;
     let heartbeat = redis::Script::new(include_str!("../../lua/heartbeat.lua"));
     let seen = Commands::monitor(&t, &[&heartbeat]).await;
-    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
-    let ids: Vec<String> = q
-        .enqueue_bulk(&envelopes, None, 3)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = enqueue_stages(q, 3).await;
     // A heartbeat every 100 ms.
     let config = PoolConfig {
         lease: Duration::from_millis(300),
@@ -1452,9 +1451,7 @@ async fn the_pool_handle_counts_what_the_pool_did() {
 
     let t = TestQueue::new().await;
     let q = &t.queue;
-    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
-    let ids = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
-    let refused = ids[0].id.clone();
+    let refused = enqueue_stages(q, 3).await.remove(0);
     let handler = FnHandler(move |job: RunningJob| {
         let refused = refused.clone();
         async move {
@@ -1557,8 +1554,7 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
 
     let t = TestQueue::new().await;
     let q = &t.queue;
-    let envelopes: Vec<_> = (0..3).map(atr_dist_tests::jobs::stage).collect();
-    let ids = q.enqueue_bulk(&envelopes, None, 3).await.unwrap();
+    let ids = enqueue_stages(q, 3).await;
     let refuse = FnHandler(|_job: RunningJob| async { Err(JobError::permanent("refused")) });
     let pool = RunningPool::start(q, refuse, pool_config(2, FAST_RETRY));
     eventually("three dead", Duration::from_secs(10), || async {
@@ -1581,7 +1577,7 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
         (l.contains("\"HMGET\"") || l.contains("\"hmget\"")) && has_arg(l, &jobs)
     })
     .await;
-    let second = q.retry(&[ids[0].id.clone()], "operator 2").await.unwrap();
+    let second = q.retry(&ids[..1], "operator 2").await.unwrap();
     assert_eq!(second, [AdminReply::Changed(JobState::Queued)]);
     assert_eq!(first.await.unwrap(), 2, "the first operator retried two");
     assert_eq!(count(q, JobState::Queued).await, 3);
