@@ -340,7 +340,9 @@ async fn jobs_show_and_list_tell_the_current_state_first() {
     // The failure before the success is history: not in the job's fields, nor in the list.
     let (_, shown) = o.cli(&["jobs", "show", &recovered]);
     let (fields, rest) = shown.split_once("timeline:").unwrap();
-    assert!(!fields.contains("503"), "{shown}");
+    // The message, not "503": job ids are time-ordered, and for some 17 minutes at a time
+    // every new id holds "503" (as 01a2503... did on 2026-12-07).
+    assert!(!fields.contains("503 from the registry"), "{shown}");
     assert!(!fields.contains("last error"), "{shown}");
     assert!(
         fields.contains("1 failed attempt(s) before it succeeded"),
@@ -353,7 +355,8 @@ async fn jobs_show_and_list_tell_the_current_state_first() {
     let (_, listed) = o.cli(&["jobs", "list"]);
     let short = atr_dist::queue::short_id(&recovered);
     let line = listed.lines().find(|l| l.starts_with(short)).unwrap();
-    assert!(!line.contains("503"), "{listed}");
+    // (A listing may shorten a message: its start is enough.)
+    assert!(!line.contains("503 from"), "{listed}");
     let (_, json) = o.cli(&["jobs", "show", &recovered, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["job"]["state"], "done");
