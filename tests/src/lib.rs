@@ -350,6 +350,12 @@ pub mod redis_support {
         out
     }
 
+    /// Where the distribution locks of the test queue `name` live (each test queue has a
+    /// namespace of its own, deleted with it).
+    pub fn lock_namespace(name: &str) -> String {
+        format!("atr-dist:lock:{name}:")
+    }
+
     pub struct TestQueue {
         pub queue: Queue,
         pub name: String,
@@ -369,7 +375,7 @@ pub mod redis_support {
             let queue = Queue::connect(url, cluster_nodes, &name)
                 .await
                 .expect("Redis reachable (run scripts/test, which starts it)")
-                .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
+                .with_lock_namespace(&lock_namespace(&name));
             TestQueue {
                 queue,
                 name,
@@ -385,8 +391,17 @@ pub mod redis_support {
             self.queue = self
                 .queue
                 .clone()
-                .with_lock_namespace(&format!("atr-dist:lock:{}:", other.name));
+                .with_lock_namespace(&lock_namespace(&other.name));
             self
+        }
+
+        /// Another handle on this queue, with its locks, connected to the single server at
+        /// `url` (a proxy in front of the test Redis, say).
+        pub async fn via(&self, url: &str) -> Queue {
+            Queue::connect(url, &[], &self.name)
+                .await
+                .unwrap()
+                .with_lock_namespace(&lock_namespace(&self.name))
         }
 
         pub async fn keys(&self) -> Vec<String> {
@@ -414,7 +429,7 @@ pub mod redis_support {
                 self.queue.prefix().to_owned(),
                 // Shards 1 and up (docs/wire-format.md, "Shards").
                 format!("atr-dist:{{{}:", self.name),
-                format!("atr-dist:lock:{}:", self.name),
+                lock_namespace(&self.name),
             ];
             let url = self.url.clone();
             let cluster = self.cluster_nodes.clone();

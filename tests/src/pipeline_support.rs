@@ -533,7 +533,7 @@ impl Harness {
             t.queue = t
                 .queue
                 .clone()
-                .with_lock_namespace(&format!("atr-dist:lock:{name}:"));
+                .with_lock_namespace(&crate::redis_support::lock_namespace(&name));
         }
         let revs = Revisions::new();
         let mut p = pipeline_with(db.clone(), t.queue.clone(), revs.root(), adapters);

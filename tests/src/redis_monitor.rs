@@ -72,6 +72,15 @@ pub fn runs(line: &str, script: &redis::Script) -> bool {
     line.contains(&format!("\"{}\"", script.get_hash()))
 }
 
+/// Whether `line` is the command `name` (in any case: `MONITOR` prints it as the client sent
+/// it).
+pub fn is_command(line: &str, name: &str) -> bool {
+    // `<time> [<db> <client>] "<COMMAND>" "<arg>" ...`
+    line.split_once("] \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .is_some_and(|(command, _)| command.eq_ignore_ascii_case(name))
+}
+
 /// Whether `line` has `word` as one of its quoted arguments.
 pub fn has_arg(line: &str, word: &str) -> bool {
     line.contains(&format!("\"{word}\""))

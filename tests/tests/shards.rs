@@ -455,7 +455,7 @@ async fn first_fetch_after_enqueue(seen: &Commands, mark: usize, q: &Queue) -> u
 static FETCH: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../lua/fetch.lua")));
 static ENQUEUE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/enqueue.lua")));
+    LazyLock::new(|| redis::Script::new(atr_dist::queue::ENQUEUE_LUA));
 
 #[tokio::test]
 async fn a_running_worker_serves_shards_added_meanwhile() {
