@@ -1259,6 +1259,67 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_is_kept_and_read_back_as_the_workers_announce_it() {
+        let both = Retention {
+            max_age_secs: Some(7 * 86_400),
+            max_jobs: Some(1000),
+        };
+        assert_eq!(both.to_field(), "604800000 1000");
+        assert_eq!(Retention::from_field(&both.to_field()), Some(both));
+        // 0 is "no limit" on the wire; an age is kept in milliseconds and read as seconds.
+        let none = Retention::default();
+        assert_eq!(none.to_field(), "0 0");
+        assert_eq!(Retention::from_field("0 0"), Some(none));
+        assert_eq!(
+            Retention::from_field("90500 0"),
+            Some(Retention {
+                max_age_secs: Some(90),
+                max_jobs: None,
+            })
+        );
+        // A rule too long for milliseconds saturates rather than wrapping to a short one.
+        let forever = Retention {
+            max_age_secs: Some(u64::MAX),
+            max_jobs: None,
+        };
+        assert_eq!(forever.to_field(), format!("{} 0", u64::MAX));
+        for bad in ["", "5", "5 x", "x 5", "-1 5", "5 -1"] {
+            assert_eq!(Retention::from_field(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_shard_keeps_an_even_share_of_the_newest_jobs() {
+        let rule = Retention {
+            max_age_secs: Some(60),
+            max_jobs: Some(10),
+        };
+        let share = |shards| rule.per_shard(shards).max_jobs;
+        assert_eq!(share(1), Some(10));
+        assert_eq!(share(3), Some(4), "rounded up");
+        assert_eq!(share(5), Some(2));
+        assert_eq!(share(0), Some(10), "no shards is read as one");
+        assert_eq!(rule.per_shard(4).max_age_secs, Some(60));
+        assert_eq!(Retention::default().per_shard(4), Retention::default());
+    }
+
+    #[test]
+    fn a_retention_reads_in_words() {
+        let rule = |age, jobs| Retention {
+            max_age_secs: age,
+            max_jobs: jobs,
+        };
+        assert_eq!(
+            rule(Some(2 * 86_400), Some(5)).describe(),
+            "2 day(s) or the newest 5, whichever is fewer"
+        );
+        assert_eq!(rule(Some(86_400 + 1), None).describe(), "86401 s");
+        assert_eq!(rule(Some(3600), None).describe(), "3600 s");
+        assert_eq!(rule(None, Some(7)).describe(), "the newest 7");
+        assert_eq!(rule(None, None).describe(), "kept until purged");
+    }
+
+    #[test]
     fn page_limits_are_the_apis_range() {
         assert_eq!(PageLimit::parse("1").map(PageLimit::get), Ok(1));
         assert_eq!(PageLimit::parse("1000").map(PageLimit::get), Ok(1000));
