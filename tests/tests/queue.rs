@@ -1584,6 +1584,37 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
     assert_eq!(count(q, JobState::Queued).await, 3);
 }
 
+/// A filtered listing reads a state 500 jobs at a time (`SCAN` in `Queue::list`) and goes on
+/// reading until it has a page: a match behind 520 that do not match is found, and the
+/// listing ends there.
+#[tokio::test]
+async fn a_filtered_listing_reads_past_the_first_500_jobs() {
+    use atr_dist::queue::JobFilter;
+    use atr_dist_shared::Platform;
+    use atr_dist_shared::job::RevisionSourceSpec;
+    use atr_dist_tests::jobs::Dist;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    enqueue_stages(q, 520).await;
+    let promote = Dist::new(Platform::Npm, "", "behind", "1.0.0").promote(
+        "00001",
+        RevisionSourceSpec::Dir,
+        "rm",
+    );
+    let id = q.enqueue_bulk(&[promote], None, 3).await.unwrap()[0]
+        .id
+        .clone();
+    let filter = JobFilter {
+        kind: Some(atr_dist_shared::job::JobKind::Promote.as_str().to_owned()),
+        ..Default::default()
+    };
+    let page = q.list(&filter, None, cases::limit(10)).await.unwrap();
+    let listed: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(listed, [id.as_str()]);
+    assert_eq!(page.next_cursor, None);
+}
+
 /// A listing filtered by one field alone (platform, release or kind) holds exactly the jobs
 /// that match it, whatever their other fields.
 #[tokio::test]
