@@ -1320,6 +1320,50 @@ mod tests {
     }
 
     #[test]
+    fn an_age_filter_holds_its_bound() {
+        // "Enqueued at least / at most this long ago": a job exactly as old as the bound
+        // passes both, one millisecond either side passes one, and a job with no enqueue
+        // time passes neither.
+        let now = Utc
+            .timestamp_millis_opt(1_800_000_000_000)
+            .single()
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        let job = |age_ms: Option<i64>| JobSummary {
+            id: "0190f5d2-1c3a-7abc-8def-0123456789ab".to_owned(),
+            state: JobState::Queued,
+            kind: "stage".to_owned(),
+            release: String::new(),
+            platform: "npm".to_owned(),
+            attempt: 0,
+            max_attempts: 3,
+            enqueued_at: age_ms.map(|ms| now - chrono::Duration::milliseconds(ms)),
+            run_at: None,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            error_class: None,
+            last_error: None,
+            cancel_requested: false,
+            idempotency_key: "k".to_owned(),
+        };
+        let older = JobFilter {
+            older_than: Some(minute),
+            ..Default::default()
+        };
+        let newer = JobFilter {
+            newer_than: Some(minute),
+            ..Default::default()
+        };
+        let passes = |f: &JobFilter, age_ms| f.matches(&job(age_ms), now);
+        assert!(passes(&older, Some(60_000)) && passes(&newer, Some(60_000)));
+        assert!(passes(&older, Some(60_001)) && !passes(&newer, Some(60_001)));
+        assert!(!passes(&older, Some(59_999)) && passes(&newer, Some(59_999)));
+        assert!(!passes(&older, None) && !passes(&newer, None));
+        assert!(passes(&JobFilter::default(), None));
+    }
+
+    #[test]
     fn page_limits_are_the_apis_range() {
         assert_eq!(PageLimit::parse("1").map(PageLimit::get), Ok(1));
         assert_eq!(PageLimit::parse("1000").map(PageLimit::get), Ok(1000));
