@@ -736,6 +736,24 @@ async fn ack_done_keeps_the_report_it_was_sent() {
     assert_eq!(got[0].len(), 3, "{got:?}");
 }
 
+/// `show` gives a running job's lease deadline (its score in `running`), and none once the
+/// job has left `running`.
+#[tokio::test]
+async fn show_gives_a_running_jobs_lease() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let job = leased(q, 1, 3).await;
+    let deadline = score(q, "running", &job.id).await.unwrap() as i64;
+    let s = q.show(&job.id).await.unwrap().unwrap();
+    assert_eq!(s.summary.state, JobState::Running);
+    assert_eq!(s.lease_until.map(|t| t.timestamp_millis()), Some(deadline));
+    assert_eq!(
+        ack(q, &job, AckOutcome::Done).await,
+        AckResult::Applied(JobState::Done)
+    );
+    assert_eq!(q.show(&job.id).await.unwrap().unwrap().lease_until, None);
+}
+
 #[tokio::test]
 async fn ack_retry_with_attempts_left_schedules_the_next_attempt() {
     let t = TestQueue::new().await;
@@ -764,6 +782,7 @@ async fn ack_retry_with_attempts_left_schedules_the_next_attempt() {
     );
     assert_eq!(s.events.len(), 1);
     assert_eq!(s.events[0].event, "retry_scheduled");
+    assert_eq!(s.events[0].error_class.as_deref(), Some("transient"));
     assert_eq!(
         s.events[0].message.as_deref(),
         Some("503 from the registry (next attempt in 3600000 ms)")
