@@ -1315,6 +1315,7 @@ mod tests {
         );
         assert_eq!(rule(Some(86_400 + 1), None).describe(), "86401 s");
         assert_eq!(rule(Some(3600), None).describe(), "3600 s");
+        assert_eq!(rule(Some(0), None).describe(), "0 s", "no time at all, not 0 days");
         assert_eq!(rule(None, Some(7)).describe(), "the newest 7");
         assert_eq!(rule(None, None).describe(), "kept until purged");
     }
