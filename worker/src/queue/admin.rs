@@ -1249,6 +1249,52 @@ mod tests {
     }
 
     #[test]
+    fn each_admin_reply_reads_in_words() {
+        use AdminAction::{Cancel, Retry};
+        use AdminReply::{Changed, NotFound, Refused, Unchanged};
+        use JobState::{Cancelled, Dead, Done, Queued, Running, Scheduled};
+        let cases = [
+            (Retry, NotFound, "not found in this queue"),
+            (Cancel, NotFound, "not found in this queue"),
+            (Retry, Changed(Queued), "queued again"),
+            (
+                Retry,
+                Unchanged(Scheduled),
+                "nothing to do: it is scheduled already, and will run",
+            ),
+            (
+                Retry,
+                Refused(Done),
+                "not allowed: it is done; only dead or cancelled jobs can be retried (enqueue it again to repeat a finished job)",
+            ),
+            (
+                Cancel,
+                Changed(Running),
+                "cancel requested: its worker stops it at its next heartbeat",
+            ),
+            (Cancel, Changed(Cancelled), "cancelled"),
+            (
+                Cancel,
+                Unchanged(Running),
+                "nothing to do: its cancel was requested already",
+            ),
+            (
+                Cancel,
+                Unchanged(Cancelled),
+                "nothing to do: it is cancelled already",
+            ),
+            (
+                Cancel,
+                Refused(Dead),
+                "not allowed: it is dead, finished; only scheduled, queued, retrying or running jobs can be cancelled",
+            ),
+        ];
+        for (action, reply, words) in cases {
+            assert_eq!(reply.describe(action), words, "{action:?} {reply:?}");
+        }
+    }
+
+    #[test]
     fn cursors_name_the_shard_beyond_shard_0() {
         let states = [JobState::Queued, JobState::Done];
         assert_eq!(parse_cursor(None, &states), (0, 0, 0));
@@ -1315,7 +1361,11 @@ mod tests {
         );
         assert_eq!(rule(Some(86_400 + 1), None).describe(), "86401 s");
         assert_eq!(rule(Some(3600), None).describe(), "3600 s");
-        assert_eq!(rule(Some(0), None).describe(), "0 s", "no time at all, not 0 days");
+        assert_eq!(
+            rule(Some(0), None).describe(),
+            "0 s",
+            "no time at all, not 0 days"
+        );
         assert_eq!(rule(None, Some(7)).describe(), "the newest 7");
         assert_eq!(rule(None, None).describe(), "kept until purged");
     }
