@@ -1983,6 +1983,30 @@ async fn ack_refuses_a_delay_that_is_not_a_finite_number() {
     assert!(err.contains("expected n_done"), "{err}");
 }
 
+/// `purge.lua` deletes at most 1000 jobs a call (`LIMIT` in `Queue::purge`); `purge` calls
+/// it again until a call deletes fewer, so 1001 done jobs all go in one purge.
+#[tokio::test]
+async fn purge_deletes_more_than_one_call_takes() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let all: Vec<Envelope> = (0..1001).map(jobs::stage).collect();
+    q.enqueue_bulk(&all, None, 3).await.unwrap();
+    let mut acks = Vec::new();
+    while acks.len() < all.len() {
+        let got = q.fetch("w1", LEASE, 500).await.unwrap();
+        assert!(!got.is_empty(), "{} of {} leased", acks.len(), all.len());
+        acks.extend(got.iter().map(|job| Ack {
+            lease: job.lease(),
+            outcome: AckOutcome::Done,
+            result: String::new(),
+        }));
+    }
+    q.ack(&acks).await.unwrap();
+    assert_eq!(count(q, JobState::Done).await, 1001);
+    assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 1001);
+    assert_eq!(count(q, JobState::Done).await, 0);
+}
+
 #[tokio::test]
 async fn purge_of_an_empty_done_list_deletes_nothing() {
     let t = TestQueue::new().await;
