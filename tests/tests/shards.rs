@@ -599,3 +599,41 @@ async fn a_busy_pool_takes_the_shards_in_turn() {
         .collect();
     assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
 }
+
+/// `queue stats` shows the queue paused when any shard is, not only shard 0 (a pause that
+/// reached some shards before its operator was cut off).
+#[tokio::test]
+async fn stats_show_the_queue_paused_when_any_shard_is() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    q.resize(shards(3)).await.unwrap();
+    assert!(!q.stats().await.unwrap().paused);
+    let _: () = q
+        .connection()
+        .set(format!("{}paused", q.shard(2).prefix()), 1)
+        .await
+        .unwrap();
+    assert!(q.stats().await.unwrap().paused, "shard 2 is paused");
+    q.resume().await.unwrap();
+    assert!(!q.stats().await.unwrap().paused);
+}
+
+/// A listing cursor that names a shard the queue no longer has (it was resized down since)
+/// resumes at the next state, not at the start of the same one.
+#[tokio::test]
+async fn a_cursor_naming_a_shard_gone_since_resumes_at_the_next_state() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let queued = q.enqueue(&jobs::stage(1), None, 3).await.unwrap().id;
+    let scheduled = q.enqueue(&jobs::stage(2), Some(later), 3).await.unwrap().id;
+    let filter = JobFilter::default();
+    let all = q.list(&filter, None, limit(10)).await.unwrap();
+    let ids: Vec<&str> = all.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, [queued.as_str(), scheduled.as_str()]);
+    for cursor in ["queued:0:2", "queued:0:1"] {
+        let page = q.list(&filter, Some(cursor), limit(10)).await.unwrap();
+        let ids: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, [scheduled.as_str()], "{cursor}");
+    }
+}
