@@ -1584,35 +1584,95 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
     assert_eq!(count(q, JobState::Queued).await, 3);
 }
 
-/// A filtered listing reads a state 500 jobs at a time (`SCAN` in `Queue::list`) and goes on
-/// reading until it has a page: a match behind 520 that do not match is found, and the
-/// listing ends there.
+/// A listing reads a state 500 ids at a time (`SCAN` in `Queue::list`): `queued` from its
+/// head, `done` newest first from its tail. A filtered listing goes on reading until it has
+/// a page, so a match behind 520 that do not match is found in both, and the listing ends
+/// there; no read asks Redis for more than 500 ids.
 #[tokio::test]
-async fn a_filtered_listing_reads_past_the_first_500_jobs() {
-    use atr_dist::queue::JobFilter;
-    use atr_dist_shared::Platform;
-    use atr_dist_shared::job::RevisionSourceSpec;
-    use atr_dist_tests::jobs::Dist;
+async fn a_filtered_listing_reads_500_ids_at_a_time_past_the_first_500() {
+    use atr_dist::queue::{Ack, AckOutcome, JobFilter};
+    use atr_dist_shared::job::{JobKind, RevisionSourceSpec};
+    use atr_dist_shared::{JobState, Platform};
+    use atr_dist_tests::jobs::{self, Dist};
+    use atr_dist_tests::redis_monitor::{Commands, is_command};
+    use std::time::Duration;
 
     let t = TestQueue::new().await;
     let q = &t.queue;
+    let promote = |name: &str| {
+        Dist::new(Platform::Npm, "", name, "1.0.0").promote("00001", RevisionSourceSpec::Dir, "rm")
+    };
+    // Done, oldest first: the promote job, then 520 stage jobs.
+    let done_promote = q.enqueue(&promote("done-first"), None, 3).await.unwrap().id;
     enqueue_stages(q, 520).await;
-    let promote = Dist::new(Platform::Npm, "", "behind", "1.0.0").promote(
-        "00001",
-        RevisionSourceSpec::Dir,
-        "rm",
-    );
-    let id = q.enqueue_bulk(&[promote], None, 3).await.unwrap()[0]
-        .id
-        .clone();
+    let mut finished = 0;
+    while finished < 521 {
+        let leased = q.fetch("w1", Duration::from_secs(60), 500).await.unwrap();
+        assert!(!leased.is_empty(), "{finished} of 521 leased");
+        let acks: Vec<Ack> = leased
+            .iter()
+            .map(|job| Ack {
+                lease: job.lease(),
+                outcome: AckOutcome::Done,
+                result: String::new(),
+            })
+            .collect();
+        q.ack(&acks).await.unwrap();
+        finished += leased.len();
+    }
+    // Queued: 520 stage jobs, then the promote job.
+    let stages: Vec<_> = (1000..1520).map(jobs::stage).collect();
+    q.enqueue_bulk(&stages, None, 3).await.unwrap();
+    let queued_promote = q
+        .enqueue(&promote("queued-last"), None, 3)
+        .await
+        .unwrap()
+        .id;
+
+    let seen = Commands::monitor(&t, &[]).await;
+    let mark = seen.len();
     let filter = JobFilter {
-        kind: Some(atr_dist_shared::job::JobKind::Promote.as_str().to_owned()),
+        kind: Some(JobKind::Promote.as_str().to_owned()),
         ..Default::default()
     };
     let page = q.list(&filter, None, cases::limit(10)).await.unwrap();
-    let listed: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(listed, [id.as_str()]);
+    let listed: Vec<(&str, JobState)> =
+        page.jobs.iter().map(|j| (j.id.as_str(), j.state)).collect();
+    assert_eq!(
+        listed,
+        [
+            (queued_promote.as_str(), JobState::Queued),
+            (done_promote.as_str(), JobState::Done)
+        ]
+    );
     assert_eq!(page.next_cursor, None);
+
+    // The reads, as Redis ran them: `LRANGE <key> <start> <stop>`.
+    seen.wait_for("the done list's second read", mark, |l| {
+        is_command(l, "LRANGE") && l.ends_with("\"-1000\" \"-501\"")
+    })
+    .await;
+    let reads: Vec<(String, String, String)> = seen
+        .since(mark)
+        .iter()
+        .filter(|l| is_command(l, "LRANGE"))
+        .map(|l| {
+            let quoted: Vec<&str> = l.split('"').skip(1).step_by(2).collect();
+            let [_, key, start, stop] = quoted[..] else {
+                panic!("{l}")
+            };
+            let state = key.strip_prefix(q.prefix()).unwrap_or(key).to_owned();
+            (state, start.to_owned(), stop.to_owned())
+        })
+        .collect();
+    let expected = [
+        ("queued", "0", "499"),
+        ("queued", "500", "999"),
+        ("done", "-500", "-1"),
+        ("done", "-1000", "-501"),
+    ]
+    .map(|(state, start, stop)| (state.to_owned(), start.to_owned(), stop.to_owned()));
+    assert_eq!(reads, expected);
 }
 
 /// A listing filtered by one field alone (platform, release or kind) holds exactly the jobs
