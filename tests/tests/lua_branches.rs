@@ -2948,6 +2948,36 @@ async fn purge_refuses_a_keep_that_is_not_a_count() {
     assert!(err.contains("keep must be"), "{err}");
 }
 
+/// `queue stats`' last hour: the 60 whole minutes up to and including the current one,
+/// oldest first, each named by its first instant; an enqueue counts in the current one.
+#[tokio::test]
+async fn stats_last_hour_is_the_sixty_minutes_up_to_now() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let before = chrono::Utc::now();
+    q.enqueue(&jobs::stage(1), None, 3).await.unwrap();
+    let hour = q.stats().await.unwrap().last_hour;
+    let after = chrono::Utc::now();
+    assert_eq!(hour.len(), 60);
+    for pair in hour.windows(2) {
+        assert_eq!(
+            pair[1].minute - pair[0].minute,
+            chrono::Duration::minutes(1)
+        );
+    }
+    let current = hour.last().unwrap();
+    assert_eq!(current.minute.timestamp_millis() % 60_000, 0);
+    assert!(
+        current.minute <= after && after - current.minute < chrono::Duration::minutes(2),
+        "{} (now {after})",
+        current.minute
+    );
+    // The enqueue fell in the last minute, or (across a minute's turn) the one before.
+    let counted: Vec<u64> = hour.iter().rev().take(2).map(|m| m.enqueued).collect();
+    assert_eq!(counted.iter().sum::<u64>(), 1, "{counted:?}");
+    assert!(before - hour[0].minute >= chrono::Duration::minutes(58));
+}
+
 #[tokio::test]
 async fn stats_show_the_announced_retention() {
     let t = TestQueue::new().await;
