@@ -2948,6 +2948,24 @@ async fn purge_refuses_a_keep_that_is_not_a_count() {
     assert!(err.contains("keep must be"), "{err}");
 }
 
+/// `queue stats` gives the age of the job at the head of `queued` in seconds, from when it
+/// became ready (`queued_at`).
+#[tokio::test]
+async fn stats_give_the_oldest_queued_jobs_age_in_seconds() {
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    assert_eq!(q.stats().await.unwrap().oldest_queued_age_secs, None);
+    let id = q.enqueue(&jobs::stage(1), None, 3).await.unwrap().id;
+    let ready = chrono::Utc::now().timestamp_millis() - 90_000;
+    let _: () = q
+        .connection()
+        .hset(format!("{}queued_at", q.prefix()), &id, ready)
+        .await
+        .unwrap();
+    let age = q.stats().await.unwrap().oldest_queued_age_secs.unwrap();
+    assert!((90.0..100.0).contains(&age), "{age}");
+}
+
 /// `queue stats`' last hour: the 60 whole minutes up to and including the current one,
 /// oldest first, each named by its first instant; an enqueue counts in the current one.
 #[tokio::test]
