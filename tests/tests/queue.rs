@@ -1675,6 +1675,43 @@ async fn a_filtered_listing_reads_500_ids_at_a_time_past_the_first_500() {
     assert_eq!(reads, expected);
 }
 
+/// A page ends after its last job's place in what was read, not after its place among the
+/// jobs that still exist: an id in `queued` whose job is gone (deleted between the two
+/// reads of a listing) does not make the next page start one job early.
+#[tokio::test]
+async fn a_page_after_an_id_whose_job_is_gone_resumes_after_its_last_job() {
+    use atr_dist::queue::JobFilter;
+    use redis::AsyncCommands;
+
+    let t = TestQueue::new().await;
+    let q = &t.queue;
+    let ids = enqueue_stages(q, 3).await;
+    // At the head, where a listing reads first.
+    let _: () = q
+        .connection()
+        .lpush(
+            format!("{}queued", q.prefix()),
+            "0190f5d2-1c3a-7abc-8def-0123456789ab",
+        )
+        .await
+        .unwrap();
+    let filter = JobFilter::default();
+    let mut cursor: Option<String> = None;
+    let mut listed = Vec::new();
+    loop {
+        let page = q
+            .list(&filter, cursor.as_deref(), cases::limit(1))
+            .await
+            .unwrap();
+        listed.extend(page.jobs.into_iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(next) if listed.len() < 10 => cursor = Some(next),
+            _ => break,
+        }
+    }
+    assert_eq!(listed, ids);
+}
+
 /// A listing filtered by one field alone (platform, release or kind) holds exactly the jobs
 /// that match it, whatever their other fields.
 #[tokio::test]
