@@ -1691,11 +1691,17 @@ async fn cancel_of_an_unknown_job_is_not_found() {
     assert!(t.keys().await.is_empty());
 }
 
+/// Whether `jobs show` says a cancel was requested for job `id`.
+async fn cancel_requested(q: &Queue, id: &str) -> bool {
+    q.show(id).await.unwrap().unwrap().summary.cancel_requested
+}
+
 #[tokio::test]
 async fn cancel_of_a_running_job_asks_its_worker() {
     let t = TestQueue::new().await;
     let q = &t.queue;
     let job = leased(q, 1, 3).await;
+    assert!(!cancel_requested(q, &job.id).await);
     assert_eq!(
         q.cancel(std::slice::from_ref(&job.id), "stop")
             .await
@@ -1703,6 +1709,7 @@ async fn cancel_of_a_running_job_asks_its_worker() {
         [AdminReply::Changed(JobState::Running)]
     );
     assert_eq!(state_of(q, &job.id).await, JobState::Running);
+    assert!(cancel_requested(q, &job.id).await, "`jobs show` says so");
     assert_eq!(
         hget(q, "cancel_requested", &job.id).await.as_deref(),
         Some("1")
