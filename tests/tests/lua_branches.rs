@@ -9,7 +9,7 @@ use std::time::Duration;
 use atr_dist::queue::lock::LockLost;
 use atr_dist::queue::{Ack, AckOutcome, AckResult, AdminReply, Lease, Leased, Queue, RawJob};
 use atr_dist_shared::{Envelope, ErrorClass, JobState};
-use atr_dist_tests::cases::{count, state_of};
+use atr_dist_tests::cases::{count, finish, state_of};
 use atr_dist_tests::redis_support::TestQueue;
 use atr_dist_tests::{checkout_path, jobs};
 use redis::{AsyncCommands, Value};
@@ -1998,17 +1998,7 @@ async fn purge_deletes_more_than_one_call_takes() {
     let q = &t.queue;
     let all: Vec<Envelope> = (0..1001).map(jobs::stage).collect();
     q.enqueue_bulk(&all, None, 3).await.unwrap();
-    let mut acks = Vec::new();
-    while acks.len() < all.len() {
-        let got = q.fetch("w1", LEASE, 500).await.unwrap();
-        assert!(!got.is_empty(), "{} of {} leased", acks.len(), all.len());
-        acks.extend(got.iter().map(|job| Ack {
-            lease: job.lease(),
-            outcome: AckOutcome::Done,
-            result: String::new(),
-        }));
-    }
-    q.ack(&acks).await.unwrap();
+    finish(q, all.len()).await;
     assert_eq!(count(q, JobState::Done).await, 1001);
     assert_eq!(q.purge(JobState::Done, Duration::ZERO).await.unwrap(), 1001);
     assert_eq!(count(q, JobState::Done).await, 0);

@@ -1590,12 +1590,11 @@ async fn retry_matching_counts_only_the_jobs_it_retried() {
 /// there; no read asks Redis for more than 500 ids.
 #[tokio::test]
 async fn a_filtered_listing_reads_500_ids_at_a_time_past_the_first_500() {
-    use atr_dist::queue::{Ack, AckOutcome, JobFilter};
+    use atr_dist::queue::JobFilter;
     use atr_dist_shared::job::{JobKind, RevisionSourceSpec};
     use atr_dist_shared::{JobState, Platform};
     use atr_dist_tests::jobs::{self, Dist};
     use atr_dist_tests::redis_monitor::{Commands, is_command};
-    use std::time::Duration;
 
     let t = TestQueue::new().await;
     let q = &t.queue;
@@ -1605,21 +1604,7 @@ async fn a_filtered_listing_reads_500_ids_at_a_time_past_the_first_500() {
     // Done, oldest first: the promote job, then 520 stage jobs.
     let done_promote = q.enqueue(&promote("done-first"), None, 3).await.unwrap().id;
     enqueue_stages(q, 520).await;
-    let mut finished = 0;
-    while finished < 521 {
-        let leased = q.fetch("w1", Duration::from_secs(60), 500).await.unwrap();
-        assert!(!leased.is_empty(), "{finished} of 521 leased");
-        let acks: Vec<Ack> = leased
-            .iter()
-            .map(|job| Ack {
-                lease: job.lease(),
-                outcome: AckOutcome::Done,
-                result: String::new(),
-            })
-            .collect();
-        q.ack(&acks).await.unwrap();
-        finished += leased.len();
-    }
+    cases::finish(q, 521).await;
     // Queued: 520 stage jobs, then the promote job.
     let stages: Vec<_> = (1000..1520).map(jobs::stage).collect();
     q.enqueue_bulk(&stages, None, 3).await.unwrap();
